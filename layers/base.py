@@ -1,0 +1,302 @@
+"""The layer declaration: each layer is declared once, as fields, and everything derives.
+
+A :class:`Layer` is built from a list of :class:`Field` specs. From it come the SQLAlchemy
+model (columns, CHECK constraints, unique natural key, GiST index, geodesic area columns),
+the pydantic properties schema, the popup fields, the map style and the legend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import Field as PydField
+from sqlalchemy import (
+    CheckConstraint,
+    Computed,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from geoalchemy2 import Geometry
+
+from spatial.db import Base
+from spatial.geometry import STORAGE_SRID
+
+FieldKind = Literal["text", "code", "enum", "int", "float", "date"]
+
+READ_ONLY = ("id", "area_m2", "area_mu", "created_at", "updated_at")
+"""Properties the server computes; sent back by a client, they are ignored."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One ledger field of a layer, with its labels and rules."""
+
+    name: str
+    zh: str
+    en: str
+    kind: FieldKind = "text"
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    pattern: str | None = None
+    pattern_zh: str = ""
+    max_length: int = 200
+    minimum: float | None = None
+    maximum: float | None = None
+    references: str | None = None
+    personal: bool = False
+    popup: bool = True
+    index: bool = False
+
+    def python_type(self) -> Any:
+        """Return the Python type of a value of this field."""
+        if self.kind == "enum":
+            return Literal[self.choices]
+        return {"text": str, "code": str, "int": int, "float": float, "date": dt.date}[self.kind]
+
+    def column(self) -> Any:
+        """Return the mapped column of this field."""
+        types: dict[str, Any] = {
+            "text": String(self.max_length) if self.max_length <= 500 else Text(),
+            "code": String(self.max_length),
+            "enum": String(max(len(c) for c in self.choices) if self.choices else 20),
+            "int": Integer(),
+            "float": Float(),
+            "date": Date(),
+        }
+        args: list[Any] = [types[self.kind]]
+        if self.references:
+            args.append(ForeignKey(self.references, ondelete="RESTRICT"))
+        return mapped_column(*args, nullable=not self.required, comment=f"{self.zh} {self.en}")
+
+    def checks(self, table: str) -> list[CheckConstraint]:
+        """Return the CHECK constraints that keep bad values of this field out."""
+        out = []
+        if self.choices:
+            values = ", ".join("'" + c.replace("'", "''") + "'" for c in self.choices)
+            out.append(CheckConstraint(f"{self.name} IN ({values})", name=f"{self.name}_enum"))
+        if self.pattern:
+            out.append(CheckConstraint(f"{self.name} ~ '{self.pattern}'", name=f"{self.name}_format"))
+        if self.minimum is not None:
+            out.append(CheckConstraint(f"{self.name} >= {self.minimum}", name=f"{self.name}_min"))
+        if self.maximum is not None:
+            out.append(CheckConstraint(f"{self.name} <= {self.maximum}", name=f"{self.name}_max"))
+        return out
+
+    def pydantic(self) -> tuple[Any, Any]:
+        """Return the (type, FieldInfo) pair of this field in a properties schema."""
+        kwargs: dict[str, Any] = {"title": f"{self.zh} {self.en}"}
+        if self.kind in ("text", "code"):
+            kwargs["max_length"] = self.max_length
+        if self.pattern:
+            kwargs["pattern"] = self.pattern
+        if self.minimum is not None:
+            kwargs["ge"] = self.minimum
+        if self.maximum is not None:
+            kwargs["le"] = self.maximum
+        typ = self.python_type()
+        if self.required:
+            return typ, PydField(..., **kwargs)
+        return typ | None, PydField(None, **kwargs)
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a layer is drawn: a colour per value of one field, idle standing out."""
+
+    by: str | None
+    colors: dict[str, str]
+    default: str = "#6b7280"
+    fill_opacity: float = 0.35
+    weight: float = 1.0
+    radius: int = 6
+    min_zoom: int = 0
+    dash: str | None = None
+    fill: bool = True
+
+
+@dataclass(frozen=True)
+class Locator:
+    """A code field kept consistent with where the feature lies (e.g. its grid)."""
+
+    field: str
+    layer: str
+    code_field: str = "code"
+    where: tuple[tuple[str, str], ...] = ()
+
+
+CrossRule = Any  # Callable[[dict[str, Any]], tuple[str, str, str, str] | None]
+
+
+@dataclass
+class Layer:
+    """A layer, declared once; model, schema, style and legend derive from it."""
+
+    id: str
+    zh: str
+    en: str
+    fields: list[Field]
+    key: tuple[str, ...]
+    accepts: tuple[str, ...]
+    stored: tuple[str, ...]
+    style: Style
+    has_area: bool = True
+    locators: tuple[Locator, ...] = ()
+    cross_rules: tuple[CrossRule, ...] = ()
+    order: int = 0
+    description_zh: str = ""
+    model: Any = field(init=False)
+    schema: type[BaseModel] = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Build the model and the schema from the fields."""
+        self.model = self._build_model()
+        self.schema = self._build_schema()
+
+    @property
+    def table(self) -> str:
+        """Return the table name (the layer id)."""
+        return self.id
+
+    @property
+    def field_names(self) -> list[str]:
+        """Return the names of the ledger fields, in declaration order."""
+        return [f.name for f in self.fields]
+
+    def field(self, name: str) -> Field:
+        """Return the field called NAME."""
+        return next(f for f in self.fields if f.name == name)
+
+    @property
+    def geometry_type(self) -> str:
+        """Return the PostGIS type of the geometry column."""
+        return self.stored[0].upper() if len(self.stored) == 1 else "GEOMETRY"
+
+    def _build_model(self) -> Any:
+        table = self.table
+        checks: list[Any] = [
+            CheckConstraint("ST_IsValid(geom)", name="geom_valid"),
+            CheckConstraint(f"ST_SRID(geom) = {STORAGE_SRID}", name="geom_srid"),
+            CheckConstraint("NOT ST_IsEmpty(geom)", name="geom_not_empty"),
+        ]
+        if self.geometry_type == "GEOMETRY":
+            kinds = ", ".join(f"'ST_{t}'" for t in self.stored)
+            checks.append(CheckConstraint(f"ST_GeometryType(geom) IN ({kinds})", name="geom_type"))
+        for f in self.fields:
+            checks.extend(f.checks(table))
+            if f.index:
+                checks.append(Index(f"ix_{table}_{f.name}", f.name))
+        attrs: dict[str, Any] = {
+            "__tablename__": table,
+            "__table_args__": (
+                *checks,
+                UniqueConstraint(*self.key, name=f"uq_{table}_key"),
+                Index(f"ix_{table}_geom", "geom", postgresql_using="gist"),
+                {"comment": f"{self.zh} {self.en}"},
+            ),
+            "__annotations__": {},
+            "id": mapped_column(Integer, primary_key=True),
+            "geom": mapped_column(
+                Geometry(self.geometry_type, srid=STORAGE_SRID, spatial_index=False), nullable=False
+            ),
+            "created_at": mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False),
+            "updated_at": mapped_column(
+                DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+            ),
+        }
+        attrs["__annotations__"].update({"id": Mapped[int]})
+        for f in self.fields:
+            attrs[f.name] = f.column()
+        if self.has_area:
+            # Geodesic area on the CGCS2000 ellipsoid: PostGIS takes GRS80 from SRID 4490.
+            attrs["area_m2"] = mapped_column(
+                Float, Computed("ST_Area(geom::geography, true)", persisted=True),
+                comment="面积（平方米，椭球面） geodesic area m²",
+            )
+            attrs["area_mu"] = mapped_column(
+                Float, Computed("ST_Area(geom::geography, true) * 3 / 2000", persisted=True),
+                comment="面积（亩） area in mu",
+            )
+        name = "".join(part.title() for part in self.id.split("_"))
+        return type(name, (Base,), attrs)
+
+    def _build_schema(self) -> type[BaseModel]:
+        name = "".join(part.title() for part in self.id.split("_")) + "Properties"
+        fields = {f.name: f.pydantic() for f in self.fields}
+        config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+        model: type[BaseModel] = create_model(name, __config__=config, **fields)  # type: ignore[call-overload]
+        return model
+
+    def popup_fields(self) -> list[dict[str, Any]]:
+        """Return the fields a popup shows, with labels and masking."""
+        out = [
+            {"name": f.name, "zh": f.zh, "en": f.en, "personal": f.personal}
+            for f in self.fields
+            if f.popup
+        ]
+        if self.has_area:
+            out.append({"name": "area_m2", "zh": "面积(m²)", "en": "Area m²", "personal": False})
+            out.append({"name": "area_mu", "zh": "面积(亩)", "en": "Area mu", "personal": False})
+        return out
+
+    def legend(self) -> list[dict[str, str]]:
+        """Return the legend rows: one per styled value, then 'other'."""
+        rows = [{"label": value, "color": color} for value, color in self.style.colors.items()]
+        if not rows:
+            rows.append({"label": self.zh, "color": self.style.default})
+        return rows
+
+    def describe(self) -> dict[str, Any]:
+        """Return what a client needs to draw and edit this layer."""
+        return {
+            "id": self.id,
+            "title": {"zh": self.zh, "en": self.en},
+            "geometry_types": list(self.accepts),
+            "stored_type": self.geometry_type,
+            "key": list(self.key),
+            "fields": [
+                {
+                    "name": f.name, "zh": f.zh, "en": f.en, "kind": f.kind, "required": f.required,
+                    "choices": list(f.choices) or None, "pattern": f.pattern,
+                }
+                for f in self.fields
+            ],
+        }
+
+
+REGISTRY: dict[str, Layer] = {}
+
+
+def register(layer: Layer) -> Layer:
+    """Add LAYER to the registry and return it."""
+    if layer.id in REGISTRY:
+        raise ValueError(f"layer {layer.id} declared twice")
+    REGISTRY[layer.id] = layer
+    return layer
+
+
+def digits(n: int) -> str:
+    """Return a regex for exactly N ASCII digits.
+
+    Examples
+    --------
+    >>> digits(3)
+    '[0-9]{3}'
+    """
+    return f"[0-9]{{{n}}}"
+
+
+CODE_RE = re.compile(r"^[0-9]+$")

@@ -1,0 +1,59 @@
+"""网格: management grids, each inside one community, with a grid manager."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from layers.base import Field, Layer, Style, register
+from layers.common import GRID_CODE, IN_COMMUNITY, community_field, grid_code_width
+
+KINDS = ("基础网格", "专属网格", "单元网格")
+
+
+def _code_rules(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
+    code, community = props.get("code"), props.get("community_code")
+    if code and community and code[:12] != community:
+        return (
+            "code_inconsistent", "code",
+            f"网格编码 {code} 的前12位应为社区代码 {community}",
+            f"grid code {code} must start with community code {community}",
+        )
+    return grid_code_width(code, "code")
+
+
+def _dates(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
+    start, end = props.get("valid_from"), props.get("valid_to")
+    if start and end and end <= start:
+        return ("date_order", "valid_to", "失效日期应晚于生效日期", "valid_to must be after valid_from")
+    return None
+
+
+GRIDS = register(
+    Layer(
+        id="grids",
+        zh="网格",
+        en="Grids",
+        description_zh="网格化服务管理网格：每个网格属于一个社区/村，由网格员负责",
+        fields=[
+            Field("code", "网格编码", "Grid code", "code", required=True, pattern=GRID_CODE,
+                  pattern_zh="12位社区代码+网格序号", max_length=16),
+            Field("name", "网格名称", "Grid name", required=True, max_length=60),
+            Field("kind", "网格类型", "Kind", "enum", required=True, choices=KINDS),
+            community_field(required=True),
+            Field("manager", "网格员", "Grid manager", max_length=40),
+            Field("manager_phone", "网格员电话", "Manager phone", max_length=20,
+                  pattern="^[0-9+ -]{5,20}$", personal=True),
+            Field("households", "户数", "Households", "int", minimum=0),
+            Field("valid_from", "生效日期", "Valid from", "date", required=True),
+            Field("valid_to", "失效日期", "Valid to", "date", popup=False),
+        ],
+        key=("code",),
+        accepts=("Polygon", "MultiPolygon"),
+        stored=("MultiPolygon",),
+        style=Style(by="kind", colors={"基础网格": "#0d9488", "专属网格": "#7c3aed", "单元网格": "#ca8a04"},
+                    fill_opacity=0.05, weight=1.5, dash="6 4"),
+        locators=(IN_COMMUNITY,),
+        cross_rules=(_code_rules, _dates),
+        order=20,
+    )
+)

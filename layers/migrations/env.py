@@ -1,0 +1,47 @@
+"""Alembic environment: migrations run against the engine the caller passes in."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from geoalchemy2 import alembic_helpers
+
+import layers  # noqa: F401 - registers every model on the metadata
+from spatial.db import Base, make_engine
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _include(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Leave PostGIS's own tables out of autogenerate."""
+    if type_ == "table" and name in {"spatial_ref_sys"}:
+        return False
+    return bool(alembic_helpers.include_object(obj, name, type_, reflected, compare_to))
+
+
+def run_migrations_online() -> None:
+    """Run the migrations on the connection given in config, or a new engine."""
+    connection = config.attributes.get("connection")
+    if connection is None:
+        url = config.get_main_option("sqlalchemy.url")
+        with make_engine(url=url).connect() as conn:
+            _run(conn)
+    else:
+        _run(connection)
+
+
+def _run(connection: object) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        include_object=_include,
+        process_revision_directives=alembic_helpers.writer,
+        render_item=alembic_helpers.render_item,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+run_migrations_online()

@@ -1,0 +1,74 @@
+"""地块: land parcels with their ledger (台账): land use, ownership, use and revitalisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from layers.base import Field, Layer, Style, register
+from layers.common import (
+    ASSET_CODE,
+    IDLE,
+    IDLE_COLOR,
+    IN_COMMUNITY,
+    IN_GRID,
+    community_field,
+    grid_field,
+    grid_in_community,
+)
+from layers.landuse import land_use_codes
+
+OWNERSHIP = ("集体", "国有", "争议")
+USE_STATUS = ("自用", "出租", "出借", "承包", "入股", IDLE, "在建", "待处置", "已处置")
+STAGES = ("未盘活", "招商中", "已签约", "已盘活")
+MODES = ("出租", "入股", "合作经营", "自营", "调整用途", "拆除复垦")
+
+
+def _known_land_use(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
+    code = props.get("land_use_code")
+    if code and code not in land_use_codes():
+        return (
+            "unknown_land_use_code", "land_use_code",
+            f"地类编码 {code} 不在 GB/T 21010-2017 或三调工作分类中",
+            f"land-use code {code} is in neither GB/T 21010-2017 nor the 三调 working classification",
+        )
+    return None
+
+
+PARCELS = register(
+    Layer(
+        id="parcels",
+        zh="地块",
+        en="Land parcels",
+        description_zh="集体资源地块台账：地类、权属、利用现状与盘活进度",
+        fields=[
+            Field("code", "地块编码", "Parcel code", "code", required=True, pattern=ASSET_CODE,
+                  pattern_zh="19位宗地代码或资产编码", max_length=19),
+            Field("name", "名称", "Name", max_length=100),
+            Field("land_use_code", "地类编码", "Land-use code", "code", required=True,
+                  pattern="^[0-9]{2}[0-9A-Z]{0,3}$", max_length=5, references="land_use_codes.code"),
+            Field("ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP),
+            Field("use_status", "利用现状", "Use status", "enum", required=True, choices=USE_STATUS),
+            Field("stage", "盘活进度", "Revitalisation stage", "enum", choices=STAGES),
+            Field("mode", "盘活方式", "Revitalisation mode", "enum", choices=MODES),
+            Field("idle_since", "闲置起始", "Idle since", "date"),
+            Field("idle_reason", "闲置原因", "Idle reason", max_length=200),
+            Field("owner", "权利人", "Owner", max_length=100),
+            Field("address", "坐落", "Location", max_length=200),
+            community_field(),
+            grid_field(),
+        ],
+        key=("code",),
+        accepts=("Polygon", "MultiPolygon"),
+        stored=("MultiPolygon",),
+        style=Style(
+            by="use_status",
+            colors={IDLE: IDLE_COLOR, "自用": "#16a34a", "出租": "#2563eb", "承包": "#84cc16",
+                    "入股": "#0891b2", "出借": "#a855f7", "在建": "#f59e0b", "待处置": "#f97316",
+                    "已处置": "#9ca3af"},
+            fill_opacity=0.45, weight=0.6, min_zoom=14,
+        ),
+        locators=(IN_COMMUNITY, IN_GRID),
+        cross_rules=(_known_land_use, grid_in_community),
+        order=30,
+    )
+)

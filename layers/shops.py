@@ -1,0 +1,57 @@
+"""闲置商铺: ground-floor shops, idle or let, as a point or a footprint."""
+
+from __future__ import annotations
+
+from layers.base import Field, Layer, Style, register
+from layers.common import (
+    ASSET_CODE,
+    IDLE,
+    IDLE_COLOR,
+    IN_COMMUNITY,
+    IN_GRID,
+    community_field,
+    grid_field,
+    grid_in_community,
+)
+
+OWNERSHIP = ("集体", "国有", "个人", "企业", "不明")
+STATUS = (IDLE, "在营", "装修")
+LETTING = ("未招租", "招租中", "已签约", "不招租")
+
+SHOPS = register(
+    Layer(
+        id="shops",
+        zh="商铺",
+        en="Shops",
+        description_zh="沿街商铺台账，闲置商铺突出显示；权属不明是一种正式状态",
+        fields=[
+            Field("code", "商铺编号", "Shop code", "code", required=True, pattern=ASSET_CODE,
+                  pattern_zh="19位资产编码", max_length=19),
+            Field("name", "名称", "Name", required=True, max_length=100),
+            Field("address", "地址", "Address", max_length=200),
+            Field("street_segment", "路段", "Street segment", max_length=100),
+            Field("floor", "楼层", "Floor", "int", minimum=-5, maximum=200),
+            Field("floor_area", "建筑面积(m²)", "Floor area m²", "float", minimum=0),
+            Field("usable_area", "使用面积(m²)", "Usable area m²", "float", minimum=0),
+            Field("ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP),
+            Field("owner", "产权人", "Owner", max_length=100),
+            Field("status", "状态", "Status", "enum", required=True, choices=STATUS),
+            Field("idle_since", "闲置起始", "Idle since", "date"),
+            Field("former_business", "原业态", "Former business", max_length=100),
+            Field("intended_business", "拟引入业态", "Intended business", max_length=100),
+            Field("asking_rent", "意向租金(元/月)", "Asking rent CNY/month", "float", minimum=0),
+            Field("letting_status", "招租状态", "Letting status", "enum", choices=LETTING),
+            community_field(),
+            grid_field(),
+        ],
+        key=("code",),
+        accepts=("Point", "Polygon", "MultiPolygon"),
+        stored=("Point", "MultiPolygon"),
+        style=Style(by="status", colors={IDLE: IDLE_COLOR, "在营": "#2563eb", "装修": "#f59e0b"},
+                    fill_opacity=0.85, weight=1.0, radius=6, min_zoom=13),
+        has_area=False,
+        locators=(IN_COMMUNITY, IN_GRID),
+        cross_rules=(grid_in_community,),
+        order=50,
+    )
+)

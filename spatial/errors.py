@@ -1,0 +1,83 @@
+"""Domain errors with a stable code, a Chinese-first message and a location; no HTTP here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Where:
+    """Where a problem sits: a feature of an upload, a field, a coordinate."""
+
+    feature_index: int | None = None
+    id: str | int | None = None
+    field: str | None = None
+    location: list[float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the non-empty parts."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class Problem:
+    """One problem: stable code, message in Chinese and English, and where."""
+
+    code: str
+    message_zh: str
+    message_en: str
+    where: Where = field(default_factory=Where)
+
+    @property
+    def message(self) -> str:
+        """Return the message, Chinese first, English after."""
+        return f"{self.message_zh} ({self.message_en})"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the JSON body of this problem."""
+        return {"code": self.code, "message": self.message, "where": self.where.as_dict()}
+
+
+class GuatuError(Exception):
+    """Base of every error guatu reports to a user."""
+
+    kind = "invalid"
+
+    def __init__(self, problems: Problem | list[Problem]) -> None:
+        self.problems = problems if isinstance(problems, list) else [problems]
+        super().__init__(self.problems[0].message)
+
+    @classmethod
+    def one(
+        cls, code: str, zh: str, en: str, **where: Any
+    ) -> GuatuError:
+        """Build the error from a single problem."""
+        return cls(Problem(code, zh, en, Where(**where)))
+
+    @property
+    def code(self) -> str:
+        """Return the code of the first problem (the whole error's code)."""
+        return self.problems[0].code
+
+
+class InvalidInput(GuatuError):
+    """The request is well-formed but its content breaks a rule."""
+
+
+class MalformedInput(GuatuError):
+    """The request cannot be read at all (not JSON, wrong shape)."""
+
+    kind = "malformed"
+
+
+class NotFound(GuatuError):
+    """The named layer or feature does not exist."""
+
+    kind = "not_found"
+
+
+class Conflict(GuatuError):
+    """The write clashes with what is stored (a duplicate natural key)."""
+
+    kind = "conflict"

@@ -1,0 +1,225 @@
+"""Geometry at the door: GeoJSON to shapely, type and validity checks, geodesic area.
+
+Every check raises :class:`~spatial.errors.InvalidInput` with a stable code and, where it
+helps, the coordinate of the problem. Nothing is repaired here: repair is asked for
+explicitly elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from fractions import Fraction
+from typing import Any
+
+import shapely
+from pyproj import Geod
+from shapely.geometry.base import BaseGeometry
+
+from spatial.errors import InvalidInput
+
+STORAGE_SRID = 4490
+"""CGCS2000 geographic, lon/lat order in code."""
+
+GEOD = Geod(ellps="GRS80")
+"""The CGCS2000 ellipsoid (GRS80 shares its flattening)."""
+
+SQM_PER_MU = Fraction(2000, 3)
+"""One 亩 in square metres."""
+
+MAX_VERTICES = 100_000
+
+_MULTI = {"Point": "MultiPoint", "LineString": "MultiLineString", "Polygon": "MultiPolygon"}
+_REASON_AT = re.compile(r"^(?P<what>[^\[]+)\[(?P<x>[-\d.eE+]+) (?P<y>[-\d.eE+]+)\]")
+_REASON_CODES = {
+    "self-intersection": "self_intersection",
+    "ring self-intersection": "ring_self_intersection",
+    "too few points in geometry component": "too_few_points",
+    "interior is disconnected": "interior_disconnected",
+    "hole lies outside shell": "hole_outside_shell",
+    "nested holes": "nested_holes",
+    "nested shells": "nested_shells",
+    "duplicate rings": "duplicate_rings",
+    "invalid coordinate": "invalid_coordinate",
+    "ring is not closed": "ring_not_closed",
+}
+
+
+def mu_from_m2(area_m2: float) -> float:
+    """Return AREA_M2 in 亩 (1 亩 = 2000/3 m²).
+
+    Examples
+    --------
+    >>> mu_from_m2(10_000.0)
+    15.0
+    """
+    return area_m2 * 3 / 2000
+
+
+def geodesic_area(geom: BaseGeometry) -> float:
+    """Return the area of GEOM in m² on the CGCS2000 ellipsoid, whatever its winding.
+
+    Examples
+    --------
+    >>> from shapely.geometry import box
+    >>> round(geodesic_area(box(120.396, 36.307, 120.397115, 36.3079)))
+    10001
+    """
+    if geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+        return 0.0
+    polygons = geom.geoms if geom.geom_type == "MultiPolygon" else [geom]
+    total = 0.0
+    for poly in polygons:
+        total += abs(GEOD.geometry_area_perimeter(shapely.geometry.polygon.orient(poly))[0])
+    return total
+
+
+def _field_error(code: str, zh: str, en: str, **where: Any) -> InvalidInput:
+    return InvalidInput.one(code, zh, en, field="geometry", **where)
+
+
+def _check_coordinates(obj: Any, depth: int = 0) -> None:
+    """Refuse coordinates that are not finite numbers, or nesting that is too deep."""
+    if depth > 6:
+        raise _field_error("nesting_too_deep", "坐标嵌套层级过深", "coordinates nested too deep")
+    if isinstance(obj, bool) or obj is None:
+        raise _field_error("invalid_coordinate", "坐标不是数字", "coordinate is not a number")
+    if isinstance(obj, int | float):
+        if not math.isfinite(obj):
+            raise _field_error(
+                "invalid_coordinate", "坐标不是有限数值 (NaN/Infinity)",
+                "coordinate is NaN or infinite",
+            )
+        return
+    if not isinstance(obj, list | tuple):
+        raise _field_error("invalid_coordinate", "坐标格式错误", "coordinates must be arrays of numbers")
+    for item in obj:
+        _check_coordinates(item, depth + 1)
+
+
+def parse_geojson_geometry(obj: Any) -> BaseGeometry:
+    """Return the shapely geometry of a GeoJSON geometry object, or raise with a code.
+
+    Examples
+    --------
+    >>> parse_geojson_geometry({"type": "Point", "coordinates": [120.4, 36.3]}).wkt
+    'POINT (120.4 36.3)'
+    """
+    if obj is None:
+        raise _field_error("geometry_missing", "缺少几何图形", "geometry is missing")
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("type"), str):
+        raise _field_error("geometry_malformed", "几何图形格式错误", "geometry must be a GeoJSON object with a type")
+    gtype = obj["type"]
+    if gtype == "GeometryCollection":
+        raise _field_error(
+            "geometry_type_not_allowed", "不支持几何集合 (GeometryCollection)",
+            "GeometryCollection is not accepted",
+        )
+    if gtype not in ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"):
+        raise _field_error("geometry_type_unknown", f"未知的几何类型 {gtype!r}", f"unknown geometry type {gtype!r}")
+    coords = obj.get("coordinates")
+    if coords is None:
+        raise _field_error("geometry_malformed", "几何图形缺少坐标", "geometry has no coordinates")
+    _check_coordinates(coords)
+    if gtype == "Polygon":
+        _check_rings(coords)
+    elif gtype == "MultiPolygon":
+        if not isinstance(coords, list):
+            raise _field_error("geometry_malformed", "多面坐标格式错误", "MultiPolygon coordinates malformed")
+        for part in coords:
+            _check_rings(part)
+    try:
+        geom = shapely.geometry.shape({"type": gtype, "coordinates": coords})
+    except (ValueError, TypeError, IndexError, AttributeError, shapely.errors.GEOSException) as exc:
+        raise _field_error(
+            "geometry_malformed", "几何坐标结构错误", f"geometry coordinates malformed: {exc}"
+        ) from None
+    if geom.is_empty:
+        raise _field_error("geometry_empty", "几何图形为空", "geometry is empty")
+    return geom
+
+
+def _check_rings(rings: Any) -> None:
+    """Refuse polygon rings that are unclosed or have fewer than four positions."""
+    if not isinstance(rings, list) or not rings:
+        raise _field_error("geometry_malformed", "面的坐标格式错误", "polygon coordinates malformed")
+    for ring in rings:
+        if not isinstance(ring, list) or len(ring) < 4:
+            raise _field_error(
+                "ring_too_short", "面的环至少需要4个坐标点（首尾相同）",
+                "a polygon ring needs at least 4 positions (first = last)",
+            )
+        if list(ring[0][:2]) != list(ring[-1][:2]):
+            raise _field_error(
+                "ring_not_closed", "面的环未闭合：首尾坐标不一致",
+                "polygon ring is not closed: first and last positions differ",
+                location=[float(v) for v in ring[0][:2]],
+            )
+
+
+def check_lonlat_range(geom: BaseGeometry) -> None:
+    """Refuse coordinates outside longitude −180…180 / latitude −90…90."""
+    xmin, ymin, xmax, ymax = geom.bounds
+    if xmin < -180 or xmax > 180 or ymin < -90 or ymax > 90:
+        raise _field_error(
+            "coordinate_out_of_range",
+            "坐标超出经纬度范围（是否为投影坐标或经纬度颠倒？）",
+            "coordinates outside longitude/latitude range (projected metres or swapped axes?)",
+            location=[xmin, ymin],
+        )
+
+
+def validity_problem(geom: BaseGeometry) -> tuple[str, str, list[float] | None] | None:
+    """Return (code, GEOS reason, location) when GEOM is invalid, else None.
+
+    Examples
+    --------
+    >>> bowtie = shapely.Polygon([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)])
+    >>> validity_problem(bowtie)
+    ('self_intersection', 'Self-intersection[0.5 0.5]', [0.5, 0.5])
+    """
+    if shapely.is_valid(geom):
+        return None
+    reason = shapely.is_valid_reason(geom)
+    match = _REASON_AT.match(reason)
+    what = (match.group("what") if match else reason).strip().lower()
+    location = [float(match.group("x")), float(match.group("y"))] if match else None
+    return _REASON_CODES.get(what, "geometry_invalid"), reason, location
+
+
+def prepare_for_storage(
+    geom: BaseGeometry, *, allowed: Iterable[str], stored: Iterable[str]
+) -> BaseGeometry:
+    """Check GEOM against a layer's rules and return it ready to store.
+
+    Z values are dropped, single parts are promoted to multi where the column is multi,
+    and polygon winding is normalised (exterior counter-clockwise) — never a reason to
+    reject. ALLOWED are the GeoJSON types a layer accepts, STORED the types its column
+    holds. Invalid geometry is refused with its GEOS reason and location.
+    """
+    allowed = tuple(allowed)
+    if geom.geom_type not in allowed:
+        raise _field_error(
+            "geometry_type_not_allowed",
+            f"几何类型 {geom.geom_type} 不符合本图层要求（允许：{'、'.join(allowed)}）",
+            f"geometry type {geom.geom_type} not allowed here (allowed: {', '.join(allowed)})",
+        )
+    if shapely.get_num_coordinates(geom) > MAX_VERTICES:
+        raise _field_error(
+            "too_many_vertices", f"顶点数超过上限 {MAX_VERTICES}",
+            f"more than {MAX_VERTICES} vertices",
+        )
+    if shapely.has_z(geom):
+        geom = shapely.force_2d(geom)
+    check_lonlat_range(geom)
+    problem = validity_problem(geom)
+    if problem:
+        code, reason, location = problem
+        raise _field_error(code, f"几何图形无效：{reason}", f"invalid geometry: {reason}", location=location)
+    if geom.geom_type in ("Polygon", "MultiPolygon"):
+        geom = shapely.orient_polygons(geom)
+    stored = tuple(stored)
+    if geom.geom_type not in stored and _MULTI.get(geom.geom_type) in stored:
+        geom = getattr(shapely.geometry, _MULTI[geom.geom_type])([geom])
+    return geom

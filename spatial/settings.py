@@ -1,0 +1,70 @@
+"""Engine settings: where the database is and how geometry is kept."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LocalPgSettings(BaseSettings):
+    """The private PostGIS cluster `make run` starts when no DATABASE_URL is given."""
+
+    model_config = SettingsConfigDict(env_prefix="GUATU_PG_")
+
+    data_dir: Path = PROJECT_ROOT / ".pgdata"
+    port: int = 54329
+    host: str = "127.0.0.1"
+    database: str = "guatu"
+    user: str = "postgres"
+    bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+
+    def url(self, database: str | None = None) -> str:
+        """Return the SQLAlchemy URL of a database in the local cluster."""
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database or self.database}"
+
+
+class DbSettings(BaseSettings):
+    """Database connection; `DATABASE_URL` wins over the local cluster."""
+
+    model_config = SettingsConfigDict(env_prefix="GUATU_")
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "GUATU_DATABASE_URL")
+    )
+    pool_size: int = 5
+    statement_timeout_ms: int = 30_000
+
+    @property
+    def external(self) -> bool:
+        """Whether the user pointed guatu at their own server."""
+        return bool(self.database_url)
+
+    def url(self) -> str:
+        """Return the SQLAlchemy URL, normalised to the psycopg 3 driver."""
+        raw = self.database_url or LocalPgSettings().url()
+        return normalise_url(raw)
+
+
+def normalise_url(raw: str) -> str:
+    """Return RAW with a psycopg 3 driver name.
+
+    Examples
+    --------
+    >>> normalise_url("postgres://u@h/db")
+    'postgresql+psycopg://u@h/db'
+    """
+    for prefix in ("postgresql+psycopg2://", "postgresql://", "postgres://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix) :]
+    return raw
+
+
+@lru_cache
+def db_settings() -> DbSettings:
+    """Return the process-wide database settings."""
+    return DbSettings()
