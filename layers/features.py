@@ -71,9 +71,13 @@ def _property_problems(layer: Layer, exc: pydantic.ValidationError, index: int |
 
 
 def check_feature(
-    session: Session, layer: Layer, feature: Any, *, index: int | None = None
+    session: Session, layer: Layer, feature: Any, *, index: int | None = None, locate: bool = True
 ) -> tuple[dict[str, Any], BaseGeometry]:
-    """Return the clean properties and geometry of FEATURE, or raise with every problem."""
+    """Return the clean properties and geometry of FEATURE, or raise with every problem.
+
+    With LOCATE, codes that follow from the location (community, grid) are filled in
+    when missing and checked against the stored frame when given.
+    """
     if not isinstance(feature, Mapping):
         raise MalformedInput.one(
             "not_a_feature", "请求体应为 GeoJSON Feature 对象", "body must be a GeoJSON Feature object",
@@ -112,7 +116,7 @@ def check_feature(
             if found:
                 code, name, zh, en = found
                 problems.append(Problem(code, zh, en, Where(feature_index=index, field=f"properties.{name}")))
-    if not problems and geom is not None:
+    if locate and not problems and geom is not None:
         problems.extend(_locate(session, layer, props, geom, index))
     if problems or geom is None:
         raise InvalidInput(problems)
