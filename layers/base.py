@@ -209,9 +209,7 @@ class Layer:
             ),
             "__annotations__": {},
             "id": mapped_column(Integer, primary_key=True),
-            "geom": mapped_column(
-                Geometry(self.geometry_type, srid=STORAGE_SRID, spatial_index=False), nullable=False
-            ),
+            "geom": mapped_column(Geometry(self.geometry_type, srid=STORAGE_SRID, spatial_index=False), nullable=False),
             "created_at": mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False),
             "updated_at": mapped_column(
                 DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -223,11 +221,13 @@ class Layer:
         if self.has_area:
             # Geodesic area on the CGCS2000 ellipsoid: PostGIS takes GRS80 from SRID 4490.
             attrs["area_m2"] = mapped_column(
-                Float, Computed("ST_Area(geom::geography, true)", persisted=True),
+                Float,
+                Computed("ST_Area(geom::geography, true)", persisted=True),
                 comment="面积（平方米，椭球面） geodesic area m²",
             )
             attrs["area_mu"] = mapped_column(
-                Float, Computed("ST_Area(geom::geography, true) * 3 / 2000", persisted=True),
+                Float,
+                Computed("ST_Area(geom::geography, true) * 3 / 2000", persisted=True),
                 comment="面积（亩） area in mu",
             )
         name = "".join(part.title() for part in self.id.split("_"))
@@ -242,11 +242,7 @@ class Layer:
 
     def popup_fields(self) -> list[dict[str, Any]]:
         """Return the fields a popup shows, with labels and masking."""
-        out = [
-            {"name": f.name, "zh": f.zh, "en": f.en, "personal": f.personal}
-            for f in self.fields
-            if f.popup
-        ]
+        out = [{"name": f.name, "zh": f.zh, "en": f.en, "personal": f.personal} for f in self.fields if f.popup]
         if self.has_area:
             out.append({"name": "area_m2", "zh": "面积(m²)", "en": "Area m²", "personal": False})
             out.append({"name": "area_mu", "zh": "面积(亩)", "en": "Area mu", "personal": False})
@@ -269,8 +265,13 @@ class Layer:
             "key": list(self.key),
             "fields": [
                 {
-                    "name": f.name, "zh": f.zh, "en": f.en, "kind": f.kind, "required": f.required,
-                    "choices": list(f.choices) or None, "pattern": f.pattern,
+                    "name": f.name,
+                    "zh": f.zh,
+                    "en": f.en,
+                    "kind": f.kind,
+                    "required": f.required,
+                    "choices": list(f.choices) or None,
+                    "pattern": f.pattern,
                 }
                 for f in self.fields
             ],

@@ -20,16 +20,30 @@ IDLE_COLOR = "#e11d48"
 def community_field(*, required: bool = False) -> Field:
     """Return the 12-digit community/village code field."""
     return Field(
-        "community_code", "社区/村代码", "Community code", "code", required=required,
-        pattern=COMMUNITY_CODE, pattern_zh="12位统计用区划代码", max_length=12, index=True,
+        "community_code",
+        "社区/村代码",
+        "Community code",
+        "code",
+        required=required,
+        pattern=COMMUNITY_CODE,
+        pattern_zh="12位统计用区划代码",
+        max_length=12,
+        index=True,
     )
 
 
 def grid_field(*, required: bool = False) -> Field:
     """Return the grid code field (community code + sequence)."""
     return Field(
-        "grid_code", "网格编码", "Grid code", "code", required=required,
-        pattern=GRID_CODE, pattern_zh="社区代码+网格序号", max_length=16, index=True,
+        "grid_code",
+        "网格编码",
+        "Grid code",
+        "code",
+        required=required,
+        pattern=GRID_CODE,
+        pattern_zh="社区代码+网格序号",
+        max_length=16,
+        index=True,
     )
 
 
@@ -42,7 +56,8 @@ def grid_in_community(props: dict[str, Any]) -> tuple[str, str, str, str] | None
     grid, community = props.get("grid_code"), props.get("community_code")
     if grid and community and grid[:12] != community:
         return (
-            "code_inconsistent", "grid_code",
+            "code_inconsistent",
+            "grid_code",
             f"网格编码 {grid} 的前12位应为社区代码 {community}",
             f"grid code {grid} must start with community code {community}",
         )
@@ -54,7 +69,8 @@ def grid_code_width(code: str | None, field: str = "grid_code") -> tuple[str, st
     width = layer_settings().grid_seq_width
     if code and len(code) != 12 + width:
         return (
-            "code_format", field,
+            "code_format",
+            field,
             f"网格编码应为 {12 + width} 位（12位社区代码+{width}位序号）",
             f"grid code must have {12 + width} digits (12-digit community code + {width}-digit sequence)",
         )

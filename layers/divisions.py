@@ -13,13 +13,13 @@ def _level_matches_code(props: dict[str, Any]) -> tuple[str, str, str, str] | No
     code, level, parent = props.get("code") or "", props.get("level"), props.get("parent_code")
     want = {"街道": 9, "社区": 12}.get(level or "")
     if want and len(code) != want:
-        return (
-            "code_inconsistent", "code", f"{level}代码应为 {want} 位", f"a {level} code has {want} digits"
-        )
+        return ("code_inconsistent", "code", f"{level}代码应为 {want} 位", f"a {level} code has {want} digits")
     if parent and code and parent != code[:-3]:
         return (
-            "code_inconsistent", "parent_code",
-            f"上级代码应为 {code[:-3]}", f"parent code must be {code[:-3]}",
+            "code_inconsistent",
+            "parent_code",
+            f"上级代码应为 {code[:-3]}",
+            f"parent code must be {code[:-3]}",
         )
     return None
 
@@ -31,18 +31,26 @@ DIVISIONS = register(
         en="Divisions",
         description_zh="街道（9位）与社区/村（12位）边界，网格核查的框架",
         fields=[
-            Field("code", "区划代码", "Division code", "code", required=True,
-                  pattern="^([0-9]{9}|[0-9]{12})$", pattern_zh="9位街道或12位社区/村代码", max_length=12),
+            Field(
+                "code",
+                "区划代码",
+                "Division code",
+                "code",
+                required=True,
+                pattern="^([0-9]{9}|[0-9]{12})$",
+                pattern_zh="9位街道或12位社区/村代码",
+                max_length=12,
+            ),
             Field("name", "名称", "Name", required=True, max_length=60),
             Field("level", "级别", "Level", "enum", required=True, choices=LEVELS),
-            Field("parent_code", "上级代码", "Parent code", "code",
-                  pattern="^([0-9]{6}|[0-9]{9})$", max_length=9),
+            Field("parent_code", "上级代码", "Parent code", "code", pattern="^([0-9]{6}|[0-9]{9})$", max_length=9),
         ],
         key=("code",),
         accepts=("Polygon", "MultiPolygon"),
         stored=("MultiPolygon",),
-        style=Style(by="level", colors={"街道": "#111827", "社区": "#2563eb"},
-                    fill_opacity=0.0, weight=2.5, fill=False),
+        style=Style(
+            by="level", colors={"街道": "#111827", "社区": "#2563eb"}, fill_opacity=0.0, weight=2.5, fill=False
+        ),
         cross_rules=(_level_matches_code,),
         order=10,
     )

@@ -44,7 +44,8 @@ def layer_or_404(layer_id: str) -> Layer:
         return REGISTRY[layer_id]
     except KeyError:
         raise NotFound.one(
-            "layer_not_found", f"图层 {layer_id!r} 不存在（可用：{'、'.join(REGISTRY)}）",
+            "layer_not_found",
+            f"图层 {layer_id!r} 不存在（可用：{'、'.join(REGISTRY)}）",
             f"no layer {layer_id!r} (known: {', '.join(REGISTRY)})",
         ) from None
 
@@ -54,7 +55,10 @@ def _property_problems(layer: Layer, exc: pydantic.ValidationError, index: int |
     for err in exc.errors():
         name = str(err["loc"][0]) if err["loc"] else None
         label = layer.field(name).zh if name in layer.field_names else name
-        code, zh, en = _PYDANTIC_CODES.get(err["type"], ("type", "类型不正确", "wrong type"))
+        kind = err["type"]
+        if err.get("input") is None and name in layer.field_names and layer.field(name).required:
+            kind = "missing"  # an explicit null for a required field
+        code, zh, en = _PYDANTIC_CODES.get(kind, ("type", "类型不正确", "wrong type"))
         if code == "enum" and name in layer.field_names:
             zh += "（允许：" + "、".join(layer.field(name).choices) + "）"
         if code == "code_format" and name in layer.field_names and layer.field(name).pattern_zh:
@@ -63,7 +67,9 @@ def _property_problems(layer: Layer, exc: pydantic.ValidationError, index: int |
         shown = "" if isinstance(value, dict) or value is None else f"：{value!r}"
         problems.append(
             Problem(
-                code, f"字段“{label}”{zh}{shown}", f"field {name!r}: {en} ({err['msg']})",
+                code,
+                f"字段“{label}”{zh}{shown}",
+                f"field {name!r}: {en} ({err['msg']})",
                 Where(feature_index=index, field=f"properties.{name}" if name else "properties"),
             )
         )
@@ -80,19 +86,27 @@ def check_feature(
     """
     if not isinstance(feature, Mapping):
         raise MalformedInput.one(
-            "not_a_feature", "请求体应为 GeoJSON Feature 对象", "body must be a GeoJSON Feature object",
+            "not_a_feature",
+            "请求体应为 GeoJSON Feature 对象",
+            "body must be a GeoJSON Feature object",
             feature_index=index,
         )
     if feature.get("type") != "Feature":
         raise MalformedInput.one(
-            "not_a_feature", f"type 应为 \"Feature\"，收到 {feature.get('type')!r}",
-            f"type must be \"Feature\", got {feature.get('type')!r}", feature_index=index, field="type",
+            "not_a_feature",
+            f'type 应为 "Feature"，收到 {feature.get("type")!r}',
+            f'type must be "Feature", got {feature.get("type")!r}',
+            feature_index=index,
+            field="type",
         )
     raw_props = feature.get("properties") or {}
     if not isinstance(raw_props, Mapping):
         raise MalformedInput.one(
-            "properties_malformed", "properties 应为对象", "properties must be an object",
-            feature_index=index, field="properties",
+            "properties_malformed",
+            "properties 应为对象",
+            "properties must be an object",
+            feature_index=index,
+            field="properties",
         )
     problems: list[Problem] = []
     props: dict[str, Any] = {}
@@ -152,8 +166,11 @@ def _locate(
                     "location_mismatch",
                     f"“{label}”为 {given}，但图形位于 {parent.zh} {found[0]} 内",
                     f"{loc.field} is {given} but the geometry lies in {parent.en} {found[0]}",
-                    Where(feature_index=index, field=f"properties.{loc.field}",
-                          location=[round(point.x, 7), round(point.y, 7)]),
+                    Where(
+                        feature_index=index,
+                        field=f"properties.{loc.field}",
+                        location=[round(point.x, 7), round(point.y, 7)],
+                    ),
                 )
             )
     return problems
@@ -167,10 +184,14 @@ def _feature_json_columns(layer: Layer) -> Any:
     for name in names:
         pairs.extend([literal_column(f"'{name}'"), getattr(model, name)])
     feature = func.json_build_object(
-        literal_column("'type'"), literal_column("'Feature'"),
-        literal_column("'id'"), model.id,
-        literal_column("'geometry'"), cast(func.ST_AsGeoJSON(model.geom, 9), JSON),
-        literal_column("'properties'"), func.json_build_object(*pairs),
+        literal_column("'type'"),
+        literal_column("'Feature'"),
+        literal_column("'id'"),
+        model.id,
+        literal_column("'geometry'"),
+        cast(func.ST_AsGeoJSON(model.geom, 9, 0), JSON),
+        literal_column("'properties'"),
+        func.json_build_object(*pairs),
     )
     return cast(feature, Text)
 
@@ -185,10 +206,12 @@ def parse_bbox(raw: str | None) -> tuple[float, float, float, float] | None:
         parts = ()
     if len(parts) != 4 or not all(map(_finite, parts)) or parts[0] > parts[2] or parts[1] > parts[3]:
         raise InvalidInput.one(
-            "bbox_invalid", "bbox 应为“最小经度,最小纬度,最大经度,最大纬度”",
-            "bbox must be minlon,minlat,maxlon,maxlat", field="bbox",
+            "bbox_invalid",
+            "bbox 应为“最小经度,最小纬度,最大经度,最大纬度”",
+            "bbox must be minlon,minlat,maxlon,maxlat",
+            field="bbox",
         )
-    return parts  # type: ignore[return-value]
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def _finite(value: float) -> bool:
@@ -196,8 +219,13 @@ def _finite(value: float) -> bool:
 
 
 def list_features(
-    session: Session, layer: Layer, *, bbox: tuple[float, float, float, float] | None = None,
-    limit: int = DEFAULT_LIMIT, offset: int = 0, filters: Mapping[str, str] | None = None,
+    session: Session,
+    layer: Layer,
+    *,
+    bbox: tuple[float, float, float, float] | None = None,
+    limit: int = DEFAULT_LIMIT,
+    offset: int = 0,
+    filters: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return a FeatureCollection (as a dict with pre-serialised features) of LAYER."""
     model = layer.model
@@ -207,16 +235,26 @@ def list_features(
     for name, value in (filters or {}).items():
         where.append(getattr(model, name) == value)
     matched = session.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
-    rows = session.execute(
-        select(_feature_json_columns(layer)).where(*where).order_by(model.id).limit(limit).offset(offset)
-    ).scalars().all()
+    rows = (
+        session.execute(
+            select(_feature_json_columns(layer)).where(*where).order_by(model.id).limit(limit).offset(offset)
+        )
+        .scalars()
+        .all()
+    )
     return {"features": rows, "numberMatched": matched, "numberReturned": len(rows)}
 
 
 def feature_collection_bytes(result: Mapping[str, Any], **extra: Any) -> bytes:
     """Return the GeoJSON bytes of a list_features result, features spliced in as text."""
-    head = orjson.dumps({"type": "FeatureCollection", "numberMatched": result["numberMatched"],
-                         "numberReturned": result["numberReturned"], **extra})
+    head = orjson.dumps(
+        {
+            "type": "FeatureCollection",
+            "numberMatched": result["numberMatched"],
+            "numberReturned": result["numberReturned"],
+            **extra,
+        }
+    )
     return head[:-1] + b',"features":[' + ",".join(result["features"]).encode() + b"]}"
 
 
@@ -243,7 +281,9 @@ def _key_taken(session: Session, layer: Layer, props: Mapping[str, Any], fid: in
     if session.execute(select(exists().where(*cond))).scalar():
         key = ", ".join(f"{k}={props[k]}" for k in layer.key)
         raise Conflict.one(
-            "duplicate_key", f"{layer.zh}中已存在 {key}", f"{layer.en} already has {key}",
+            "duplicate_key",
+            f"{layer.zh}中已存在 {key}",
+            f"{layer.en} already has {key}",
             field=f"properties.{layer.key[0]}",
         )
 
@@ -263,10 +303,16 @@ def constraint_error(layer: Layer, exc: IntegrityError) -> InvalidInput | Confli
     name = getattr(diag, "constraint_name", None) or ""
     field = next((f for f in sorted(layer.field_names, key=len, reverse=True) if f in name), None)
     if name.startswith("uq_"):
-        return Conflict.one("duplicate_key", f"{layer.zh}中已存在相同编码", f"duplicate key in {layer.en}",
-                            field=f"properties.{layer.key[0]}")
+        return Conflict.one(
+            "duplicate_key",
+            f"{layer.zh}中已存在相同编码",
+            f"duplicate key in {layer.en}",
+            field=f"properties.{layer.key[0]}",
+        )
     return InvalidInput.one(
-        "constraint_violation", f"数据不符合数据库约束 {name}", f"violates database constraint {name}",
+        "constraint_violation",
+        f"数据不符合数据库约束 {name}",
+        f"violates database constraint {name}",
         field=f"properties.{field}" if field else ("geometry" if "geom" in name else None),
     )
 
@@ -299,14 +345,17 @@ def replace_feature(session: Session, layer: Layer, fid: int, feature: Any) -> d
 
 def delete_feature(session: Session, layer: Layer, fid: int) -> None:
     """Delete feature FID of LAYER, or raise NotFound."""
-    deleted = session.execute(delete(layer.model).where(layer.model.id == fid)).rowcount
-    if not deleted:
+    deleted = session.execute(delete(layer.model).where(layer.model.id == fid).returning(layer.model.id)).first()
+    if deleted is None:
         raise _feature_not_found(layer, fid)
 
 
 def upsert_rows(
-    session: Session, layer: Layer, rows: Iterable[tuple[Mapping[str, Any], BaseGeometry]],
-    *, batch: int = 500,
+    session: Session,
+    layer: Layer,
+    rows: Iterable[tuple[Mapping[str, Any], BaseGeometry]],
+    *,
+    batch: int = 500,
 ) -> int:
     """Insert or update ROWS by natural key in batches; return how many were written.
 
@@ -322,7 +371,9 @@ def upsert_rows(
         if not chunk:
             return
         stmt = insert(table).values(chunk)
-        updates = {name: stmt.excluded[name] for name in [*layer.field_names, "geom"] if name not in layer.key}
+        updates: dict[str, Any] = {
+            name: stmt.excluded[name] for name in [*layer.field_names, "geom"] if name not in layer.key
+        }
         updates["updated_at"] = func.now()
         stmt = stmt.on_conflict_do_update(constraint=f"uq_{layer.table}_key", set_=updates)
         session.execute(stmt)
@@ -356,4 +407,3 @@ def keys_present(session: Session, layer: Layer, keys: Sequence[str]) -> set[str
     """Return which of KEYS (single-field natural keys) are stored in LAYER."""
     column = getattr(layer.model, layer.key[0])
     return set(session.execute(select(column).where(column.in_(keys))).scalars())
-

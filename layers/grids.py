@@ -14,7 +14,8 @@ def _code_rules(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
     code, community = props.get("code"), props.get("community_code")
     if code and community and code[:12] != community:
         return (
-            "code_inconsistent", "code",
+            "code_inconsistent",
+            "code",
             f"网格编码 {code} 的前12位应为社区代码 {community}",
             f"grid code {code} must start with community code {community}",
         )
@@ -35,14 +36,23 @@ GRIDS = register(
         en="Grids",
         description_zh="网格化服务管理网格：每个网格属于一个社区/村，由网格员负责",
         fields=[
-            Field("code", "网格编码", "Grid code", "code", required=True, pattern=GRID_CODE,
-                  pattern_zh="12位社区代码+网格序号", max_length=16),
+            Field(
+                "code",
+                "网格编码",
+                "Grid code",
+                "code",
+                required=True,
+                pattern=GRID_CODE,
+                pattern_zh="12位社区代码+网格序号",
+                max_length=16,
+            ),
             Field("name", "网格名称", "Grid name", required=True, max_length=60),
             Field("kind", "网格类型", "Kind", "enum", required=True, choices=KINDS),
             community_field(required=True),
             Field("manager", "网格员", "Grid manager", max_length=40),
-            Field("manager_phone", "网格员电话", "Manager phone", max_length=20,
-                  pattern="^[0-9+ -]{5,20}$", personal=True),
+            Field(
+                "manager_phone", "网格员电话", "Manager phone", max_length=20, pattern="^[0-9+ -]{5,20}$", personal=True
+            ),
             Field("households", "户数", "Households", "int", minimum=0),
             Field("valid_from", "生效日期", "Valid from", "date", required=True),
             Field("valid_to", "失效日期", "Valid to", "date", popup=False),
@@ -50,8 +60,13 @@ GRIDS = register(
         key=("code",),
         accepts=("Polygon", "MultiPolygon"),
         stored=("MultiPolygon",),
-        style=Style(by="kind", colors={"基础网格": "#0d9488", "专属网格": "#7c3aed", "单元网格": "#ca8a04"},
-                    fill_opacity=0.05, weight=1.5, dash="6 4"),
+        style=Style(
+            by="kind",
+            colors={"基础网格": "#0d9488", "专属网格": "#7c3aed", "单元网格": "#ca8a04"},
+            fill_opacity=0.05,
+            weight=1.5,
+            dash="6 4",
+        ),
         locators=(IN_COMMUNITY,),
         cross_rules=(_code_rules, _dates),
         order=20,

@@ -14,7 +14,8 @@ def _zone_code(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
     code, grid = props.get("code"), props.get("grid_code")
     if code and grid and (not code.startswith(grid) or len(code) != len(grid) + 3):
         return (
-            "code_inconsistent", "code",
+            "code_inconsistent",
+            "code",
             f"责任区编码应为网格编码 {grid} 加3位序号",
             f"zone code must be grid code {grid} + a 3-digit sequence",
         )
@@ -28,12 +29,21 @@ ZONES = register(
         en="Courtyard zones",
         description_zh="庭院责任区：每户负责房前屋后的区域，应位于一个网格内并紧邻本户宅基地",
         fields=[
-            Field("code", "责任区编码", "Zone code", "code", required=True, pattern="^[0-9]{17,19}$",
-                  pattern_zh="网格编码+3位序号", max_length=19),
+            Field(
+                "code",
+                "责任区编码",
+                "Zone code",
+                "code",
+                required=True,
+                pattern="^[0-9]{17,19}$",
+                pattern_zh="网格编码+3位序号",
+                max_length=19,
+            ),
             Field("household_head", "户主", "Household head", required=True, max_length=40, personal=True),
             Field("house_number", "门牌号", "House number", max_length=60),
-            Field("homestead_parcel_code", "宅基地地块编码", "Homestead parcel", "code",
-                  pattern=ASSET_CODE, max_length=19),
+            Field(
+                "homestead_parcel_code", "宅基地地块编码", "Homestead parcel", "code", pattern=ASSET_CODE, max_length=19
+            ),
             Field("scope", "责任范围", "Scope", "enum", required=True, choices=SCOPES),
             Field("duties", "责任内容", "Duties", max_length=200),
             Field("rating", "星级", "Rating", "int", minimum=0, maximum=5),
@@ -43,9 +53,13 @@ ZONES = register(
         key=("code",),
         accepts=("Polygon", "MultiPolygon"),
         stored=("MultiPolygon",),
-        style=Style(by="scope", colors={"房前": "#f472b6", "屋后": "#fb923c", "两侧": "#a3e635",
-                                        "房前屋后": "#facc15"},
-                    fill_opacity=0.55, weight=0.5, min_zoom=15),
+        style=Style(
+            by="scope",
+            colors={"房前": "#f472b6", "屋后": "#fb923c", "两侧": "#a3e635", "房前屋后": "#facc15"},
+            fill_opacity=0.55,
+            weight=0.5,
+            min_zoom=15,
+        ),
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(_zone_code, grid_in_community),
         order=40,

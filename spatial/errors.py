@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass
@@ -49,9 +49,7 @@ class GuatuError(Exception):
         super().__init__(self.problems[0].message)
 
     @classmethod
-    def one(
-        cls, code: str, zh: str, en: str, **where: Any
-    ) -> GuatuError:
+    def one(cls, code: str, zh: str, en: str, **where: Any) -> Self:
         """Build the error from a single problem."""
         return cls(Problem(code, zh, en, Where(**where)))
 

@@ -88,7 +88,8 @@ def _check_coordinates(obj: Any, depth: int = 0) -> None:
     if isinstance(obj, int | float):
         if not math.isfinite(obj):
             raise _field_error(
-                "invalid_coordinate", "坐标不是有限数值 (NaN/Infinity)",
+                "invalid_coordinate",
+                "坐标不是有限数值 (NaN/Infinity)",
                 "coordinate is NaN or infinite",
             )
         return
@@ -113,7 +114,8 @@ def parse_geojson_geometry(obj: Any) -> BaseGeometry:
     gtype = obj["type"]
     if gtype == "GeometryCollection":
         raise _field_error(
-            "geometry_type_not_allowed", "不支持几何集合 (GeometryCollection)",
+            "geometry_type_not_allowed",
+            "不支持几何集合 (GeometryCollection)",
             "GeometryCollection is not accepted",
         )
     if gtype not in ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"):
@@ -132,9 +134,7 @@ def parse_geojson_geometry(obj: Any) -> BaseGeometry:
     try:
         geom = shapely.geometry.shape({"type": gtype, "coordinates": coords})
     except (ValueError, TypeError, IndexError, AttributeError, shapely.errors.GEOSException) as exc:
-        raise _field_error(
-            "geometry_malformed", "几何坐标结构错误", f"geometry coordinates malformed: {exc}"
-        ) from None
+        raise _field_error("geometry_malformed", "几何坐标结构错误", f"geometry coordinates malformed: {exc}") from None
     if geom.is_empty:
         raise _field_error("geometry_empty", "几何图形为空", "geometry is empty")
     return geom
@@ -147,12 +147,14 @@ def _check_rings(rings: Any) -> None:
     for ring in rings:
         if not isinstance(ring, list) or len(ring) < 4:
             raise _field_error(
-                "ring_too_short", "面的环至少需要4个坐标点（首尾相同）",
+                "ring_too_short",
+                "面的环至少需要4个坐标点（首尾相同）",
                 "a polygon ring needs at least 4 positions (first = last)",
             )
         if list(ring[0][:2]) != list(ring[-1][:2]):
             raise _field_error(
-                "ring_not_closed", "面的环未闭合：首尾坐标不一致",
+                "ring_not_closed",
+                "面的环未闭合：首尾坐标不一致",
                 "polygon ring is not closed: first and last positions differ",
                 location=[float(v) for v in ring[0][:2]],
             )
@@ -188,9 +190,7 @@ def validity_problem(geom: BaseGeometry) -> tuple[str, str, list[float] | None] 
     return _REASON_CODES.get(what, "geometry_invalid"), reason, location
 
 
-def prepare_for_storage(
-    geom: BaseGeometry, *, allowed: Iterable[str], stored: Iterable[str]
-) -> BaseGeometry:
+def prepare_for_storage(geom: BaseGeometry, *, allowed: Iterable[str], stored: Iterable[str]) -> BaseGeometry:
     """Check GEOM against a layer's rules and return it ready to store.
 
     Z values are dropped, single parts are promoted to multi where the column is multi,
@@ -207,7 +207,8 @@ def prepare_for_storage(
         )
     if shapely.get_num_coordinates(geom) > MAX_VERTICES:
         raise _field_error(
-            "too_many_vertices", f"顶点数超过上限 {MAX_VERTICES}",
+            "too_many_vertices",
+            f"顶点数超过上限 {MAX_VERTICES}",
             f"more than {MAX_VERTICES} vertices",
         )
     if shapely.has_z(geom):

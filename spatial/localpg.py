@@ -31,9 +31,7 @@ def _as_postgres(argv: list[str]) -> list[str]:
 def _reachable_by_postgres(path: Path) -> bool:
     """Tell whether the postgres user can enter every parent of PATH."""
     probe = path if path.exists() else path.parent
-    result = subprocess.run(
-        _as_postgres(["test", "-x", str(probe)]), capture_output=True, check=False
-    )
+    result = subprocess.run(_as_postgres(["test", "-x", str(probe)]), capture_output=True, check=False)
     return result.returncode == 0
 
 
@@ -63,8 +61,11 @@ def is_running(settings: LocalPgSettings) -> bool:
     """Tell whether the local cluster accepts connections."""
     try:
         with psycopg.connect(
-            host=settings.host, port=settings.port, user=settings.user,
-            dbname="postgres", connect_timeout=2,
+            host=settings.host,
+            port=settings.port,
+            user=settings.user,
+            dbname="postgres",
+            connect_timeout=2,
         ):
             return True
     except psycopg.OperationalError:
@@ -86,8 +87,17 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
         run_dir.mkdir(exist_ok=True)
         shutil.chown(run_dir, SERVER_USER, SERVER_USER)
         _run(
-            [str(bin_dir / "initdb"), "-D", str(pgdata), "-U", settings.user,
-             "--auth=trust", "--locale=C.UTF-8", "-E", "UTF8"],
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                settings.user,
+                "--auth=trust",
+                "--locale=C.UTF-8",
+                "-E",
+                "UTF8",
+            ],
             quiet=True,
         )
         with (pgdata / "postgresql.auto.conf").open("a") as conf:
@@ -102,8 +112,7 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
             )
     if not is_running(settings):
         _run(
-            [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-l", str(folder / "server.log"),
-             "-w", "-t", "60", "start"],
+            [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-l", str(folder / "server.log"), "-w", "-t", "60", "start"],
             quiet=True,
         )
         deadline = time.monotonic() + 30
@@ -118,7 +127,10 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
 def ensure_database(settings: LocalPgSettings, name: str) -> None:
     """Create database NAME in the local cluster if it does not exist."""
     with psycopg.connect(
-        host=settings.host, port=settings.port, user=settings.user, dbname="postgres",
+        host=settings.host,
+        port=settings.port,
+        user=settings.user,
+        dbname="postgres",
         autocommit=True,
     ) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()

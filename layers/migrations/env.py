@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from geoalchemy2 import alembic_helpers
 
@@ -17,7 +18,8 @@ def _include(obj: object, name: str | None, type_: str, reflected: bool, compare
     """Leave PostGIS's own tables out of autogenerate."""
     if type_ == "table" and name in {"spatial_ref_sys"}:
         return False
-    return bool(alembic_helpers.include_object(obj, name, type_, reflected, compare_to))
+    included = alembic_helpers.include_object(obj, name, type_, reflected, compare_to)  # type: ignore[no-untyped-call]
+    return bool(included)
 
 
 def run_migrations_online() -> None:
@@ -31,7 +33,7 @@ def run_migrations_online() -> None:
         _run(connection)
 
 
-def _run(connection: object) -> None:
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -1,0 +1,93 @@
+# guatu 挂图 — two commands: `make run` and `make test` (see README.md).
+# Everything missing is installed here: Debian packages, the venv, front-end assets, the
+# local PostGIS. Running a target again only redoes what changed.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= $(shell command -v python3.11 || command -v python3)
+VENV       := .venv
+BIN        := $(VENV)/bin
+STAMPS     := .stamps
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ASSET_DIR  := web/static/vendor
+NPM_DIR    := $(STAMPS)/npm
+
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help run test setup system system-test venv assets database demo lint typecheck pytest clean-db stop
+
+help: ## show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+run: system venv assets database ## install what is missing, start PostGIS, migrate, load the demo, serve on :8000
+	$(BIN)/guatu demo load --if-empty
+	exec $(BIN)/guatu serve
+
+test: system system-test venv assets database ## the same set-up, then lint, types and every test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: venv ## ruff and mypy only
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# Debian packages, only those missing. PostgreSQL is skipped when DATABASE_URL names a server.
+system:
+	@missing=""; \
+	if [ -z "$${DATABASE_URL:-}" ]; then \
+	  [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15"; \
+	  [ -f /usr/share/postgresql/15/extension/postgis.control ] || missing="$$missing postgresql-15-postgis-3"; \
+	fi; \
+	[ -n "$(PYTHON_SYS)" ] || missing="$$missing python3"; \
+	{ [ -n "$(PYTHON_SYS)" ] && $(PYTHON_SYS) -c 'import venv, ensurepip' 2>/dev/null; } || missing="$$missing python3-venv"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> 安装系统软件包 installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+system-test:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> 安装测试用软件包 installing test packages:$$missing"; \
+	  $(SUDO) apt-get update -q; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@echo "==> Python 环境 venv ($(PYTHON_SYS))"
+	[ -x $(BIN)/python ] || $(PYTHON_SYS) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $@
+
+# Front-end libraries from the npm registry, pinned by web/package-lock.json, copied into
+# web/static/vendor (git-ignored): the app serves them itself, no CDN.
+assets: $(ASSET_DIR)/.installed
+
+$(ASSET_DIR)/.installed: web/package.json web/package-lock.json
+	@echo "==> 前端资源 front-end assets (npm ci)"
+	mkdir -p $(NPM_DIR) $(ASSET_DIR)/leaflet $(ASSET_DIR)/swagger-ui
+	cp web/package.json web/package-lock.json $(NPM_DIR)/
+	cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	cp -r $(NPM_DIR)/node_modules/leaflet/dist/leaflet.js $(NPM_DIR)/node_modules/leaflet/dist/leaflet.css \
+	      $(NPM_DIR)/node_modules/leaflet/dist/images $(NPM_DIR)/node_modules/leaflet/LICENSE $(ASSET_DIR)/leaflet/
+	cp $(NPM_DIR)/node_modules/swagger-ui-dist/swagger-ui-bundle.js $(NPM_DIR)/node_modules/swagger-ui-dist/swagger-ui.css \
+	   $(NPM_DIR)/node_modules/swagger-ui-dist/LICENSE $(ASSET_DIR)/swagger-ui/
+	touch $@
+
+database: venv ## start the local PostGIS (unless DATABASE_URL is set) and migrate
+	$(BIN)/guatu db upgrade
+
+demo: database ## (re)load the demo street; idempotent
+	$(BIN)/guatu demo load
+
+stop: venv ## stop the local PostGIS
+	$(BIN)/guatu db stop

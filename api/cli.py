@@ -1,0 +1,123 @@
+"""The `guatu` command: serve, migrate, load the demo street."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from api.settings import ApiSettings
+from layers import migrate
+from layers.base import REGISTRY
+from spatial import localpg
+from spatial.db import make_engine
+from spatial.settings import LocalPgSettings, db_settings
+
+app = typer.Typer(help="guatu 挂图 — 集体资源一张图 (a GIS for grassroots governance).", no_args_is_help=True)
+db_app = typer.Typer(help="数据库 Database: start the local PostGIS, migrate.", no_args_is_help=True)
+demo_app = typer.Typer(help="演示数据 Demo data: one street of 城阳区.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(demo_app, name="demo")
+console = Console(stderr=True)
+
+
+def _engine() -> Engine:
+    """Return an engine, starting the local cluster first when no DATABASE_URL is set."""
+    settings = db_settings()
+    if not settings.external:
+        folder = localpg.ensure_running(LocalPgSettings())
+        console.print(f"[dim]本地 PostGIS local cluster: {folder} ({LocalPgSettings().url()})[/dim]")
+    return make_engine()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="target revision")) -> None:
+    """Apply the migrations (creates PostGIS and every table)."""
+    engine = _engine()
+    before = migrate.current(engine)
+    migrate.upgrade(engine, revision)
+    after = migrate.current(engine)
+    console.print(f"数据库版本 schema revision: {before or '—'} → {after}")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the schema revision and feature counts."""
+    engine = _engine()
+    console.print(f"数据库版本 schema revision: {migrate.current(engine) or '—'}")
+    with Session(engine) as session:
+        for layer in REGISTRY.values():
+            count = session.execute(select(func.count()).select_from(layer.model)).scalar_one()
+            console.print(f"  {layer.zh} {layer.en}: {count}")
+
+
+@db_app.command("start")
+def db_start() -> None:
+    """Start the local PostGIS cluster (no-op with DATABASE_URL)."""
+    _engine()
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the local PostGIS cluster."""
+    localpg.stop()
+
+
+@demo_app.command("load")
+def demo_load(
+    if_empty: bool = typer.Option(False, "--if-empty", help="only when the database holds no features"),
+) -> None:
+    """Load the demo street (idempotent: features are upserted by their codes)."""
+    from layers import demo
+
+    engine = _engine()
+    with Session(engine) as session:
+        if if_empty:
+            stored = sum(
+                session.execute(select(func.count()).select_from(layer.model)).scalar_one()
+                for layer in REGISTRY.values()
+            )
+            if stored:
+                console.print(f"数据库已有 {stored} 个要素，跳过演示数据 (database not empty, demo skipped)")
+                return
+        started = time.monotonic()
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            tasks: dict[str, TaskID] = {}
+
+            def report(layer_id: str, done: int, total: int) -> None:
+                if layer_id not in tasks:
+                    layer = REGISTRY[layer_id]
+                    tasks[layer_id] = progress.add_task(f"{layer.zh} {layer.en}", total=total)
+                progress.update(tasks[layer_id], completed=done, total=total)
+
+            counts = demo.load(session, progress=report)
+            session.commit()
+    summary = "，".join(f"{REGISTRY[k].zh} {v}" for k, v in counts.items())
+    console.print(f"演示数据已加载 demo loaded in {time.monotonic() - started:.1f} s: {summary}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="address to listen on (default 127.0.0.1)"),
+    port: int = typer.Option(None, help="port (default 8000)"),
+    reload: bool = typer.Option(False, help="restart on code changes (development)"),
+) -> None:
+    """Serve the map and the API."""
+    import uvicorn
+
+    settings = ApiSettings()
+    _engine()
+    host, port = host or settings.host, port or settings.port
+    console.print(f"guatu 挂图: http://{host}:{port}/  (API 文档 docs: http://{host}:{port}/docs)")
+    uvicorn.run("api.main:app_factory", factory=True, host=host, port=port, reload=reload, log_level="info")
+
+
+def main() -> None:
+    """Run the command line."""
+    app()

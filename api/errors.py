@@ -1,0 +1,83 @@
+"""One table from domain errors to HTTP status codes, and the handlers that use it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from spatial.errors import GuatuError
+
+log = logging.getLogger("guatu.api")
+
+STATUS = {"invalid": 422, "malformed": 400, "not_found": 404, "conflict": 409}
+
+_HTTP_CODES = {
+    404: ("not_found", "找不到该地址", "not found"),
+    405: ("method_not_allowed", "不支持该请求方法", "method not allowed"),
+    413: ("payload_too_large", "请求体过大", "payload too large"),
+}
+
+
+def error_body(problems: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the body of an error: the first problem at the top, all of them listed."""
+    first = problems[0]
+    return {**first, "errors": problems}
+
+
+def _guatu(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GuatuError)
+    return JSONResponse(error_body([p.as_dict() for p in exc.problems]), status_code=STATUS[exc.kind])
+
+
+def _request_validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ())]
+        where = {"field": ".".join(loc[1:]) or loc[0]} if loc else {}
+        problems.append(
+            {
+                "code": "parameter_invalid",
+                "message": f"参数“{where.get('field', '')}”无效 (invalid parameter: {err.get('msg')})",
+                "where": where,
+            }
+        )
+    return JSONResponse(error_body(problems), status_code=422)
+
+
+def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code, zh, en = _HTTP_CODES.get(exc.status_code, ("http_error", "请求错误", str(exc.detail)))
+    body = {"code": code, "message": f"{zh} ({en})", "where": {}}
+    return JSONResponse(error_body([body]), status_code=exc.status_code, headers=exc.headers)
+
+
+def _database(_: Request, exc: Exception) -> JSONResponse:
+    log.error("database unavailable: %s", exc)
+    body = {
+        "code": "database_unavailable",
+        "message": "数据库暂时不可用，请稍后重试 (database unavailable)",
+        "where": {},
+    }
+    return JSONResponse(error_body([body]), status_code=503)
+
+
+def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error", exc_info=exc)
+    body = {"code": "internal_error", "message": "服务器内部错误，已记录 (internal error, logged)", "where": {}}
+    return JSONResponse(error_body([body]), status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    """Register every error handler on APP."""
+    app.add_exception_handler(GuatuError, _guatu)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(OperationalError, _database)
+    app.add_exception_handler(Exception, _unexpected)

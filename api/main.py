@@ -1,0 +1,62 @@
+"""Build the app in a function; `app` exists only for uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.engine import Engine
+
+from api import errors
+from api.routes import features, health, layers, pages
+from api.settings import ApiSettings
+from spatial.db import make_engine, make_sessionmaker
+from web import assets
+
+log = logging.getLogger("guatu")
+
+
+def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """Return the guatu app; ENGINE defaults to one built from the settings at start-up."""
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = engine is None
+        bound = engine or make_engine()
+        app.state.engine = bound
+        app.state.sessions = make_sessionmaker(bound)
+        missing = assets.missing_assets()
+        if missing:
+            log.warning("front-end assets missing (%s): run `make run` to install them", ", ".join(missing))
+        yield
+        if own:
+            bound.dispose()
+
+    app = FastAPI(
+        title="guatu 挂图 API",
+        description="集体资源一张图：地块、商铺、网格、一户一区。Parcels, shops, grids and courtyard zones.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    if engine is not None:  # tests hand in their engine; make it usable without lifespan too
+        app.state.engine = engine
+        app.state.sessions = make_sessionmaker(engine)
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(layers.router)
+    app.include_router(features.router)
+    app.include_router(pages.router)
+    app.mount(assets.STATIC_URL, StaticFiles(directory=assets.STATIC_DIR), name="static")
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Return the app for `uvicorn --factory api.main:app_factory`."""
+    return create_app()

@@ -1,0 +1,1 @@
+"""Route groups: health, layers, features, pages."""

@@ -1,0 +1,118 @@
+"""Features of a layer as GeoJSON: list by bounding box, read, create, replace, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+
+from api.deps import LayerDep, SessionDep
+from layers import features
+from spatial.errors import MalformedInput
+
+GEOJSON = "application/geo+json"
+router = APIRouter(prefix="/api/layers/{layer_id}/features", tags=["features"])
+
+FEATURE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/geo+json": {
+                "schema": {
+                    "type": "object",
+                    "example": {
+                        "type": "Feature",
+                        "geometry": {"type": "Point", "coordinates": [120.3842, 36.3021]},
+                        "properties": {
+                            "code": "3702140010012100001",
+                            "name": "示例商铺",
+                            "ownership": "集体",
+                            "status": "闲置",
+                        },
+                    },
+                }
+            },
+            "application/json": {"schema": {"type": "object"}},
+        },
+    }
+}
+
+
+class GeoJSONResponse(Response):
+    """A response with the GeoJSON media type."""
+
+    media_type = GEOJSON
+
+
+async def _read_feature(request: Request) -> Any:
+    """Return the parsed JSON body, or raise a clear error naming line and column."""
+    limit = request.app.state.settings.max_feature_bytes
+    body = await request.body()
+    if len(body) > limit:
+        raise MalformedInput.one(
+            "payload_too_large", f"要素过大（上限 {limit} 字节）", f"feature larger than {limit} bytes"
+        )
+    if not body.strip():
+        raise MalformedInput.one("body_empty", "请求体为空", "request body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedInput.one(
+            "invalid_json",
+            f"不是有效的 JSON：第 {exc.lineno} 行第 {exc.colno} 列",
+            f"not valid JSON: {exc.msg}",
+            location=[exc.lineno, exc.colno],
+        ) from None
+
+
+def _geojson(data: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> GeoJSONResponse:
+    return GeoJSONResponse(orjson.dumps(data), status_code=status_code, headers=headers)
+
+
+@router.get("", summary="按范围查询要素 Features in a bounding box", response_class=GeoJSONResponse)
+def list_features(
+    layer: LayerDep,
+    session: SessionDep,
+    bbox: str | None = Query(None, description="minlon,minlat,maxlon,maxlat (CGCS2000)"),
+    limit: int = Query(features.DEFAULT_LIMIT, ge=1, le=features.MAX_LIMIT),
+    offset: int = Query(0, ge=0),
+) -> GeoJSONResponse:
+    """Return the layer's features intersecting BBOX as a GeoJSON FeatureCollection."""
+    result = features.list_features(session, layer, bbox=features.parse_bbox(bbox), limit=limit, offset=offset)
+    body = features.feature_collection_bytes(result)
+    return GeoJSONResponse(body)
+
+
+@router.post(
+    "", summary="新增要素 Create a feature", status_code=201, openapi_extra=FEATURE_BODY, response_class=GeoJSONResponse
+)
+async def create_feature(layer: LayerDep, session: SessionDep, request: Request) -> GeoJSONResponse:
+    """Validate and store a GeoJSON Feature; answer with it as stored."""
+    body = await _read_feature(request)
+    created = features.create_feature(session, layer, body)
+    session.commit()
+    return _geojson(created, 201, {"Location": f"/api/layers/{layer.id}/features/{created['id']}"})
+
+
+@router.get("/{fid}", summary="读取要素 Read a feature", response_class=GeoJSONResponse)
+def get_feature(layer: LayerDep, session: SessionDep, fid: int) -> GeoJSONResponse:
+    """Return one feature."""
+    return _geojson(features.get_feature(session, layer, fid))
+
+
+@router.put("/{fid}", summary="替换要素 Replace a feature", openapi_extra=FEATURE_BODY, response_class=GeoJSONResponse)
+async def replace_feature(layer: LayerDep, session: SessionDep, fid: int, request: Request) -> GeoJSONResponse:
+    """Replace a feature's properties and geometry."""
+    body = await _read_feature(request)
+    updated = features.replace_feature(session, layer, fid, body)
+    session.commit()
+    return _geojson(updated)
+
+
+@router.delete("/{fid}", summary="删除要素 Delete a feature", status_code=204)
+def delete_feature(layer: LayerDep, session: SessionDep, fid: int) -> Response:
+    """Delete a feature."""
+    features.delete_feature(session, layer, fid)
+    session.commit()
+    return Response(status_code=204)

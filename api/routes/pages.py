@@ -1,0 +1,38 @@
+"""HTML pages: the map and the offline API docs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+
+from api.deps import SessionDep
+from layers.base import REGISTRY
+from layers.features import layer_summary
+from web import assets
+from web.maps import LayerView, build_map_page
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
+
+
+@router.get("/", response_class=HTMLResponse)
+def map_page(request: Request, session: SessionDep) -> HTMLResponse:
+    """Return the 挂图 map page with every layer."""
+    views = []
+    for layer in REGISTRY.values():
+        summary = layer_summary(session, layer)
+        views.append(LayerView(layer, summary["count"], summary["extent"]))
+    html = build_map_page(views, title=request.app.state.settings.site_title)
+    return HTMLResponse(html)
+
+
+@router.get("/docs", response_class=HTMLResponse)
+def docs() -> HTMLResponse:
+    """Return Swagger UI from the app's own assets (works offline)."""
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="guatu API 接口文档",
+        swagger_js_url=assets.SWAGGER_JS,
+        swagger_css_url=assets.SWAGGER_CSS,
+        swagger_favicon_url="/static/guatu/favicon.svg",
+    )

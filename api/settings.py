@@ -1,0 +1,16 @@
+"""HTTP-side settings (env prefix GUATU_)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    """How the app is served and titled."""
+
+    model_config = SettingsConfigDict(env_prefix="GUATU_")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    site_title: str = "城阳街道 集体资源一张图"
+    max_feature_bytes: int = 20 * 1024 * 1024

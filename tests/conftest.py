@@ -1,0 +1,73 @@
+"""Fixtures: a real PostGIS test database, migrated once; each test rolls back."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from psycopg import sql
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session
+
+from api.deps import get_session
+from api.main import create_app
+from layers import migrate
+from spatial import localpg
+from spatial.db import make_engine
+from spatial.settings import LocalPgSettings, db_settings
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+
+
+def _server_url() -> str:
+    settings = db_settings()
+    if not settings.external:
+        localpg.ensure_running(LocalPgSettings())
+    return settings.url()
+
+
+def recreate_database(name: str) -> str:
+    """Drop and create database NAME on the configured server; return its URL."""
+    try:
+        url = make_url(_server_url())
+        admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except (psycopg.OperationalError, RuntimeError) as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no PostGIS server for the tests: {exc}")
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    """Return an engine on a fresh, migrated test database."""
+    eng = make_engine(url=recreate_database("guatu_test"))
+    migrate.upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    """Yield a session inside an outer transaction that is rolled back after the test."""
+    with engine.connect() as conn:
+        outer = conn.begin()
+        with Session(bind=conn, join_transaction_mode="create_savepoint") as sess:
+            yield sess
+        outer.rollback()
+
+
+@pytest.fixture
+def client(engine: Engine, session: Session) -> Iterator[TestClient]:
+    """Return a test client whose requests all use the rolled-back session."""
+    app = create_app(engine=engine)
+    app.dependency_overrides[get_session] = lambda: session
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client

@@ -1,0 +1,258 @@
+"""The API against real PostGIS: CRUD per layer, SRID 4490, geodesic area, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from pyproj import Geod
+from shapely.geometry import box, shape
+
+from layers.base import REGISTRY
+from tests.samples import COMMUNITY, EDITS, GRID, X0, Y0, polygon, sample
+
+GEOJSON = "application/geo+json"
+
+
+def post(client: TestClient, layer: str, body: object) -> dict:
+    response = client.post(f"/api/layers/{layer}/features", json=body)
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"] == GEOJSON
+    return response.json()
+
+
+def assert_error(response, status: int, code: str, field: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["code"] == code, body
+    assert body["message"]
+    if field:
+        assert body["where"].get("field") == field, body
+    return body
+
+
+def test_healthz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("layer_id", list(REGISTRY))
+def test_crud_round_trip(client: TestClient, session: Session, layer_id: str) -> None:
+    sent = sample(layer_id)
+    created = post(client, layer_id, sent)
+    fid = created["id"]
+    assert client.get(f"/api/layers/{layer_id}/features/{fid}").json() == created
+    for name, value in sent["properties"].items():
+        assert created["properties"][name] == value, name
+    assert shape(created["geometry"]).hausdorff_distance(shape(sent["geometry"])) < 1e-9  # stored to 9 decimals
+
+    srid = session.execute(text(f"SELECT ST_SRID(geom) FROM {layer_id} WHERE id = :i"), {"i": fid}).scalar()
+    assert srid == 4490
+
+    name, value = EDITS[layer_id]
+    changed = sample(layer_id)
+    changed["properties"][name] = value
+    if changed["geometry"]["type"] == "Polygon":
+        ring = changed["geometry"]["coordinates"][0]
+        changed["geometry"]["coordinates"][0] = [[x + 0.00001, y] for x, y in ring]
+    else:
+        changed["geometry"]["coordinates"][0] += 0.00001
+    replaced = client.put(f"/api/layers/{layer_id}/features/{fid}", json=changed)
+    assert replaced.status_code == 200, replaced.text
+    again = client.get(f"/api/layers/{layer_id}/features/{fid}").json()
+    assert again["properties"][name] == value
+    assert again["geometry"]["coordinates"] != created["geometry"]["coordinates"]
+
+    listed = client.get(
+        f"/api/layers/{layer_id}/features", params={"bbox": f"{X0 - 0.02},{Y0 - 0.02},{X0 + 0.02},{Y0 + 0.02}"}
+    )
+    assert listed.headers["content-type"] == GEOJSON
+    assert [f["id"] for f in listed.json()["features"]] == [fid]
+    outside = client.get(f"/api/layers/{layer_id}/features", params={"bbox": "100,20,100.1,20.1"}).json()
+    assert outside["features"] == [] and outside["numberMatched"] == 0
+
+    assert client.delete(f"/api/layers/{layer_id}/features/{fid}").status_code == 204
+    assert_error(client.get(f"/api/layers/{layer_id}/features/{fid}"), 404, "feature_not_found")
+    assert_error(client.delete(f"/api/layers/{layer_id}/features/{fid}"), 404, "feature_not_found")
+
+
+def test_geodesic_area_of_one_hectare(client: TestClient) -> None:
+    # ~100 m x 100 m near Chengyang (120.396 E, 36.307 N)
+    square = box(X0, Y0, X0 + 0.0011151, Y0 + 0.00090131)
+    expected = abs(Geod(ellps="GRS80").geometry_area_perimeter(square)[0])
+    assert 9_900 < expected < 10_100
+    parcel = sample("parcels")
+    parcel["geometry"] = polygon(*square.bounds)
+    props = post(client, "parcels", parcel)["properties"]
+    assert abs(props["area_m2"] - expected) / expected < 1e-4
+    assert props["area_mu"] == props["area_m2"] * 3 / 2000  # 1 亩 = 2000/3 m², exactly
+    assert round(props["area_mu"], 2) == round(expected * 3 / 2000, 2)
+
+
+def test_winding_order_is_not_a_reason_to_reject(client: TestClient) -> None:
+    parcel = sample("parcels")
+    parcel["geometry"]["coordinates"][0].reverse()  # clockwise shell
+    props = post(client, "parcels", parcel)["properties"]
+    assert props["area_m2"] > 0
+
+
+def test_invalid_geometry_is_rejected_with_its_location(client: TestClient) -> None:
+    parcel = sample("parcels")
+    parcel["geometry"] = {
+        "type": "Polygon",
+        "coordinates": [[[X0, Y0], [X0 + 0.001, Y0 + 0.001], [X0 + 0.001, Y0], [X0, Y0 + 0.001], [X0, Y0]]],
+    }
+    body = assert_error(client.post("/api/layers/parcels/features", json=parcel), 422, "self_intersection", "geometry")
+    assert body["where"]["location"] == pytest.approx([X0 + 0.0005, Y0 + 0.0005])
+
+
+def test_wrong_geometry_type_is_rejected(client: TestClient) -> None:
+    parcel = sample("parcels")
+    parcel["geometry"] = {"type": "Point", "coordinates": [X0, Y0]}
+    assert_error(client.post("/api/layers/parcels/features", json=parcel), 422, "geometry_type_not_allowed", "geometry")
+    shop = sample("shops")
+    shop["geometry"] = {"type": "LineString", "coordinates": [[X0, Y0], [X0 + 0.001, Y0]]}
+    assert_error(client.post("/api/layers/shops/features", json=shop), 422, "geometry_type_not_allowed", "geometry")
+
+
+def test_unknown_land_use_code_is_rejected(client: TestClient) -> None:
+    parcel = sample("parcels")
+    parcel["properties"]["land_use_code"] = "0199"
+    assert_error(
+        client.post("/api/layers/parcels/features", json=parcel),
+        422,
+        "unknown_land_use_code",
+        "properties.land_use_code",
+    )
+
+
+@pytest.mark.parametrize("code", ["0702", "05H1", "0301K", "08H2A", "1201"])
+def test_both_code_lists_are_accepted(client: TestClient, code: str) -> None:
+    parcel = sample("parcels")
+    parcel["properties"]["land_use_code"] = code
+    assert post(client, "parcels", parcel)["properties"]["land_use_code"] == code
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "code", "field"),
+    [
+        (lambda f: f["properties"].pop("ownership"), 422, "required", "properties.ownership"),
+        (lambda f: f["properties"].update(ownership="私有"), 422, "enum", "properties.ownership"),
+        (lambda f: f["properties"].update(code="ABC"), 422, "code_format", "properties.code"),
+        (lambda f: f["properties"].update(idle_since="去年"), 422, "type", "properties.idle_since"),
+        (lambda f: f["properties"].update(colour="red"), 422, "unknown_field", "properties.colour"),
+        (lambda f: f.update(geometry=None), 422, "geometry_missing", "geometry"),
+        (
+            lambda f: f["geometry"].update(coordinates=[[[X0, Y0], [X0 + 1e-3, Y0], [X0, Y0]]]),
+            422,
+            "ring_too_short",
+            "geometry",
+        ),
+        (
+            lambda f: f["geometry"].update(coordinates=[[[X0, Y0], [X0 + 1e-3, Y0], [X0, Y0 + 1e-3], [X0, Y0 + 2e-3]]]),
+            422,
+            "ring_not_closed",
+            "geometry",
+        ),
+        (
+            lambda f: f["geometry"].update(
+                coordinates=[[[535566, 4019680], [535666, 4019680], [535666, 4019780], [535566, 4019680]]]
+            ),
+            422,
+            "coordinate_out_of_range",
+            "geometry",
+        ),
+        (lambda f: f.update(type="FeatureCollection"), 400, "not_a_feature", "type"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(client: TestClient, mutate, status: int, code: str, field: str) -> None:
+    parcel = sample("parcels")
+    mutate(parcel)
+    assert_error(client.post("/api/layers/parcels/features", json=parcel), status, code, field)
+
+
+def test_every_problem_is_listed(client: TestClient) -> None:
+    parcel = sample("parcels")
+    parcel["properties"].update(ownership="私有", use_status=None)
+    parcel["geometry"] = {"type": "Point", "coordinates": [X0, Y0]}
+    body = client.post("/api/layers/parcels/features", json=parcel).json()
+    assert {e["code"] for e in body["errors"]} == {"enum", "required", "geometry_type_not_allowed"}
+
+
+def test_malformed_bodies_never_500(client: TestClient) -> None:
+    url = "/api/layers/parcels/features"
+    body = assert_error(client.post(url, content=b'{"type": "Feature",\n "geometry": '), 400, "invalid_json")
+    assert body["where"]["location"][0] == 2
+    assert_error(client.post(url, content=b""), 400, "body_empty")
+    assert_error(client.post(url, content=b"[1, 2]"), 400, "not_a_feature")
+    assert_error(
+        client.post(
+            url, json={"type": "Feature", "geometry": {"type": "Polygon", "coordinates": "x"}, "properties": {}}
+        ),
+        422,
+        "required",
+    )
+    nan = b'{"type":"Feature","geometry":{"type":"Point","coordinates":[NaN,1]},"properties":{}}'
+    assert_error(client.post("/api/layers/shops/features", content=nan), 400, "invalid_json")
+    assert_error(client.get("/api/layers/parcels/features", params={"bbox": "1,2,3"}), 422, "bbox_invalid", "bbox")
+    assert_error(client.get("/api/layers/parcels/features", params={"limit": 0}), 422, "parameter_invalid", "limit")
+    assert_error(client.get("/api/layers/nope/features"), 404, "layer_not_found")
+    assert_error(client.get("/api/layers/parcels/features/abc"), 422, "parameter_invalid")
+    assert_error(client.get("/no/such/page"), 404, "not_found")
+
+
+def test_duplicate_key_is_a_conflict(client: TestClient) -> None:
+    post(client, "shops", sample("shops"))
+    assert_error(
+        client.post("/api/layers/shops/features", json=sample("shops")), 409, "duplicate_key", "properties.code"
+    )
+
+
+def test_codes_follow_the_location(client: TestClient) -> None:
+    post(client, "divisions", sample("divisions"))
+    post(client, "grids", sample("grids"))
+    shop = sample("shops")
+    del shop["properties"]["community_code"], shop["properties"]["grid_code"]
+    props = post(client, "shops", shop)["properties"]
+    assert (props["community_code"], props["grid_code"]) == (COMMUNITY, GRID)
+
+    parcel = sample("parcels")
+    parcel["properties"]["grid_code"] = COMMUNITY + "002"
+    assert_error(
+        client.post("/api/layers/parcels/features", json=parcel), 422, "location_mismatch", "properties.grid_code"
+    )
+
+
+def test_grid_code_must_extend_its_community(client: TestClient) -> None:
+    grid = sample("grids")
+    grid["properties"]["code"] = "370214001010001"
+    assert_error(client.post("/api/layers/grids/features", json=grid), 422, "code_inconsistent", "properties.code")
+    grid["properties"]["code"] = COMMUNITY + "0001"
+    assert_error(client.post("/api/layers/grids/features", json=grid), 422, "code_format", "properties.code")
+
+
+BOWTIE = "MULTIPOLYGON(((0 0,1 1,1 0,0 1,0 0)))"
+TRIANGLE = "MULTIPOLYGON(((0 0,1 0,1 1,0 0)))"
+
+
+@pytest.mark.parametrize(
+    ("wkt", "srid", "land_use", "ownership", "why"),
+    [
+        (BOWTIE, 4490, "1201", "集体", "ck_parcels_geom_valid"),
+        (TRIANGLE, 4490, "9999", "集体", "fk_parcels_land_use_code_land_use_codes"),
+        (TRIANGLE, 4490, "1201", "私有", "ck_parcels_ownership_enum"),
+        (TRIANGLE, 4326, "1201", "集体", "SRID"),
+        ("POINT(0 0)", 4490, "1201", "集体", "Geometry type"),
+    ],
+)
+def test_database_constraints_hold_without_the_api(
+    session: Session, wkt: str, srid: int, land_use: str, ownership: str, why: str
+) -> None:
+    statement = text(
+        "INSERT INTO parcels (geom, code, land_use_code, ownership, use_status) "
+        "VALUES (ST_GeomFromText(:wkt, :srid), '3702140010090100009', :land_use, :ownership, '闲置')"
+    )
+    with pytest.raises(DBAPIError, match=why), session.begin_nested():
+        session.execute(statement, {"wkt": wkt, "srid": srid, "land_use": land_use, "ownership": ownership})

@@ -1,0 +1,23 @@
+"""Where the front-end libraries are: installed from npm at set-up, served by the app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+VENDOR_DIR = STATIC_DIR / "vendor"
+STATIC_URL = "/static"
+
+LEAFLET_JS = f"{STATIC_URL}/vendor/leaflet/leaflet.js"
+LEAFLET_CSS = f"{STATIC_URL}/vendor/leaflet/leaflet.css"
+SWAGGER_JS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui-bundle.js"
+SWAGGER_CSS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui.css"
+GUATU_JS = f"{STATIC_URL}/guatu/map.js"
+GUATU_CSS = f"{STATIC_URL}/guatu/map.css"
+
+REQUIRED = ("leaflet/leaflet.js", "leaflet/leaflet.css", "swagger-ui/swagger-ui-bundle.js", "swagger-ui/swagger-ui.css")
+
+
+def missing_assets() -> list[str]:
+    """Return the vendored files that set-up has not installed yet."""
+    return [name for name in REQUIRED if not (VENDOR_DIR / name).exists()]

@@ -1,0 +1,153 @@
+"""The 挂图 map page, built with folium: every layer loaded from the API by bounding box.
+
+Nothing here reaches the internet: Leaflet comes from the app's own static files and the
+default basemap is none. Feature text reaches the page only as JSON data and is put into
+the DOM with ``textContent``, so a shop called ``<img src=x onerror=…>`` stays text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import Template
+
+import folium
+from branca.element import CssLink, Element, Figure, JavascriptLink, MacroElement
+
+from layers.base import Layer
+from web import assets
+
+DEFAULT_CENTER = (36.30, 120.38)
+PAGE_LIMIT = 5_000
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """A layer as the map shows it: its declaration plus what the database holds."""
+
+    layer: Layer
+    count: int
+    extent: Sequence[float] | None
+
+
+class _BboxLayer(MacroElement):
+    """A FeatureGroup's content, fetched from the API for the visible bounding box."""
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        guatu.bboxLayer({{ this._parent.get_name() }}, {{ this.map_name }}, {{ this.options|tojson }});
+        {% endmacro %}
+        """
+    )
+
+    def __init__(self, map_name: str, options: dict[str, Any]) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # branca leaves __init__ unannotated
+        self._name = "GuatuBboxLayer"
+        self.map_name = map_name
+        self.options = options
+
+
+class _PageChrome(MacroElement):
+    """Title bar, legend and status box, drawn by map.js from JSON data."""
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        guatu.chrome({{ this._parent.get_name() }}, {{ this.options|tojson }});
+        {% endmacro %}
+        """
+    )
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # branca leaves __init__ unannotated
+        self._name = "GuatuChrome"
+        self.options = options
+
+
+def layer_options(view: LayerView, api_base: str) -> dict[str, Any]:
+    """Return the JSON options map.js needs to fetch, style and describe one layer."""
+    layer, style = view.layer, view.layer.style
+    return {
+        "id": layer.id,
+        "title": {"zh": layer.zh, "en": layer.en},
+        "url": f"{api_base}/layers/{layer.id}/features",
+        "limit": PAGE_LIMIT,
+        "count": view.count,
+        "order": layer.order,
+        "popup": layer.popup_fields(),
+        "key": list(layer.key),
+        "style": {
+            "by": style.by,
+            "colors": style.colors,
+            "default": style.default,
+            "fillOpacity": style.fill_opacity,
+            "weight": style.weight,
+            "radius": style.radius,
+            "minZoom": style.min_zoom,
+            "dash": style.dash,
+            "fill": style.fill,
+        },
+    }
+
+
+def _bounds(views: Sequence[LayerView]) -> list[list[float]] | None:
+    boxes = [v.extent for v in views if v.extent]
+    if not boxes:
+        return None
+    return [
+        [min(b[1] for b in boxes), min(b[0] for b in boxes)],
+        [max(b[3] for b in boxes), max(b[2] for b in boxes)],
+    ]
+
+
+def build_map_page(
+    views: Sequence[LayerView], *, title: str, api_base: str = "/api", hidden: Sequence[str] = ()
+) -> str:
+    """Return the HTML of the map page for the given layers (largest extent first fitted)."""
+    fig = folium.Figure(title=f"{title} · guatu 挂图")
+    fmap = folium.Map(
+        location=DEFAULT_CENTER,
+        zoom_start=14,
+        tiles=None,
+        control_scale=True,
+        max_zoom=20,
+        prefer_canvas=False,
+        zoom_control=True,
+    )
+    # folium's defaults load Leaflet, jQuery, Bootstrap and Font Awesome from CDNs: the
+    # map needs only Leaflet, served by the app itself.
+    fmap.default_js = [("leaflet", assets.LEAFLET_JS)]
+    fmap.default_css = [("leaflet_css", assets.LEAFLET_CSS)]
+    fig.add_child(fmap)
+    root = fmap.get_root()
+    assert isinstance(root, Figure)
+    root.header.add_child(Element('<meta name="robots" content="noindex">'))
+    root.header.add_child(CssLink(assets.GUATU_CSS))
+    root.header.add_child(JavascriptLink(assets.GUATU_JS))
+    for view in sorted(views, key=lambda v: v.layer.order):
+        group = folium.FeatureGroup(name=f"{view.layer.zh} {view.layer.en}", show=view.layer.id not in hidden)
+        group.add_child(_BboxLayer(fmap.get_name(), layer_options(view, api_base)))
+        fmap.add_child(group)
+    folium.LayerControl(collapsed=False, position="topright").add_to(fmap)
+    bounds = _bounds(views)
+    if bounds:
+        fmap.fit_bounds(bounds)
+    chrome = {
+        "title": title,
+        "legend": [
+            {
+                "id": v.layer.id,
+                "title": {"zh": v.layer.zh, "en": v.layer.en},
+                "by": v.layer.style.by and v.layer.field(v.layer.style.by).zh,
+                "rows": v.layer.legend(),
+                "fill": v.layer.style.fill,
+            }
+            for v in sorted(views, key=lambda v: v.layer.order)
+        ],
+    }
+    fmap.add_child(_PageChrome(chrome))
+    html: str = fig.render()
+    return html

@@ -1,0 +1,185 @@
+/* guatu 挂图: layers fetched by bounding box, styled by status, popups built as text. */
+(function () {
+  "use strict";
+
+  var status = {};      // layer id -> status line
+  var statusBox = null;
+
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  /* Mask personal data (PIPL): keep the first character, star the rest but the last. */
+  function mask(value) {
+    var s = String(value);
+    if (s.length <= 1) return "*";
+    if (s.length === 2) return s.charAt(0) + "*";
+    return s.charAt(0) + "*".repeat(s.length - 2) + s.charAt(s.length - 1);
+  }
+
+  function formatValue(field, value) {
+    if (value === null || value === undefined || value === "") return "—";
+    if (field.personal) return mask(value);
+    if (field.name === "area_mu") return Number(value).toFixed(2);
+    if (field.name === "area_m2") return Number(value).toFixed(1);
+    return String(value);
+  }
+
+  function popupNode(opts, feature) {
+    var box = el("div", "guatu-popup");
+    var props = feature.properties || {};
+    box.appendChild(el("div", "guatu-popup-title", opts.title.zh + " " + opts.title.en));
+    var table = el("table", "guatu-popup-table");
+    opts.popup.forEach(function (field) {
+      var row = el("tr");
+      var th = el("th", null, field.zh);
+      th.title = field.en;
+      row.appendChild(th);
+      row.appendChild(el("td", "guatu-v-" + field.name, formatValue(field, props[field.name])));
+      table.appendChild(row);
+    });
+    box.appendChild(table);
+    return box;
+  }
+
+  function colourOf(style, props) {
+    if (style.by && props && Object.prototype.hasOwnProperty.call(style.colors, props[style.by])) {
+      return style.colors[props[style.by]];
+    }
+    return style.default;
+  }
+
+  function showStatus() {
+    if (!statusBox) return;
+    statusBox.textContent = "";
+    Object.keys(status).sort().forEach(function (id) {
+      statusBox.appendChild(el("div", "guatu-status-" + id, status[id]));
+    });
+  }
+
+  function bboxLayer(group, map, opts) {
+    var paneName = "guatu-" + opts.id;
+    if (!map.getPane(paneName)) {
+      map.createPane(paneName).style.zIndex = String(400 + opts.order);
+    }
+    var style = opts.style;
+    var geo = L.geoJSON(null, {
+      pane: paneName,
+      style: function (feature) {
+        var colour = colourOf(style, feature.properties);
+        return {
+          color: style.fill ? "#374151" : colour, weight: style.weight, fillColor: colour,
+          fillOpacity: style.fill ? style.fillOpacity : 0, fill: style.fill, dashArray: style.dash,
+          className: "guatu-f guatu-" + opts.id + " guatu-" + opts.id + "-" + feature.id
+        };
+      },
+      pointToLayer: function (feature, latlng) {
+        return L.circleMarker(latlng, {pane: paneName, radius: style.radius});
+      },
+      onEachFeature: function (feature, layer) {
+        layer.bindPopup(function () { return popupNode(opts, feature); }, {maxWidth: 360});
+      }
+    });
+    geo.addTo(group);
+    var seq = 0;
+    var controller = null;
+
+    function refresh() {
+      if (!map.hasLayer(group)) return;
+      if (map.getZoom() < style.minZoom) {
+        geo.clearLayers();
+        status[opts.id] = opts.title.zh + "：请放大到 " + style.minZoom + " 级查看 (zoom in to see " + opts.title.en + ")";
+        showStatus();
+        return;
+      }
+      var b = map.getBounds();
+      var bbox = [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) { return v.toFixed(7); });
+      var mine = ++seq;
+      if (controller) controller.abort();
+      controller = window.AbortController ? new AbortController() : null;
+      status[opts.id] = opts.title.zh + "：加载中… (loading)";
+      showStatus();
+      fetch(opts.url + "?bbox=" + bbox.join(",") + "&limit=" + opts.limit,
+            {signal: controller ? controller.signal : undefined, headers: {Accept: "application/geo+json"}})
+        .then(function (r) {
+          if (!r.ok) throw new Error("HTTP " + r.status);
+          return r.json();
+        })
+        .then(function (fc) {
+          if (mine !== seq) return;
+          geo.clearLayers();
+          geo.addData(fc);
+          var shown = fc.numberReturned, total = fc.numberMatched;
+          status[opts.id] = opts.title.zh + "：" + shown + (shown < total ? " / " + total + "（请放大 zoom in）" : "") + " 个";
+          showStatus();
+          group.fire("guatu:loaded", {count: shown});
+        })
+        .catch(function (err) {
+          if (err && err.name === "AbortError") return;
+          status[opts.id] = opts.title.zh + "：加载失败 (failed) " + err.message;
+          showStatus();
+        });
+    }
+
+    map.on("moveend", refresh);
+    group.on("add", refresh);
+    group.on("remove", function () { delete status[opts.id]; showStatus(); });
+    refresh();
+  }
+
+  function chrome(map, opts) {
+    var Box = L.Control.extend({
+      options: {position: "topleft"},
+      onAdd: function () {
+        var box = el("div", "guatu-title");
+        box.appendChild(el("div", "guatu-title-main", opts.title));
+        box.appendChild(el("div", "guatu-title-sub", "挂图作战 · 集体资源一张图 (guatu)"));
+        L.DomEvent.disableClickPropagation(box);
+        return box;
+      }
+    });
+    new Box().addTo(map);
+
+    var Legend = L.Control.extend({
+      options: {position: "bottomright"},
+      onAdd: function () {
+        var box = el("div", "guatu-legend");
+        box.appendChild(el("div", "guatu-legend-title", "图例 Legend"));
+        opts.legend.forEach(function (layer) {
+          var section = el("div", "guatu-legend-layer");
+          section.appendChild(el("div", "guatu-legend-name",
+            layer.title.zh + " " + layer.title.en + (layer.by ? "（按" + layer.by + "）" : "")));
+          layer.rows.forEach(function (row) {
+            var line = el("div", "guatu-legend-row");
+            var swatch = el("span", "guatu-swatch" + (layer.fill ? "" : " guatu-swatch-line"));
+            swatch.style.borderColor = row.color;
+            if (layer.fill) swatch.style.background = row.color;
+            line.appendChild(swatch);
+            line.appendChild(el("span", null, row.label));
+            section.appendChild(line);
+          });
+          box.appendChild(section);
+        });
+        L.DomEvent.disableClickPropagation(box);
+        L.DomEvent.disableScrollPropagation(box);
+        return box;
+      }
+    });
+    new Legend().addTo(map);
+
+    var Status = L.Control.extend({
+      options: {position: "bottomleft"},
+      onAdd: function () {
+        statusBox = el("div", "guatu-status");
+        showStatus();
+        return statusBox;
+      }
+    });
+    new Status().addTo(map);
+  }
+
+  window.guatu = {bboxLayer: bboxLayer, chrome: chrome, mask: mask};
+})();
