@@ -45,6 +45,15 @@ def db_upgrade(revision: str = typer.Argument("head", help="target revision")) -
     console.print(f"数据库版本 schema revision: {before or '—'} → {after}")
 
 
+@db_app.command("revision")
+def db_revision(message: str = typer.Option(..., "--message", "-m", help="what the migration does")) -> None:
+    """Write a new migration from the difference between the layer declarations and the database."""
+    from alembic import command
+
+    engine = _engine()
+    command.revision(migrate.alembic_config(engine), message=message, autogenerate=True)
+
+
 @db_app.command("status")
 def db_status() -> None:
     """Show the schema revision and feature counts."""

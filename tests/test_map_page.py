@@ -1,0 +1,101 @@
+"""The map page in headless Chromium: layers drawn, a popup read, text escaped, nothing external."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from layers import demo, migrate
+from spatial.db import make_engine
+from tests.browser import chromium, live_server
+from tests.conftest import recreate_database
+
+pytestmark = pytest.mark.browser
+
+XSS_NAME = "<img src=x onerror=alert(1)>"
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def web_engine() -> Iterator[Engine]:
+    """Return an engine on a committed database holding the demo street."""
+    engine = make_engine(url=recreate_database("guatu_test_web"))
+    migrate.upgrade(engine)
+    with Session(engine) as session:
+        demo.load(session)
+        session.commit()
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def base_url(web_engine: Engine) -> Iterator[str]:
+    with live_server(web_engine) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def xss_shop(base_url: str) -> dict:
+    """Create an idle shop whose name is an HTML injection attempt."""
+    grids = httpx.get(f"{base_url}/api/layers/grids/features", params={"limit": 1}).json()["features"]
+    grid = grids[0]["properties"]
+    from shapely.geometry import shape
+
+    spot = shape(grids[0]["geometry"]).representative_point()
+    body = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [spot.x, spot.y]},
+        "properties": {"code": grid["community_code"] + "2199999", "name": XSS_NAME, "ownership": "不明",
+                       "status": "闲置"},
+    }
+    response = httpx.post(f"{base_url}/api/layers/shops/features", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _map_name(page) -> str:
+    return page.evaluate("Object.keys(window).find(k => k.startsWith('map_') && window[k] instanceof L.Map)")
+
+
+def test_map_draws_layers_and_popups_escape_text(base_url: str, xss_shop: dict) -> None:
+    dialogs: list[str] = []
+    requests: list[str] = []
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(base_url + "/")
+        page.wait_for_selector("path.guatu-divisions", timeout=15_000)
+        page.wait_for_selector("path.guatu-grids", timeout=15_000)
+        assert page.locator("path.guatu-grids").count() >= 30
+        assert "图例" in page.locator(".guatu-legend").inner_text()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "map-overview.png"))
+
+        x, y = xss_shop["geometry"]["coordinates"]
+        page.evaluate(f"window['{_map_name(page)}'].setView([{y}, {x}], 18)")
+        marker = f"path.guatu-shops-{xss_shop['id']}"
+        page.wait_for_selector(marker, timeout=15_000)
+        page.wait_for_selector("path.guatu-parcels", timeout=15_000)
+        page.click(marker)
+        popup = page.locator(".leaflet-popup-content")
+        popup.wait_for(timeout=5_000)
+        assert XSS_NAME in popup.inner_text()
+        assert "闲置" in popup.inner_text()
+        assert popup.locator("img").count() == 0
+        page.screenshot(path=str(SCREENSHOTS / "map-popup.png"))
+
+        # A parcel's popup shows its ledger, with the area in 亩 to two decimals.
+        page.keyboard.press("Escape")
+        page.locator("path.guatu-parcels").first.dispatch_event("click")
+        text = page.locator(".leaflet-popup-content").inner_text()
+        assert "地类编码" in text and "面积(亩)" in text
+
+    assert dialogs == []
+    outside = [url for url in requests if not url.startswith(base_url) and not url.startswith("data:")]
+    assert outside == []
