@@ -30,7 +30,11 @@ def _engine() -> Engine:
     """Return an engine, starting the local cluster first when no DATABASE_URL is set."""
     settings = db_settings()
     if not settings.external:
-        folder = localpg.ensure_running(LocalPgSettings())
+        try:
+            folder = localpg.ensure_running(LocalPgSettings())
+        except RuntimeError as exc:
+            console.print(f"[red]本地 PostGIS 无法启动 local PostGIS not started:[/red] {exc}")
+            raise typer.Exit(1) from None
         console.print(f"[dim]本地 PostGIS local cluster: {folder} ({LocalPgSettings().url()})[/dim]")
     return make_engine()
 

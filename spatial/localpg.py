@@ -72,6 +72,18 @@ def is_running(settings: LocalPgSettings) -> bool:
         return False
 
 
+def serving_data_dir(settings: LocalPgSettings) -> str | None:
+    """Return the data folder of the server on the local port, or None when none answers."""
+    try:
+        with psycopg.connect(
+            host=settings.host, port=settings.port, user=settings.user, dbname="postgres", connect_timeout=2
+        ) as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+            return str(row[0]) if row else None
+    except psycopg.OperationalError:
+        return None
+
+
 def ensure_running(settings: LocalPgSettings | None = None) -> Path:
     """Create the cluster if missing, start it if stopped, create the app database."""
     settings = settings or LocalPgSettings()
@@ -81,6 +93,12 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
     bin_dir = settings.bin_dir
     if not (bin_dir / "initdb").exists():
         raise RuntimeError(f"PostgreSQL binaries not found in {bin_dir}: run `make run`.")
+    running = serving_data_dir(settings)
+    if running and Path(running).resolve() != pgdata.resolve():
+        raise RuntimeError(
+            f"127.0.0.1:{settings.port} is taken by another PostgreSQL (data in {running}); "
+            f"stop it, or set GUATU_PG_PORT to a free port"
+        )
     if not (pgdata / "PG_VERSION").exists():
         folder.mkdir(parents=True, exist_ok=True)
         shutil.chown(folder, SERVER_USER, SERVER_USER)
@@ -110,7 +128,7 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
                 "max_connections = 100\n"
                 "shared_buffers = '256MB'\n"
             )
-    if not is_running(settings):
+    if not running:
         _run(
             [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-l", str(folder / "server.log"), "-w", "-t", "60", "start"],
             quiet=True,
