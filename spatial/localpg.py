@@ -25,7 +25,7 @@ def _as_postgres(argv: list[str]) -> list[str]:
     """Return ARGV run as the postgres system user."""
     if os.geteuid() == 0:
         return ["runuser", "-u", SERVER_USER, "--", *argv]
-    return ["sudo", "-n", "-u", SERVER_USER, "--", *argv]
+    return ["sudo", "-u", SERVER_USER, "--", *argv]
 
 
 def _reachable_by_postgres(path: Path) -> bool:
@@ -55,6 +55,23 @@ def _run(argv: list[str], *, quiet: bool = False) -> None:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
     if not quiet and result.stdout.strip():
         print(result.stdout.strip())  # noqa: T201 - set-up output for the terminal
+
+
+def _make_dir_for_postgres(path: Path) -> None:
+    """Create PATH owned by postgres (directly as root, through sudo otherwise)."""
+    if os.geteuid() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        shutil.chown(path, SERVER_USER, SERVER_USER)
+        return
+    subprocess.run(["sudo", "install", "-d", "-o", SERVER_USER, "-g", SERVER_USER, str(path)], check=True)
+
+
+def _server_options(settings: LocalPgSettings, run_dir: Path) -> str:
+    """Return the server options: loopback and a private port only, JIT off."""
+    return (
+        f"-c listen_addresses={settings.host} -c port={settings.port} "
+        f"-c unix_socket_directories={run_dir} -c jit=off -c shared_buffers=256MB"
+    )
 
 
 def is_running(settings: LocalPgSettings) -> bool:
@@ -100,10 +117,8 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
             f"stop it, or set GUATU_PG_PORT to a free port"
         )
     if not (pgdata / "PG_VERSION").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.chown(folder, SERVER_USER, SERVER_USER)
-        run_dir.mkdir(exist_ok=True)
-        shutil.chown(run_dir, SERVER_USER, SERVER_USER)
+        _make_dir_for_postgres(folder)
+        _make_dir_for_postgres(run_dir)
         _run(
             [
                 str(bin_dir / "initdb"),
@@ -118,19 +133,21 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
             ],
             quiet=True,
         )
-        with (pgdata / "postgresql.auto.conf").open("a") as conf:
-            conf.write(
-                f"listen_addresses = '{settings.host}'\n"
-                f"port = {settings.port}\n"
-                f"unix_socket_directories = '{run_dir}'\n"
-                "jit = off\n"
-                "fsync = on\n"
-                "max_connections = 100\n"
-                "shared_buffers = '256MB'\n"
-            )
     if not running:
         _run(
-            [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-l", str(folder / "server.log"), "-w", "-t", "60", "start"],
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(pgdata),
+                "-l",
+                str(folder / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                _server_options(settings, run_dir),
+                "start",
+            ],
             quiet=True,
         )
         deadline = time.monotonic() + 30
