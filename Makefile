@@ -53,6 +53,7 @@ system:
 system-test:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	[ -d /usr/share/fonts/opentype/noto ] || missing="$$missing fonts-noto-cjk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> 安装测试用软件包 installing test packages:$$missing"; \
 	  $(SUDO) apt-get update -q; \

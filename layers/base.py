@@ -126,6 +126,8 @@ class Style:
     min_zoom: int = 0
     dash: str | None = None
     fill: bool = True
+    emphasis: str | None = None
+    """The value that must stand out (idle): drawn with a thick outline in its colour."""
 
 
 @dataclass(frozen=True)

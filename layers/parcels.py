@@ -78,6 +78,7 @@ PARCELS = register(
         accepts=("Polygon", "MultiPolygon"),
         stored=("MultiPolygon",),
         style=Style(
+            emphasis=IDLE,
             by="use_status",
             colors={
                 IDLE: IDLE_COLOR,

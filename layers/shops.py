@@ -56,6 +56,7 @@ SHOPS = register(
         accepts=("Point", "Polygon", "MultiPolygon"),
         stored=("Point", "MultiPolygon"),
         style=Style(
+            emphasis=IDLE,
             by="status",
             colors={IDLE: IDLE_COLOR, "在营": "#2563eb", "装修": "#f59e0b"},
             fill_opacity=0.85,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,8 +59,17 @@ def xss_shop(base_url: str) -> dict:
     return response.json()
 
 
-def _map_name(page) -> str:
-    return page.evaluate("Object.keys(window).find(k => k.startsWith('map_') && window[k] instanceof L.Map)")
+def move_to(page, x: float, y: float, zoom: int) -> None:
+    """Centre the map on (X, Y) at ZOOM and wait until every layer has loaded."""
+    page.evaluate(
+        """([x, y, zoom]) => new Promise(done => {
+            const name = Object.keys(window).find(k => k.startsWith('map_') && window[k] instanceof L.Map);
+            window[name].once('moveend', () => done());
+            window[name].setView([y, x], zoom, {animate: false});
+        })""",
+        [x, y, zoom],
+    )
+    page.wait_for_function("guatu.idle()", timeout=15_000)
 
 
 def test_map_draws_layers_and_popups_escape_text(base_url: str, xss_shop: dict) -> None:
@@ -70,6 +80,7 @@ def test_map_draws_layers_and_popups_escape_text(base_url: str, xss_shop: dict) 
         page.on("request", lambda request: requests.append(request.url))
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         page.goto(base_url + "/")
+        page.wait_for_function("window.guatu && guatu.idle()", timeout=15_000)
         page.wait_for_selector("path.guatu-divisions", timeout=15_000)
         page.wait_for_selector("path.guatu-grids", timeout=15_000)
         assert page.locator("path.guatu-grids").count() >= 30
@@ -78,24 +89,42 @@ def test_map_draws_layers_and_popups_escape_text(base_url: str, xss_shop: dict) 
         page.screenshot(path=str(SCREENSHOTS / "map-overview.png"))
 
         x, y = xss_shop["geometry"]["coordinates"]
-        page.evaluate(f"window['{_map_name(page)}'].setView([{y}, {x}], 18)")
+        move_to(page, x, y, 18)
         marker = f"path.guatu-shops-{xss_shop['id']}"
         page.wait_for_selector(marker, timeout=15_000)
         page.wait_for_selector("path.guatu-parcels", timeout=15_000)
         page.click(marker)
-        popup = page.locator(".leaflet-popup-content")
+        popup = page.locator(".leaflet-popup-content", has_text="商铺编号")
         popup.wait_for(timeout=5_000)
         assert XSS_NAME in popup.inner_text()
         assert "闲置" in popup.inner_text()
         assert popup.locator("img").count() == 0
+        assert "地址" not in popup.inner_text()  # empty fields are left out
+        page.wait_for_function("guatu.idle()", timeout=15_000)
+        page.wait_for_timeout(400)  # let the popup fade in and auto-pan finish
         page.screenshot(path=str(SCREENSHOTS / "map-popup.png"))
 
         # A parcel's popup shows its ledger, with the area in 亩 to two decimals.
-        page.keyboard.press("Escape")
         page.locator("path.guatu-parcels").first.dispatch_event("click")
-        text = page.locator(".leaflet-popup-content").inner_text()
-        assert "地类编码" in text and "面积(亩)" in text
+        parcel_popup = page.locator(".leaflet-popup-content", has_text="地块编码")
+        parcel_popup.wait_for(timeout=5_000)
+        text = parcel_popup.inner_text()
+        assert "面积(亩)" in text and "利用现状" in text
+        mu = parcel_popup.locator("td.guatu-v-area_mu").inner_text()
+        assert re.fullmatch(r"\d+\.\d{2}", mu), mu
 
     assert dialogs == []
     outside = [url for url in requests if not url.startswith(base_url) and not url.startswith("data:")]
     assert outside == []
+
+
+def test_api_docs_render_offline(base_url: str) -> None:
+    requests: list[str] = []
+    with chromium() as browser:
+        page = browser.new_page()
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(base_url + "/docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=15_000)
+        assert "guatu" in page.locator(".swagger-ui .info .title").inner_text()
+        page.get_by_text("/api/layers/{layer_id}/features", exact=True).first.wait_for(timeout=15_000)
+    assert [url for url in requests if not url.startswith(base_url) and not url.startswith("data:")] == []

@@ -88,6 +88,7 @@ def layer_options(view: LayerView, api_base: str) -> dict[str, Any]:
             "radius": style.radius,
             "minZoom": style.min_zoom,
             "dash": style.dash,
+            "emphasis": style.emphasis,
             "fill": style.fill,
         },
     }
@@ -125,6 +126,7 @@ def build_map_page(
     root = fmap.get_root()
     assert isinstance(root, Figure)
     root.header.add_child(Element('<meta name="robots" content="noindex">'))
+    root.header.add_child(Element(f'<link rel="icon" href="{assets.FAVICON}" type="image/svg+xml">'))
     root.header.add_child(CssLink(assets.GUATU_CSS))
     root.header.add_child(JavascriptLink(assets.GUATU_JS))
     for view in sorted(views, key=lambda v: v.layer.order):

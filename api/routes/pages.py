@@ -34,5 +34,6 @@ def docs() -> HTMLResponse:
         title="guatu API 接口文档",
         swagger_js_url=assets.SWAGGER_JS,
         swagger_css_url=assets.SWAGGER_CSS,
-        swagger_favicon_url="/static/guatu/favicon.svg",
+        swagger_favicon_url=assets.FAVICON,
+        swagger_ui_parameters={"validatorUrl": None, "defaultModelsExpandDepth": -1},
     )

@@ -4,6 +4,7 @@
 
   var status = {};      // layer id -> status line
   var statusBox = null;
+  var loaders = [];     // every bbox layer group, to tell when all are loaded
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -34,11 +35,13 @@
     box.appendChild(el("div", "guatu-popup-title", opts.title.zh + " " + opts.title.en));
     var table = el("table", "guatu-popup-table");
     opts.popup.forEach(function (field) {
+      var value = props[field.name];
+      if (value === null || value === undefined || value === "") return;  // keep popups short
       var row = el("tr");
       var th = el("th", null, field.zh);
       th.title = field.en;
       row.appendChild(th);
-      row.appendChild(el("td", "guatu-v-" + field.name, formatValue(field, props[field.name])));
+      row.appendChild(el("td", "guatu-v-" + field.name, formatValue(field, value)));
       table.appendChild(row);
     });
     box.appendChild(table);
@@ -66,14 +69,20 @@
       map.createPane(paneName).style.zIndex = String(400 + opts.order);
     }
     var style = opts.style;
+    var shown = {};  // feature id -> {layer, stamp}: kept across refreshes so open popups stay open
+    var lastAdded = null;
     var geo = L.geoJSON(null, {
       pane: paneName,
       style: function (feature) {
         var colour = colourOf(style, feature.properties);
+        var loud = style.emphasis && feature.properties && feature.properties[style.by] === style.emphasis;
         return {
-          color: style.fill ? "#374151" : colour, weight: style.weight, fillColor: colour,
-          fillOpacity: style.fill ? style.fillOpacity : 0, fill: style.fill, dashArray: style.dash,
-          className: "guatu-f guatu-" + opts.id + " guatu-" + opts.id + "-" + feature.id
+          color: loud ? colour : (style.fill ? "#374151" : colour),
+          weight: loud ? Math.max(2, style.weight * 2.5) : style.weight,
+          fillColor: colour,
+          fillOpacity: style.fill ? (loud ? Math.min(0.85, style.fillOpacity + 0.3) : style.fillOpacity) : 0,
+          fill: style.fill, dashArray: style.dash,
+          className: "guatu-f guatu-" + opts.id + " guatu-" + opts.id + "-" + feature.id + (loud ? " guatu-emphasis" : "")
         };
       },
       pointToLayer: function (feature, latlng) {
@@ -81,16 +90,49 @@
       },
       onEachFeature: function (feature, layer) {
         layer.bindPopup(function () { return popupNode(opts, feature); }, {maxWidth: 360});
+        lastAdded = layer;
       }
     });
     geo.addTo(group);
     var seq = 0;
     var controller = null;
 
+    /* Replace what is drawn with FC, touching only features that came, went or changed. */
+    function update(fc) {
+      var next = {};
+      fc.features.forEach(function (feature) {
+        var stamp = feature.properties && feature.properties.updated_at;
+        var have = shown[feature.id];
+        if (have && have.stamp === stamp) {
+          next[feature.id] = have;
+          return;
+        }
+        if (have) geo.removeLayer(have.layer);
+        geo.addData(feature);
+        next[feature.id] = {layer: lastAdded, stamp: stamp};
+      });
+      Object.keys(shown).forEach(function (id) {
+        if (!next[id]) {
+          if (shown[id].layer.isPopupOpen()) { next[id] = shown[id]; return; }
+          geo.removeLayer(shown[id].layer);
+        }
+      });
+      shown = next;
+    }
+
+    function clear() {
+      geo.clearLayers();
+      shown = {};
+    }
+
     function refresh() {
-      if (!map.hasLayer(group)) return;
+      if (!map.hasLayer(group)) {
+        group.loading = false;
+        return;
+      }
       if (map.getZoom() < style.minZoom) {
-        geo.clearLayers();
+        clear();
+        group.loading = false;
         status[opts.id] = opts.title.zh + "：请放大到 " + style.minZoom + " 级查看 (zoom in to see " + opts.title.en + ")";
         showStatus();
         return;
@@ -101,6 +143,7 @@
       if (controller) controller.abort();
       controller = window.AbortController ? new AbortController() : null;
       status[opts.id] = opts.title.zh + "：加载中… (loading)";
+      group.loading = true;
       showStatus();
       fetch(opts.url + "?bbox=" + bbox.join(",") + "&limit=" + opts.limit,
             {signal: controller ? controller.signal : undefined, headers: {Accept: "application/geo+json"}})
@@ -110,15 +153,16 @@
         })
         .then(function (fc) {
           if (mine !== seq) return;
-          geo.clearLayers();
-          geo.addData(fc);
-          var shown = fc.numberReturned, total = fc.numberMatched;
-          status[opts.id] = opts.title.zh + "：" + shown + (shown < total ? " / " + total + "（请放大 zoom in）" : "") + " 个";
+          update(fc);
+          var count = fc.numberReturned, total = fc.numberMatched;
+          status[opts.id] = opts.title.zh + "：" + count + (count < total ? " / " + total + "（请放大 zoom in）" : "") + " 个";
           showStatus();
-          group.fire("guatu:loaded", {count: shown});
+          group.loading = false;
+          group.fire("guatu:loaded", {count: count});
         })
         .catch(function (err) {
           if (err && err.name === "AbortError") return;
+          group.loading = false;
           status[opts.id] = opts.title.zh + "：加载失败 (failed) " + err.message;
           showStatus();
         });
@@ -127,6 +171,7 @@
     map.on("moveend", refresh);
     group.on("add", refresh);
     group.on("remove", function () { delete status[opts.id]; showStatus(); });
+    loaders.push(group);
     refresh();
   }
 
@@ -181,5 +226,10 @@
     new Status().addTo(map);
   }
 
-  window.guatu = {bboxLayer: bboxLayer, chrome: chrome, mask: mask};
+  /* True once no layer is waiting for data (used by page tests and screenshots). */
+  function idle() {
+    return loaders.every(function (group) { return !group.loading; });
+  }
+
+  window.guatu = {bboxLayer: bboxLayer, chrome: chrome, mask: mask, idle: idle};
 })();

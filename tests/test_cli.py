@@ -1,0 +1,63 @@
+"""The `guatu` command against a real database: help, migrate, demo load twice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from layers.base import REGISTRY
+from spatial.db import make_engine
+from tests.conftest import recreate_database
+
+GUATU = Path(sys.executable).parent / "guatu"
+
+
+def run(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if url:
+        env["DATABASE_URL"] = url
+    return subprocess.run([str(GUATU), *args], capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def counts(url: str) -> dict[str, int]:
+    engine = make_engine(url=url)
+    try:
+        with Session(engine) as session:
+            return {
+                layer.id: session.execute(select(func.count()).select_from(layer.model)).scalar_one()
+                for layer in REGISTRY.values()
+            }
+    finally:
+        engine.dispose()
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "db", "demo"):
+        assert command in result.stdout
+
+
+def test_upgrade_then_demo_twice_creates_no_duplicates() -> None:
+    url = recreate_database("guatu_test_cli")
+    upgraded = run("db", "upgrade", url=url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "→ 0001" in upgraded.stderr
+
+    first = run("demo", "load", url=url)
+    assert first.returncode == 0, first.stderr
+    after_first = counts(url)
+    assert after_first["grids"] >= 30 and after_first["parcels"] >= 1500 and after_first["zones"] >= 1000
+
+    second = run("demo", "load", url=url)
+    assert second.returncode == 0, second.stderr
+    assert counts(url) == after_first
+
+    skipped = run("demo", "load", "--if-empty", url=url)
+    assert skipped.returncode == 0 and "跳过" in skipped.stderr
+    assert counts(url) == after_first
