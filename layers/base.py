@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -140,7 +141,8 @@ class Locator:
     where: tuple[tuple[str, str], ...] = ()
 
 
-CrossRule = Any  # Callable[[dict[str, Any]], tuple[str, str, str, str] | None]
+CrossRule = Callable[[dict[str, Any]], tuple[str, str, str, str] | None]
+"""A rule across fields: None, or (code, field, message_zh, message_en)."""
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layers.base import Field, Locator
+from layers.base import CrossRule, Field, Locator
 from layers.settings import layer_settings
 
 COMMUNITY_CODE = "^[0-9]{12}$"
@@ -51,27 +51,28 @@ IN_COMMUNITY = Locator("community_code", "divisions", where=(("level", "社区")
 IN_GRID = Locator("grid_code", "grids")
 
 
-def grid_in_community(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
-    """Refuse a grid code that does not start with the community code."""
-    grid, community = props.get("grid_code"), props.get("community_code")
-    if grid and community and grid[:12] != community:
-        return (
-            "code_inconsistent",
-            "grid_code",
-            f"网格编码 {grid} 的前12位应为社区代码 {community}",
-            f"grid code {grid} must start with community code {community}",
-        )
-    return None
+def grid_code_rules(field: str) -> CrossRule:
+    """Return the rule for the grid code in FIELD: community prefix and sequence width."""
 
+    def rule(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
+        code, community = props.get(field), props.get("community_code")
+        if not code:
+            return None
+        if community and code[:12] != community:
+            return (
+                "code_inconsistent",
+                field,
+                f"网格编码 {code} 的前12位应为社区代码 {community}",
+                f"grid code {code} must start with community code {community}",
+            )
+        width = layer_settings().grid_seq_width
+        if len(code) != 12 + width:
+            return (
+                "code_format",
+                field,
+                f"网格编码应为 {12 + width} 位（12位社区代码+{width}位序号）",
+                f"grid code must have {12 + width} digits (12-digit community code + {width}-digit sequence)",
+            )
+        return None
 
-def grid_code_width(code: str | None, field: str = "grid_code") -> tuple[str, str, str, str] | None:
-    """Refuse a grid code whose sequence is not the configured width."""
-    width = layer_settings().grid_seq_width
-    if code and len(code) != 12 + width:
-        return (
-            "code_format",
-            field,
-            f"网格编码应为 {12 + width} 位（12位社区代码+{width}位序号）",
-            f"grid code must have {12 + width} digits (12-digit community code + {width}-digit sequence)",
-        )
-    return None
+    return rule

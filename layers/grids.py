@@ -5,21 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from layers.base import Field, Layer, Style, register
-from layers.common import GRID_CODE, IN_COMMUNITY, community_field, grid_code_width
+from layers.common import GRID_CODE, IN_COMMUNITY, community_field, grid_code_rules
 
 KINDS = ("基础网格", "专属网格", "单元网格")
-
-
-def _code_rules(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
-    code, community = props.get("code"), props.get("community_code")
-    if code and community and code[:12] != community:
-        return (
-            "code_inconsistent",
-            "code",
-            f"网格编码 {code} 的前12位应为社区代码 {community}",
-            f"grid code {code} must start with community code {community}",
-        )
-    return grid_code_width(code, "code")
 
 
 def _dates(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
@@ -68,7 +56,7 @@ GRIDS = register(
             dash="6 4",
         ),
         locators=(IN_COMMUNITY,),
-        cross_rules=(_code_rules, _dates),
+        cross_rules=(grid_code_rules("code"), _dates),
         order=20,
     )
 )

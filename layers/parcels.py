@@ -12,8 +12,8 @@ from layers.common import (
     IN_COMMUNITY,
     IN_GRID,
     community_field,
+    grid_code_rules,
     grid_field,
-    grid_in_community,
 )
 from layers.landuse import land_use_codes
 
@@ -96,7 +96,7 @@ PARCELS = register(
             min_zoom=14,
         ),
         locators=(IN_COMMUNITY, IN_GRID),
-        cross_rules=(_known_land_use, grid_in_community),
+        cross_rules=(_known_land_use, grid_code_rules("grid_code")),
         order=30,
     )
 )

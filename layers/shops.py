@@ -10,8 +10,8 @@ from layers.common import (
     IN_COMMUNITY,
     IN_GRID,
     community_field,
+    grid_code_rules,
     grid_field,
-    grid_in_community,
 )
 
 OWNERSHIP = ("集体", "国有", "个人", "企业", "不明")
@@ -66,7 +66,7 @@ SHOPS = register(
         ),
         has_area=False,
         locators=(IN_COMMUNITY, IN_GRID),
-        cross_rules=(grid_in_community,),
+        cross_rules=(grid_code_rules("grid_code"),),
         order=50,
     )
 )

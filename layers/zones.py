@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from layers.base import Field, Layer, Style, register
-from layers.common import ASSET_CODE, IN_COMMUNITY, IN_GRID, community_field, grid_field, grid_in_community
+from layers.common import ASSET_CODE, IN_COMMUNITY, IN_GRID, community_field, grid_code_rules, grid_field
 
 SCOPES = ("房前", "屋后", "两侧", "房前屋后")
 
@@ -61,7 +61,7 @@ ZONES = register(
             min_zoom=15,
         ),
         locators=(IN_COMMUNITY, IN_GRID),
-        cross_rules=(_zone_code, grid_in_community),
+        cross_rules=(_zone_code, grid_code_rules("grid_code")),
         order=40,
     )
 )
