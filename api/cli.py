@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -15,7 +16,7 @@ from api.settings import ApiSettings
 from layers import migrate
 from layers.base import REGISTRY
 from spatial import localpg
-from spatial.db import make_engine
+from spatial.db import ensure_database, make_engine
 from spatial.settings import LocalPgSettings, db_settings
 
 app = typer.Typer(help="guatu 挂图 — 集体资源一张图 (a GIS for grassroots governance).", no_args_is_help=True)
@@ -36,6 +37,14 @@ def _engine() -> Engine:
             console.print(f"[red]本地 PostGIS 无法启动 local PostGIS not started:[/red] {exc}")
             raise typer.Exit(1) from None
         console.print(f"[dim]本地 PostGIS local cluster: {folder} ({LocalPgSettings().url()})[/dim]")
+    else:
+        shown = make_url(settings.url()).render_as_string(hide_password=True)
+        try:
+            if ensure_database(settings.url()):
+                console.print(f"已创建数据库 created database: {shown}")
+        except psycopg.Error as exc:
+            console.print(f"[red]无法连接数据库 cannot reach the database[/red] {shown}: {exc}")
+            raise typer.Exit(1) from None
     return make_engine()
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import MetaData, create_engine
+import psycopg
+import psycopg.sql
+from sqlalchemy import MetaData, create_engine, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -24,6 +26,21 @@ class Base(DeclarativeBase):
     """Declarative base of every guatu table."""
 
     metadata = MetaData(naming_convention=NAMING)
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database URL names if it does not exist; return whether it was created.
+
+    Connects to the server's `postgres` database for that; a role without CREATEDB gets
+    the server's refusal as an error.
+    """
+    target = make_url(url)
+    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)).fetchone():
+            return False
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(target.database or "")))
+        return True
 
 
 def make_engine(settings: DbSettings | None = None, *, url: str | None = None) -> Engine:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 
+from spatial.db import ensure_database
 from spatial.settings import LocalPgSettings
 
 SERVER_USER = "postgres"
@@ -155,22 +156,8 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"local PostGIS did not start; see {folder / 'server.log'}")
             time.sleep(0.2)
-    ensure_database(settings, settings.database)
+    ensure_database(settings.url())
     return folder
-
-
-def ensure_database(settings: LocalPgSettings, name: str) -> None:
-    """Create database NAME in the local cluster if it does not exist."""
-    with psycopg.connect(
-        host=settings.host,
-        port=settings.port,
-        user=settings.user,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
 
 
 def stop(settings: LocalPgSettings | None = None) -> None:
