@@ -234,14 +234,14 @@ def list_features(
         where.append(func.ST_Intersects(model.geom, func.ST_MakeEnvelope(*bbox, STORAGE_SRID)))
     for name, value in (filters or {}).items():
         where.append(getattr(model, name) == value)
-    matched = session.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
-    rows = (
-        session.execute(
-            select(_feature_json_columns(layer)).where(*where).order_by(model.id).limit(limit).offset(offset)
-        )
-        .scalars()
-        .all()
-    )
+    # One round trip: the window count is taken over every match, before LIMIT.
+    query = select(_feature_json_columns(layer), func.count().over()).where(*where)
+    result = session.execute(query.order_by(model.id).limit(limit).offset(offset)).all()
+    rows = [row[0] for row in result]
+    if result:
+        matched = result[0][1]
+    else:  # nothing on this page: count separately (offset past the end, or no match)
+        matched = session.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
     return {"features": rows, "numberMatched": matched, "numberReturned": len(rows)}
 
 

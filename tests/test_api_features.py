@@ -256,3 +256,26 @@ def test_database_constraints_hold_without_the_api(
     )
     with pytest.raises(DBAPIError, match=why), session.begin_nested():
         session.execute(statement, {"wkt": wkt, "srid": srid, "land_use": land_use, "ownership": ownership})
+
+
+def test_paging_reports_matched_and_returned(client: TestClient) -> None:
+    for n in range(3):
+        shop = sample("shops")
+        shop["properties"]["code"] = COMMUNITY + f"210000{n}"
+        post(client, "shops", shop)
+    url = "/api/layers/shops/features"
+    pages = [client.get(url, params={"limit": 2, "offset": offset}).json() for offset in (0, 2, 5)]
+    assert [(p["numberReturned"], p["numberMatched"]) for p in pages] == [(2, 3), (1, 3), (0, 3)]
+    ids = [f["id"] for p in pages for f in p["features"]]
+    assert len(ids) == len(set(ids)) == 3
+
+
+def test_layer_catalogue_counts_and_extent(client: TestClient) -> None:
+    post(client, "parcels", sample("parcels"))
+    layers = {layer["id"]: layer for layer in client.get("/api/layers").json()}
+    assert set(layers) == set(REGISTRY)
+    parcels = layers["parcels"]
+    assert parcels["count"] == 1 and parcels["title"] == {"zh": "地块", "en": "Land parcels"}
+    assert parcels["stored_type"] == "MULTIPOLYGON"
+    assert parcels["extent"] == pytest.approx([X0, Y0, X0 + 0.001, Y0 + 0.0009])
+    assert layers["zones"]["count"] == 0 and layers["zones"]["extent"] is None
