@@ -128,3 +128,28 @@ def test_api_docs_render_offline(base_url: str) -> None:
         assert "guatu" in page.locator(".swagger-ui .info .title").inner_text()
         page.get_by_text("/api/layers/{layer_id}/features", exact=True).first.wait_for(timeout=15_000)
     assert [url for url in requests if not url.startswith(base_url) and not url.startswith("data:")] == []
+
+
+def test_grid_popup_shows_its_manager(base_url: str) -> None:
+    grid = httpx.get(f"{base_url}/api/layers/grids/features", params={"limit": 1}).json()["features"][0]
+    from shapely.geometry import shape
+
+    centre = shape(grid["geometry"]).representative_point()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(base_url + "/")
+        page.wait_for_function("window.guatu && guatu.idle()", timeout=15_000)
+        move_to(page, centre.x, centre.y, 16)
+        # Parcels tile the grids: a grid manager switches them (and zones, shops) off first.
+        for name in ("地块 Land parcels", "一户一区 Courtyard zones", "商铺 Shops"):
+            page.locator(".leaflet-control-layers-overlays label", has_text=name).locator("input").uncheck()
+        assert page.locator("path.guatu-parcels").count() == 0
+        box = page.locator(".leaflet-container").bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        popup = page.locator(".leaflet-popup-content", has_text="网格编码")
+        popup.wait_for(timeout=5_000)
+        text = popup.inner_text()
+        assert grid["properties"]["code"] in text
+        assert grid["properties"]["manager"] in text and "户数" in text
+        page.wait_for_timeout(400)
+        page.screenshot(path=str(SCREENSHOTS / "grid-popup.png"))

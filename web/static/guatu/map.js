@@ -77,7 +77,8 @@
         var colour = colourOf(style, feature.properties);
         var loud = style.emphasis && feature.properties && feature.properties[style.by] === style.emphasis;
         return {
-          color: loud ? colour : (style.fill ? "#374151" : colour),
+          // Filled shapes get a neutral outline; outlines-only layers (grids) show their colour.
+          color: loud || !style.fill || style.fillOpacity < 0.2 ? colour : "#374151",
           weight: loud ? Math.max(2, style.weight * 2.5) : style.weight,
           fillColor: colour,
           fillOpacity: style.fill ? (loud ? Math.min(0.85, style.fillOpacity + 0.3) : style.fillOpacity) : 0,
@@ -89,7 +90,13 @@
         return L.circleMarker(latlng, {pane: paneName, radius: style.radius});
       },
       onEachFeature: function (feature, layer) {
-        layer.bindPopup(function () { return popupNode(opts, feature); }, {maxWidth: 360});
+        layer.bindPopup(function () { return popupNode(opts, feature); }, {
+          maxWidth: 360, autoPanPaddingTopLeft: [60, 150], autoPanPaddingBottomRight: [40, 40]
+        });
+        if (layer.setStyle) {  // highlight the feature whose ledger is open
+          layer.on("popupopen", function () { layer.setStyle({weight: 4, color: "#f59e0b", dashArray: null}); });
+          layer.on("popupclose", function () { geo.resetStyle(layer); });
+        }
         lastAdded = layer;
       }
     });
