@@ -16,7 +16,7 @@ NPM_DIR    := $(STAMPS)/npm
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help run test system system-test venv assets database demo lint bench stop
+.PHONY: help run test system system-test venv assets database demo lint bench screenshots stop
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ database: venv ## start the local PostGIS (unless DATABASE_URL is set) and migra
 
 demo: database ## (re)load the demo street; idempotent
 	$(BIN)/guatu demo load
+
+screenshots: system system-test venv assets database ## refresh docs/screenshots from the browser tests
+	GUATU_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_map_page.py
 
 bench: database ## benchmarks in bench/ (guatu beside its peer, one run each)
 	$(BIN)/python bench/bbox_features.py

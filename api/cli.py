@@ -17,6 +17,7 @@ from layers import migrate
 from layers.base import REGISTRY
 from spatial import localpg
 from spatial.db import ensure_database, make_engine
+from spatial.errors import GuatuError
 from spatial.settings import LocalPgSettings, db_settings
 
 app = typer.Typer(help="guatu 挂图 — 集体资源一张图 (a GIS for grassroots governance).", no_args_is_help=True)
@@ -36,7 +37,8 @@ def _engine() -> Engine:
         except RuntimeError as exc:
             console.print(f"[red]本地 PostGIS 无法启动 local PostGIS not started:[/red] {exc}")
             raise typer.Exit(1) from None
-        console.print(f"[dim]本地 PostGIS local cluster: {folder} ({LocalPgSettings().url()})[/dim]")
+        shown = make_url(LocalPgSettings().url()).render_as_string(hide_password=True)
+        console.print(f"[dim]本地 PostGIS local cluster: {folder} ({shown})[/dim]")
     else:
         shown = make_url(settings.url()).render_as_string(hide_password=True)
         try:
@@ -84,6 +86,13 @@ def db_start() -> None:
     _engine()
 
 
+@db_app.command("url")
+def db_url() -> None:
+    """Print the database URL (with its password) for psql and other tools."""
+    url = make_url(db_settings().url()).set(drivername="postgresql")
+    print(url.render_as_string(hide_password=False))  # noqa: T201 - meant for $(guatu db url)
+
+
 @db_app.command("stop")
 def db_stop() -> None:
     """Stop the local PostGIS cluster."""
@@ -118,7 +127,12 @@ def demo_load(
                     tasks[layer_id] = progress.add_task(f"{layer.zh} {layer.en}", total=total)
                 progress.update(tasks[layer_id], completed=done, total=total)
 
-            counts = demo.load(session, progress=report)
+            try:
+                counts = demo.load(session, progress=report)
+            except GuatuError as exc:
+                progress.stop()
+                console.print(f"[red]演示数据未通过校验 demo data rejected:[/red] {exc}")
+                raise typer.Exit(1) from None
             session.commit()
     summary = "，".join(f"{REGISTRY[k].zh} {v}" for k, v in counts.items())
     console.print(f"演示数据已加载 demo loaded in {time.monotonic() - started:.1f} s: {summary}")

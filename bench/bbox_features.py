@@ -90,7 +90,8 @@ def main() -> None:
     port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "guatu"), "serve", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -126,9 +127,14 @@ def main() -> None:
 
     api50, api95 = percentiles(api)
     raw50, raw95 = percentiles(raw)
-    print(f"machine: {platform.node()} {platform.machine()}, {platform.python_implementation()} {platform.python_version()}")
-    print(f"layer {args.layer}: {summary['count']} features; {len(boxes)} view-sized bboxes, "
-          f"median {statistics.median(sizes):.0f} features per response (max {max(sizes)})")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+    print(
+        f"layer {args.layer}: {summary['count']} features; {len(boxes)} view-sized bboxes, "
+        f"median {statistics.median(sizes):.0f} features per response (max {max(sizes)})"
+    )
     print(f"{'path':<40}{'p50 ms':>10}{'p95 ms':>10}")
     print(f"{'raw SQL (psycopg, FeatureCollection)':<40}{raw50:>10.1f}{raw95:>10.1f}")
     print(f"{'guatu GET /api/layers/…/features':<40}{api50:>10.1f}{api95:>10.1f}")

@@ -11,10 +11,11 @@ import datetime as dt
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, create_model
 from pydantic import Field as PydField
+from pydantic_core import PydanticCustomError
 from sqlalchemy import (
     CheckConstraint,
     Computed,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
     func,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -40,6 +42,42 @@ FieldKind = Literal["text", "code", "enum", "int", "float", "date"]
 
 READ_ONLY = ("id", "area_m2", "area_mu", "created_at", "updated_at")
 """Properties the server computes; sent back by a client, they are ignored."""
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _no_control_characters(value: str) -> str:
+    """Refuse NUL and other control characters (tabs and line breaks are fine)."""
+    if _CONTROL.search(value):
+        raise PydanticCustomError("control_character", "contains a control character such as NUL")
+    return value
+
+
+def mask_text(value: str) -> str:
+    """Return VALUE with all but its first and last characters starred (PIPL).
+
+    Examples
+    --------
+    >>> mask_text("李明华"), mask_text("王五"), mask_text("13812345678")
+    ('李*华', '王*', '1*********8')
+    """
+    if len(value) <= 1:
+        return "*"
+    if len(value) == 2:
+        return value[0] + "*"
+    return value[0] + "*" * (len(value) - 2) + value[-1]
+
+
+def masked_column(column: Any) -> Any:
+    """Return a SQL expression that masks COLUMN the way :func:`mask_text` does."""
+    length = func.char_length(column)
+    return case(
+        (column.is_(None), None),
+        (length <= 1, "*"),
+        (length == 2, func.concat(func.left(column, 1), "*")),
+        else_=func.concat(func.left(column, 1), func.repeat("*", length - 2), func.right(column, 1)),
+    )
 
 
 @dataclass(frozen=True)
@@ -91,24 +129,45 @@ class Field:
             out.append(CheckConstraint(f"{self.name} IN ({values})", name=f"{self.name}_enum"))
         if self.pattern:
             out.append(CheckConstraint(f"{self.name} ~ '{self.pattern}'", name=f"{self.name}_format"))
-        if self.minimum is not None:
-            out.append(CheckConstraint(f"{self.name} >= {self.minimum}", name=f"{self.name}_min"))
-        if self.maximum is not None:
-            out.append(CheckConstraint(f"{self.name} <= {self.maximum}", name=f"{self.name}_max"))
+        lo, hi = self.bounds
+        always = self.kind == "float"  # bounded floats also keep NaN and Infinity out
+        if lo is not None and (self.minimum is not None or always):
+            out.append(CheckConstraint(f"{self.name} >= {lo}", name=f"{self.name}_min"))
+        if hi is not None and (self.maximum is not None or always):
+            out.append(CheckConstraint(f"{self.name} <= {hi}", name=f"{self.name}_max"))
         return out
+
+    @property
+    def bounds(self) -> tuple[float | None, float | None]:
+        """Return (minimum, maximum), defaulting numbers to what their column can hold."""
+        lo, hi = self.minimum, self.maximum
+        if self.kind == "int":
+            lo = -(2**31) if lo is None else lo
+            hi = 2**31 - 1 if hi is None else hi
+        elif self.kind == "float":
+            lo = -1e15 if lo is None else lo
+            hi = 1e15 if hi is None else hi
+        return lo, hi
 
     def pydantic(self) -> tuple[Any, Any]:
         """Return the (type, FieldInfo) pair of this field in a properties schema."""
         kwargs: dict[str, Any] = {"title": f"{self.zh} {self.en}"}
         if self.kind in ("text", "code"):
             kwargs["max_length"] = self.max_length
+            kwargs["min_length"] = 1 if self.required else 0
         if self.pattern:
             kwargs["pattern"] = self.pattern
-        if self.minimum is not None:
-            kwargs["ge"] = self.minimum
-        if self.maximum is not None:
-            kwargs["le"] = self.maximum
+        lo, hi = self.bounds
+        if lo is not None:
+            kwargs["ge"] = lo
+        if hi is not None:
+            kwargs["le"] = hi
+        if self.kind in ("int", "float"):
+            kwargs["strict"] = True  # no booleans, no numeric strings
+            kwargs["allow_inf_nan"] = False
         typ = self.python_type()
+        if self.kind in ("text", "code"):
+            typ = Annotated[typ, AfterValidator(_no_control_characters)]
         if self.required:
             return typ, PydField(..., **kwargs)
         return typ | None, PydField(None, **kwargs)
@@ -291,17 +350,3 @@ def register(layer: Layer) -> Layer:
         raise ValueError(f"layer {layer.id} declared twice")
     REGISTRY[layer.id] = layer
     return layer
-
-
-def digits(n: int) -> str:
-    """Return a regex for exactly N ASCII digits.
-
-    Examples
-    --------
-    >>> digits(3)
-    '[0-9]{3}'
-    """
-    return f"[0-9]{{{n}}}"
-
-
-CODE_RE = re.compile(r"^[0-9]+$")

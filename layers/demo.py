@@ -37,6 +37,7 @@ from shapely.ops import substring
 
 from layers.base import REGISTRY
 from layers.features import check_feature, upsert_rows
+from layers.settings import layer_settings
 from spatial.geometry import geodesic_area
 
 DEMO_SEED = 370214
@@ -529,7 +530,8 @@ class _Builder:
                 return int((top - c.y) // spacing), float(c.x)
 
             for seq, (shape, kind) in enumerate(sorted(cells, key=reading_order), start=1):
-                self.grids.append(_Grid(f"{spec.code}{seq:03d}", spec, kind, shape, seq=seq))
+                code = f"{spec.code}{seq:0{layer_settings().grid_seq_width}d}"
+                self.grids.append(_Grid(code, spec, kind, shape, seq=seq))
 
     def _carve_special(
         self, spec: _CommunitySpec, cells: list[tuple[BaseGeometry, str]]

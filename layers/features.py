@@ -6,21 +6,21 @@ uploader share one set of rules. Errors are :mod:`spatial.errors` with stable co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 import pydantic
-from sqlalchemy import JSON, Text, cast, delete, exists, func, literal_column, select
+from sqlalchemy import JSON, Text, cast, delete, exists, func, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 import shapely
 from geoalchemy2.shape import from_shape
 from shapely.geometry.base import BaseGeometry
 
-from layers.base import READ_ONLY, REGISTRY, Layer
+from layers.base import READ_ONLY, REGISTRY, Layer, mask_text, masked_column
 from spatial.errors import Conflict, InvalidInput, MalformedInput, NotFound, Problem, Where
 from spatial.geometry import STORAGE_SRID, parse_geojson_geometry, prepare_for_storage
 
@@ -35,7 +35,11 @@ _PYDANTIC_CODES = {
     "extra_forbidden": ("unknown_field", "未知字段", "unknown field"),
     "greater_than_equal": ("out_of_range", "数值过小", "value is too small"),
     "less_than_equal": ("out_of_range", "数值过大", "value is too large"),
+    "string_too_short": ("required", "不能为空", "must not be blank"),
+    "control_character": ("control_character", "含有控制字符（如 NUL）", "contains a control character such as NUL"),
+    "finite_number": ("type", "必须是有限数值", "must be a finite number"),
 }
+SHOWN_VALUE_CHARS = 80
 
 
 def layer_or_404(layer_id: str) -> Layer:
@@ -64,12 +68,12 @@ def _property_problems(layer: Layer, exc: pydantic.ValidationError, index: int |
         if code == "code_format" and name in layer.field_names and layer.field(name).pattern_zh:
             zh += "（应为" + layer.field(name).pattern_zh + "）"
         value = err.get("input")
-        shown = "" if isinstance(value, dict) or value is None else f"：{value!r}"
+        shown = "" if isinstance(value, dict | list) or value is None else f"：{repr(value)[:SHOWN_VALUE_CHARS]}"
         problems.append(
             Problem(
                 code,
                 f"字段“{label}”{zh}{shown}",
-                f"field {name!r}: {en} ({err['msg']})",
+                f"field {name!r}: {en} ({err['msg'][:SHOWN_VALUE_CHARS]})",
                 Where(feature_index=index, field=f"properties.{name}" if name else "properties"),
             )
         )
@@ -137,40 +141,63 @@ def check_feature(
     return props, geom
 
 
+def _current(parent: Layer) -> list[Any]:
+    """Return the conditions selecting the parent units in force today."""
+    model = parent.model
+    if "valid_to" not in parent.field_names:
+        return []
+    today = func.current_date()
+    return [model.valid_from <= today, or_(model.valid_to.is_(None), model.valid_to > today)]
+
+
 def _locate(
     session: Session, layer: Layer, props: dict[str, Any], geom: BaseGeometry, index: int | None
 ) -> list[Problem]:
-    """Fill or check the codes that must agree with where GEOM lies."""
+    """Fill or check the codes that must agree with where GEOM lies.
+
+    The unit holding the largest share of GEOM (the one holding a point) is its unit. A
+    missing code is filled in from it; a given code that disagrees, or that is given for a
+    place outside every unit of a loaded frame, is refused.
+    """
     problems = []
-    point = shapely.point_on_surface(geom)
+    shape = func.ST_GeomFromWKB(shapely.to_wkb(geom), STORAGE_SRID)
     for loc in layer.locators:
         parent = REGISTRY[loc.layer]
         model = parent.model
-        query = select(getattr(model, loc.code_field)).where(
-            func.ST_Intersects(model.geom, func.ST_SetSRID(func.ST_MakePoint(point.x, point.y), STORAGE_SRID))
-        )
-        for column, value in loc.where:
-            query = query.where(getattr(model, column) == value)
-        if "valid_to" in parent.field_names:
-            query = query.where(model.valid_to.is_(None))
-        found = session.execute(query.limit(2)).scalars().all()
+        code = getattr(model, loc.code_field)
+        scope = [*_current(parent), *(getattr(model, col) == value for col, value in loc.where)]
+        found = session.execute(
+            select(code)
+            .where(func.ST_Intersects(model.geom, shape), *scope)
+            .order_by(func.ST_Area(func.ST_Intersection(model.geom, shape)).desc(), code)
+            .limit(1)
+        ).scalar()
         given = props.get(loc.field)
-        if len(found) != 1:
-            continue  # outside the frame, or in an overlap: the boundary checks report it
-        if given is None:
-            props[loc.field] = found[0]
-        elif given != found[0]:
-            label = layer.field(loc.field).zh
+        if found is not None and given is None:
+            props[loc.field] = found
+            continue
+        if given is None or given == found:
+            continue
+        if found is None and not session.execute(select(exists().where(*scope))).scalar():
+            continue  # the frame (e.g. the grids) is not loaded yet: nothing to check against
+        label = layer.field(loc.field).zh
+        where = Where(feature_index=index, field=f"properties.{loc.field}")
+        if found is None:
+            problems.append(
+                Problem(
+                    "location_outside_frame",
+                    f"“{label}”为 {given}，但图形不在任何{parent.zh}内",
+                    f"{loc.field} is {given} but the geometry lies in no {parent.en}",
+                    where,
+                )
+            )
+        else:
             problems.append(
                 Problem(
                     "location_mismatch",
-                    f"“{label}”为 {given}，但图形位于 {parent.zh} {found[0]} 内",
-                    f"{loc.field} is {given} but the geometry lies in {parent.en} {found[0]}",
-                    Where(
-                        feature_index=index,
-                        field=f"properties.{loc.field}",
-                        location=[round(point.x, 7), round(point.y, 7)],
-                    ),
+                    f"“{label}”为 {given}，但图形位于{parent.zh} {found} 内",
+                    f"{loc.field} is {given} but the geometry lies in {parent.en} {found}",
+                    where,
                 )
             )
     return problems
@@ -180,9 +207,12 @@ def _feature_json_columns(layer: Layer) -> Any:
     """Return a SQL expression building each row's GeoJSON Feature as text."""
     model = layer.model
     names = [*layer.field_names, *(("area_m2", "area_mu") if layer.has_area else ()), "updated_at"]
+    personal = {f.name for f in layer.fields if f.personal}
     pairs: list[Any] = []
     for name in names:
-        pairs.extend([literal_column(f"'{name}'"), getattr(model, name)])
+        column = getattr(model, name)
+        # Personal data (PIPL) leaves the database masked until there is an authorised view.
+        pairs.extend([literal_column(f"'{name}'"), masked_column(column) if name in personal else column])
     feature = func.json_build_object(
         literal_column("'type'"),
         literal_column("'Feature'"),
@@ -225,15 +255,12 @@ def list_features(
     bbox: tuple[float, float, float, float] | None = None,
     limit: int = DEFAULT_LIMIT,
     offset: int = 0,
-    filters: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return a FeatureCollection (as a dict with pre-serialised features) of LAYER."""
     model = layer.model
     where = []
     if bbox:
         where.append(func.ST_Intersects(model.geom, func.ST_MakeEnvelope(*bbox, STORAGE_SRID)))
-    for name, value in (filters or {}).items():
-        where.append(getattr(model, name) == value)
     # One round trip: the window count is taken over every match, before LIMIT.
     query = select(_feature_json_columns(layer), func.count().over()).where(*where)
     result = session.execute(query.order_by(model.id).limit(limit).offset(offset)).all()
@@ -293,12 +320,14 @@ def _flush(session: Session, layer: Layer) -> None:
     try:
         with session.begin_nested():
             session.flush()
-    except IntegrityError as exc:
+    except (IntegrityError, DataError) as exc:
         raise constraint_error(layer, exc) from None
 
 
-def constraint_error(layer: Layer, exc: IntegrityError) -> InvalidInput | Conflict:
+def constraint_error(layer: Layer, exc: IntegrityError | DataError) -> InvalidInput | Conflict:
     """Return the user-facing error for a database constraint violation."""
+    if isinstance(exc, DataError):  # a value the column cannot hold; no database text leaks out
+        return InvalidInput.one("value_invalid", "数据库无法保存该值", "the database cannot store a value")
     diag = getattr(exc.orig, "diag", None)
     name = getattr(diag, "constraint_name", None) or ""
     field = next((f for f in sorted(layer.field_names, key=len, reverse=True) if f in name), None)
@@ -336,7 +365,10 @@ def replace_feature(session: Session, layer: Layer, fid: int, feature: Any) -> d
     _key_taken(session, layer, props, fid)
     row.geom = from_shape(geom, srid=STORAGE_SRID)
     for name in layer.field_names:
-        setattr(row, name, props.get(name))
+        value, stored = props.get(name), getattr(row, name)
+        if layer.field(name).personal and stored and value == mask_text(stored):
+            continue  # the client sent back the masked value it was shown: keep the real one
+        setattr(row, name, value)
     row.updated_at = func.now()
     _flush(session, layer)
     session.expire(row)
@@ -401,9 +433,3 @@ def layer_summary(session: Session, layer: Layer) -> dict[str, Any]:
         inner = extent[extent.index("(") + 1 : extent.index(")")]
         bbox = [float(v) for pair in inner.split(",") for v in pair.split()]
     return {"count": count, "extent": bbox}
-
-
-def keys_present(session: Session, layer: Layer, keys: Sequence[str]) -> set[str]:
-    """Return which of KEYS (single-field natural keys) are stored in LAYER."""
-    column = getattr(layer.model, layer.key[0])
-    return set(session.execute(select(column).where(column.in_(keys))).scalars())

@@ -41,7 +41,7 @@ GRIDS = register(
             Field(
                 "manager_phone", "网格员电话", "Manager phone", max_length=20, pattern="^[0-9+ -]{5,20}$", personal=True
             ),
-            Field("households", "户数", "Households", "int", minimum=0),
+            Field("households", "户数", "Households", "int", minimum=0, maximum=100_000),
             Field("valid_from", "生效日期", "Valid from", "date", required=True),
             Field("valid_to", "失效日期", "Valid to", "date", popup=False),
         ],

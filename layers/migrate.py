@@ -9,7 +9,17 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from geoalchemy2 import alembic_helpers
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Leave PostGIS's own tables out of autogenerate."""
+    if type_ == "table" and name in {"spatial_ref_sys"}:
+        return False
+    included = alembic_helpers.include_object(obj, name, type_, reflected, compare_to)  # type: ignore[no-untyped-call]
+    return bool(included)
 
 
 def alembic_config(engine: Engine) -> Config:

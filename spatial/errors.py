@@ -69,6 +69,12 @@ class MalformedInput(GuatuError):
     kind = "malformed"
 
 
+class TooLarge(GuatuError):
+    """The request is larger than the configured limit."""
+
+    kind = "too_large"
+
+
 class NotFound(GuatuError):
     """The named layer or feature does not exist."""
 

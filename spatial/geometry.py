@@ -79,24 +79,38 @@ def _field_error(code: str, zh: str, en: str, **where: Any) -> InvalidInput:
     return InvalidInput.one(code, zh, en, field="geometry", **where)
 
 
-def _check_coordinates(obj: Any, depth: int = 0) -> None:
-    """Refuse coordinates that are not finite numbers, or nesting that is too deep."""
-    if depth > 6:
-        raise _field_error("nesting_too_deep", "坐标嵌套层级过深", "coordinates nested too deep")
-    if isinstance(obj, bool) or obj is None:
-        raise _field_error("invalid_coordinate", "坐标不是数字", "coordinate is not a number")
-    if isinstance(obj, int | float):
-        if not math.isfinite(obj):
-            raise _field_error(
-                "invalid_coordinate",
-                "坐标不是有限数值 (NaN/Infinity)",
-                "coordinate is NaN or infinite",
-            )
+_DEPTH = {"Point": 0, "MultiPoint": 1, "LineString": 1, "MultiLineString": 2, "Polygon": 2, "MultiPolygon": 3}
+"""How many array levels stand above the positions of each GeoJSON geometry type."""
+
+
+def _check_position(pos: Any) -> None:
+    """Refuse a position that is not 2 to 4 finite numbers."""
+    if not isinstance(pos, list) or not 2 <= len(pos) <= 4:
+        raise _field_error(
+            "geometry_malformed",
+            "坐标点应为 [经度, 纬度]（可带高程）",
+            "a position must be [lon, lat] (optionally with height)",
+        )
+    for value in pos:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _field_error("invalid_coordinate", "坐标不是数字", "coordinate is not a number")
+        if not math.isfinite(value):
+            raise _field_error("invalid_coordinate", "坐标不是有限数值 (NaN/Infinity)", "coordinate is NaN or infinite")
+
+
+def _check_structure(coords: Any, depth: int, gtype: str) -> None:
+    """Refuse coordinates whose nesting does not match GTYPE; check every position."""
+    if depth == 0:
+        _check_position(coords)
         return
-    if not isinstance(obj, list | tuple):
-        raise _field_error("invalid_coordinate", "坐标格式错误", "coordinates must be arrays of numbers")
-    for item in obj:
-        _check_coordinates(item, depth + 1)
+    if not isinstance(coords, list):
+        raise _field_error(
+            "geometry_malformed",
+            f"{gtype} 的坐标嵌套层级不正确",
+            f"{gtype} coordinates are not nested as GeoJSON requires",
+        )
+    for item in coords:
+        _check_structure(item, depth - 1, gtype)
 
 
 def parse_geojson_geometry(obj: Any) -> BaseGeometry:
@@ -118,17 +132,15 @@ def parse_geojson_geometry(obj: Any) -> BaseGeometry:
             "不支持几何集合 (GeometryCollection)",
             "GeometryCollection is not accepted",
         )
-    if gtype not in ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"):
+    if gtype not in _DEPTH:
         raise _field_error("geometry_type_unknown", f"未知的几何类型 {gtype!r}", f"unknown geometry type {gtype!r}")
     coords = obj.get("coordinates")
     if coords is None:
         raise _field_error("geometry_malformed", "几何图形缺少坐标", "geometry has no coordinates")
-    _check_coordinates(coords)
+    _check_structure(coords, _DEPTH[gtype], gtype)
     if gtype == "Polygon":
         _check_rings(coords)
     elif gtype == "MultiPolygon":
-        if not isinstance(coords, list):
-            raise _field_error("geometry_malformed", "多面坐标格式错误", "MultiPolygon coordinates malformed")
         for part in coords:
             _check_rings(part)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -49,9 +50,9 @@ def data_dir(settings: LocalPgSettings) -> Path:
     return Path("/var/lib/postgresql") / f"guatu-{digest}"
 
 
-def _run(argv: list[str], *, quiet: bool = False) -> None:
+def _run(argv: list[str], *, quiet: bool = False, stdin: str | None = None) -> None:
     """Run ARGV as postgres, raising with its output on failure."""
-    result = subprocess.run(_as_postgres(argv), capture_output=True, text=True, check=False)
+    result = subprocess.run(_as_postgres(argv), capture_output=True, text=True, check=False, input=stdin)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
     if not quiet and result.stdout.strip():
@@ -82,6 +83,7 @@ def is_running(settings: LocalPgSettings) -> bool:
             host=settings.host,
             port=settings.port,
             user=settings.user,
+            password=settings.password(),
             dbname="postgres",
             connect_timeout=2,
         ):
@@ -94,7 +96,12 @@ def serving_data_dir(settings: LocalPgSettings) -> str | None:
     """Return the data folder of the server on the local port, or None when none answers."""
     try:
         with psycopg.connect(
-            host=settings.host, port=settings.port, user=settings.user, dbname="postgres", connect_timeout=2
+            host=settings.host,
+            port=settings.port,
+            user=settings.user,
+            password=settings.password(),
+            dbname="postgres",
+            connect_timeout=2,
         ) as conn:
             row = conn.execute("SHOW data_directory").fetchone()
             return str(row[0]) if row else None
@@ -120,20 +127,32 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
     if not (pgdata / "PG_VERSION").exists():
         _make_dir_for_postgres(folder)
         _make_dir_for_postgres(run_dir)
-        _run(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(pgdata),
-                "-U",
-                settings.user,
-                "--auth=trust",
-                "--locale=C.UTF-8",
-                "-E",
-                "UTF8",
-            ],
-            quiet=True,
-        )
+        # Password auth over TCP (scram), peer on the private socket: no other local
+        # account can log in as the superuser.
+        secret = secrets.token_urlsafe(24)
+        settings.password_file.write_text(secret + "\n")
+        settings.password_file.chmod(0o600)
+        pwfile = folder / "initdb.pw"
+        _run(["sh", "-c", f"umask 077 && cat > '{pwfile}'"], stdin=secret + "\n")
+        try:
+            _run(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    settings.user,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    "--locale=C.UTF-8",
+                    "-E",
+                    "UTF8",
+                ],
+                quiet=True,
+            )
+        finally:
+            _run(["rm", "-f", str(pwfile)])
     if not running:
         _run(
             [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import quote
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,9 +24,23 @@ class LocalPgSettings(BaseSettings):
     user: str = "postgres"
     bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
 
+    @property
+    def password_file(self) -> Path:
+        """Return the file (mode 0600, beside the data folder) holding the superuser password."""
+        return self.data_dir.with_name(self.data_dir.name + ".password")
+
+    def password(self) -> str | None:
+        """Return the cluster's password, or None for a cluster made without one."""
+        try:
+            return self.password_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     def url(self, database: str | None = None) -> str:
         """Return the SQLAlchemy URL of a database in the local cluster."""
-        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database or self.database}"
+        secret = self.password()
+        auth = f"{self.user}:{quote(secret, safe='')}" if secret else self.user
+        return f"postgresql+psycopg://{auth}@{self.host}:{self.port}/{database or self.database}"
 
 
 class DbSettings(BaseSettings):

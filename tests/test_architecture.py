@@ -31,7 +31,10 @@ def _lint(room: str, line: str, tmp_name: str) -> subprocess.CompletedProcess[st
     try:
         return subprocess.run(
             [str(RUFF), "check", "--no-cache", "--select", "TID251", str(probe)],
-            capture_output=True, text=True, cwd=ROOT, check=False,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
         )
     finally:
         probe.unlink()

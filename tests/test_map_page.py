@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,8 @@ from tests.conftest import recreate_database
 pytestmark = pytest.mark.browser
 
 XSS_NAME = "<img src=x onerror=alert(1)>"
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# `make screenshots` points this at docs/screenshots to refresh the user guides' pictures.
+SCREENSHOTS = Path(os.environ.get("GUATU_SCREENSHOTS", Path(__file__).resolve().parent.parent / "out" / "screenshots"))
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,11 @@ def web_engine() -> Iterator[Engine]:
         session.commit()
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def screenshot_folder() -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +58,12 @@ def xss_shop(base_url: str) -> dict:
     body = {
         "type": "Feature",
         "geometry": {"type": "Point", "coordinates": [spot.x, spot.y]},
-        "properties": {"code": grid["community_code"] + "2199999", "name": XSS_NAME, "ownership": "不明",
-                       "status": "闲置"},
+        "properties": {
+            "code": grid["community_code"] + "2199999",
+            "name": XSS_NAME,
+            "ownership": "不明",
+            "status": "闲置",
+        },
     }
     response = httpx.post(f"{base_url}/api/layers/shops/features", json=body)
     assert response.status_code == 201, response.text
@@ -85,7 +96,6 @@ def test_map_draws_layers_and_popups_escape_text(base_url: str, xss_shop: dict) 
         page.wait_for_selector("path.guatu-grids", timeout=15_000)
         assert page.locator("path.guatu-grids").count() >= 30
         assert "图例" in page.locator(".guatu-legend").inner_text()
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "map-overview.png"))
 
         x, y = xss_shop["geometry"]["coordinates"]

@@ -7,6 +7,7 @@ the DOM with ``textContent``, so a shop called ``<img src=x onerror=…>`` stays
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,7 +109,7 @@ def build_map_page(
     views: Sequence[LayerView], *, title: str, api_base: str = "/api", hidden: Sequence[str] = ()
 ) -> str:
     """Return the HTML of the map page for the given layers (largest extent first fitted)."""
-    fig = folium.Figure(title=f"{title} · guatu 挂图")
+    fig = folium.Figure(title=html.escape(f"{title} · guatu 挂图"))  # folium does not escape it
     fmap = folium.Map(
         location=DEFAULT_CENTER,
         zoom_start=14,
@@ -151,5 +152,5 @@ def build_map_page(
         ],
     }
     fmap.add_child(_PageChrome(chrome))
-    html: str = fig.render()
-    return html
+    page: str = fig.render()
+    return page

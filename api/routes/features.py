@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import LayerDep, SessionDep
 from layers import features
-from spatial.errors import MalformedInput
+from spatial.errors import MalformedInput, TooLarge
 
 GEOJSON = "application/geo+json"
 router = APIRouter(prefix="/api/layers/{layer_id}/features", tags=["features"])
@@ -39,20 +42,30 @@ FEATURE_BODY: dict[str, Any] = {
 }
 
 
+FeatureId = Annotated[int, Path(ge=1, le=2**31 - 1, description="要素编号 feature id")]
+
+
 class GeoJSONResponse(Response):
     """A response with the GeoJSON media type."""
 
     media_type = GEOJSON
 
 
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge.one("payload_too_large", f"要素过大（上限 {limit} 字节）", f"feature larger than {limit} bytes")
+
+
 async def _read_feature(request: Request) -> Any:
     """Return the parsed JSON body, or raise a clear error naming line and column."""
     limit = request.app.state.settings.max_feature_bytes
-    body = await request.body()
-    if len(body) > limit:
-        raise MalformedInput.one(
-            "payload_too_large", f"要素过大（上限 {limit} 字节）", f"feature larger than {limit} bytes"
-        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)  # refused before reading a byte of it
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise _too_large(limit)
     if not body.strip():
         raise MalformedInput.one("body_empty", "请求体为空", "request body is empty")
     try:
@@ -66,6 +79,13 @@ async def _read_feature(request: Request) -> Any:
         ) from None
 
 
+def _commit(session: Session, write: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run WRITE and commit (in a worker thread: the event loop never waits on the database)."""
+    result = write(session, *args)
+    session.commit()
+    return result
+
+
 def _geojson(data: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> GeoJSONResponse:
     return GeoJSONResponse(orjson.dumps(data), status_code=status_code, headers=headers)
 
@@ -76,7 +96,7 @@ def list_features(
     session: SessionDep,
     bbox: str | None = Query(None, description="minlon,minlat,maxlon,maxlat (CGCS2000)"),
     limit: int = Query(features.DEFAULT_LIMIT, ge=1, le=features.MAX_LIMIT),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=10**9),
 ) -> GeoJSONResponse:
     """Return the layer's features intersecting BBOX as a GeoJSON FeatureCollection."""
     result = features.list_features(session, layer, bbox=features.parse_bbox(bbox), limit=limit, offset=offset)
@@ -90,28 +110,26 @@ def list_features(
 async def create_feature(layer: LayerDep, session: SessionDep, request: Request) -> GeoJSONResponse:
     """Validate and store a GeoJSON Feature; answer with it as stored."""
     body = await _read_feature(request)
-    created = features.create_feature(session, layer, body)
-    session.commit()
+    created = await run_in_threadpool(_commit, session, features.create_feature, layer, body)
     return _geojson(created, 201, {"Location": f"/api/layers/{layer.id}/features/{created['id']}"})
 
 
 @router.get("/{fid}", summary="读取要素 Read a feature", response_class=GeoJSONResponse)
-def get_feature(layer: LayerDep, session: SessionDep, fid: int) -> GeoJSONResponse:
+def get_feature(layer: LayerDep, session: SessionDep, fid: FeatureId) -> GeoJSONResponse:
     """Return one feature."""
     return _geojson(features.get_feature(session, layer, fid))
 
 
 @router.put("/{fid}", summary="替换要素 Replace a feature", openapi_extra=FEATURE_BODY, response_class=GeoJSONResponse)
-async def replace_feature(layer: LayerDep, session: SessionDep, fid: int, request: Request) -> GeoJSONResponse:
+async def replace_feature(layer: LayerDep, session: SessionDep, fid: FeatureId, request: Request) -> GeoJSONResponse:
     """Replace a feature's properties and geometry."""
     body = await _read_feature(request)
-    updated = features.replace_feature(session, layer, fid, body)
-    session.commit()
+    updated = await run_in_threadpool(_commit, session, features.replace_feature, layer, fid, body)
     return _geojson(updated)
 
 
 @router.delete("/{fid}", summary="删除要素 Delete a feature", status_code=204)
-def delete_feature(layer: LayerDep, session: SessionDep, fid: int) -> Response:
+def delete_feature(layer: LayerDep, session: SessionDep, fid: FeatureId) -> Response:
     """Delete a feature."""
     features.delete_feature(session, layer, fid)
     session.commit()

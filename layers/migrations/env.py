@@ -8,18 +8,11 @@ from sqlalchemy.engine import Connection
 from geoalchemy2 import alembic_helpers
 
 import layers  # noqa: F401 - registers every model on the metadata
+from layers.migrate import include_object
 from spatial.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata
-
-
-def _include(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
-    """Leave PostGIS's own tables out of autogenerate."""
-    if type_ == "table" and name in {"spatial_ref_sys"}:
-        return False
-    included = alembic_helpers.include_object(obj, name, type_, reflected, compare_to)  # type: ignore[no-untyped-call]
-    return bool(included)
 
 
 def run_migrations_online() -> None:
@@ -37,7 +30,7 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        include_object=_include,
+        include_object=include_object,
         process_revision_directives=alembic_helpers.writer,
         render_item=alembic_helpers.render_item,
         compare_type=True,
