@@ -80,6 +80,36 @@ def _property_problems(layer: Layer, exc: pydantic.ValidationError, index: int |
     return problems
 
 
+LONLAT_CRS = {
+    "urn:ogc:def:crs:OGC:1.3:CRS84",
+    "urn:ogc:def:crs:OGC::CRS84",
+    "EPSG:4326",
+    "urn:ogc:def:crs:EPSG::4326",
+    "EPSG:4490",
+    "urn:ogc:def:crs:EPSG::4490",
+}
+
+
+def _crs_problems(feature: Mapping[str, Any], index: int | None) -> list[Problem]:
+    """Refuse a legacy `crs` member naming anything but lon/lat WGS84 or CGCS2000."""
+    geometry = feature.get("geometry")
+    for holder in (feature, geometry if isinstance(geometry, Mapping) else {}):
+        crs = holder.get("crs")
+        if crs is None:
+            continue
+        name = crs.get("properties", {}).get("name") if isinstance(crs, Mapping) else None
+        if name not in LONLAT_CRS:
+            return [
+                Problem(
+                    "crs_not_supported",
+                    f"此接口只接受 CGCS2000/WGS84 经纬度坐标，收到坐标系 {str(name)[:80]}（投影坐标请用上传功能）",
+                    f"this endpoint takes CGCS2000/WGS84 lon/lat only, got CRS {str(name)[:80]}",
+                    Where(feature_index=index, field="crs"),
+                )
+            ]
+    return []
+
+
 def check_feature(
     session: Session, layer: Layer, feature: Any, *, index: int | None = None, locate: bool = True
 ) -> tuple[dict[str, Any], BaseGeometry]:
@@ -112,7 +142,7 @@ def check_feature(
             feature_index=index,
             field="properties",
         )
-    problems: list[Problem] = []
+    problems: list[Problem] = [*_crs_problems(feature, index)]
     props: dict[str, Any] = {}
     try:
         model = layer.schema.model_validate({k: v for k, v in raw_props.items() if k not in READ_ONLY})

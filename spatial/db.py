@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import psycopg
 import psycopg.sql
 from sqlalchemy import MetaData, create_engine, make_url
@@ -58,17 +55,3 @@ def make_engine(settings: DbSettings | None = None, *, url: str | None = None) -
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Return the session factory bound to ENGINE."""
     return sessionmaker(bind=engine, expire_on_commit=False)
-
-
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """Yield a session that commits on success and rolls back on any error."""
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from fractions import Fraction
 from typing import Any
 
 import shapely
@@ -25,8 +24,6 @@ STORAGE_SRID = 4490
 GEOD = Geod(ellps="GRS80")
 """The CGCS2000 ellipsoid (GRS80 shares its flattening)."""
 
-SQM_PER_MU = Fraction(2000, 3)
-"""One 亩 in square metres."""
 
 MAX_VERTICES = 100_000
 
@@ -47,7 +44,7 @@ _REASON_CODES = {
 
 
 def mu_from_m2(area_m2: float) -> float:
-    """Return AREA_M2 in 亩 (1 亩 = 2000/3 m²).
+    """Return AREA_M2 in 亩 (1 亩 = 2000/3 m²), computed as the database computes it.
 
     Examples
     --------

@@ -12,6 +12,7 @@ from pyproj import Geod
 from shapely.geometry import box, shape
 
 from layers.base import REGISTRY, mask_text
+from spatial.geometry import mu_from_m2
 from tests.samples import COMMUNITY, EDITS, GRID, X0, Y0, polygon, sample
 
 GEOJSON = "application/geo+json"
@@ -88,7 +89,7 @@ def test_geodesic_area_of_one_hectare(client: TestClient) -> None:
     parcel["geometry"] = polygon(*square.bounds)
     props = post(client, "parcels", parcel)["properties"]
     assert abs(props["area_m2"] - expected) / expected < 1e-4
-    assert props["area_mu"] == props["area_m2"] * 3 / 2000  # 1 亩 = 2000/3 m², exactly
+    assert props["area_mu"] == mu_from_m2(props["area_m2"])  # 1 亩 = 2000/3 m², exactly
     assert round(props["area_mu"], 2) == round(expected * 3 / 2000, 2)
 
 
@@ -394,3 +395,22 @@ def test_retired_grids_are_not_used_for_location(client: TestClient) -> None:
     shop = sample("shops")
     del shop["properties"]["grid_code"]
     assert post(client, "shops", shop)["properties"]["grid_code"] == COMMUNITY + "002"
+
+
+@pytest.mark.parametrize(
+    ("crs", "accepted"),
+    [
+        ("EPSG:3857", False),
+        ("urn:ogc:def:crs:EPSG::4549", False),
+        ("EPSG:4490", True),
+        ("urn:ogc:def:crs:OGC:1.3:CRS84", True),
+    ],
+)
+def test_legacy_crs_member_is_honoured_or_refused(client: TestClient, crs: str, accepted: bool) -> None:
+    shop = sample("shops")
+    shop["crs"] = {"type": "name", "properties": {"name": crs}}
+    response = client.post(SHOP_URL, json=shop)
+    if accepted:
+        assert response.status_code == 201, response.text
+    else:
+        assert_error(response, 422, "crs_not_supported", "crs")

@@ -379,3 +379,21 @@ def test_readme_documents_the_defects_as_generated(demo: Demo) -> None:
         assert f"{d['area_m2']:.2f}" in section, d["kind"]
         for code in d["codes"]:
             assert code in section
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_grid_sequence_width_follows_the_setting(monkeypatch: pytest.MonkeyPatch, width: int) -> None:
+    from layers.settings import layer_settings
+
+    monkeypatch.setenv("GUATU_GRID_SEQ_WIDTH", str(width))
+    layer_settings.cache_clear()
+    try:
+        other = generate()
+        grids = other.features["grids"]
+        assert {len(g["properties"]["code"]) for g in grids} == {12 + width}
+        for index, feature in enumerate(grids + other.features["zones"][:50]):
+            layer = REGISTRY["grids" if index < len(grids) else "zones"]
+            check_feature(None, layer, feature, index=index, locate=False)  # type: ignore[arg-type]
+    finally:
+        monkeypatch.delenv("GUATU_GRID_SEQ_WIDTH")
+        layer_settings.cache_clear()

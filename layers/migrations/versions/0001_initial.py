@@ -457,6 +457,7 @@ def upgrade() -> None:
     ):
         op.create_table_comment(table, comment)
 
+
 def downgrade() -> None:
     """Revert this migration."""
     op.drop_index("ix_parcels_grid_code", table_name="parcels")
