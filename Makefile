@@ -21,9 +21,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-run: system venv assets database ## install what is missing, start PostGIS, migrate, load the demo, serve on :8000
-	$(BIN)/guatu demo load --if-empty
-	exec $(BIN)/guatu serve
+run: system venv assets ## install what is missing, start PostGIS, migrate, load the demo, serve on :8000
+	exec $(BIN)/guatu serve --prepare
 
 test: system system-test venv assets database ## the same set-up, then lint, types and every test
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 
 import psycopg
 import typer
@@ -28,8 +29,9 @@ app.add_typer(demo_app, name="demo")
 console = Console(stderr=True)
 
 
+@lru_cache(maxsize=1)
 def _engine() -> Engine:
-    """Return an engine, starting the local cluster first when no DATABASE_URL is set."""
+    """Return the engine, starting the local cluster first when no DATABASE_URL is set."""
     settings = db_settings()
     if not settings.external:
         try:
@@ -143,12 +145,19 @@ def serve(
     host: str = typer.Option(None, help="address to listen on (default 127.0.0.1)"),
     port: int = typer.Option(None, help="port (default 8000)"),
     reload: bool = typer.Option(False, help="restart on code changes (development)"),
+    prepare: bool = typer.Option(
+        False, "--prepare", help="migrate, and load the demo street into an empty database, first"
+    ),
 ) -> None:
     """Serve the map and the API."""
     import uvicorn
 
     settings = ApiSettings()
-    _engine()
+    if prepare:
+        db_upgrade("head")
+        demo_load(if_empty=True)
+    else:
+        _engine()
     host, port = host or settings.host, port or settings.port
     console.print(f"guatu 挂图: http://{host}:{port}/  (API 文档 docs: http://{host}:{port}/docs)")
     uvicorn.run("api.main:app_factory", factory=True, host=host, port=port, reload=reload, log_level="info")

@@ -163,3 +163,12 @@ def test_grid_popup_shows_its_manager(base_url: str) -> None:
         assert grid["properties"]["manager"] in text and "户数" in text
         page.wait_for_timeout(400)
         page.screenshot(path=str(SCREENSHOTS / "grid-popup.png"))
+
+
+def test_page_embeds_no_features(base_url: str) -> None:
+    page = httpx.get(base_url + "/").text
+    parcel = httpx.get(f"{base_url}/api/layers/parcels/features", params={"limit": 1}).json()["features"][0]
+    assert parcel["properties"]["code"] not in page  # layers come from the API by bbox
+    assert "http://" not in page and "https://" not in page  # nothing from a CDN
+    assert "/static/vendor/leaflet/leaflet.js" in page
+    assert httpx.get(base_url + "/static/vendor/leaflet/leaflet.js").status_code == 200
