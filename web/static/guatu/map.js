@@ -199,7 +199,13 @@
       options: {position: "bottomright"},
       onAdd: function () {
         var box = el("div", "guatu-legend");
-        box.appendChild(el("div", "guatu-legend-title", "图例 Legend"));
+        var title = el("div", "guatu-legend-title", "图例 Legend ▾");
+        title.title = "点击收起/展开 (click to fold)";
+        title.addEventListener("click", function () {
+          var folded = box.classList.toggle("guatu-folded");
+          title.textContent = folded ? "图例 Legend ▸" : "图例 Legend ▾";
+        });
+        box.appendChild(title);
         opts.legend.forEach(function (layer) {
           var section = el("div", "guatu-legend-layer");
           section.appendChild(el("div", "guatu-legend-name",
