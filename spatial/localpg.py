@@ -78,18 +78,7 @@ def _server_options(settings: LocalPgSettings, run_dir: Path) -> str:
 
 def is_running(settings: LocalPgSettings) -> bool:
     """Tell whether the local cluster accepts connections."""
-    try:
-        with psycopg.connect(
-            host=settings.host,
-            port=settings.port,
-            user=settings.user,
-            password=settings.password(),
-            dbname="postgres",
-            connect_timeout=2,
-        ):
-            return True
-    except psycopg.OperationalError:
-        return False
+    return serving_data_dir(settings) is not None
 
 
 def serving_data_dir(settings: LocalPgSettings) -> str | None:

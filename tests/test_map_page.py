@@ -97,6 +97,11 @@ def test_map_draws_layers_and_popups_escape_text(base_url: str, xss_shop: dict) 
         assert page.locator("path.guatu-grids").count() >= 30
         assert "图例" in page.locator(".guatu-legend").inner_text()
         page.screenshot(path=str(SCREENSHOTS / "map-overview.png"))
+        legend_rows = page.locator(".guatu-legend-layer").first
+        page.click(".guatu-legend-title")
+        assert not legend_rows.is_visible()
+        page.click(".guatu-legend-title")
+        assert legend_rows.is_visible()
 
         x, y = xss_shop["geometry"]["coordinates"]
         move_to(page, x, y, 18)
