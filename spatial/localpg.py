@@ -11,6 +11,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import psycopg
 
 from spatial.db import ensure_database
-from spatial.settings import LocalPgSettings
+from spatial.settings import DEFAULT_PORT, LocalPgSettings
 
 SERVER_USER = "postgres"
 
@@ -71,9 +72,16 @@ def _make_dir_for_postgres(path: Path) -> None:
 def _server_options(settings: LocalPgSettings, run_dir: Path) -> str:
     """Return the server options: loopback and a private port only, JIT off."""
     return (
-        f"-c listen_addresses={settings.host} -c port={settings.port} "
+        f"-c listen_addresses={settings.host} -c port={settings.resolved_port()} "
         f"-c unix_socket_directories={run_dir} -c jit=off -c shared_buffers=256MB"
     )
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Tell whether nothing listens on HOST:PORT."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) != 0
 
 
 def is_running(settings: LocalPgSettings) -> bool:
@@ -86,7 +94,7 @@ def serving_data_dir(settings: LocalPgSettings) -> str | None:
     try:
         with psycopg.connect(
             host=settings.host,
-            port=settings.port,
+            port=settings.resolved_port(),
             user=settings.user,
             password=settings.password(),
             dbname="postgres",
@@ -107,13 +115,11 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
     bin_dir = settings.bin_dir
     if not (bin_dir / "initdb").exists():
         raise RuntimeError(f"PostgreSQL binaries not found in {bin_dir}: run `make run`.")
-    running = serving_data_dir(settings)
-    if running and Path(running).resolve() != pgdata.resolve():
-        raise RuntimeError(
-            f"127.0.0.1:{settings.port} is taken by another PostgreSQL (data in {running}); "
-            f"stop it, or set GUATU_PG_PORT to a free port"
-        )
     if not (pgdata / "PG_VERSION").exists():
+        if settings.port is None:  # a new cluster takes 54329, or the next port nobody holds
+            port = next(p for p in range(DEFAULT_PORT, DEFAULT_PORT + 100) if _port_free(settings.host, p))
+            settings.port_file.parent.mkdir(parents=True, exist_ok=True)
+            settings.port_file.write_text(f"{port}\n")
         _make_dir_for_postgres(folder)
         _make_dir_for_postgres(run_dir)
         # Password auth over TCP (scram), peer on the private socket: no other local
@@ -142,6 +148,15 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
             )
         finally:
             _run(["rm", "-f", str(pwfile)])
+    running = serving_data_dir(settings)
+    port = settings.resolved_port()
+    if running and Path(running).resolve() != pgdata.resolve():
+        raise RuntimeError(
+            f"127.0.0.1:{port} is taken by another PostgreSQL (data in {running}); "
+            f"stop it, or set GUATU_PG_PORT to a free port"
+        )
+    if not running and not _port_free(settings.host, port):
+        raise RuntimeError(f"127.0.0.1:{port} is held by another server; stop it, or set GUATU_PG_PORT to a free port")
     if not running:
         _run(
             [
@@ -172,5 +187,6 @@ def stop(settings: LocalPgSettings | None = None) -> None:
     """Stop the local cluster if it runs."""
     settings = settings or LocalPgSettings()
     pgdata = data_dir(settings) / "data"
-    if is_running(settings):
+    running = serving_data_dir(settings)
+    if running and Path(running).resolve() == pgdata.resolve():
         _run([str(settings.bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"])

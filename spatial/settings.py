@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PORT = 54329
 
 
 class LocalPgSettings(BaseSettings):
@@ -18,11 +19,26 @@ class LocalPgSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GUATU_PG_")
 
     data_dir: Path = PROJECT_ROOT / ".pgdata"
-    port: int = 54329
+    port: int | None = None
+    """Fixed port; by default 54329, or the next free one when the cluster is first made."""
     host: str = "127.0.0.1"
     database: str = "guatu"
     user: str = "postgres"
     bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+
+    @property
+    def port_file(self) -> Path:
+        """Return the file beside the data folder recording the port the cluster was given."""
+        return self.data_dir.with_name(self.data_dir.name + ".port")
+
+    def resolved_port(self) -> int:
+        """Return the cluster's port: the setting, else the recorded one, else 54329."""
+        if self.port is not None:
+            return self.port
+        try:
+            return int(self.port_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return DEFAULT_PORT
 
     @property
     def password_file(self) -> Path:
@@ -40,7 +56,7 @@ class LocalPgSettings(BaseSettings):
         """Return the SQLAlchemy URL of a database in the local cluster."""
         secret = self.password()
         auth = f"{self.user}:{quote(secret, safe='')}" if secret else self.user
-        return f"postgresql+psycopg://{auth}@{self.host}:{self.port}/{database or self.database}"
+        return f"postgresql+psycopg://{auth}@{self.host}:{self.resolved_port()}/{database or self.database}"
 
 
 class DbSettings(BaseSettings):
