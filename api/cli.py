@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
 
+import orjson
 import psycopg
 import typer
 from rich.console import Console
@@ -138,6 +141,52 @@ def demo_load(
             session.commit()
     summary = "，".join(f"{REGISTRY[k].zh} {v}" for k, v in counts.items())
     console.print(f"演示数据已加载 demo loaded in {time.monotonic() - started:.1f} s: {summary}")
+
+
+@app.command("import")
+def import_file(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="GeoJSON file")],
+    layer: str = typer.Option(..., "--layer", "-l", help="divisions, grids, parcels, shops or zones"),
+    crs: str = typer.Option(None, help="WGS84, CGCS2000, GCJ-02, BD-09 or EPSG:<code> (default: the file's crs)"),
+    axis: str = typer.Option("xy", help="xy: easting/lon first; yx: northing/lat first (X = 北)"),
+    mode: str = typer.Option("all-or-nothing", help="all-or-nothing or valid-only"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check and diff only; write nothing"),
+    json_out: bool = typer.Option(False, "--json", help="print the whole upload record as JSON"),
+) -> None:
+    """Import a GeoJSON file into a layer: checked, converted, diffed, committed atomically."""
+    from layers.features import layer_or_404
+    from layers.uploads import Mode, UploadOptions, run_upload, upload_json
+    from spatial.crs import Axis
+
+    if axis not in ("xy", "yx") or mode not in ("all-or-nothing", "valid-only"):
+        console.print("[red]--axis 取 xy 或 yx；--mode 取 all-or-nothing 或 valid-only[/red]")
+        raise typer.Exit(2)
+    engine = _engine()
+    checked_axis: Axis = "yx" if axis == "yx" else "xy"
+    checked_mode: Mode = "valid-only" if mode == "valid-only" else "all-or-nothing"
+    options = UploadOptions(crs=crs, axis=checked_axis, mode=checked_mode, dry_run=dry_run, filename=path.name)
+    with Session(engine) as session:
+        try:
+            with console.status(f"正在检查 checking {path.name} …"):
+                upload = run_upload(session, layer_or_404(layer), path.read_bytes(), options)
+                session.commit()
+        except GuatuError as exc:
+            for problem in exc.problems:
+                console.print(f"[red]{problem.code}[/red] {problem.message}")
+            raise typer.Exit(1) from None
+        record = upload_json(upload)
+    if json_out:
+        print(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())  # noqa: T201 - machine output
+    summary = record["report"]["summary"]
+    console.print(
+        f"上传 #{record['id']} {record['status']}: 共 {summary['total']}，新增 {summary['new']}，"
+        f"修改 {summary['changed']}，未变 {summary['unchanged']}，拒绝 {summary['rejected']}"
+    )
+    for entry in record["report"]["features"]:
+        for problem in entry.get("problems", [])[:3]:
+            console.print(f"  #{entry['index']} [yellow]{problem['code']}[/yellow] {problem['message']}")
+    if record["status"] == "rejected":
+        raise typer.Exit(1)
 
 
 @app.command()

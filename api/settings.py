@@ -14,3 +14,4 @@ class ApiSettings(BaseSettings):
     port: int = 8000
     site_title: str = "城阳街道 集体资源一张图"
     max_feature_bytes: int = 20 * 1024 * 1024
+    max_upload_bytes: int = 200 * 1000 * 1000

@@ -277,6 +277,14 @@ class Layer:
             "updated_at": mapped_column(
                 DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
             ),
+            # Which upload created or last changed the feature (None: typed in, or the demo).
+            "upload_id": mapped_column(
+                Integer,
+                ForeignKey("uploads.id", ondelete="SET NULL"),
+                nullable=True,
+                index=True,
+                comment="上传批次 upload that last wrote it",
+            ),
         }
         attrs["__annotations__"].update({"id": Mapped[int]})
         for f in self.fields:

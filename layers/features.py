@@ -6,7 +6,7 @@ uploader share one set of rules. Errors are :mod:`spatial.errors` with stable co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -111,12 +111,20 @@ def _crs_problems(feature: Mapping[str, Any], index: int | None) -> list[Problem
 
 
 def check_feature(
-    session: Session, layer: Layer, feature: Any, *, index: int | None = None, locate: bool = True
+    session: Session,
+    layer: Layer,
+    feature: Any,
+    *,
+    index: int | None = None,
+    locate: bool = True,
+    transform: Callable[[BaseGeometry], BaseGeometry] | None = None,
 ) -> tuple[dict[str, Any], BaseGeometry]:
     """Return the clean properties and geometry of FEATURE, or raise with every problem.
 
     With LOCATE, codes that follow from the location (community, grid) are filled in
-    when missing and checked against the stored frame when given.
+    when missing and checked against the stored frame when given. TRANSFORM converts the
+    parsed geometry to CGCS2000 lon/lat (an upload's declared CRS); without it the
+    feature must already be lon/lat, and a `crs` member saying otherwise is refused.
     """
     if not isinstance(feature, Mapping):
         raise MalformedInput.one(
@@ -142,7 +150,7 @@ def check_feature(
             feature_index=index,
             field="properties",
         )
-    problems: list[Problem] = [*_crs_problems(feature, index)]
+    problems: list[Problem] = [] if transform else _crs_problems(feature, index)
     props: dict[str, Any] = {}
     try:
         model = layer.schema.model_validate({k: v for k, v in raw_props.items() if k not in READ_ONLY})
@@ -151,8 +159,9 @@ def check_feature(
         problems.extend(_property_problems(layer, exc, index))
     geom: BaseGeometry | None = None
     try:
+        parsed = parse_geojson_geometry(feature.get("geometry"))
         geom = prepare_for_storage(
-            parse_geojson_geometry(feature.get("geometry")), allowed=layer.accepts, stored=layer.stored
+            transform(parsed) if transform else parsed, allowed=layer.accepts, stored=layer.stored
         )
     except InvalidInput as exc:
         for problem in exc.problems:
@@ -394,6 +403,7 @@ def replace_feature(session: Session, layer: Layer, fid: int, feature: Any) -> d
     props, geom = check_feature(session, layer, feature)
     _key_taken(session, layer, props, fid)
     row.geom = from_shape(geom, srid=STORAGE_SRID)
+    row.upload_id = None  # last changed by hand, not by an upload
     for name in layer.field_names:
         value, stored = props.get(name), getattr(row, name)
         if layer.field(name).personal and stored and value == mask_text(stored):
@@ -418,6 +428,7 @@ def upsert_rows(
     rows: Iterable[tuple[Mapping[str, Any], BaseGeometry]],
     *,
     batch: int = 500,
+    upload_id: int | None = None,
 ) -> int:
     """Insert or update ROWS by natural key in batches; return how many were written.
 
@@ -437,6 +448,7 @@ def upsert_rows(
             name: stmt.excluded[name] for name in [*layer.field_names, "geom"] if name not in layer.key
         }
         updates["updated_at"] = func.now()
+        updates["upload_id"] = stmt.excluded["upload_id"]
         stmt = stmt.on_conflict_do_update(constraint=f"uq_{layer.table}_key", set_=updates)
         session.execute(stmt)
         written += len(chunk)
@@ -445,6 +457,7 @@ def upsert_rows(
     for props, geom in rows:
         values = {name: props.get(name) for name in layer.field_names}
         values["geom"] = from_shape(geom, srid=STORAGE_SRID)
+        values["upload_id"] = upload_id
         chunk.append(values)
         if len(chunk) >= batch:
             flush_chunk()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from spatial.settings import PROJECT_ROOT
 
 
 class LayerSettings(BaseSettings):
@@ -16,6 +19,9 @@ class LayerSettings(BaseSettings):
     grid_seq_width: int = 3
     """Digits after the 12-digit community code in a grid code (3 → 15 digits; 2 in the
     urban-management family)."""
+
+    archive_dir: Path = PROJECT_ROOT / ".archive"
+    """Where uploaded files are kept, by SHA-256 (content-addressed, never rewritten)."""
 
     @field_validator("grid_seq_width")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -18,7 +19,7 @@ GUATU = Path(sys.executable).parent / "guatu"
 
 
 def run(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+    env = dict(os.environ, GUATU_ARCHIVE_DIR=str(Path(tempfile.gettempdir()) / "guatu-test-archive"))
     if url:
         env["DATABASE_URL"] = url
     return subprocess.run([str(GUATU), *args], capture_output=True, text=True, env=env, timeout=300, check=False)
@@ -47,7 +48,7 @@ def test_upgrade_then_demo_twice_creates_no_duplicates() -> None:
     url = recreate_database("guatu_test_cli")
     upgraded = run("db", "upgrade", url=url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "→ 0001" in upgraded.stderr
+    assert "→ 0002" in upgraded.stderr
 
     first = run("demo", "load", url=url)
     assert first.returncode == 0, first.stderr
@@ -61,3 +62,29 @@ def test_upgrade_then_demo_twice_creates_no_duplicates() -> None:
     skipped = run("demo", "load", "--if-empty", url=url)
     assert skipped.returncode == 0 and "跳过" in skipped.stderr
     assert counts(url) == after_first
+
+
+def test_import_dry_run_then_commit_then_replay(tmp_path: Path) -> None:
+    import json
+
+    from tests.samples import sample
+
+    url = recreate_database("guatu_test_cli_import")
+    assert run("db", "upgrade", url=url).returncode == 0
+    shops = []
+    for i in range(3):
+        shop = sample("shops")
+        shop["properties"]["code"] = f"370214001009210000{i}"
+        shops.append(shop)
+    shops[2]["properties"]["ownership"] = "说不清"
+    path = tmp_path / "survey.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": shops}, ensure_ascii=False))
+
+    rejected = run("import", str(path), "--layer", "shops", url=url)
+    assert rejected.returncode == 1 and "enum" in rejected.stderr and counts(url)["shops"] == 0
+    dry = run("import", str(path), "--layer", "shops", "--mode", "valid-only", "--dry-run", url=url)
+    assert dry.returncode == 0 and "dry_run" in dry.stderr and counts(url)["shops"] == 0
+    done = run("import", str(path), "--layer", "shops", "--mode", "valid-only", url=url)
+    assert done.returncode == 0 and "新增 2" in done.stderr and counts(url)["shops"] == 2
+    again = run("import", str(path), "--layer", "shops", "--mode", "valid-only", url=url)
+    assert again.returncode == 0 and counts(url)["shops"] == 2

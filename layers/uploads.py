@@ -1,0 +1,289 @@
+"""Uploads: a surveyor's GeoJSON file, checked feature by feature, diffed, committed in one go.
+
+The raw file is archived by its SHA-256 before anything else happens. The same file with
+the same options is answered with the first result (idempotent), concurrent copies of one
+upload are serialised on an advisory lock, and a commit is one transaction: all or
+nothing by default, or only the valid features when asked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from sqlalchemy import DateTime, Integer, String, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+import shapely
+from geoalchemy2.shape import to_shape
+from shapely.geometry.base import BaseGeometry
+
+from layers.base import Layer
+from layers.features import check_feature, upsert_rows
+from layers.settings import layer_settings
+from spatial.crs import Axis, DeclaredCrs, crs_problems, parse_crs, to_storage
+from spatial.db import Base
+from spatial.errors import GuatuError, InvalidInput, NotFound, Problem
+from spatial.geojson_in import read_geojson
+
+Mode = Literal["all-or-nothing", "valid-only"]
+METRES_PER_DEGREE = 111_320.0
+
+
+class Upload(Base):
+    """One upload: who sent which file (by hash), declared how, and what came of it."""
+
+    __tablename__ = "uploads"
+    __table_args__ = {"comment": "上传记录 uploads"}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer: Mapped[str] = mapped_column(String(40))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    options_key: Mapped[str] = mapped_column(String(64), index=True, comment="hash of the options")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    filename: Mapped[str | None] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    uploader: Mapped[str | None] = mapped_column(String(100))
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(20), comment="dry_run, committed, rejected, failed")
+    report: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    """How the uploader asked for the file to be read and written."""
+
+    crs: str | None = None
+    axis: Axis = "xy"
+    mode: Mode = "all-or-nothing"
+    dry_run: bool = False
+    uploader: str | None = None
+    filename: str | None = None
+    idempotency_key: str | None = None
+
+    def key(self, layer: Layer) -> str:
+        """Return the hash of what changes the outcome (not who or under which name)."""
+        canon = orjson.dumps(
+            {"layer": layer.id, "crs": self.crs, "axis": self.axis, "mode": self.mode}, option=orjson.OPT_SORT_KEYS
+        )
+        return hashlib.sha256(canon).hexdigest()
+
+
+def archive(raw: bytes, sha: str) -> Path:
+    """Keep RAW under its SHA-256 in the archive folder (written once, never changed)."""
+    folder = layer_settings().archive_dir / sha[:2]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sha}.geojson"
+    if not path.exists():
+        partial = path.with_suffix(".part")
+        partial.write_bytes(raw)
+        partial.replace(path)
+    return path
+
+
+def _declared(options: UploadOptions, crs_member: str | None) -> DeclaredCrs:
+    declared = parse_crs(options.crs or crs_member, options.axis)
+    if isinstance(declared, Problem):
+        raise InvalidInput(declared)
+    return declared
+
+
+def _raw_bounds(features: list[Any]) -> tuple[float, float, float, float] | None:
+    """Return the bounds of every readable coordinate, as given (before any conversion)."""
+    boxes = []
+    for feature in features:
+        geometry = feature.get("geometry") if isinstance(feature, dict) else None
+        try:
+            geom = shapely.geometry.shape(geometry) if isinstance(geometry, dict) else None
+        except Exception:  # noqa: BLE001 - unreadable geometry is reported per feature later
+            geom = None
+        if geom is not None and not geom.is_empty:
+            boxes.append(geom.bounds)
+    if not boxes:
+        return None
+    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+def _existing(session: Session, layer: Layer, keys: list[str]) -> dict[str, tuple[dict[str, Any], BaseGeometry]]:
+    """Return the stored properties and geometry of the features with these natural keys."""
+    if not keys:
+        return {}
+    model = layer.model
+    column = getattr(model, layer.key[0])
+    rows = session.execute(select(model).where(column.in_(keys))).scalars()
+    return {
+        getattr(row, layer.key[0]): ({name: getattr(row, name) for name in layer.field_names}, to_shape(row.geom))
+        for row in rows
+    }
+
+
+def _compare(
+    props: dict[str, Any], geom: BaseGeometry, stored: tuple[dict[str, Any], BaseGeometry]
+) -> tuple[list[str], float]:
+    """Return the fields that differ and how far (metres, roughly) the geometry moved."""
+    old_props, old_geom = stored
+    changed = [name for name, value in props.items() if old_props.get(name) != value]
+    if geom.equals_exact(old_geom, 1e-9):
+        return changed, 0.0
+    # Hausdorff distance on a local equirectangular scaling: good to a few per cent at street scale.
+    scale = np.array([math.cos(math.radians(geom.centroid.y)), 1.0])
+    local = [shapely.transform(g, lambda c: c * scale) for g in (geom, old_geom)]
+    return changed, round(local[0].hausdorff_distance(local[1]) * METRES_PER_DEGREE, 3)
+
+
+def run_upload(session: Session, layer: Layer, raw: bytes, options: UploadOptions) -> Upload:
+    """Check, diff and (unless a dry run) commit RAW into LAYER; return the upload record.
+
+    The caller commits the session. Malformed files and impossible CRS declarations raise;
+    per-feature problems go into the report.
+    """
+    sha = hashlib.sha256(raw).hexdigest()
+    options_key = options.key(layer)
+    # One upload of these bytes with these options at a time; the second waits, then replays.
+    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": sha + options_key})
+    replay = _replay(session, layer, sha, options_key, options)
+    if replay is not None:
+        return replay
+    archive(raw, sha)
+    parsed = read_geojson(raw)
+    declared = _declared(options, parsed.crs_name)
+    bounds = _raw_bounds(parsed.features)
+    if bounds is not None:
+        problems = crs_problems(bounds, declared)
+        if problems:
+            raise InvalidInput(problems)
+    report = _check_all(session, layer, parsed.features, declared)
+    summary = report["summary"]
+    if options.dry_run:
+        status = "dry_run"
+    elif summary["rejected"] and options.mode == "all-or-nothing":
+        status = "rejected"
+    else:
+        status = "committed"
+    upload = Upload(
+        layer=layer.id,
+        sha256=sha,
+        options_key=options_key,
+        idempotency_key=options.idempotency_key,
+        filename=options.filename,
+        size_bytes=len(raw),
+        uploader=options.uploader,
+        options={"crs": declared.label, "axis": options.axis, "mode": options.mode, "dry_run": options.dry_run},
+        status=status,
+        report={k: v for k, v in report.items() if k != "rows"},
+    )
+    session.add(upload)
+    session.flush()
+    if status == "committed":
+        rows = [(props, geom) for props, geom in report["rows"]]
+        upsert_rows(session, layer, rows, upload_id=upload.id)
+    return upload
+
+
+def _replay(session: Session, layer: Layer, sha: str, options_key: str, options: UploadOptions) -> Upload | None:
+    """Return the earlier result of the same upload, or refuse a reused idempotency key."""
+    if options.idempotency_key:
+        earlier = session.execute(
+            select(Upload).where(Upload.idempotency_key == options.idempotency_key)
+        ).scalar_one_or_none()
+        if earlier is not None:
+            if (earlier.sha256, earlier.options_key) != (sha, options_key):
+                raise InvalidInput.one(
+                    "idempotency_key_reused",
+                    "该 Idempotency-Key 已用于另一份文件或另一组选项",
+                    "this Idempotency-Key was used for a different file or options",
+                    field="Idempotency-Key",
+                )
+            return earlier
+    if options.dry_run:
+        return None
+    return session.execute(
+        select(Upload)
+        .where(Upload.sha256 == sha, Upload.options_key == options_key, Upload.status == "committed")
+        .order_by(Upload.id)
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def _check_all(session: Session, layer: Layer, features: list[Any], declared: DeclaredCrs) -> dict[str, Any]:
+    """Check every feature and diff the valid ones against the database by natural key."""
+    entries: list[dict[str, Any]] = []
+    valid: list[tuple[int, dict[str, Any], BaseGeometry]] = []
+    seen: dict[str, int] = {}
+    key_field = layer.key[0]
+    for index, feature in enumerate(features):
+        entry: dict[str, Any] = {"index": index}
+        if isinstance(feature, dict) and feature.get("id") is not None:
+            entry["id"] = feature["id"]
+        try:
+            props, geom = check_feature(
+                session, layer, feature, index=index, transform=lambda g: to_storage(g, declared)
+            )
+        except GuatuError as exc:
+            entry.update(status="rejected", problems=[p.as_dict() for p in exc.problems])
+            entries.append(entry)
+            continue
+        key = props[key_field]
+        entry["key"] = key
+        if key in seen:
+            problem = Problem(
+                "duplicate_in_file",
+                f"编码 {key} 在文件中重复（第一次出现在第 {seen[key]} 个要素）",
+                f"{key_field} {key} appears twice in the file (first at feature {seen[key]})",
+            )
+            problem.where.feature_index, problem.where.field = index, f"properties.{key_field}"
+            entry.update(status="rejected", problems=[problem.as_dict()])
+            entries.append(entry)
+            continue
+        seen[key] = index
+        valid.append((len(entries), props, geom))
+        entries.append(entry)
+    stored = _existing(session, layer, [props[key_field] for _, props, _ in valid])
+    rows = []
+    for position, props, geom in valid:
+        entry = entries[position]
+        before = stored.get(props[key_field])
+        if before is None:
+            entry["status"] = "new"
+        else:
+            changed, moved = _compare(props, geom, before)
+            if changed or moved:
+                entry.update(status="changed", changed_fields=changed, moved_m=moved)
+            else:
+                entry["status"] = "unchanged"
+        if entry["status"] != "unchanged":
+            rows.append((props, geom))
+    counts = {s: sum(1 for e in entries if e["status"] == s) for s in ("new", "changed", "unchanged", "rejected")}
+    return {"summary": {"total": len(entries), **counts}, "features": entries, "rows": rows}
+
+
+def get_upload(session: Session, uid: int) -> Upload:
+    """Return upload UID or raise NotFound."""
+    upload = session.get(Upload, uid)
+    if upload is None:
+        raise NotFound.one("upload_not_found", f"没有编号为 {uid} 的上传记录", f"no upload {uid}", id=uid)
+    return upload
+
+
+def upload_json(upload: Upload) -> dict[str, Any]:
+    """Return the public record of UPLOAD."""
+    return {
+        "id": upload.id,
+        "layer": upload.layer,
+        "status": upload.status,
+        "sha256": upload.sha256,
+        "filename": upload.filename,
+        "size_bytes": upload.size_bytes,
+        "uploader": upload.uploader,
+        "options": upload.options,
+        "created_at": upload.created_at.isoformat() if upload.created_at else None,
+        "report": upload.report,
+    }

@@ -1,0 +1,231 @@
+"""Uploads through the API: per-feature report, atomic commit, idempotent replay, CRS conversion."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+import shapely
+from pyproj import Geod, Transformer
+from shapely.geometry import mapping, shape
+
+from layers.settings import layer_settings
+from spatial.crs import wgs84_to_gcj02
+from tests.samples import COMMUNITY, X0, Y0, sample
+
+URL = "/api/layers/shops/features"
+UPLOADS = "/api/layers/{layer}/uploads"
+GEOD = Geod(ellps="GRS80")
+
+
+@pytest.fixture(autouse=True)
+def archive_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(layer_settings(), "archive_dir", tmp_path / "archive")
+    return tmp_path / "archive"
+
+
+def shops(n: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        shop = sample("shops")
+        shop["properties"]["code"] = COMMUNITY + f"21{i:05d}"
+        shop["geometry"]["coordinates"] = [X0 + 0.0003 * i, Y0 + 0.0002]
+        out.append(shop)
+    return out
+
+
+def collection(features: list[dict], **extra: object) -> bytes:
+    return json.dumps({"type": "FeatureCollection", **extra, "features": features}, ensure_ascii=False).encode()
+
+
+def upload(client: TestClient, body: bytes, layer: str = "shops", **params: object):
+    headers = params.pop("headers", {})
+    return client.post(UPLOADS.format(layer=layer), content=body, params=params, headers=headers)
+
+
+def count(session: Session, table: str = "shops") -> int:
+    return session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def test_all_or_nothing_writes_nothing_when_one_feature_is_bad(client: TestClient, session: Session) -> None:
+    features = shops(3)
+    features[1]["properties"]["status"] = "空着"
+    response = upload(client, collection(features))
+    assert response.status_code == 422
+    body = response.json()
+    assert body["status"] == "rejected" and body["report"]["summary"]["rejected"] == 1
+    bad = body["report"]["features"][1]
+    assert bad["status"] == "rejected" and bad["problems"][0]["code"] == "enum"
+    assert bad["problems"][0]["where"] == {"feature_index": 1, "field": "properties.status"}
+    assert count(session) == 0
+
+
+def test_valid_only_commits_the_rest_and_records_provenance(client: TestClient, session: Session) -> None:
+    features = shops(3)
+    features[2]["geometry"] = {"type": "Point", "coordinates": [120.3, None]}
+    response = upload(client, collection(features), mode="valid-only", uploader="王调查")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "committed" and body["report"]["summary"] == {
+        "total": 3,
+        "new": 2,
+        "changed": 0,
+        "unchanged": 0,
+        "rejected": 1,
+    }
+    assert count(session) == 2
+    ids = session.execute(text("SELECT DISTINCT upload_id FROM shops")).scalars().all()
+    assert ids == [body["id"]]
+    listed = client.get("/api/uploads").json()
+    assert listed[0]["id"] == body["id"] and listed[0]["uploader"] == "王调查"
+    assert client.get(f"/api/uploads/{body['id']}").json()["report"]["features"][2]["status"] == "rejected"
+
+
+def test_the_same_file_twice_changes_nothing(client: TestClient, session: Session, archive_in_tmp: Path) -> None:
+    raw = collection(shops(4))
+    first = upload(client, raw)
+    assert first.status_code == 201
+    second = upload(client, raw)
+    assert second.json()["id"] == first.json()["id"]
+    assert count(session) == 4
+    sha = hashlib.sha256(raw).hexdigest()
+    assert (archive_in_tmp / sha[:2] / f"{sha}.geojson").read_bytes() == raw
+
+
+def test_dry_run_diffs_against_the_database(client: TestClient, session: Session) -> None:
+    features = shops(3)
+    assert upload(client, collection(features)).status_code == 201
+    edited = copy.deepcopy(features)
+    edited[0]["properties"]["status"] = "在营"
+    edited[0]["geometry"]["coordinates"][0] += 0.0001  # ~9 m east
+    new = shops(4)[3]
+    response = upload(client, collection([*edited, new]), dry_run="true")
+    assert response.status_code == 200
+    report = response.json()["report"]
+    assert [f["status"] for f in report["features"]] == ["changed", "unchanged", "unchanged", "new"]
+    assert report["features"][0]["changed_fields"] == ["status"]
+    assert 8 < report["features"][0]["moved_m"] < 10
+    assert count(session) == 3  # a dry run writes no feature
+    assert session.execute(text("SELECT status FROM shops ORDER BY code LIMIT 1")).scalar() == "闲置"
+
+
+def test_idempotency_key_reused_for_another_file_is_refused(client: TestClient) -> None:
+    key = {"Idempotency-Key": "survey-2026-11-22-a"}
+    assert upload(client, collection(shops(1)), headers=key).status_code == 201
+    again = upload(client, collection(shops(1)), headers=key)
+    assert again.status_code in (200, 201)
+    other = upload(client, collection(shops(2)), headers=key)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+
+
+def test_duplicate_keys_in_the_file_are_reported(client: TestClient) -> None:
+    features = shops(2)
+    features[1]["properties"]["code"] = features[0]["properties"]["code"]
+    report = upload(client, collection(features)).json()["report"]
+    assert report["features"][1]["problems"][0]["code"] == "duplicate_in_file"
+
+
+def test_gcj02_upload_lands_within_half_a_metre(client: TestClient, session: Session) -> None:
+    parcel = sample("parcels")
+    original = shape(parcel["geometry"])
+    shifted = shapely.transform(original, lambda c: np.column_stack(wgs84_to_gcj02(c[:, 0], c[:, 1])))
+    parcel["geometry"] = json.loads(json.dumps(mapping(shifted)))
+    response = upload(client, collection([parcel]), layer="parcels", crs="GCJ-02")
+    assert response.status_code == 201, response.text
+    stored = session.execute(text("SELECT ST_AsText(geom) FROM parcels")).scalar_one()
+    landed = shapely.from_wkt(stored)
+    worst = max(
+        GEOD.inv(*a, *b)[2]
+        for a, b in zip(sorted(original.exterior.coords), sorted(landed.geoms[0].exterior.coords), strict=False)
+    )
+    assert worst < 0.5
+
+
+def test_gauss_kruger_upload_with_northing_first(client: TestClient, session: Session) -> None:
+    parcel = sample("parcels")
+    to_gk = Transformer.from_crs(4490, 4549, always_xy=True)
+    ring = [list(to_gk.transform(x, y))[::-1] for x, y in parcel["geometry"]["coordinates"][0]]  # X = northing
+    parcel["geometry"]["coordinates"] = [ring]
+    response = upload(client, collection([parcel]), layer="parcels", crs="EPSG:4549", axis="yx")
+    assert response.status_code == 201, response.text
+    area = session.execute(text("SELECT area_m2 FROM parcels")).scalar_one()
+    expected = abs(GEOD.geometry_area_perimeter(shape(sample("parcels")["geometry"]))[0])
+    assert abs(area - expected) / expected < 1e-6
+
+
+def test_projected_metres_declared_as_degrees_are_refused_with_a_hint(client: TestClient, session: Session) -> None:
+    parcel = sample("parcels")
+    to_gk = Transformer.from_crs(4490, 4528, always_xy=True)
+    parcel["geometry"]["coordinates"] = [[list(to_gk.transform(x, y)) for x, y in parcel["geometry"]["coordinates"][0]]]
+    response = upload(client, collection([parcel]), layer="parcels", crs="WGS84")
+    assert response.status_code == 422
+    assert response.json()["code"] == "crs_projected_as_degrees" and "EPSG:4528" in response.json()["message"]
+    legacy = collection([parcel], crs={"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::4528"}})
+    assert upload(client, legacy, layer="parcels").status_code == 201  # the file's own crs member is honoured
+    assert count(session, "parcels") == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b'{"type": "FeatureCollection", "features": [', 400, "json_truncated"),
+        (b"", 400, "body_empty"),
+        (b'{"type": "FeatureCollection", "features": 3}', 400, "features_not_array"),
+        (b'{"type": "Topology"}', 400, "wrong_top_level_type"),
+    ],
+)
+def test_broken_files_are_refused(client: TestClient, session: Session, raw: bytes, status: int, code: str) -> None:
+    response = upload(client, raw)
+    assert response.status_code == status and response.json()["code"] == code
+    assert count(session) == 0
+
+
+def test_multipart_upload_and_unknown_upload(client: TestClient) -> None:
+    files = {"file": ("survey.geojson", collection(shops(2)), "application/geo+json")}
+    response = client.post(UPLOADS.format(layer="shops"), files=files)
+    assert response.status_code == 201, response.text
+    assert response.json()["filename"] == "survey.geojson"
+    assert client.get("/api/uploads/999999").json()["code"] == "upload_not_found"
+
+
+def test_two_concurrent_uploads_of_one_survey_leave_one_set_of_rows(tmp_path: Path) -> None:
+    import threading
+
+    from layers import migrate
+    from layers.base import REGISTRY
+    from layers.uploads import UploadOptions, run_upload
+    from spatial.db import make_engine
+    from tests.conftest import recreate_database
+
+    engine = make_engine(url=recreate_database("guatu_test_uploads"))
+    migrate.upgrade(engine)
+    raw = collection(shops(50))
+    results: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def send() -> None:
+        with Session(engine) as own:
+            barrier.wait()
+            results.append(run_upload(own, REGISTRY["shops"], raw, UploadOptions()).id)
+            own.commit()
+
+    try:
+        threads = [threading.Thread(target=send) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        with Session(engine) as check:
+            assert count(check) == 50
+            assert check.execute(text("SELECT count(*) FROM uploads")).scalar_one() == 1
+        assert len(results) == 2 and results[0] == results[1]
+    finally:
+        engine.dispose()
