@@ -110,6 +110,33 @@ def _crs_problems(feature: Mapping[str, Any], index: int | None) -> list[Problem
     return []
 
 
+def _check_members(feature: Mapping[str, Any], index: int | None) -> None:
+    """Refuse an `id` that is neither string nor number, and a malformed `bbox`."""
+    fid = feature.get("id")
+    if fid is not None and (isinstance(fid, bool) or not isinstance(fid, str | int | float)):
+        raise MalformedInput.one(
+            "feature_id_invalid",
+            "要素的 id 应为字符串或数字",
+            "a Feature's id must be a string or a number",
+            feature_index=index,
+            field="id",
+        )
+    geometry = feature.get("geometry")
+    for holder, where in ((feature, "bbox"), (geometry if isinstance(geometry, Mapping) else {}, "geometry.bbox")):
+        bbox = holder.get("bbox")
+        if bbox is None:
+            continue
+        numbers = isinstance(bbox, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+        if not numbers or len(bbox) not in (4, 6):
+            raise MalformedInput.one(
+                "bbox_invalid",
+                "bbox 应为 4 个（或 6 个）数字",
+                "bbox must be 4 (or 6) numbers",
+                feature_index=index,
+                field=where,
+            )
+
+
 def check_feature(
     session: Session,
     layer: Layer,
@@ -141,7 +168,17 @@ def check_feature(
             feature_index=index,
             field="type",
         )
-    raw_props = feature.get("properties") or {}
+    if "properties" not in feature:
+        raise MalformedInput.one(
+            "properties_missing",
+            '要素缺少 properties 成员（无属性时应写 "properties": {} 或 null）',
+            'a Feature needs a "properties" member ({} or null when it has none)',
+            feature_index=index,
+            field="properties",
+        )
+    _check_members(feature, index)
+    raw_props = feature["properties"]
+    raw_props = {} if raw_props is None else raw_props
     if not isinstance(raw_props, Mapping):
         raise MalformedInput.one(
             "properties_malformed",
