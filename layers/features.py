@@ -6,6 +6,7 @@ uploader share one set of rules. Errors are :mod:`spatial.errors` with stable co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -40,6 +41,7 @@ _PYDANTIC_CODES = {
     "finite_number": ("type", "必须是有限数值", "must be a finite number"),
 }
 SHOWN_VALUE_CHARS = 80
+_FULLWIDTH = re.compile("[\uff10-\uff19]")
 
 
 def layer_or_404(layer_id: str) -> Layer:
@@ -63,6 +65,8 @@ def _property_problems(layer: Layer, exc: pydantic.ValidationError, index: int |
         if err.get("input") is None and name in layer.field_names and layer.field(name).required:
             kind = "missing"  # an explicit null for a required field
         code, zh, en = _PYDANTIC_CODES.get(kind, ("type", "类型不正确", "wrong type"))
+        if isinstance(err.get("input"), str) and _FULLWIDTH.search(err["input"]):
+            code, zh, en = "fullwidth_digits", "含有全角数字（如“１２３”），请改为半角", "contains full-width digits"
         if code == "enum" and name in layer.field_names:
             zh += "（允许：" + "、".join(layer.field(name).choices) + "）"
         if code == "code_format" and name in layer.field_names and layer.field(name).pattern_zh:

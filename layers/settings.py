@@ -20,6 +20,9 @@ class LayerSettings(BaseSettings):
     """Digits after the 12-digit community code in a grid code (3 → 15 digits; 2 in the
     urban-management family)."""
 
+    extent: tuple[float, float, float, float] = (73.0, 3.0, 136.0, 54.0)
+    """Where this deployment's data can lie (minlon, minlat, maxlon, maxlat); default: China."""
+
     archive_dir: Path = PROJECT_ROOT / ".archive"
     """Where uploaded files are kept, by SHA-256 (content-addressed, never rewritten)."""
 

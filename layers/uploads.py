@@ -28,7 +28,7 @@ from shapely.geometry.base import BaseGeometry
 from layers.base import Layer
 from layers.features import check_feature, upsert_rows
 from layers.settings import layer_settings
-from spatial.crs import Axis, DeclaredCrs, crs_problems, parse_crs, to_storage
+from spatial.crs import Axis, DeclaredCrs, crs_problems, parse_crs, to_storage, wgs84_to_gcj02
 from spatial.db import Base
 from spatial.errors import GuatuError, InvalidInput, NotFound, Problem
 from spatial.geojson_in import read_geojson
@@ -233,6 +233,13 @@ def _check_all(session: Session, layer: Layer, features: list[Any], declared: De
             continue
         key = props[key_field]
         entry["key"] = key
+        if _has_z(feature):
+            entry["notes"] = [{"code": "z_dropped", "message": "高程（Z）值已舍弃 (Z values dropped)"}]
+        outside = _outside_extent(geom, index)
+        if outside is not None:
+            entry.update(status="rejected", problems=[outside.as_dict()])
+            entries.append(entry)
+            continue
         if key in seen:
             problem = Problem(
                 "duplicate_in_file",
@@ -262,7 +269,67 @@ def _check_all(session: Session, layer: Layer, features: list[Any], declared: De
         if entry["status"] != "unchanged":
             rows.append((props, geom))
     counts = {s: sum(1 for e in entries if e["status"] == s) for s in ("new", "changed", "unchanged", "rejected")}
-    return {"summary": {"total": len(entries), **counts}, "features": entries, "rows": rows}
+    report: dict[str, Any] = {"summary": {"total": len(entries), **counts}, "features": entries, "rows": rows}
+    warning = _gcj02_suspicion(declared, valid, stored, key_field)
+    if warning:
+        report["warnings"] = [warning]
+    return report
+
+
+def _has_z(feature: Any) -> bool:
+    """Tell whether FEATURE's geometry carries a third coordinate."""
+    try:
+        return bool(shapely.has_z(shapely.geometry.shape(feature["geometry"])))
+    except Exception:  # noqa: BLE001 - it has passed check_feature; this is only a note
+        return False
+
+
+def _outside_extent(geom: BaseGeometry, index: int) -> Problem | None:
+    """Return the problem for a feature lying outside the deployment's extent, if it does."""
+    minx, miny, maxx, maxy = layer_settings().extent
+    x0, y0, x1, y1 = geom.bounds
+    if minx <= x0 and x1 <= maxx and miny <= y0 and y1 <= maxy:
+        return None
+    problem = Problem(
+        "outside_extent",
+        f"要素位于本系统范围（经度 {minx}–{maxx}，纬度 {miny}–{maxy}）之外：坐标系或轴顺序是否声明错了？",
+        "the feature lies outside this deployment's extent: is the CRS or the axis order declared wrongly?",
+    )
+    problem.where.feature_index, problem.where.field = index, "geometry"
+    problem.where.location = [round(x0, 7), round(y0, 7)]
+    return problem
+
+
+def _gcj02_suspicion(
+    declared: DeclaredCrs,
+    valid: list[tuple[int, dict[str, Any], BaseGeometry]],
+    stored: dict[str, tuple[dict[str, Any], BaseGeometry]],
+    key_field: str,
+) -> dict[str, Any] | None:
+    """Warn when features declared WGS84/CGCS2000 all sit a GCJ-02 offset from their stored selves."""
+    if declared.kind != "epsg" or declared.epsg not in (4326, 4490):
+        return None
+    shifts = []
+    for _, props, geom in valid:
+        before = stored.get(props[key_field])
+        if before is not None:
+            now, then = geom.centroid, before[1].centroid
+            shifts.append((now.x - then.x, now.y - then.y, then.x, then.y))
+    if len(shifts) < 3:
+        return None
+    moves = np.array(shifts)
+    expected_lon, expected_lat = wgs84_to_gcj02(moves[:, 2], moves[:, 3])
+    expected = np.column_stack([expected_lon - moves[:, 2], expected_lat - moves[:, 3]])
+    error = np.hypot(*(moves[:, :2] - expected).T) * METRES_PER_DEGREE
+    offset = float(np.median(np.hypot(*expected.T)) * METRES_PER_DEGREE)
+    if float(np.median(error)) > 0.1 * offset:
+        return None
+    return {
+        "code": "likely_gcj02",
+        "message": f"这些要素整体偏离已有数据约 {offset:.0f} 米，方向与 GCJ-02（火星坐标）偏移一致："
+        f"数据可能来自高德/腾讯地图，请声明坐标系为 GCJ-02 "
+        f"(features sit ~{offset:.0f} m off their stored selves, as GCJ-02 does: declare GCJ-02)",
+    }
 
 
 def get_upload(session: Session, uid: int) -> Upload:

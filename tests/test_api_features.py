@@ -321,7 +321,7 @@ SHOP_URL = "/api/layers/shops/features"
         ({"properties": {"floor": 3_000_000_000}}, "out_of_range", "properties.floor"),
         ({"properties": {"asking_rent": 1e300}}, "out_of_range", "properties.asking_rent"),
         ({"properties": {"idle_since": "2024-02-30"}}, "type", "properties.idle_since"),
-        ({"properties": {"code": "３７０２１４００１００１２１０００９９"}}, "code_format", "properties.code"),
+        ({"properties": {"code": "３７０２１４００１００１２１０００９９"}}, "fullwidth_digits", "properties.code"),
         ({"properties": {"status": ["闲置"]}}, "enum", "properties.status"),
     ],
 )

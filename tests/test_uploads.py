@@ -229,3 +229,34 @@ def test_two_concurrent_uploads_of_one_survey_leave_one_set_of_rows(tmp_path: Pa
         assert len(results) == 2 and results[0] == results[1]
     finally:
         engine.dispose()
+
+
+def test_features_outside_the_deployment_are_refused(client: TestClient) -> None:
+    features = shops(2)
+    features[1]["geometry"]["coordinates"] = [2.3522, 48.8566]  # Paris
+    report = upload(client, collection(features), mode="valid-only").json()["report"]
+    assert report["features"][1]["problems"][0]["code"] == "outside_extent"
+    assert report["features"][0]["status"] == "new"
+
+
+def test_z_values_are_dropped_with_a_note(client: TestClient, session: Session) -> None:
+    features = shops(1)
+    features[0]["geometry"]["coordinates"].append(12.5)
+    report = upload(client, collection(features)).json()["report"]
+    assert report["features"][0]["notes"][0]["code"] == "z_dropped"
+    assert session.execute(text("SELECT ST_NDims(geom) FROM shops")).scalar_one() == 2
+
+
+def test_a_gcj02_file_declared_wgs84_gets_a_warning(client: TestClient) -> None:
+    features = shops(5)
+    assert upload(client, collection(features)).status_code == 201
+    shifted = copy.deepcopy(features)
+    for feature in shifted:
+        lon, lat = feature["geometry"]["coordinates"]
+        glon, glat = wgs84_to_gcj02(np.array([lon]), np.array([lat]))
+        feature["geometry"]["coordinates"] = [float(glon[0]), float(glat[0])]
+    body = upload(client, collection(shifted), crs="WGS84", dry_run="true").json()
+    assert body["report"]["warnings"][0]["code"] == "likely_gcj02"
+    honest = copy.deepcopy(features)
+    honest[0]["geometry"]["coordinates"][0] += 0.001  # one shop really moved: no pattern
+    assert "warnings" not in upload(client, collection(honest), dry_run="true").json()["report"]
