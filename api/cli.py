@@ -20,7 +20,7 @@ from api.settings import ApiSettings
 from layers import migrate
 from layers.base import REGISTRY
 from spatial import localpg
-from spatial.db import ensure_database, make_engine
+from spatial.db import ensure_database, make_engine, make_sessionmaker
 from spatial.errors import GuatuError
 from spatial.settings import LocalPgSettings, db_settings
 
@@ -155,7 +155,7 @@ def import_file(
 ) -> None:
     """Import a GeoJSON file into a layer: checked, converted, diffed, committed atomically."""
     from layers.features import layer_or_404
-    from layers.uploads import Mode, UploadOptions, run_upload, upload_json
+    from layers.uploads import Mode, UploadOptions, commit_upload
     from spatial.crs import Axis
 
     if axis not in ("xy", "yx") or mode not in ("all-or-nothing", "valid-only"):
@@ -168,13 +168,13 @@ def import_file(
     with Session(engine) as session:
         try:
             with console.status(f"正在检查 checking {path.name} …"):
-                upload = run_upload(session, layer_or_404(layer), path.read_bytes(), options)
-                session.commit()
+                record = commit_upload(
+                    session, make_sessionmaker(engine), layer_or_404(layer), path.read_bytes(), options
+                )
         except GuatuError as exc:
             for problem in exc.problems:
                 console.print(f"[red]{problem.code}[/red] {problem.message}")
             raise typer.Exit(1) from None
-        record = upload_json(upload)
     if json_out:
         print(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())  # noqa: T201 - machine output
     summary = record["report"]["summary"]

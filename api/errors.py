@@ -15,7 +15,7 @@ from spatial.errors import GuatuError
 
 log = logging.getLogger("guatu.api")
 
-STATUS = {"invalid": 422, "malformed": 400, "too_large": 413, "not_found": 404, "conflict": 409}
+STATUS = {"invalid": 422, "malformed": 400, "too_large": 413, "not_found": 404, "conflict": 409, "unavailable": 503}
 
 _HTTP_CODES = {
     404: ("not_found", "找不到该地址", "not found"),

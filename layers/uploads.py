@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ import numpy as np
 import orjson
 from sqlalchemy import DateTime, Integer, String, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 import shapely
@@ -30,7 +32,7 @@ from layers.features import check_feature, upsert_rows
 from layers.settings import layer_settings
 from spatial.crs import Axis, DeclaredCrs, crs_problems, parse_crs, to_storage, wgs84_to_gcj02
 from spatial.db import Base
-from spatial.errors import GuatuError, InvalidInput, NotFound, Problem
+from spatial.errors import GuatuError, InvalidInput, NotFound, Problem, Unavailable
 from spatial.geojson_in import read_geojson
 
 Mode = Literal["all-or-nothing", "valid-only"]
@@ -186,6 +188,51 @@ def run_upload(session: Session, layer: Layer, raw: bytes, options: UploadOption
         rows = [(props, geom) for props, geom in report["rows"]]
         upsert_rows(session, layer, rows, upload_id=upload.id)
     return upload
+
+
+def commit_upload(
+    session: Session, fresh: Callable[[], Session], layer: Layer, raw: bytes, options: UploadOptions
+) -> dict[str, Any]:
+    """Run and commit the upload; if the database fails midway, record it as failed and say so.
+
+    Nothing of a failed upload is written (its transaction is lost with the connection); a
+    FRESH session records the failure, so the uploader and the upload list can see it.
+    """
+    try:
+        upload = run_upload(session, layer, raw, options)
+        session.commit()
+        return upload_json(upload)
+    except DBAPIError as exc:
+        try:
+            session.rollback()
+        except DBAPIError:
+            pass  # the connection is gone; the transaction went with it
+        failed = _record_failure(fresh, layer, raw, options, type(exc.orig or exc).__name__)
+        raise Unavailable.one(
+            "upload_failed",
+            f"数据库在提交时出错，本次上传（#{failed}）未写入任何数据，请重新上传",
+            f"the database failed during the commit; upload #{failed} wrote nothing, upload it again",
+            id=failed,
+        ) from None
+
+
+def _record_failure(fresh: Callable[[], Session], layer: Layer, raw: bytes, options: UploadOptions, why: str) -> int:
+    """Store a failed upload record in its own transaction; return its id."""
+    with fresh() as session:
+        upload = Upload(
+            layer=layer.id,
+            sha256=hashlib.sha256(raw).hexdigest(),
+            options_key=options.key(layer),
+            filename=options.filename,
+            size_bytes=len(raw),
+            uploader=options.uploader,
+            options={"crs": options.crs, "axis": options.axis, "mode": options.mode, "dry_run": options.dry_run},
+            status="failed",
+            report={"error": why},
+        )
+        session.add(upload)
+        session.commit()
+        return upload.id
 
 
 def _replay(session: Session, layer: Layer, sha: str, options_key: str, options: UploadOptions) -> Upload | None:

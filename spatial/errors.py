@@ -75,6 +75,12 @@ class TooLarge(GuatuError):
     kind = "too_large"
 
 
+class Unavailable(GuatuError):
+    """The database failed under the request; nothing of it was written."""
+
+    kind = "unavailable"
+
+
 class NotFound(GuatuError):
     """The named layer or feature does not exist."""
 

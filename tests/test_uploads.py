@@ -260,3 +260,50 @@ def test_a_gcj02_file_declared_wgs84_gets_a_warning(client: TestClient) -> None:
     honest = copy.deepcopy(features)
     honest[0]["geometry"]["coordinates"][0] += 0.001  # one shop really moved: no pattern
     assert "warnings" not in upload(client, collection(honest), dry_run="true").json()["report"]
+
+
+def test_connection_killed_mid_commit_writes_nothing_and_marks_the_upload_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import psycopg
+
+    from layers import migrate
+    from layers import uploads as uploads_module
+    from layers.base import REGISTRY
+    from layers.uploads import UploadOptions, commit_upload
+    from spatial.db import make_engine, make_sessionmaker
+    from spatial.errors import Unavailable
+    from tests.conftest import recreate_database
+
+    url = recreate_database("guatu_test_fault")
+    engine = make_engine(url=url)
+    migrate.upgrade(engine)
+    factory = make_sessionmaker(engine)
+    raw = collection(shops(30))
+    real_upsert = uploads_module.upsert_rows
+
+    def killed_upsert(session: Session, *args: object, **kwargs: object) -> int:
+        written = real_upsert(session, *args, **kwargs)  # rows are in, uncommitted
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return written
+
+    try:
+        monkeypatch.setattr(uploads_module, "upsert_rows", killed_upsert)
+        with factory() as session, pytest.raises(Unavailable) as caught:
+            commit_upload(session, factory, REGISTRY["shops"], raw, UploadOptions())
+        assert caught.value.code == "upload_failed"
+        with factory() as check:
+            assert count(check) == 0
+            assert check.execute(text("SELECT status FROM uploads")).scalars().all() == ["failed"]
+
+        monkeypatch.setattr(uploads_module, "upsert_rows", real_upsert)
+        with factory() as session:
+            again = commit_upload(session, factory, REGISTRY["shops"], raw, UploadOptions())
+        assert again["status"] == "committed"
+        with factory() as check:
+            assert count(check) == 30
+    finally:
+        engine.dispose()

@@ -7,12 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import LayerDep, SessionDep
-from layers.base import Layer
-from layers.uploads import Upload, UploadOptions, get_upload, run_upload, upload_json
+from layers.uploads import Upload, UploadOptions, commit_upload, get_upload, upload_json
 from spatial.crs import Axis
 from spatial.errors import TooLarge
 
@@ -58,12 +56,6 @@ async def _read_file(request: Request) -> tuple[bytes, str | None]:
     return bytes(body), None
 
 
-def _commit(session: Session, layer: Layer, raw: bytes, options: UploadOptions) -> dict[str, Any]:
-    upload = run_upload(session, layer, raw, options)
-    session.commit()
-    return upload_json(upload)
-
-
 @router.post(
     "/api/layers/{layer_id}/uploads",
     summary="上传 GeoJSON 文件 Upload a GeoJSON file",
@@ -94,7 +86,7 @@ async def create_upload(
         filename=filename,
         idempotency_key=idempotency_key,
     )
-    result = await run_in_threadpool(_commit, session, layer, raw, options)
+    result = await run_in_threadpool(commit_upload, session, request.app.state.sessions, layer, raw, options)
     status = {"committed": 201, "dry_run": 200, "rejected": 422}.get(result["status"], 200)
     return JSONResponse(result, status_code=status)
 
