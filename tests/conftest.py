@@ -45,6 +45,15 @@ def recreate_database(name: str) -> str:
     return url.set(database=name).render_as_string(hide_password=False)
 
 
+@pytest.fixture(autouse=True)
+def archive_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep uploaded files of a test in its own temporary folder."""
+    from layers.settings import layer_settings
+
+    monkeypatch.setattr(layer_settings(), "archive_dir", tmp_path / "archive")
+    return tmp_path / "archive"
+
+
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
     """Return an engine on a fresh, migrated test database."""

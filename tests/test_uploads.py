@@ -17,19 +17,12 @@ import shapely
 from pyproj import Geod, Transformer
 from shapely.geometry import mapping, shape
 
-from layers.settings import layer_settings
 from spatial.crs import wgs84_to_gcj02
 from tests.samples import COMMUNITY, X0, Y0, sample
 
 URL = "/api/layers/shops/features"
 UPLOADS = "/api/layers/{layer}/uploads"
 GEOD = Geod(ellps="GRS80")
-
-
-@pytest.fixture(autouse=True)
-def archive_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(layer_settings(), "archive_dir", tmp_path / "archive")
-    return tmp_path / "archive"
 
 
 def shops(n: int) -> list[dict]:
