@@ -270,12 +270,18 @@ def _check_all(session: Session, layer: Layer, features: list[Any], declared: De
         entry: dict[str, Any] = {"index": index}
         if isinstance(feature, dict) and feature.get("id") is not None:
             entry["id"] = feature["id"]
+        raw_props = feature.get("properties") if isinstance(feature, dict) else None
+        if isinstance(raw_props, dict) and isinstance(raw_props.get(key_field), str):
+            entry["key"] = raw_props[key_field][:60]
         try:
             props, geom = check_feature(
                 session, layer, feature, index=index, transform=lambda g: to_storage(g, declared)
             )
         except GuatuError as exc:
             entry.update(status="rejected", problems=[p.as_dict() for p in exc.problems])
+            drawn = _drawable(feature, declared)
+            if drawn is not None:
+                entry["geometry"] = drawn
             entries.append(entry)
             continue
         key = props[key_field]
@@ -321,6 +327,18 @@ def _check_all(session: Session, layer: Layer, features: list[Any], declared: De
     if warning:
         report["warnings"] = [warning]
     return report
+
+
+def _drawable(feature: Any, declared: DeclaredCrs) -> dict[str, Any] | None:
+    """Return a rejected feature's geometry in lon/lat for drawing it, when it can be read at all."""
+    try:
+        geom = to_storage(shapely.geometry.shape(feature["geometry"]), declared)
+        if geom.is_empty or not math.isfinite(geom.bounds[0]):
+            return None
+        drawn: dict[str, Any] = orjson.loads(shapely.to_geojson(geom))
+        return drawn
+    except Exception:  # noqa: BLE001 - unreadable geometry simply is not drawn
+        return None
 
 
 def _has_z(feature: Any) -> bool:

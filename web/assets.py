@@ -15,6 +15,7 @@ SWAGGER_CSS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui.css"
 GUATU_JS = f"{STATIC_URL}/guatu/map.js"
 GUATU_CSS = f"{STATIC_URL}/guatu/map.css"
 FAVICON = f"{STATIC_URL}/guatu/favicon.svg"
+UPLOAD_JS = f"{STATIC_URL}/guatu/upload.js"
 
 REQUIRED = ("leaflet/leaflet.js", "leaflet/leaflet.css", "swagger-ui/swagger-ui-bundle.js", "swagger-ui/swagger-ui.css")
 

@@ -11,6 +11,7 @@ from layers.base import REGISTRY
 from layers.features import layer_summary
 from web import assets
 from web.maps import LayerView, build_map_page
+from web.uploads import build_upload_page
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -24,6 +25,13 @@ def map_page(request: Request, session: SessionDep) -> HTMLResponse:
         views.append(LayerView(layer, summary["count"], summary["extent"]))
     html = build_map_page(views, title=request.app.state.settings.site_title)
     return HTMLResponse(html)
+
+
+@router.get("/upload", response_class=HTMLResponse)
+def upload_page(request: Request) -> HTMLResponse:
+    """Return the upload page (check a file, read the report, commit)."""
+    layers = sorted(REGISTRY.values(), key=lambda layer: layer.order)
+    return HTMLResponse(build_upload_page(layers, title=request.app.state.settings.site_title))
 
 
 @router.get("/docs", response_class=HTMLResponse)

@@ -188,7 +188,11 @@
       onAdd: function () {
         var box = el("div", "guatu-title");
         box.appendChild(el("div", "guatu-title-main", opts.title));
-        box.appendChild(el("div", "guatu-title-sub", "挂图作战 · 集体资源一张图 (guatu)"));
+        var sub = el("div", "guatu-title-sub", "挂图作战 · 集体资源一张图 (guatu) · ");
+        var link = el("a", "guatu-link", "上传数据 Upload");
+        link.href = "/upload";
+        sub.appendChild(link);
+        box.appendChild(sub);
         L.DomEvent.disableClickPropagation(box);
         return box;
       }

@@ -1,0 +1,140 @@
+/* guatu 挂图 upload page: dry run, per-feature report, rejected features drawn, then commit. */
+(function () {
+  "use strict";
+
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function labelled(text, control) {
+    var wrap = el("label", "guatu-field");
+    wrap.appendChild(el("span", null, text));
+    wrap.appendChild(control);
+    return wrap;
+  }
+
+  function select(name, options) {
+    var node = el("select");
+    node.name = name;
+    options.forEach(function (o) {
+      var option = el("option", null, o.label);
+      option.value = o.value;
+      node.appendChild(option);
+    });
+    return node;
+  }
+
+  function start(map, opts) {
+    var drawn = L.featureGroup().addTo(map);
+    var Panel = L.Control.extend({
+      options: {position: "topleft"},
+      onAdd: function () {
+        var box = el("div", "guatu-upload");
+        box.appendChild(el("div", "guatu-title-main", "上传调查数据 Upload survey data"));
+        var back = el("a", "guatu-link", "← 返回地图 Back to the map");
+        back.href = "/";
+        box.appendChild(back);
+        var form = el("form", "guatu-upload-form");
+        var layer = select("layer", opts.layers.map(function (l) { return {value: l.id, label: l.zh + " " + l.en}; }));
+        var crs = select("crs", opts.crs);
+        var axis = select("axis", [{value: "xy", label: "经度/东坐标在前 (lon/E first)"},
+                                   {value: "yx", label: "纬度/北坐标在前 (lat/N first, X=北)"}]);
+        var mode = select("mode", [{value: "all-or-nothing", label: "全部通过才提交 (all or nothing)"},
+                                   {value: "valid-only", label: "只提交通过的要素 (valid only)"}]);
+        var file = el("input");
+        file.type = "file";
+        file.name = "file";
+        file.accept = ".geojson,.json,application/geo+json,application/json";
+        [labelled("图层 Layer", layer), labelled("坐标系 CRS", crs), labelled("轴顺序 Axis", axis),
+         labelled("提交方式 Mode", mode), labelled("文件 File", file)].forEach(function (n) { form.appendChild(n); });
+        var check = el("button", "guatu-button", "检查（试运行）Check (dry run)");
+        check.type = "button";
+        check.name = "check";
+        var commit = el("button", "guatu-button guatu-primary", "提交 Commit");
+        commit.type = "button";
+        commit.name = "commit";
+        commit.disabled = true;
+        form.appendChild(check);
+        form.appendChild(commit);
+        box.appendChild(form);
+        var status = el("div", "guatu-upload-status");
+        var report = el("div", "guatu-upload-report");
+        box.appendChild(status);
+        box.appendChild(report);
+        L.DomEvent.disableClickPropagation(box);
+        L.DomEvent.disableScrollPropagation(box);
+
+        function send(dryRun) {
+          if (!file.files.length) {
+            status.textContent = "请选择文件 (choose a file)";
+            return;
+          }
+          var params = new URLSearchParams({axis: axis.value, mode: mode.value, dry_run: String(dryRun)});
+          if (crs.value) params.set("crs", crs.value);
+          var body = new FormData();
+          body.append("file", file.files[0]);
+          status.textContent = dryRun ? "正在检查… (checking)" : "正在提交… (committing)";
+          check.disabled = commit.disabled = true;
+          fetch(opts.api + "/layers/" + layer.value + "/uploads?" + params.toString(), {method: "POST", body: body})
+            .then(function (r) { return r.json().then(function (data) { return {ok: r.ok, status: r.status, data: data}; }); })
+            .then(function (res) { show(res, dryRun); })
+            .catch(function (err) { status.textContent = "失败 (failed): " + err.message; })
+            .then(function () { check.disabled = false; });
+        }
+
+        function show(res, dryRun) {
+          var data = res.data;
+          report.textContent = "";
+          drawn.clearLayers();
+          if (!data.report) {  // the whole file was refused
+            status.textContent = "文件未通过 (file refused): " + data.code + " — " + data.message;
+            status.className = "guatu-upload-status guatu-bad";
+            return;
+          }
+          var s = data.report.summary;
+          status.className = "guatu-upload-status" + (s.rejected ? " guatu-bad" : " guatu-good");
+          status.textContent = (dryRun ? "试运行 Dry run" : "上传 #" + data.id + " " + data.status) +
+            "：共 " + s.total + "，新增 " + s.new + "，修改 " + s.changed + "，未变 " + s.unchanged + "，拒绝 " + s.rejected;
+          (data.report.warnings || []).forEach(function (w) { report.appendChild(el("div", "guatu-warning", w.message)); });
+          var table = el("table", "guatu-report-table");
+          data.report.features.forEach(function (f) {
+            if (f.status === "unchanged") return;
+            var row = el("tr", "guatu-row-" + f.status);
+            row.appendChild(el("td", null, "#" + f.index));
+            row.appendChild(el("td", null, f.key || f.id || ""));
+            row.appendChild(el("td", null, f.status));
+            var why = (f.problems || []).map(function (p) { return p.code + "：" + p.message; }).join("；");
+            if (f.changed_fields) why = "改动 " + f.changed_fields.join("、") + (f.moved_m ? "，位移 " + f.moved_m + " m" : "");
+            row.appendChild(el("td", "guatu-why", why));
+            table.appendChild(row);
+            if (f.geometry) {
+              var shape = L.geoJSON(f.geometry, {
+                style: {color: "#e11d48", weight: 2, fillOpacity: 0.3, className: "guatu-rejected guatu-rejected-" + f.index},
+                pointToLayer: function (_, latlng) {
+                  return L.circleMarker(latlng, {radius: 8, className: "guatu-rejected guatu-rejected-" + f.index});
+                }
+              });
+              shape.bindTooltip("#" + f.index + " " + why);
+              drawn.addLayer(shape);
+            }
+          });
+          report.appendChild(table);
+          if (drawn.getLayers().length) {
+            map.fitBounds(drawn.getBounds(), {maxZoom: 18, paddingTopLeft: [500, 60], paddingBottomRight: [60, 60]});
+          }
+          commit.disabled = !(dryRun && s.new + s.changed > 0 && (mode.value === "valid-only" || !s.rejected));
+        }
+
+        check.addEventListener("click", function () { send(true); });
+        commit.addEventListener("click", function () { send(false); });
+        return box;
+      }
+    });
+    new Panel().addTo(map);
+  }
+
+  window.guatuUpload = {start: start};
+})();
