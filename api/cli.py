@@ -151,6 +151,7 @@ def import_file(
     axis: str = typer.Option("xy", help="xy: easting/lon first; yx: northing/lat first (X = 北)"),
     mode: str = typer.Option("all-or-nothing", help="all-or-nothing or valid-only"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check and diff only; write nothing"),
+    repair: bool = typer.Option(False, "--repair", help="make invalid polygons valid, reporting the area change"),
     json_out: bool = typer.Option(False, "--json", help="print the whole upload record as JSON"),
 ) -> None:
     """Import a GeoJSON file into a layer: checked, converted, diffed, committed atomically."""
@@ -164,7 +165,9 @@ def import_file(
     engine = _engine()
     checked_axis: Axis = "yx" if axis == "yx" else "xy"
     checked_mode: Mode = "valid-only" if mode == "valid-only" else "all-or-nothing"
-    options = UploadOptions(crs=crs, axis=checked_axis, mode=checked_mode, dry_run=dry_run, filename=path.name)
+    options = UploadOptions(
+        crs=crs, axis=checked_axis, mode=checked_mode, dry_run=dry_run, repair=repair, filename=path.name
+    )
     with Session(engine) as session:
         try:
             with console.status(f"正在检查 checking {path.name} …"):

@@ -34,6 +34,7 @@ from spatial.crs import Axis, DeclaredCrs, crs_problems, parse_crs, to_storage, 
 from spatial.db import Base
 from spatial.errors import GuatuError, InvalidInput, NotFound, Problem, Unavailable
 from spatial.geojson_in import read_geojson
+from spatial.geometry import geodesic_area
 
 Mode = Literal["all-or-nothing", "valid-only"]
 METRES_PER_DEGREE = 111_320.0
@@ -67,6 +68,7 @@ class UploadOptions:
     axis: Axis = "xy"
     mode: Mode = "all-or-nothing"
     dry_run: bool = False
+    repair: bool = False
     uploader: str | None = None
     filename: str | None = None
     idempotency_key: str | None = None
@@ -74,7 +76,8 @@ class UploadOptions:
     def key(self, layer: Layer) -> str:
         """Return the hash of what changes the outcome (not who or under which name)."""
         canon = orjson.dumps(
-            {"layer": layer.id, "crs": self.crs, "axis": self.axis, "mode": self.mode}, option=orjson.OPT_SORT_KEYS
+            {"layer": layer.id, "crs": self.crs, "axis": self.axis, "mode": self.mode, "repair": self.repair},
+            option=orjson.OPT_SORT_KEYS,
         )
         return hashlib.sha256(canon).hexdigest()
 
@@ -162,7 +165,7 @@ def run_upload(session: Session, layer: Layer, raw: bytes, options: UploadOption
         problems = crs_problems(bounds, declared)
         if problems:
             raise InvalidInput(problems)
-    report = _check_all(session, layer, parsed.features, declared)
+    report = _check_all(session, layer, parsed.features, declared, repair=options.repair)
     summary = report["summary"]
     if options.dry_run:
         status = "dry_run"
@@ -178,7 +181,13 @@ def run_upload(session: Session, layer: Layer, raw: bytes, options: UploadOption
         filename=options.filename,
         size_bytes=len(raw),
         uploader=options.uploader,
-        options={"crs": declared.label, "axis": options.axis, "mode": options.mode, "dry_run": options.dry_run},
+        options={
+            "crs": declared.label,
+            "axis": options.axis,
+            "mode": options.mode,
+            "dry_run": options.dry_run,
+            "repair": options.repair,
+        },
         status=status,
         report={k: v for k, v in report.items() if k != "rows"},
     )
@@ -260,12 +269,61 @@ def _replay(session: Session, layer: Layer, sha: str, options_key: str, options:
     ).scalar_one_or_none()
 
 
-def _check_all(session: Session, layer: Layer, features: list[Any], declared: DeclaredCrs) -> dict[str, Any]:
+REPAIR_AREA_TOLERANCE = 0.01
+"""A repair may move a feature's area by at most this share; beyond it the feature is rejected."""
+
+
+class _Repairer:
+    """Convert to CGCS2000 and, when asked, make invalid geometry valid, noting what changed."""
+
+    def __init__(self, declared: DeclaredCrs, repair: bool) -> None:
+        self.declared, self.repair = declared, repair
+        self.note: dict[str, Any] | None = None
+
+    def __call__(self, geom: BaseGeometry) -> BaseGeometry:
+        self.note = None
+        geom = to_storage(geom, self.declared)
+        if not self.repair or shapely.is_valid(geom) or geom.geom_type not in ("Polygon", "MultiPolygon"):
+            return geom
+        fixed = shapely.make_valid(geom)
+        if fixed.geom_type == "GeometryCollection":  # keep the areal parts; lines and points are slivers
+            fixed = shapely.union_all([g for g in fixed.geoms if g.geom_type in ("Polygon", "MultiPolygon")])
+        before, after = geodesic_area(shapely.orient_polygons(geom)), geodesic_area(fixed)
+        change = (after - before) / before if before else 1.0
+        if fixed.is_empty or fixed.geom_type not in ("Polygon", "MultiPolygon"):
+            raise InvalidInput.one(
+                "repair_changed_type",
+                f"修复后图形类型变为 {fixed.geom_type}，已拒绝",
+                f"repair turned the geometry into {fixed.geom_type}; rejected",
+                field="geometry",
+            )
+        if abs(change) > REPAIR_AREA_TOLERANCE:
+            raise InvalidInput.one(
+                "repair_area_changed",
+                f"修复使面积变化 {change:+.1%}，超过容差 {REPAIR_AREA_TOLERANCE:.0%}，已拒绝",
+                f"repair changed the area by {change:+.1%}, beyond {REPAIR_AREA_TOLERANCE:.0%}; rejected",
+                field="geometry",
+            )
+        self.note = {
+            "code": "repaired",
+            "message": f"图形已修复，面积变化 {change:+.3%} (geometry repaired)",
+            "area_before_m2": round(before, 2),
+            "area_after_m2": round(after, 2),
+            "type_before": geom.geom_type,
+            "type_after": fixed.geom_type,
+        }
+        return fixed
+
+
+def _check_all(
+    session: Session, layer: Layer, features: list[Any], declared: DeclaredCrs, *, repair: bool = False
+) -> dict[str, Any]:
     """Check every feature and diff the valid ones against the database by natural key."""
     entries: list[dict[str, Any]] = []
     valid: list[tuple[int, dict[str, Any], BaseGeometry]] = []
     seen: dict[str, int] = {}
     key_field = layer.key[0]
+    repairer = _Repairer(declared, repair)
     for index, feature in enumerate(features):
         entry: dict[str, Any] = {"index": index}
         if isinstance(feature, dict) and feature.get("id") is not None:
@@ -274,9 +332,7 @@ def _check_all(session: Session, layer: Layer, features: list[Any], declared: De
         if isinstance(raw_props, dict) and isinstance(raw_props.get(key_field), str):
             entry["key"] = raw_props[key_field][:60]
         try:
-            props, geom = check_feature(
-                session, layer, feature, index=index, transform=lambda g: to_storage(g, declared)
-            )
+            props, geom = check_feature(session, layer, feature, index=index, transform=repairer)
         except GuatuError as exc:
             entry.update(status="rejected", problems=[p.as_dict() for p in exc.problems])
             drawn = _drawable(feature, declared)
@@ -286,8 +342,11 @@ def _check_all(session: Session, layer: Layer, features: list[Any], declared: De
             continue
         key = props[key_field]
         entry["key"] = key
+        notes = [repairer.note] if repairer.note else []
         if _has_z(feature):
-            entry["notes"] = [{"code": "z_dropped", "message": "高程（Z）值已舍弃 (Z values dropped)"}]
+            notes.append({"code": "z_dropped", "message": "高程（Z）值已舍弃 (Z values dropped)"})
+        if notes:
+            entry["notes"] = notes
         outside = _outside_extent(geom, index)
         if outside is not None:
             entry.update(status="rejected", problems=[outside.as_dict()])

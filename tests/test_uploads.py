@@ -23,6 +23,8 @@ from tests.samples import COMMUNITY, X0, Y0, sample
 URL = "/api/layers/shops/features"
 UPLOADS = "/api/layers/{layer}/uploads"
 GEOD = Geod(ellps="GRS80")
+VARIANTS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "derived-crs-variants"
+needs_variants = pytest.mark.skipif(not VARIANTS.exists(), reason="../shared/data is not beside this checkout")
 
 
 def shops(n: int) -> list[dict]:
@@ -300,3 +302,58 @@ def test_connection_killed_mid_commit_writes_nothing_and_marks_the_upload_failed
             assert count(check) == 30
     finally:
         engine.dispose()
+
+
+def _parcel_with(ring: list[list[float]], code: str) -> dict:
+    parcel = sample("parcels")
+    parcel["properties"]["code"] = COMMUNITY + code
+    parcel["geometry"] = {"type": "Polygon", "coordinates": [ring]}
+    return parcel
+
+
+def test_repair_only_when_asked_and_only_within_tolerance(client: TestClient, session: Session) -> None:
+    x, y, d = X0, Y0, 0.001
+    # A square whose closing edge dips 1 m below the first edge and crosses it: repairable.
+    twisted = [[x, y], [x + d, y], [x + d, y + d], [x, y + d], [x + 0.00002, y - 0.00001], [x, y]]
+    bowtie = [[x, y], [x + d, y + d], [x + d, y], [x, y + d], [x, y]]
+    body = collection([_parcel_with(twisted, "0100101"), _parcel_with(bowtie, "0100102")])
+
+    plain = upload(client, body, layer="parcels", mode="valid-only", dry_run="true").json()["report"]
+    assert [f["problems"][0]["code"] for f in plain["features"]] == ["self_intersection", "self_intersection"]
+
+    fixed = upload(client, body, layer="parcels", mode="valid-only", repair="true").json()
+    first, second = fixed["report"]["features"]
+    assert first["status"] == "new"
+    note = first["notes"][0]
+    assert (
+        note["code"] == "repaired"
+        and abs(note["area_after_m2"] - note["area_before_m2"]) < 0.01 * note["area_before_m2"]
+    )
+    assert second["status"] == "rejected" and second["problems"][0]["code"] == "repair_area_changed"
+    assert session.execute(text("SELECT bool_and(ST_IsValid(geom)) FROM parcels")).scalar() is True
+    assert count(session, "parcels") == 1
+
+
+@needs_variants
+@pytest.mark.parametrize(
+    ("name", "crs", "status", "code"),
+    [
+        ("tancheng_epsg4527", "EPSG:4548", 422, "zone_prefix_unexpected"),
+        ("tancheng_epsg4548", "EPSG:4527", 422, "zone_prefix_missing"),
+        ("tancheng_epsg4548", "WGS84", 422, "crs_projected_as_degrees"),
+        ("tancheng_epsg4490_axis_swapped_latlon", None, 422, "axis_swapped"),
+        ("tancheng_epsg4527", None, 200, None),
+    ],
+)
+def test_crs_variants_through_the_endpoint(
+    client: TestClient, name: str, crs: str | None, status: int, code: str | None
+) -> None:
+    raw = (VARIANTS / f"{name}.geojson").read_bytes()
+    params = {"dry_run": "true", **({"crs": crs} if crs else {})}
+    response = upload(client, raw, layer="divisions", **params)
+    assert response.status_code == status, response.text
+    if code:
+        assert response.json()["code"] == code
+    else:  # read as the file declares: converted, then refused only for the divisions' own fields
+        problems = response.json()["report"]["features"][0]["problems"]
+        assert problems and all(p["where"]["field"].startswith("properties.") for p in problems)

@@ -72,6 +72,7 @@ async def create_upload(
     axis: Annotated[Axis, Query(description="xy: easting/lon first; yx: northing/lat first (X = 北)")] = "xy",
     mode: str = Query("all-or-nothing", pattern="^(all-or-nothing|valid-only)$"),
     dry_run: bool = Query(False, description="check and diff only; write nothing"),
+    repair: bool = Query(False, description="make invalid polygons valid, reporting the area change"),
     uploader: str | None = Query(None, max_length=100),
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
@@ -82,6 +83,7 @@ async def create_upload(
         axis=axis,
         mode=mode,  # type: ignore[arg-type]  # checked by the pattern above
         dry_run=dry_run,
+        repair=repair,
         uploader=uploader,
         filename=filename,
         idempotency_key=idempotency_key,
