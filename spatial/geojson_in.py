@@ -122,6 +122,7 @@ def read_geojson(raw: bytes) -> ParsedUpload:
     except orjson.JSONDecodeError as exc:
         raise _json_error(raw, exc) from None
     kind = data.get("type") if isinstance(data, Mapping) else None
+    kind = kind if isinstance(kind, str) else None
     if kind == "FeatureCollection":
         features = data.get("features")
         if not isinstance(features, list):
@@ -137,7 +138,7 @@ def read_geojson(raw: bytes) -> ParsedUpload:
     if kind in GEOMETRY_TYPES:
         feature = {"type": "Feature", "geometry": data, "properties": {}}
         return ParsedUpload([feature], _crs_name(data))
-    shown = type(data).__name__ if not isinstance(data, Mapping) else repr(kind)[:40]
+    shown = type(data).__name__ if not isinstance(data, Mapping) else repr(data.get("type"))[:40]
     raise _fail(
         "wrong_top_level_type",
         f"顶层应为 FeatureCollection、Feature 或几何对象，收到 {shown}",

@@ -28,6 +28,7 @@ FC = b'{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry"
         (b'{"type": "Topology"}', "wrong_top_level_type"),
         (b"[1, 2, 3]", "wrong_top_level_type"),
         (b'"just a string"', "wrong_top_level_type"),
+        (b'{"type": {"name": "FeatureCollection"}, "features": []}', "wrong_top_level_type"),
     ],
 )
 def test_broken_files_get_their_own_code(raw: bytes, code: str) -> None:

@@ -89,3 +89,39 @@ def test_corpus_file_gets_its_verdict(client: TestClient, name: str, path: Path)
 
 def test_the_copied_corpus_is_there() -> None:
     assert len(list(SETS[0].rglob("*.geojson"))) >= 70  # the suite keeps its coverage without ../shared
+
+
+HINT_SETS = [
+    HERE / "data" / "mapbox-geojsonhint",
+    HERE.parent.parent / "shared" / "data" / "mapbox-geojsonhint" / "test" / "data",
+]
+HINT_FILES = sorted(
+    {p.relative_to(root).as_posix(): p for root in HINT_SETS if root.exists() for p in root.rglob("*.geojson")}.items()
+)
+# Where guatu decides differently from the linter, on purpose:
+HINT_ACCEPTED = {
+    "bad/bad-polygon-interiorring-rhr.geojson",  # winding order is normalised, never a reason to reject
+    "bad/polygon_winding_order.geojson",
+    "bad/feature_changed_semantics.geojson",  # foreign members are ignored, not refused
+    "bad/geometry_changed_semantics.geojson",
+    "bad/excessive_precision_truncated.geojson",  # precision is not a fault (a line: the layer refuses it)
+}
+HINT_REFUSED_AS_CRS = {"good/issue82.geojson"}  # well-formed, but not lon/lat: refused with a CRS hint
+
+
+@pytest.mark.parametrize(("name", "path"), HINT_FILES, ids=[name for name, _ in HINT_FILES])
+def test_geojsonhint_file_gets_its_verdict(client: TestClient, name: str, path: Path) -> None:
+    response = client.post(
+        "/api/layers/shops/uploads", content=path.read_bytes(), params={"dry_run": "true", "mode": "valid-only"}
+    )
+    assert response.status_code < 500, response.text
+    body = response.json()
+    if name in HINT_REFUSED_AS_CRS:
+        assert response.status_code == 422 and body["code"].startswith("crs_")
+    elif name.startswith("good/") or name in HINT_ACCEPTED:
+        assert response.status_code == 200, body
+        for codes in feature_codes(body):
+            assert codes <= LAYER_REFUSALS, codes
+    elif response.status_code != 400:  # a bad file: at least the broken feature is refused, for what it is
+        codes = feature_codes(body)
+        assert any(c & (STRUCTURE | VALIDITY) for c in codes), codes

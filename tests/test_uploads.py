@@ -357,3 +357,12 @@ def test_crs_variants_through_the_endpoint(
     else:  # read as the file declares: converted, then refused only for the divisions' own fields
         problems = response.json()["report"]["features"][0]["problems"]
         assert problems and all(p["where"]["field"].startswith("properties.") for p in problems)
+
+
+def test_oversized_upload_is_413(client: TestClient, session: Session) -> None:
+    client.app.state.settings.max_upload_bytes = 10_000
+    raw = collection(shops(60))
+    assert len(raw) > 10_000
+    response = upload(client, raw)
+    assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
+    assert count(session) == 0
