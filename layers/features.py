@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pydantic
-from sqlalchemy import JSON, Text, cast, delete, exists, func, literal_column, or_, select
+from sqlalchemy import JSON, Text, cast, delete, exists, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
@@ -215,71 +215,96 @@ def check_feature(
                 code, name, zh, en = found
                 problems.append(Problem(code, zh, en, Where(feature_index=index, field=f"properties.{name}")))
     if locate and not problems and geom is not None:
-        problems.extend(_locate(session, layer, props, geom, index))
+        problems.extend(locate_all(session, layer, [(index, props, geom)]).get(index, []))
     if problems or geom is None:
         raise InvalidInput(problems)
     return props, geom
 
 
-def _current(parent: Layer) -> list[Any]:
-    """Return the conditions selecting the parent units in force today."""
-    model = parent.model
-    if "valid_to" not in parent.field_names:
-        return []
-    today = func.current_date()
-    return [model.valid_from <= today, or_(model.valid_to.is_(None), model.valid_to > today)]
+def _located_units(
+    session: Session, parent: Layer, where: tuple[tuple[str, str], ...], code_field: str, geoms: list[BaseGeometry]
+) -> dict[int, str]:
+    """Return, per position in GEOMS, the code of the PARENT unit holding its largest share.
 
-
-def _locate(
-    session: Session, layer: Layer, props: dict[str, Any], geom: BaseGeometry, index: int | None
-) -> list[Problem]:
-    """Fill or check the codes that must agree with where GEOM lies.
-
-    The unit holding the largest share of GEOM (the one holding a point) is its unit. A
-    missing code is filled in from it; a given code that disagrees, or that is given for a
-    place outside every unit of a loaded frame, is refused.
+    One statement for the whole list: the geometries travel as WKB arrays.
     """
-    problems = []
-    shape = func.ST_GeomFromWKB(shapely.to_wkb(geom), STORAGE_SRID)
+    model = parent.model
+    scope = (
+        " AND ".join(
+            [f"p.{col} = :w{n}" for n, (col, _) in enumerate(where)]
+            + (
+                ["p.valid_from <= current_date", "(p.valid_to IS NULL OR p.valid_to > current_date)"]
+                if "valid_to" in parent.field_names
+                else []
+            )
+        )
+        or "TRUE"
+    )
+    params: dict[str, Any] = {f"w{n}": value for n, (_, value) in enumerate(where)}
+    params |= {"idx": list(range(len(geoms))), "wkb": [shapely.to_wkb(g) for g in geoms]}
+    rows = session.execute(
+        text(
+            f"""
+            WITH input AS (
+                SELECT i, ST_GeomFromWKB(w, {STORAGE_SRID}) AS g
+                FROM unnest(CAST(:idx AS int[]), CAST(:wkb AS bytea[])) AS t(i, w)
+            )
+            SELECT DISTINCT ON (i) i, p.{code_field}
+            FROM input JOIN {model.__tablename__} p ON ST_Intersects(p.geom, input.g) AND {scope}
+            ORDER BY i, ST_Area(ST_Intersection(p.geom, input.g)) DESC, p.{code_field}
+            """
+        ),
+        params,
+    ).all()
+    return {int(i): str(found) for i, found in rows}
+
+
+def locate_all(
+    session: Session, layer: Layer, items: list[tuple[int | None, dict[str, Any], BaseGeometry]]
+) -> dict[int | None, list[Problem]]:
+    """Fill or check, for every item, the codes that must agree with where its geometry lies.
+
+    The unit holding the largest share of a geometry (the one holding a point) is its unit.
+    A missing code is filled in from it; a given code that disagrees, or that is given for
+    a place outside every unit of a loaded frame, is refused. Items are (feature index,
+    properties, geometry); the properties are completed in place.
+    """
+    problems: dict[int | None, list[Problem]] = {}
+    if not items:
+        return problems
     for loc in layer.locators:
         parent = REGISTRY[loc.layer]
-        model = parent.model
-        code = getattr(model, loc.code_field)
-        scope = [*_current(parent), *(getattr(model, col) == value for col, value in loc.where)]
-        found = session.execute(
-            select(code)
-            .where(func.ST_Intersects(model.geom, shape), *scope)
-            .order_by(func.ST_Area(func.ST_Intersection(model.geom, shape)).desc(), code)
-            .limit(1)
-        ).scalar()
-        given = props.get(loc.field)
-        if found is not None and given is None:
-            props[loc.field] = found
-            continue
-        if given is None or given == found:
-            continue
-        if found is None and not session.execute(select(exists().where(*scope))).scalar():
-            continue  # the frame (e.g. the grids) is not loaded yet: nothing to check against
+        found_at = _located_units(session, parent, loc.where, loc.code_field, [geom for _, _, geom in items])
+        frame_loaded: bool | None = None
         label = layer.field(loc.field).zh
-        where = Where(feature_index=index, field=f"properties.{loc.field}")
-        if found is None:
-            problems.append(
-                Problem(
+        for position, (index, props, _) in enumerate(items):
+            found, given = found_at.get(position), props.get(loc.field)
+            if found is not None and given is None:
+                props[loc.field] = found
+                continue
+            if given is None or given == found:
+                continue
+            if found is None:
+                if frame_loaded is None:
+                    frame_loaded = bool(session.execute(text(f"SELECT EXISTS (SELECT 1 FROM {loc.layer})")).scalar())
+                if not frame_loaded:
+                    continue  # the frame (e.g. the grids) is not loaded yet: nothing to check against
+            where = Where(feature_index=index, field=f"properties.{loc.field}")
+            if found is None:
+                problem = Problem(
                     "location_outside_frame",
                     f"“{label}”为 {given}，但图形不在任何{parent.zh}内",
                     f"{loc.field} is {given} but the geometry lies in no {parent.en}",
                     where,
                 )
-            )
-        else:
-            problems.append(
-                Problem(
+            else:
+                problem = Problem(
                     "location_mismatch",
                     f"“{label}”为 {given}，但图形位于{parent.zh} {found} 内",
                     f"{loc.field} is {given} but the geometry lies in {parent.en} {found}",
                     where,
                 )
-            )
+            problems.setdefault(index, []).append(problem)
     return problems
 
 
@@ -484,14 +509,14 @@ def upsert_rows(
         nonlocal written
         if not chunk:
             return
-        stmt = insert(table).values(chunk)
+        stmt = insert(table)  # one statement executed for many rows (psycopg pipelines them)
         updates: dict[str, Any] = {
             name: stmt.excluded[name] for name in [*layer.field_names, "geom"] if name not in layer.key
         }
         updates["updated_at"] = func.now()
         updates["upload_id"] = stmt.excluded["upload_id"]
         stmt = stmt.on_conflict_do_update(constraint=f"uq_{layer.table}_key", set_=updates)
-        session.execute(stmt)
+        session.execute(stmt, chunk)
         written += len(chunk)
         chunk.clear()
 

@@ -28,7 +28,7 @@ from geoalchemy2.shape import to_shape
 from shapely.geometry.base import BaseGeometry
 
 from layers.base import Layer
-from layers.features import check_feature, upsert_rows
+from layers.features import check_feature, locate_all, upsert_rows
 from layers.settings import layer_settings
 from spatial.crs import Axis, DeclaredCrs, crs_problems, parse_crs, to_storage, wgs84_to_gcj02
 from spatial.db import Base
@@ -332,7 +332,7 @@ def _check_all(
         if isinstance(raw_props, dict) and isinstance(raw_props.get(key_field), str):
             entry["key"] = raw_props[key_field][:60]
         try:
-            props, geom = check_feature(session, layer, feature, index=index, transform=repairer)
+            props, geom = check_feature(session, layer, feature, index=index, transform=repairer, locate=False)
         except GuatuError as exc:
             entry.update(status="rejected", problems=[p.as_dict() for p in exc.problems])
             drawn = _drawable(feature, declared)
@@ -365,6 +365,14 @@ def _check_all(
         seen[key] = index
         valid.append((len(entries), props, geom))
         entries.append(entry)
+    # Codes against location for the whole file in one statement per frame layer.
+    misplaced = locate_all(session, layer, [(entries[pos]["index"], props, geom) for pos, props, geom in valid])
+    if misplaced:
+        for position, _, _ in valid:
+            entry = entries[position]
+            if entry["index"] in misplaced:
+                entry.update(status="rejected", problems=[p.as_dict() for p in misplaced[entry["index"]]])
+        valid = [item for item in valid if entries[item[0]]["index"] not in misplaced]
     stored = _existing(session, layer, [props[key_field] for _, props, _ in valid])
     rows = []
     for position, props, geom in valid:
