@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import Template
-
 import folium
-from branca.element import CssLink, Element, Figure, JavascriptLink, MacroElement
+from branca.element import CssLink, Element, Figure, JavascriptLink
 
 from layers.base import Layer
 from web import assets
+from web.elements import JsCall
 
 DEFAULT_CENTER = (36.30, 120.38)
 PAGE_LIMIT = 5_000
@@ -31,41 +30,6 @@ class LayerView:
     layer: Layer
     count: int
     extent: Sequence[float] | None
-
-
-class _BboxLayer(MacroElement):
-    """A FeatureGroup's content, fetched from the API for the visible bounding box."""
-
-    _template = Template(
-        """
-        {% macro script(this, kwargs) %}
-        guatu.bboxLayer({{ this._parent.get_name() }}, {{ this.map_name }}, {{ this.options|tojson }});
-        {% endmacro %}
-        """
-    )
-
-    def __init__(self, map_name: str, options: dict[str, Any]) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # branca leaves __init__ unannotated
-        self._name = "GuatuBboxLayer"
-        self.map_name = map_name
-        self.options = options
-
-
-class _PageChrome(MacroElement):
-    """Title bar, legend and status box, drawn by map.js from JSON data."""
-
-    _template = Template(
-        """
-        {% macro script(this, kwargs) %}
-        guatu.chrome({{ this._parent.get_name() }}, {{ this.options|tojson }});
-        {% endmacro %}
-        """
-    )
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # branca leaves __init__ unannotated
-        self._name = "GuatuChrome"
-        self.options = options
 
 
 def layer_options(view: LayerView, api_base: str) -> dict[str, Any]:
@@ -132,7 +96,7 @@ def build_map_page(
     root.header.add_child(JavascriptLink(assets.GUATU_JS))
     for view in sorted(views, key=lambda v: v.layer.order):
         group = folium.FeatureGroup(name=f"{view.layer.zh} {view.layer.en}", show=view.layer.id not in hidden)
-        group.add_child(_BboxLayer(fmap.get_name(), layer_options(view, api_base)))
+        group.add_child(JsCall("guatu.bboxLayer", layer_options(view, api_base), names=[fmap.get_name()]))
         fmap.add_child(group)
     folium.LayerControl(collapsed=False, position="topright").add_to(fmap)
     bounds = _bounds(views)
@@ -151,6 +115,6 @@ def build_map_page(
             for v in sorted(views, key=lambda v: v.layer.order)
         ],
     }
-    fmap.add_child(_PageChrome(chrome))
+    fmap.add_child(JsCall("guatu.chrome", chrome))
     page: str = fig.render()
     return page

@@ -4,34 +4,14 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import Any
-
-from jinja2 import Template
 
 import folium
-from branca.element import CssLink, Element, Figure, JavascriptLink, MacroElement
+from branca.element import CssLink, Element, Figure, JavascriptLink
 
 from layers.base import Layer
 from web import assets
+from web.elements import JsCall
 from web.maps import DEFAULT_CENTER
-
-
-class _UploadPanel(MacroElement):
-    """The form, the report table and the drawing of rejected features, run by upload.js."""
-
-    _template = Template(
-        """
-        {% macro script(this, kwargs) %}
-        guatuUpload.start({{ this._parent.get_name() }}, {{ this.options|tojson }});
-        {% endmacro %}
-        """
-    )
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # branca leaves __init__ unannotated
-        self._name = "GuatuUploadPanel"
-        self.options = options
-
 
 CRS_CHOICES = [
     ("", "按文件声明，默认 CGCS2000 (file's crs, else CGCS2000)"),
@@ -62,6 +42,6 @@ def build_upload_page(layers: Sequence[Layer], *, title: str, api_base: str = "/
         "layers": [{"id": layer.id, "zh": layer.zh, "en": layer.en} for layer in layers],
         "crs": [{"value": value, "label": label} for value, label in CRS_CHOICES],
     }
-    fmap.add_child(_UploadPanel(options))
+    fmap.add_child(JsCall("guatuUpload.start", options))
     page: str = fig.render()
     return page
