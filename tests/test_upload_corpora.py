@@ -125,3 +125,25 @@ def test_geojsonhint_file_gets_its_verdict(client: TestClient, name: str, path: 
     elif response.status_code != 400:  # a bad file: at least the broken feature is refused, for what it is
         codes = feature_codes(body)
         assert any(c & (STRUCTURE | VALIDITY) for c in codes), codes
+
+
+TURF = HERE / "data" / "turf-boolean-valid"
+TURF_FILES = sorted((p.relative_to(TURF).as_posix(), p) for p in TURF.rglob("*.geojson"))
+
+
+@pytest.mark.parametrize(("name", "path"), TURF_FILES, ids=[name for name, _ in TURF_FILES])
+def test_turf_validity_verdicts(client: TestClient, name: str, path: Path) -> None:
+    from spatial.errors import InvalidInput
+    from spatial.geojson_in import read_geojson
+    from spatial.geometry import parse_geojson_geometry, validity_problem
+
+    response = client.post("/api/layers/shops/uploads", content=path.read_bytes(), params={"dry_run": "true"})
+    assert response.status_code < 500, response.text
+    if "/Polygon/" not in name and "/MultiPolygon/" not in name:
+        return  # guatu's layers store no such geometry; only the no-500 rule applies
+    geometry = read_geojson(path.read_bytes()).features[0]["geometry"]
+    try:
+        valid = validity_problem(parse_geojson_geometry(geometry)) is None
+    except InvalidInput:
+        valid = False
+    assert valid == name.startswith("true/")
