@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -54,13 +55,22 @@ def archive_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "archive"
 
 
+@contextmanager
+def migrated_database(name: str) -> Iterator[Engine]:
+    """Yield an engine on database NAME, created afresh and migrated; dispose of it after."""
+    eng = make_engine(url=recreate_database(name))
+    try:
+        migrate.upgrade(eng)
+        yield eng
+    finally:
+        eng.dispose()
+
+
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
     """Return an engine on a fresh, migrated test database."""
-    eng = make_engine(url=recreate_database("guatu_test"))
-    migrate.upgrade(eng)
-    yield eng
-    eng.dispose()
+    with migrated_database("guatu_test") as eng:
+        yield eng
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ def test_collections_features_and_bare_geometries_are_read() -> None:
     assert read_geojson(b"\xef\xbb\xbf" + FC).features[0]["geometry"]["type"] == "Point"  # a BOM is fine
     feature = read_geojson(POINT).features[0]
     assert feature == {"type": "Feature", "geometry": {"type": "Point", "coordinates": [120.4, 36.3]}, "properties": {}}
-    legacy = b'{"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:4549"}}, ' \
-        b'"features": []}'
+    legacy = (
+        b'{"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:4549"}}, "features": []}'
+    )
     assert read_geojson(legacy).crs_name == "EPSG:4549"

@@ -12,10 +12,9 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from layers import demo, migrate
-from spatial.db import make_engine
+from layers import demo
 from tests.browser import chromium, live_server
-from tests.conftest import recreate_database
+from tests.conftest import migrated_database
 
 pytestmark = pytest.mark.browser
 
@@ -27,13 +26,11 @@ SCREENSHOTS = Path(os.environ.get("GUATU_SCREENSHOTS", Path(__file__).resolve().
 @pytest.fixture(scope="module")
 def web_engine() -> Iterator[Engine]:
     """Return an engine on a committed database holding the demo street."""
-    engine = make_engine(url=recreate_database("guatu_test_web"))
-    migrate.upgrade(engine)
-    with Session(engine) as session:
-        demo.load(session)
-        session.commit()
-    yield engine
-    engine.dispose()
+    with migrated_database("guatu_test_web") as engine:
+        with Session(engine) as session:
+            demo.load(session)
+            session.commit()
+        yield engine
 
 
 @pytest.fixture(scope="module", autouse=True)

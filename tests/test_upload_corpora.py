@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 
 HERE = Path(__file__).resolve().parent
 SETS = [
@@ -54,6 +55,15 @@ VALIDITY = {
 WINDING_ONLY = {"invalid_exterior_not_ccw.geojson", "invalid_interior_not_cw.geojson"}
 
 
+def dry_run(client: TestClient, path: Path) -> Response:
+    """Push PATH through the upload endpoint as a valid-only dry run; never a 500."""
+    response = client.post(
+        "/api/layers/shops/uploads", content=path.read_bytes(), params={"dry_run": "true", "mode": "valid-only"}
+    )
+    assert response.status_code < 500, response.text
+    return response
+
+
 def feature_codes(body: dict) -> list[set[str]]:
     """Return, per feature, the codes of its problems that are not about the layer's properties."""
     return [
@@ -64,10 +74,7 @@ def feature_codes(body: dict) -> list[set[str]]:
 
 @pytest.mark.parametrize(("name", "path"), FILES, ids=[name for name, _ in FILES])
 def test_corpus_file_gets_its_verdict(client: TestClient, name: str, path: Path) -> None:
-    response = client.post(
-        "/api/layers/shops/uploads", content=path.read_bytes(), params={"dry_run": "true", "mode": "valid-only"}
-    )
-    assert response.status_code < 500, response.text
+    response = dry_run(client, path)
     body = response.json()
     folder = name.split("/")[0]
     if folder == "valid":
@@ -111,10 +118,7 @@ HINT_REFUSED_AS_CRS = {"good/issue82.geojson"}  # well-formed, but not lon/lat: 
 
 @pytest.mark.parametrize(("name", "path"), HINT_FILES, ids=[name for name, _ in HINT_FILES])
 def test_geojsonhint_file_gets_its_verdict(client: TestClient, name: str, path: Path) -> None:
-    response = client.post(
-        "/api/layers/shops/uploads", content=path.read_bytes(), params={"dry_run": "true", "mode": "valid-only"}
-    )
-    assert response.status_code < 500, response.text
+    response = dry_run(client, path)
     body = response.json()
     if name in HINT_REFUSED_AS_CRS:
         assert response.status_code == 422 and body["code"].startswith("crs_")
@@ -137,8 +141,7 @@ def test_turf_validity_verdicts(client: TestClient, name: str, path: Path) -> No
     from spatial.geojson_in import read_geojson
     from spatial.geometry import parse_geojson_geometry, validity_problem
 
-    response = client.post("/api/layers/shops/uploads", content=path.read_bytes(), params={"dry_run": "true"})
-    assert response.status_code < 500, response.text
+    dry_run(client, path)
     if "/Polygon/" not in name and "/MultiPolygon/" not in name:
         return  # guatu's layers store no such geometry; only the no-500 rule applies
     geometry = read_geojson(path.read_bytes()).features[0]["geometry"]

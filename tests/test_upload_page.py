@@ -11,10 +11,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import Engine
 
-from layers import migrate
-from spatial.db import make_engine
 from tests.browser import chromium, live_server
-from tests.conftest import recreate_database
+from tests.conftest import migrated_database
 from tests.samples import COMMUNITY, X0, Y0, polygon, sample
 
 pytestmark = pytest.mark.browser
@@ -23,10 +21,8 @@ SCREENSHOTS = Path(os.environ.get("GUATU_SCREENSHOTS", Path(__file__).resolve().
 
 @pytest.fixture(scope="module")
 def engine_with_nothing() -> Iterator[Engine]:
-    engine = make_engine(url=recreate_database("guatu_test_upload_page"))
-    migrate.upgrade(engine)
-    yield engine
-    engine.dispose()
+    with migrated_database("guatu_test_upload_page") as engine:
+        yield engine
 
 
 def survey() -> bytes:

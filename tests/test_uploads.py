@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import shapely
@@ -18,6 +20,7 @@ from pyproj import Geod, Transformer
 from shapely.geometry import mapping, shape
 
 from spatial.crs import wgs84_to_gcj02
+from tests.conftest import migrated_database
 from tests.samples import COMMUNITY, X0, Y0, sample
 
 URL = "/api/layers/shops/features"
@@ -44,6 +47,13 @@ def collection(features: list[dict], **extra: object) -> bytes:
 def upload(client: TestClient, body: bytes, layer: str = "shops", **params: object):
     headers = params.pop("headers", {})
     return client.post(UPLOADS.format(layer=layer), content=body, params=params, headers=headers)
+
+
+@pytest.fixture
+def committed() -> Iterator[Engine]:
+    """Return an engine on a fresh migrated database whose transactions really commit."""
+    with migrated_database("guatu_test_committed") as engine:
+        yield engine
 
 
 def count(session: Session, table: str = "shops") -> int:
@@ -191,17 +201,13 @@ def test_multipart_upload_and_unknown_upload(client: TestClient) -> None:
     assert client.get("/api/uploads/999999").json()["code"] == "upload_not_found"
 
 
-def test_two_concurrent_uploads_of_one_survey_leave_one_set_of_rows(tmp_path: Path) -> None:
+def test_two_concurrent_uploads_of_one_survey_leave_one_set_of_rows(committed: Engine) -> None:
     import threading
 
-    from layers import migrate
     from layers.base import REGISTRY
     from layers.uploads import UploadOptions, run_upload
-    from spatial.db import make_engine
-    from tests.conftest import recreate_database
 
-    engine = make_engine(url=recreate_database("guatu_test_uploads"))
-    migrate.upgrade(engine)
+    engine = committed
     raw = collection(shops(50))
     results: list[int] = []
     barrier = threading.Barrier(2)
@@ -212,18 +218,15 @@ def test_two_concurrent_uploads_of_one_survey_leave_one_set_of_rows(tmp_path: Pa
             results.append(run_upload(own, REGISTRY["shops"], raw, UploadOptions()).id)
             own.commit()
 
-    try:
-        threads = [threading.Thread(target=send) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        with Session(engine) as check:
-            assert count(check) == 50
-            assert check.execute(text("SELECT count(*) FROM uploads")).scalar_one() == 1
-        assert len(results) == 2 and results[0] == results[1]
-    finally:
-        engine.dispose()
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    with Session(engine) as check:
+        assert count(check) == 50
+        assert check.execute(text("SELECT count(*) FROM uploads")).scalar_one() == 1
+    assert len(results) == 2 and results[0] == results[1]
 
 
 def test_features_outside_the_deployment_are_refused(client: TestClient) -> None:
@@ -258,50 +261,42 @@ def test_a_gcj02_file_declared_wgs84_gets_a_warning(client: TestClient) -> None:
 
 
 def test_connection_killed_mid_commit_writes_nothing_and_marks_the_upload_failed(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, committed: Engine
 ) -> None:
     import psycopg
 
-    from layers import migrate
     from layers import uploads as uploads_module
     from layers.base import REGISTRY
     from layers.uploads import UploadOptions, commit_upload
-    from spatial.db import make_engine, make_sessionmaker
+    from spatial.db import make_sessionmaker
     from spatial.errors import Unavailable
-    from tests.conftest import recreate_database
 
-    url = recreate_database("guatu_test_fault")
-    engine = make_engine(url=url)
-    migrate.upgrade(engine)
-    factory = make_sessionmaker(engine)
+    factory = make_sessionmaker(committed)
     raw = collection(shops(30))
     real_upsert = uploads_module.upsert_rows
 
     def killed_upsert(session: Session, *args: object, **kwargs: object) -> int:
         written = real_upsert(session, *args, **kwargs)  # rows are in, uncommitted
         pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        dsn = committed.url.set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         return written
 
-    try:
-        monkeypatch.setattr(uploads_module, "upsert_rows", killed_upsert)
-        with factory() as session, pytest.raises(Unavailable) as caught:
-            commit_upload(session, factory, REGISTRY["shops"], raw, UploadOptions())
-        assert caught.value.code == "upload_failed"
-        with factory() as check:
-            assert count(check) == 0
-            assert check.execute(text("SELECT status FROM uploads")).scalars().all() == ["failed"]
+    monkeypatch.setattr(uploads_module, "upsert_rows", killed_upsert)
+    with factory() as session, pytest.raises(Unavailable) as caught:
+        commit_upload(session, factory, REGISTRY["shops"], raw, UploadOptions())
+    assert caught.value.code == "upload_failed"
+    with factory() as check:
+        assert count(check) == 0
+        assert check.execute(text("SELECT status FROM uploads")).scalars().all() == ["failed"]
 
-        monkeypatch.setattr(uploads_module, "upsert_rows", real_upsert)
-        with factory() as session:
-            again = commit_upload(session, factory, REGISTRY["shops"], raw, UploadOptions())
-        assert again["status"] == "committed"
-        with factory() as check:
-            assert count(check) == 30
-    finally:
-        engine.dispose()
+    monkeypatch.setattr(uploads_module, "upsert_rows", real_upsert)
+    with factory() as session:
+        again = commit_upload(session, factory, REGISTRY["shops"], raw, UploadOptions())
+    assert again["status"] == "committed"
+    with factory() as check:
+        assert count(check) == 30
 
 
 def _parcel_with(ring: list[list[float]], code: str) -> dict:
