@@ -221,6 +221,22 @@ def check_feature(
     return props, geom
 
 
+def locator_scope(parent: Layer, where: tuple[tuple[str, str], ...]) -> tuple[str, dict[str, Any]]:
+    """Return the SQL condition (on alias p) and parameters choosing the PARENT units that count.
+
+    Only the units matching WHERE, and of a versioned frame only those in force today.
+    """
+    scope = " AND ".join(
+        [f"p.{col} = :w{n}" for n, (col, _) in enumerate(where)]
+        + (
+            ["p.valid_from <= current_date", "(p.valid_to IS NULL OR p.valid_to > current_date)"]
+            if "valid_to" in parent.field_names
+            else []
+        )
+    )
+    return scope or "TRUE", {f"w{n}": value for n, (_, value) in enumerate(where)}
+
+
 def _located_units(
     session: Session, parent: Layer, where: tuple[tuple[str, str], ...], code_field: str, geoms: list[BaseGeometry]
 ) -> dict[int, str]:
@@ -229,18 +245,7 @@ def _located_units(
     One statement for the whole list: the geometries travel as WKB arrays.
     """
     model = parent.model
-    scope = (
-        " AND ".join(
-            [f"p.{col} = :w{n}" for n, (col, _) in enumerate(where)]
-            + (
-                ["p.valid_from <= current_date", "(p.valid_to IS NULL OR p.valid_to > current_date)"]
-                if "valid_to" in parent.field_names
-                else []
-            )
-        )
-        or "TRUE"
-    )
-    params: dict[str, Any] = {f"w{n}": value for n, (_, value) in enumerate(where)}
+    scope, params = locator_scope(parent, where)
     params |= {"idx": list(range(len(geoms))), "wkb": [shapely.to_wkb(g) for g in geoms]}
     rows = session.execute(
         text(

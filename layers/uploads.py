@@ -16,25 +16,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 import orjson
+import pydantic
 from sqlalchemy import DateTime, Integer, String, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 import shapely
-from geoalchemy2.shape import to_shape
 from shapely.geometry.base import BaseGeometry
 
-from layers.base import Layer
-from layers.features import check_feature, locate_all, upsert_rows
+from layers import staging
+from layers.base import READ_ONLY, Layer
+from layers.features import check_feature
 from layers.settings import layer_settings
-from spatial.crs import Axis, DeclaredCrs, crs_problems, parse_crs, to_storage, wgs84_to_gcj02
+from spatial.crs import (
+    Axis,
+    DeclaredCrs,
+    convert_coordinates,
+    crs_problems,
+    parse_crs,
+    to_storage,
+    wgs84_to_gcj02,
+)
 from spatial.db import Base
-from spatial.errors import GuatuError, InvalidInput, NotFound, Problem, Unavailable
-from spatial.geojson_in import read_geojson
-from spatial.geometry import geodesic_area
+from spatial.errors import GuatuError, InvalidInput, NotFound, Problem, Unavailable, Where
+from spatial.geojson_in import FeatureSource, may_repeat_members, member_count, open_geojson, repeated_members
+from spatial.geometry import Built, build_many, geodesic_area
 
 Mode = Literal["all-or-nothing", "valid-only"]
 METRES_PER_DEGREE = 111_320.0
@@ -101,49 +111,6 @@ def _declared(options: UploadOptions, crs_member: str | None) -> DeclaredCrs:
     return declared
 
 
-def _raw_bounds(features: list[Any]) -> tuple[float, float, float, float] | None:
-    """Return the bounds of every readable coordinate, as given (before any conversion)."""
-    boxes = []
-    for feature in features:
-        geometry = feature.get("geometry") if isinstance(feature, dict) else None
-        try:
-            geom = shapely.geometry.shape(geometry) if isinstance(geometry, dict) else None
-        except Exception:  # noqa: BLE001 - unreadable geometry is reported per feature later
-            geom = None
-        if geom is not None and not geom.is_empty:
-            boxes.append(geom.bounds)
-    if not boxes:
-        return None
-    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
-
-
-def _existing(session: Session, layer: Layer, keys: list[str]) -> dict[str, tuple[dict[str, Any], BaseGeometry]]:
-    """Return the stored properties and geometry of the features with these natural keys."""
-    if not keys:
-        return {}
-    model = layer.model
-    column = getattr(model, layer.key[0])
-    rows = session.execute(select(model).where(column.in_(keys))).scalars()
-    return {
-        getattr(row, layer.key[0]): ({name: getattr(row, name) for name in layer.field_names}, to_shape(row.geom))
-        for row in rows
-    }
-
-
-def _compare(
-    props: dict[str, Any], geom: BaseGeometry, stored: tuple[dict[str, Any], BaseGeometry]
-) -> tuple[list[str], float]:
-    """Return the fields that differ and how far (metres, roughly) the geometry moved."""
-    old_props, old_geom = stored
-    changed = [name for name, value in props.items() if old_props.get(name) != value]
-    if geom.equals_exact(old_geom, 1e-9):
-        return changed, 0.0
-    # Hausdorff distance on a local equirectangular scaling: good to a few per cent at street scale.
-    scale = np.array([math.cos(math.radians(geom.centroid.y)), 1.0])
-    local = [shapely.transform(g, lambda c: c * scale) for g in (geom, old_geom)]
-    return changed, round(local[0].hausdorff_distance(local[1]) * METRES_PER_DEGREE, 3)
-
-
 def run_upload(session: Session, layer: Layer, raw: bytes, options: UploadOptions) -> Upload:
     """Check, diff and (unless a dry run) commit RAW into LAYER; return the upload record.
 
@@ -158,14 +125,9 @@ def run_upload(session: Session, layer: Layer, raw: bytes, options: UploadOption
     if replay is not None:
         return replay
     archive(raw, sha)
-    parsed = read_geojson(raw)
-    declared = _declared(options, parsed.crs_name)
-    bounds = _raw_bounds(parsed.features)
-    if bounds is not None:
-        problems = crs_problems(bounds, declared)
-        if problems:
-            raise InvalidInput(problems)
-    report = _check_all(session, layer, parsed.features, declared, repair=options.repair)
+    source = open_geojson(raw)
+    declared = _declared(options, source.crs_name)
+    report, to_write = _check_all(session, layer, source, declared, repair=options.repair)
     summary = report["summary"]
     if options.dry_run:
         status = "dry_run"
@@ -189,14 +151,18 @@ def run_upload(session: Session, layer: Layer, raw: bytes, options: UploadOption
             "repair": options.repair,
         },
         status=status,
-        report={k: v for k, v in report.items() if k != "rows"},
+        report=report,
     )
     session.add(upload)
     session.flush()
     if status == "committed":
-        rows = [(props, geom) for props, geom in report["rows"]]
-        upsert_rows(session, layer, rows, upload_id=upload.id)
+        write_staged(session, layer, to_write, upload.id)
     return upload
+
+
+def write_staged(session: Session, layer: Layer, indexes: list[int], upload_id: int) -> int:
+    """Write the staged features INDEXES (new or changed) as upload UPLOAD_ID; the test seam for faults."""
+    return staging.write(session, layer, indexes, upload_id)
 
 
 def commit_upload(
@@ -315,85 +281,334 @@ class _Repairer:
         return fixed
 
 
-def _check_all(
-    session: Session, layer: Layer, features: list[Any], declared: DeclaredCrs, *, repair: bool = False
-) -> dict[str, Any]:
-    """Check every feature and diff the valid ones against the database by natural key."""
-    entries: list[dict[str, Any]] = []
-    valid: list[tuple[int, dict[str, Any], BaseGeometry]] = []
-    seen: dict[str, int] = {}
-    key_field = layer.key[0]
-    repairer = _Repairer(declared, repair)
-    for index, feature in enumerate(features):
-        entry: dict[str, Any] = {"index": index}
+CHUNK = 2_000
+"""Features parsed, checked and staged at a time: memory holds one chunk, not the file."""
+
+REPORT_LIST_LIMIT = 10_000
+"""Up to this many features the report lists every one; beyond it, only those with something to say."""
+
+
+class _Geometry(msgspec.Struct):
+    type: str
+    coordinates: msgspec.Raw
+    bbox: list[float] | None = None
+
+
+class _Feature(msgspec.Struct):
+    type: Literal["Feature"]
+    properties: dict[str, Any] | None
+    geometry: _Geometry
+    id: str | int | float | None = None
+    bbox: list[float] | None = None
+
+
+_FEATURES = msgspec.json.Decoder(list[_Feature])
+_FEATURE = msgspec.json.Decoder(_Feature)
+_POSITION = list[float]
+_COORDINATES: dict[str, Any] = {
+    "Point": (msgspec.json.Decoder(list[_POSITION]), msgspec.json.Decoder(_POSITION)),
+    "Polygon": (msgspec.json.Decoder(list[list[list[_POSITION]]]), msgspec.json.Decoder(list[list[_POSITION]])),
+    "MultiPolygon": (
+        msgspec.json.Decoder(list[list[list[list[_POSITION]]]]),
+        msgspec.json.Decoder(list[list[list[_POSITION]]]),
+    ),
+}
+
+
+def _bbox_ok(bbox: list[float] | None) -> bool:
+    return bbox is None or len(bbox) in (4, 6)
+
+
+@dataclass
+class _Checked:
+    """The outcome for the features of one chunk."""
+
+    ok: list[tuple[int, dict[str, Any], list[dict[str, Any]]]]  # index, properties, notes
+    geoms: list[BaseGeometry]
+    rejected: list[dict[str, Any]]  # report entries
+
+
+class _Checker:
+    """Checks the features of an upload chunk by chunk: vectorised where it can, one by one where it must."""
+
+    def __init__(self, session: Session, layer: Layer, declared: DeclaredCrs, repair: bool) -> None:
+        self.session, self.layer, self.declared = session, layer, declared
+        self.repairer = _Repairer(declared, repair)
+        self.key_field = layer.key[0]
+        self.bounds: list[tuple[float, float, float, float]] = []
+        self.fast = self.slow = 0
+        self.ids: dict[int, Any] = {}
+
+    def convert(self, coords: Any) -> Any:
+        return convert_coordinates(coords, self.declared)
+
+    def chunk(self, source: FeatureSource, first: int, stop: int) -> _Checked:
+        """Check features FIRST..STOP-1 of SOURCE."""
+        try:
+            typed: list[_Feature | None] = list(_FEATURES.decode(source.chunk_bytes(first, stop)))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            typed = []
+            for index in range(first, stop):
+                try:
+                    typed.append(_FEATURE.decode(source.feature_bytes(index)))
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    typed.append(None)
+        pending: dict[int, dict[str, Any]] = {}
+        groups: dict[str, list[int]] = {}
+        slow: list[int] = []
+        for offset, feature in enumerate(typed):
+            index = first + offset
+            props = self._properties(feature, source, index)
+            if props is None or feature is None:
+                slow.append(index)
+                continue
+            pending[index] = props
+            if feature.id is not None:
+                self.ids[index] = feature.id
+            groups.setdefault(feature.geometry.type, []).append(index)
+        ok: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = []
+        geoms: list[BaseGeometry] = []
+        for gtype, indexes in groups.items():
+            built = self._build(gtype, [typed[i - first].geometry.coordinates for i in indexes])  # type: ignore[union-attr]
+            if built is None:
+                slow.extend(indexes)
+                continue
+            if built.raw_bounds is not None:
+                self.bounds.append(built.raw_bounds)
+            for position, index in enumerate(indexes):
+                geom = built.geoms[position]
+                if geom is None:
+                    slow.append(index)
+                    continue
+                notes = [Z_DROPPED] if built.had_z[position] else []
+                ok.append((index, pending[index], notes))
+                geoms.append(geom)
+        self.fast += len(ok)
+        self.slow += len(slow)
+        rejected: list[dict[str, Any]] = []
+        for index in sorted(slow):
+            outcome = self._one(source, index)
+            if isinstance(outcome, dict):
+                rejected.append(outcome)
+            else:
+                props, geom, notes = outcome
+                ok.append((index, props, notes))
+                geoms.append(geom)
+        return _Checked(ok, geoms, rejected)
+
+    def _properties(self, feature: _Feature | None, source: FeatureSource, index: int) -> dict[str, Any] | None:
+        """Return the clean properties of a typed FEATURE, or None when it needs the one-by-one path."""
+        if feature is None or not (_bbox_ok(feature.bbox) and _bbox_ok(feature.geometry.bbox)):
+            return None
+        raw_props = feature.properties or {}
+        members = 3 + (feature.id is not None) + (feature.bbox is not None) + 2 + (feature.geometry.bbox is not None)
+        if may_repeat_members(source.feature_bytes(index), members + member_count(raw_props)):
+            if repeated_members(source.feature_bytes(index)):
+                return None
+        try:
+            model = self.layer.schema.model_validate({k: v for k, v in raw_props.items() if k not in READ_ONLY})
+        except pydantic.ValidationError:
+            return None
+        props = dict(model.__dict__)
+        for rule in self.layer.cross_rules:
+            if rule(props):
+                return None
+        return props
+
+    def _build(self, gtype: str, raws: list[msgspec.Raw]) -> Built | None:
+        decoders = _COORDINATES.get(gtype)
+        if decoders is None or gtype not in self.layer.accepts:
+            return None
+        try:
+            coordinates = decoders[0].decode(b"[" + b",".join(bytes(r) for r in raws) + b"]")
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None  # one of them is odd: all go one by one, which names the odd one
+        return build_many(
+            gtype, coordinates, convert=self.convert, allowed=self.layer.accepts, stored=self.layer.stored
+        )
+
+    def _one(
+        self, source: FeatureSource, index: int
+    ) -> dict[str, Any] | tuple[dict[str, Any], BaseGeometry, list[dict[str, Any]]]:
+        """Check feature INDEX with every rule, one by one; return its rejection entry or its clean parts."""
+        raw = source.feature_bytes(index)
+        feature = orjson.loads(raw) if source.held is None else source.held[index]
+        entry: dict[str, Any] = {"index": index, "status": "rejected"}
         if isinstance(feature, dict) and feature.get("id") is not None:
             entry["id"] = feature["id"]
         raw_props = feature.get("properties") if isinstance(feature, dict) else None
-        if isinstance(raw_props, dict) and isinstance(raw_props.get(key_field), str):
-            entry["key"] = raw_props[key_field][:60]
+        if isinstance(raw_props, dict) and isinstance(raw_props.get(self.key_field), str):
+            entry["key"] = raw_props[self.key_field][:60]
+        problems = [_repeated_problem(name, index) for name in repeated_members(raw)]
+        bounds = _raw_bounds(feature)
+        if bounds is not None:
+            self.bounds.append(bounds)
         try:
-            props, geom = check_feature(session, layer, feature, index=index, transform=repairer, locate=False)
+            props, geom = check_feature(
+                self.session, self.layer, feature, index=index, transform=self.repairer, locate=False
+            )
         except GuatuError as exc:
-            entry.update(status="rejected", problems=[p.as_dict() for p in exc.problems])
-            drawn = _drawable(feature, declared)
+            problems.extend(exc.problems)
+        if problems:
+            entry["problems"] = [p.as_dict() for p in problems]
+            drawn = _drawable(feature, self.declared)
             if drawn is not None:
                 entry["geometry"] = drawn
-            entries.append(entry)
-            continue
-        key = props[key_field]
-        entry["key"] = key
-        notes = [repairer.note] if repairer.note else []
+            return entry
+        notes = [self.repairer.note] if self.repairer.note else []
         if _has_z(feature):
-            notes.append({"code": "z_dropped", "message": "高程（Z）值已舍弃 (Z values dropped)"})
-        if notes:
-            entry["notes"] = notes
-        outside = _outside_extent(geom, index)
-        if outside is not None:
-            entry.update(status="rejected", problems=[outside.as_dict()])
-            entries.append(entry)
-            continue
-        if key in seen:
-            problem = Problem(
-                "duplicate_in_file",
-                f"编码 {key} 在文件中重复（第一次出现在第 {seen[key]} 个要素）",
-                f"{key_field} {key} appears twice in the file (first at feature {seen[key]})",
+            notes.append(Z_DROPPED)
+        return props, geom, notes
+
+
+Z_DROPPED = {"code": "z_dropped", "message": "高程（Z）值已舍弃 (Z values dropped)"}
+
+
+def _repeated_problem(name: str, index: int) -> Problem:
+    return Problem(
+        "duplicate_member",
+        f"成员 “{name[:40]}” 在同一对象中重复出现（JSON 只保留最后一个值，数据可能被悄悄改变）",
+        f"member {name[:40]!r} appears twice in one object (JSON keeps only the last value)",
+        Where(feature_index=index, field=name[:40]),
+    )
+
+
+def _raw_bounds(feature: Any) -> tuple[float, float, float, float] | None:
+    """Return the bounds of a feature's readable coordinates, as given (before any conversion)."""
+    geometry = feature.get("geometry") if isinstance(feature, dict) else None
+    try:
+        geom = shapely.geometry.shape(geometry) if isinstance(geometry, dict) else None
+    except Exception:  # noqa: BLE001 - unreadable geometry is reported per feature
+        return None
+    if geom is None or geom.is_empty:
+        return None
+    bounds = geom.bounds
+    return bounds if all(math.isfinite(v) for v in bounds) else None
+
+
+def _union_bounds(boxes: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float] | None:
+    if not boxes:
+        return None
+    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+def _check_crs(checker: _Checker) -> None:
+    """Refuse the whole upload when its coordinates cannot be in the declared CRS."""
+    bounds = _union_bounds(checker.bounds)
+    if bounds is not None:
+        problems = crs_problems(bounds, checker.declared)
+        if problems:
+            raise InvalidInput(problems)
+
+
+def _plain_entry(index: int, keys: dict[int, str], ids: dict[int, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"index": index}
+    if index in ids:
+        entry["id"] = ids[index]
+    entry["key"] = keys.get(index)
+    return entry
+
+
+def _check_all(
+    session: Session, layer: Layer, source: FeatureSource, declared: DeclaredCrs, *, repair: bool = False
+) -> tuple[dict[str, Any], list[int]]:
+    """Check every feature, stage the valid ones and diff them with the stored ones by natural key.
+
+    Returns the report and the indexes of the features to write (new or changed).
+    """
+    checker = _Checker(session, layer, declared, repair)
+    special: dict[int, dict[str, Any]] = {}  # entries with something to say
+    keys: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    extent = layer_settings().extent
+    with staging.Stage(session, layer) as stage:
+        for first, stop in source.spans(CHUNK):
+            checked = checker.chunk(source, first, stop)
+            if first == 0:
+                _check_crs(checker)  # a wrong declaration shows in the first chunk: refuse early
+            for entry in checked.rejected:
+                special[entry["index"]] = entry
+            if not checked.ok:
+                continue
+            order = np.argsort([index for index, _, _ in checked.ok], kind="stable")
+            boxes = shapely.bounds(np.asarray(checked.geoms, dtype=object))
+            inside = (
+                (boxes[:, 0] >= extent[0])
+                & (boxes[:, 2] <= extent[2])
+                & (boxes[:, 1] >= extent[1])
+                & (boxes[:, 3] <= extent[3])
             )
-            problem.where.feature_index, problem.where.field = index, f"properties.{key_field}"
-            entry.update(status="rejected", problems=[problem.as_dict()])
+            rows: list[tuple[int, dict[str, Any]]] = []
+            geoms: list[BaseGeometry] = []
+            for position in order:
+                index, props, notes = checked.ok[position]
+                key = props[checker.key_field]
+                entry: dict[str, Any] = {"index": index, "key": key}
+                if index in checker.ids:
+                    entry["id"] = checker.ids[index]
+                if notes:
+                    entry["notes"] = notes
+                problem = None
+                if not inside[position]:
+                    problem = _outside_extent(checked.geoms[position], index)
+                elif key in seen:
+                    problem = Problem(
+                        "duplicate_in_file",
+                        f"编码 {key} 在文件中重复（第一次出现在第 {seen[key]} 个要素）",
+                        f"{checker.key_field} {key} appears twice in the file (first at feature {seen[key]})",
+                        Where(feature_index=index, field=f"properties.{checker.key_field}"),
+                    )
+                if problem is not None:
+                    entry.update(status="rejected", problems=[problem.as_dict()])
+                    special[index] = entry
+                    continue
+                seen[key] = index
+                keys[index] = key
+                if notes:
+                    special[index] = entry
+                rows.append((index, props))
+                geoms.append(checked.geoms[position])
+            stage.add(rows, geoms)
+    _check_crs(checker)
+    for index, problems in staging.locate(session, layer).items():
+        entry = special.setdefault(index, {"index": index, "key": keys.get(index)})
+        entry.update(status="rejected", problems=[p.as_dict() for p in problems])
+        keys.pop(index, None)
+    found = staging.diff(session, layer)
+    for index in found.new:
+        if index in special:
+            special[index]["status"] = "new"
+    for index, (fields, moved) in found.changed.items():
+        entry = special.setdefault(index, {"index": index, "key": keys.get(index)})
+        entry.update(status="changed", changed_fields=fields, moved_m=moved)
+    total = source.count
+    rejected = sum(1 for e in special.values() if e["status"] == "rejected")
+    summary = {
+        "total": total,
+        "new": len(found.new),
+        "changed": len(found.changed),
+        "unchanged": found.unchanged,
+        "rejected": rejected,
+    }
+    new = set(found.new)
+    if total <= REPORT_LIST_LIMIT:
+        entries = []
+        for index in range(total):
+            entry = special.get(index) or _plain_entry(index, keys, checker.ids)
+            entry.setdefault("status", "new" if index in new else "unchanged")
             entries.append(entry)
-            continue
-        seen[key] = index
-        valid.append((len(entries), props, geom))
-        entries.append(entry)
-    # Codes against location for the whole file in one statement per frame layer.
-    misplaced = locate_all(session, layer, [(entries[pos]["index"], props, geom) for pos, props, geom in valid])
-    if misplaced:
-        for position, _, _ in valid:
-            entry = entries[position]
-            if entry["index"] in misplaced:
-                entry.update(status="rejected", problems=[p.as_dict() for p in misplaced[entry["index"]]])
-        valid = [item for item in valid if entries[item[0]]["index"] not in misplaced]
-    stored = _existing(session, layer, [props[key_field] for _, props, _ in valid])
-    rows = []
-    for position, props, geom in valid:
-        entry = entries[position]
-        before = stored.get(props[key_field])
-        if before is None:
-            entry["status"] = "new"
-        else:
-            changed, moved = _compare(props, geom, before)
-            if changed or moved:
-                entry.update(status="changed", changed_fields=changed, moved_m=moved)
-            else:
-                entry["status"] = "unchanged"
-        if entry["status"] != "unchanged":
-            rows.append((props, geom))
-    counts = {s: sum(1 for e in entries if e["status"] == s) for s in ("new", "changed", "unchanged", "rejected")}
-    report: dict[str, Any] = {"summary": {"total": len(entries), **counts}, "features": entries, "rows": rows}
-    warning = _gcj02_suspicion(declared, valid, stored, key_field)
+        listed = "all"
+    else:
+        entries = [special[i] for i in sorted(special)]
+        for entry in entries:
+            entry.setdefault("status", "new" if entry["index"] in new else "unchanged")
+        listed = "problems"
+    report: dict[str, Any] = {"summary": summary, "features": entries, "listed": listed}
+    report["checked"] = {"vectorised": checker.fast, "one_by_one": checker.slow}
+    warning = _gcj02_suspicion(declared, found.shifts)
     if warning:
         report["warnings"] = [warning]
-    return report
+    return report, sorted([*found.new, *found.changed])
 
 
 def _drawable(feature: Any, declared: DeclaredCrs) -> dict[str, Any] | None:
@@ -432,24 +647,16 @@ def _outside_extent(geom: BaseGeometry, index: int) -> Problem | None:
     return problem
 
 
-def _gcj02_suspicion(
-    declared: DeclaredCrs,
-    valid: list[tuple[int, dict[str, Any], BaseGeometry]],
-    stored: dict[str, tuple[dict[str, Any], BaseGeometry]],
-    key_field: str,
-) -> dict[str, Any] | None:
-    """Warn when features declared WGS84/CGCS2000 all sit a GCJ-02 offset from their stored selves."""
+def _gcj02_suspicion(declared: DeclaredCrs, moves: Any) -> dict[str, Any] | None:
+    """Warn when features declared WGS84/CGCS2000 all sit a GCJ-02 offset from their stored selves.
+
+    MOVES holds, per feature matched by key, its centroid's shift (dx, dy) and the stored
+    centroid (x, y), in degrees.
+    """
     if declared.kind != "epsg" or declared.epsg not in (4326, 4490):
         return None
-    shifts = []
-    for _, props, geom in valid:
-        before = stored.get(props[key_field])
-        if before is not None:
-            now, then = geom.centroid, before[1].centroid
-            shifts.append((now.x - then.x, now.y - then.y, then.x, then.y))
-    if len(shifts) < 3:
+    if len(moves) < 3:
         return None
-    moves = np.array(shifts)
     expected_lon, expected_lat = wgs84_to_gcj02(moves[:, 2], moves[:, 3])
     expected = np.column_stack([expected_lon - moves[:, 2], expected_lat - moves[:, 3]])
     error = np.hypot(*(moves[:, :2] - expected).T) * METRES_PER_DEGREE

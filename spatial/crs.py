@@ -336,6 +336,18 @@ def _convert(coords: Array, declared: DeclaredCrs) -> Array:
     return np.column_stack([np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)])
 
 
+def convert_coordinates(coords: Array, declared: DeclaredCrs) -> Array:
+    """Return COORDS (n×2 or n×3, as declared) as CGCS2000 lon/lat (n×2), for many geometries at once."""
+    if is_storage_crs(declared):
+        return np.ascontiguousarray(coords[:, :2], dtype=np.float64)
+    return _convert(coords[:, :2], declared)
+
+
+def is_storage_crs(declared: DeclaredCrs) -> bool:
+    """Tell whether DECLARED coordinates are already CGCS2000 (or WGS84) lon/lat in x/y order."""
+    return declared.kind == "epsg" and declared.epsg in (4326, STORAGE_SRID) and declared.axis == "xy"
+
+
 def to_storage(geom: BaseGeometry, declared: DeclaredCrs) -> BaseGeometry:
     """Return GEOM converted from DECLARED to CGCS2000 lon/lat (2D).
 
@@ -349,6 +361,6 @@ def to_storage(geom: BaseGeometry, declared: DeclaredCrs) -> BaseGeometry:
     >>> round(p.x, 5), round(p.y, 5)
     (120.396, 36.307)
     """
-    if declared.kind == "epsg" and declared.epsg in (4326, STORAGE_SRID) and declared.axis == "xy":
+    if is_storage_crs(declared):
         return shapely.force_2d(geom)
     return shapely.transform(shapely.force_2d(geom), lambda c: _convert(c, declared))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from spatial.errors import MalformedInput, Problem, Where
@@ -50,7 +52,7 @@ def _decode(raw: bytes) -> bytes:
             location=[at],
         )
     try:
-        raw.decode("utf-8")
+        _check_utf8(raw)
     except UnicodeDecodeError as exc:
         hint_zh, hint_en = "", ""
         try:
@@ -65,6 +67,21 @@ def _decode(raw: bytes) -> bytes:
             location=[exc.start],
         ) from None
     return raw
+
+
+def _check_utf8(raw: bytes, block: int = 1 << 22) -> None:
+    """Raise UnicodeDecodeError (offsets into RAW) unless RAW is UTF-8; memory stays at one block."""
+    start = 0
+    while start < len(raw):
+        end = min(len(raw), start + block)
+        back = 0
+        while end < len(raw) and back < 3 and 0x80 <= raw[end] <= 0xBF:  # never cut a character in two
+            end, back = end - 1, back + 1
+        try:
+            raw[start:end].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UnicodeDecodeError("utf-8", raw, start + exc.start, start + exc.end, exc.reason) from None
+        start = end
 
 
 def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> MalformedInput:
@@ -145,3 +162,160 @@ def read_geojson(raw: bytes) -> ParsedUpload:
         f"the top level must be a FeatureCollection, a Feature or a geometry, got {shown}",
         field="type",
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming: a FeatureCollection is split into its features' raw bytes in one pass (msgspec
+# checks the JSON syntax of the whole file and keeps a zero-copy view per feature); the
+# features are then parsed chunk by chunk. Memory stays at the raw file plus one chunk.
+
+_WHITESPACE = b" \t\r\n"
+_AT_BYTE = re.compile(r"\(byte (\d+)\)")
+
+
+class _Collection(msgspec.Struct):
+    type: str
+    features: list[msgspec.Raw]
+    crs: Any = None
+
+
+@dataclass
+class FeatureSource:
+    """The features of an upload, handed out chunk by chunk.
+
+    A FeatureCollection keeps only the raw bytes of each feature; anything else (a single
+    Feature, a bare geometry) is held parsed.
+    """
+
+    count: int
+    crs_name: str | None = None
+    raws: list[msgspec.Raw] | None = None
+    held: list[Any] | None = None
+
+    def spans(self, size: int) -> Iterator[tuple[int, int]]:
+        """Yield (first, stop) feature indexes of chunks of at most SIZE features."""
+        for first in range(0, self.count, size):
+            yield first, min(self.count, first + size)
+
+    def feature_bytes(self, index: int) -> bytes:
+        """Return the raw JSON of feature INDEX."""
+        if self.raws is not None:
+            return bytes(self.raws[index])
+        return orjson.dumps(self.held[index]) if self.held is not None else b"null"
+
+    def chunk_bytes(self, first: int, stop: int) -> bytes:
+        """Return features FIRST..STOP-1 as the bytes of one JSON array."""
+        if self.raws is not None:
+            return b"[" + b",".join(bytes(r) for r in self.raws[first:stop]) + b"]"
+        return orjson.dumps(self.held[first:stop] if self.held is not None else [])
+
+    def parsed(self, first: int, stop: int) -> list[Any]:
+        """Return features FIRST..STOP-1 as plain JSON values."""
+        if self.held is not None:
+            return self.held[first:stop]
+        values: list[Any] = orjson.loads(self.chunk_bytes(first, stop))
+        return values
+
+
+def _line_col(raw: bytes, pos: int) -> tuple[int, int]:
+    return raw.count(b"\n", 0, pos) + 1, pos - raw.rfind(b"\n", 0, pos)
+
+
+def _decode_error(raw: bytes, exc: Exception) -> MalformedInput:
+    """Return the error for RAW that msgspec could not parse: NaN, truncated, too deep or where."""
+    found = _NON_STANDARD.search(raw)
+    if found:
+        line, col = _line_col(raw, found.start())
+        return _fail(
+            "json_nan",
+            f"JSON 中不允许 {found.group(1).decode()}（第 {line} 行）：坐标和数值必须是有限数",
+            f"{found.group(1).decode()} is not valid JSON (line {line}): numbers must be finite",
+            location=[line, col],
+        )
+    if isinstance(exc, RecursionError):
+        return _fail("nesting_too_deep", "JSON 嵌套层级过深", "JSON nested too deep")
+    at = _AT_BYTE.search(str(exc))
+    if "truncated" in str(exc) or at is None:
+        line, col = _line_col(raw, len(raw))
+        return _fail(
+            "json_truncated",
+            "文件不完整：JSON 在结尾处被截断（上传是否中断？）",
+            "the file ends in the middle of the JSON (was the upload cut short?)",
+            location=[line, col],
+        )
+    line, col = _line_col(raw, int(at.group(1)))
+    return _fail(
+        "invalid_json",
+        f"不是有效的 JSON：第 {line} 行第 {col} 列",
+        f"not valid JSON at line {line}, column {col}: {str(exc).split(' (byte')[0]}",
+        location=[line, col],
+    )
+
+
+def open_geojson(raw: bytes) -> FeatureSource:
+    """Return the features of RAW, streamed when it is a FeatureCollection, with every error coded.
+
+    Examples
+    --------
+    >>> source = open_geojson(b'{"type": "FeatureCollection", "features": [{"a": 1}, {"b": 2}]}')
+    >>> source.count, source.parsed(0, 2)
+    (2, [{'a': 1}, {'b': 2}])
+    """
+    raw = _decode(raw)
+    if not raw.strip():
+        raise _fail("body_empty", "文件为空", "the file is empty")
+    try:
+        collection = msgspec.json.decode(raw, type=_Collection)
+    except msgspec.ValidationError:
+        return _held(raw)  # not a FeatureCollection of an array: the full parse explains what it is
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _decode_error(raw, exc) from None
+    if collection.type != "FeatureCollection":
+        return _held(raw)
+    crs_name = _crs_name({"crs": collection.crs})
+    return FeatureSource(len(collection.features), crs_name, raws=collection.features)
+
+
+def _held(raw: bytes) -> FeatureSource:
+    """Parse RAW whole: a single Feature, a bare geometry, or a file the full parse must explain."""
+    parsed = read_geojson(raw)
+    return FeatureSource(len(parsed.features), parsed.crs_name, held=parsed.features)
+
+
+def repeated_members(raw: bytes) -> list[str]:
+    """Return the member names RAW repeats within one object, at any depth (JSON keeps the last).
+
+    Examples
+    --------
+    >>> repeated_members(b'{"type": "Feature", "properties": {"code": "1", "code": "2"}}')
+    ['code']
+    """
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [name for name, _ in items]
+        repeated.extend(sorted({name for name in names if names.count(name) > 1}))
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except ValueError:
+        return []
+    return repeated
+
+
+def member_count(value: Any) -> int:
+    """Return how many member names VALUE (parsed JSON) holds, at any depth."""
+    if isinstance(value, dict):
+        return len(value) + sum(member_count(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(member_count(v) for v in value)
+    return 0
+
+
+def may_repeat_members(raw: bytes, members: int) -> bool:
+    """Tell whether RAW could repeat a member name: more colons than the MEMBERS it parsed to.
+
+    Colons inside strings make this a screen, not a verdict: :func:`repeated_members` decides.
+    """
+    return raw.count(b":") > members

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 import shapely
 from pyproj import Geod
@@ -233,3 +236,124 @@ def prepare_for_storage(geom: BaseGeometry, *, allowed: Iterable[str], stored: I
     if geom.geom_type not in stored and _MULTI.get(geom.geom_type) in stored:
         geom = getattr(shapely.geometry, _MULTI[geom.geom_type])([geom])
     return geom
+
+
+# ---------------------------------------------------------------------------------------
+# Many at once: the common case of a big upload (polygons or points that are fine) is
+# built and checked with vectorised shapely; whatever this path is unsure of it leaves to
+# the one-by-one checks above, which give the exact reason.
+
+_RAGGED = {
+    ("Polygon", False): shapely.GeometryType.POLYGON,
+    ("Polygon", True): shapely.GeometryType.MULTIPOLYGON,
+    ("MultiPolygon", True): shapely.GeometryType.MULTIPOLYGON,
+}
+
+
+@dataclass
+class Built:
+    """Geometries built from many features' coordinates: None where the one-by-one path must look."""
+
+    geoms: Any  # object array, None where not built
+    had_z: Any  # bool array
+    raw_bounds: tuple[float, float, float, float] | None  # of the coordinates as given
+
+
+def build_many(
+    gtype: str,
+    coordinates: list[Any],
+    *,
+    convert: Callable[[Any], Any],
+    allowed: Iterable[str],
+    stored: Iterable[str],
+) -> Built:
+    """Build and check geometries of one GeoJSON type from their decoded coordinates.
+
+    COORDINATES holds each feature's `coordinates` (lists of floats). CONVERT maps an
+    n×2|3 array of coordinates as given to CGCS2000 lon/lat (n×2). A geometry is returned
+    only when it passes every rule :func:`prepare_for_storage` applies, ready to store
+    (oriented, promoted to multi); anything else is None, for the one-by-one path.
+    """
+    n = len(coordinates)
+    geoms = np.full(n, None, dtype=object)
+    had_z = np.zeros(n, bool)
+    allowed, stored = tuple(allowed), tuple(stored)
+    multi = "Multi" + gtype in stored and gtype not in stored
+    if gtype not in allowed or (gtype != "Point" and (gtype, multi or gtype.startswith("Multi")) not in _RAGGED):
+        return Built(geoms, had_z, None)
+    keep: list[int] = []
+    flat: list[Any] = []
+    ring_sizes: list[int] = []
+    rings_per_part: list[int] = []
+    parts_per_geom: list[int] = []
+    for i, coords in enumerate(coordinates):
+        if gtype == "Point":
+            keep.append(i)
+            flat.append(coords)
+            continue
+        parts = coords if gtype == "MultiPolygon" else [coords]
+        sizes: list[int] = []
+        good = bool(parts)
+        for rings in parts:
+            if not rings:
+                good = False
+                break
+            for ring in rings:
+                if len(ring) < 4 or ring[0][:2] != ring[-1][:2]:
+                    good = False
+                    break
+                sizes.append(len(ring))
+            if not good:
+                break
+        if not good:
+            continue
+        keep.append(i)
+        ring_sizes.extend(sizes)
+        rings_per_part.extend(len(rings) for rings in parts)
+        parts_per_geom.append(len(parts))
+        for rings in parts:
+            for ring in rings:
+                flat.extend(ring)
+    if not keep:
+        return Built(geoms, had_z, None)
+    try:
+        given = np.array(flat, dtype=np.float64)
+    except ValueError:  # positions of mixed dimensions: one by one
+        return Built(geoms, had_z, None)
+    if given.ndim != 2 or given.shape[1] not in (2, 3) or not np.isfinite(given).all():
+        return Built(geoms, had_z, None)
+    lonlat = convert(given)
+    kept = np.array(keep)
+    if gtype == "Point":
+        built = shapely.points(lonlat)
+        vertices = np.ones(len(keep), np.int64)
+    else:
+        ring_offsets = np.concatenate([[0], np.cumsum(ring_sizes)])
+        part_offsets = np.concatenate([[0], np.cumsum(rings_per_part)])
+        geom_offsets = np.concatenate([[0], np.cumsum(parts_per_geom)])
+        if _RAGGED[(gtype, multi or gtype == "MultiPolygon")] == shapely.GeometryType.MULTIPOLYGON:
+            offsets: tuple[Any, ...] = (ring_offsets, part_offsets, geom_offsets)
+        else:
+            offsets = (ring_offsets, part_offsets)
+        built = shapely.from_ragged_array(_RAGGED[(gtype, multi or gtype == "MultiPolygon")], lonlat, offsets)
+        vertices = np.add.reduceat(np.asarray(ring_sizes), part_offsets[geom_offsets[:-1]])
+    bounds = shapely.bounds(built)
+    fine = (
+        (vertices <= MAX_VERTICES)
+        & (bounds[:, 0] >= -180)
+        & (bounds[:, 2] <= 180)
+        & (bounds[:, 1] >= -90)
+        & (bounds[:, 3] <= 90)
+        & shapely.is_valid(built)
+    )
+    if gtype != "Point":
+        built = shapely.orient_polygons(built)
+    geoms[kept[fine]] = built[fine]
+    had_z[kept] = given.shape[1] == 3
+    raw_bounds = (
+        float(given[:, 0].min()),
+        float(given[:, 1].min()),
+        float(given[:, 0].max()),
+        float(given[:, 1].max()),
+    )
+    return Built(geoms, had_z, raw_bounds)

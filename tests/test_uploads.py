@@ -273,7 +273,7 @@ def test_connection_killed_mid_commit_writes_nothing_and_marks_the_upload_failed
 
     factory = make_sessionmaker(committed)
     raw = collection(shops(30))
-    real_upsert = uploads_module.upsert_rows
+    real_upsert = uploads_module.write_staged
 
     def killed_upsert(session: Session, *args: object, **kwargs: object) -> int:
         written = real_upsert(session, *args, **kwargs)  # rows are in, uncommitted
@@ -283,7 +283,7 @@ def test_connection_killed_mid_commit_writes_nothing_and_marks_the_upload_failed
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         return written
 
-    monkeypatch.setattr(uploads_module, "upsert_rows", killed_upsert)
+    monkeypatch.setattr(uploads_module, "write_staged", killed_upsert)
     with factory() as session, pytest.raises(Unavailable) as caught:
         commit_upload(session, factory, REGISTRY["shops"], raw, UploadOptions())
     assert caught.value.code == "upload_failed"
@@ -291,7 +291,7 @@ def test_connection_killed_mid_commit_writes_nothing_and_marks_the_upload_failed
         assert count(check) == 0
         assert check.execute(text("SELECT status FROM uploads")).scalars().all() == ["failed"]
 
-    monkeypatch.setattr(uploads_module, "upsert_rows", real_upsert)
+    monkeypatch.setattr(uploads_module, "write_staged", real_upsert)
     with factory() as session:
         again = commit_upload(session, factory, REGISTRY["shops"], raw, UploadOptions())
     assert again["status"] == "committed"
