@@ -7,9 +7,10 @@ uploader share one set of rules. Errors are :mod:`spatial.errors` with stable co
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 import pydantic
 from sqlalchemy import JSON, Text, cast, delete, exists, func, literal_column, select, text
@@ -238,25 +239,48 @@ def locator_scope(parent: Layer, where: tuple[tuple[str, str], ...]) -> tuple[st
 
 
 def _located_units(
-    session: Session, parent: Layer, where: tuple[tuple[str, str], ...], code_field: str, geoms: list[BaseGeometry]
+    session: Session,
+    parent: Layer,
+    where: tuple[tuple[str, str], ...],
+    code_field: str,
+    geoms: list[BaseGeometry],
+    hexes: Sequence[str] | None = None,
 ) -> dict[int, str]:
     """Return, per position in GEOMS, the code of the PARENT unit holding its largest share.
 
-    One statement for the whole list: the geometries travel as WKB arrays.
+    One statement for the whole list: the geometries travel as hex EWKB (HEXES, when the
+    caller has them already). Nothing is asked when no unit lies within their bounds.
     """
-    model = parent.model
+    if not geoms:
+        return {}
+    table = parent.model.__tablename__
     scope, params = locator_scope(parent, where)
-    params |= {"idx": list(range(len(geoms))), "wkb": [shapely.to_wkb(g) for g in geoms]}
+    x0, y0, x1, y1 = shapely.total_bounds(np.asarray(geoms, dtype=object))
+    near = session.execute(
+        text(
+            f"SELECT EXISTS (SELECT 1 FROM {table} p WHERE p.geom && ST_MakeEnvelope(:x0, :y0, :x1, :y1) AND {scope})"
+        ),
+        params | {"x0": x0, "y0": y0, "x1": x1, "y1": y1},
+    ).scalar()
+    if not near:
+        return {}
+    if hexes is None:
+        hexes = shapely.to_wkb(
+            shapely.set_srid(np.asarray(geoms, dtype=object), STORAGE_SRID), hex=True, include_srid=True
+        )
+    params |= {"idx": list(range(len(geoms))), "wkb": list(hexes)}
     rows = session.execute(
         text(
             f"""
             WITH input AS (
-                SELECT i, ST_GeomFromWKB(w, {STORAGE_SRID}) AS g
-                FROM unnest(CAST(:idx AS int[]), CAST(:wkb AS bytea[])) AS t(i, w)
+                SELECT i, CAST(w AS geometry) AS g
+                FROM unnest(CAST(:idx AS int[]), CAST(:wkb AS text[])) AS t(i, w)
+            ), hits AS (
+                SELECT i, p.{code_field} AS code, p.geom AS pgeom, g, count(*) OVER (PARTITION BY i) AS n
+                FROM input JOIN {table} p ON ST_Intersects(p.geom, input.g) AND {scope}
             )
-            SELECT DISTINCT ON (i) i, p.{code_field}
-            FROM input JOIN {model.__tablename__} p ON ST_Intersects(p.geom, input.g) AND {scope}
-            ORDER BY i, ST_Area(ST_Intersection(p.geom, input.g)) DESC, p.{code_field}
+            SELECT DISTINCT ON (i) i, code FROM hits
+            ORDER BY i, CASE WHEN n = 1 THEN 0 ELSE -ST_Area(ST_Intersection(pgeom, g)) END, code
             """
         ),
         params,
@@ -265,7 +289,10 @@ def _located_units(
 
 
 def locate_all(
-    session: Session, layer: Layer, items: list[tuple[int | None, dict[str, Any], BaseGeometry]]
+    session: Session,
+    layer: Layer,
+    items: list[tuple[int | None, dict[str, Any], BaseGeometry]],
+    hexes: Sequence[str] | None = None,
 ) -> dict[int | None, list[Problem]]:
     """Fill or check, for every item, the codes that must agree with where its geometry lies.
 
@@ -279,7 +306,8 @@ def locate_all(
         return problems
     for loc in layer.locators:
         parent = REGISTRY[loc.layer]
-        found_at = _located_units(session, parent, loc.where, loc.code_field, [geom for _, _, geom in items])
+        geoms = [geom for _, _, geom in items]
+        found_at = _located_units(session, parent, loc.where, loc.code_field, geoms, hexes)
         frame_loaded: bool | None = None
         label = layer.field(loc.field).zh
         for position, (index, props, _) in enumerate(items):

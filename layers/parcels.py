@@ -61,7 +61,7 @@ PARCELS = register(
                 required=True,
                 pattern="^[0-9]{2}[0-9A-Z]{0,3}$",
                 max_length=5,
-                references="land_use_codes.code",
+                known=lambda: land_use_codes().keys(),
             ),
             Field("ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP),
             Field("use_status", "利用现状", "Use status", "enum", required=True, choices=USE_STATUS),

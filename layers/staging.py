@@ -8,20 +8,18 @@ geometry travelling back to Python. The temporary table lives as long as the tra
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import psycopg
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 import shapely
+from shapely.geometry.base import BaseGeometry
 
-from layers.base import REGISTRY, Layer
-from layers.features import locator_scope
-from spatial.errors import Problem, Where
+from layers.base import Layer
 from spatial.geometry import STORAGE_SRID
 
 STAGE = "upload_stage"
@@ -34,110 +32,57 @@ def _column_types(layer: Layer) -> list[tuple[str, str]]:
     return [(name, table.c[name].type.compile(dialect=dialect)) for name in layer.field_names]
 
 
-@dataclass
-class Stage:
-    """Rows of one upload, staged in a temporary table of this transaction."""
-
-    session: Session
-    layer: Layer
-    columns: list[str] = field(default_factory=list)
-    _copy: Any = None
-    _context: Any = None
-    _cursor: Any = None
-    staged: int = 0
-
-    def __enter__(self) -> Stage:
-        """Create the table and open the COPY stream."""
-        types = _column_types(self.layer)
-        self.columns = [name for name, _ in types]
-        ddl = ", ".join(f"{name} {kind}" for name, kind in types)
-        self.session.execute(text(f"DROP TABLE IF EXISTS {STAGE}"))
-        self.session.execute(
-            text(f"CREATE TEMPORARY TABLE {STAGE} (idx integer PRIMARY KEY, {ddl}, geom geometry) ON COMMIT DROP")
-        )
-        raw = self.session.connection().connection.driver_connection
-        self._cursor = raw.cursor()
-        self._context = self._cursor.copy(f"COPY {STAGE} (idx, {', '.join(self.columns)}, geom) FROM STDIN")
-        self._copy = self._context.__enter__()
-        return self
-
-    def add(self, rows: Sequence[tuple[int, dict[str, Any]]], geoms: Any) -> None:
-        """Stage ROWS (feature index, properties) with their GEOMS (CGCS2000, ready to store)."""
-        if not rows:
-            return
-        hexes = shapely.to_wkb(
-            shapely.set_srid(np.asarray(geoms, dtype=object), STORAGE_SRID), hex=True, include_srid=True
-        )
-        columns = self.columns
-        for (index, props), wkb in zip(rows, hexes, strict=True):
-            self._copy.write_row((index, *[props.get(name) for name in columns], wkb))
-        self.staged += len(rows)
-
-    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        """Close the COPY stream; a refusal in Python finishes it cleanly, so the transaction lives on."""
-        database_failed = kind is not None and issubclass(kind, psycopg.Error)
-        self._context.__exit__(*((kind, *exc) if database_failed else (None, None, None)))
-        self._cursor.close()
-        if kind is None:
-            self.session.execute(text(f"ANALYZE {STAGE}"))
+def create_stage(session: Session, layer: Layer) -> None:
+    """Create this transaction's staging table for LAYER's rows."""
+    ddl = ", ".join(f"{name} {kind}" for name, kind in _column_types(layer))
+    session.execute(text(f"DROP TABLE IF EXISTS {STAGE}"))
+    session.execute(
+        text(f"CREATE TEMPORARY TABLE {STAGE} (idx integer PRIMARY KEY, {ddl}, geom geometry) ON COMMIT DROP")
+    )
 
 
-def locate(session: Session, layer: Layer) -> dict[int, list[Problem]]:
-    """Fill the staged rows' location codes from the frame layers; return the misplaced ones.
+def ewkb(geoms: Sequence[BaseGeometry]) -> Any:
+    """Return GEOMS as hex EWKB with the storage SRID, the text COPY reads for a geometry."""
+    return shapely.to_wkb(shapely.set_srid(np.asarray(geoms, dtype=object), STORAGE_SRID), hex=True, include_srid=True)
 
-    The same rule as :func:`layers.features.locate_all`, for the whole upload at once: the
-    unit holding the largest share of a geometry is its unit; a given code that disagrees,
-    or that names a unit where the geometry lies in none of a loaded frame, is refused.
-    """
-    problems: dict[int, list[Problem]] = {}
-    for loc in layer.locators:
-        parent = REGISTRY[loc.layer]
-        scope, params = locator_scope(parent, loc.where)
-        frame = parent.table
-        rows = session.execute(
-            text(
-                f"""
-                WITH hits AS (
-                    SELECT s.idx, p.{loc.code_field} AS code, p.geom AS pgeom, s.geom,
-                           count(*) OVER (PARTITION BY s.idx) AS n
-                    FROM {STAGE} s JOIN {frame} p ON ST_Intersects(p.geom, s.geom) AND {scope}
-                ), found AS (
-                    SELECT DISTINCT ON (idx) idx, code FROM hits
-                    ORDER BY idx, CASE WHEN n = 1 THEN 0 ELSE -ST_Area(ST_Intersection(pgeom, geom)) END, code
-                ), filled AS (
-                    UPDATE {STAGE} s SET {loc.field} = f.code FROM found f
-                    WHERE s.idx = f.idx AND s.{loc.field} IS NULL
-                )
-                SELECT s.idx, s.{loc.field}, f.code, EXISTS (SELECT 1 FROM {frame})
-                FROM {STAGE} s LEFT JOIN found f USING (idx)
-                WHERE s.{loc.field} IS NOT NULL AND s.{loc.field} IS DISTINCT FROM f.code
-                """
-            ),
-            params,
-        ).all()
-        label = layer.field(loc.field).zh
-        for index, given, found, frame_loaded in rows:
-            if found is None and not frame_loaded:
-                continue  # the frame (e.g. the grids) is not loaded yet: nothing to check against
-            where = Where(feature_index=index, field=f"properties.{loc.field}")
-            if found is None:
-                problem = Problem(
-                    "location_outside_frame",
-                    f"“{label}”为 {given}，但图形不在任何{parent.zh}内",
-                    f"{loc.field} is {given} but the geometry lies in no {parent.en}",
-                    where,
-                )
-            else:
-                problem = Problem(
-                    "location_mismatch",
-                    f"“{label}”为 {given}，但图形位于{parent.zh} {found} 内",
-                    f"{loc.field} is {given} but the geometry lies in {parent.en} {found}",
-                    where,
-                )
-            problems.setdefault(index, []).append(problem)
-    if problems:
-        session.execute(text(f"DELETE FROM {STAGE} WHERE idx = ANY(:idx)"), {"idx": list(problems)})
-    return problems
+
+def copy_rows(session: Session, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """COPY ROWS (values in COLUMNS order) into TABLE on the session's connection."""
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def stage_rows(session: Session, layer: Layer, rows: Sequence[tuple[int, dict[str, Any]]], hexes: Any) -> None:
+    """Stage ROWS (feature index, properties) with their geometries as hex EWKB."""
+    names = layer.field_names
+    copy_rows(
+        session,
+        STAGE,
+        ["idx", *names, "geom"],
+        ((index, *[props.get(name) for name in names], wkb) for (index, props), wkb in zip(rows, hexes, strict=True)),
+    )
+
+
+def insert_rows(
+    session: Session, layer: Layer, rows: Sequence[tuple[int, dict[str, Any]]], hexes: Any, upload_id: int
+) -> None:
+    """COPY ROWS, known to be new, straight into LAYER's table as upload UPLOAD_ID."""
+    names = layer.field_names
+    copy_rows(
+        session,
+        layer.table,
+        [*names, "geom", "upload_id"],
+        ((*[props.get(name) for name in names], wkb, upload_id) for (_, props), wkb in zip(rows, hexes, strict=True)),
+    )
+
+
+def existing_keys(session: Session, layer: Layer, keys: Sequence[str]) -> set[str]:
+    """Return which of KEYS LAYER already holds."""
+    key = layer.key[0]
+    found = session.execute(text(f"SELECT {key} FROM {layer.table} WHERE {key} = ANY(:keys)"), {"keys": list(keys)})
+    return {str(row[0]) for row in found}
 
 
 @dataclass

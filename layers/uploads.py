@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from shapely.geometry.base import BaseGeometry
 
 from layers import staging
 from layers.base import READ_ONLY, Layer
-from layers.features import check_feature
+from layers.features import check_feature, locate_all
 from layers.settings import layer_settings
 from spatial.crs import (
     Axis,
@@ -43,7 +45,7 @@ from spatial.crs import (
 )
 from spatial.db import Base
 from spatial.errors import GuatuError, InvalidInput, NotFound, Problem, Unavailable, Where
-from spatial.geojson_in import FeatureSource, may_repeat_members, member_count, open_geojson, repeated_members
+from spatial.geojson_in import FeatureSource, member_count, open_geojson, repeated_members
 from spatial.geometry import Built, build_many, geodesic_area
 
 Mode = Literal["all-or-nothing", "valid-only"]
@@ -111,7 +113,9 @@ def _declared(options: UploadOptions, crs_member: str | None) -> DeclaredCrs:
     return declared
 
 
-def run_upload(session: Session, layer: Layer, raw: bytes, options: UploadOptions) -> Upload:
+def run_upload(
+    session: Session, layer: Layer, raw: bytes, options: UploadOptions, progress: Progress | None = None
+) -> Upload:
     """Check, diff and (unless a dry run) commit RAW into LAYER; return the upload record.
 
     The caller commits the session. Malformed files and impossible CRS declarations raise;
@@ -127,14 +131,6 @@ def run_upload(session: Session, layer: Layer, raw: bytes, options: UploadOption
     archive(raw, sha)
     source = open_geojson(raw)
     declared = _declared(options, source.crs_name)
-    report, to_write = _check_all(session, layer, source, declared, repair=options.repair)
-    summary = report["summary"]
-    if options.dry_run:
-        status = "dry_run"
-    elif summary["rejected"] and options.mode == "all-or-nothing":
-        status = "rejected"
-    else:
-        status = "committed"
     upload = Upload(
         layer=layer.id,
         sha256=sha,
@@ -150,13 +146,41 @@ def run_upload(session: Session, layer: Layer, raw: bytes, options: UploadOption
             "dry_run": options.dry_run,
             "repair": options.repair,
         },
-        status=status,
-        report=report,
+        status="running",
+        report={},
     )
     session.add(upload)
     session.flush()
-    if status == "committed":
-        write_staged(session, layer, to_write, upload.id)
+    writes = session.begin_nested()  # everything this upload writes, undone at once if it ends rejected
+    try:
+        report, to_write = _check_all(
+            session,
+            layer,
+            source,
+            declared,
+            repair=options.repair,
+            upload_id=None if options.dry_run else upload.id,
+            stop_on_reject=options.mode == "all-or-nothing",
+            progress=progress,
+        )
+        summary = report["summary"]
+        if options.dry_run:
+            status = "dry_run"
+        elif summary["rejected"] and options.mode == "all-or-nothing":
+            status = "rejected"
+        else:
+            status = "committed"
+        if status == "committed":
+            write_staged(session, layer, to_write, upload.id)
+            writes.commit()
+        else:
+            writes.rollback()
+    except BaseException:
+        if writes.is_active:
+            writes.rollback()
+        raise
+    upload.status, upload.report = status, report
+    session.flush()
     return upload
 
 
@@ -282,7 +306,10 @@ class _Repairer:
 
 
 CHUNK = 2_000
-"""Features parsed, checked and staged at a time: memory holds one chunk, not the file."""
+"""Features parsed and checked at a time: memory holds a few chunks, not the file."""
+
+WRITE_BATCH = 10_000
+"""Checked features written at a time (fewer round trips for the writer thread)."""
 
 REPORT_LIST_LIMIT = 10_000
 """Up to this many features the report lists every one; beyond it, only those with something to say."""
@@ -304,15 +331,7 @@ class _Feature(msgspec.Struct):
 
 _FEATURES = msgspec.json.Decoder(list[_Feature])
 _FEATURE = msgspec.json.Decoder(_Feature)
-_POSITION = list[float]
-_COORDINATES: dict[str, Any] = {
-    "Point": (msgspec.json.Decoder(list[_POSITION]), msgspec.json.Decoder(_POSITION)),
-    "Polygon": (msgspec.json.Decoder(list[list[list[_POSITION]]]), msgspec.json.Decoder(list[list[_POSITION]])),
-    "MultiPolygon": (
-        msgspec.json.Decoder(list[list[list[list[_POSITION]]]]),
-        msgspec.json.Decoder(list[list[list[_POSITION]]]),
-    ),
-}
+_READ_ONLY = frozenset(READ_ONLY)
 
 
 def _bbox_ok(bbox: list[float] | None) -> bool:
@@ -338,19 +357,26 @@ class _Checker:
         self.bounds: list[tuple[float, float, float, float]] = []
         self.fast = self.slow = 0
         self.ids: dict[int, Any] = {}
+        self.validate = layer.schema.__pydantic_validator__.validate_python
 
     def convert(self, coords: Any) -> Any:
         return convert_coordinates(coords, self.declared)
 
     def chunk(self, source: FeatureSource, first: int, stop: int) -> _Checked:
         """Check features FIRST..STOP-1 of SOURCE."""
+        raws = source.raw_features(first, stop)
+        joined = b"[" + b",".join(raws) + b"]"
+        # colons per feature, against which the members it parses to are counted (repeated names)
+        colons = np.flatnonzero(np.frombuffer(joined, np.uint8) == 0x3A)
+        ends = np.cumsum([len(raw) + 1 for raw in raws])
+        colon_counts = np.diff(np.searchsorted(colons, ends), prepend=0).tolist()
         try:
-            typed: list[_Feature | None] = list(_FEATURES.decode(source.chunk_bytes(first, stop)))
+            typed: list[_Feature | None] = list(_FEATURES.decode(joined))
         except (msgspec.ValidationError, msgspec.DecodeError):
             typed = []
-            for index in range(first, stop):
+            for raw in raws:
                 try:
-                    typed.append(_FEATURE.decode(source.feature_bytes(index)))
+                    typed.append(_FEATURE.decode(raw))
                 except (msgspec.ValidationError, msgspec.DecodeError):
                     typed.append(None)
         pending: dict[int, dict[str, Any]] = {}
@@ -358,7 +384,7 @@ class _Checker:
         slow: list[int] = []
         for offset, feature in enumerate(typed):
             index = first + offset
-            props = self._properties(feature, source, index)
+            props = self._properties(feature, raws[offset], colon_counts[offset])
             if props is None or feature is None:
                 slow.append(index)
                 continue
@@ -396,35 +422,41 @@ class _Checker:
                 geoms.append(geom)
         return _Checked(ok, geoms, rejected)
 
-    def _properties(self, feature: _Feature | None, source: FeatureSource, index: int) -> dict[str, Any] | None:
-        """Return the clean properties of a typed FEATURE, or None when it needs the one-by-one path."""
+    def _properties(self, feature: _Feature | None, raw: bytes, colons: int) -> dict[str, Any] | None:
+        """Return the clean properties of a typed FEATURE, or None when it needs the one-by-one path.
+
+        RAW is the feature's JSON and COLONS how many colons it holds: more than the member
+        names it parsed to, and it may repeat one (or a value holds a colon), so look closer.
+        """
         if feature is None or not (_bbox_ok(feature.bbox) and _bbox_ok(feature.geometry.bbox)):
             return None
         raw_props = feature.properties or {}
         members = 3 + (feature.id is not None) + (feature.bbox is not None) + 2 + (feature.geometry.bbox is not None)
-        if may_repeat_members(source.feature_bytes(index), members + member_count(raw_props)):
-            if repeated_members(source.feature_bytes(index)):
+        members += len(raw_props)
+        if colons > members:
+            members += sum(member_count(v) for v in raw_props.values() if isinstance(v, (dict, list)))
+            if colons > members and repeated_members(raw):
                 return None
+        if not _READ_ONLY.isdisjoint(raw_props):
+            raw_props = {k: v for k, v in raw_props.items() if k not in _READ_ONLY}
         try:
-            model = self.layer.schema.model_validate({k: v for k, v in raw_props.items() if k not in READ_ONLY})
+            props: dict[str, Any] = self.validate(raw_props).__dict__
         except pydantic.ValidationError:
             return None
-        props = dict(model.__dict__)
         for rule in self.layer.cross_rules:
             if rule(props):
                 return None
         return props
 
     def _build(self, gtype: str, raws: list[msgspec.Raw]) -> Built | None:
-        decoders = _COORDINATES.get(gtype)
-        if decoders is None or gtype not in self.layer.accepts:
+        if gtype not in self.layer.accepts:
             return None
-        try:
-            coordinates = decoders[0].decode(b"[" + b",".join(bytes(r) for r in raws) + b"]")
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            return None  # one of them is odd: all go one by one, which names the odd one
         return build_many(
-            gtype, coordinates, convert=self.convert, allowed=self.layer.accepts, stored=self.layer.stored
+            gtype,
+            [bytes(r) for r in raws],
+            convert=self.convert,
+            allowed=self.layer.accepts,
+            stored=self.layer.stored,
         )
 
     def _one(
@@ -509,38 +541,132 @@ def _plain_entry(index: int, keys: dict[int, str], ids: dict[int, Any]) -> dict[
     return entry
 
 
-def _check_all(
-    session: Session, layer: Layer, source: FeatureSource, declared: DeclaredCrs, *, repair: bool = False
-) -> tuple[dict[str, Any], list[int]]:
-    """Check every feature, stage the valid ones and diff them with the stored ones by natural key.
+class _Writer(threading.Thread):
+    """Writes checked chunks on the upload's connection while the main thread checks the next one.
 
-    Returns the report and the indexes of the features to write (new or changed).
+    Each chunk is located against the frame layers (codes filled or checked), then its new
+    features are copied straight into the layer's table and the ones whose key is already
+    stored into the staging table, to be diffed at the end. In a dry run (no UPLOAD_ID),
+    or once an all-or-nothing upload has a rejected feature, everything goes to staging.
+    """
+
+    def __init__(self, session: Session, layer: Layer, upload_id: int | None) -> None:
+        super().__init__(name="guatu-upload-writer", daemon=True)
+        self.session, self.layer, self.upload_id = session, layer, upload_id
+        self.direct = upload_id is not None
+        self.chunks: queue.Queue[tuple[list[tuple[int, dict[str, Any]]], list[BaseGeometry]] | None]
+        self.chunks = queue.Queue(maxsize=2)  # bounded: memory holds a few chunks, never the file
+        self.rows: list[tuple[int, dict[str, Any]]] = []
+        self.geoms: list[BaseGeometry] = []
+        self.new: list[int] = []
+        self.misplaced: dict[int, list[Problem]] = {}
+        self.error: BaseException | None = None
+
+    def put(self, rows: list[tuple[int, dict[str, Any]]], geoms: list[BaseGeometry]) -> None:
+        """Hand checked rows over (written in batches); raise the writer's error if it has failed."""
+        if self.error is not None:
+            raise self.error
+        self.rows.extend(rows)
+        self.geoms.extend(geoms)
+        if len(self.rows) >= WRITE_BATCH:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self.rows:
+            self.chunks.put((self.rows, self.geoms))
+            self.rows, self.geoms = [], []
+
+    def finish(self) -> None:
+        """Wait for every chunk to be written; raise the writer's error if it has failed."""
+        if self.error is None:
+            self._hand_over()
+        self.chunks.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
+        """Write chunks until told to stop; on failure keep draining so the checker never blocks."""
+        try:
+            for item in iter(self.chunks.get, None):
+                self._write(*item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            self.error = exc
+            while self.chunks.get() is not None:
+                pass
+
+    def _write(self, rows: list[tuple[int, dict[str, Any]]], geoms: list[BaseGeometry]) -> None:
+        layer, session = self.layer, self.session
+        if not rows:
+            return
+        hexes = staging.ewkb(geoms)
+        items = [(index, props, geom) for (index, props), geom in zip(rows, geoms, strict=True)]
+        misplaced = locate_all(session, layer, items, hexes)
+        if misplaced:
+            self.misplaced.update({i: p for i, p in misplaced.items() if i is not None})
+            keep = [n for n, (index, _) in enumerate(rows) if index not in misplaced]
+            rows, hexes = [rows[n] for n in keep], hexes[keep]
+            if not rows:
+                return
+        if not self.direct or self.upload_id is None:
+            staging.stage_rows(session, layer, rows, hexes)
+            return
+        key = layer.key[0]
+        stored = staging.existing_keys(session, layer, [props[key] for _, props in rows])
+        fresh = [n for n, (_, props) in enumerate(rows) if props[key] not in stored]
+        if len(fresh) < len(rows):
+            older = [n for n, (_, props) in enumerate(rows) if props[key] in stored]
+            staging.stage_rows(session, layer, [rows[n] for n in older], hexes[older])
+        if fresh:
+            staging.insert_rows(session, layer, [rows[n] for n in fresh], hexes[fresh], self.upload_id)
+            self.new.extend(rows[n][0] for n in fresh)
+
+
+Progress = Callable[[int, int], None]
+"""Told (features checked, total) after every chunk."""
+
+
+def _check_all(
+    session: Session,
+    layer: Layer,
+    source: FeatureSource,
+    declared: DeclaredCrs,
+    *,
+    repair: bool = False,
+    upload_id: int | None = None,
+    stop_on_reject: bool = False,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], list[int]]:
+    """Check every feature and write or stage the valid ones; diff the staged ones by natural key.
+
+    With UPLOAD_ID, new features are written as they come (the caller rolls back when the
+    upload ends rejected); without, everything is staged (a dry run). STOP_ON_REJECT stops
+    writing at the first rejected feature (all-or-nothing). Returns the report and the
+    staged features still to write (new or changed).
     """
     checker = _Checker(session, layer, declared, repair)
     special: dict[int, dict[str, Any]] = {}  # entries with something to say
     keys: dict[int, str] = {}
     seen: dict[str, int] = {}
     extent = layer_settings().extent
-    with staging.Stage(session, layer) as stage:
+    staging.create_stage(session, layer)
+    writer = _Writer(session, layer, upload_id)
+    writer.start()
+    try:
         for first, stop in source.spans(CHUNK):
             checked = checker.chunk(source, first, stop)
             if first == 0:
                 _check_crs(checker)  # a wrong declaration shows in the first chunk: refuse early
             for entry in checked.rejected:
                 special[entry["index"]] = entry
-            if not checked.ok:
-                continue
-            order = np.argsort([index for index, _, _ in checked.ok], kind="stable")
-            boxes = shapely.bounds(np.asarray(checked.geoms, dtype=object))
-            inside = (
-                (boxes[:, 0] >= extent[0])
-                & (boxes[:, 2] <= extent[2])
-                & (boxes[:, 1] >= extent[1])
-                & (boxes[:, 3] <= extent[3])
-            )
             rows: list[tuple[int, dict[str, Any]]] = []
             geoms: list[BaseGeometry] = []
-            for position in order:
+            if checked.ok:
+                order = np.argsort([index for index, _, _ in checked.ok], kind="stable")
+                boxes = shapely.bounds(np.asarray(checked.geoms, dtype=object))
+                inside = (boxes[:, 0] >= extent[0]) & (boxes[:, 2] <= extent[2])
+                inside &= (boxes[:, 1] >= extent[1]) & (boxes[:, 3] <= extent[3])
+            for position in order if checked.ok else []:
                 index, props, notes = checked.ok[position]
                 key = props[checker.key_field]
                 entry: dict[str, Any] = {"index": index, "key": key}
@@ -568,29 +694,34 @@ def _check_all(
                     special[index] = entry
                 rows.append((index, props))
                 geoms.append(checked.geoms[position])
-            stage.add(rows, geoms)
+            if stop_on_reject and len(special) > len(keys.keys() & special.keys()):
+                writer.direct = False  # all-or-nothing and something is rejected: nothing will be written
+            writer.put(rows, geoms)
+            if progress is not None:
+                progress(stop, source.count)
+    finally:
+        writer.finish()
     _check_crs(checker)
-    for index, problems in staging.locate(session, layer).items():
+    for index, problems in writer.misplaced.items():
         entry = special.setdefault(index, {"index": index, "key": keys.get(index)})
         entry.update(status="rejected", problems=[p.as_dict() for p in problems])
         keys.pop(index, None)
     found = staging.diff(session, layer)
-    for index in found.new:
-        if index in special:
-            special[index]["status"] = "new"
+    new = set(writer.new) | set(found.new)
+    for index in new & special.keys():
+        special[index]["status"] = "new"
     for index, (fields, moved) in found.changed.items():
         entry = special.setdefault(index, {"index": index, "key": keys.get(index)})
         entry.update(status="changed", changed_fields=fields, moved_m=moved)
     total = source.count
-    rejected = sum(1 for e in special.values() if e["status"] == "rejected")
+    rejected = sum(1 for e in special.values() if e.get("status") == "rejected")
     summary = {
         "total": total,
-        "new": len(found.new),
+        "new": len(new),
         "changed": len(found.changed),
         "unchanged": found.unchanged,
         "rejected": rejected,
     }
-    new = set(found.new)
     if total <= REPORT_LIST_LIMIT:
         entries = []
         for index in range(total):

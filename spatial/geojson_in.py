@@ -203,6 +203,12 @@ class FeatureSource:
             return bytes(self.raws[index])
         return orjson.dumps(self.held[index]) if self.held is not None else b"null"
 
+    def raw_features(self, first: int, stop: int) -> list[bytes]:
+        """Return the raw JSON of features FIRST..STOP-1."""
+        if self.raws is not None:
+            return [bytes(r) for r in self.raws[first:stop]]
+        return [orjson.dumps(f) for f in (self.held or [])[first:stop]]
+
     def chunk_bytes(self, first: int, stop: int) -> bytes:
         """Return features FIRST..STOP-1 as the bytes of one JSON array."""
         if self.raws is not None:
@@ -311,11 +317,3 @@ def member_count(value: Any) -> int:
     if isinstance(value, list):
         return sum(member_count(v) for v in value)
     return 0
-
-
-def may_repeat_members(raw: bytes, members: int) -> bool:
-    """Tell whether RAW could repeat a member name: more colons than the MEMBERS it parsed to.
-
-    Colons inside strings make this a screen, not a verdict: :func:`repeated_members` decides.
-    """
-    return raw.count(b":") > members

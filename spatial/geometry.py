@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 
 import shapely
@@ -243,10 +244,18 @@ def prepare_for_storage(geom: BaseGeometry, *, allowed: Iterable[str], stored: I
 # built and checked with vectorised shapely; whatever this path is unsure of it leaves to
 # the one-by-one checks above, which give the exact reason.
 
-_RAGGED = {
-    ("Polygon", False): shapely.GeometryType.POLYGON,
-    ("Polygon", True): shapely.GeometryType.MULTIPOLYGON,
-    ("MultiPolygon", True): shapely.GeometryType.MULTIPOLYGON,
+_POSITION_DEPTH = {"Point": 2, "Polygon": 4, "MultiPolygon": 5}
+"""Bracket depth of a position when a chunk's coordinates are joined into one JSON array."""
+
+_NUMERIC = np.zeros(256, bool)
+for _char in b"0123456789.-+eE,[] \t\r\n":
+    _NUMERIC[_char] = True
+
+_POSITION = list[float]
+_DECODERS = {
+    "Point": msgspec.json.Decoder(list[_POSITION]),
+    "Polygon": msgspec.json.Decoder(list[list[list[_POSITION]]]),
+    "MultiPolygon": msgspec.json.Decoder(list[list[list[list[_POSITION]]]]),
 }
 
 
@@ -259,28 +268,76 @@ class Built:
     raw_bounds: tuple[float, float, float, float] | None  # of the coordinates as given
 
 
-def build_many(
-    gtype: str,
-    coordinates: list[Any],
-    *,
-    convert: Callable[[Any], Any],
-    allowed: Iterable[str],
-    stored: Iterable[str],
-) -> Built:
-    """Build and check geometries of one GeoJSON type from their decoded coordinates.
+@dataclass
+class _Flat:
+    """Coordinates of many geometries of one type, flattened: positions, then ring/part/geometry sizes."""
 
-    COORDINATES holds each feature's `coordinates` (lists of floats). CONVERT maps an
-    n×2|3 array of coordinates as given to CGCS2000 lon/lat (n×2). A geometry is returned
-    only when it passes every rule :func:`prepare_for_storage` applies, ready to store
-    (oriented, promoted to multi); anything else is None, for the one-by-one path.
+    keep: Any  # which inputs are in (the others go one by one)
+    given: Any  # positions × (2 | 3), as given
+    ring_sizes: Any
+    rings_per_part: Any
+    parts_per_geom: Any
+
+
+def _flatten_text(gtype: str, raws: list[bytes]) -> _Flat | None:
+    """Flatten the raw JSON coordinates of many geometries with numpy; None unless all are plain.
+
+    Reads the bracket structure and the numbers of the whole chunk at once, then checks that
+    every position has the same 2 or 3 numbers and every ring is closed with 4 positions or more.
     """
-    n = len(coordinates)
-    geoms = np.full(n, None, dtype=object)
-    had_z = np.zeros(n, bool)
-    allowed, stored = tuple(allowed), tuple(stored)
-    multi = "Multi" + gtype in stored and gtype not in stored
-    if gtype not in allowed or (gtype != "Point" and (gtype, multi or gtype.startswith("Multi")) not in _RAGGED):
-        return Built(geoms, had_z, None)
+    text = b"[" + b",".join(raws) + b"]"
+    data = np.frombuffer(text, np.uint8)
+    if not _NUMERIC[data].all():
+        return None
+    brackets = np.flatnonzero((data == 0x5B) | (data == 0x5D))
+    opens = data[brackets] == 0x5B
+    depth = np.cumsum(np.where(opens, 1, -1))
+    level = _POSITION_DEPTH[gtype]
+    if depth.min() < 0 or depth[-1] != 0 or depth.max() != level:
+        return None
+    position_open = brackets[opens & (depth == level)]
+    geometry_open = brackets[opens & (depth == 2)]
+    if geometry_open.size != len(raws):
+        return None
+    commas = np.flatnonzero(data == 0x2C)
+    comma_depth = depth[np.searchsorted(brackets, commas) - 1]
+    inner = commas[comma_depth == level]
+    dims = np.bincount(np.searchsorted(position_open, inner) - 1, minlength=position_open.size) + 1
+    if dims.size == 0 or dims.min() != dims.max() or dims[0] not in (2, 3):
+        return None
+    try:
+        values = np.fromstring(text.translate(None, b"[]"), dtype=np.float64, sep=",")  # noqa: NPY201
+    except ValueError:
+        return None
+    if values.size != dims.sum() or not np.isfinite(values).all():
+        return None
+    given = values.reshape(-1, int(dims[0]))
+    n = len(raws)
+    if gtype == "Point":
+        ones = np.ones(n, np.int64)
+        return _Flat(np.arange(n), given, ones, ones, ones)
+    ring_open = brackets[opens & (depth == level - 1)]
+    part_open = brackets[opens & (depth == level - 2)]
+    ring_sizes = np.diff(np.append(np.searchsorted(position_open, ring_open), position_open.size))
+    rings_per_part = np.diff(np.append(np.searchsorted(ring_open, part_open), ring_open.size))
+    parts_per_geom = np.diff(np.append(np.searchsorted(part_open, geometry_open), part_open.size))
+    if ring_sizes.size == 0 or ring_sizes.min() < 4:
+        return None  # a ring needs 4 positions or more
+    if rings_per_part.min(initial=1) < 1 or parts_per_geom.min(initial=1) < 1:
+        return None  # an empty polygon or multipolygon
+    first = np.append(0, np.cumsum(ring_sizes)[:-1])
+    last = first + ring_sizes - 1
+    if not (given[first, :2] == given[last, :2]).all():
+        return None
+    return _Flat(np.arange(n), given, ring_sizes, rings_per_part, parts_per_geom)
+
+
+def _flatten_lists(gtype: str, raws: list[bytes]) -> _Flat | None:
+    """Flatten decoded coordinate lists, leaving out (for the one-by-one path) any that are odd."""
+    try:
+        coordinates = _DECODERS[gtype].decode(b"[" + b",".join(raws) + b"]")
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None  # one of them is odd: all go one by one, which names the odd one
     keep: list[int] = []
     flat: list[Any] = []
     ring_sizes: list[int] = []
@@ -315,28 +372,60 @@ def build_many(
             for ring in rings:
                 flat.extend(ring)
     if not keep:
-        return Built(geoms, had_z, None)
+        return None
     try:
         given = np.array(flat, dtype=np.float64)
     except ValueError:  # positions of mixed dimensions: one by one
-        return Built(geoms, had_z, None)
+        return None
     if given.ndim != 2 or given.shape[1] not in (2, 3) or not np.isfinite(given).all():
+        return None
+    ones = np.ones(len(keep), np.int64)
+    if gtype == "Point":
+        return _Flat(np.array(keep), given, ones, ones, ones)
+    return _Flat(np.array(keep), given, np.array(ring_sizes), np.array(rings_per_part), np.array(parts_per_geom))
+
+
+def build_many(
+    gtype: str,
+    raws: list[bytes],
+    *,
+    convert: Callable[[Any], Any],
+    allowed: Iterable[str],
+    stored: Iterable[str],
+) -> Built:
+    """Build and check geometries of one GeoJSON type from their raw JSON `coordinates`.
+
+    CONVERT maps an n×2|3 array of coordinates as given to CGCS2000 lon/lat (n×2). A
+    geometry is returned only when it passes every rule :func:`prepare_for_storage`
+    applies, ready to store (oriented, promoted to multi); anything else is None, for the
+    one-by-one path.
+    """
+    n = len(raws)
+    geoms = np.full(n, None, dtype=object)
+    had_z = np.zeros(n, bool)
+    allowed, stored = tuple(allowed), tuple(stored)
+    if gtype not in allowed or gtype not in _DECODERS:
         return Built(geoms, had_z, None)
-    lonlat = convert(given)
-    kept = np.array(keep)
+    multi = gtype == "MultiPolygon" or ("Multi" + gtype in stored and gtype not in stored)
+    if gtype == "MultiPolygon" and not multi:
+        return Built(geoms, had_z, None)
+    flat = _flatten_text(gtype, raws) or _flatten_lists(gtype, raws)
+    if flat is None:
+        return Built(geoms, had_z, None)
+    lonlat = convert(flat.given)
     if gtype == "Point":
         built = shapely.points(lonlat)
-        vertices = np.ones(len(keep), np.int64)
+        vertices = np.ones(flat.keep.size, np.int64)
     else:
-        ring_offsets = np.concatenate([[0], np.cumsum(ring_sizes)])
-        part_offsets = np.concatenate([[0], np.cumsum(rings_per_part)])
-        geom_offsets = np.concatenate([[0], np.cumsum(parts_per_geom)])
-        if _RAGGED[(gtype, multi or gtype == "MultiPolygon")] == shapely.GeometryType.MULTIPOLYGON:
-            offsets: tuple[Any, ...] = (ring_offsets, part_offsets, geom_offsets)
+        ring_offsets = np.append(0, np.cumsum(flat.ring_sizes))
+        part_offsets = np.append(0, np.cumsum(flat.rings_per_part))
+        geom_offsets = np.append(0, np.cumsum(flat.parts_per_geom))
+        if multi:
+            kind, offsets = shapely.GeometryType.MULTIPOLYGON, (ring_offsets, part_offsets, geom_offsets)
         else:
-            offsets = (ring_offsets, part_offsets)
-        built = shapely.from_ragged_array(_RAGGED[(gtype, multi or gtype == "MultiPolygon")], lonlat, offsets)
-        vertices = np.add.reduceat(np.asarray(ring_sizes), part_offsets[geom_offsets[:-1]])
+            kind, offsets = shapely.GeometryType.POLYGON, (ring_offsets, part_offsets)
+        built = shapely.from_ragged_array(kind, lonlat, offsets)
+        vertices = np.add.reduceat(flat.ring_sizes, part_offsets[geom_offsets[:-1]])
     bounds = shapely.bounds(built)
     fine = (
         (vertices <= MAX_VERTICES)
@@ -348,12 +437,7 @@ def build_many(
     )
     if gtype != "Point":
         built = shapely.orient_polygons(built)
-    geoms[kept[fine]] = built[fine]
-    had_z[kept] = given.shape[1] == 3
-    raw_bounds = (
-        float(given[:, 0].min()),
-        float(given[:, 1].min()),
-        float(given[:, 0].max()),
-        float(given[:, 1].max()),
-    )
-    return Built(geoms, had_z, raw_bounds)
+    geoms[flat.keep[fine]] = built[fine]
+    had_z[flat.keep] = flat.given.shape[1] == 3
+    low, high = flat.given[:, :2].min(axis=0), flat.given[:, :2].max(axis=0)
+    return Built(geoms, had_z, (float(low[0]), float(low[1]), float(high[0]), float(high[1])))

@@ -243,7 +243,7 @@ TRIANGLE = "MULTIPOLYGON(((0 0,1 0,1 1,0 0)))"
     ("wkt", "srid", "land_use", "ownership", "why"),
     [
         (BOWTIE, 4490, "1201", "集体", "ck_parcels_geom_valid"),
-        (TRIANGLE, 4490, "9999", "集体", "fk_parcels_land_use_code_land_use_codes"),
+        (TRIANGLE, 4490, "9999", "集体", "ck_parcels_land_use_code_known"),
         (TRIANGLE, 4490, "1201", "私有", "ck_parcels_ownership_enum"),
         (TRIANGLE, 4326, "1201", "集体", "SRID"),
         ("POINT(0 0)", 4490, "1201", "集体", "Geometry type"),
