@@ -46,7 +46,8 @@ def raw_sql(layer_id: str) -> str:
     """Return the hand-written query for LAYER_ID: the same columns guatu returns."""
     layer = REGISTRY[layer_id]
     names = [*layer.field_names, *(("area_m2", "area_mu") if layer.has_area else ()), "updated_at"]
-    return RAW_SQL.format(table=layer.table, pairs=", ".join(f"'{n}', {n}" for n in names))
+    sql = {"area_mu": "area_m2 * 3 / 2000"}  # computed when read, as guatu does
+    return RAW_SQL.format(table=layer.table, pairs=", ".join(f"'{n}', {sql.get(n, n)}" for n in names))
 
 
 def bboxes(extent: list[float], count: int, seed: int = 7) -> list[tuple[float, float, float, float]]:

@@ -14,13 +14,17 @@ import json
 import os
 import platform
 import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from sqlalchemy import make_url, text
+from sqlalchemy.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -69,67 +73,143 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, fl
     return elapsed, usage.ru_maxrss / 1024
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Server:
+    """`guatu serve` in a child process, for timing uploads through the API (warm, as users meet it)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        guatu = str(Path(sys.executable).parent / "guatu")
+        self.child = subprocess.Popen(
+            [guatu, "serve", "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit("guatu serve did not start")
+
+    def upload(self, path: Path) -> tuple[float, float]:
+        """POST the file; return (seconds, the server's peak RSS so far in MB)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/api/layers/parcels/uploads",
+            data=path.read_bytes(),
+            headers={"Content-Type": "application/geo+json"},
+        )
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=600) as response:
+            body = json.loads(response.read())
+        elapsed = time.perf_counter() - started
+        if body.get("status") != "committed":
+            raise SystemExit(f"upload through the API ended {body.get('status')}")
+        status = Path(f"/proc/{self.child.pid}/status").read_text()
+        peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        return elapsed, peak_kb / 1024
+
+    def stop(self) -> None:
+        self.child.terminate()
+        self.child.wait(10)
+
+
+def reset(engine: Engine, sha: str) -> None:
+    """Remove the bench's rows and uploads, so the next import is a fresh one (not a replay).
+
+    VACUUM too: dead copies of the same keys would slow the next run's unique-index checks.
+    """
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_ogr_parcels"))
+        conn.execute(text("DELETE FROM parcels WHERE code LIKE :p"), {"p": COMMUNITY + "%"})
+        conn.execute(text("DELETE FROM uploads WHERE sha256 = :s"), {"s": sha})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE parcels"))
+
+
 def main() -> None:
-    """Generate, import both ways, print the comparison."""
+    """Generate, import each way RUNS times, print the comparison."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--memory-mb", type=int, default=0, help="also import a file of this size; report peak RSS")
     args = parser.parse_args()
     ogr2ogr = shutil.which("ogr2ogr")
     if not ogr2ogr:
         raise SystemExit("ogr2ogr not found: `make bench` installs gdal-bin")
     url = db_settings().url()
     engine = make_engine()
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS bench_ogr_parcels"))
-        conn.execute(
-            text("DELETE FROM parcels WHERE community_code = :c OR code LIKE :p"),
-            {"c": COMMUNITY, "p": COMMUNITY + "%"},
-        )
     libpq = make_url(url)
     pg = f"PG:host={libpq.host} port={libpq.port} dbname={libpq.database} user={libpq.username}" + (
         f" password={libpq.password}" if libpq.password else ""
     )
+    ogr_argv = [ogr2ogr, "-f", "PostgreSQL", pg, "", "-nln", "bench_ogr_parcels", "-lco", "GEOMETRY_NAME=geom"]
+    ogr_argv += ["-a_srs", "EPSG:4490", "-nlt", "PROMOTE_TO_MULTI", "--config", "PG_USE_COPY", "YES"]
+    guatu = str(Path(sys.executable).parent / "guatu")
+    results: dict[str, list[tuple[float, float]]] = {"ogr": [], "cli": [], "api": []}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "parcels.geojson"
         started = time.perf_counter()
         generate(args.n, path)
         size_mb = path.stat().st_size / 1e6
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        with engine.begin() as conn:  # an earlier run's upload would be replayed, not re-imported
-            conn.execute(text("DELETE FROM uploads WHERE sha256 = :s"), {"s": sha})
         print(f"generated {args.n} parcels ({size_mb:.0f} MB) in {time.perf_counter() - started:.1f} s")
-        ogr_s, ogr_rss = timed(
-            [
-                ogr2ogr,
-                "-f",
-                "PostgreSQL",
-                pg,
-                str(path),
-                "-nln",
-                "bench_ogr_parcels",
-                "-lco",
-                "GEOMETRY_NAME=geom",
-                "-a_srs",
-                "EPSG:4490",
-                "-nlt",
-                "PROMOTE_TO_MULTI",
-                "--config",
-                "PG_USE_COPY",
-                "YES",
-            ]
-        )
         env = dict(os.environ, GUATU_ARCHIVE_DIR=str(Path(folder) / "archive"))
-        guatu = str(Path(sys.executable).parent / "guatu")
-        guatu_s, guatu_rss = timed([guatu, "import", str(path), "--layer", "parcels"], env=env)
-    with engine.begin() as conn:
-        stored = conn.execute(text("SELECT count(*) FROM parcels WHERE code LIKE :p"), {"p": COMMUNITY + "%"}).scalar()
-        conn.execute(text("DROP TABLE IF EXISTS bench_ogr_parcels"))
-        conn.execute(text("DELETE FROM parcels WHERE code LIKE :p"), {"p": COMMUNITY + "%"})
+        ogr_argv[4] = str(path)
+        server = Server(env)
+        try:
+            for run in range(args.runs):
+                reset(engine, sha)
+                results["ogr"].append(timed(ogr_argv))
+                reset(engine, sha)
+                results["cli"].append(timed([guatu, "import", str(path), "--layer", "parcels"], env=env))
+                reset(engine, sha)
+                results["api"].append(server.upload(path))
+                print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f} s" for k, v in results.items()))
+        finally:
+            server.stop()
+        with engine.begin() as conn:
+            stored = conn.execute(text("SELECT count(*) FROM parcels WHERE code LIKE :p"), {"p": COMMUNITY + "%"})
+            stored_count = stored.scalar()
+        reset(engine, sha)
+        memory = None
+        if args.memory_mb:
+            big = Path(folder) / "big.geojson"
+            n_big = int(args.n * args.memory_mb / size_mb)
+            generate(n_big, big)
+            big_sha = hashlib.sha256(big.read_bytes()).hexdigest()
+            reset(engine, big_sha)
+            seconds, rss = timed([guatu, "import", str(big), "--layer", "parcels"], env=env)
+            memory = (n_big, big.stat().st_size / 1e6, seconds, rss)
+            reset(engine, big_sha)
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPython {platform.python_version()}")
-    print(f"{'path':<44}{'seconds':>10}{'peak RSS MB':>14}")
-    print(f"{'ogr2ogr -f PostgreSQL (validates nothing)':<44}{ogr_s:>10.2f}{ogr_rss:>14.0f}")
-    print(f"{'guatu import (checks, diff, one transaction)':<44}{guatu_s:>10.2f}{guatu_rss:>14.0f}")
-    print(f"ratio guatu / ogr2ogr: {guatu_s / ogr_s:.1f}x  (rows stored by guatu: {stored})")
+    print(f"{args.n} parcels, {size_mb:.0f} MB, median of {args.runs} runs (min in brackets)")
+    print(f"{'path':<58}{'seconds':>16}{'peak RSS MB':>14}")
+    rows = [
+        ("ogr", "ogr2ogr -f PostgreSQL (validates nothing)"),
+        ("cli", "guatu import (CLI, cold start, checks + diff + 1 txn)"),
+        ("api", "guatu POST /api/layers/parcels/uploads (warm server)"),
+    ]
+    for key, label in rows:
+        secs = [r[0] for r in results[key]]
+        rss = max(r[1] for r in results[key])
+        print(f"{label:<58}{median(secs):>9.2f} ({min(secs):.2f}){rss:>14.0f}")
+    ogr = median([r[0] for r in results["ogr"]])
+    for key in ("cli", "api"):
+        print(f"ratio guatu {key} / ogr2ogr: {median([r[0] for r in results[key]]) / ogr:.2f}x")
+    print(f"rows stored by guatu in the last run: {stored_count}")
+    if memory:
+        n_big, mb, seconds, rss = memory
+        print(f"memory: {n_big} parcels, {mb:.0f} MB file: guatu import {seconds:.1f} s, peak RSS {rss:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from sqlalchemy import (
     case,
     func,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from geoalchemy2 import Geometry
 
@@ -45,6 +45,8 @@ READ_ONLY = ("id", "area_m2", "area_mu", "created_at", "updated_at")
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_FREE = re.compile(r"^\^(\[[0-9A-Z\-]+\]|\(|\)|\||\{[0-9,]+\}|[0-9A-Z?])+\$$")
+"""A code pattern built only of digits, capitals and classes of them admits no control character."""
 
 
 def _no_control_characters(value: str) -> str:
@@ -171,7 +173,7 @@ class Field:
             kwargs["strict"] = True  # no booleans, no numeric strings
             kwargs["allow_inf_nan"] = False
         typ = self.python_type()
-        if self.kind in ("text", "code"):
+        if self.kind in ("text", "code") and not (self.pattern and _CONTROL_FREE.match(self.pattern)):
             typ = Annotated[typ, AfterValidator(_no_control_characters)]
         if self.required:
             return typ, PydField(..., **kwargs)
@@ -301,11 +303,8 @@ class Layer:
                 Computed("ST_Area(geom::geography, true)", persisted=True),
                 comment="面积（平方米，椭球面） geodesic area m²",
             )
-            attrs["area_mu"] = mapped_column(
-                Float,
-                Computed("ST_Area(geom::geography, true) * 3 / 2000", persisted=True),
-                comment="面积（亩） area in mu",
-            )
+            # 亩 follow from m² when read (1 亩 = 2000/3 m²): the ellipsoidal area is computed once per write.
+            attrs["area_mu"] = column_property(attrs["area_m2"].column * 3 / 2000)
         name = "".join(part.title() for part in self.id.split("_"))
         return type(name, (Base,), attrs)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -41,9 +42,20 @@ def create_stage(session: Session, layer: Layer) -> None:
     )
 
 
+_SRID_LE = STORAGE_SRID.to_bytes(4, "little")
+
+
 def ewkb(geoms: Sequence[BaseGeometry]) -> Any:
-    """Return GEOMS as hex EWKB with the storage SRID, the text COPY reads for a geometry."""
-    return shapely.to_wkb(shapely.set_srid(np.asarray(geoms, dtype=object), STORAGE_SRID), hex=True, include_srid=True)
+    """Return GEOMS (2D) as hex EWKB with the storage SRID, the text COPY reads for a geometry.
+
+    GEOS writes binary WKB much faster than hex, so the SRID flag and value are spliced
+    into little-endian WKB here: byte order, type | 0x20000000, SRID, then the rest.
+    """
+    wkbs = shapely.to_wkb(np.asarray(geoms, dtype=object), byte_order=1, output_dimension=2)
+    return np.array(
+        [(w[:4] + bytes([w[4] | 0x20]) + _SRID_LE + w[5:]).hex() for w in wkbs],
+        dtype=object,
+    )
 
 
 def copy_rows(session: Session, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -55,13 +67,14 @@ def copy_rows(session: Session, table: str, columns: Sequence[str], rows: Iterab
 
 
 def stage_rows(session: Session, layer: Layer, rows: Sequence[tuple[int, dict[str, Any]]], hexes: Any) -> None:
-    """Stage ROWS (feature index, properties) with their geometries as hex EWKB."""
+    """Stage ROWS (feature index, properties holding every field) with their geometries as hex EWKB."""
     names = layer.field_names
+    values = itemgetter(*names)
     copy_rows(
         session,
         STAGE,
         ["idx", *names, "geom"],
-        ((index, *[props.get(name) for name in names], wkb) for (index, props), wkb in zip(rows, hexes, strict=True)),
+        ((index, *values(props), wkb) for (index, props), wkb in zip(rows, hexes, strict=True)),
     )
 
 
@@ -70,18 +83,24 @@ def insert_rows(
 ) -> None:
     """COPY ROWS, known to be new, straight into LAYER's table as upload UPLOAD_ID."""
     names = layer.field_names
+    values = itemgetter(*names)
     copy_rows(
         session,
         layer.table,
         [*names, "geom", "upload_id"],
-        ((*[props.get(name) for name in names], wkb, upload_id) for (_, props), wkb in zip(rows, hexes, strict=True)),
+        ((*values(props), wkb, upload_id) for (_, props), wkb in zip(rows, hexes, strict=True)),
     )
 
 
 def existing_keys(session: Session, layer: Layer, keys: Sequence[str]) -> set[str]:
     """Return which of KEYS LAYER already holds."""
     key = layer.key[0]
-    found = session.execute(text(f"SELECT {key} FROM {layer.table} WHERE {key} = ANY(:keys)"), {"keys": list(keys)})
+    # A join with unnest, not `= ANY(:keys)`: once psycopg prepares the statement, a generic
+    # plan for ANY over thousands of keys scans the whole table comparing each row to each key.
+    found = session.execute(
+        text(f"SELECT t.{key} FROM unnest(CAST(:keys AS text[])) AS k(v) JOIN {layer.table} t ON t.{key} = k.v"),
+        {"keys": list(keys)},
+    )
     return {str(row[0]) for row in found}
 
 
@@ -146,7 +165,8 @@ def write(session: Session, layer: Layer, indexes: Iterable[int], upload_id: int
         text(
             f"""
             INSERT INTO {layer.table} ({", ".join(names)}, geom, upload_id)
-            SELECT {", ".join(names)}, geom, :upload FROM {STAGE} WHERE idx = ANY(:idx) ORDER BY idx
+            SELECT {", ".join(f"s.{n}" for n in names)}, s.geom, :upload
+            FROM unnest(CAST(:idx AS int[])) AS chosen(i) JOIN {STAGE} s ON s.idx = chosen.i ORDER BY s.idx
             ON CONFLICT ON CONSTRAINT uq_{layer.table}_key DO UPDATE
             SET {updates}, updated_at = now(), upload_id = EXCLUDED.upload_id
             """

@@ -9,11 +9,13 @@ nothing by default, or only the valid features when asked.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hashlib
 import math
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -153,16 +155,17 @@ def run_upload(
     session.flush()
     writes = session.begin_nested()  # everything this upload writes, undone at once if it ends rejected
     try:
-        report, to_write = _check_all(
-            session,
-            layer,
-            source,
-            declared,
-            repair=options.repair,
-            upload_id=None if options.dry_run else upload.id,
-            stop_on_reject=options.mode == "all-or-nothing",
-            progress=progress,
-        )
+        with _no_cyclic_gc():
+            report, to_write = _check_all(
+                session,
+                layer,
+                source,
+                declared,
+                repair=options.repair,
+                upload_id=None if options.dry_run else upload.id,
+                stop_on_reject=options.mode == "all-or-nothing",
+                progress=progress,
+            )
         summary = report["summary"]
         if options.dry_run:
             status = "dry_run"
@@ -541,6 +544,32 @@ def _plain_entry(index: int, keys: dict[int, str], ids: dict[int, Any]) -> dict[
     return entry
 
 
+_GC_LOCK = threading.Lock()
+_GC_HOLDERS = 0
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a big upload allocates its many small objects.
+
+    Nothing an upload builds forms reference cycles that must die early; with the collector
+    running, CPython rescans the young objects every few hundred allocations (a third of
+    the checking time on 100,000 features). Nested and concurrent uploads share the pause.
+    """
+    global _GC_HOLDERS
+    with _GC_LOCK:
+        _GC_HOLDERS += 1
+        if _GC_HOLDERS == 1:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_HOLDERS -= 1
+            if _GC_HOLDERS == 0:
+                gc.enable()
+
+
 class _Writer(threading.Thread):
     """Writes checked chunks on the upload's connection while the main thread checks the next one.
 
@@ -649,6 +678,8 @@ def _check_all(
     keys: dict[int, str] = {}
     seen: dict[str, int] = {}
     extent = layer_settings().extent
+    key_field = checker.key_field
+    rejected_any = False
     staging.create_stage(session, layer)
     writer = _Writer(session, layer, upload_id)
     writer.start()
@@ -668,12 +699,7 @@ def _check_all(
                 inside &= (boxes[:, 1] >= extent[1]) & (boxes[:, 3] <= extent[3])
             for position in order if checked.ok else []:
                 index, props, notes = checked.ok[position]
-                key = props[checker.key_field]
-                entry: dict[str, Any] = {"index": index, "key": key}
-                if index in checker.ids:
-                    entry["id"] = checker.ids[index]
-                if notes:
-                    entry["notes"] = notes
+                key = props[key_field]
                 problem = None
                 if not inside[position]:
                     problem = _outside_extent(checked.geoms[position], index)
@@ -681,20 +707,24 @@ def _check_all(
                     problem = Problem(
                         "duplicate_in_file",
                         f"编码 {key} 在文件中重复（第一次出现在第 {seen[key]} 个要素）",
-                        f"{checker.key_field} {key} appears twice in the file (first at feature {seen[key]})",
-                        Where(feature_index=index, field=f"properties.{checker.key_field}"),
+                        f"{key_field} {key} appears twice in the file (first at feature {seen[key]})",
+                        Where(feature_index=index, field=f"properties.{key_field}"),
                     )
+                if problem is not None or notes:
+                    entry = _plain_entry(index, {index: key}, checker.ids)
+                    if notes:
+                        entry["notes"] = notes
+                    special[index] = entry
                 if problem is not None:
                     entry.update(status="rejected", problems=[problem.as_dict()])
-                    special[index] = entry
+                    rejected_any = True
                     continue
                 seen[key] = index
                 keys[index] = key
-                if notes:
-                    special[index] = entry
                 rows.append((index, props))
                 geoms.append(checked.geoms[position])
-            if stop_on_reject and len(special) > len(keys.keys() & special.keys()):
+            rejected_any = rejected_any or bool(checked.rejected)
+            if stop_on_reject and rejected_any:
                 writer.direct = False  # all-or-nothing and something is rejected: nothing will be written
             writer.put(rows, geoms)
             if progress is not None:
