@@ -49,7 +49,7 @@ def generate(n: int, path: Path) -> None:
                 "type": "Feature",
                 "geometry": {"type": "Polygon", "coordinates": [[[round(a, 8), round(b, 8)] for a, b in ring]]},
                 "properties": {
-                    "code": f"{COMMUNITY}01{i:05d}",
+                    "code": f"{COMMUNITY}{i:07d}",
                     "land_use_code": "0103",
                     "ownership": "集体",
                     "use_status": "承包" if i % 11 else "闲置",

@@ -317,6 +317,9 @@ WRITE_BATCH = 10_000
 REPORT_LIST_LIMIT = 10_000
 """Up to this many features the report lists every one; beyond it, only those with something to say."""
 
+REPORT_ENTRY_LIMIT = 10_000
+"""At most this many features with something to say are listed; the rest are counted (report["omitted"])."""
+
 
 class _Geometry(msgspec.Struct):
     type: str
@@ -675,6 +678,15 @@ def _check_all(
     """
     checker = _Checker(session, layer, declared, repair)
     special: dict[int, dict[str, Any]] = {}  # entries with something to say
+    omitted: dict[str, int] = {}  # beyond REPORT_ENTRY_LIMIT: counted, not listed
+    rejected_count = 0
+
+    def keep(entry: dict[str, Any]) -> None:
+        if len(special) < REPORT_ENTRY_LIMIT or entry["index"] in special:
+            special[entry["index"]] = entry
+        else:
+            status = entry.get("status", "noted")
+            omitted[status] = omitted.get(status, 0) + 1
     keys: dict[int, str] = {}
     seen: dict[str, int] = {}
     extent = layer_settings().extent
@@ -689,7 +701,8 @@ def _check_all(
             if first == 0:
                 _check_crs(checker)  # a wrong declaration shows in the first chunk: refuse early
             for entry in checked.rejected:
-                special[entry["index"]] = entry
+                keep(entry)
+            rejected_count += len(checked.rejected)
             rows: list[tuple[int, dict[str, Any]]] = []
             geoms: list[BaseGeometry] = []
             if checked.ok:
@@ -714,10 +727,12 @@ def _check_all(
                     entry = _plain_entry(index, {index: key}, checker.ids)
                     if notes:
                         entry["notes"] = notes
-                    special[index] = entry
+                    if problem is not None:
+                        entry.update(status="rejected", problems=[problem.as_dict()])
+                    keep(entry)
                 if problem is not None:
-                    entry.update(status="rejected", problems=[problem.as_dict()])
                     rejected_any = True
+                    rejected_count += 1
                     continue
                 seen[key] = index
                 keys[index] = key
@@ -733,24 +748,26 @@ def _check_all(
         writer.finish()
     _check_crs(checker)
     for index, problems in writer.misplaced.items():
-        entry = special.setdefault(index, {"index": index, "key": keys.get(index)})
+        entry = special.get(index) or {"index": index, "key": keys.get(index)}
         entry.update(status="rejected", problems=[p.as_dict() for p in problems])
+        keep(entry)
         keys.pop(index, None)
+        rejected_count += 1
     found = staging.diff(session, layer)
     new = set(writer.new) | set(found.new)
     for index in new & special.keys():
         special[index]["status"] = "new"
     for index, (fields, moved) in found.changed.items():
-        entry = special.setdefault(index, {"index": index, "key": keys.get(index)})
+        entry = special.get(index) or _plain_entry(index, keys, checker.ids)
         entry.update(status="changed", changed_fields=fields, moved_m=moved)
+        keep(entry)
     total = source.count
-    rejected = sum(1 for e in special.values() if e.get("status") == "rejected")
     summary = {
         "total": total,
         "new": len(new),
         "changed": len(found.changed),
         "unchanged": found.unchanged,
-        "rejected": rejected,
+        "rejected": rejected_count,
     }
     if total <= REPORT_LIST_LIMIT:
         entries = []
@@ -765,6 +782,8 @@ def _check_all(
             entry.setdefault("status", "new" if entry["index"] in new else "unchanged")
         listed = "problems"
     report: dict[str, Any] = {"summary": summary, "features": entries, "listed": listed}
+    if omitted:
+        report["omitted"] = omitted
     report["checked"] = {"vectorised": checker.fast, "one_by_one": checker.slow}
     warning = _gcj02_suspicion(declared, found.shifts)
     if warning:
