@@ -16,8 +16,6 @@ from sqlalchemy import func, make_url, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from api.settings import ApiSettings
-from layers import migrate
 from layers.base import REGISTRY
 from spatial import localpg
 from spatial.db import ensure_database, make_engine, make_sessionmaker
@@ -59,6 +57,8 @@ def _engine() -> Engine:
 def db_upgrade(revision: str = typer.Argument("head", help="target revision")) -> None:
     """Apply the migrations (creates PostGIS and every table)."""
     engine = _engine()
+    from layers import migrate
+
     before = migrate.current(engine)
     migrate.upgrade(engine, revision)
     after = migrate.current(engine)
@@ -71,6 +71,8 @@ def db_revision(message: str = typer.Option(..., "--message", "-m", help="what t
     from alembic import command
 
     engine = _engine()
+    from layers import migrate
+
     command.revision(migrate.alembic_config(engine), message=message, autogenerate=True)
 
 
@@ -78,6 +80,8 @@ def db_revision(message: str = typer.Option(..., "--message", "-m", help="what t
 def db_status() -> None:
     """Show the schema revision and feature counts."""
     engine = _engine()
+    from layers import migrate
+
     console.print(f"数据库版本 schema revision: {migrate.current(engine) or '—'}")
     with Session(engine) as session:
         for layer in REGISTRY.values():
@@ -168,12 +172,17 @@ def import_file(
     options = UploadOptions(
         crs=crs, axis=checked_axis, mode=checked_mode, dry_run=dry_run, repair=repair, filename=path.name
     )
-    with Session(engine) as session:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Session(engine) as session, Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"检查并写入 checking {path.name}", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
         try:
-            with console.status(f"正在检查 checking {path.name} …"):
-                record = commit_upload(
-                    session, make_sessionmaker(engine), layer_or_404(layer), path.read_bytes(), options
-                )
+            record = commit_upload(
+                session, make_sessionmaker(engine), layer_or_404(layer), path.read_bytes(), options, advance
+            )
         except GuatuError as exc:
             for problem in exc.problems:
                 console.print(f"[red]{problem.code}[/red] {problem.message}")
@@ -203,6 +212,8 @@ def serve(
 ) -> None:
     """Serve the map and the API."""
     import uvicorn
+
+    from api.settings import ApiSettings
 
     settings = ApiSettings()
     if prepare:

@@ -291,7 +291,7 @@ def _located_units(
 def locate_all(
     session: Session,
     layer: Layer,
-    items: list[tuple[int | None, dict[str, Any], BaseGeometry]],
+    items: Sequence[tuple[int | None, dict[str, Any], BaseGeometry]],
     hexes: Sequence[str] | None = None,
 ) -> dict[int | None, list[Problem]]:
     """Fill or check, for every item, the codes that must agree with where its geometry lies.

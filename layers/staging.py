@@ -60,7 +60,7 @@ def ewkb(geoms: Sequence[BaseGeometry]) -> Any:
 
 def copy_rows(session: Session, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """COPY ROWS (values in COLUMNS order) into TABLE on the session's connection."""
-    raw = session.connection().connection.driver_connection
+    raw: Any = session.connection().connection.driver_connection
     with raw.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
@@ -173,4 +173,4 @@ def write(session: Session, layer: Layer, indexes: Iterable[int], upload_id: int
         ),
         {"upload": upload_id, "idx": chosen},
     )
-    return int(result.rowcount or 0)
+    return int(getattr(result, "rowcount", 0) or 0)

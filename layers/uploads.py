@@ -193,7 +193,12 @@ def write_staged(session: Session, layer: Layer, indexes: list[int], upload_id: 
 
 
 def commit_upload(
-    session: Session, fresh: Callable[[], Session], layer: Layer, raw: bytes, options: UploadOptions
+    session: Session,
+    fresh: Callable[[], Session],
+    layer: Layer,
+    raw: bytes,
+    options: UploadOptions,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run and commit the upload; if the database fails midway, record it as failed and say so.
 
@@ -201,7 +206,7 @@ def commit_upload(
     FRESH session records the failure, so the uploader and the upload list can see it.
     """
     try:
-        upload = run_upload(session, layer, raw, options)
+        upload = run_upload(session, layer, raw, options, progress)
         session.commit()
         return upload_json(upload)
     except DBAPIError as exc:
@@ -266,8 +271,18 @@ REPAIR_AREA_TOLERANCE = 0.01
 """A repair may move a feature's area by at most this share; beyond it the feature is rejected."""
 
 
+SLIVER_SHARE = 0.01
+"""A part a repair splits off holding less than this share of the area is a sliver: dropped and reported."""
+
+
 class _Repairer:
-    """Convert to CGCS2000 and, when asked, make invalid geometry valid, noting what changed."""
+    """Convert to CGCS2000 and, when asked, make invalid geometry valid, noting what changed.
+
+    The repair (GEOS make_valid) keeps the areal parts; parts holding under 1% of the area
+    are slivers (a dent where the closing edge crossed the first) and are dropped. A
+    polygon that would become several substantial ones (a bowtie: two vertices swapped?)
+    is refused: which shape was meant cannot be known. So is a change of area beyond 1%.
+    """
 
     def __init__(self, declared: DeclaredCrs, repair: bool) -> None:
         self.declared, self.repair = declared, repair
@@ -279,17 +294,33 @@ class _Repairer:
         if not self.repair or shapely.is_valid(geom) or geom.geom_type not in ("Polygon", "MultiPolygon"):
             return geom
         fixed = shapely.make_valid(geom)
-        if fixed.geom_type == "GeometryCollection":  # keep the areal parts; lines and points are slivers
-            fixed = shapely.union_all([g for g in fixed.geoms if g.geom_type in ("Polygon", "MultiPolygon")])
-        before, after = geodesic_area(shapely.orient_polygons(geom)), geodesic_area(fixed)
-        change = (after - before) / before if before else 1.0
-        if fixed.is_empty or fixed.geom_type not in ("Polygon", "MultiPolygon"):
+        areal = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type in ("Polygon", "MultiPolygon")]
+        parts = [p for g in areal for p in getattr(g, "geoms", [g])]
+        if not parts:
             raise InvalidInput.one(
                 "repair_changed_type",
                 f"修复后图形类型变为 {fixed.geom_type}，已拒绝",
                 f"repair turned the geometry into {fixed.geom_type}; rejected",
                 field="geometry",
             )
+        areas = [geodesic_area(p) for p in parts]
+        total = sum(areas)
+        kept = [p for p, a in zip(parts, areas, strict=True) if a >= SLIVER_SHARE * total]
+        dropped = total - sum(a for a in areas if a >= SLIVER_SHARE * total)
+        parts_before = len(getattr(geom, "geoms", [geom]))
+        if len(kept) > parts_before:
+            shown = "、".join(f"{a:,.1f}" for a in sorted(areas, reverse=True) if a >= SLIVER_SHARE * total)
+            raise InvalidInput.one(
+                "repair_changed_type",
+                f"修复会把 {parts_before} 个面拆成 {len(kept)} 个面（面积 {shown} 平方米），无法判断原意"
+                f"（是否有两个顶点顺序颠倒？），已拒绝",
+                f"repair would split {parts_before} polygon(s) into {len(kept)} ({shown} m²): "
+                f"the intended shape cannot be known (two vertices swapped?); rejected",
+                field="geometry",
+            )
+        fixed = kept[0] if len(kept) == 1 else shapely.MultiPolygon(kept)
+        before, after = geodesic_area(shapely.orient_polygons(geom)), geodesic_area(fixed)
+        change = (after - before) / before if before else 1.0
         if abs(change) > REPAIR_AREA_TOLERANCE:
             raise InvalidInput.one(
                 "repair_area_changed",
@@ -299,9 +330,12 @@ class _Repairer:
             )
         self.note = {
             "code": "repaired",
-            "message": f"图形已修复，面积变化 {change:+.3%} (geometry repaired)",
+            "message": f"图形已修复，面积变化 {change:+.3%}"
+            + (f"，去除碎片 {dropped:.2f} 平方米" if dropped else "")
+            + " (geometry repaired)",
             "area_before_m2": round(before, 2),
             "area_after_m2": round(after, 2),
+            "slivers_dropped_m2": round(dropped, 2),
             "type_before": geom.geom_type,
             "type_after": fixed.geom_type,
         }
@@ -316,6 +350,9 @@ WRITE_BATCH = 10_000
 
 REPORT_LIST_LIMIT = 10_000
 """Up to this many features the report lists every one; beyond it, only those with something to say."""
+
+PREVIEW_LIMIT = 2_000
+"""Up to this many features every report entry carries its geometry (CGCS2000), so the page can draw it."""
 
 REPORT_ENTRY_LIMIT = 10_000
 """At most this many features with something to say are listed; the rest are counted (report["omitted"])."""
@@ -692,6 +729,7 @@ def _check_all(
     extent = layer_settings().extent
     key_field = checker.key_field
     rejected_any = False
+    preview: dict[int, Any] = {}  # index: geometry, for small uploads
     staging.create_stage(session, layer)
     writer = _Writer(session, layer, upload_id)
     writer.start()
@@ -738,6 +776,8 @@ def _check_all(
                 keys[index] = key
                 rows.append((index, props))
                 geoms.append(checked.geoms[position])
+                if source.count <= PREVIEW_LIMIT:
+                    preview[index] = orjson.loads(shapely.to_geojson(checked.geoms[position]))
             rejected_any = rejected_any or bool(checked.rejected)
             if stop_on_reject and rejected_any:
                 writer.direct = False  # all-or-nothing and something is rejected: nothing will be written
@@ -781,6 +821,9 @@ def _check_all(
         for entry in entries:
             entry.setdefault("status", "new" if entry["index"] in new else "unchanged")
         listed = "problems"
+    for entry in entries:
+        if entry["index"] in preview and "geometry" not in entry:
+            entry["geometry"] = preview[entry["index"]]
     report: dict[str, Any] = {"summary": summary, "features": entries, "listed": listed}
     if omitted:
         report["omitted"] = omitted

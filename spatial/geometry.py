@@ -252,7 +252,7 @@ for _char in b"0123456789.-+eE,[] \t\r\n":
     _NUMERIC[_char] = True
 
 _POSITION = list[float]
-_DECODERS = {
+_DECODERS: dict[str, Any] = {
     "Point": msgspec.json.Decoder(list[_POSITION]),
     "Polygon": msgspec.json.Decoder(list[list[list[_POSITION]]]),
     "MultiPolygon": msgspec.json.Decoder(list[list[list[list[_POSITION]]]]),
@@ -412,7 +412,7 @@ def build_many(
     flat = _flatten_text(gtype, raws) or _flatten_lists(gtype, raws)
     if flat is None:
         return Built(geoms, had_z, None)
-    lonlat = convert(flat.given)
+    lonlat = np.ascontiguousarray(convert(flat.given), dtype=np.float64)
     if gtype == "Point":
         built = shapely.points(lonlat)
         vertices = np.ones(flat.keep.size, np.int64)
@@ -420,10 +420,8 @@ def build_many(
         ring_offsets = np.append(0, np.cumsum(flat.ring_sizes))
         part_offsets = np.append(0, np.cumsum(flat.rings_per_part))
         geom_offsets = np.append(0, np.cumsum(flat.parts_per_geom))
-        if multi:
-            kind, offsets = shapely.GeometryType.MULTIPOLYGON, (ring_offsets, part_offsets, geom_offsets)
-        else:
-            kind, offsets = shapely.GeometryType.POLYGON, (ring_offsets, part_offsets)
+        offsets: tuple[Any, ...] = (ring_offsets, part_offsets, geom_offsets) if multi else (ring_offsets, part_offsets)
+        kind = shapely.GeometryType.MULTIPOLYGON if multi else shapely.GeometryType.POLYGON
         built = shapely.from_ragged_array(kind, lonlat, offsets)
         vertices = np.add.reduceat(flat.ring_sizes, part_offsets[geom_offsets[:-1]])
     bounds = shapely.bounds(built)

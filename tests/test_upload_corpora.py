@@ -12,6 +12,8 @@ well when it is there. Verdicts, by folder:
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -55,10 +57,12 @@ VALIDITY = {
 WINDING_ONLY = {"invalid_exterior_not_ccw.geojson", "invalid_interior_not_cw.geojson"}
 
 
-def dry_run(client: TestClient, path: Path) -> Response:
+def dry_run(client: TestClient, path: Path, **params: str) -> Response:
     """Push PATH through the upload endpoint as a valid-only dry run; never a 500."""
     response = client.post(
-        "/api/layers/shops/uploads", content=path.read_bytes(), params={"dry_run": "true", "mode": "valid-only"}
+        "/api/layers/shops/uploads",
+        content=path.read_bytes(),
+        params={"dry_run": "true", "mode": "valid-only", **params},
     )
     assert response.status_code < 500, response.text
     return response
@@ -150,3 +154,98 @@ def test_turf_validity_verdicts(client: TestClient, name: str, path: Path) -> No
     except InvalidInput:
         valid = False
     assert valid == name.startswith("true/")
+
+
+def _features(path: Path) -> list[dict]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data["type"] == "FeatureCollection":
+        return data["features"]
+    return [data if data["type"] == "Feature" else {"type": "Feature", "geometry": data, "properties": {}}]
+
+
+def _polygonal(path: Path) -> list:
+    return [f["geometry"] for f in _features(path) if f["geometry"]["type"] in ("Polygon", "MultiPolygon")]
+
+
+KINKS = HERE / "data" / "turf-kinks"
+KINK_FILES = sorted(p.name for p in (KINKS / "in").glob("*.geojson"))
+
+
+@pytest.mark.parametrize("name", KINK_FILES)
+def test_self_intersections_are_found_where_turf_finds_them(client: TestClient, name: str) -> None:
+    from spatial.geometry import parse_geojson_geometry, validity_problem
+
+    dry_run(client, KINKS / "in" / name)  # never a 500
+    kinks = [f["geometry"]["coordinates"] for f in _features(KINKS / "out" / name) if f["geometry"]["type"] == "Point"]
+    for geometry in _polygonal(KINKS / "in" / name):
+        problem = validity_problem(parse_geojson_geometry(geometry))
+        assert problem is not None and problem[0] in ("self_intersection", "ring_self_intersection"), problem
+        location = problem[2]
+        assert location is not None
+        assert min(math.dist(location, kink) for kink in kinks) < 1e-6, (location, kinks)
+
+
+REWIND = HERE / "data" / "turf-rewind"
+REWIND_FILES = sorted(p.name for p in (REWIND / "in").glob("*.geojson"))
+
+
+@pytest.mark.parametrize("name", REWIND_FILES)
+def test_winding_is_normalised_as_turf_rewinds_it(client: TestClient, name: str) -> None:
+    import shapely
+
+    from spatial.geometry import parse_geojson_geometry, prepare_for_storage
+
+    dry_run(client, REWIND / "in" / name)
+    given, rewound = _polygonal(REWIND / "in" / name), _polygonal(REWIND / "out" / name)
+    assert len(given) == len(rewound)
+    for raw, expected in zip(given, rewound, strict=True):
+        stored = prepare_for_storage(
+            parse_geojson_geometry(raw), allowed=("Polygon", "MultiPolygon"), stored=("Polygon", "MultiPolygon")
+        )
+        assert shapely.equals_exact(stored, shapely.geometry.shape(expected), 1e-12)  # same vertices, same order
+        assert all(shapely.is_ccw(p.exterior) for p in getattr(stored, "geoms", [stored]))
+
+
+UNKINK = HERE / "data" / "turf-unkink-polygon"
+UNKINK_FILES = sorted(p.name for p in (UNKINK / "in").glob("*.geojson"))
+
+
+@pytest.mark.parametrize("name", UNKINK_FILES)
+def test_repair_keeps_what_turf_unkinks_or_refuses_to_split_a_polygon(client: TestClient, name: str) -> None:
+    """turf unkinks a twisted polygon into parts. guatu repairs a dent in place (same area as turf), and
+    for a polygon that would split finds those parts (or, for loops wound twice, fewer: GEOS keeps the
+    faces crossed an odd number of times) and refuses to guess which shape was meant."""
+    import re
+
+    import shapely
+
+    from layers.uploads import _Repairer
+    from spatial.crs import DeclaredCrs
+    from spatial.errors import InvalidInput
+    from spatial.geometry import geodesic_area, parse_geojson_geometry
+
+    dry_run(client, UNKINK / "in" / name, repair="true")  # never a 500
+    turf_parts = [shapely.geometry.shape(g) for g in _polygonal(UNKINK / "out" / name)]
+    repair = _Repairer(DeclaredCrs("epsg", 4490), True)
+    reported: list[float] = []
+    for geometry in _polygonal(UNKINK / "in" / name):
+        parsed = parse_geojson_geometry(geometry)
+        if parsed.is_valid:
+            continue  # nothing to repair
+        try:
+            repaired = repair(parsed)
+        except InvalidInput as exc:  # split into several polygons: refused, the parts named
+            assert exc.code == "repair_changed_type"
+            shown = re.search(r"面积 ([0-9.,、]+) 平方米", exc.problems[0].message_zh)
+            assert shown is not None
+            reported += [float(v.replace(",", "")) for v in shown.group(1).split("、")]
+        else:  # a dent or a doubled vertex: repaired in place, the area kept and noted
+            assert repaired.is_valid and repair.note is not None and repair.note["code"] == "repaired"
+            reported.append(geodesic_area(repaired))
+    union = shapely.union_all(turf_parts)
+    expected = sum(geodesic_area(p) for p in getattr(union, "geoms", [union]))
+    if reported and (name.startswith("hourglass") or name.startswith("issue")):
+        assert abs(sum(reported) - expected) <= 0.01 * expected, (reported, expected)  # the very same parts
+    elif reported:
+        # turf keeps every face the ring winds around; GEOS keeps those it crosses an odd number of times
+        assert sum(reported) <= expected * 1.01, (reported, expected)

@@ -41,7 +41,7 @@ def survey() -> bytes:
     return json.dumps({"type": "FeatureCollection", "features": features}, ensure_ascii=False).encode()
 
 
-def test_upload_page_lists_and_draws_rejects_then_commits_the_rest(engine_with_nothing: Engine) -> None:
+def test_upload_page_lists_and_draws_rejects_and_the_rest_then_commits_them(engine_with_nothing: Engine) -> None:
     requests: list[str] = []
     with live_server(engine_with_nothing) as base, chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -62,6 +62,7 @@ def test_upload_page_lists_and_draws_rejects_then_commits_the_rest(engine_with_n
         reasons = " ".join(rejected.all_inner_texts())
         assert "enum" in reasons and "self_intersection" in reasons
         assert page.locator("path.guatu-rejected").count() == 2  # both drawn on the map
+        assert page.locator("path.guatu-feature-new").count() == 3  # and the valid ones beside them
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "upload-report.png"))
         assert httpx.get(f"{base}/api/layers/parcels").json()["count"] == 0  # a dry run writes nothing

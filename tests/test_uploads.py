@@ -324,7 +324,8 @@ def test_repair_only_when_asked_and_only_within_tolerance(client: TestClient, se
         note["code"] == "repaired"
         and abs(note["area_after_m2"] - note["area_before_m2"]) < 0.01 * note["area_before_m2"]
     )
-    assert second["status"] == "rejected" and second["problems"][0]["code"] == "repair_area_changed"
+    assert second["status"] == "rejected" and second["problems"][0]["code"] == "repair_changed_type"  # 1 -> 2 parts
+    assert "拆成 2 个面" in second["problems"][0]["message"]
     assert session.execute(text("SELECT bool_and(ST_IsValid(geom)) FROM parcels")).scalar() is True
     assert count(session, "parcels") == 1
 

@@ -85,6 +85,9 @@
             .then(function () { check.disabled = false; });
         }
 
+        var COLOURS = {rejected: "#e11d48", new: "#16a34a", changed: "#d97706", unchanged: "#6b7280"};
+        var LABELS = {rejected: "拒绝 rejected", new: "新增 new", changed: "修改 changed", unchanged: "未变 unchanged"};
+
         function show(res, dryRun) {
           var data = res.data;
           report.textContent = "";
@@ -101,24 +104,28 @@
           (data.report.warnings || []).forEach(function (w) { report.appendChild(el("div", "guatu-warning", w.message)); });
           var table = el("table", "guatu-report-table");
           data.report.features.forEach(function (f) {
-            if (f.status === "unchanged") return;
-            var row = el("tr", "guatu-row-" + f.status);
-            row.appendChild(el("td", null, "#" + f.index));
-            row.appendChild(el("td", null, f.key || f.id || ""));
-            row.appendChild(el("td", null, f.status));
             var why = (f.problems || []).map(function (p) { return p.code + "：" + p.message; }).join("；");
             if (f.changed_fields) why = "改动 " + f.changed_fields.join("、") + (f.moved_m ? "，位移 " + f.moved_m + " m" : "");
-            row.appendChild(el("td", "guatu-why", why));
-            table.appendChild(row);
+            if (f.status !== "unchanged") {  // the table lists what will change or is refused
+              var row = el("tr", "guatu-row-" + f.status);
+              row.appendChild(el("td", null, "#" + f.index));
+              row.appendChild(el("td", null, f.key || f.id || ""));
+              row.appendChild(el("td", null, LABELS[f.status] || f.status));
+              row.appendChild(el("td", "guatu-why", why));
+              table.appendChild(row);
+            }
             if (f.geometry) {
+              var colour = COLOURS[f.status] || "#6b7280";
+              var cls = "guatu-feature guatu-feature-" + f.status + (f.status === "rejected" ? " guatu-rejected guatu-rejected-" + f.index : "");
               var shape = L.geoJSON(f.geometry, {
-                style: {color: "#e11d48", weight: 2, fillOpacity: 0.3, className: "guatu-rejected guatu-rejected-" + f.index},
+                style: {color: colour, weight: f.status === "rejected" ? 2 : 1, fillOpacity: f.status === "rejected" ? 0.3 : 0.15, className: cls},
                 pointToLayer: function (_, latlng) {
-                  return L.circleMarker(latlng, {radius: 8, className: "guatu-rejected guatu-rejected-" + f.index});
+                  return L.circleMarker(latlng, {radius: f.status === "rejected" ? 8 : 5, color: colour, className: cls});
                 }
               });
-              shape.bindTooltip("#" + f.index + " " + why);
+              shape.bindTooltip("#" + f.index + " " + (f.key || "") + " " + (LABELS[f.status] || f.status) + (why ? "：" + why : ""));
               drawn.addLayer(shape);
+              if (f.status === "rejected") shape.bringToFront();
             }
           });
           report.appendChild(table);
