@@ -207,6 +207,57 @@ class Locator:
     where: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """Topology rule: the units of this layer tile their parent unit (no gaps, no overlaps, none outside)."""
+
+    parent: str
+    link: str
+    parent_where: tuple[tuple[str, str], ...] = ()
+    child_where: tuple[tuple[str, str], ...] = ()
+    numbered: bool = False
+    """Sequence numbers run west→east, north→south within the parent (checked as a warning)."""
+
+
+@dataclass(frozen=True)
+class Within:
+    """Topology rule: each feature lies in one unit of FRAME, the one its LINK field names.
+
+    OWN_ONLY: the part outside the named unit is the defect (一户一区 zones), else a feature
+    straddling units is reported with its split areas (parcels, shops).
+    """
+
+    frame: str
+    link: str
+    own_only: bool = False
+
+
+@dataclass(frozen=True)
+class NoOverlap:
+    """Topology rule: features of this layer do not overlap one another."""
+
+
+@dataclass(frozen=True)
+class Near:
+    """Topology rule: each feature touches (within WITHIN_M) the TARGET feature its LINK names."""
+
+    target: str
+    link: str
+    within_m: float = 2.0
+
+
+@dataclass(frozen=True)
+class EveryTargetHasOne:
+    """Topology rule: every TARGET feature matching WHERE is named by some feature's LINK (a household, a zone)."""
+
+    target: str
+    link: str
+    where: tuple[tuple[str, str], ...] = ()
+
+
+Rule = Coverage | Within | NoOverlap | Near | EveryTargetHasOne
+"""What the boundary checks (``guatu check``) hold a layer to; run by :mod:`layers.checks`."""
+
 CrossRule = Callable[[dict[str, Any]], tuple[str, str, str, str] | None]
 """A rule across fields: None, or (code, field, message_zh, message_en)."""
 
@@ -226,6 +277,7 @@ class Layer:
     has_area: bool = True
     locators: tuple[Locator, ...] = ()
     cross_rules: tuple[CrossRule, ...] = ()
+    rules: tuple[Rule, ...] = ()
     order: int = 0
     description_zh: str = ""
     model: Any = field(init=False)

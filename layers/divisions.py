@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layers.base import Field, Layer, Style, register
+from layers.base import Coverage, Field, Layer, Style, register
 
 LEVELS = ("街道", "社区")
 
@@ -52,6 +52,10 @@ DIVISIONS = register(
             by="level", colors={"街道": "#111827", "社区": "#2563eb"}, fill_opacity=0.0, weight=2.5, fill=False
         ),
         cross_rules=(_level_matches_code,),
+        # communities tile their street
+        rules=(
+            Coverage("divisions", "parent_code", parent_where=(("level", "街道"),), child_where=(("level", "社区"),)),
+        ),
         order=10,
     )
 )

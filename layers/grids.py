@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layers.base import Field, Layer, Style, register
+from layers.base import Coverage, Field, Layer, Style, register
 from layers.common import GRID_CODE, IN_COMMUNITY, community_field, grid_code_rules
 
 KINDS = ("基础网格", "专属网格", "单元网格")
@@ -57,6 +57,7 @@ GRIDS = register(
         ),
         locators=(IN_COMMUNITY,),
         cross_rules=(grid_code_rules("code"), _dates),
+        rules=(Coverage("divisions", "community_code", parent_where=(("level", "社区"),), numbered=True),),  # 无缝拼接
         order=20,
     )
 )

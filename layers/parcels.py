@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layers.base import Field, Layer, Style, register
+from layers.base import Field, Layer, Style, Within, register
 from layers.common import (
     ASSET_CODE,
     IDLE,
@@ -97,6 +97,7 @@ PARCELS = register(
         ),
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(_known_land_use, grid_code_rules("grid_code")),
+        rules=(Within("grids", "grid_code"),),
         order=30,
     )
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from layers.base import Field, Layer, Style, register
+from layers.base import Field, Layer, Style, Within, register
 from layers.common import (
     ASSET_CODE,
     IDLE,
@@ -67,6 +67,7 @@ SHOPS = register(
         has_area=False,
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(grid_code_rules("grid_code"),),
+        rules=(Within("grids", "grid_code"),),
         order=50,
     )
 )

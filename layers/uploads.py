@@ -724,6 +724,7 @@ def _check_all(
         else:
             status = entry.get("status", "noted")
             omitted[status] = omitted.get(status, 0) + 1
+
     keys: dict[int, str] = {}
     seen: dict[str, int] = {}
     extent = layer_settings().extent

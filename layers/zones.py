@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layers.base import Field, Layer, Style, register
+from layers.base import EveryTargetHasOne, Field, Layer, Near, NoOverlap, Style, Within, register
 from layers.common import ASSET_CODE, IN_COMMUNITY, IN_GRID, community_field, grid_code_rules, grid_field
 
 SCOPES = ("房前", "屋后", "两侧", "房前屋后")
@@ -62,6 +62,12 @@ ZONES = register(
         ),
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(_zone_code, grid_code_rules("grid_code")),
+        rules=(  # 一户一区
+            NoOverlap(),
+            Within("grids", "grid_code", own_only=True),
+            Near("parcels", "homestead_parcel_code", within_m=2.0),
+            EveryTargetHasOne("parcels", "homestead_parcel_code", where=(("land_use_code", "0702"),)),
+        ),
         order=40,
     )
 )

@@ -1,0 +1,237 @@
+"""Boundary checks: run the topology rules each layer declares (``Layer.rules``) on the stored data.
+
+Scope is a street, community or grid code (or everything); the frame in force on a date
+(grids have valid_from / valid_to) is the one checked. The engine is
+:mod:`spatial.topology`; this module only knows which layer is checked against which.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from layers.base import REGISTRY, Coverage, EveryTargetHasOne, Layer, Near, NoOverlap, Within
+from spatial.errors import InvalidInput, NotFound
+from spatial.topology import Checker, Finding, LocalMetric, Tolerance
+
+RULES = {
+    "coverage": "覆盖（缝隙、重叠、越界、碎片、编码）coverage: gaps, overlaps, outside, slivers, codes",
+    "numbering": "编号顺序（警告）numbering order (warning)",
+    "within": "落在所属网格内（跨网格、越界、属性与位置不符）within the frame: straddling, outside, mismatch",
+    "overlap": "同层要素不重叠 features of a layer do not overlap",
+    "near": "责任区与宅基地相接 zone touches its homestead",
+    "households": "每户都有责任区 every household has a zone",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """A stored feature as the checks see it."""
+
+    code: str
+    values: dict[str, Any]
+    geom: BaseGeometry
+
+
+def _versioned(layer: Layer) -> bool:
+    return "valid_to" in layer.field_names
+
+
+def _load(
+    session: Session,
+    layer: Layer,
+    *,
+    where: Iterable[tuple[str, str]] = (),
+    prefix: str | None = None,
+    near: BaseGeometry | None = None,
+    as_of: dt.date,
+) -> list[Row]:
+    """Return LAYER's features matching WHERE, whose code starts with PREFIX or that lie NEAR a shape."""
+    conditions: list[str] = []
+    params: dict[str, Any] = {"as_of": as_of}
+    for n, (column, value) in enumerate(where):
+        conditions.append(f"{column} = :w{n}")
+        params[f"w{n}"] = value
+    if _versioned(layer):
+        conditions.append("valid_from <= :as_of AND (valid_to IS NULL OR valid_to > :as_of)")
+    scoped = []
+    if prefix:
+        scoped.append("code LIKE :prefix")
+        params["prefix"] = prefix + "%"
+    if near is not None:
+        scoped.append("geom && ST_Expand(ST_GeomFromWKB(:near, 4490), 0.002)")
+        params["near"] = shapely.to_wkb(near)
+    if scoped:
+        conditions.append("(" + " OR ".join(scoped) + ")")
+    names = layer.field_names
+    query = f"SELECT {', '.join(names)}, ST_AsBinary(geom) FROM {layer.table}"
+    if conditions:
+        query += " WHERE " + " AND ".join(conditions)
+    rows = session.execute(text(query + " ORDER BY code"), params).all()
+    return [Row(row[0], dict(zip(names, row[:-1], strict=True)), shapely.from_wkb(row[-1])) for row in rows]
+
+
+def _scope_shape(session: Session, scope: str, as_of: dt.date) -> BaseGeometry:
+    """Return the shape of the unit coded SCOPE (a street or community division, or a grid)."""
+    for layer_id in ("divisions", "grids"):
+        rows = [r for r in _load(session, REGISTRY[layer_id], prefix=scope, as_of=as_of) if r.code == scope]
+        if rows:
+            return shapely.union_all([r.geom for r in rows])
+    raise NotFound.one(
+        "scope_not_found",
+        f"没有编码为 {scope} 的街道、社区或网格",
+        f"no street, community or grid coded {scope}",
+        field="scope",
+    )
+
+
+def run_checks(
+    session: Session,
+    *,
+    scope: str | None = None,
+    rules: Iterable[str] | None = None,
+    as_of: dt.date | None = None,
+    tolerance: Tolerance | None = None,
+) -> list[Finding]:
+    """Run every rule the layers declare on SCOPE (a code, or everything) as of a date; return the findings."""
+    chosen = set(rules) if rules else set(RULES)
+    unknown = chosen - set(RULES)
+    if unknown:
+        raise InvalidInput.one(
+            "rule_unknown",
+            f"未知的检查规则 {', '.join(sorted(unknown))}（可用：{', '.join(RULES)}）",
+            f"unknown rules {', '.join(sorted(unknown))} (known: {', '.join(RULES)})",
+            field="rules",
+        )
+    as_of = as_of or dt.date.today()
+    shape = _scope_shape(session, scope, as_of) if scope else None
+    everything = [
+        r.geom for layer_id in ("divisions", "grids") for r in _load(session, REGISTRY[layer_id], as_of=as_of)
+    ]
+    if shape is not None:
+        everything = [shape]
+    checker = Checker(LocalMetric.around(everything or [shapely.Point(120.4, 36.3)]), tolerance)
+    findings: list[Finding] = []
+    for layer in sorted(REGISTRY.values(), key=lambda lay: lay.order):
+        for rule in layer.rules:
+            findings += _run(session, checker, layer, rule, scope, shape, as_of, chosen)
+    order = {"error": 0, "warning": 1}
+    return sorted(findings, key=lambda f: (order[f.severity], f.scope or "", f.rule, f.codes))
+
+
+def _run(
+    session: Session,
+    checker: Checker,
+    layer: Layer,
+    rule: Any,
+    scope: str | None,
+    shape: BaseGeometry | None,
+    as_of: dt.date,
+    chosen: set[str],
+) -> list[Finding]:
+    findings: list[Finding] = []
+    if isinstance(rule, Coverage) and chosen & {"coverage", "numbering"}:
+        parent_layer = REGISTRY[rule.parent]
+        # the parents inside the scope; for a grid, its community
+        parents = [
+            p
+            for p in _load(session, parent_layer, where=rule.parent_where, as_of=as_of)
+            if scope is None or p.code.startswith(scope) or p.code == scope[:12]
+        ]
+        for parent in parents:
+            children = _load(session, layer, where=(*rule.child_where, (rule.link, parent.code)), as_of=as_of)
+            units = [(c.code, c.geom) for c in children]
+            if "coverage" in chosen:
+                findings += checker.coverage(
+                    units,
+                    (parent.code, parent.geom),
+                    child_zh=layer.zh,
+                    child_en=layer.en,
+                    parent_zh=parent_layer.zh,
+                    parent_en=parent_layer.en,
+                )
+            if "numbering" in chosen and rule.numbered:
+                findings += checker.numbering(units, parent.code, layer.zh, layer.en)
+    elif isinstance(rule, Within) and "within" in chosen:
+        features = (
+            _load(session, layer, prefix=None, near=shape, as_of=as_of) if shape else _load(session, layer, as_of=as_of)
+        )
+        if shape is not None:
+            features = [f for f in features if f.geom.intersects(shape)]
+        frame = REGISTRY[rule.frame]
+        frames = (
+            _load(session, frame, near=shape, as_of=as_of) if shape is not None else _load(session, frame, as_of=as_of)
+        )
+        findings += checker.within(
+            [(f.code, f.geom, f.values.get(rule.link)) for f in features],
+            [(u.code, u.geom) for u in frames],
+            zh=layer.zh,
+            en=layer.en,
+            frame_zh=frame.zh,
+            frame_en=frame.en,
+            attribute=layer.field(rule.link).zh,
+            scope=scope,
+            own_frame_only=rule.own_only,
+        )
+    elif isinstance(rule, NoOverlap) and "overlap" in chosen:
+        features = _scoped(session, layer, shape, as_of)
+        codes, geoms, _ = checker.prepare([(f.code, f.geom) for f in features], layer.zh, layer.en, scope)
+        findings += checker._overlaps(codes, geoms, layer.zh, layer.en, scope)
+    elif isinstance(rule, Near) and "near" in chosen:
+        features = _scoped(session, layer, shape, as_of)
+        target = REGISTRY[rule.target]
+        links = {f.values.get(rule.link) for f in features} - {None}
+        targets = {t.code: t.geom for t in _scoped(session, target, shape, as_of) if t.code in links}
+        findings += checker.near(
+            [(f.code, f.geom, f.values.get(rule.link)) for f in features],
+            targets,
+            within_m=rule.within_m,
+            zh=layer.zh,
+            en=layer.en,
+            target_zh=target.zh,
+            target_en=target.en,
+            scope=scope,
+        )
+    elif isinstance(rule, EveryTargetHasOne) and "households" in chosen:
+        features = _scoped(session, layer, shape, as_of)
+        named = {f.values.get(rule.link) for f in features}
+        target = REGISTRY[rule.target]
+        for t in _scoped(session, target, shape, as_of, where=rule.where):
+            if t.code not in named:
+                findings.append(
+                    checker.finding(
+                        "household_without_zone",
+                        "warning",
+                        [t.code],
+                        checker.metric.to_m(t.geom),
+                        f"{target.zh} {t.code} 没有对应的{layer.zh}",
+                        f"{target.en} {t.code} has no {layer.en}",
+                        scope,
+                    )
+                )
+    return findings
+
+
+def _scoped(
+    session: Session, layer: Layer, shape: BaseGeometry | None, as_of: dt.date, where: Iterable[tuple[str, str]] = ()
+) -> list[Row]:
+    rows = _load(session, layer, where=where, near=shape, as_of=as_of)
+    return [r for r in rows if shape is None or r.geom.intersects(shape)]
+
+
+def findings_geojson(findings: list[Finding]) -> dict[str, Any]:
+    """Return the findings as a GeoJSON FeatureCollection of their problem geometries."""
+    features = []
+    for finding in findings:
+        record = finding.as_dict()
+        geometry = record.pop("geometry")
+        features.append({"type": "Feature", "id": record["id"], "geometry": geometry, "properties": record})
+    return {"type": "FeatureCollection", "features": features}
