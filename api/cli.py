@@ -201,6 +201,57 @@ def import_file(
         raise typer.Exit(1)
 
 
+@app.command("check")
+def check(
+    scope: str = typer.Option(None, help="street, community or grid code (default: everything)"),
+    rules: str = typer.Option(None, help="comma-separated rules (default: all): coverage, numbering, within, …"),
+    as_of: str = typer.Option(None, "--as-of", help="check the boundaries in force on this date (YYYY-MM-DD)"),
+    output: str = typer.Option("text", "--format", help="text, json or geojson"),
+    snap_m: float = typer.Option(0.05, help="snapping tolerance in metres"),
+    min_area_m2: float = typer.Option(1.0, help="gaps and overlaps smaller than this are ignored (m²)"),
+) -> None:
+    """Check boundaries: gaps, overlaps, containment, 一户一区 rules. Exits 1 when errors are found."""
+    import datetime as dt
+
+    from api.routes.checks import report
+    from layers.checks import findings_geojson, run_checks
+    from spatial.topology import Tolerance
+
+    if output not in ("text", "json", "geojson"):
+        console.print("[red]--format 取 text、json 或 geojson[/red]")
+        raise typer.Exit(2)
+    try:
+        day = dt.date.fromisoformat(as_of) if as_of else dt.date.today()
+    except ValueError:
+        console.print(f"[red]--as-of 应为日期 YYYY-MM-DD，收到 {as_of}[/red]")
+        raise typer.Exit(2) from None
+    tolerance = Tolerance(snap_m=snap_m, min_area_m2=min_area_m2)
+    chosen = [r.strip() for r in rules.split(",") if r.strip()] if rules else None
+    with Session(_engine()) as session:
+        try:
+            with console.status("正在检查边界 checking boundaries …"):
+                found = run_checks(session, scope=scope, rules=chosen, as_of=day, tolerance=tolerance)
+        except GuatuError as exc:
+            for problem in exc.problems:
+                console.print(f"[red]{problem.code}[/red] {problem.message}")
+            raise typer.Exit(2) from None
+    if output == "json":
+        print(orjson.dumps(report(found, scope, day, tolerance), option=orjson.OPT_INDENT_2).decode())  # noqa: T201
+    elif output == "geojson":
+        print(orjson.dumps(findings_geojson(found)).decode())  # noqa: T201 - machine output
+    else:
+        for finding in found:
+            colour = "red" if finding.severity == "error" else "yellow"
+            area = f" {finding.area_m2:,.2f} m²" if finding.area_m2 is not None else ""
+            console.print(f"[{colour}]{finding.severity}[/{colour}] {finding.rule}{area} [dim]{finding.id}[/dim]")
+            console.print(f"    {finding.message_zh}")
+        errors = sum(1 for f in found if f.severity == "error")
+        where = scope or "全部 everything"
+        console.print(f"错误 errors: {errors}，警告 warnings: {len(found) - errors}（{where}，{day}）")
+    if any(f.severity == "error" for f in found):
+        raise typer.Exit(1)
+
+
 @app.command()
 def serve(
     host: str = typer.Option(None, help="address to listen on (default 127.0.0.1)"),

@@ -32,6 +32,9 @@ RULES = {
 }
 
 
+LEVEL_EN = {"街道": "street", "社区": "community", "乡镇": "township", "村": "village"}
+
+
 @dataclass(frozen=True)
 class Row:
     """A stored feature as the checks see it."""
@@ -150,13 +153,14 @@ def _run(
             children = _load(session, layer, where=(*rule.child_where, (rule.link, parent.code)), as_of=as_of)
             units = [(c.code, c.geom) for c in children]
             if "coverage" in chosen:
+                level = parent.values.get("level")
                 findings += checker.coverage(
                     units,
                     (parent.code, parent.geom),
-                    child_zh=layer.zh,
-                    child_en=layer.en,
-                    parent_zh=parent_layer.zh,
-                    parent_en=parent_layer.en,
+                    child_zh=layer.zh if rule.parent != layer.id else str(rule.child_where[0][1]),
+                    child_en=layer.en if rule.parent != layer.id else "community",
+                    parent_zh=str(level or parent_layer.zh),
+                    parent_en=LEVEL_EN.get(str(level), parent_layer.en),
                 )
             if "numbering" in chosen and rule.numbered:
                 findings += checker.numbering(units, parent.code, layer.zh, layer.en)

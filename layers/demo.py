@@ -529,7 +529,7 @@ class _Builder:
                 c = item[0].centroid
                 return int((top - c.y) // spacing), float(c.x)
 
-            for seq, (shape, kind) in enumerate(sorted(cells, key=reading_order), start=1):
+            for seq, (shape, kind) in enumerate(_east_or_south(sorted(cells, key=reading_order), spacing), start=1):
                 code = f"{spec.code}{seq:0{layer_settings().grid_seq_width}d}"
                 self.grids.append(_Grid(code, spec, kind, shape, seq=seq))
 
@@ -1289,6 +1289,25 @@ def _feature(props: dict[str, Any], geom: BaseGeometry) -> dict[str, Any]:
 def generate(seed: int = DEMO_SEED) -> Demo:
     """Generate the demo street from SEED: same seed, same features, same defects."""
     return _Builder(seed).build()
+
+
+def _east_or_south(cells: list[tuple[BaseGeometry, str]], spacing: float) -> list[tuple[BaseGeometry, str]]:
+    """Return CELLS reordered so that each next one lies east or south of the previous (as ``guatu check`` reads).
+
+    Reading order by rows of one spacing can put two cells stacked in one row west to east
+    though the second lies north of the first; swapping such neighbours fixes it.
+    """
+    order = list(cells)
+    margin = 0.1 * spacing
+    for _ in range(len(order) ** 2):
+        for i in range(1, len(order)):
+            a, b = order[i - 1][0].centroid, order[i][0].centroid
+            if not (b.x > a.x + margin or b.y < a.y - margin):
+                order[i - 1], order[i] = order[i], order[i - 1]
+                break
+        else:
+            return order
+    return order
 
 
 @lru_cache(maxsize=1)

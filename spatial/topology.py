@@ -343,8 +343,9 @@ class Checker:
     def numbering(self, children: Sequence[Unit], scope: str, zh: str, en: str) -> list[Finding]:
         """Warn where sequence numbers do not run west→east, north→south.
 
-        Read row by row or column by column, a unit numbered after another never lies both
-        west and north of it; such pairs (beyond a tenth of a unit's size) are reported.
+        Read row by row (rows north→south) or column by column (columns west→east), the unit
+        numbered next lies east of the previous one or south of it; a next unit neither east
+        nor south (beyond a tenth of a unit's size) is reported.
         """
         if len(children) < 2:
             return []
@@ -354,7 +355,9 @@ class Checker:
         centres = shapely.centroid(geoms)
         xs, ys = shapely.get_x(centres), shapely.get_y(centres)
         margin = 0.1 * float(np.median(np.sqrt(np.maximum(shapely.area(geoms), 1.0))))
-        backwards = [i for i in range(1, len(codes)) if xs[i] < xs[i - 1] - margin and ys[i] > ys[i - 1] + margin]
+        east = xs[1:] > xs[:-1] + margin
+        south = ys[1:] < ys[:-1] - margin
+        backwards = [int(i) + 1 for i in np.flatnonzero(~(east | south))]
         if not backwards:
             return []
         pairs = [f"{codes[i - 1]}→{codes[i]}" for i in backwards]
@@ -366,9 +369,9 @@ class Checker:
                 "warning",
                 involved,
                 shapely.union_all([geoms[j] for i in backwards for j in (i - 1, i)]),
-                f"编号顺序：{zh}编号应自西向东、自北向南，后一个却在前一个的西北方（{shown}）",
-                f"numbering: {en} numbers should run west to east, north to south; the next lies north-west of "
-                f"the previous ({', '.join(pairs[:6])})",
+                f"编号顺序：{zh}编号应自西向东、自北向南，后一个却既不在前一个以东也不在其以南（{shown}）",
+                f"numbering: {en} numbers should run west to east, north to south; the next lies neither east "
+                f"nor south of the previous ({', '.join(pairs[:6])})",
                 scope,
             )
         ]

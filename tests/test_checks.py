@@ -1,0 +1,209 @@
+"""Boundary checks: exact answers on generated fixtures, the demo's planted defects, real coverages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+import shapely
+from pyproj import Transformer
+from shapely.geometry import box, mapping
+from shapely.geometry.base import BaseGeometry
+
+from spatial.geometry import geodesic_area
+from spatial.topology import Checker, LocalMetric, Tolerance
+from tests.samples import COMMUNITY, STREET, X0, Y0
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is not beside this checkout")
+
+# A local metric frame around (X0, Y0): fixtures are drawn in metres and stored in lon/lat.
+_TO_DEG = Transformer.from_crs(f"+proj=tmerc +lon_0={X0} +lat_0={Y0} +ellps=GRS80 +units=m", 4490, always_xy=True)
+
+
+def deg(geom: BaseGeometry) -> BaseGeometry:
+    """Return GEOM (metres around X0, Y0) in CGCS2000 lon/lat."""
+    return shapely.transform(geom, lambda c: __import__("numpy").column_stack(_TO_DEG.transform(c[:, 0], c[:, 1])))
+
+
+def grid_code(n: int) -> str:
+    return f"{COMMUNITY}{n:03d}"
+
+
+def fixture() -> tuple[BaseGeometry, list[tuple[str, BaseGeometry]], dict[str, BaseGeometry]]:
+    """A 400 m × 400 m community in four grids, with one gap, one overlap of known shapes."""
+    community = box(0, 0, 400, 400)
+    gap = box(190, 300, 200, 340)  # 10 m × 40 m: grid 1 stops short of grid 2 here
+    overlap = box(185, 40, 200, 100)  # 15 m × 60 m: grid 4 reaches back into grid 3
+    grids = [
+        (grid_code(1), box(0, 200, 200, 400).difference(gap)),
+        (grid_code(2), box(200, 200, 400, 400)),
+        (grid_code(3), box(0, 0, 200, 200)),
+        (grid_code(4), box(200, 0, 400, 200).union(overlap)),
+    ]
+    return community, grids, {"gap": gap, "overlap": overlap}
+
+
+def check(grids: list, parent: tuple | None, **kw: object) -> list:
+    checker = Checker(LocalMetric(X0, Y0), Tolerance())
+    return checker.coverage(
+        [(c, deg(g)) for c, g in grids],
+        (parent[0], deg(parent[1])) if parent else None,
+        child_zh="网格",
+        child_en="grid",
+        parent_zh="社区",
+        parent_en="community",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_gap_and_an_overlap_of_known_area_are_found() -> None:
+    community, grids, defects = fixture()
+    found = check(grids, (COMMUNITY, community))
+    by_rule = {f.rule: f for f in found}
+    assert sorted(by_rule) == ["gap", "overlap"], [f.message_en for f in found]
+    for rule in ("gap", "overlap"):
+        expected = geodesic_area(deg(defects[rule]))
+        assert by_rule[rule].area_m2 == pytest.approx(expected, rel=0.005)
+        assert by_rule[rule].geometry.symmetric_difference(deg(defects[rule])).area < 1e-10
+    assert set(by_rule["gap"].codes) == {grid_code(1), grid_code(2)}
+    assert set(by_rule["overlap"].codes) == {grid_code(3), grid_code(4)}
+
+
+def test_finding_ids_are_stable_across_runs_and_unrelated_edits() -> None:
+    community, grids, _ = fixture()
+    first = {f.rule: f.id for f in check(grids, (COMMUNITY, community))}
+    moved = [(c, g) if c != grid_code(2) else (c, box(200, 200, 400, 400.001)) for c, g in grids]
+    again = {f.rule: f.id for f in check(moved, (COMMUNITY, community))}
+    assert first == again and len(set(first.values())) == 2
+
+
+def test_outside_the_parent_duplicates_codes_and_slivers() -> None:
+    community, grids, _ = fixture()
+    grids[1] = (grid_code(2), box(200, 200, 420, 400))  # 20 m past the community's east edge
+    grids.append((grid_code(3), box(0, 0, 1, 0.5)))  # a duplicate code, and a sliver
+    grids.append(("370214001008001", box(100, 100, 101, 101)))  # another community's code
+    found = check(grids, (COMMUNITY, community))
+    rules = sorted(f.rule for f in found)
+    assert rules.count("outside_parent") == 1
+    outside = next(f for f in found if f.rule == "outside_parent")
+    assert outside.area_m2 == pytest.approx(geodesic_area(deg(box(400, 200, 420, 400))), rel=0.005)
+    assert "duplicate_code" in rules and "code_parent_mismatch" in rules
+    assert next(f for f in found if f.rule == "sliver").severity == "warning"
+
+
+def test_an_invalid_boundary_is_flagged_where_it_breaks() -> None:
+    bowtie = shapely.Polygon([(0, 0), (100, 100), (100, 0), (0, 100), (0, 0)])
+    found = check([(grid_code(1), bowtie)], None)
+    invalid = [f for f in found if f.rule == "invalid_geometry"]
+    assert len(invalid) == 1 and invalid[0].geometry.geom_type == "Point"
+    assert invalid[0].geometry.distance(deg(shapely.Point(50, 50))) < 1e-6
+
+
+def test_an_enclave_filled_by_a_unit_of_the_same_level_is_no_gap() -> None:
+    ring = box(0, 0, 300, 300).difference(box(100, 100, 200, 200))
+    units = [("A", ring), ("B", box(100, 100, 200, 200))]
+    assert [f.rule for f in check(units, None)] == []
+    holed = check([("A", ring)], None)
+    assert [f.rule for f in holed] == ["gap"]
+    assert holed[0].area_m2 == pytest.approx(geodesic_area(deg(box(100, 100, 200, 200))), rel=0.005)
+    # a declared exclusion (or a unit of the same level from elsewhere) fills it too
+    assert check([("A", ring)], None, fillers=[deg(box(100, 100, 200, 200))]) == []
+
+
+def test_numbering_running_back_north_west_is_a_warning() -> None:
+    rows = [(grid_code(1), box(0, 100, 100, 200)), (grid_code(2), box(100, 100, 200, 200))]
+    rows += [(grid_code(3), box(0, 0, 100, 100)), (grid_code(4), box(100, 0, 200, 100))]
+    checker = Checker(LocalMetric(X0, Y0))
+    assert checker.numbering([(c, deg(g)) for c, g in rows], COMMUNITY, "网格", "grid") == []
+    swapped = [(grid_code(4), rows[0][1]), rows[1], rows[2], (grid_code(1), rows[3][1])]
+    warnings = checker.numbering([(c, deg(g)) for c, g in swapped], COMMUNITY, "网格", "grid")
+    assert len(warnings) == 1 and warnings[0].severity == "warning"
+
+
+def test_parcels_straddling_grids_outside_them_or_misattributed() -> None:
+    grids = [(grid_code(1), box(0, 0, 100, 100)), (grid_code(2), box(100, 0, 200, 100))]
+    parcels = [
+        ("P1", box(90, 10, 120, 30), grid_code(1)),  # 10 m in grid 1, 20 m in grid 2
+        ("P2", box(150, 90, 170, 120), grid_code(2)),  # 10 m of its 30 m north of every grid
+        ("P3", box(10, 10, 20, 20), grid_code(2)),  # says grid 2, lies in grid 1
+    ]
+    checker = Checker(LocalMetric(X0, Y0))
+    found = checker.within(
+        [(c, deg(g), given) for c, g, given in parcels],
+        [(c, deg(g)) for c, g in grids],
+        zh="地块",
+        en="parcel",
+        frame_zh="网格",
+        frame_en="grid",
+        attribute="网格代码",
+    )
+    by = {(f.rule, f.codes[0]): f for f in found}
+    straddle = by[("straddles_frames", "P1")]
+    assert straddle.details["split_m2"][grid_code(2)] == pytest.approx(400, rel=0.005)
+    assert straddle.details["split_m2"][grid_code(1)] == pytest.approx(200, rel=0.005)
+    assert by[("outside_frame", "P2")].area_m2 == pytest.approx(geodesic_area(deg(box(150, 100, 170, 120))), rel=0.005)
+    assert by[("attribute_location_mismatch", "P3")].codes == ("P3", grid_code(2), grid_code(1))
+    assert ("attribute_location_mismatch", "P1") in by  # P1 lies mostly in grid 2
+
+
+# --- through the database, the API and the CLI ---------------------------------------------
+
+
+def _post(client: TestClient, layer: str, geom: BaseGeometry, **props: object) -> None:
+    feature = {"type": "Feature", "geometry": mapping(deg(geom)), "properties": props}
+    response = client.post(f"/api/layers/{layer}/features", json=json.loads(json.dumps(feature)))
+    assert response.status_code == 201, response.text
+
+
+def test_the_api_reports_findings_as_json_and_geojson(client: TestClient) -> None:
+    community, grids, defects = fixture()
+    _post(
+        client, "divisions", box(-10, -10, 410, 410), code=STREET, name="城阳街道", level="街道", parent_code="370214"
+    )
+    _post(client, "divisions", community, code=COMMUNITY, name="南疃社区", level="社区", parent_code=STREET)
+    for code, geom in grids:
+        _post(
+            client,
+            "grids",
+            geom,
+            code=code,
+            name=f"网格{code[-3:]}",
+            kind="基础网格",
+            community_code=COMMUNITY,
+            valid_from="2024-01-01",
+        )
+    body = client.get("/api/checks", params={"scope": COMMUNITY}).json()
+    rules = sorted(f["rule"] for f in body["findings"])
+    assert rules == ["gap", "overlap"], body
+    assert body["summary"]["errors"] == 2
+    gap = next(f for f in body["findings"] if f["rule"] == "gap")
+    assert gap["area_m2"] == pytest.approx(geodesic_area(deg(defects["gap"])), rel=0.005)
+    assert gap["message"].startswith("缝隙")
+    collection = client.get("/api/checks", params={"scope": COMMUNITY, "format": "geojson"}).json()
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 2
+    assert {f["id"] for f in collection["features"]} == {f["id"] for f in body["findings"]}
+    only = client.get("/api/checks", params={"scope": COMMUNITY, "rules": "numbering"}).json()
+    assert only["findings"] == []
+    assert client.get("/api/checks", params={"scope": "370214001099"}).json()["code"] == "scope_not_found"
+    assert client.get("/api/checks", params={"rules": "nope"}).json()["code"] == "rule_unknown"
+    assert client.get("/api/checks", params={"scope": "12ab"}).status_code == 422
+
+
+def test_the_demo_street_reports_exactly_its_planted_defects(session: Session) -> None:
+    from layers import demo
+    from layers.checks import run_checks
+
+    demo.load(session)
+    found = run_checks(session)
+    rule_of = {"gap": "gap", "overlap": "overlap", "zone_outside_grid": "outside_own_frame"}
+    assert len(found) == len(demo.DEFECTS), [f.message_en for f in found]
+    for defect in demo.DEFECTS:
+        match = next(f for f in found if f.rule == rule_of[defect["kind"]])
+        assert set(defect["codes"]) == set(match.codes)
+        assert match.area_m2 == pytest.approx(defect["area_m2"], rel=0.005)
+        assert match.severity == "error"
