@@ -119,6 +119,23 @@ def _polygons(geom: BaseGeometry) -> list[BaseGeometry]:
     return [p for p in shapely.get_parts(_areal(geom)) if not p.is_empty]
 
 
+def code_prefix(code: str) -> str:
+    """Return the part of a division code its children's codes start with.
+
+    GB/T 2260 pads a city or province code with zeros (临沂 371300: its counties are 3713xx);
+    street (9-digit) and community (12-digit) codes are prefixes as they stand.
+
+    Examples
+    --------
+    >>> code_prefix("371300"), code_prefix("370000"), code_prefix("370214001")
+    ('3713', '37', '370214001')
+    """
+    if len(code) == 6:
+        while code.endswith("00") and len(code) > 2:
+            code = code[:-2]
+    return code
+
+
 def _width(area: float, perimeter: float) -> float:
     """Return the mean width of a shape (2·area/perimeter: a strip's width)."""
     return 2 * area / perimeter if perimeter else 0.0
@@ -222,8 +239,9 @@ class Checker:
                     )
                 )
         if parent is not None:
+            prefix = code_prefix(parent[0])
             for code in codes:
-                if not code.startswith(parent[0]):
+                if not code.startswith(prefix):
                     geom = geoms[codes.index(code)]
                     findings.append(
                         self.finding(
