@@ -16,6 +16,7 @@ GUATU_JS = f"{STATIC_URL}/guatu/map.js"
 GUATU_CSS = f"{STATIC_URL}/guatu/map.css"
 FAVICON = f"{STATIC_URL}/guatu/favicon.svg"
 UPLOAD_JS = f"{STATIC_URL}/guatu/upload.js"
+CHECKS_JS = f"{STATIC_URL}/guatu/checks.js"
 
 REQUIRED = ("leaflet/leaflet.js", "leaflet/leaflet.css", "swagger-ui/swagger-ui-bundle.js", "swagger-ui/swagger-ui.css")
 

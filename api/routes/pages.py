@@ -5,11 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from sqlalchemy import text
 
 from api.deps import SessionDep
 from layers.base import REGISTRY
 from layers.features import layer_summary
 from web import assets
+from web.checks import build_checks_page
 from web.maps import LayerView, build_map_page
 from web.uploads import build_upload_page
 
@@ -32,6 +34,23 @@ def upload_page(request: Request) -> HTMLResponse:
     """Return the upload page (check a file, read the report, commit)."""
     layers = sorted(REGISTRY.values(), key=lambda layer: layer.order)
     return HTMLResponse(build_upload_page(layers, title=request.app.state.settings.site_title))
+
+
+@router.get("/checks", response_class=HTMLResponse)
+def checks_page(request: Request, session: SessionDep) -> HTMLResponse:
+    """Return the checks page: pick a street, community or grid; findings listed and drawn."""
+    scopes = [{"code": "", "label": "全部 Everything"}]
+    rows = session.execute(
+        text(
+            "SELECT code, name, level FROM divisions UNION ALL "
+            "SELECT code, name, '网格' FROM grids WHERE valid_to IS NULL OR valid_to > current_date ORDER BY 1"
+        )
+    ).all()
+    for code, name, level in rows:
+        indent = {"街道": "", "社区": "　", "网格": "　　"}.get(level, "")
+        scopes.append({"code": code, "label": f"{indent}{level} {code} {name}"})
+    title = request.app.state.settings.site_title
+    return HTMLResponse(build_checks_page(scopes, title=title))
 
 
 @router.get("/docs", response_class=HTMLResponse)

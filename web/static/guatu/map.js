@@ -192,6 +192,10 @@
         var link = el("a", "guatu-link", "上传数据 Upload");
         link.href = "/upload";
         sub.appendChild(link);
+        sub.appendChild(document.createTextNode(" · "));
+        var checks = el("a", "guatu-link", "边界检查 Checks");
+        checks.href = "/checks";
+        sub.appendChild(checks);
         box.appendChild(sub);
         L.DomEvent.disableClickPropagation(box);
         return box;
