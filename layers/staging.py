@@ -25,6 +25,9 @@ from spatial.geometry import STORAGE_SRID
 
 STAGE = "upload_stage"
 METRES_PER_DEGREE = 111_320.0
+SAME_PLACE_M = 0.0005
+"""Vertices closer than half a millimetre to the stored ones are the same geometry (float noise of a
+coordinate conversion), not a change."""
 
 
 def _column_types(layer: Layer) -> list[tuple[str, str]]:
@@ -147,7 +150,7 @@ def diff(session: Session, layer: Layer) -> Diff:
             new.append(index)
             continue
         shifts.append((dx, dy, x, y))
-        if fields or moved:
+        if fields or (moved and (metres or 0.0) > SAME_PLACE_M):
             changed[index] = (list(fields), round(float(metres or 0.0), 3))
         else:
             unchanged += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import hashlib
+import json
 import math
 import queue
 import threading
@@ -23,6 +24,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 import orjson
+import psycopg
 import pydantic
 from sqlalchemy import DateTime, Integer, String, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -209,12 +211,12 @@ def commit_upload(
         upload = run_upload(session, layer, raw, options, progress)
         session.commit()
         return upload_json(upload)
-    except DBAPIError as exc:
+    except (DBAPIError, psycopg.Error) as exc:  # the writer's COPY raises psycopg's own errors
         try:
             session.rollback()
-        except DBAPIError:
+        except (DBAPIError, psycopg.Error):
             pass  # the connection is gone; the transaction went with it
-        failed = _record_failure(fresh, layer, raw, options, type(exc.orig or exc).__name__)
+        failed = _record_failure(fresh, layer, raw, options, type(getattr(exc, "orig", None) or exc).__name__)
         raise Unavailable.one(
             "upload_failed",
             f"数据库在提交时出错，本次上传（#{failed}）未写入任何数据，请重新上传",
@@ -507,7 +509,13 @@ class _Checker:
     ) -> dict[str, Any] | tuple[dict[str, Any], BaseGeometry, list[dict[str, Any]]]:
         """Check feature INDEX with every rule, one by one; return its rejection entry or its clean parts."""
         raw = source.feature_bytes(index)
-        feature = orjson.loads(raw) if source.held is None else source.held[index]
+        if source.held is not None:
+            feature = source.held[index]
+        else:
+            try:
+                feature = orjson.loads(raw)
+            except orjson.JSONDecodeError:  # a number beyond a double (1e400): read as ±inf, refused as such
+                feature = json.loads(raw)
         entry: dict[str, Any] = {"index": index, "status": "rejected"}
         if isinstance(feature, dict) and feature.get("id") is not None:
             entry["id"] = feature["id"]
@@ -574,14 +582,6 @@ def _check_crs(checker: _Checker) -> None:
         problems = crs_problems(bounds, checker.declared)
         if problems:
             raise InvalidInput(problems)
-
-
-def _plain_entry(index: int, keys: dict[int, str], ids: dict[int, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"index": index}
-    if index in ids:
-        entry["id"] = ids[index]
-    entry["key"] = keys.get(index)
-    return entry
 
 
 _GC_LOCK = threading.Lock()
@@ -687,8 +687,17 @@ class _Writer(threading.Thread):
             older = [n for n, (_, props) in enumerate(rows) if props[key] in stored]
             staging.stage_rows(session, layer, [rows[n] for n in older], hexes[older])
         if fresh:
-            staging.insert_rows(session, layer, [rows[n] for n in fresh], hexes[fresh], self.upload_id)
-            self.new.extend(rows[n][0] for n in fresh)
+            # Another upload may be writing the same new keys right now: its COPY wins, ours is
+            # taken back to the savepoint and staged instead (written with ON CONFLICT at the end).
+            session.execute(text("SAVEPOINT guatu_batch"))
+            try:
+                staging.insert_rows(session, layer, [rows[n] for n in fresh], hexes[fresh], self.upload_id)
+            except psycopg.errors.UniqueViolation:
+                session.execute(text("ROLLBACK TO SAVEPOINT guatu_batch"))
+                staging.stage_rows(session, layer, [rows[n] for n in fresh], hexes[fresh])
+            else:
+                session.execute(text("RELEASE SAVEPOINT guatu_batch"))
+                self.new.extend(rows[n][0] for n in fresh)
 
 
 Progress = Callable[[int, int], None]
@@ -714,23 +723,10 @@ def _check_all(
     staged features still to write (new or changed).
     """
     checker = _Checker(session, layer, declared, repair)
-    special: dict[int, dict[str, Any]] = {}  # entries with something to say
-    omitted: dict[str, int] = {}  # beyond REPORT_ENTRY_LIMIT: counted, not listed
-    rejected_count = 0
-
-    def keep(entry: dict[str, Any]) -> None:
-        if len(special) < REPORT_ENTRY_LIMIT or entry["index"] in special:
-            special[entry["index"]] = entry
-        else:
-            status = entry.get("status", "noted")
-            omitted[status] = omitted.get(status, 0) + 1
-
-    keys: dict[int, str] = {}
+    report = _Report(checker, source.count)
     seen: dict[str, int] = {}
     extent = layer_settings().extent
     key_field = checker.key_field
-    rejected_any = False
-    preview: dict[int, Any] = {}  # index: geometry, for small uploads
     staging.create_stage(session, layer)
     writer = _Writer(session, layer, upload_id)
     writer.start()
@@ -740,8 +736,7 @@ def _check_all(
             if first == 0:
                 _check_crs(checker)  # a wrong declaration shows in the first chunk: refuse early
             for entry in checked.rejected:
-                keep(entry)
-            rejected_count += len(checked.rejected)
+                report.reject(entry)
             rows: list[tuple[int, dict[str, Any]]] = []
             geoms: list[BaseGeometry] = []
             if checked.ok:
@@ -751,10 +746,11 @@ def _check_all(
                 inside &= (boxes[:, 1] >= extent[1]) & (boxes[:, 3] <= extent[3])
             for position in order if checked.ok else []:
                 index, props, notes = checked.ok[position]
+                geom = checked.geoms[position]
                 key = props[key_field]
                 problem = None
                 if not inside[position]:
-                    problem = _outside_extent(checked.geoms[position], index)
+                    problem = _outside_extent(geom, index)
                 elif key in seen:
                     problem = Problem(
                         "duplicate_in_file",
@@ -762,25 +758,21 @@ def _check_all(
                         f"{key_field} {key} appears twice in the file (first at feature {seen[key]})",
                         Where(feature_index=index, field=f"properties.{key_field}"),
                     )
-                if problem is not None or notes:
-                    entry = _plain_entry(index, {index: key}, checker.ids)
+                report.preview(index, geom)
+                if problem is not None:
+                    entry = report.plain(index, key)
+                    entry.update(status="rejected", problems=[problem.as_dict()])
                     if notes:
                         entry["notes"] = notes
-                    if problem is not None:
-                        entry.update(status="rejected", problems=[problem.as_dict()])
-                    keep(entry)
-                if problem is not None:
-                    rejected_any = True
-                    rejected_count += 1
+                    report.reject(entry)
                     continue
                 seen[key] = index
-                keys[index] = key
+                report.keys[index] = key
+                if notes:
+                    report.note(index, notes)
                 rows.append((index, props))
-                geoms.append(checked.geoms[position])
-                if source.count <= PREVIEW_LIMIT:
-                    preview[index] = orjson.loads(shapely.to_geojson(checked.geoms[position]))
-            rejected_any = rejected_any or bool(checked.rejected)
-            if stop_on_reject and rejected_any:
+                geoms.append(geom)
+            if stop_on_reject and report.rejected:
                 writer.direct = False  # all-or-nothing and something is rejected: nothing will be written
             writer.put(rows, geoms)
             if progress is not None:
@@ -789,50 +781,113 @@ def _check_all(
         writer.finish()
     _check_crs(checker)
     for index, problems in writer.misplaced.items():
-        entry = special.get(index) or {"index": index, "key": keys.get(index)}
-        entry.update(status="rejected", problems=[p.as_dict() for p in problems])
-        keep(entry)
-        keys.pop(index, None)
-        rejected_count += 1
+        report.misplaced(index, [p.as_dict() for p in problems])
     found = staging.diff(session, layer)
-    new = set(writer.new) | set(found.new)
-    for index in new & special.keys():
-        special[index]["status"] = "new"
-    for index, (fields, moved) in found.changed.items():
-        entry = special.get(index) or _plain_entry(index, keys, checker.ids)
-        entry.update(status="changed", changed_fields=fields, moved_m=moved)
-        keep(entry)
-    total = source.count
-    summary = {
-        "total": total,
-        "new": len(new),
-        "changed": len(found.changed),
-        "unchanged": found.unchanged,
-        "rejected": rejected_count,
-    }
-    if total <= REPORT_LIST_LIMIT:
-        entries = []
-        for index in range(total):
-            entry = special.get(index) or _plain_entry(index, keys, checker.ids)
-            entry.setdefault("status", "new" if index in new else "unchanged")
-            entries.append(entry)
-        listed = "all"
-    else:
-        entries = [special[i] for i in sorted(special)]
-        for entry in entries:
-            entry.setdefault("status", "new" if entry["index"] in new else "unchanged")
-        listed = "problems"
-    for entry in entries:
-        if entry["index"] in preview and "geometry" not in entry:
-            entry["geometry"] = preview[entry["index"]]
-    report: dict[str, Any] = {"summary": summary, "features": entries, "listed": listed}
-    if omitted:
-        report["omitted"] = omitted
-    report["checked"] = {"vectorised": checker.fast, "one_by_one": checker.slow}
+    out = report.build(set(writer.new) | set(found.new), found)
     warning = _gcj02_suspicion(declared, found.shifts)
     if warning:
-        report["warnings"] = [warning]
-    return report, sorted([*found.new, *found.changed])
+        out["warnings"] = [warning]
+    return out, sorted([*found.new, *found.changed])
+
+
+class _Report:
+    """The per-feature report of an upload, bounded however big the file.
+
+    Up to REPORT_LIST_LIMIT features every one is listed; beyond, only those with something
+    to say, rejected first, then changed, then those with notes, at most REPORT_ENTRY_LIMIT;
+    the rest are counted in "omitted". Up to PREVIEW_LIMIT features entries carry geometry.
+    """
+
+    def __init__(self, checker: _Checker, total: int) -> None:
+        self.checker, self.total = checker, total
+        self.keys: dict[int, str] = {}
+        self.rejected_entries: dict[int, dict[str, Any]] = {}
+        self.noted: dict[int, list[dict[str, Any]]] = {}
+        self.rejected = 0
+        self.omitted = {"rejected": 0, "changed": 0, "with_notes": 0}
+        self.previews: dict[int, Any] = {}
+
+    def plain(self, index: int, key: str | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {"index": index}
+        if index in self.checker.ids:
+            entry["id"] = _storable(self.checker.ids[index])
+        entry["key"] = _storable(key)
+        return entry
+
+    def preview(self, index: int, geom: BaseGeometry) -> None:
+        if self.total <= PREVIEW_LIMIT:
+            self.previews[index] = orjson.loads(shapely.to_geojson(geom))
+
+    def reject(self, entry: dict[str, Any]) -> None:
+        self.rejected += 1
+        for name in ("id", "key"):
+            if name in entry:
+                entry[name] = _storable(entry[name])
+        if len(self.rejected_entries) < REPORT_ENTRY_LIMIT:
+            self.rejected_entries[entry["index"]] = entry
+        else:
+            self.omitted["rejected"] += 1
+
+    def note(self, index: int, notes: list[dict[str, Any]]) -> None:
+        if len(self.noted) < REPORT_ENTRY_LIMIT or self.total <= REPORT_LIST_LIMIT:
+            self.noted[index] = notes
+        else:
+            self.omitted["with_notes"] += 1
+
+    def misplaced(self, index: int, problems: list[dict[str, Any]]) -> None:
+        entry = self.plain(index, self.keys.pop(index, None))
+        entry.update(status="rejected", problems=problems)
+        notes = self.noted.pop(index, None)
+        if notes:
+            entry["notes"] = notes
+        self.reject(entry)
+
+    def build(self, new: set[int], found: staging.Diff) -> dict[str, Any]:
+        summary = {
+            "total": self.total,
+            "new": len(new),
+            "changed": len(found.changed),
+            "unchanged": found.unchanged,
+            "rejected": self.rejected,
+        }
+
+        def accepted(index: int) -> dict[str, Any]:
+            entry = self.plain(index, self.keys.get(index))
+            if index in found.changed:
+                fields, moved = found.changed[index]
+                entry.update(status="changed", changed_fields=fields, moved_m=moved)
+            else:
+                entry["status"] = "new" if index in new else "unchanged"
+            if index in self.noted:
+                entry["notes"] = self.noted[index]
+            return entry
+
+        if self.total <= REPORT_LIST_LIMIT:
+            entries = [self.rejected_entries.get(i) or accepted(i) for i in range(self.total)]
+            listed = "all"
+        else:
+            room = REPORT_ENTRY_LIMIT - len(self.rejected_entries)
+            changed = sorted(found.changed)
+            noted = sorted(i for i in self.noted if i not in found.changed)
+            self.omitted["changed"] += max(0, len(changed) - room)
+            room = max(0, room - len(changed))
+            self.omitted["with_notes"] += max(0, len(noted) - room)
+            picked = changed[: max(0, REPORT_ENTRY_LIMIT - len(self.rejected_entries))] + noted[:room]
+            entries = sorted([*self.rejected_entries.values(), *map(accepted, picked)], key=lambda e: e["index"])
+            listed = "problems"
+        for entry in entries:
+            if entry["index"] in self.previews and "geometry" not in entry:
+                entry["geometry"] = self.previews[entry["index"]]
+        out: dict[str, Any] = {"summary": summary, "features": entries, "listed": listed}
+        if any(self.omitted.values()):
+            out["omitted"] = {k: v for k, v in self.omitted.items() if v}
+        out["checked"] = {"vectorised": self.checker.fast, "one_by_one": self.checker.slow}
+        return out
+
+
+def _storable(value: Any) -> Any:
+    """Return VALUE fit for a JSONB report: text may not hold NUL (shown escaped instead)."""
+    return value.replace("\x00", "\\u0000") if isinstance(value, str) else value
 
 
 def _drawable(feature: Any, declared: DeclaredCrs) -> dict[str, Any] | None:

@@ -157,15 +157,23 @@ def gcj02_to_bd09(lon: Array, lat: Array) -> tuple[Array, Array]:
 
 
 def _invert(forward: object, lon: Array, lat: Array, tolerance: float = 1e-10) -> tuple[Array, Array]:
-    """Solve forward(x) = (LON, LAT) by fixed-point iteration (the offsets are small and smooth)."""
+    """Solve forward(x) = (LON, LAT) by fixed-point iteration (the offsets are small and smooth).
+
+    Each point stops on its own once it has converged, so a point's result never depends on
+    which other points are converted with it (an upload converted in chunks, or one by one,
+    stores the same coordinates).
+    """
     assert callable(forward)
-    x, y = lon.copy(), lat.copy()
+    x, y = lon.astype(np.float64, copy=True), lat.astype(np.float64, copy=True)
+    active = np.ones(x.shape, bool)
     for _ in range(30):
-        fx, fy = forward(x, y)
-        ex, ey = fx - lon, fy - lat
-        x, y = x - ex, y - ey
-        if float(np.max(np.abs(ex), initial=0.0)) < tolerance and float(np.max(np.abs(ey), initial=0.0)) < tolerance:
+        if not active.any():
             break
+        fx, fy = forward(x[active], y[active])
+        ex, ey = fx - lon[active], fy - lat[active]
+        x[active], y[active] = x[active] - ex, y[active] - ey
+        done = (np.abs(ex) < tolerance) & (np.abs(ey) < tolerance)
+        active[np.flatnonzero(active)[done]] = False
     return x, y
 
 

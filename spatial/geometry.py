@@ -85,12 +85,12 @@ _DEPTH = {"Point": 0, "MultiPoint": 1, "LineString": 1, "MultiLineString": 2, "P
 
 
 def _check_position(pos: Any) -> None:
-    """Refuse a position that is not 2 to 4 finite numbers."""
-    if not isinstance(pos, list) or not 2 <= len(pos) <= 4:
+    """Refuse a position that is not 2 or 3 finite numbers."""
+    if not isinstance(pos, list) or not 2 <= len(pos) <= 3:
         raise _field_error(
             "geometry_malformed",
-            "坐标点应为 [经度, 纬度]（可带高程）",
-            "a position must be [lon, lat] (optionally with height)",
+            "坐标点应为 [经度, 纬度] 或 [经度, 纬度, 高程]",
+            "a position must be [lon, lat] or [lon, lat, height]",
         )
     for value in pos:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -145,12 +145,20 @@ def parse_geojson_geometry(obj: Any) -> BaseGeometry:
         for part in coords:
             _check_rings(part)
     try:
-        geom = shapely.geometry.shape({"type": gtype, "coordinates": coords})
+        # Z is dropped on storage; dropping it here first closes rings in x/y, as the bulk path does
+        geom = shapely.geometry.shape({"type": gtype, "coordinates": _flat_2d(coords, _DEPTH[gtype])})
     except (ValueError, TypeError, IndexError, AttributeError, shapely.errors.GEOSException) as exc:
         raise _field_error("geometry_malformed", "几何坐标结构错误", f"geometry coordinates malformed: {exc}") from None
     if geom.is_empty:
         raise _field_error("geometry_empty", "几何图形为空", "geometry is empty")
     return geom
+
+
+def _flat_2d(coords: Any, depth: int) -> Any:
+    """Return COORDS (nested DEPTH levels above the positions) with every position cut to x, y."""
+    if depth == 0:
+        return coords[:2]
+    return [_flat_2d(item, depth - 1) for item in coords]
 
 
 def _check_rings(rings: Any) -> None:

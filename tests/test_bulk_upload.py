@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import shapely
@@ -26,6 +28,7 @@ from layers.features import check_feature
 from spatial.crs import DeclaredCrs, parse_crs
 from spatial.geojson_in import open_geojson, repeated_members
 from spatial.geometry import build_many
+from tests.conftest import migrated_database
 from tests.samples import COMMUNITY, GRID, X0, Y0, sample
 from tests.test_uploads import collection, upload
 
@@ -44,6 +47,13 @@ def parcels(n: int, *, start: int = 0) -> list[dict[str, Any]]:
         parcel["geometry"] = {"type": "Polygon", "coordinates": [ring]}
         out.append(parcel)
     return out
+
+
+@pytest.fixture
+def committed() -> Iterator[Engine]:
+    """Return an engine on a fresh migrated database whose transactions really commit."""
+    with migrated_database("guatu_test_bulk_committed") as engine:
+        yield engine
 
 
 @pytest.fixture
@@ -332,3 +342,157 @@ def test_the_collector_is_paused_only_while_checking(client: TestClient) -> None
     assert gc.isenabled()
     upload(client, collection(parcels(3)), layer="parcels", dry_run="true")
     assert gc.isenabled()
+
+
+# --- found by review: each of these was a 500, a wrong report or a spurious change ----------------
+
+
+def test_a_number_beyond_a_double_is_refused_for_that_feature_not_a_500(client: TestClient) -> None:
+    features = parcels(3)
+    raw = collection(features)
+    raw = raw.replace(b'"name": ', b'"floor_area": 1e400, "name": ', 1)  # an unknown field, and not finite
+    ring = json.dumps(features[2]["geometry"]["coordinates"][0][1]).encode()
+    raw = raw.replace(ring, b"[1e400, 36.3]", 1)
+    response = upload(client, raw, layer="parcels", dry_run="true", mode="valid-only")
+    assert response.status_code == 200, response.text
+    report = response.json()["report"]
+    assert [f["status"] for f in report["features"]] == ["rejected", "new", "rejected"]
+    assert report["features"][2]["problems"][0]["code"] == "invalid_coordinate"
+
+
+def test_gcj02_and_bd09_inverses_do_not_depend_on_the_other_points() -> None:
+    from spatial.crs import bd09_to_wgs84, gcj02_to_wgs84
+
+    rng = np.random.default_rng(7)
+    lon, lat = rng.uniform(120.0, 120.5, 300), rng.uniform(36.0, 36.5, 300)
+    for inverse in (gcj02_to_wgs84, bd09_to_wgs84):
+        together = inverse(lon, lat)
+        alone = [inverse(lon[i : i + 1], lat[i : i + 1]) for i in range(0, 300, 37)]
+        for k, i in enumerate(range(0, 300, 37)):
+            assert together[0][i] == alone[k][0][0] and together[1][i] == alone[k][1][0]
+
+
+def test_a_ring_closed_in_xy_but_not_in_z_is_stored_alike_by_both_paths() -> None:
+    features = parcels(3)
+    for feature in features:
+        ring = feature["geometry"]["coordinates"][0]
+        feature["geometry"]["coordinates"][0] = [[*p, 10.0] for p in ring[:-1]] + [[*ring[-1], 10.5]]
+    fast, slow = _fast_and_slow("parcels", features, parse_crs("EPSG:4490"))
+    assert fast.keys() == slow.keys() == {0, 1, 2}
+    for index in fast:
+        assert shapely.to_wkb(fast[index][1]) == shapely.to_wkb(slow[index][1])
+        assert shapely.get_num_coordinates(fast[index][1]) == 5
+
+
+def test_reports_list_rejections_before_notes_and_count_the_rest_by_kind(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uploads, "REPORT_LIST_LIMIT", 5)
+    monkeypatch.setattr(uploads, "REPORT_ENTRY_LIMIT", 3)
+    monkeypatch.setattr(uploads, "CHUNK", 2)
+    features = parcels(12)
+    for feature in features[:8]:  # Z dropped: a note on each of the first eight
+        feature["geometry"]["coordinates"][0] = [[*p, 1.0] for p in feature["geometry"]["coordinates"][0]]
+    features[10]["properties"]["ownership"] = "私有"
+    report = upload(client, collection(features), layer="parcels", dry_run="true").json()["report"]
+    assert report["summary"]["rejected"] == 1
+    listed = {f["index"]: f["status"] for f in report["features"]}
+    assert listed[10] == "rejected" and len(listed) == 3
+    assert report["omitted"] == {"with_notes": 6}
+
+
+def test_preview_geometry_and_ids_stay_with_features_rejected_late(client: TestClient) -> None:
+    for layer in ("divisions", "grids"):
+        assert upload(client, collection([sample(layer)]), layer=layer).json()["status"] == "committed"
+    features = parcels(3)
+    features[1]["properties"]["code"] = features[0]["properties"]["code"]  # duplicate in the file
+    features[2]["properties"]["grid_code"] = GRID[:-1] + "9"  # misplaced: found by the writer
+    features[2]["id"] = "P-3\x00"
+    report = upload(client, collection(features), layer="parcels", dry_run="true").json()["report"]
+    first, duplicate, misplaced = report["features"]
+    assert duplicate["problems"][0]["code"] == "duplicate_in_file" and duplicate["geometry"]["type"] == "MultiPolygon"
+    assert misplaced["problems"][0]["code"] == "location_mismatch"
+    assert misplaced["id"] == "P-3\\u0000"  # kept, and storable (JSONB holds no NUL)
+    assert first["status"] == "new" and "geometry" in first
+
+
+def test_two_uploads_writing_the_same_new_keys_at_once_both_commit(committed: Engine) -> None:
+    import threading
+
+    import psycopg
+
+    from layers.uploads import UploadOptions, commit_upload
+    from spatial.db import make_sessionmaker
+
+    factory = make_sessionmaker(committed)
+    real = staging.insert_rows
+    first_wrote, second_writes = threading.Event(), threading.Event()
+    collided: list[str] = []
+
+    def racing(session: Session, *args: Any, **kwargs: Any) -> None:
+        if threading.current_thread().name == "guatu-upload-writer" and not first_wrote.is_set():
+            real(session, *args, **kwargs)  # the first upload's rows are in, not yet committed
+            first_wrote.set()
+            second_writes.wait(5)  # let the other one find no such keys and try to COPY them too
+            return
+        second_writes.set()
+        try:
+            real(session, *args, **kwargs)
+        except psycopg.errors.UniqueViolation:
+            collided.append(threading.current_thread().name)  # the race really happened
+            raise
+
+    results: dict[str, Any] = {}
+
+    def run(name: str, features: list[dict[str, Any]], crs: str | None) -> None:
+        with factory() as session:
+            results[name] = commit_upload(
+                session, factory, REGISTRY["parcels"], collection(features), UploadOptions(crs=crs)
+            )
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(staging, "insert_rows", racing)
+        a = threading.Thread(target=run, args=("a", parcels(10), None))
+        b = threading.Thread(target=run, args=("b", parcels(10, start=5), "CGCS2000"))  # another lock
+        a.start()
+        first_wrote.wait(10)
+        b.start()
+        a.join(30)
+        b.join(30)
+    assert results["a"]["status"] == results["b"]["status"] == "committed"
+    assert collided == ["guatu-upload-writer"]  # b's COPY met a's keys, and was staged instead
+    with factory() as session:
+        assert len(stored_codes(session)) == 15
+
+
+def test_the_connection_killed_during_the_writers_copy_writes_nothing(
+    committed: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    from layers.uploads import UploadOptions, commit_upload
+    from spatial.db import make_sessionmaker
+    from spatial.errors import Unavailable
+
+    monkeypatch.setattr(uploads, "CHUNK", 5)
+    monkeypatch.setattr(uploads, "WRITE_BATCH", 5)
+    factory = make_sessionmaker(committed)
+    real = staging.insert_rows
+    calls = []
+
+    def killed(session: Session, *args: Any, **kwargs: Any) -> None:
+        real(session, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # mid-upload: two batches in, more to come
+            pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            dsn = committed.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    monkeypatch.setattr(staging, "insert_rows", killed)
+    with factory() as session, pytest.raises(Unavailable) as caught:
+        commit_upload(session, factory, REGISTRY["parcels"], collection(parcels(30)), UploadOptions())
+    assert caught.value.code == "upload_failed"
+    with factory() as session:
+        assert stored_codes(session) == set()
+        assert session.execute(text("SELECT status FROM uploads")).scalars().all() == ["failed"]
