@@ -97,6 +97,7 @@ bench: database ## benchmarks in bench/ (guatu beside its peer in one run)
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends gdal-bin; }
 	$(BIN)/python bench/bbox_features.py
 	$(BIN)/python bench/import_parcels.py --n $${BENCH_PARCELS:-100000} --memory-mb $${BENCH_MEMORY_MB:-200}
+	$(BIN)/python bench/check_coverage.py
 
 stop: venv ## stop the local PostGIS
 	$(BIN)/guatu db stop
