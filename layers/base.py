@@ -278,6 +278,8 @@ class Layer:
     locators: tuple[Locator, ...] = ()
     cross_rules: tuple[CrossRule, ...] = ()
     rules: tuple[Rule, ...] = ()
+    history: bool = False
+    """Keep every replaced version (with valid_from / valid_to) in ``<table>_versions``: boundaries change."""
     order: int = 0
     description_zh: str = ""
     model: Any = field(init=False)
@@ -287,6 +289,33 @@ class Layer:
         """Build the model and the schema from the fields."""
         self.model = self._build_model()
         self.schema = self._build_schema()
+        self.history_model = self._build_history_model() if self.history else None
+
+    @property
+    def history_table(self) -> str | None:
+        """Return the table of replaced versions, if this layer keeps them."""
+        return f"{self.table}_versions" if self.history else None
+
+    def _build_history_model(self) -> Any:
+        """Return the model of replaced versions: the same fields, no keys, filled by a trigger."""
+        table = f"{self.table}_versions"
+        attrs: dict[str, Any] = {
+            "__tablename__": table,
+            "__table_args__": (
+                Index(f"ix_{table}_code_dates", "code", "valid_from", "valid_to"),
+                Index(f"ix_{table}_geom", "geom", postgresql_using="gist"),
+                {"comment": f"{self.zh}历史版本 {self.en}: replaced versions"},
+            ),
+            "__annotations__": {"id": Mapped[int]},
+            "id": mapped_column(Integer, primary_key=True),
+            "geom": mapped_column(Geometry(self.geometry_type, srid=STORAGE_SRID, spatial_index=False), nullable=False),
+            "replaced_at": mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False),
+            "upload_id": mapped_column(Integer, nullable=True),
+        }
+        for f in self.fields:
+            attrs[f.name] = f.column()
+        name = "".join(part.title() for part in table.split("_"))
+        return type(name, (Base,), attrs)
 
     @property
     def table(self) -> str:

@@ -75,10 +75,11 @@ def _load(
     if scoped:
         conditions.append("(" + " OR ".join(scoped) + ")")
     names = layer.field_names
-    query = f"SELECT {', '.join(names)}, ST_AsBinary(geom) FROM {layer.table}"
-    if conditions:
-        query += " WHERE " + " AND ".join(conditions)
-    rows = session.execute(text(query + " ORDER BY code"), params).all()
+    where_sql = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    query = f"SELECT {', '.join(names)}, ST_AsBinary(geom) FROM {layer.table}{where_sql}"
+    if layer.history_table and _versioned(layer):  # the versions in force then, replaced since
+        query += f" UNION ALL SELECT {', '.join(names)}, ST_AsBinary(geom) FROM {layer.history_table}{where_sql}"
+    rows = session.execute(text(query + " ORDER BY 1"), params).all()
     return [Row(row[0], dict(zip(names, row[:-1], strict=True)), shapely.from_wkb(row[-1])) for row in rows]
 
 

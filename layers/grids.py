@@ -57,6 +57,7 @@ GRIDS = register(
         ),
         locators=(IN_COMMUNITY,),
         cross_rules=(grid_code_rules("code"), _dates),
+        history=True,  # boundaries change: every replaced version is kept, checks run as of a date
         rules=(Coverage("divisions", "community_code", parent_where=(("level", "社区"),), numbered=True),),  # 无缝拼接
         order=20,
     )

@@ -246,6 +246,18 @@ class Checker:
         scope = parent[0] if parent else None
         codes, geoms, findings = self.prepare(children, child_zh, child_en, scope)
         if not codes:
+            if parent is not None:  # nothing tiles it yet (or nothing was in force on that date)
+                findings.append(
+                    self.finding(
+                        "no_children",
+                        "warning",
+                        [parent[0]],
+                        self.metric.to_m(parent[1]),
+                        f"{parent_zh} {parent[0]} 没有任何{child_zh}",
+                        f"{parent_en} {parent[0]} has no {child_en}",
+                        scope,
+                    )
+                )
             return findings
         tol = self.tol
         for code, count in Counter(codes).items():

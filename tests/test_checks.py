@@ -207,3 +207,46 @@ def test_the_demo_street_reports_exactly_its_planted_defects(session: Session) -
         assert set(defect["codes"]) == set(match.codes)
         assert match.area_m2 == pytest.approx(defect["area_m2"], rel=0.005)
         assert match.severity == "error"
+
+
+def test_editing_a_grid_keeps_its_old_boundary_and_checks_run_as_of_a_date(
+    client: TestClient, session: Session
+) -> None:
+    import datetime as dt
+
+    from sqlalchemy import text
+
+    community, grids, _ = fixture()
+    _post(client, "divisions", community, code=COMMUNITY, name="南疃社区", level="社区", parent_code=STREET)
+    for code, geom in grids:
+        _post(
+            client,
+            "grids",
+            geom,
+            code=code,
+            name=f"网格{code[-3:]}",
+            kind="基础网格",
+            community_code=COMMUNITY,
+            valid_from="2024-01-01",
+        )
+    listed = client.get("/api/layers/grids/features").json()["features"]
+    first = next(f for f in listed if f["properties"]["code"] == grid_code(1))
+    fixed = dict(first, geometry=mapping(deg(box(0, 200, 200, 400))))  # the gap closed
+    fixed["properties"] = {
+        k: v for k, v in first["properties"].items() if k not in ("area_m2", "area_mu", "updated_at")
+    }
+    assert (
+        client.put(f"/api/layers/grids/features/{first['id']}", json=json.loads(json.dumps(fixed))).status_code == 200
+    )
+
+    today = dt.date.today()
+    kept = session.execute(text("SELECT code, valid_from, valid_to FROM grids_versions")).all()
+    assert kept == [(grid_code(1), dt.date(2024, 1, 1), today)]
+    now = client.get(f"/api/layers/grids/features/{first['id']}").json()["properties"]
+    assert now["valid_from"] == today.isoformat()
+    assert [f["rule"] for f in client.get("/api/checks", params={"scope": COMMUNITY}).json()["findings"]] == ["overlap"]
+    before = (today - dt.timedelta(days=1)).isoformat()
+    then = client.get("/api/checks", params={"scope": COMMUNITY, "as_of": before}).json()
+    assert sorted(f["rule"] for f in then["findings"]) == ["gap", "overlap"]  # the old boundary, with its gap
+    earlier = client.get("/api/checks", params={"scope": COMMUNITY, "as_of": "2023-06-01"}).json()["findings"]
+    assert [(f["rule"], f["severity"]) for f in earlier] == [("no_children", "warning")]  # no grid in force yet

@@ -10,7 +10,7 @@
     outside_frame: "不在网格内 outside grids", outside_own_frame: "越出所属网格 outside own grid",
     straddles_frames: "跨网格 straddles grids", attribute_location_mismatch: "属性与位置不符 attribute vs location",
     not_near_link: "未与宅基地相接 not at homestead", link_missing: "关联缺失 link missing",
-    household_without_zone: "无责任区 no zone"
+    household_without_zone: "无责任区 no zone", no_children: "尚无下级 nothing inside"
   };
 
   function el(tag, cls, text) {
