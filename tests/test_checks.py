@@ -250,3 +250,38 @@ def test_editing_a_grid_keeps_its_old_boundary_and_checks_run_as_of_a_date(
     assert sorted(f["rule"] for f in then["findings"]) == ["gap", "overlap"]  # the old boundary, with its gap
     earlier = client.get("/api/checks", params={"scope": COMMUNITY, "as_of": "2023-06-01"}).json()["findings"]
     assert [(f["rule"], f["severity"]) for f in earlier] == [("no_children", "warning")]  # no grid in force yet
+
+
+def test_courtyard_zones_overlap_far_from_home_and_homes_without_a_zone(client: TestClient) -> None:
+    """一户一区: zones do not overlap, touch their household's homestead, and every homestead has one."""
+    community, _, _ = fixture()
+    _post(client, "divisions", community, code=COMMUNITY, name="南疃社区", level="社区", parent_code=STREET)
+    _post(
+        client,
+        "grids",
+        community,
+        code=grid_code(1),
+        name="网格1",
+        kind="基础网格",
+        community_code=COMMUNITY,
+        valid_from="2024-01-01",
+    )
+    homes = {f"{COMMUNITY}{n:07d}": box(20 + 40 * n, 100, 40 + 40 * n, 120) for n in range(1, 4)}
+    for code, geom in homes.items():
+        _post(client, "parcels", geom, code=code, land_use_code="0702", ownership="集体", use_status="自用")
+    codes = list(homes)
+    zone = {"household_head": "李明华", "scope": "房前", "grid_code": grid_code(1), "community_code": COMMUNITY}
+    _post(client, "zones", box(60, 90, 80, 100), code=grid_code(1) + "001", homestead_parcel_code=codes[0], **zone)
+    _post(client, "zones", box(75, 85, 90, 100), code=grid_code(1) + "002", homestead_parcel_code=codes[0], **zone)
+    _post(client, "zones", box(100, 60, 120, 70), code=grid_code(1) + "003", homestead_parcel_code=codes[1], **zone)
+    body = client.get("/api/checks", params={"scope": COMMUNITY}).json()
+    found = {(f["rule"], tuple(f["codes"])) for f in body["findings"]}
+    overlap = next(f for f in body["findings"] if f["rule"] == "overlap")
+    assert set(overlap["codes"]) == {grid_code(1) + "001", grid_code(1) + "002"}
+    assert overlap["area_m2"] == pytest.approx(geodesic_area(deg(box(75, 90, 80, 100))), rel=0.005)
+    far = next(f for f in body["findings"] if f["rule"] == "not_near_link")
+    assert far["codes"] == [grid_code(1) + "003", codes[1]] and far["details"]["distance_m"] == pytest.approx(
+        30, rel=0.01
+    )
+    assert ("household_without_zone", (codes[2],)) in found
+    assert all(f["severity"] == "warning" for f in body["findings"] if f["rule"] != "overlap")
