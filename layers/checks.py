@@ -32,7 +32,7 @@ RULES = {
 }
 
 
-LEVEL_EN = {"街道": "street", "社区": "community", "乡镇": "township", "村": "village"}
+LEVEL_EN = {"区县": "county", "街道": "street", "社区": "community", "乡镇": "township", "村": "village"}
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def _run(
                     units,
                     (parent.code, parent.geom),
                     child_zh=layer.zh if rule.parent != layer.id else str(rule.child_where[0][1]),
-                    child_en=layer.en if rule.parent != layer.id else "community",
+                    child_en=layer.en if rule.parent != layer.id else LEVEL_EN.get(str(rule.child_where[0][1]), "unit"),
                     parent_zh=str(level or parent_layer.zh),
                     parent_en=LEVEL_EN.get(str(level), parent_layer.en),
                 )

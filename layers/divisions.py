@@ -6,20 +6,21 @@ from typing import Any
 
 from layers.base import Coverage, Field, Layer, Style, register
 
-LEVELS = ("街道", "社区")
+LEVELS = ("区县", "街道", "社区")
 
 
 def _level_matches_code(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
     code, level, parent = props.get("code") or "", props.get("level"), props.get("parent_code")
-    want = {"街道": 9, "社区": 12}.get(level or "")
+    want = {"区县": 6, "街道": 9, "社区": 12}.get(level or "")
     if want and len(code) != want:
         return ("code_inconsistent", "code", f"{level}代码应为 {want} 位", f"a {level} code has {want} digits")
-    if parent and code and parent != code[:-3]:
+    expected = code[:4] + "00" if len(code) == 6 else code[:-3]  # a county's parent is its city (GB/T 2260)
+    if parent and code and parent != expected:
         return (
             "code_inconsistent",
             "parent_code",
-            f"上级代码应为 {code[:-3]}",
-            f"parent code must be {code[:-3]}",
+            f"上级代码应为 {expected}",
+            f"parent code must be {expected}",
         )
     return None
 
@@ -29,7 +30,7 @@ DIVISIONS = register(
         id="divisions",
         zh="行政区划",
         en="Divisions",
-        description_zh="街道（9位）与社区/村（12位）边界，网格核查的框架",
+        description_zh="区县（6位）、街道（9位）与社区/村（12位）边界，网格核查的框架",
         fields=[
             Field(
                 "code",
@@ -37,8 +38,8 @@ DIVISIONS = register(
                 "Division code",
                 "code",
                 required=True,
-                pattern="^([0-9]{9}|[0-9]{12})$",
-                pattern_zh="9位街道或12位社区/村代码",
+                pattern="^([0-9]{6}|[0-9]{9}|[0-9]{12})$",
+                pattern_zh="6位区县、9位街道或12位社区/村代码",
                 max_length=12,
             ),
             Field("name", "名称", "Name", required=True, max_length=60),
@@ -49,11 +50,15 @@ DIVISIONS = register(
         accepts=("Polygon", "MultiPolygon"),
         stored=("MultiPolygon",),
         style=Style(
-            by="level", colors={"街道": "#111827", "社区": "#2563eb"}, fill_opacity=0.0, weight=2.5, fill=False
+            by="level",
+            colors={"区县": "#7f1d1d", "街道": "#111827", "社区": "#2563eb"},
+            fill_opacity=0.0,
+            weight=2.5,
+            fill=False,
         ),
         cross_rules=(_level_matches_code,),
-        # communities tile their street
-        rules=(
+        rules=(  # streets tile their county, communities their street
+            Coverage("divisions", "parent_code", parent_where=(("level", "区县"),), child_where=(("level", "街道"),)),
             Coverage("divisions", "parent_code", parent_where=(("level", "街道"),), child_where=(("level", "社区"),)),
         ),
         order=10,

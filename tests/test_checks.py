@@ -285,3 +285,20 @@ def test_courtyard_zones_overlap_far_from_home_and_homes_without_a_zone(client: 
     )
     assert ("household_without_zone", (codes[2],)) in found
     assert all(f["severity"] == "warning" for f in body["findings"] if f["rule"] != "overlap")
+
+
+def test_streets_tile_their_county(client: TestClient) -> None:
+    county = box(0, 0, 800, 400)
+    _post(client, "divisions", county, code="370214", name="城阳区", level="区县", parent_code="370200")
+    _post(client, "divisions", box(0, 0, 400, 400), code=STREET, name="城阳街道", level="街道", parent_code="370214")
+    east = box(400, 0, 800, 400).difference(box(700, 0, 800, 50))  # 100 m × 50 m of the county in no street
+    _post(client, "divisions", east, code="370214002", name="流亭街道", level="街道", parent_code="370214")
+    body = client.get("/api/checks", params={"scope": "370214", "rules": "coverage"}).json()
+    gaps = [f for f in body["findings"] if f["rule"] == "gap" and f["scope"] == "370214"]
+    assert len(gaps) == 1 and gaps[0]["area_m2"] == pytest.approx(geodesic_area(deg(box(700, 0, 800, 50))), rel=0.005)
+    assert gaps[0]["message_zh"].endswith("在区县 370214 内")
+    wrong = {"type": "Feature", "geometry": mapping(deg(box(0, 0, 1, 1))), "properties": {}}
+    wrong["properties"] = {"code": "370214", "name": "x", "level": "区县", "parent_code": "370201"}
+    assert client.post("/api/layers/divisions/features", json=json.loads(json.dumps(wrong))).json()["code"] == (
+        "code_inconsistent"
+    )

@@ -48,7 +48,7 @@ def test_upgrade_then_demo_twice_creates_no_duplicates() -> None:
     url = recreate_database("guatu_test_cli")
     upgraded = run("db", "upgrade", url=url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "→ 0004" in upgraded.stderr
+    assert "→ 0005" in upgraded.stderr
 
     first = run("demo", "load", url=url)
     assert first.returncode == 0, first.stderr

@@ -15,6 +15,8 @@ from layers.checks import RULES, findings_geojson, run_checks
 from spatial.topology import Tolerance
 
 router = APIRouter(tags=["checks"])
+SCOPE_PATTERN = r"^[0-9]{6}([0-9]{3}([0-9]{3}([0-9]{3,4})?)?)?$"
+"""A county (6 digits), street (9), community (12) or grid (15–16) code."""
 
 
 def report(findings: list[Any], scope: str | None, as_of: dt.date, tolerance: Tolerance) -> dict[str, Any]:
@@ -39,7 +41,7 @@ def report(findings: list[Any], scope: str | None, as_of: dt.date, tolerance: To
 async def checks(
     session: SessionDep,
     scope: Annotated[
-        str | None, Query(pattern=r"^[0-9]{9}([0-9]{3}([0-9]{3,4})?)?$", description="street, community or grid code")
+        str | None, Query(pattern=SCOPE_PATTERN, description="county, street, community or grid code")
     ] = None,
     rules: Annotated[str | None, Query(description="comma-separated: " + ", ".join(RULES))] = None,
     as_of: Annotated[dt.date | None, Query(description="check the boundaries in force on this date")] = None,
