@@ -302,3 +302,33 @@ def test_streets_tile_their_county(client: TestClient) -> None:
     assert client.post("/api/layers/divisions/features", json=json.loads(json.dumps(wrong))).json()["code"] == (
         "code_inconsistent"
     )
+
+
+def test_a_zone_sticking_out_of_its_grid_by_a_known_area() -> None:
+    grids = [(grid_code(1), box(0, 0, 100, 100)), (grid_code(2), box(100, 0, 200, 100))]
+    zones = [(grid_code(1) + "001", box(80, 40, 112, 50), grid_code(1))]  # 12 m × 10 m in grid 2
+    found = Checker(LocalMetric(X0, Y0)).within(
+        [(c, deg(g), given) for c, g, given in zones],
+        [(c, deg(g)) for c, g in grids],
+        zh="一户一区",
+        en="zone",
+        frame_zh="网格",
+        frame_en="grid",
+        attribute="网格编码",
+        own_frame_only=True,
+    )
+    assert [f.rule for f in found] == ["outside_own_frame"]
+    assert found[0].codes == (grid_code(1) + "001", grid_code(1), grid_code(2))
+    assert found[0].area_m2 == pytest.approx(geodesic_area(deg(box(100, 40, 112, 50))), rel=0.005)
+
+
+def test_guatu_check_exits_1_on_errors_and_prints_geojson(session: Session) -> None:
+    from typer.testing import CliRunner
+
+    from api import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["check", "--format", "bogus"])
+    assert result.exit_code == 2
+    result = runner.invoke(cli.app, ["check", "--as-of", "yesterday"])
+    assert result.exit_code == 2

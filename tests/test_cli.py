@@ -63,6 +63,27 @@ def test_upgrade_then_demo_twice_creates_no_duplicates() -> None:
     assert skipped.returncode == 0 and "跳过" in skipped.stderr
     assert counts(url) == after_first
 
+    # the demo's planted defects are exactly what `guatu check` reports (errors: exit 1)
+    import json
+
+    from layers import demo
+
+    checked = run("check", "--format", "json", url=url)
+    assert checked.returncode == 1, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["summary"] == {
+        "errors": 3,
+        "warnings": 0,
+        "by_rule": {"outside_own_frame": 1, "overlap": 1, "gap": 1},
+    }
+    kinds = {"gap": "gap", "overlap": "overlap", "zone_outside_grid": "outside_own_frame"}
+    for defect in demo.DEFECTS:
+        found = next(f for f in report["findings"] if f["rule"] == kinds[defect["kind"]])
+        assert set(found["codes"]) == set(defect["codes"])
+        assert abs(found["area_m2"] - defect["area_m2"]) <= 0.005 * defect["area_m2"]
+    clean = run("check", "--scope", "370214001002", url=url)
+    assert clean.returncode == 0 and "错误 errors: 0" in clean.stderr
+
 
 def test_import_dry_run_then_commit_then_replay(tmp_path: Path) -> None:
     import json
