@@ -160,11 +160,8 @@ def _post(client: TestClient, layer: str, geom: BaseGeometry, **props: object) -
     assert response.status_code == 201, response.text
 
 
-def test_the_api_reports_findings_as_json_and_geojson(client: TestClient) -> None:
-    community, grids, defects = fixture()
-    _post(
-        client, "divisions", box(-10, -10, 410, 410), code=STREET, name="城阳街道", level="街道", parent_code="370214"
-    )
+def _post_community(client: TestClient, community: BaseGeometry, grids: list[tuple[str, BaseGeometry]]) -> None:
+    """Store the fixture's community and its grids (in force since 2024) through the API."""
     _post(client, "divisions", community, code=COMMUNITY, name="南疃社区", level="社区", parent_code=STREET)
     for code, geom in grids:
         _post(
@@ -177,6 +174,14 @@ def test_the_api_reports_findings_as_json_and_geojson(client: TestClient) -> Non
             community_code=COMMUNITY,
             valid_from="2024-01-01",
         )
+
+
+def test_the_api_reports_findings_as_json_and_geojson(client: TestClient) -> None:
+    community, grids, defects = fixture()
+    _post(
+        client, "divisions", box(-10, -10, 410, 410), code=STREET, name="城阳街道", level="街道", parent_code="370214"
+    )
+    _post_community(client, community, grids)
     body = client.get("/api/checks", params={"scope": COMMUNITY}).json()
     rules = sorted(f["rule"] for f in body["findings"])
     assert rules == ["gap", "overlap"], body
@@ -217,18 +222,7 @@ def test_editing_a_grid_keeps_its_old_boundary_and_checks_run_as_of_a_date(
     from sqlalchemy import text
 
     community, grids, _ = fixture()
-    _post(client, "divisions", community, code=COMMUNITY, name="南疃社区", level="社区", parent_code=STREET)
-    for code, geom in grids:
-        _post(
-            client,
-            "grids",
-            geom,
-            code=code,
-            name=f"网格{code[-3:]}",
-            kind="基础网格",
-            community_code=COMMUNITY,
-            valid_from="2024-01-01",
-        )
+    _post_community(client, community, grids)
     listed = client.get("/api/layers/grids/features").json()["features"]
     first = next(f for f in listed if f["properties"]["code"] == grid_code(1))
     fixed = dict(first, geometry=mapping(deg(box(0, 200, 200, 400))))  # the gap closed

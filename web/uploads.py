@@ -24,9 +24,9 @@ CRS_CHOICES = [
 ]
 
 
-def build_upload_page(layers: Sequence[Layer], *, title: str, api_base: str = "/api") -> str:
-    """Return the HTML of the upload page."""
-    fig = folium.Figure(title=html.escape(f"上传数据 Upload · {title} · guatu 挂图"))
+def page_shell(title: str, script: str) -> tuple[folium.Figure, folium.Map]:
+    """Return a full-page map with the app's own Leaflet, guatu's CSS, the favicon and SCRIPT."""
+    fig = folium.Figure(title=html.escape(title))
     fmap = folium.Map(location=DEFAULT_CENTER, zoom_start=13, tiles=None, control_scale=True)
     fmap.default_js = [("leaflet", assets.LEAFLET_JS)]
     fmap.default_css = [("leaflet_css", assets.LEAFLET_CSS)]
@@ -35,7 +35,13 @@ def build_upload_page(layers: Sequence[Layer], *, title: str, api_base: str = "/
     assert isinstance(root, Figure)
     root.header.add_child(Element(f'<link rel="icon" href="{assets.FAVICON}" type="image/svg+xml">'))
     root.header.add_child(CssLink(assets.GUATU_CSS))
-    root.header.add_child(JavascriptLink(assets.UPLOAD_JS))
+    root.header.add_child(JavascriptLink(script))
+    return fig, fmap
+
+
+def build_upload_page(layers: Sequence[Layer], *, title: str, api_base: str = "/api") -> str:
+    """Return the HTML of the upload page."""
+    fig, fmap = page_shell(f"上传数据 Upload · {title} · guatu 挂图", assets.UPLOAD_JS)
     options = {
         "api": api_base,
         "title": title,

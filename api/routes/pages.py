@@ -47,7 +47,7 @@ def checks_page(request: Request, session: SessionDep) -> HTMLResponse:
         )
     ).all()
     for code, name, level in rows:
-        indent = {"街道": "", "社区": "　", "网格": "　　"}.get(level, "")
+        indent = {"区县": "", "街道": "　", "社区": "　　", "网格": "　　　"}.get(level, "")
         scopes.append({"code": code, "label": f"{indent}{level} {code} {name}"})
     title = request.app.state.settings.site_title
     return HTMLResponse(build_checks_page(scopes, title=title))
