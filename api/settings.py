@@ -15,3 +15,5 @@ class ApiSettings(BaseSettings):
     site_title: str = "城阳街道 集体资源一张图"
     max_feature_bytes: int = 20 * 1024 * 1024
     max_upload_bytes: int = 200 * 1000 * 1000
+    tile_cache_size: int = 4096
+    """Vector tiles kept in memory (0: none); every write through the app invalidates its layer's."""

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import LayerDep, SessionDep
+from api.routes.tiles import tile_cache
 from layers.uploads import Upload, UploadOptions, commit_upload, get_upload, upload_json
 from spatial.crs import Axis
 from spatial.errors import TooLarge
@@ -89,6 +90,8 @@ async def create_upload(
         idempotency_key=idempotency_key,
     )
     result = await run_in_threadpool(commit_upload, session, request.app.state.sessions, layer, raw, options)
+    if result["status"] == "committed":
+        tile_cache(request).bump(layer.id)
     status = {"committed": 201, "dry_run": 200, "rejected": 422}.get(result["status"], 200)
     return JSONResponse(result, status_code=status)
 

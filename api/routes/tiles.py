@@ -1,0 +1,113 @@
+"""Vector tiles: `/tiles/{layer}/{z}/{x}/{y}.pbf` (MVT) and `/tiles/{layer}.json` (TileJSON).
+
+Tiles carry an ETag (a client sending it back gets 304) and are kept in a small in-process
+cache that every write through this app invalidates for its layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import LayerDep, SessionDep
+from layers.features import layer_summary
+from layers.tiles import render_tile, tile, tilejson
+
+MVT = "application/vnd.mapbox-vector-tile"
+router = APIRouter(tags=["tiles"])
+
+
+class TileCache:
+    """Recently served tiles and layer extents, by layer generation (bumped on every write)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.generation: dict[str, int] = {}
+        self.extents: dict[str, tuple[int, list[float] | None]] = {}
+        self.tiles: OrderedDict[tuple[str, int, int, int, int], tuple[bytes, str]] = OrderedDict()
+        self.lock = threading.Lock()
+        self.hits = 0
+
+    def bump(self, layer_id: str) -> None:
+        """Forget every tile of LAYER_ID: it was written to."""
+        with self.lock:
+            self.generation[layer_id] = self.generation.get(layer_id, 0) + 1
+
+    def get(self, key: tuple[str, int, int, int]) -> tuple[bytes, str] | None:
+        """Return the cached (bytes, ETag) of tile KEY (layer, z, x, y) of the current generation."""
+        with self.lock:
+            found = self.tiles.get((*key, self.generation.get(key[0], 0)))
+            if found is not None:
+                self.hits += 1
+                self.tiles.move_to_end((*key, self.generation.get(key[0], 0)))
+            return found
+
+    def put(self, key: tuple[str, int, int, int], value: tuple[bytes, str]) -> None:
+        """Keep tile KEY's (bytes, ETag), forgetting the least recently used beyond the size."""
+        if self.size <= 0:
+            return
+        with self.lock:
+            self.tiles[(*key, self.generation.get(key[0], 0))] = value
+            while len(self.tiles) > self.size:
+                self.tiles.popitem(last=False)
+
+
+def tile_cache(request: Request) -> TileCache:
+    """Return the app's tile cache (created on first use)."""
+    state = request.app.state
+    if not hasattr(state, "tiles"):
+        state.tiles = TileCache(getattr(state.settings, "tile_cache_size", 4096))
+    cache: TileCache = state.tiles
+    return cache
+
+
+def _extent(request: Request, session: Any, layer: Any) -> list[float] | None:
+    cache = tile_cache(request)
+    generation = cache.generation.get(layer.id, 0)
+    known = cache.extents.get(layer.id)
+    if known is not None and known[0] == generation:
+        return known[1]
+    extent: list[float] | None = layer_summary(session, layer)["extent"]
+    cache.extents[layer.id] = (generation, extent)
+    return extent
+
+
+@router.get("/tiles/{layer_id}/{z}/{x}/{y}.pbf", summary="矢量瓦片 Vector tile (MVT)")
+async def vector_tile(
+    layer: LayerDep,
+    session: SessionDep,
+    request: Request,
+    z: Annotated[int, Path(ge=0, le=30)],
+    x: Annotated[int, Path(ge=0)],
+    y: Annotated[int, Path(ge=0)],
+) -> Response:
+    """Return one tile of LAYER: id, code, name and the styled field of each feature."""
+    address = tile(z, x, y)
+    cache = tile_cache(request)
+    key = (layer.id, z, x, y)
+    cached = cache.get(key)
+    if cached is None:
+        extent = _extent(request, session, layer)
+        data = await run_in_threadpool(render_tile, session, layer, address, extent)
+        cached = (data, '"' + hashlib.sha1(data, usedforsecurity=False).hexdigest()[:20] + '"')
+        cache.put(key, cached)
+    data, etag = cached
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=60, must-revalidate"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    if not data:
+        return Response(status_code=204, headers=headers)
+    return Response(data, media_type=MVT, headers=headers)
+
+
+@router.get("/tiles/{layer_id}.json", summary="TileJSON")
+def layer_tilejson(layer: LayerDep, session: SessionDep, request: Request) -> JSONResponse:
+    """Return the TileJSON document of LAYER's vector tiles."""
+    base = str(request.base_url).rstrip("/")
+    return JSONResponse(tilejson(layer, base, _extent(request, session, layer)))
