@@ -1,0 +1,63 @@
+"""Statistics follow the filter: counted here again from the listed features, independently of the SQL."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from layers import demo
+
+
+@pytest.fixture
+def demo_client(client: TestClient, session: Session) -> TestClient:
+    demo.load(session)
+    session.flush()
+    return client
+
+
+def parcels(client: TestClient) -> list[dict]:
+    listed: list[dict] = client.get("/api/layers/parcels/features", params={"limit": 10000}).json()["features"]
+    return [f["properties"] for f in listed]
+
+
+def test_totals_status_and_roll_up_agree_with_the_features(demo_client: TestClient) -> None:
+    props = parcels(demo_client)
+    body = demo_client.get("/api/layers/parcels/stats", params={"by": "community"}).json()
+    total = body["total"]
+    assert total["count"] == len(props)
+    assert total["area_mu"] == pytest.approx(sum(p["area_mu"] for p in props), rel=1e-6)
+    idle = sum(1 for p in props if p["use_status"] == "闲置")
+    assert total["idle"] == idle and total["idle_rate"] == pytest.approx(idle / len(props), abs=1e-4)
+    assert total["revitalised"] == sum(1 for p in props if p["stage"] == "已盘活")
+    assert {s["value"]: s["count"] for s in body["by_status"]} == Counter(p["use_status"] for p in props)
+    per = Counter(p["community_code"] for p in props)
+    assert {r["code"]: r["count"] for r in body["rows"]} == per
+    assert all(r["name"] for r in body["rows"])  # community names joined in
+
+
+def test_filters_narrow_the_figures(demo_client: TestClient) -> None:
+    props = parcels(demo_client)
+    community = props[0]["community_code"]
+    idle = demo_client.get(
+        "/api/layers/parcels/stats", params={"status": "闲置", "scope": community, "by": "grid"}
+    ).json()
+    expected = [p for p in props if p["use_status"] == "闲置" and p["community_code"] == community]
+    assert idle["total"]["count"] == len(expected) and idle["total"]["idle_rate"] == 1.0
+    assert sum(r["count"] for r in idle["rows"]) == len(expected)
+    homes = demo_client.get("/api/layers/parcels/stats", params={"land_use": "07"}).json()["total"]["count"]
+    assert homes == sum(1 for p in props if p["land_use_code"].startswith("07"))
+    x, y = 120.37, 36.30
+    view = demo_client.get("/api/layers/parcels/stats", params={"bbox": f"{x},{y},{x + 0.01},{y + 0.01}"}).json()
+    in_view = demo_client.get(
+        "/api/layers/parcels/features", params={"bbox": f"{x},{y},{x + 0.01},{y + 0.01}", "limit": 10000}
+    ).json()
+    assert view["total"]["count"] == in_view["numberMatched"]
+
+
+def test_bad_filters_are_refused_clearly(demo_client: TestClient) -> None:
+    assert demo_client.get("/api/layers/zones/stats", params={"land_use": "07"}).json()["code"] == "filter_invalid"
+    assert demo_client.get("/api/layers/divisions/stats", params={"by": "grid"}).json()["code"] == "group_invalid"
+    assert demo_client.get("/api/layers/parcels/stats", params={"bbox": "1,2"}).json()["code"] == "bbox_invalid"
