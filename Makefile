@@ -43,6 +43,7 @@ system:
 	[ -n "$(PYTHON_SYS)" ] || missing="$$missing python3"; \
 	{ [ -n "$(PYTHON_SYS)" ] && $(PYTHON_SYS) -c 'import venv, ensurepip' 2>/dev/null; } || missing="$$missing python3-venv"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	[ -d /usr/share/fonts/opentype/noto ] || missing="$$missing fonts-noto-cjk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> 安装系统软件包 installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q; \
@@ -52,7 +53,7 @@ system:
 system-test:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	[ -d /usr/share/fonts/opentype/noto ] || missing="$$missing fonts-noto-cjk"; \
+	command -v pdftoppm >/dev/null || missing="$$missing poppler-utils"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> 安装测试用软件包 installing test packages:$$missing"; \
 	  $(SUDO) apt-get update -q; \

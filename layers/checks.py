@@ -83,7 +83,7 @@ def _load(
     return [Row(row[0], dict(zip(names, row[:-1], strict=True)), shapely.from_wkb(row[-1])) for row in rows]
 
 
-def _scope_shape(session: Session, scope: str, as_of: dt.date) -> BaseGeometry:
+def scope_shape(session: Session, scope: str, as_of: dt.date) -> BaseGeometry:
     """Return the shape of the unit coded SCOPE (a street or community division, or a grid)."""
     for layer_id in ("divisions", "grids"):
         rows = [r for r in _load(session, REGISTRY[layer_id], prefix=scope, as_of=as_of) if r.code == scope]
@@ -116,7 +116,7 @@ def run_checks(
             field="rules",
         )
     as_of = as_of or dt.date.today()
-    shape = _scope_shape(session, scope, as_of) if scope else None
+    shape = scope_shape(session, scope, as_of) if scope else None
     everything = [
         r.geom for layer_id in ("divisions", "grids") for r in _load(session, REGISTRY[layer_id], as_of=as_of)
     ]

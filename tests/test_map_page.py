@@ -174,3 +174,29 @@ def test_page_embeds_no_features(base_url: str) -> None:
     assert "http://" not in page and "https://" not in page  # nothing from a CDN
     assert "/static/vendor/leaflet/leaflet.js" in page
     assert httpx.get(base_url + "/static/vendor/leaflet/leaflet.js").status_code == 200
+
+
+def test_the_print_button_returns_the_wall_map_of_the_view(base_url: str, tmp_path: Path) -> None:
+    from tests.test_print import first_page, pdf_text
+
+    requests: list[str] = []
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(base_url + "/")
+        page.wait_for_function("document.querySelectorAll('path.guatu-grids').length > 10", timeout=15_000)
+        link = page.locator("a.guatu-print")
+        assert "打印" in link.inner_text()
+        href = link.get_attribute("href")
+        assert href is not None and "bbox=" in href
+        with page.expect_popup() as popup:
+            link.click()
+        popup.value.close()
+    response = httpx.get(base_url + href, timeout=60)
+    assert response.status_code == 200 and response.content.startswith(b"%PDF")
+    words = pdf_text(response.content, tmp_path)
+    assert "城阳街道 集体资源一张图" in words and "图例" in words and "地块 闲置" in words
+    image = first_page(response.content, tmp_path)
+    image.save(SCREENSHOTS / "wall-map.png")
+    assert image.width > image.height  # A3 landscape
+    assert [url for url in requests if not url.startswith(base_url) and not url.startswith("data:")] == []

@@ -196,6 +196,17 @@
         var checks = el("a", "guatu-link", "边界检查 Checks");
         checks.href = "/checks";
         sub.appendChild(checks);
+        sub.appendChild(document.createTextNode(" · "));
+        var print = el("a", "guatu-link guatu-print", "打印挂图 Print (A3 PDF)");
+        print.target = "_blank";
+        function aim() {  // the wall map of what is on screen
+          var b = map.getBounds();
+          print.href = "/api/print?size=A3&format=pdf&bbox=" +
+            [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) { return v.toFixed(6); }).join(",");
+        }
+        map.on("moveend", aim);
+        aim();
+        sub.appendChild(print);
         box.appendChild(sub);
         L.DomEvent.disableClickPropagation(box);
         return box;

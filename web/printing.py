@@ -1,0 +1,186 @@
+"""The wall map (挂图): a printable PDF or PNG of a scope, drawn on the server without a browser.
+
+Title block (unit, scope, date), legend, scale bar, north arrow and grid labels, with the
+styling the map page uses, in a local transverse Mercator so that the scale bar is true.
+Chinese text is set in Noto Sans CJK (Debian ``fonts-noto-cjk``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib import font_manager  # noqa: E402
+from matplotlib.collections import PatchCollection  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import FancyArrow, PathPatch, Rectangle  # noqa: E402
+from matplotlib.path import Path as MplPath  # noqa: E402
+
+import shapely  # noqa: E402
+from shapely.geometry.base import BaseGeometry  # noqa: E402
+
+from layers.base import Layer  # noqa: E402
+from spatial.topology import LocalMetric  # noqa: E402
+
+PAPER_MM = {"A0": (1189, 841), "A1": (841, 594), "A2": (594, 420), "A3": (420, 297), "A4": (297, 210)}
+"""Landscape sheet sizes (width, height) in millimetres."""
+
+FONT_FILES = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc",
+)
+
+
+@dataclass
+class PrintLayer:
+    """A layer to print and its features in the scope: (geometry, properties)."""
+
+    layer: Layer
+    features: list[tuple[BaseGeometry, dict[str, Any]]]
+
+
+def _font(bold: bool = False) -> font_manager.FontProperties:
+    path = Path(FONT_FILES[1 if bold else 0])
+    if path.exists():
+        return font_manager.FontProperties(fname=str(path))
+    return font_manager.FontProperties(family="sans-serif", weight="bold" if bold else "normal")
+
+
+def _path(geom: BaseGeometry) -> MplPath | None:
+    """Return a matplotlib path of a (multi)polygon, holes included."""
+    vertices: list[Any] = []
+    codes: list[Any] = []
+    for poly in shapely.get_parts(geom):
+        if poly.geom_type != "Polygon" or poly.is_empty:
+            continue
+        for ring in (poly.exterior, *poly.interiors):
+            coords = list(ring.coords)
+            vertices.extend(coords)
+            codes.extend([MplPath.MOVETO] + [MplPath.LINETO] * (len(coords) - 2) + [MplPath.CLOSEPOLY])
+    return MplPath(vertices, codes) if vertices else None
+
+
+def _nice_length(metres: float) -> float:
+    """Return a round length (1, 2 or 5 × 10^k metres) close to METRES."""
+    exponent = math.floor(math.log10(max(metres, 1e-9)))
+    for step in (5, 2, 1):
+        if step * 10**exponent <= metres:
+            return float(step * 10**exponent)
+    return float(10**exponent)
+
+
+def render_wall_map(
+    layers: Sequence[PrintLayer],
+    *,
+    title: str,
+    scope_label: str,
+    size: str = "A3",
+    fmt: str = "pdf",
+    day: dt.date | None = None,
+    frame: BaseGeometry | None = None,
+) -> bytes:
+    """Return the wall map of LAYERS as PDF or PNG bytes, showing FRAME (the scope) when given."""
+    width_mm, height_mm = PAPER_MM[size]
+    fig = Figure(figsize=(width_mm / 25.4, height_mm / 25.4))
+    scale = width_mm / 420  # text sizes follow the sheet (A3 is 1)
+    everything = [g for pl in layers for g, _ in pl.features]
+    metric = LocalMetric.around(everything or [shapely.Point(120.4, 36.3)])
+    ax = fig.add_axes((0.03, 0.05, 0.72, 0.82))
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    legend: list[tuple[str, str, str]] = []  # colour, edge, label
+    labels = []
+    for pl in layers:
+        style, layer = pl.layer.style, pl.layer
+        patches, faces, edges, widths = [], [], [], []
+        seen: dict[str, str] = {}
+        for geom, props in pl.features:
+            value = props.get(style.by) if style.by else None
+            colour = style.colors.get(str(value), style.default)
+            seen.setdefault(str(value) if value is not None else layer.zh, colour)
+            path = _path(metric.to_m(geom)) if geom.geom_type != "Point" else None
+            if geom.geom_type == "Point":
+                x, y = metric.to_m(geom).coords[0]
+                ax.plot([x], [y], "o", color=colour, markersize=3 * scale, markeredgecolor="#111827")
+                continue
+            if path is None:
+                continue
+            patches.append(PathPatch(path))
+            faces.append(colour if style.fill else "none")
+            edges.append(colour if not style.fill or value == style.emphasis else "#374151")
+            widths.append((2.5 if value == style.emphasis else style.weight * 0.6) * scale)
+            if layer.id == "grids":
+                centre = metric.to_m(geom.representative_point())
+                labels.append((centre.x, centre.y, f"{props.get('name') or ''}\n{props.get('code')}"))
+        if patches:
+            collection = PatchCollection(
+                patches, facecolors=faces, edgecolors=edges, linewidths=widths, alpha=None, zorder=layer.order
+            )
+            if style.fill:
+                collection.set_alpha(min(1.0, style.fill_opacity + 0.3))
+            if style.dash:
+                collection.set_linestyle("--")
+            ax.add_collection(collection)
+        for value, colour in seen.items():
+            face = colour if style.fill else "none"
+            legend.append((face, colour, f"{layer.zh} {value}" if value != layer.zh else layer.zh))
+    for x, y, text in labels:
+        ax.text(
+            x, y, text, ha="center", va="center", fontsize=4.5 * scale, fontproperties=_font(), zorder=200, clip_on=True
+        )
+    ax.autoscale_view()
+    if frame is not None and not frame.is_empty:  # the scope, with a margin; neighbours give context
+        fx0, fy0, fx1, fy1 = metric.to_m(frame).bounds
+        pad = 0.05 * max(fx1 - fx0, fy1 - fy0)
+        ax.set_xlim(fx0 - pad, fx1 + pad)
+        ax.set_ylim(fy0 - pad, fy1 + pad)
+        ax.apply_aspect()
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    # scale bar: about a fifth of the map's width, a round number of metres
+    bar = _nice_length((x1 - x0) / 5)
+    bx, by = x0 + (x1 - x0) * 0.04, y0 + (y1 - y0) * 0.04
+    ax.add_patch(Rectangle((bx, by), bar, (y1 - y0) * 0.008, color="#111827", zorder=300))
+    shown = f"{bar / 1000:g} 公里 km" if bar >= 1000 else f"{bar:g} 米 m"
+    ax.text(bx, by + (y1 - y0) * 0.015, shown, fontsize=7 * scale, fontproperties=_font(), zorder=300)
+    # north arrow (the map is drawn with north up: a transverse Mercator around the scope)
+    nx, ny = x1 - (x1 - x0) * 0.05, y1 - (y1 - y0) * 0.12
+    ax.add_patch(FancyArrow(nx, ny, 0, (y1 - y0) * 0.07, width=(x1 - x0) * 0.006, color="#111827", zorder=300))
+    ax.text(nx, ny + (y1 - y0) * 0.085, "北 N", ha="center", fontsize=9 * scale, fontproperties=_font(True))
+    # title block and legend on the right
+    fig.text(0.03, 0.93, title, fontsize=20 * scale, fontproperties=_font(True))
+    day = day or dt.date.today()
+    fig.text(
+        0.03,
+        0.895,
+        f"{scope_label}    制图日期 {day.isoformat()}    guatu 挂图",
+        fontsize=9 * scale,
+        fontproperties=_font(),
+    )
+    side = fig.add_axes((0.78, 0.05, 0.2, 0.82))
+    side.set_axis_off()
+    side.text(0.0, 1.0, "图例 Legend", fontsize=12 * scale, fontproperties=_font(True), va="top")
+    step = min(0.045, 0.9 / max(len(legend), 1))
+    for i, (face, edge, label) in enumerate(legend):
+        top = 0.94 - i * step
+        side.add_patch(Rectangle((0.0, top - step * 0.7), 0.12, step * 0.6, facecolor=face, edgecolor=edge))
+        side.text(0.16, top - step * 0.4, label, fontsize=7.5 * scale, fontproperties=_font(), va="center")
+    side.set_xlim(0, 1)
+    side.set_ylim(0, 1)
+    out = io.BytesIO()
+    if fmt == "png":
+        dpi = 150 if size in ("A4", "A3") else 72
+        fig.savefig(out, format="png", dpi=dpi, facecolor="white")
+    else:
+        with matplotlib.rc_context({"pdf.fonttype": 42}):
+            fig.savefig(out, format="pdf", facecolor="white", metadata={"Title": title, "Creator": "guatu"})
+    return out.getvalue()
