@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
 from api import errors
-from api.routes import checks, features, health, layers, pages, printing, stats, tiles, uploads
+from api.routes import checks, features, health, layers, pages, printing, search, stats, tiles, uploads
 from api.settings import ApiSettings
 from spatial.db import make_engine, make_sessionmaker
 from web import assets
@@ -57,6 +57,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(tiles.router)
     app.include_router(stats.router)
     app.include_router(printing.router)
+    app.include_router(search.router)
     app.include_router(pages.router)
     app.mount(assets.STATIC_URL, StaticFiles(directory=assets.STATIC_DIR), name="static")
     return app

@@ -200,3 +200,40 @@ def test_the_print_button_returns_the_wall_map_of_the_view(base_url: str, tmp_pa
     image.save(SCREENSHOTS / "wall-map.png")
     assert image.width > image.height  # A3 landscape
     assert [url for url in requests if not url.startswith(base_url) and not url.startswith("data:")] == []
+
+
+def test_search_zooms_and_the_status_filter_changes_drawing_and_figures(base_url: str) -> None:
+    parcels = httpx.get(f"{base_url}/api/layers/parcels/features", params={"limit": 2000}).json()["features"]
+    idle = next(p for p in parcels if p["properties"]["use_status"] == "闲置")
+    code = idle["properties"]["code"]
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(base_url + "/")
+        page.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
+        page.fill("input.guatu-search", code)
+        page.press("input.guatu-search", "Enter")
+        page.wait_for_selector(f"path.guatu-parcels-{idle['id']}", timeout=15_000)  # zoomed in: parcels drawn
+        assert page.locator(".guatu-hit").first.inner_text().startswith("地块 " + code)
+        page.wait_for_function("window.guatu.idle()", timeout=15_000)
+        before = int(page.locator(".guatu-figures").get_attribute("data-count") or 0)
+        drawn_before = page.locator("path.guatu-parcels").count()
+        for box in page.locator(".guatu-choice input").all():
+            if box.get_attribute("value") != "闲置":
+                box.uncheck()
+        page.wait_for_function(f"document.querySelector('.guatu-figures').dataset.count !== '{before}'", timeout=15_000)
+        page.wait_for_function("window.guatu.idle()", timeout=15_000)
+        after = int(page.locator(".guatu-figures").get_attribute("data-count") or 0)
+        bounds = page.evaluate(
+            "(() => { const m = Object.values(window).find(v => v && v._leaflet_id && v.getBounds); "
+            "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]; })()"
+        )
+        expected = httpx.get(
+            f"{base_url}/api/layers/parcels/stats",
+            params={"bbox": ",".join(f"{v:.6f}" for v in bounds), "status": "闲置"},
+        ).json()["total"]["count"]
+        assert after == expected and 0 < after < before
+        drawn = page.locator("path.guatu-parcels")
+        assert 0 < drawn.count() < drawn_before
+        assert drawn.count() == page.locator("path.guatu-parcels.guatu-emphasis").count()  # only idle ones are left
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "map-filter.png"))

@@ -116,5 +116,16 @@ def build_map_page(
         ],
     }
     fmap.add_child(JsCall("guatu.chrome", chrome))
+    parcels = next((v.layer for v in views if v.layer.id == "parcels"), None)
+    if parcels is not None and parcels.style.by:
+        panel = {
+            "api": api_base,
+            "layer": parcels.id,
+            "title": parcels.zh,
+            "field": parcels.style.by,
+            "fieldZh": parcels.field(parcels.style.by).zh,
+            "values": list(parcels.field(parcels.style.by).choices),
+        }
+        fmap.add_child(JsCall("guatu.panel", panel))
     page: str = fig.render()
     return page

@@ -63,6 +63,9 @@
     });
   }
 
+  var filters = {};  // layer id -> {field, values}
+  var refreshers = {};  // layer id -> redraw from scratch
+
   function bboxLayer(group, map, opts) {
     var paneName = "guatu-" + opts.id;
     if (!map.getPane(paneName)) {
@@ -107,7 +110,9 @@
     /* Replace what is drawn with FC, touching only features that came, went or changed. */
     function update(fc) {
       var next = {};
+      var only = filters[opts.id];  // {field, values}: a planner's filter, or none
       fc.features.forEach(function (feature) {
+        if (only && only.values.indexOf(feature.properties[only.field]) < 0) return;
         var stamp = feature.properties && feature.properties.updated_at;
         var have = shown[feature.id];
         if (have && have.stamp === stamp) {
@@ -176,6 +181,7 @@
     }
 
     map.on("moveend", refresh);
+    refreshers[opts.id] = function () { clear(); refresh(); };
     group.on("add", refresh);
     group.on("remove", function () { delete status[opts.id]; showStatus(); });
     loaders.push(group);
@@ -263,5 +269,91 @@
     return loaders.every(function (group) { return !group.loading; });
   }
 
-  window.guatu = {bboxLayer: bboxLayer, chrome: chrome, mask: mask, idle: idle};
+  /* The filter, statistics and search panel: status boxes narrow what is drawn and counted,
+     the figures follow the view, a code or name found zooms the map to it. */
+  function panel(map, opts) {
+    var Box = L.Control.extend({
+      options: {position: "bottomleft"},
+      onAdd: function () {
+        var box = el("div", "guatu-panel");
+        box.appendChild(el("div", "guatu-title-main", "筛选与统计 Filter & statistics"));
+        var search = el("input", "guatu-search");
+        search.type = "search";
+        search.placeholder = "搜索编码、名称、地址 Search code, name, address";
+        box.appendChild(search);
+        var hits = el("div", "guatu-hits");
+        box.appendChild(hits);
+        box.appendChild(el("div", "guatu-panel-sub", opts.title + "（" + opts.fieldZh + "）"));
+        var boxes = el("div", "guatu-statuses");
+        opts.values.forEach(function (value) {
+          var label = el("label", "guatu-choice");
+          var tick = el("input");
+          tick.type = "checkbox";
+          tick.checked = true;
+          tick.value = value;
+          tick.name = "status";
+          label.appendChild(tick);
+          label.appendChild(document.createTextNode(" " + value));
+          boxes.appendChild(label);
+        });
+        box.appendChild(boxes);
+        var figures = el("div", "guatu-figures", "…");
+        box.appendChild(figures);
+        L.DomEvent.disableClickPropagation(box);
+        L.DomEvent.disableScrollPropagation(box);
+
+        function chosen() {
+          return Array.prototype.filter.call(boxes.querySelectorAll("input"), function (i) { return i.checked; })
+            .map(function (i) { return i.value; });
+        }
+        var ask = 0;
+        function count() {
+          var b = map.getBounds();
+          var values = chosen();
+          var url = opts.api + "/layers/" + opts.layer + "/stats?bbox=" +
+            [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) { return v.toFixed(6); }).join(",") +
+            (values.length < opts.values.length ? "&status=" + encodeURIComponent(values.join(",") || "-") : "");
+          var mine = ++ask;
+          fetch(url).then(function (r) { return r.json(); }).then(function (s) {
+            if (mine !== ask || !s.total) return;
+            var t = s.total;
+            figures.textContent = "视野内 in view：" + t.count + " 块，" + t.area_mu.toFixed(2) + " 亩；闲置 idle " +
+              t.idle + "（" + (t.idle_rate * 100).toFixed(1) + "%）" + (t.revitalised != null ? "；已盘活 " + t.revitalised : "");
+            figures.dataset.count = String(t.count);
+          });
+        }
+        boxes.addEventListener("change", function () {
+          var values = chosen();
+          filters[opts.layer] = values.length < opts.values.length ? {field: opts.field, values: values} : null;
+          if (refreshers[opts.layer]) refreshers[opts.layer]();
+          count();
+        });
+        map.on("moveend", count);
+        count();
+
+        function find() {
+          var q = search.value.trim();
+          hits.textContent = "";
+          if (!q) return;
+          fetch(opts.api + "/search?q=" + encodeURIComponent(q)).then(function (r) { return r.json(); }).then(function (found) {
+            if (!found.length) { hits.appendChild(el("div", "guatu-hit-none", "没有找到 nothing found")); return; }
+            found.forEach(function (hit) {
+              var row = el("div", "guatu-hit", hit.layer_zh + " " + hit.code + (hit.name ? " " + hit.name : ""));
+              row.addEventListener("click", function () {
+                var b = hit.bbox;
+                map.fitBounds([[b[1], b[0]], [b[3], b[2]]], {maxZoom: 18});
+              });
+              hits.appendChild(row);
+            });
+            if (found.length === 1 || found[0].exact) hits.firstChild.click();
+          });
+        }
+        search.addEventListener("keydown", function (e) { if (e.key === "Enter") find(); });
+        return box;
+      }
+    });
+    new Box().addTo(map);
+  }
+
+  window.guatu = {bboxLayer: bboxLayer, chrome: chrome, panel: panel, mask: mask, idle: idle};
 })();
