@@ -61,3 +61,16 @@ def test_bad_filters_are_refused_clearly(demo_client: TestClient) -> None:
     assert demo_client.get("/api/layers/zones/stats", params={"land_use": "07"}).json()["code"] == "filter_invalid"
     assert demo_client.get("/api/layers/divisions/stats", params={"by": "grid"}).json()["code"] == "group_invalid"
     assert demo_client.get("/api/layers/parcels/stats", params={"bbox": "1,2"}).json()["code"] == "bbox_invalid"
+
+
+def test_search_finds_codes_names_and_addresses(demo_client: TestClient) -> None:
+    props = parcels(demo_client)
+    code = props[5]["code"]
+    hits = demo_client.get("/api/search", params={"q": code}).json()
+    assert hits[0]["code"] == code and hits[0]["exact"] and hits[0]["layer"] == "parcels"
+    west, south, east, north = hits[0]["bbox"]
+    assert west <= east and south <= north
+    community = demo_client.get("/api/search", params={"q": "古庙头"}).json()
+    assert any(h["layer"] == "divisions" and h["name"] == "古庙头社区" for h in community)
+    assert demo_client.get("/api/search", params={"q": "100%_"}).json() == []  # wildcards are literal
+    assert demo_client.get("/api/search", params={"q": ""}).status_code == 422
