@@ -237,3 +237,35 @@ def test_search_zooms_and_the_status_filter_changes_drawing_and_figures(base_url
         assert drawn.count() == page.locator("path.guatu-parcels.guatu-emphasis").count()  # only idle ones are left
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "map-filter.png"))
+
+
+def test_basemaps_are_configurable_and_none_asks_nothing_outside() -> None:
+    import re as regex
+
+    from layers.base import REGISTRY
+    from web.maps import Basemap, LayerView, build_map_page
+
+    views = [LayerView(layer, 0, None) for layer in REGISTRY.values()]
+    plain = build_map_page(views, title="t")
+    assert "tianditu" not in plain and not regex.search(r"https?://(?!127\.0\.0\.1)", plain)
+    vec = build_map_page(views, title="t", basemap=Basemap("tianditu-vec", key="KEY123"))
+    assert "tianditu.gov.cn/vec_w" in vec and "tianditu.gov.cn/cva_w" in vec and "tk=KEY123" in vec
+    img = build_map_page(views, title="t", basemap=Basemap("tianditu-img", key="KEY123"))
+    assert "img_w" in img and "cia_w" in img
+    assert "tianditu" not in build_map_page(views, title="t", basemap=Basemap("tianditu-vec"))  # no key: none
+    xyz = build_map_page(views, title="t", basemap=Basemap("xyz", url="https://tiles.example.org/{z}/{x}/{y}.png"))
+    assert "https://tiles.example.org/{z}/{x}/{y}.png" in xyz
+
+
+def test_the_cockpit_shows_the_roll_up_per_community(base_url: str) -> None:
+    expected = httpx.get(f"{base_url}/api/layers/parcels/stats", params={"by": "community"}).json()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        page.goto(base_url + "/cockpit")
+        page.wait_for_selector("tr.guatu-cockpit-row", timeout=15_000)
+        rows = page.locator("tr.guatu-cockpit-row")
+        assert rows.count() == len(expected["rows"]) >= 5
+        assert str(expected["total"]["count"]) in page.locator(".guatu-cockpit-totals").inner_text()
+        assert page.evaluate("document.body.classList.contains('guatu-cockpit')")
+        page.wait_for_selector("path.guatu-grids", timeout=15_000)  # the map is there too
+        page.screenshot(path=str(SCREENSHOTS / "cockpit.png"))

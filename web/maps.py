@@ -69,8 +69,50 @@ def _bounds(views: Sequence[LayerView]) -> list[list[float]] | None:
     ]
 
 
+TIANDITU = "https://t{s}.tianditu.gov.cn/{layer}_w/wmts?SERVICE=WMTS&REQUEST=GetTile&VERSION=1.0.0&LAYER={layer}&STYLE=default&TILEMATRIXSET=w&FORMAT=tiles&TILEMATRIX={z}&TILEROW={y}&TILECOL={x}&tk={key}"  # noqa: E501
+"""天地图 WMTS in Web Mercator; CGCS2000-based, so it lines up with guatu's data without a GCJ-02 shift."""
+
+
+@dataclass(frozen=True)
+class Basemap:
+    """Which basemap the map page shows: none (the default: the page asks nothing outside the app),
+    天地图 vector or imagery with its labels (a key is needed), or any XYZ URL template."""
+
+    kind: str = "none"
+    key: str = ""
+    url: str = ""
+    attribution: str = ""
+
+    def tile_layers(self) -> list[folium.TileLayer]:
+        """Return the folium tile layers of this basemap (none for "none")."""
+        if self.kind in ("tianditu-vec", "tianditu-img") and self.key:
+            base, labels = ("vec", "cva") if self.kind == "tianditu-vec" else ("img", "cia")
+            credit = "© 天地图 Tianditu"
+            return [
+                folium.TileLayer(
+                    tiles=TIANDITU.replace("{layer}", name).replace("{key}", self.key),
+                    attr=credit,
+                    name=f"天地图 {name}",
+                    subdomains="01234567",
+                    max_zoom=18,
+                    overlay=name == labels,
+                    control=False,
+                )
+                for name in (base, labels)
+            ]
+        if self.kind == "xyz" and self.url:
+            return [folium.TileLayer(tiles=self.url, attr=self.attribution or "basemap", name="底图 basemap")]
+        return []
+
+
 def build_map_page(
-    views: Sequence[LayerView], *, title: str, api_base: str = "/api", hidden: Sequence[str] = ()
+    views: Sequence[LayerView],
+    *,
+    title: str,
+    api_base: str = "/api",
+    hidden: Sequence[str] = (),
+    basemap: Basemap | None = None,
+    cockpit: bool = False,
 ) -> str:
     """Return the HTML of the map page for the given layers (largest extent first fitted)."""
     fig = folium.Figure(title=html.escape(f"{title} · guatu 挂图"))  # folium does not escape it
@@ -88,6 +130,8 @@ def build_map_page(
     fmap.default_js = [("leaflet", assets.LEAFLET_JS)]
     fmap.default_css = [("leaflet_css", assets.LEAFLET_CSS)]
     fig.add_child(fmap)
+    for tiles in (basemap or Basemap()).tile_layers():
+        tiles.add_to(fmap)
     root = fmap.get_root()
     assert isinstance(root, Figure)
     root.header.add_child(Element('<meta name="robots" content="noindex">'))
@@ -127,5 +171,7 @@ def build_map_page(
             "values": list(parcels.field(parcels.style.by).choices),
         }
         fmap.add_child(JsCall("guatu.panel", panel))
+        if cockpit:  # the big screen of a street office: the map and the roll-up, refreshed every minute
+            fmap.add_child(JsCall("guatu.cockpit", {**panel, "refresh_s": 60}))
     page: str = fig.render()
     return page

@@ -12,21 +12,32 @@ from layers.base import REGISTRY
 from layers.features import layer_summary
 from web import assets
 from web.checks import build_checks_page
-from web.maps import LayerView, build_map_page
+from web.maps import Basemap, LayerView, build_map_page
 from web.uploads import build_upload_page
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
 
-@router.get("/", response_class=HTMLResponse)
-def map_page(request: Request, session: SessionDep) -> HTMLResponse:
-    """Return the 挂图 map page with every layer."""
+def _map(request: Request, session: SessionDep, *, cockpit: bool) -> HTMLResponse:
     views = []
     for layer in REGISTRY.values():
         summary = layer_summary(session, layer)
         views.append(LayerView(layer, summary["count"], summary["extent"]))
-    html = build_map_page(views, title=request.app.state.settings.site_title)
-    return HTMLResponse(html)
+    settings = request.app.state.settings
+    basemap = Basemap(settings.basemap, settings.tianditu_key, settings.basemap_url, settings.basemap_attribution)
+    return HTMLResponse(build_map_page(views, title=settings.site_title, basemap=basemap, cockpit=cockpit))
+
+
+@router.get("/", response_class=HTMLResponse)
+def map_page(request: Request, session: SessionDep) -> HTMLResponse:
+    """Return the 挂图 map page with every layer."""
+    return _map(request, session, cockpit=False)
+
+
+@router.get("/cockpit", response_class=HTMLResponse)
+def cockpit_page(request: Request, session: SessionDep) -> HTMLResponse:
+    """Return the full-screen cockpit (驾驶舱) for big screens: the map and the roll-up per community."""
+    return _map(request, session, cockpit=True)
 
 
 @router.get("/upload", response_class=HTMLResponse)

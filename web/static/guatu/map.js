@@ -355,5 +355,45 @@
     new Box().addTo(map);
   }
 
-  window.guatu = {bboxLayer: bboxLayer, chrome: chrome, panel: panel, mask: mask, idle: idle};
+  /* The cockpit (驾驶舱) for a street office's big screen: totals and a roll-up per community. */
+  function cockpit(map, opts) {
+    document.body.classList.add("guatu-cockpit");
+    var Box = L.Control.extend({
+      options: {position: "topright"},
+      onAdd: function () {
+        var box = el("div", "guatu-cockpit-panel");
+        box.appendChild(el("div", "guatu-title-main", "挂图作战 驾驶舱 Cockpit"));
+        var totals = el("div", "guatu-cockpit-totals", "…");
+        box.appendChild(totals);
+        var table = el("table", "guatu-cockpit-table");
+        box.appendChild(table);
+        var stamp = el("div", "guatu-finding-id");
+        box.appendChild(stamp);
+        function load() {
+          fetch(opts.api + "/layers/" + opts.layer + "/stats?by=community").then(function (r) { return r.json(); }).then(function (s) {
+            var t = s.total;
+            totals.textContent = "地块 " + t.count + " 块 · " + t.area_mu.toFixed(1) + " 亩 · 闲置 " + t.idle +
+              "（" + (t.idle_rate * 100).toFixed(1) + "%）· 已盘活 " + (t.revitalised || 0);
+            table.textContent = "";
+            var head = el("tr");
+            ["社区 Community", "地块", "亩", "闲置", "闲置率", "已盘活"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+            table.appendChild(head);
+            s.rows.forEach(function (row) {
+              var tr = el("tr", "guatu-cockpit-row");
+              [row.name || row.code, row.count, row.area_mu.toFixed(1), row.idle, (row.idle_rate * 100).toFixed(1) + "%",
+               row.revitalised || 0].forEach(function (v) { tr.appendChild(el("td", null, v)); });
+              table.appendChild(tr);
+            });
+            stamp.textContent = "更新 updated " + new Date().toLocaleTimeString();
+          });
+        }
+        load();
+        setInterval(load, opts.refresh_s * 1000);
+        return box;
+      }
+    });
+    new Box().addTo(map);
+  }
+
+  window.guatu = {bboxLayer: bboxLayer, chrome: chrome, panel: panel, cockpit: cockpit, mask: mask, idle: idle};
 })();
