@@ -55,6 +55,7 @@ def _load(
     where: Iterable[tuple[str, str]] = (),
     prefix: str | None = None,
     near: BaseGeometry | None = None,
+    link_in: tuple[str, list[str]] | None = None,
     as_of: dt.date,
 ) -> list[Row]:
     """Return LAYER's features matching WHERE, whose code starts with PREFIX or that lie NEAR a shape."""
@@ -63,6 +64,9 @@ def _load(
     for n, (column, value) in enumerate(where):
         conditions.append(f"{column} = :w{n}")
         params[f"w{n}"] = value
+    if link_in is not None:
+        conditions.append(f"{link_in[0]} = ANY(CAST(:links AS text[]))")
+        params["links"] = link_in[1]
     if _versioned(layer):
         conditions.append("valid_from <= :as_of AND (valid_to IS NULL OR valid_to > :as_of)")
     scoped = []
@@ -97,6 +101,19 @@ def scope_shape(session: Session, scope: str, as_of: dt.date) -> BaseGeometry:
     )
 
 
+def _frame_extent(session: Session) -> BaseGeometry:
+    """Return the extent of the divisions and grids (where the local metric is centred), in one query."""
+    found = session.execute(
+        text(
+            "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
+            "(SELECT ST_Extent(geom) AS e FROM (SELECT geom FROM divisions UNION ALL SELECT geom FROM grids) g) x"
+        )
+    ).one()
+    if found[0] is None:
+        return shapely.Point(120.4, 36.3)
+    return shapely.box(*found)
+
+
 def run_checks(
     session: Session,
     *,
@@ -117,12 +134,7 @@ def run_checks(
         )
     as_of = as_of or dt.date.today()
     shape = scope_shape(session, scope, as_of) if scope else None
-    everything = [
-        r.geom for layer_id in ("divisions", "grids") for r in _load(session, REGISTRY[layer_id], as_of=as_of)
-    ]
-    if shape is not None:
-        everything = [shape]
-    checker = Checker(LocalMetric.around(everything or [shapely.Point(120.4, 36.3)]), tolerance)
+    checker = Checker(LocalMetric.around([shape if shape is not None else _frame_extent(session)]), tolerance)
     findings: list[Finding] = []
     for layer in sorted(REGISTRY.values(), key=lambda lay: lay.order):
         for rule in layer.rules:
@@ -150,8 +162,14 @@ def _run(
             for p in _load(session, parent_layer, where=rule.parent_where, as_of=as_of)
             if scope is None or p.code.startswith(scope) or p.code == scope[:12]
         ]
+        # every parent's children in one query, then grouped
+        children_of: dict[str, list[Row]] = {}
+        if parents:
+            named = (rule.link, [p.code for p in parents])
+            for child in _load(session, layer, where=rule.child_where, link_in=named, as_of=as_of):
+                children_of.setdefault(str(child.values.get(rule.link)), []).append(child)
         for parent in parents:
-            children = _load(session, layer, where=(*rule.child_where, (rule.link, parent.code)), as_of=as_of)
+            children = children_of.get(parent.code, [])
             units = [(c.code, c.geom) for c in children]
             if "coverage" in chosen:
                 level = parent.values.get("level")
@@ -166,15 +184,9 @@ def _run(
             if "numbering" in chosen and rule.numbered:
                 findings += checker.numbering(units, parent.code, layer.zh, layer.en)
     elif isinstance(rule, Within) and "within" in chosen:
-        features = (
-            _load(session, layer, prefix=None, near=shape, as_of=as_of) if shape else _load(session, layer, as_of=as_of)
-        )
-        if shape is not None:
-            features = [f for f in features if f.geom.intersects(shape)]
+        features = _scoped(session, layer, shape, as_of)
         frame = REGISTRY[rule.frame]
-        frames = (
-            _load(session, frame, near=shape, as_of=as_of) if shape is not None else _load(session, frame, as_of=as_of)
-        )
+        frames = _load(session, frame, near=shape, as_of=as_of)
         findings += checker.within(
             [(f.code, f.geom, f.values.get(rule.link)) for f in features],
             [(u.code, u.geom) for u in frames],
@@ -189,7 +201,7 @@ def _run(
     elif isinstance(rule, NoOverlap) and "overlap" in chosen:
         features = _scoped(session, layer, shape, as_of)
         codes, geoms, _ = checker.prepare([(f.code, f.geom) for f in features], layer.zh, layer.en, scope)
-        findings += checker._overlaps(codes, geoms, layer.zh, layer.en, scope)
+        findings += checker.overlaps(codes, geoms, layer.zh, layer.en, scope)
     elif isinstance(rule, Near) and "near" in chosen:
         features = _scoped(session, layer, shape, as_of)
         target = REGISTRY[rule.target]

@@ -290,7 +290,7 @@ class Checker:
                         )
                     )
         overlapping: set[int] = set()
-        findings += self._overlaps(codes, geoms, child_zh, child_en, scope, overlapping)
+        findings += self.overlaps(codes, geoms, child_zh, child_en, scope, overlapping)
         findings += self._slivers(codes, geoms, child_zh, child_en, scope)
         union = _coverage_union(geoms, overlapping)
         filled = shapely.union_all(self.metric.to_m(np.asarray(list(fillers), dtype=object))) if fillers else None
@@ -345,7 +345,7 @@ class Checker:
             )
         return findings
 
-    def _overlaps(
+    def overlaps(
         self, codes: list[str], geoms: Any, zh: str, en: str, scope: str | None, involved: set[int] | None = None
     ) -> list[Finding]:
         """Return the overlaps between GEOMS; the indexes of units whose interiors meet go into INVOLVED."""
