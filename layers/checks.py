@@ -165,8 +165,8 @@ def _run(
         # every parent's children in one query, then grouped
         children_of: dict[str, list[Row]] = {}
         if parents:
-            named = (rule.link, [p.code for p in parents])
-            for child in _load(session, layer, where=rule.child_where, link_in=named, as_of=as_of):
+            in_parents = (rule.link, [p.code for p in parents])
+            for child in _load(session, layer, where=rule.child_where, link_in=in_parents, as_of=as_of):
                 children_of.setdefault(str(child.values.get(rule.link)), []).append(child)
         for parent in parents:
             children = children_of.get(parent.code, [])
