@@ -56,22 +56,22 @@ def _where(layer: Layer, flt: Filter) -> tuple[str, dict[str, Any]]:
         params |= dict(zip(("x0", "y0", "x1", "y1"), flt.bbox, strict=True))
     if flt.status:
         if not layer.style.by:
-            raise InvalidInput.one(
-                "filter_invalid", f"{layer.zh}没有状态字段", f"{layer.en} has no status", field="status"
-            )
+            raise _no_such_filter(layer, "status", "状态字段")
         conditions.append(f"{layer.style.by} = ANY(CAST(:status AS text[]))")
         params["status"] = list(flt.status)
     if flt.land_use:
         if "land_use_code" not in names:
-            raise InvalidInput.one(
-                "filter_invalid", f"{layer.zh}没有地类", f"{layer.en} has no land use", field="land_use"
-            )
+            raise _no_such_filter(layer, "land_use", "地类")
         conditions.append("(" + " OR ".join(f"land_use_code LIKE :lu{i}" for i in range(len(flt.land_use))) + ")")
         params |= {f"lu{i}": code + "%" for i, code in enumerate(flt.land_use)}
-    if flt.ownership and "ownership" in names:
+    if flt.ownership and "ownership" not in names:
+        raise _no_such_filter(layer, "ownership", "权属")
+    if flt.ownership:
         conditions.append("ownership = ANY(CAST(:ownership AS text[]))")
         params["ownership"] = list(flt.ownership)
-    if flt.idle_since_before and "idle_since" in names:
+    if flt.idle_since_before and "idle_since" not in names:
+        raise _no_such_filter(layer, "idle_since_before", "闲置起始日期")
+    if flt.idle_since_before:
         conditions.append("idle_since < :idle_before")
         params["idle_before"] = flt.idle_since_before
     if "valid_to" in names:

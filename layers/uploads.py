@@ -38,6 +38,7 @@ from layers import staging
 from layers.base import READ_ONLY, Layer
 from layers.features import check_feature, locate_all
 from layers.settings import layer_settings
+from layers.staging import METRES_PER_DEGREE
 from spatial.crs import (
     Axis,
     DeclaredCrs,
@@ -53,7 +54,6 @@ from spatial.geojson_in import FeatureSource, member_count, open_geojson, repeat
 from spatial.geometry import Built, build_many, geodesic_area
 
 Mode = Literal["all-or-nothing", "valid-only"]
-METRES_PER_DEGREE = 111_320.0
 
 
 class Upload(Base):

@@ -338,10 +338,19 @@ def test_location_codes_are_filled_and_checked_in_bulk(client: TestClient) -> No
     assert {f["properties"]["grid_code"] for f in listed} == {GRID}
 
 
-def test_the_collector_is_paused_only_while_checking(client: TestClient) -> None:
+def test_the_collector_is_paused_only_while_checking(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = uploads._Checker.chunk
+    during: list[bool] = []
+
+    def watched(self: Any, *args: Any) -> Any:
+        during.append(gc.isenabled())
+        return real(self, *args)
+
+    monkeypatch.setattr(uploads._Checker, "chunk", watched)
     assert gc.isenabled()
     upload(client, collection(parcels(3)), layer="parcels", dry_run="true")
-    assert gc.isenabled()
+    assert during == [False]  # paused while the chunk was checked
+    assert gc.isenabled()  # and on again after
 
 
 # --- found by review: each of these was a 500, a wrong report or a spurious change ----------------

@@ -316,7 +316,8 @@ def test_a_zone_sticking_out_of_its_grid_by_a_known_area() -> None:
     assert found[0].area_m2 == pytest.approx(geodesic_area(deg(box(100, 40, 112, 50))), rel=0.005)
 
 
-def test_guatu_check_exits_1_on_errors_and_prints_geojson(session: Session) -> None:
+def test_guatu_check_refuses_bad_options_with_exit_2() -> None:
+    """(Exit 1 on the demo's defects, and the JSON report, are tested in tests/test_cli.py.)"""
     from typer.testing import CliRunner
 
     from api import cli

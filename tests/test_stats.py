@@ -59,6 +59,7 @@ def test_filters_narrow_the_figures(demo_client: TestClient) -> None:
 
 def test_bad_filters_are_refused_clearly(demo_client: TestClient) -> None:
     assert demo_client.get("/api/layers/zones/stats", params={"land_use": "07"}).json()["code"] == "filter_invalid"
+    assert demo_client.get("/api/layers/zones/stats", params={"ownership": "集体"}).json()["code"] == "filter_invalid"
     assert demo_client.get("/api/layers/divisions/stats", params={"by": "grid"}).json()["code"] == "group_invalid"
     assert demo_client.get("/api/layers/parcels/stats", params={"bbox": "1,2"}).json()["code"] == "bbox_invalid"
 

@@ -41,11 +41,18 @@ def test_a_tile_holds_the_parcel_with_what_styling_and_popups_need(client: TestC
     assert decoded["parcels"]["extent"] == 4096
 
 
-def test_an_empty_tile_is_answered_without_content(client: TestClient, parcel: dict) -> None:
-    far = client.get("/tiles/parcels/10/0/0.pbf")  # nowhere near the data: no query at all
+def test_an_empty_tile_is_answered_without_content(
+    client: TestClient, parcel: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layers import tiles
+
+    real = tiles._sql
+    monkeypatch.setattr(tiles, "_sql", lambda *a: pytest.fail("a tile outside the extent must not be queried"))
+    far = client.get("/tiles/parcels/10/0/0.pbf")  # nowhere near the data: no tile query at all
     assert far.status_code == 204 and far.content == b""
-    z, x, y = tile_of(121.5, 37.5, 12)  # inside the extent's neighbourhood? no: outside, also empty
+    z, x, y = tile_of(121.5, 37.5, 12)  # another tile outside the extent
     assert client.get(f"/tiles/parcels/{z}/{x}/{y}.pbf").status_code == 204
+    monkeypatch.setattr(tiles, "_sql", real)
     assert client.get("/tiles/shops/14/13670/6250.pbf").status_code == 204  # a layer with nothing in it
 
 
