@@ -19,7 +19,8 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from layers.base import REGISTRY, Coverage, EveryTargetHasOne, Layer, Near, NoOverlap, Within
-from spatial.errors import InvalidInput, NotFound
+from layers.scopes import scope_unit
+from spatial.errors import InvalidInput
 from spatial.topology import Checker, Finding, LocalMetric, Tolerance
 
 RULES = {
@@ -87,20 +88,6 @@ def _load(
     return [Row(row[0], dict(zip(names, row[:-1], strict=True)), shapely.from_wkb(row[-1])) for row in rows]
 
 
-def scope_shape(session: Session, scope: str, as_of: dt.date) -> BaseGeometry:
-    """Return the shape of the unit coded SCOPE (a street or community division, or a grid)."""
-    for layer_id in ("divisions", "grids"):
-        rows = [r for r in _load(session, REGISTRY[layer_id], prefix=scope, as_of=as_of) if r.code == scope]
-        if rows:
-            return shapely.union_all([r.geom for r in rows])
-    raise NotFound.one(
-        "scope_not_found",
-        f"没有编码为 {scope} 的街道、社区或网格",
-        f"no street, community or grid coded {scope}",
-        field="scope",
-    )
-
-
 def _frame_extent(session: Session) -> BaseGeometry:
     """Return the extent of the divisions and grids (where the local metric is centred), in one query."""
     found = session.execute(
@@ -133,7 +120,7 @@ def run_checks(
             field="rules",
         )
     as_of = as_of or dt.date.today()
-    shape = scope_shape(session, scope, as_of) if scope else None
+    shape = scope_unit(session, scope, as_of)[0] if scope else None
     checker = Checker(LocalMetric.around([shape if shape is not None else _frame_extent(session)]), tolerance)
     findings: list[Finding] = []
     for layer in sorted(REGISTRY.values(), key=lambda lay: lay.order):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
-from sqlalchemy import text
 
 from api.deps import SessionDep
 from layers.base import REGISTRY
 from layers.features import layer_summary
+from layers.scopes import scope_choices
 from web import assets
 from web.checks import build_checks_page
 from web.maps import Basemap, LayerView, build_map_page
@@ -51,12 +51,7 @@ def upload_page(request: Request) -> HTMLResponse:
 def checks_page(request: Request, session: SessionDep) -> HTMLResponse:
     """Return the checks page: pick a street, community or grid; findings listed and drawn."""
     scopes = [{"code": "", "label": "全部 Everything"}]
-    rows = session.execute(
-        text(
-            "SELECT code, name, level FROM divisions UNION ALL "
-            "SELECT code, name, '网格' FROM grids WHERE valid_to IS NULL OR valid_to > current_date ORDER BY 1"
-        )
-    ).all()
+    rows = scope_choices(session)
     for code, name, level in rows:
         indent = {"区县": "", "街道": "　", "社区": "　　", "网格": "　　　"}.get(level, "")
         scopes.append({"code": code, "label": f"{indent}{level} {code} {name}"})

@@ -8,16 +8,13 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 import shapely
 
 from api.deps import SessionDep
-from layers.base import REGISTRY
-from layers.checks import scope_shape
 from layers.features import layer_or_404, parse_bbox
-from spatial.errors import InvalidInput
+from layers.scopes import features_in, scope_unit
 from web.printing import PrintLayer, render_wall_map
 
 router = APIRouter(tags=["print"])
@@ -42,40 +39,19 @@ async def print_map(
     wanted = {name.strip() for name in layers.split(",") if name.strip()}
     chosen = sorted((layer_or_404(name) for name in wanted), key=lambda layer: layer.order)
     day = dt.date.today()
-    shape = scope_shape(session, scope, day) if scope else None
+    shape, label = scope_unit(session, scope, day) if scope else (None, "")
+    label = f"{label}（{scope}）" if scope else "全部 everything"
     view = parse_bbox(bbox)
     if view is not None:
         shape = shapely.box(*view) if shape is None else shape.intersection(shapely.box(*view))
+        label = label if scope else "当前视野 map view"
     printed: list[PrintLayer] = []
-    total = 0
+    room = MAX_PRINTED
     for layer in chosen:
         names = [n for n in ("code", "name", layer.style.by) if n and n in layer.field_names]
-        where = "ST_Intersects(geom, ST_GeomFromWKB(:shape, 4490))" if shape is not None else "TRUE"
-        if "valid_to" in layer.field_names:
-            where += " AND (valid_to IS NULL OR valid_to > current_date)"
-        rows = session.execute(
-            text(f"SELECT {', '.join(names)}, ST_AsBinary(geom) FROM {layer.table} WHERE {where} LIMIT :cap"),
-            {"shape": shapely.to_wkb(shape) if shape is not None else None, "cap": MAX_PRINTED + 1},
-        ).all()
-        total += len(rows)
-        if total > MAX_PRINTED:
-            raise InvalidInput.one(
-                "print_too_large",
-                f"范围内要素超过 {MAX_PRINTED:,} 个，请选更小的范围或更少的图层",
-                f"more than {MAX_PRINTED:,} features in scope: pick a smaller scope or fewer layers",
-                field="scope",
-            )
-        features = [(shapely.from_wkb(row[-1]), dict(zip(names, row[:-1], strict=True))) for row in rows]
+        features = features_in(session, layer, shape, names, room)
+        room -= len(features)
         printed.append(PrintLayer(layer, features))
-    label = "当前视野 map view" if view is not None else "全部 everything"
-    if scope:
-        for layer_id in ("divisions", "grids"):
-            found = session.execute(
-                text(f"SELECT name FROM {REGISTRY[layer_id].table} WHERE code = :c LIMIT 1"), {"c": scope}
-            ).scalar()
-            if found:
-                label = f"{found}（{scope}）"
-                break
     heading = title or request.app.state.settings.site_title
     data = await run_in_threadpool(
         render_wall_map, printed, title=heading, scope_label=label, size=size, fmt=format, day=day, frame=shape
