@@ -10,6 +10,7 @@ English message, and a stable id (the same defect keeps its id across runs).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -64,8 +65,6 @@ class Finding:
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON form (geometry as GeoJSON)."""
-        import json
-
         return {
             "id": self.id,
             "rule": self.rule,

@@ -12,6 +12,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ class PrintLayer:
     features: list[tuple[BaseGeometry, dict[str, Any]]]
 
 
+@lru_cache(maxsize=2)
 def _font(bold: bool = False) -> font_manager.FontProperties:
     path = Path(FONT_FILES[1 if bold else 0])
     if path.exists():
