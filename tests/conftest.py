@@ -66,6 +66,18 @@ def migrated_database(name: str) -> Iterator[Engine]:
         eng.dispose()
 
 
+@contextmanager
+def demo_database(name: str) -> Iterator[Engine]:
+    """Yield an engine on database NAME, migrated, holding the committed demo street."""
+    from layers import demo
+
+    with migrated_database(name) as eng:
+        with Session(eng) as session:
+            demo.load(session)
+            session.commit()
+        yield eng
+
+
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
     """Return an engine on a fresh, migrated test database."""

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
 from layers import demo
 from tests.browser import chromium, live_server
-from tests.conftest import migrated_database
+from tests.conftest import demo_database
 
 pytestmark = pytest.mark.browser
 SCREENSHOTS = Path(os.environ.get("GUATU_SCREENSHOTS", Path(__file__).resolve().parent.parent / "out" / "screenshots"))
@@ -20,10 +19,7 @@ SCREENSHOTS = Path(os.environ.get("GUATU_SCREENSHOTS", Path(__file__).resolve().
 
 @pytest.fixture(scope="module")
 def demo_engine() -> Iterator[Engine]:
-    with migrated_database("guatu_test_checks_page") as engine:
-        with Session(engine) as session:
-            demo.load(session)
-            session.commit()
+    with demo_database("guatu_test_checks_page") as engine:
         yield engine
 
 

@@ -10,11 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
-from layers import demo
 from tests.browser import chromium, live_server
-from tests.conftest import migrated_database
+from tests.conftest import demo_database
 
 pytestmark = pytest.mark.browser
 
@@ -26,10 +24,7 @@ SCREENSHOTS = Path(os.environ.get("GUATU_SCREENSHOTS", Path(__file__).resolve().
 @pytest.fixture(scope="module")
 def web_engine() -> Iterator[Engine]:
     """Return an engine on a committed database holding the demo street."""
-    with migrated_database("guatu_test_web") as engine:
-        with Session(engine) as session:
-            demo.load(session)
-            session.commit()
+    with demo_database("guatu_test_web") as engine:
         yield engine
 
 
@@ -217,12 +212,6 @@ def test_search_zooms_and_the_status_filter_changes_drawing_and_figures(base_url
         page.wait_for_function("window.guatu.idle()", timeout=15_000)
         before = int(page.locator(".guatu-figures").get_attribute("data-count") or 0)
         drawn_before = page.locator("path.guatu-parcels").count()
-        for box in page.locator(".guatu-choice input").all():
-            if box.get_attribute("value") != "闲置":
-                box.uncheck()
-        page.wait_for_function(f"document.querySelector('.guatu-figures').dataset.count !== '{before}'", timeout=15_000)
-        page.wait_for_function("window.guatu.idle()", timeout=15_000)
-        after = int(page.locator(".guatu-figures").get_attribute("data-count") or 0)
         bounds = page.evaluate(
             "(() => { const m = Object.values(window).find(v => v && v._leaflet_id && v.getBounds); "
             "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]; })()"
@@ -231,6 +220,15 @@ def test_search_zooms_and_the_status_filter_changes_drawing_and_figures(base_url
             f"{base_url}/api/layers/parcels/stats",
             params={"bbox": ",".join(f"{v:.6f}" for v in bounds), "status": "闲置"},
         ).json()["total"]["count"]
+        for box in page.locator(".guatu-choice input").all():
+            if box.get_attribute("value") != "闲置":
+                box.uncheck()
+        # each uncheck asks again; wait for the answer to the last one (the view does not move)
+        page.wait_for_function(
+            f"document.querySelector('.guatu-figures').dataset.count === '{expected}'", timeout=15_000
+        )
+        page.wait_for_function("window.guatu.idle()", timeout=15_000)
+        after = int(page.locator(".guatu-figures").get_attribute("data-count") or 0)
         assert after == expected and 0 < after < before
         drawn = page.locator("path.guatu-parcels")
         assert 0 < drawn.count() < drawn_before
