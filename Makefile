@@ -75,13 +75,15 @@ assets: $(ASSET_DIR)/.installed
 
 $(ASSET_DIR)/.installed: web/package.json web/package-lock.json
 	@echo "==> 前端资源 front-end assets (npm ci)"
-	mkdir -p $(NPM_DIR) $(ASSET_DIR)/leaflet $(ASSET_DIR)/swagger-ui
+	mkdir -p $(NPM_DIR) $(ASSET_DIR)/leaflet $(ASSET_DIR)/swagger-ui $(ASSET_DIR)/vectorgrid
 	cp web/package.json web/package-lock.json $(NPM_DIR)/
 	cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	cp -r $(NPM_DIR)/node_modules/leaflet/dist/leaflet.js $(NPM_DIR)/node_modules/leaflet/dist/leaflet.css \
 	      $(NPM_DIR)/node_modules/leaflet/dist/images $(NPM_DIR)/node_modules/leaflet/LICENSE $(ASSET_DIR)/leaflet/
 	cp $(NPM_DIR)/node_modules/swagger-ui-dist/swagger-ui-bundle.js $(NPM_DIR)/node_modules/swagger-ui-dist/swagger-ui.css \
 	   $(NPM_DIR)/node_modules/swagger-ui-dist/LICENSE $(ASSET_DIR)/swagger-ui/
+	cp $(NPM_DIR)/node_modules/leaflet.vectorgrid/dist/Leaflet.VectorGrid.bundled.min.js \
+	   $(NPM_DIR)/node_modules/leaflet.vectorgrid/package.json $(ASSET_DIR)/vectorgrid/
 	touch $@
 
 database: venv ## start the local PostGIS (unless DATABASE_URL is set) and migrate

@@ -195,6 +195,8 @@ class Style:
     fill: bool = True
     emphasis: str | None = None
     """The value that must stand out (idle): drawn with a thick outline in its colour."""
+    tiled: bool = False
+    """Drawn on the map from vector tiles (the big layers: a county's parcels), not GeoJSON by view."""
 
 
 @dataclass(frozen=True)

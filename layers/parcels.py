@@ -94,6 +94,7 @@ PARCELS = register(
             fill_opacity=0.45,
             weight=0.6,
             min_zoom=14,
+            tiled=True,
         ),
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(_known_land_use, grid_code_rules("grid_code")),

@@ -19,6 +19,7 @@ from layers.base import Layer
 from spatial.errors import InvalidInput
 
 REVITALISED = "已盘活"
+STREET_DIGITS = 9
 
 
 @dataclass
@@ -39,7 +40,13 @@ def _no_such_filter(layer: Layer, name: str, zh: str) -> InvalidInput:
     return InvalidInput.one("filter_invalid", zh_message, f"{layer.en} has no {name}", field=name)
 
 
-def _where(layer: Layer, flt: Filter) -> tuple[str, dict[str, Any]]:
+def filter_conditions(layer: Layer, flt: Filter) -> tuple[list[str], dict[str, Any]]:
+    """Return the SQL conditions (on LAYER's own columns, unqualified) and parameters of FLT.
+
+    Current versions only, for a versioned layer. Raises ``filter_invalid`` for a filter on a
+    field the layer does not have. Shared by the statistics and the vector tiles, so what is
+    drawn is what is counted.
+    """
     names = set(layer.field_names)
     conditions: list[str] = []
     params: dict[str, Any] = {}
@@ -76,11 +83,19 @@ def _where(layer: Layer, flt: Filter) -> tuple[str, dict[str, Any]]:
         params["idle_before"] = flt.idle_since_before
     if "valid_to" in names:
         conditions.append("(valid_to IS NULL OR valid_to > current_date)")
+    return conditions, params
+
+
+def _where(layer: Layer, flt: Filter) -> tuple[str, dict[str, Any]]:
+    conditions, params = filter_conditions(layer, flt)
     return (" WHERE " + " AND ".join(conditions)) if conditions else "", params
 
 
 def statistics(session: Session, layer: Layer, flt: Filter, *, by: str | None = None) -> dict[str, Any]:
-    """Return the counts, areas and idle figures of LAYER under FLT, and a roll-up BY community or grid."""
+    """Return the counts, areas and idle figures of LAYER under FLT, and a roll-up BY street, community or grid.
+
+    Each roll-up row carries its unit's name and bounding box (for the map's drill-down).
+    """
     where, params = _where(layer, flt)
     status = layer.style.by
     idle = layer.style.emphasis
@@ -100,25 +115,39 @@ def statistics(session: Session, layer: Layer, flt: Filter, *, by: str | None = 
             {"value": value, "count": n, "area_m2": round(a, 2), "area_mu": round(a * 3 / 2000, 2)}
             for value, n, a in rows
         ]
-    group = {"community": "community_code", "grid": "grid_code"}.get(by or "")
-    if by and (group is None or group not in names):
+    column = {"street": "community_code", "community": "community_code", "grid": "grid_code"}.get(by or "")
+    if by and (column is None or column not in names):
         raise InvalidInput.one(
             "group_invalid", f"不能按“{by}”汇总{layer.zh}", f"cannot roll {layer.en} up by {by!r}", field="by"
         )
-    if group:
-        frame = "divisions" if group == "community_code" else "grids"
+    if column:
+        # a street is the first 9 digits of its communities' codes (GB/T 2260 + 3-digit street number)
+        group = f"left({column}, {STREET_DIGITS})" if by == "street" else column
+        frame = "grids" if by == "grid" else "divisions"
         rows = session.execute(
             text(
                 f"""
-                SELECT g.key, f.name, g.n, g.a, g.i, g.d
+                SELECT g.key, f.name, g.n, g.a, g.i, g.d, f.x0, f.y0, f.x1, f.y1
                 FROM (SELECT {group} AS key, {figures} FROM {layer.table}{where} GROUP BY 1) g
-                LEFT JOIN LATERAL (SELECT name FROM {frame} WHERE code = g.key LIMIT 1) f ON true
+                LEFT JOIN LATERAL (
+                    SELECT name, ST_XMin(geom) AS x0, ST_YMin(geom) AS y0, ST_XMax(geom) AS x1, ST_YMax(geom) AS y1
+                    FROM {frame} WHERE code = g.key LIMIT 1
+                ) f ON true
                 ORDER BY 1
                 """
             ),
             params,
         ).all()
-        out["rows"] = [{"code": key, "name": name, **_figures((n, a, i, d))} for key, name, n, a, i, d in rows]
+        out["by"] = by
+        out["rows"] = [
+            {
+                "code": key,
+                "name": name,
+                **_figures((n, a, i, d)),
+                "bbox": None if x0 is None else [round(v, 7) for v in (x0, y0, x1, y1)],
+            }
+            for key, name, n, a, i, d, x0, y0, x1, y1 in rows
+        ]
     return out
 
 

@@ -8,6 +8,7 @@ by id). Tiles outside the layer's extent are answered without asking the databas
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from layers.base import Layer
+from layers.stats import Filter, filter_conditions
 from spatial.errors import InvalidInput
 
 EXTENT = 4096
@@ -61,12 +63,12 @@ def tile_properties(layer: Layer) -> list[str]:
     return names
 
 
-def _sql(layer: Layer, simplify: bool) -> str:
+def _sql(layer: Layer, simplify: bool, conditions: Sequence[str] = ()) -> str:
     columns = ", ".join(f"t.{name}" for name in tile_properties(layer))
     geom = "ST_Transform(t.geom, 3857)"
     if simplify:  # below street level, drop detail finer than a quarter pixel before clipping
         geom = f"ST_SimplifyPreserveTopology({geom}, :pixel / 4)"
-    versioned = " AND (t.valid_to IS NULL OR t.valid_to > current_date)" if "valid_to" in layer.field_names else ""
+    versioned = "".join(f" AND {condition}" for condition in conditions)
     return f"""
         WITH bounds AS (SELECT ST_TileEnvelope(:z, :x, :y) AS env),
         rows AS (
@@ -79,15 +81,22 @@ def _sql(layer: Layer, simplify: bool) -> str:
     """
 
 
-def render_tile(session: Session, layer: Layer, address: Tile, extent: list[float] | None) -> bytes:
-    """Return the MVT bytes of LAYER in the tile ADDRESS (empty when nothing is there)."""
+def render_tile(
+    session: Session, layer: Layer, address: Tile, extent: list[float] | None, flt: Filter | None = None
+) -> bytes:
+    """Return the MVT bytes of LAYER's features under FLT in the tile ADDRESS (empty when nothing is there).
+
+    FLT is the map's filter (scope, status, land use, ownership, idle since): what is drawn
+    is what the statistics count. Current versions only, for a versioned layer.
+    """
     if extent is None:
         return b""
     west, south, east, north = address.bounds_lonlat()
     if east < extent[0] or west > extent[2] or north < extent[1] or south > extent[3]:
         return b""  # nothing of the layer here: no query
     size = 2 * WEB_MERCATOR_HALF / 2**address.z
-    params: dict[str, Any] = {
+    conditions, params = filter_conditions(layer, flt or Filter())
+    params |= {
         "z": address.z,
         "x": address.x,
         "y": address.y,
@@ -95,7 +104,7 @@ def render_tile(session: Session, layer: Layer, address: Tile, extent: list[floa
         "margin": size * BUFFER / EXTENT,
         "pixel": size / EXTENT,
     }
-    data = session.execute(text(_sql(layer, simplify=address.z < 15)), params).scalar()
+    data = session.execute(text(_sql(layer, address.z < 15, conditions)), params).scalar()
     return bytes(data or b"")
 
 

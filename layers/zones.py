@@ -59,6 +59,7 @@ ZONES = register(
             fill_opacity=0.55,
             weight=0.5,
             min_zoom=15,
+            tiled=True,
         ),
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(_zone_code, grid_code_rules("grid_code")),

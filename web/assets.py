@@ -10,6 +10,7 @@ STATIC_URL = "/static"
 
 LEAFLET_JS = f"{STATIC_URL}/vendor/leaflet/leaflet.js"
 LEAFLET_CSS = f"{STATIC_URL}/vendor/leaflet/leaflet.css"
+VECTORGRID_JS = f"{STATIC_URL}/vendor/vectorgrid/Leaflet.VectorGrid.bundled.min.js"
 SWAGGER_JS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui-bundle.js"
 SWAGGER_CSS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui.css"
 GUATU_JS = f"{STATIC_URL}/guatu/map.js"
@@ -18,7 +19,13 @@ FAVICON = f"{STATIC_URL}/guatu/favicon.svg"
 UPLOAD_JS = f"{STATIC_URL}/guatu/upload.js"
 CHECKS_JS = f"{STATIC_URL}/guatu/checks.js"
 
-REQUIRED = ("leaflet/leaflet.js", "leaflet/leaflet.css", "swagger-ui/swagger-ui-bundle.js", "swagger-ui/swagger-ui.css")
+REQUIRED = (
+    "leaflet/leaflet.js",
+    "leaflet/leaflet.css",
+    "vectorgrid/Leaflet.VectorGrid.bundled.min.js",
+    "swagger-ui/swagger-ui-bundle.js",
+    "swagger-ui/swagger-ui.css",
+)
 
 
 def missing_assets() -> list[str]:

@@ -16,11 +16,18 @@ import folium
 from branca.element import CssLink, Element, Figure, JavascriptLink
 
 from layers.base import Layer
+from layers.landuse import land_use_codes
 from web import assets
 from web.elements import JsCall
 
 DEFAULT_CENTER = (36.30, 120.38)
 PAGE_LIMIT = 5_000
+
+
+def land_use_classes() -> list[dict[str, str]]:
+    """Return the first-level land-use classes (code, name) the map's filter offers."""
+    classes = {code.level1: code.level1_name for code in land_use_codes().values()}
+    return [{"code": code, "name": name} for code, name in sorted(classes.items())]
 
 
 @dataclass(frozen=True)
@@ -32,13 +39,14 @@ class LayerView:
     extent: Sequence[float] | None
 
 
-def layer_options(view: LayerView, api_base: str) -> dict[str, Any]:
+def layer_options(view: LayerView, api_base: str, tile_base: str = "") -> dict[str, Any]:
     """Return the JSON options map.js needs to fetch, style and describe one layer."""
     layer, style = view.layer, view.layer.style
     return {
         "id": layer.id,
         "title": {"zh": layer.zh, "en": layer.en},
         "url": f"{api_base}/layers/{layer.id}/features",
+        "tiles": f"{tile_base}/tiles/{layer.id}/{{z}}/{{x}}/{{y}}.pbf" if style.tiled else None,
         "limit": PAGE_LIMIT,
         "count": view.count,
         "order": layer.order,
@@ -128,6 +136,8 @@ def build_map_page(
     # folium's defaults load Leaflet, jQuery, Bootstrap and Font Awesome from CDNs: the
     # map needs only Leaflet, served by the app itself.
     fmap.default_js = [("leaflet", assets.LEAFLET_JS)]
+    if any(view.layer.style.tiled for view in views):  # the big layers come as vector tiles
+        fmap.default_js.append(("vectorgrid", assets.VECTORGRID_JS))
     fmap.default_css = [("leaflet_css", assets.LEAFLET_CSS)]
     fig.add_child(fmap)
     for tiles in (basemap or Basemap()).tile_layers():
@@ -140,7 +150,8 @@ def build_map_page(
     root.header.add_child(JavascriptLink(assets.GUATU_JS))
     for view in sorted(views, key=lambda v: v.layer.order):
         group = folium.FeatureGroup(name=f"{view.layer.zh} {view.layer.en}", show=view.layer.id not in hidden)
-        group.add_child(JsCall("guatu.bboxLayer", layer_options(view, api_base), names=[fmap.get_name()]))
+        entry = "guatu.tileLayer" if view.layer.style.tiled else "guatu.bboxLayer"
+        group.add_child(JsCall(entry, layer_options(view, api_base), names=[fmap.get_name()]))
         fmap.add_child(group)
     folium.LayerControl(collapsed=False, position="topright").add_to(fmap)
     bounds = _bounds(views)
@@ -169,6 +180,9 @@ def build_map_page(
             "field": parcels.style.by,
             "fieldZh": parcels.field(parcels.style.by).zh,
             "values": list(parcels.field(parcels.style.by).choices),
+            "colors": parcels.style.colors,
+            "landUse": land_use_classes(),
+            "ownership": list(parcels.field("ownership").choices),
         }
         fmap.add_child(JsCall("guatu.panel", panel))
         if cockpit:  # the big screen of a street office: the map and the roll-up, refreshed every minute

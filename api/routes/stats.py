@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from api.deps import LayerDep, SessionDep
 from layers.features import parse_bbox
@@ -18,25 +18,36 @@ def _list(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
-@router.get("/api/layers/{layer_id}/stats", summary="统计 Statistics")
-def layer_statistics(
-    layer: LayerDep,
-    session: SessionDep,
+def map_filter(
     scope: Annotated[str | None, Query(pattern=r"^[0-9]{6,16}$", description="street, community or grid code")] = None,
-    bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (the map's view)")] = None,
     status: Annotated[str | None, Query(description="comma-separated values of the status field")] = None,
     land_use: Annotated[str | None, Query(description="comma-separated land-use code prefixes (01, 0702 …)")] = None,
     ownership: Annotated[str | None, Query(description="comma-separated")] = None,
     idle_since_before: Annotated[dt.date | None, Query(description="idle since before this date")] = None,
-    by: Annotated[str | None, Query(pattern="^(community|grid)$", description="roll up by community or grid")] = None,
-) -> dict[str, Any]:
-    """Return counts, area (m², 亩), idle count and rate, revitalised count, per status and per community/grid."""
-    flt = Filter(
+) -> Filter:
+    """Return the map's filter from the query string (shared by statistics and vector tiles)."""
+    return Filter(
         scope=scope,
-        bbox=parse_bbox(bbox),
         status=_list(status),
         land_use=_list(land_use),
         ownership=_list(ownership),
         idle_since_before=idle_since_before,
     )
+
+
+FilterDep = Annotated[Filter, Depends(map_filter)]
+
+
+@router.get("/api/layers/{layer_id}/stats", summary="统计 Statistics")
+def layer_statistics(
+    layer: LayerDep,
+    session: SessionDep,
+    flt: FilterDep,
+    bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (the map's view)")] = None,
+    by: Annotated[
+        str | None, Query(pattern="^(street|community|grid)$", description="roll up by street, community or grid")
+    ] = None,
+) -> dict[str, Any]:
+    """Return counts, area (m², 亩), idle count and rate, revitalised count, per status and per community/grid."""
+    flt.bbox = parse_bbox(bbox)
     return statistics(session, layer, flt, by=by)

@@ -16,7 +16,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import LayerDep, SessionDep
+from api.routes.stats import FilterDep
 from layers.features import layer_summary
+from layers.stats import filter_conditions
 from layers.tiles import render_tile, tile, tilejson
 
 MVT = "application/vnd.mapbox-vector-tile"
@@ -30,7 +32,7 @@ class TileCache:
         self.size = size
         self.generation: dict[str, int] = {}
         self.extents: dict[str, tuple[int, list[float] | None]] = {}
-        self.tiles: OrderedDict[tuple[str, int, int, int, int], tuple[bytes, str]] = OrderedDict()
+        self.tiles: OrderedDict[tuple[str, int, int, int, str, int], tuple[bytes, str]] = OrderedDict()
         self.lock = threading.Lock()
         self.hits = 0
 
@@ -39,8 +41,8 @@ class TileCache:
         with self.lock:
             self.generation[layer_id] = self.generation.get(layer_id, 0) + 1
 
-    def get(self, key: tuple[str, int, int, int]) -> tuple[bytes, str] | None:
-        """Return the cached (bytes, ETag) of tile KEY (layer, z, x, y) of the current generation."""
+    def get(self, key: tuple[str, int, int, int, str]) -> tuple[bytes, str] | None:
+        """Return the cached (bytes, ETag) of tile KEY (layer, z, x, y, filter) of the current generation."""
         with self.lock:
             found = self.tiles.get((*key, self.generation.get(key[0], 0)))
             if found is not None:
@@ -48,7 +50,7 @@ class TileCache:
                 self.tiles.move_to_end((*key, self.generation.get(key[0], 0)))
             return found
 
-    def put(self, key: tuple[str, int, int, int], value: tuple[bytes, str]) -> None:
+    def put(self, key: tuple[str, int, int, int, str], value: tuple[bytes, str]) -> None:
         """Keep tile KEY's (bytes, ETag), forgetting the least recently used beyond the size."""
         if self.size <= 0:
             return
@@ -86,15 +88,21 @@ async def vector_tile(
     z: Annotated[int, Path(ge=0, le=30)],
     x: Annotated[int, Path(ge=0)],
     y: Annotated[int, Path(ge=0)],
+    flt: FilterDep,
 ) -> Response:
-    """Return one tile of LAYER: id, code, name and the styled field of each feature."""
+    """Return one tile of LAYER: id, code, name and the styled field of each feature.
+
+    The map's filter (scope, status, land use, ownership, idle since) narrows the tile as
+    it narrows the statistics.
+    """
     address = tile(z, x, y)
+    conditions, params = filter_conditions(layer, flt)  # refuses a filter the layer cannot take
     cache = tile_cache(request)
-    key = (layer.id, z, x, y)
+    key = (layer.id, z, x, y, repr(sorted(params.items())))
     cached = cache.get(key)
     if cached is None:
         extent = _extent(request, session, layer)
-        data = await run_in_threadpool(render_tile, session, layer, address, extent)
+        data = await run_in_threadpool(render_tile, session, layer, address, extent, flt)
         cached = (data, '"' + hashlib.sha1(data, usedforsecurity=False).hexdigest()[:20] + '"')
         cache.put(key, cached)
     data, etag = cached

@@ -63,8 +63,8 @@
     });
   }
 
-  var filters = {};  // layer id -> {field, values}
-  var refreshers = {};  // layer id -> redraw from scratch
+  var refilter = {};  // tiled layer id -> function(query): draw only what the map's filter keeps
+  var drawnBy = {};    // layer id -> function(): properties of the features drawn now (tests, screenshots)
 
   function bboxLayer(group, map, opts) {
     var paneName = "guatu-" + opts.id;
@@ -110,9 +110,7 @@
     /* Replace what is drawn with FC, touching only features that came, went or changed. */
     function update(fc) {
       var next = {};
-      var only = filters[opts.id];  // {field, values}: a planner's filter, or none
       fc.features.forEach(function (feature) {
-        if (only && only.values.indexOf(feature.properties[only.field]) < 0) return;
         var stamp = feature.properties && feature.properties.updated_at;
         var have = shown[feature.id];
         if (have && have.stamp === stamp) {
@@ -181,11 +179,122 @@
     }
 
     map.on("moveend", refresh);
-    refreshers[opts.id] = function () { clear(); refresh(); };
+    drawnBy[opts.id] = function () {
+      return map.hasLayer(group) ? Object.keys(shown).map(function (id) { return shown[id].layer.feature.properties; }) : [];
+    };
     group.on("add", refresh);
     group.on("remove", function () { delete status[opts.id]; showStatus(); });
     loaders.push(group);
     refresh();
+  }
+
+  /* A big layer drawn from vector tiles (/tiles/{layer}/{z}/{x}/{y}.pbf): only the tiles in view
+     are fetched, each holding id, code, name and the styled field; a click fetches the full
+     ledger for the popup. The map's filter narrows the tiles on the server (same query string
+     as the statistics), so what is drawn is what is counted. */
+  function tileLayer(group, map, opts) {
+    var paneName = "guatu-" + opts.id;
+    if (!map.getPane(paneName)) {
+      map.createPane(paneName).style.zIndex = String(400 + opts.order);
+    }
+    var style = opts.style;
+    var query = "";
+
+    function look(props) {
+      var colour = colourOf(style, props);
+      var loud = style.emphasis && props[style.by] === style.emphasis;
+      return {
+        color: loud || !style.fill || style.fillOpacity < 0.2 ? colour : "#374151",
+        weight: loud ? Math.max(2, style.weight * 2.5) : style.weight,
+        fillColor: colour,
+        fillOpacity: style.fill ? (loud ? Math.min(0.85, style.fillOpacity + 0.3) : style.fillOpacity) : 0,
+        fill: style.fill, dashArray: style.dash, radius: style.radius,
+        className: "guatu-f guatu-" + opts.id + " guatu-" + opts.id + "-" + props.id + (loud ? " guatu-emphasis" : "")
+      };
+    }
+
+    // Tiles give each feature an MVT id; styling and popups need it among the properties.
+    var Tiles = L.VectorGrid.Protobuf.extend({
+      _getVectorTilePromise: function (coords) {
+        return L.VectorGrid.Protobuf.prototype._getVectorTilePromise.call(this, coords).then(function (tile) {
+          Object.keys(tile.layers).forEach(function (name) {
+            tile.layers[name].features.forEach(function (f) { f.properties.id = f.id; });
+          });
+          return tile;
+        }).catch(function (err) {  // a tile that failed is drawn empty and said, not left loading
+          status[opts.id + "~"] = opts.title.zh + "：瓦片加载失败 (tile failed) " + err.message;
+          showStatus();
+          return {layers: {}};
+        });
+      }
+    });
+    var styles = {};
+    styles[opts.id] = function (props) { return look(props); };
+    var tiles = new Tiles(opts.tiles, {
+      pane: paneName,
+      rendererFactory: L.svg.tile,  // real paths: hit-testing and the popup highlight by the browser
+      vectorTileLayerStyles: styles,
+      interactive: true,
+      minZoom: style.minZoom,
+      maxZoom: 22,
+      getFeatureId: function (f) { return f.id; },
+      fetchOptions: {credentials: "same-origin"}
+    });
+    tiles.addTo(group);
+
+    var popup = L.popup({maxWidth: 360, autoPanPaddingTopLeft: [60, 150], autoPanPaddingBottomRight: [40, 40]});
+    var lit = null;
+    tiles.on("click", function (e) {
+      var id = e.layer.properties.id;
+      L.DomEvent.stop(e);
+      popup.setLatLng(e.latlng).setContent(el("div", "guatu-popup", "加载中… loading")).openOn(map);
+      if (lit !== null) tiles.resetFeatureStyle(lit);
+      lit = id;
+      tiles.setFeatureStyle(id, L.extend(look(e.layer.properties), {weight: 4, color: "#f59e0b", dashArray: null}));
+      fetch(opts.url + "/" + id, {headers: {Accept: "application/geo+json"}})
+        .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+        .then(function (feature) { if (lit === id) popup.setContent(popupNode(opts, feature)); })
+        .catch(function (err) { popup.setContent(el("div", "guatu-bad", "读取失败 failed: " + err.message)); });
+    });
+    map.on("popupclose", function (e) {
+      if (e.popup === popup && lit !== null) { tiles.resetFeatureStyle(lit); lit = null; }
+    });
+
+    function say() {
+      if (!map.hasLayer(group)) { delete status[opts.id]; showStatus(); return; }
+      status[opts.id] = map.getZoom() < style.minZoom
+        ? opts.title.zh + "：请放大到 " + style.minZoom + " 级查看 (zoom in to see " + opts.title.en + ")"
+        : opts.title.zh + "：矢量瓦片 " + (group.loading ? "加载中… (loading)" : drawn().length + " 个 (vector tiles)");
+      showStatus();
+    }
+    tiles.on("loading", function () { group.loading = map.getZoom() >= style.minZoom; say(); });
+    tiles.on("load", function () { group.loading = false; say(); group.fire("guatu:loaded"); });
+    map.on("zoomend", function () { if (map.getZoom() < style.minZoom) group.loading = false; say(); });
+    group.on("add", say);
+    group.on("remove", function () { group.loading = false; say(); });
+
+    /* The properties of the features drawn now, once each (a feature crossing tiles is in both). */
+    function drawn() {
+      if (!map.hasLayer(group) || map.getZoom() < style.minZoom) return [];
+      var seen = {}, out = [];
+      Object.keys(tiles._vectorTiles).forEach(function (key) {
+        var features = tiles._vectorTiles[key]._features || {};
+        Object.keys(features).forEach(function (id) {
+          if (seen[id]) return;
+          seen[id] = true;
+          out.push(features[id].feature.properties);
+        });
+      });
+      return out;
+    }
+    drawnBy[opts.id] = drawn;
+    refilter[opts.id] = function (q) {
+      if (q === query) return;
+      query = q;
+      group.loading = map.hasLayer(group) && map.getZoom() >= style.minZoom;
+      tiles.setUrl(opts.tiles + (q ? "?" + q : ""));
+    };
+    loaders.push(group);
   }
 
   function chrome(map, opts) {
@@ -269,21 +378,58 @@
     return loaders.every(function (group) { return !group.loading; });
   }
 
-  /* The filter, statistics and search panel: status boxes narrow what is drawn and counted,
-     the figures follow the view, a code or name found zooms the map to it. */
+  /* The filter, statistics and search panel. The filter (status, land-use class, ownership,
+     idle since, and the unit drilled down to) narrows what is drawn — the tiles are filtered
+     on the server — and what is counted; the figures, the chart per status and the roll-up
+     follow the view. A row of the roll-up drills down street → community → grid. */
   function panel(map, opts) {
+    var NEXT = {0: "street", 9: "community", 12: "grid"};  // roll up the level below the scope
+    var LEVEL = {street: "街道 Street", community: "社区 Community", grid: "网格 Grid"};
+    var trail = [];  // the units drilled down to: [{code, name}]
+
+    function field(box, zh, control) {
+      var line = el("label", "guatu-filter");
+      line.appendChild(el("span", "guatu-filter-name", zh));
+      line.appendChild(control);
+      box.appendChild(line);
+      return control;
+    }
+    function select(cls, choices) {
+      var node = el("select", cls);
+      var any = el("option", null, "全部 all");
+      any.value = "";
+      node.appendChild(any);
+      choices.forEach(function (c) {
+        var option = el("option", null, c.label);
+        option.value = c.value;
+        node.appendChild(option);
+      });
+      return node;
+    }
+
     var Box = L.Control.extend({
       options: {position: "bottomleft"},
       onAdd: function () {
         var box = el("div", "guatu-panel");
-        box.appendChild(el("div", "guatu-title-main", "筛选与统计 Filter & statistics"));
+        var head = el("div", "guatu-title-main guatu-panel-head", "筛选与统计 Filter & statistics ▾");
+        head.title = "点击收起/展开 (click to fold)";
+        head.addEventListener("click", function () {
+          var folded = box.classList.toggle("guatu-folded");
+          head.textContent = "筛选与统计 Filter & statistics " + (folded ? "▸" : "▾");
+        });
+        box.appendChild(head);
+        var body = el("div", "guatu-panel-body");
+        box.appendChild(body);
         var search = el("input", "guatu-search");
         search.type = "search";
         search.placeholder = "搜索编码、名称、地址 Search code, name, address";
-        box.appendChild(search);
+        body.appendChild(search);
         var hits = el("div", "guatu-hits");
-        box.appendChild(hits);
-        box.appendChild(el("div", "guatu-panel-sub", opts.title + "（" + opts.fieldZh + "）"));
+        body.appendChild(hits);
+
+        var crumbs = el("div", "guatu-crumbs");
+        body.appendChild(crumbs);
+        body.appendChild(el("div", "guatu-panel-sub", opts.title + "（" + opts.fieldZh + "）"));
         var boxes = el("div", "guatu-statuses");
         opts.values.forEach(function (value) {
           var label = el("label", "guatu-choice");
@@ -296,9 +442,23 @@
           label.appendChild(document.createTextNode(" " + value));
           boxes.appendChild(label);
         });
-        box.appendChild(boxes);
+        body.appendChild(boxes);
+        var more = el("div", "guatu-filters");
+        var landUse = field(more, "地类 Land use", select("guatu-f-land-use",
+          opts.landUse.map(function (c) { return {value: c.code, label: c.code + " " + c.name}; })));
+        var owner = field(more, "权属 Ownership", select("guatu-f-ownership",
+          opts.ownership.map(function (o) { return {value: o, label: o}; })));
+        var since = el("input", "guatu-f-idle-since");
+        since.type = "date";
+        field(more, "闲置早于 Idle before", since);
+        body.appendChild(more);
+
         var figures = el("div", "guatu-figures", "…");
-        box.appendChild(figures);
+        body.appendChild(figures);
+        var chart = el("div", "guatu-chart");
+        body.appendChild(chart);
+        var rollup = el("table", "guatu-rollup");
+        body.appendChild(rollup);
         L.DomEvent.disableClickPropagation(box);
         L.DomEvent.disableScrollPropagation(box);
 
@@ -306,29 +466,114 @@
           return Array.prototype.filter.call(boxes.querySelectorAll("input"), function (i) { return i.checked; })
             .map(function (i) { return i.value; });
         }
+        function scope() { return trail.length ? trail[trail.length - 1].code : ""; }
+
+        /* The filter as a query string, the same for the tiles and the statistics. */
+        function query() {
+          var q = new URLSearchParams();
+          var values = chosen();
+          if (scope()) q.set("scope", scope());
+          if (values.length < opts.values.length) q.set("status", values.join(",") || "-");
+          if (landUse.value) q.set("land_use", landUse.value);
+          if (owner.value) q.set("ownership", owner.value);
+          if (since.value) q.set("idle_since_before", since.value);
+          return q.toString();
+        }
+
+        function showCrumbs() {
+          crumbs.textContent = "";
+          var top = el("a", "guatu-crumb", "全部 All");
+          top.href = "#";
+          crumbs.appendChild(top);
+          top.addEventListener("click", function (e) { e.preventDefault(); trail = []; apply(); });
+          trail.forEach(function (unit, i) {
+            crumbs.appendChild(document.createTextNode(" › "));
+            var link = el("a", "guatu-crumb", unit.name || unit.code);
+            link.href = "#";
+            link.dataset.code = unit.code;
+            link.addEventListener("click", function (e) {
+              e.preventDefault();
+              trail = trail.slice(0, i + 1);
+              if (unit.bbox) map.fitBounds([[unit.bbox[1], unit.bbox[0]], [unit.bbox[3], unit.bbox[2]]]);
+              apply();
+            });
+            crumbs.appendChild(link);
+          });
+        }
+
+        function drawChart(rows, total) {
+          chart.textContent = "";
+          var most = Math.max.apply(null, [1].concat(rows.map(function (r) { return r.count; })));
+          rows.forEach(function (row) {
+            var line = el("div", "guatu-bar");
+            line.dataset.value = row.value;
+            line.dataset.count = String(row.count);
+            line.appendChild(el("span", "guatu-bar-label", row.value));
+            var track = el("span", "guatu-bar-track");
+            var fill = el("span", "guatu-bar-fill");
+            fill.style.width = (100 * row.count / most).toFixed(1) + "%";
+            fill.style.background = opts.colors[row.value] || "#6b7280";
+            track.appendChild(fill);
+            line.appendChild(track);
+            line.appendChild(el("span", "guatu-bar-value", row.count + "（" +
+              (total ? (100 * row.count / total).toFixed(0) : 0) + "%）"));
+            chart.appendChild(line);
+          });
+        }
+
+        function drawRollup(by, rows) {
+          rollup.textContent = "";
+          if (!by) return;
+          var head = el("tr");
+          [LEVEL[by], "块", "亩", "闲置", "闲置率"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+          rollup.appendChild(head);
+          rows.forEach(function (row) {
+            var tr = el("tr", "guatu-rollup-row");
+            tr.dataset.code = row.code;
+            tr.title = "点击下钻 (click to drill down) " + row.code;
+            [row.name || row.code, row.count, row.area_mu.toFixed(1), row.idle, (row.idle_rate * 100).toFixed(1) + "%"]
+              .forEach(function (v) { tr.appendChild(el("td", null, v)); });
+            tr.addEventListener("click", function () {
+              trail.push({code: row.code, name: row.name, bbox: row.bbox});
+              if (row.bbox) map.fitBounds([[row.bbox[1], row.bbox[0]], [row.bbox[3], row.bbox[2]]]);
+              apply();
+            });
+            rollup.appendChild(tr);
+          });
+        }
+
         var ask = 0;
         function count() {
           var b = map.getBounds();
-          var values = chosen();
+          var by = NEXT[scope().length];
+          var q = query();
           var url = opts.api + "/layers/" + opts.layer + "/stats?bbox=" +
             [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) { return v.toFixed(6); }).join(",") +
-            (values.length < opts.values.length ? "&status=" + encodeURIComponent(values.join(",") || "-") : "");
+            (q ? "&" + q : "") + (by ? "&by=" + by : "");
           var mine = ++ask;
+          figures.dataset.loading = "1";
           fetch(url).then(function (r) { return r.json(); }).then(function (s) {
             if (mine !== ask || !s.total) return;
             var t = s.total;
             figures.textContent = "视野内 in view：" + t.count + " 块，" + t.area_mu.toFixed(2) + " 亩；闲置 idle " +
-              t.idle + "（" + (t.idle_rate * 100).toFixed(1) + "%）" + (t.revitalised != null ? "；已盘活 " + t.revitalised : "");
+              t.idle + "（" + (t.idle_rate * 100).toFixed(1) + "%）" + (t.revitalised != null ? "；已盘活 revitalised " + t.revitalised : "");
             figures.dataset.count = String(t.count);
+            figures.dataset.query = q;
+            drawChart(s.by_status || [], t.count);
+            drawRollup(by, s.rows || []);
+            delete figures.dataset.loading;
           });
         }
-        boxes.addEventListener("change", function () {
-          var values = chosen();
-          filters[opts.layer] = values.length < opts.values.length ? {field: opts.field, values: values} : null;
-          if (refreshers[opts.layer]) refreshers[opts.layer]();
+
+        function apply() {
+          showCrumbs();
+          if (refilter[opts.layer]) refilter[opts.layer](query());
           count();
-        });
+        }
+        boxes.addEventListener("change", apply);
+        [landUse, owner, since].forEach(function (c) { c.addEventListener("change", apply); });
         map.on("moveend", count);
+        showCrumbs();
         count();
 
         function find() {
@@ -395,5 +640,11 @@
     new Box().addTo(map);
   }
 
-  window.guatu = {bboxLayer: bboxLayer, chrome: chrome, panel: panel, cockpit: cockpit, mask: mask, idle: idle};
+  /* The properties of LAYER's features drawn now (page tests and screenshots). */
+  function drawn(layer) { return drawnBy[layer] ? drawnBy[layer]() : []; }
+
+  window.guatu = {
+    bboxLayer: bboxLayer, tileLayer: tileLayer, chrome: chrome, panel: panel, cockpit: cockpit,
+    mask: mask, idle: idle, drawn: drawn
+  };
 })();
