@@ -267,3 +267,63 @@ def test_the_cockpit_shows_the_roll_up_per_community(base_url: str) -> None:
         assert page.evaluate("document.body.classList.contains('guatu-cockpit')")
         page.wait_for_selector("path.guatu-grids", timeout=15_000)  # the map is there too
         page.screenshot(path=str(SCREENSHOTS / "cockpit.png"))
+
+
+def test_the_panel_drills_down_and_every_drawn_parcel_matches_the_filter(base_url: str) -> None:
+    listed = httpx.get(f"{base_url}/api/layers/parcels/features", params={"limit": 10000}).json()["features"]
+    ledger = {f["id"]: f["properties"] for f in listed}
+    requests: list[str] = []
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(base_url + "/")
+        page.wait_for_selector(".guatu-rollup-row", timeout=15_000)
+        street = page.locator(".guatu-rollup-row").first
+        assert "城阳街道" in street.inner_text() and "街道" in page.locator(".guatu-rollup th").first.inner_text()
+        street_code = street.get_attribute("data-code")
+        street.click()
+        page.wait_for_function(f"document.querySelector('.guatu-figures').dataset.query === 'scope={street_code}'")
+        page.wait_for_selector(f".guatu-crumb[data-code='{street_code}']")
+        assert "社区" in page.locator(".guatu-rollup th").first.inner_text()
+        community = page.locator(".guatu-rollup-row").first.get_attribute("data-code")
+        page.locator(".guatu-rollup-row").first.click()
+        page.wait_for_function(f"document.querySelector('.guatu-figures').dataset.query === 'scope={community}'")
+        assert "网格" in page.locator(".guatu-rollup th").first.inner_text()
+        grid = page.locator(".guatu-rollup-row").first.get_attribute("data-code")
+        assert grid is not None and community is not None and grid.startswith(community)
+        page.locator(".guatu-rollup-row").first.click()
+        page.wait_for_function(f"document.querySelector('.guatu-figures').dataset.query === 'scope={grid}'")
+        page.wait_for_function("!document.querySelector('.guatu-figures').dataset.loading && window.guatu.idle()")
+        assert page.locator(".guatu-rollup-row").count() == 0  # a grid is the last level
+
+        in_grid = {i for i, p in ledger.items() if p["grid_code"] == grid}
+        drawn = {p["id"] for p in page.evaluate("guatu.drawn('parcels')")}
+        assert drawn and drawn <= in_grid  # the tiles hold this grid's parcels only
+
+        figures = page.locator(".guatu-figures")
+        bars = page.locator(".guatu-bar")
+        assert sum(int(b.get_attribute("data-count") or 0) for b in bars.all()) == int(
+            figures.get_attribute("data-count") or -1
+        )
+        page.select_option("select.guatu-f-land-use", "07")
+        page.wait_for_function(f"document.querySelector('.guatu-figures').dataset.query === 'scope={grid}&land_use=07'")
+        page.wait_for_function("!document.querySelector('.guatu-figures').dataset.loading && window.guatu.idle()")
+        homes = {p["id"] for p in page.evaluate("guatu.drawn('parcels')")}
+        expected_homes = {i for i in in_grid if ledger[i]["land_use_code"].startswith("07")}
+        assert homes and homes <= expected_homes and homes < drawn
+        bounds = page.evaluate(
+            "(() => { const m = Object.values(window).find(v => v instanceof L.Map); "
+            "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]; })()"
+        )
+        expected = httpx.get(
+            f"{base_url}/api/layers/parcels/stats",
+            params={"bbox": ",".join(f"{v:.6f}" for v in bounds), "scope": grid, "land_use": "07"},
+        ).json()["total"]["count"]
+        assert int(figures.get_attribute("data-count") or -1) == expected
+        page.screenshot(path=str(SCREENSHOTS / "map-drilldown.png"))
+        page.locator(".guatu-crumb", has_text="全部").click()  # back to the top
+        page.wait_for_function("document.querySelector('.guatu-figures').dataset.query === 'land_use=07'")
+
+    assert any("/tiles/parcels/" in url for url in requests)  # parcels come as vector tiles …
+    assert not any("/api/layers/parcels/features" in url for url in requests)  # … not as GeoJSON
+    assert [url for url in requests if not url.startswith(base_url) and not url.startswith("data:")] == []

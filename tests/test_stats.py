@@ -75,3 +75,30 @@ def test_search_finds_codes_names_and_addresses(demo_client: TestClient) -> None
     assert any(h["layer"] == "divisions" and h["name"] == "古庙头社区" for h in community)
     assert demo_client.get("/api/search", params={"q": "100%_"}).json() == []  # wildcards are literal
     assert demo_client.get("/api/search", params={"q": ""}).status_code == 422
+
+
+def test_the_roll_up_drills_down_street_community_grid(demo_client: TestClient) -> None:
+    props = parcels(demo_client)
+    streets = demo_client.get("/api/layers/parcels/stats", params={"by": "street"}).json()
+    assert streets["by"] == "street"
+    assert {r["code"]: r["count"] for r in streets["rows"]} == Counter(p["community_code"][:9] for p in props)
+    street = streets["rows"][0]
+    assert street["name"] == "城阳街道" and len(street["bbox"]) == 4
+    communities = demo_client.get(
+        "/api/layers/parcels/stats", params={"scope": street["code"], "by": "community"}
+    ).json()["rows"]
+    assert sum(r["count"] for r in communities) == street["count"]
+    community = communities[0]
+    west, south, east, north = community["bbox"]
+    divisions = demo_client.get("/api/layers/divisions/features", params={"limit": 100}).json()["features"]
+    shape = next(f for f in divisions if f["properties"]["code"] == community["code"])
+    from shapely.geometry import shape as to_shape
+
+    assert to_shape(shape["geometry"]).bounds == pytest.approx((west, south, east, north), abs=1e-6)
+    grids = demo_client.get("/api/layers/parcels/stats", params={"scope": community["code"], "by": "grid"}).json()[
+        "rows"
+    ]
+    assert sum(r["count"] for r in grids) == community["count"]
+    assert all(r["code"].startswith(community["code"]) and r["bbox"] for r in grids)
+    one = demo_client.get("/api/layers/parcels/stats", params={"scope": grids[0]["code"]}).json()
+    assert one["total"]["count"] == grids[0]["count"] == sum(1 for p in props if p["grid_code"] == grids[0]["code"])

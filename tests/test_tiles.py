@@ -83,3 +83,50 @@ def test_bad_tiles_and_the_tilejson(client: TestClient, parcel: dict) -> None:
     west, south, east, north = doc["bounds"]
     lon, lat = parcel["geometry"]["coordinates"][0][0][0]
     assert west <= lon <= east and south <= lat <= north
+
+
+def features_of(client: TestClient, url: str, **params: str) -> list[dict]:
+    response = client.get(url, params=params)
+    if response.status_code == 204:
+        return []
+    assert response.status_code == 200, response.text
+    layers = mapbox_vector_tile.decode(response.content)
+    return list(layers["parcels"]["features"]) if "parcels" in layers else []
+
+
+def test_the_map_filter_narrows_tiles_as_it_narrows_the_statistics(client: TestClient, session) -> None:
+    from layers import demo
+
+    demo.load(session)
+    session.flush()
+    listed = client.get("/api/layers/parcels/features", params={"limit": 10000}).json()["features"]
+    idle = next(f for f in listed if f["properties"]["use_status"] == "闲置")
+    lon, lat = idle["geometry"]["coordinates"][0][0][0]
+    url = "/tiles/parcels/{}/{}/{}.pbf".format(*tile_of(lon, lat, 15))
+    every = features_of(client, url)
+    only_idle = features_of(client, url, status="闲置")
+    assert idle["id"] in {f["id"] for f in only_idle}
+    assert 0 < len(only_idle) < len(every)
+    assert {f["properties"]["use_status"] for f in only_idle} == {"闲置"}
+    by_id = {f["id"]: f["properties"] for f in listed}
+    homes = features_of(client, url, land_use="07")
+    assert homes and all(by_id[f["id"]]["land_use_code"].startswith("07") for f in homes)
+    assert {f["id"] for f in homes} == {f["id"] for f in every if by_id[f["id"]]["land_use_code"].startswith("07")}
+    community = idle["properties"]["community_code"]
+    scoped = features_of(client, url, scope=community, ownership=idle["properties"]["ownership"])
+    assert idle["id"] in {f["id"] for f in scoped}
+    assert all(
+        by_id[f["id"]]["community_code"] == community and by_id[f["id"]]["ownership"] == idle["properties"]["ownership"]
+        for f in scoped
+    )
+    assert features_of(client, url, status="-") == []  # nothing ticked: nothing drawn
+    # the filtered tile is cached apart from the whole one
+    assert len(features_of(client, url)) == len(every)
+
+
+def test_a_filter_a_layer_cannot_take_is_refused(client: TestClient, parcel: dict) -> None:
+    lon, lat = parcel["geometry"]["coordinates"][0][0][0]
+    z, x, y = tile_of(lon, lat, 15)
+    refused = client.get(f"/tiles/grids/{z}/{x}/{y}.pbf", params={"ownership": "集体"})
+    assert refused.status_code == 422 and refused.json()["code"] == "filter_invalid"
+    assert client.get(f"/tiles/parcels/{z}/{x}/{y}.pbf", params={"idle_since_before": "yesterday"}).status_code == 422
