@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 
@@ -54,3 +55,72 @@ def test_png_and_bad_requests(client: TestClient, session: Session) -> None:
     assert client.get("/api/print", params={"size": "B5"}).status_code == 422
     assert client.get("/api/print", params={"layers": "nope"}).json()["code"] == "layer_not_found"
     assert client.get("/api/print", params={"scope": "370214001099"}).json()["code"] == "scope_not_found"
+
+
+def render(pdf: bytes, folder: Path, page: int, dpi: int) -> Image.Image:
+    path = folder / f"p{page}.pdf"
+    path.write_bytes(pdf)
+    prefix = folder / f"r{page}-{dpi}"
+    subprocess.run(["pdftoppm", "-png", "-r", str(dpi), "-f", str(page), "-l", str(page), str(path), str(prefix)])
+    return Image.open(next(folder.glob(f"r{page}-{dpi}*.png"))).convert("L")
+
+
+def test_an_a0_wall_map_cut_into_a4_sheets_lines_up_with_the_whole(
+    client: TestClient, session: Session, tmp_path: Path
+) -> None:
+    from pypdf import PdfReader
+
+    from web.printing import MM, plan_sheets
+
+    demo.load(session)
+    session.flush()
+    params = {"size": "A0", "title": "城阳街道挂图"}
+    whole = client.get("/api/print", params=params)
+    cut = client.get("/api/print", params={**params, "sheets": "A4"})
+    assert cut.status_code == 200 and cut.headers["content-type"] == "application/pdf"
+    assert "A0-%E5%88%86%E5%B9%85A4.pdf" in cut.headers["content-disposition"]  # 挂图-all-A0-分幅A4.pdf
+    plan = plan_sheets("A0", "A4")
+    assert plan.count == plan.rows * plan.columns and plan.count >= 16  # A0 is 16 A4 without margins
+    assert plan.columns * plan.cell_mm[0] >= 1189 and plan.rows * plan.cell_mm[1] >= 841
+    pages = PdfReader(io.BytesIO(cut.content)).pages
+    assert len(pages) == 1 + plan.count
+    for page in pages:
+        width, height = (float(v) / MM for v in page.mediabox.upper_right)
+        assert sorted((round(width), round(height))) == [210, 297]
+
+    def text(page: int) -> str:
+        (tmp_path / "cut.pdf").write_bytes(cut.content)
+        args = ["pdftotext", "-f", str(page), "-l", str(page), str(tmp_path / "cut.pdf"), "-"]
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+
+    assembly = text(1)
+    assert "分幅拼贴图" in assembly and f"= {plan.count} 张 A4" in assembly
+    assert "城阳街道挂图" in text(2)  # the title block lies on the top-left sheet …
+    assert "第 1 行 第 2 列" in text(3)
+    last = text(1 + plan.count)
+    assert "城阳街道挂图 ·" in last and f"{plan.count}/{plan.count}" in last
+    assert "制图日期" not in last  # … and not on the bottom-right one: each sheet holds its part only
+
+    # Sheet (row 2, column 2), printed and cropped to its printable area, is that part of the whole.
+    dpi = 30
+    px = dpi / 25.4
+    big = np.asarray(render(whole.content, tmp_path, 1, dpi), dtype=float)
+    row, column = 1, 1
+    sheet = np.asarray(render(cut.content, tmp_path, 2 + row * plan.columns + column, dpi), dtype=float)
+    m = round(plan.margin_mm * px)
+    w, h = round((plan.cell_mm[0] + plan.overlap_mm) * px), round((plan.cell_mm[1] + plan.overlap_mm) * px)
+    printed = sheet[m : m + h, m : m + w]
+
+    def part(dx_mm: float) -> np.ndarray:
+        x0, y0 = round((column * plan.cell_mm[0] + dx_mm) * px), round(row * plan.cell_mm[1] * px)
+        return big[y0 : y0 + h, x0 : x0 + w]
+
+    assert printed.std() > 10  # there is map on it, not a blank page
+    right = np.abs(printed - part(0)).mean()
+    shifted = np.abs(printed - part(15)).mean()
+    assert right < 6 and right < shifted / 3, (right, shifted)
+
+    bad = client.get("/api/print", params={"size": "A0", "sheets": "A4", "format": "png"})
+    assert bad.status_code == 422 and bad.json()["code"] == "sheets_need_pdf"
+    small = client.get("/api/print", params={"size": "A4", "sheets": "A4"})
+    assert small.status_code == 422 and small.json()["code"] == "sheets_too_big"

@@ -25,6 +25,7 @@ from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import FancyArrow, PathPatch, Rectangle  # noqa: E402
 from matplotlib.path import Path as MplPath  # noqa: E402
+from pypdf.generic import ArrayObject, DecodedStreamObject, DictionaryObject, FloatObject, NameObject  # noqa: E402
 
 import shapely  # noqa: E402
 from shapely.geometry.base import BaseGeometry  # noqa: E402
@@ -186,3 +187,175 @@ def render_wall_map(
         with matplotlib.rc_context({"pdf.fonttype": 42}):
             fig.savefig(out, format="pdf", facecolor="white", metadata={"Title": title, "Creator": "guatu"})
     return out.getvalue()
+
+
+MM = 72 / 25.4
+"""PDF points per millimetre."""
+
+
+@dataclass(frozen=True)
+class SheetPlan:
+    """How a big sheet is cut into small ones: columns × rows of cells, each printed with a margin
+    (printers cannot print to the edge) and an overlap strip to glue on its right and bottom."""
+
+    big: str
+    small: str
+    landscape: bool
+    columns: int
+    rows: int
+    cell_mm: tuple[float, float]
+    margin_mm: float
+    overlap_mm: float
+
+    @property
+    def count(self) -> int:
+        """Return the number of small sheets."""
+        return self.columns * self.rows
+
+    @property
+    def page_mm(self) -> tuple[float, float]:
+        """Return the small sheet's (width, height) in millimetres, as printed."""
+        w, h = PAPER_MM[self.small]
+        return (w, h) if self.landscape else (h, w)
+
+
+def plan_sheets(big: str, small: str = "A4", margin_mm: float = 10, overlap_mm: float = 10) -> SheetPlan:
+    """Return the fewest small sheets (either orientation) that cover the landscape sheet BIG.
+
+    Each small sheet prints a cell of the big one plus OVERLAP_MM of its right and bottom
+    neighbours, inside MARGIN_MM of white: trim, overlap on the dashed line, glue.
+    """
+    width, height = PAPER_MM[big]
+    best: SheetPlan | None = None
+    for landscape in (True, False):
+        w, h = PAPER_MM[small] if landscape else PAPER_MM[small][::-1]
+        cell = (w - 2 * margin_mm - overlap_mm, h - 2 * margin_mm - overlap_mm)
+        plan = SheetPlan(
+            big,
+            small,
+            landscape,
+            math.ceil(width / cell[0] - 1e-9),
+            math.ceil(height / cell[1] - 1e-9),
+            cell,
+            margin_mm,
+            overlap_mm,
+        )
+        if best is None or plan.count < best.count:
+            best = plan
+    assert best is not None
+    return best
+
+
+def _marks(ax: Any, plan: SheetPlan, text: str, glue: tuple[bool, bool]) -> None:
+    """Draw a small sheet's white margin, its label and the dashed glue lines on AX (millimetres)."""
+    pw, ph = plan.page_mm
+    m = plan.margin_mm
+    ax.set_xlim(0, pw)
+    ax.set_ylim(0, ph)
+    ax.set_axis_off()
+    ax.patch.set_alpha(0)
+    for x, y, w, h in ((0, 0, pw, m), (0, ph - m, pw, m), (0, 0, m, ph), (pw - m, 0, m, ph)):
+        ax.add_patch(Rectangle((x, y), w, h, facecolor="white", edgecolor="none", zorder=1))
+    ax.add_patch(Rectangle((m, m), pw - 2 * m, ph - 2 * m, fill=False, edgecolor="#9ca3af", linewidth=0.3, zorder=2))
+    right, below = glue  # the strips that lie under the next sheets, on the right and at the bottom
+    if right:
+        x = pw - m - plan.overlap_mm
+        ax.plot([x, x], [m, ph - m], linestyle="--", color="#6b7280", linewidth=0.4, zorder=2)
+    if below:
+        y = m + plan.overlap_mm
+        ax.plot([m, pw - m], [y, y], linestyle="--", color="#6b7280", linewidth=0.4, zorder=2)
+    ax.text(m, ph - m / 2, text, fontsize=7, va="center", fontproperties=_font(), zorder=3)
+
+
+def _assembly(
+    ax: Any, plan: SheetPlan, origin_mm: tuple[float, float], fit: float, big_mm: tuple[float, float]
+) -> None:
+    """Draw the small sheets' outlines and numbers over the reduced big sheet."""
+    ox, oy = origin_mm
+    top = oy + big_mm[1] * fit
+    cw, ch = plan.cell_mm[0] * fit, plan.cell_mm[1] * fit
+    for row in range(plan.rows):
+        for column in range(plan.columns):
+            x, y = ox + column * cw, max(top - (row + 1) * ch, oy)
+            w, h = min(cw, ox + big_mm[0] * fit - x), min(ch, top - row * ch - y)
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="#dc2626", linewidth=0.5, zorder=4))
+            number = str(row * plan.columns + column + 1)
+            ax.text(x + w / 2, y + h / 2, number, ha="center", va="center", color="#dc2626", fontsize=9, zorder=4)
+
+
+def tile_sheets(big_pdf: bytes, plan: SheetPlan, title: str) -> bytes:
+    """Return BIG_PDF (one landscape sheet of size PLAN.big) cut into PLAN's small sheets.
+
+    Page 1 is the assembly sheet: the whole map reduced, with each small sheet's number;
+    then one page per small sheet, row by row from the top left, labelled with its row,
+    column and number, with a dashed line where the next sheet is glued. The map stays
+    vector and is stored once: every page shows its part of the big page (a form XObject).
+    """
+    from matplotlib.backends.backend_pdf import PdfPages
+    from pypdf import PdfReader, PdfWriter
+
+    big = PdfReader(io.BytesIO(big_pdf)).pages[0]
+    big_w, big_h = (float(v) for v in big.mediabox.upper_right)
+    pw_mm, ph_mm = plan.page_mm
+    pw, ph, m = pw_mm * MM, ph_mm * MM, plan.margin_mm * MM
+    cw, ch = (v * MM for v in plan.cell_mm)
+    fit = min((pw - 2 * m) / big_w, (ph - 2 * m - 8 * MM) / big_h)
+    ox, oy = (pw - big_w * fit) / 2, m
+
+    # Every page's marks in one PDF from matplotlib, so that the CJK font is embedded once.
+    marks = io.BytesIO()
+    placements: list[bytes] = [f"q {fit:.6f} 0 0 {fit:.6f} {ox:.3f} {oy:.3f} cm /GuatuMap Do Q".encode()]
+    with matplotlib.rc_context({"pdf.fonttype": 42}), PdfPages(marks) as pages:
+        fig = Figure(figsize=(pw_mm / 25.4, ph_mm / 25.4))
+        ax = fig.add_axes((0, 0, 1, 1))
+        label = (
+            f"{title} · {plan.big} 分幅拼贴图 assembly: "
+            f"{plan.rows} 行 × {plan.columns} 列 = {plan.count} 张 {plan.small}"
+        )
+        _marks(ax, plan, label, (False, False))
+        _assembly(ax, plan, (ox / MM, oy / MM), fit, (big_w / MM, big_h / MM))
+        pages.savefig(fig, transparent=True)
+        for row in range(plan.rows):
+            for column in range(plan.columns):
+                fig = Figure(figsize=(pw_mm / 25.4, ph_mm / 25.4))
+                number = row * plan.columns + column + 1
+                text = (
+                    f"{title} · {plan.big} 第 {row + 1} 行 第 {column + 1} 列 (row {row + 1}, column {column + 1}) · "
+                    f"{number}/{plan.count} · 虚线处与相邻图幅重叠粘贴 (glue the next sheet on the dashed line)"
+                )
+                _marks(fig.add_axes((0, 0, 1, 1)), plan, text, (column < plan.columns - 1, row < plan.rows - 1))
+                pages.savefig(fig, transparent=True)
+                # the cell's top-left corner of the big page lands on the sheet's top-left margin
+                tx, ty = m - column * cw, ph - m - (big_h - row * ch)
+                placements.append(f"q 1 0 0 1 {tx:.3f} {ty:.3f} cm /GuatuMap Do Q".encode())
+    overlays = PdfReader(io.BytesIO(marks.getvalue())).pages
+
+    writer = PdfWriter()
+    the_map = _form(writer, big)
+    for placement, overlay in zip(placements, overlays, strict=True):
+        page = writer.add_blank_page(pw, ph)
+        xobjects = DictionaryObject(
+            {NameObject("/GuatuMap"): the_map, NameObject("/GuatuMarks"): _form(writer, overlay)}
+        )
+        page[NameObject("/Resources")] = DictionaryObject({NameObject("/XObject"): xobjects})
+        content = DecodedStreamObject()
+        content.set_data(placement + b" q /GuatuMarks Do Q")
+        page[NameObject("/Contents")] = writer._add_object(content)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def _form(writer: Any, page: Any) -> Any:
+    """Add PAGE to WRITER as a form XObject (drawn by reference, stored once); return its reference."""
+    form = DecodedStreamObject()
+    form.set_data(page.get_contents().get_data())
+    form.update(
+        {
+            NameObject("/Type"): NameObject("/XObject"),
+            NameObject("/Subtype"): NameObject("/Form"),
+            NameObject("/BBox"): ArrayObject([FloatObject(float(v)) for v in page.mediabox]),
+            NameObject("/Resources"): page["/Resources"].clone(writer),
+        }
+    )
+    return writer._add_object(form.flate_encode())

@@ -15,7 +15,8 @@ import shapely
 from api.deps import SessionDep
 from layers.features import layer_or_404, parse_bbox
 from layers.scopes import features_in, scope_unit
-from web.printing import PrintLayer, render_wall_map
+from spatial.errors import InvalidInput
+from web.printing import PAPER_MM, PrintLayer, plan_sheets, render_wall_map, tile_sheets
 
 router = APIRouter(tags=["print"])
 MAX_PRINTED = 200_000
@@ -34,8 +35,27 @@ async def print_map(
     format: Annotated[Literal["pdf", "png"], Query()] = "pdf",
     bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat: print the map's view")] = None,
     title: Annotated[str | None, Query(max_length=60)] = None,
+    sheets: Annotated[
+        Literal["A4", "A3"] | None, Query(description="cut the big sheet into small ones (PDF): an office printer's")
+    ] = None,
 ) -> Response:
-    """Return the wall map of SCOPE: title block, legend, scale bar, north arrow, grid labels."""
+    """Return the wall map of SCOPE: title block, legend, scale bar, north arrow, grid labels.
+
+    With `sheets=A4`, an A0–A2 wall map comes as a PDF of A4 pages to print on an office
+    printer: an assembly sheet first, then every sheet with its row, column and a glue strip.
+    """
+    if sheets is not None:
+        if format != "pdf":
+            raise InvalidInput.one(
+                "sheets_need_pdf", "分幅打印只能输出 PDF", "sheets come as a PDF only", field="format"
+            )
+        if PAPER_MM[sheets][0] >= PAPER_MM[size][0]:
+            raise InvalidInput.one(
+                "sheets_too_big",
+                f"分幅纸张 {sheets} 须小于挂图 {size}",
+                f"sheets of {sheets} must be smaller than the wall map's {size}",
+                field="sheets",
+            )
     wanted = {name.strip() for name in layers.split(",") if name.strip()}
     chosen = sorted((layer_or_404(name) for name in wanted), key=lambda layer: layer.order)
     day = dt.date.today()
@@ -56,7 +76,9 @@ async def print_map(
     data = await run_in_threadpool(
         render_wall_map, printed, title=heading, scope_label=label, size=size, fmt=format, day=day, frame=shape
     )
-    filename = f"挂图-{scope or 'all'}-{size}.{format}"
+    if sheets is not None:
+        data = await run_in_threadpool(tile_sheets, data, plan_sheets(size, sheets), heading)
+    filename = f"挂图-{scope or 'all'}-{size}{'-分幅' + sheets if sheets else ''}.{format}"
     media = "application/pdf" if format == "pdf" else "image/png"
     disposition = f"attachment; filename*=UTF-8''{quote(filename)}"
     return Response(data, media_type=media, headers={"Content-Disposition": disposition})
