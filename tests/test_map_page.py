@@ -182,8 +182,12 @@ def test_the_print_button_returns_the_wall_map_of_the_view(base_url: str, tmp_pa
         page.wait_for_function("document.querySelectorAll('path.guatu-grids').length > 10", timeout=15_000)
         link = page.locator("a.guatu-print")
         assert "打印" in link.inner_text()
+        page.select_option("select.guatu-print-size", "A0/A4")  # an A0 wall map on an office printer
+        sheets = link.get_attribute("href") or ""
+        assert "size=A0" in sheets and "sheets=A4" in sheets and "format=pdf" in sheets
+        page.select_option("select.guatu-print-size", "A3")
         href = link.get_attribute("href")
-        assert href is not None and "bbox=" in href
+        assert href is not None and "bbox=" in href and "size=A3" in href
         with page.expect_popup() as popup:
             link.click()
         popup.value.close()

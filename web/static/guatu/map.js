@@ -312,16 +312,29 @@
         checks.href = "/checks";
         sub.appendChild(checks);
         sub.appendChild(document.createTextNode(" · "));
-        var print = el("a", "guatu-link guatu-print", "打印挂图 Print (A3 PDF)");
+        var print = el("a", "guatu-link guatu-print", "打印挂图 Print");
         print.target = "_blank";
-        function aim() {  // the wall map of what is on screen
+        var size = el("select", "guatu-print-size");
+        size.title = "纸张 paper";
+        [["A3", "A3 PDF"], ["A4", "A4 PDF"], ["A1", "A1 PDF"], ["A0", "A0 PDF"], ["A0/A4", "A0 → A4 分幅 sheets"],
+         ["A3/png", "A3 PNG"]].forEach(function (choice) {
+          var option = el("option", null, choice[1]);
+          option.value = choice[0];
+          size.appendChild(option);
+        });
+        function aim() {  // the wall map of what is on screen, on the chosen paper
           var b = map.getBounds();
-          print.href = "/api/print?size=A3&format=pdf&bbox=" +
+          var parts = size.value.split("/");
+          var extra = parts[1] === "png" ? "&format=png" : "&format=pdf" + (parts[1] ? "&sheets=" + parts[1] : "");
+          print.href = "/api/print?size=" + parts[0] + extra + "&bbox=" +
             [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) { return v.toFixed(6); }).join(",");
         }
         map.on("moveend", aim);
+        size.addEventListener("change", aim);
         aim();
         sub.appendChild(print);
+        sub.appendChild(document.createTextNode(" "));
+        sub.appendChild(size);
         box.appendChild(sub);
         L.DomEvent.disableClickPropagation(box);
         return box;
