@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,6 +20,15 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+async def get_sessions(request: Request) -> Callable[[], AbstractContextManager[Session]]:
+    """Return the session factory, for a route that opens its session in its own thread-pool trip.
+
+    Cheaper than ``SessionDep`` (no thread-pool trips to open and close it) for the hot paths.
+    """
+    factory: sessionmaker[Session] = request.app.state.sessions
+    return factory
+
+
 def layer_from_path(layer_id: str) -> Layer:
     """Return the layer named in the path, or answer 404."""
     return layer_or_404(layer_id)
@@ -26,3 +36,4 @@ def layer_from_path(layer_id: str) -> Layer:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 LayerDep = Annotated[Layer, Depends(layer_from_path)]
+SessionsDep = Annotated[Callable[[], AbstractContextManager[Session]], Depends(get_sessions)]

@@ -65,7 +65,7 @@ class DbSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GUATU_")
 
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "GUATU_DATABASE_URL"))
-    pool_size: int = 5
+    pool_size: int = 10
     statement_timeout_ms: int = 30_000
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import psycopg
@@ -14,7 +14,7 @@ from psycopg import sql
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
-from api.deps import get_session
+from api.deps import get_session, get_sessions
 from api.main import create_app
 from layers import migrate
 from spatial import localpg
@@ -100,5 +100,6 @@ def client(engine: Engine, session: Session) -> Iterator[TestClient]:
     """Return a test client whose requests all use the rolled-back session."""
     app = create_app(engine=engine)
     app.dependency_overrides[get_session] = lambda: session
+    app.dependency_overrides[get_sessions] = lambda: lambda: nullcontext(session)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client

@@ -46,13 +46,14 @@ def test_an_empty_tile_is_answered_without_content(
 ) -> None:
     from layers import tiles
 
-    real = tiles._sql
-    monkeypatch.setattr(tiles, "_sql", lambda *a: pytest.fail("a tile outside the extent must not be queried"))
+    real = tiles.tile_statement
+    never = "a tile outside the extent must not be queried"
+    monkeypatch.setattr(tiles, "tile_statement", lambda *a: pytest.fail(never))
     far = client.get("/tiles/parcels/10/0/0.pbf")  # nowhere near the data: no tile query at all
     assert far.status_code == 204 and far.content == b""
     z, x, y = tile_of(121.5, 37.5, 12)  # another tile outside the extent
     assert client.get(f"/tiles/parcels/{z}/{x}/{y}.pbf").status_code == 204
-    monkeypatch.setattr(tiles, "_sql", real)
+    monkeypatch.setattr(tiles, "tile_statement", real)
     assert client.get("/tiles/shops/14/13670/6250.pbf").status_code == 204  # a layer with nothing in it
 
 

@@ -18,14 +18,14 @@ def _list(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
-def map_filter(
+async def map_filter(
     scope: Annotated[str | None, Query(pattern=r"^[0-9]{6,16}$", description="street, community or grid code")] = None,
     status: Annotated[str | None, Query(description="comma-separated values of the status field")] = None,
     land_use: Annotated[str | None, Query(description="comma-separated land-use code prefixes (01, 0702 …)")] = None,
     ownership: Annotated[str | None, Query(description="comma-separated")] = None,
     idle_since_before: Annotated[dt.date | None, Query(description="idle since before this date")] = None,
 ) -> Filter:
-    """Return the map's filter from the query string (shared by statistics and vector tiles)."""
+    """Return the map's filter from the query string (shared by statistics and vector tiles; nothing blocks)."""
     return Filter(
         scope=scope,
         status=_list(status),

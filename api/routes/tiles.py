@@ -9,17 +9,21 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import Annotated, Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import LayerDep, SessionDep
+from api.deps import LayerDep, SessionDep, SessionsDep
 from api.routes.stats import FilterDep
-from layers.features import layer_summary
-from layers.stats import filter_conditions
-from layers.tiles import render_tile, tile, tilejson
+from layers.base import Layer
+from layers.features import layer_or_404, layer_summary
+from layers.stats import Filter, filter_conditions
+from layers.tiles import Tile, outside, render_tile, tile, tilejson
 
 MVT = "application/vnd.mapbox-vector-tile"
 router = APIRouter(tags=["tiles"])
@@ -69,8 +73,7 @@ def tile_cache(request: Request) -> TileCache:
     return cache
 
 
-def _extent(request: Request, session: Any, layer: Any) -> list[float] | None:
-    cache = tile_cache(request)
+def _extent(cache: TileCache, session: Session, layer: Layer) -> list[float] | None:
     generation = cache.generation.get(layer.id, 0)
     known = cache.extents.get(layer.id)
     if known is not None and known[0] == generation:
@@ -80,29 +83,46 @@ def _extent(request: Request, session: Any, layer: Any) -> list[float] | None:
     return extent
 
 
+def _known_outside(cache: TileCache, layer: Layer, address: Tile) -> bool:
+    """Return True when the cached extent of LAYER already says the tile is empty."""
+    known = cache.extents.get(layer.id)
+    return known is not None and known[0] == cache.generation.get(layer.id, 0) and outside(address, known[1])
+
+
+def _render(
+    sessions: Callable[[], AbstractContextManager[Session]], cache: TileCache, layer: Layer, address: Tile, flt: Filter
+) -> bytes:
+    with sessions() as session:
+        return render_tile(session, layer, address, _extent(cache, session, layer), flt)
+
+
 @router.get("/tiles/{layer_id}/{z}/{x}/{y}.pbf", summary="矢量瓦片 Vector tile (MVT)")
 async def vector_tile(
-    layer: LayerDep,
-    session: SessionDep,
+    layer_id: str,
     request: Request,
     z: Annotated[int, Path(ge=0, le=30)],
     x: Annotated[int, Path(ge=0)],
     y: Annotated[int, Path(ge=0)],
     flt: FilterDep,
+    sessions: SessionsDep,
 ) -> Response:
-    """Return one tile of LAYER: id, code, name and the styled field of each feature.
+    """Return one tile of the layer: id, code, name and the styled field of each feature.
 
     The map's filter (scope, status, land use, ownership, idle since) narrows the tile as
-    it narrows the statistics.
+    it narrows the statistics. Nothing here blocks but the database work, which runs in one
+    trip to the thread pool with its own session.
     """
+    layer = layer_or_404(layer_id)
     address = tile(z, x, y)
-    conditions, params = filter_conditions(layer, flt)  # refuses a filter the layer cannot take
+    _, params = filter_conditions(layer, flt)  # refuses a filter the layer cannot take
     cache = tile_cache(request)
     key = (layer.id, z, x, y, repr(sorted(params.items())))
     cached = cache.get(key)
     if cached is None:
-        extent = _extent(request, session, layer)
-        data = await run_in_threadpool(render_tile, session, layer, address, extent, flt)
+        if _known_outside(cache, layer, address):
+            data = b""
+        else:
+            data = await run_in_threadpool(_render, sessions, cache, layer, address, flt)
         cached = (data, '"' + hashlib.sha1(data, usedforsecurity=False).hexdigest()[:20] + '"')
         cache.put(key, cached)
     data, etag = cached
@@ -118,4 +138,4 @@ async def vector_tile(
 def layer_tilejson(layer: LayerDep, session: SessionDep, request: Request) -> JSONResponse:
     """Return the TileJSON document of LAYER's vector tiles."""
     base = str(request.base_url).rstrip("/")
-    return JSONResponse(tilejson(layer, base, _extent(request, session, layer)))
+    return JSONResponse(tilejson(layer, base, _extent(tile_cache(request), session, layer)))
