@@ -268,6 +268,10 @@ def test_the_cockpit_shows_the_roll_up_per_community(base_url: str) -> None:
         rows = page.locator("tr.guatu-cockpit-row")
         assert rows.count() == len(expected["rows"]) >= 5
         assert str(expected["total"]["count"]) in page.locator(".guatu-cockpit-totals").inner_text()
+        bars = page.locator(".guatu-cockpit-chart .guatu-bar")
+        assert {b.get_attribute("data-value"): int(b.get_attribute("data-count") or -1) for b in bars.all()} == {
+            s["value"]: s["count"] for s in expected["by_status"]
+        }
         assert page.evaluate("document.body.classList.contains('guatu-cockpit')")
         page.wait_for_selector("path.guatu-grids", timeout=15_000)  # the map is there too
         page.screenshot(path=str(SCREENSHOTS / "cockpit.png"))

@@ -391,6 +391,27 @@
     return loaders.every(function (group) { return !group.loading; });
   }
 
+  /* Bars per status value: count and share, in the map's colours (panel and cockpit). */
+  function statusChart(chart, rows, total, colors) {
+    chart.textContent = "";
+    var most = Math.max.apply(null, [1].concat(rows.map(function (r) { return r.count; })));
+    rows.forEach(function (row) {
+      var line = el("div", "guatu-bar");
+      line.dataset.value = row.value;
+      line.dataset.count = String(row.count);
+      line.appendChild(el("span", "guatu-bar-label", row.value));
+      var track = el("span", "guatu-bar-track");
+      var fill = el("span", "guatu-bar-fill");
+      fill.style.width = (100 * row.count / most).toFixed(1) + "%";
+      fill.style.background = colors[row.value] || "#6b7280";
+      track.appendChild(fill);
+      line.appendChild(track);
+      line.appendChild(el("span", "guatu-bar-value", row.count + "（" +
+        (total ? (100 * row.count / total).toFixed(0) : 0) + "%）"));
+      chart.appendChild(line);
+    });
+  }
+
   /* The filter, statistics and search panel. The filter (status, land-use class, ownership,
      idle since, and the unit drilled down to) narrows what is drawn — the tiles are filtered
      on the server — and what is counted; the figures, the chart per status and the roll-up
@@ -514,26 +535,6 @@
           });
         }
 
-        function drawChart(rows, total) {
-          chart.textContent = "";
-          var most = Math.max.apply(null, [1].concat(rows.map(function (r) { return r.count; })));
-          rows.forEach(function (row) {
-            var line = el("div", "guatu-bar");
-            line.dataset.value = row.value;
-            line.dataset.count = String(row.count);
-            line.appendChild(el("span", "guatu-bar-label", row.value));
-            var track = el("span", "guatu-bar-track");
-            var fill = el("span", "guatu-bar-fill");
-            fill.style.width = (100 * row.count / most).toFixed(1) + "%";
-            fill.style.background = opts.colors[row.value] || "#6b7280";
-            track.appendChild(fill);
-            line.appendChild(track);
-            line.appendChild(el("span", "guatu-bar-value", row.count + "（" +
-              (total ? (100 * row.count / total).toFixed(0) : 0) + "%）"));
-            chart.appendChild(line);
-          });
-        }
-
         function drawRollup(by, rows) {
           rollup.textContent = "";
           if (!by) return;
@@ -572,7 +573,7 @@
               t.idle + "（" + (t.idle_rate * 100).toFixed(1) + "%）" + (t.revitalised != null ? "；已盘活 revitalised " + t.revitalised : "");
             figures.dataset.count = String(t.count);
             figures.dataset.query = q;
-            drawChart(s.by_status || [], t.count);
+            statusChart(chart, s.by_status || [], t.count, opts.colors);
             drawRollup(by, s.rows || []);
             delete figures.dataset.loading;
           });
@@ -623,6 +624,8 @@
         box.appendChild(el("div", "guatu-title-main", "挂图作战 驾驶舱 Cockpit"));
         var totals = el("div", "guatu-cockpit-totals", "…");
         box.appendChild(totals);
+        var chart = el("div", "guatu-chart guatu-cockpit-chart");
+        box.appendChild(chart);
         var table = el("table", "guatu-cockpit-table");
         box.appendChild(table);
         var stamp = el("div", "guatu-finding-id");
@@ -632,6 +635,7 @@
             var t = s.total;
             totals.textContent = "地块 " + t.count + " 块 · " + t.area_mu.toFixed(1) + " 亩 · 闲置 " + t.idle +
               "（" + (t.idle_rate * 100).toFixed(1) + "%）· 已盘活 " + (t.revitalised || 0);
+            statusChart(chart, s.by_status || [], t.count, opts.colors);
             table.textContent = "";
             var head = el("tr");
             ["社区 Community", "地块", "亩", "闲置", "闲置率", "已盘活"].forEach(function (h) { head.appendChild(el("th", null, h)); });
