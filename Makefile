@@ -101,6 +101,7 @@ bench: database ## benchmarks in bench/ (guatu beside its peer in one run)
 	$(BIN)/python bench/bbox_features.py
 	$(BIN)/python bench/import_parcels.py --n $${BENCH_PARCELS:-100000} --memory-mb $${BENCH_MEMORY_MB:-200}
 	$(BIN)/python bench/check_coverage.py
+	$(BIN)/python bench/tile_serving.py --parcels $${BENCH_TILE_PARCELS:-1000000}
 
 stop: venv ## stop the local PostGIS
 	$(BIN)/guatu db stop
