@@ -133,7 +133,7 @@ def statistics(session: Session, layer: Layer, flt: Filter, *, by: str | None = 
                     SELECT name, ST_XMin(geom) AS x0, ST_YMin(geom) AS y0, ST_XMax(geom) AS x1, ST_YMax(geom) AS y1
                     FROM {frame} WHERE code = g.key LIMIT 1
                 ) f ON true
-                ORDER BY 1
+                ORDER BY 1 NULLS LAST
                 """
             ),
             params,
@@ -142,7 +142,7 @@ def statistics(session: Session, layer: Layer, flt: Filter, *, by: str | None = 
         out["rows"] = [
             {
                 "code": key,
-                "name": name,
+                "name": name if key is not None else "未归属 unassigned",
                 **_figures((n, a, i, d)),
                 "bbox": None if x0 is None else [round(v, 7) for v in (x0, y0, x1, y1)],
             }

@@ -335,3 +335,26 @@ def test_the_panel_drills_down_and_every_drawn_parcel_matches_the_filter(base_ur
     assert any("/tiles/parcels/" in url for url in requests)  # parcels come as vector tiles …
     assert not any("/api/layers/parcels/features" in url for url in requests)  # … not as GeoJSON
     assert [url for url in requests if not url.startswith(base_url) and not url.startswith("data:")] == []
+
+
+def test_a_filter_changed_while_zoomed_out_fetches_no_parcel_tiles_until_zoomed_in(base_url: str) -> None:
+    tile_requests: list[str] = []
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.on("request", lambda r: tile_requests.append(r.url) if "/tiles/parcels/" in r.url else None)
+        page.goto(base_url + "/")
+        page.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
+        x, y = page.evaluate(
+            "(() => { const c = Object.values(window).find(v => v instanceof L.Map).getCenter(); "
+            "return [c.lng, c.lat]; })()"
+        )
+        move_to(page, x, y, 12)  # below the parcels' zoom (14): nothing of them is fetched
+        tile_requests.clear()
+        page.locator(".guatu-choice input[value='自用']").uncheck()
+        page.wait_for_function("document.querySelector('.guatu-figures').dataset.query.startsWith('status=')")
+        page.wait_for_timeout(500)
+        assert tile_requests == []
+        move_to(page, x, y, 16)
+        assert tile_requests and all("status=" in url and "/16/" in url for url in tile_requests)
+        drawn = page.evaluate("guatu.drawn('parcels')")
+        assert drawn and all(p["use_status"] != "自用" for p in drawn)

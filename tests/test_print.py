@@ -95,7 +95,7 @@ def test_an_a0_wall_map_cut_into_a4_sheets_lines_up_with_the_whole(
 
     assembly = text(1)
     assert "分幅拼贴图" in assembly and f"= {plan.count} 张 A4" in assembly
-    assert "城阳街道挂图" in text(2)  # the title block lies on the top-left sheet …
+    assert "制图日期" in text(2)  # the title block lies on the top-left sheet …
     assert "第 1 行 第 2 列" in text(3)
     last = text(1 + plan.count)
     assert "城阳街道挂图 ·" in last and f"{plan.count}/{plan.count}" in last

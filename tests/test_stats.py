@@ -102,3 +102,16 @@ def test_the_roll_up_drills_down_street_community_grid(demo_client: TestClient) 
     assert all(r["code"].startswith(community["code"]) and r["bbox"] for r in grids)
     one = demo_client.get("/api/layers/parcels/stats", params={"scope": grids[0]["code"]}).json()
     assert one["total"]["count"] == grids[0]["count"] == sum(1 for p in props if p["grid_code"] == grids[0]["code"])
+
+
+def test_features_with_no_unit_are_counted_as_unassigned(demo_client: TestClient, session: Session) -> None:
+    from sqlalchemy import text
+
+    props = parcels(demo_client)
+    community = props[0]["community_code"]
+    session.execute(text("UPDATE parcels SET grid_code = NULL WHERE code = :code"), {"code": props[0]["code"]})
+    session.flush()
+    rows = demo_client.get("/api/layers/parcels/stats", params={"scope": community, "by": "grid"}).json()["rows"]
+    assert rows[-1]["code"] is None and rows[-1]["name"] == "未归属 unassigned" and rows[-1]["count"] == 1
+    assert rows[-1]["bbox"] is None
+    assert sum(r["count"] for r in rows) == sum(1 for p in props if p["community_code"] == community)

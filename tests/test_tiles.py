@@ -131,3 +131,36 @@ def test_a_filter_a_layer_cannot_take_is_refused(client: TestClient, parcel: dic
     refused = client.get(f"/tiles/grids/{z}/{x}/{y}.pbf", params={"ownership": "集体"})
     assert refused.status_code == 422 and refused.json()["code"] == "filter_invalid"
     assert client.get(f"/tiles/parcels/{z}/{x}/{y}.pbf", params={"idle_since_before": "yesterday"}).status_code == 422
+
+
+def test_a_write_during_a_render_leaves_no_stale_tile(client: TestClient, parcel: dict, monkeypatch) -> None:
+    from api.routes import tiles as route
+
+    lon, lat = parcel["geometry"]["coordinates"][0][0][0]
+    url = "/tiles/parcels/{}/{}/{}.pbf".format(*tile_of(lon + 0.0005, lat + 0.0004, 16))
+    client.get("/tiles/parcels.json")  # the extent is known
+    renders: list[int] = []
+    real = route.render_tile
+
+    def render_then_someone_writes(session, layer, *args):  # type: ignore[no-untyped-def]
+        data = real(session, layer, *args)
+        renders.append(len(data))
+        if len(renders) == 1:
+            client.app.state.tiles.bump(layer.id)  # an edit committed while the tile was rendered
+        return data
+
+    monkeypatch.setattr(route, "render_tile", render_then_someone_writes)
+    assert client.get(url).status_code == 200
+    assert client.get(url).status_code == 200
+    assert len(renders) == 2  # the tile rendered before the edit was not served again
+    assert client.get(url).status_code == 200
+    assert len(renders) == 2  # the one rendered after it is
+
+
+def test_land_use_prefixes_are_checked(client: TestClient, parcel: dict) -> None:
+    lon, lat = parcel["geometry"]["coordinates"][0][0][0]
+    z, x, y = tile_of(lon, lat, 15)
+    for bad in ("_", "07%", "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20"):
+        response = client.get(f"/tiles/parcels/{z}/{x}/{y}.pbf", params={"land_use": bad})
+        assert response.status_code == 422 and response.json()["code"] == "filter_invalid", bad
+    assert client.get("/api/layers/parcels/stats", params={"land_use": "_"}).json()["code"] == "filter_invalid"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -10,8 +11,10 @@ from fastapi import APIRouter, Depends, Query
 from api.deps import LayerDep, SessionDep
 from layers.features import parse_bbox
 from layers.stats import Filter, statistics
+from spatial.errors import InvalidInput
 
 router = APIRouter(tags=["statistics"])
+LAND_USE_PREFIX = re.compile(r"[0-9A-Za-z]{1,5}")
 
 
 def _list(value: str | None) -> list[str]:
@@ -26,10 +29,19 @@ async def map_filter(
     idle_since_before: Annotated[dt.date | None, Query(description="idle since before this date")] = None,
 ) -> Filter:
     """Return the map's filter from the query string (shared by statistics and vector tiles; nothing blocks)."""
+    prefixes = sorted(set(_list(land_use)))
+    for prefix in prefixes:
+        if not LAND_USE_PREFIX.fullmatch(prefix) or len(prefixes) > 20:
+            raise InvalidInput.one(
+                "filter_invalid",
+                f"地类编码前缀无效：{prefix[:20]}（1–5 位字母数字，至多 20 个）",
+                f"not a land-use code prefix: {prefix[:20]!r} (1–5 letters or digits, at most 20)",
+                field="land_use",
+            )
     return Filter(
         scope=scope,
-        status=_list(status),
-        land_use=_list(land_use),
+        status=sorted(set(_list(status))),
+        land_use=prefixes,
         ownership=_list(ownership),
         idle_since_before=idle_since_before,
     )

@@ -6,6 +6,7 @@ cache that every write through this app invalidates for its layer.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import threading
 from collections import OrderedDict
@@ -54,12 +55,21 @@ class TileCache:
                 self.tiles.move_to_end((*key, self.generation.get(key[0], 0)))
             return found
 
-    def put(self, key: tuple[str, int, int, int, str], value: tuple[bytes, str]) -> None:
-        """Keep tile KEY's (bytes, ETag), forgetting the least recently used beyond the size."""
+    def current(self, layer_id: str) -> int:
+        """Return LAYER_ID's generation now (read it before rendering, store the tile under it)."""
+        with self.lock:
+            return self.generation.get(layer_id, 0)
+
+    def put(self, key: tuple[str, int, int, int, str], value: tuple[bytes, str], generation: int) -> None:
+        """Keep tile KEY's (bytes, ETag) as rendered at GENERATION, forgetting the least recently used.
+
+        A write that lands while the tile is being rendered has bumped the generation: the tile
+        is then filed under the old one and never served again.
+        """
         if self.size <= 0:
             return
         with self.lock:
-            self.tiles[(*key, self.generation.get(key[0], 0))] = value
+            self.tiles[(*key, generation)] = value
             while len(self.tiles) > self.size:
                 self.tiles.popitem(last=False)
 
@@ -89,6 +99,12 @@ def _known_outside(cache: TileCache, layer: Layer, address: Tile) -> bool:
     return known is not None and known[0] == cache.generation.get(layer.id, 0) and outside(address, known[1])
 
 
+def _filter_key(params: dict[str, object]) -> str:
+    """Return a short key of the filter's parameters and today (versions in force change at midnight)."""
+    text = repr((sorted(params.items()), dt.date.today().isoformat()))
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
 def _render(
     sessions: Callable[[], AbstractContextManager[Session]], cache: TileCache, layer: Layer, address: Tile, flt: Filter
 ) -> bytes:
@@ -116,15 +132,16 @@ async def vector_tile(
     address = tile(z, x, y)
     _, params = filter_conditions(layer, flt)  # refuses a filter the layer cannot take
     cache = tile_cache(request)
-    key = (layer.id, z, x, y, repr(sorted(params.items())))
+    key = (layer.id, z, x, y, _filter_key(params))
     cached = cache.get(key)
     if cached is None:
+        generation = cache.current(layer.id)  # before the query sees the data
         if _known_outside(cache, layer, address):
             data = b""
         else:
             data = await run_in_threadpool(_render, sessions, cache, layer, address, flt)
         cached = (data, '"' + hashlib.sha1(data, usedforsecurity=False).hexdigest()[:20] + '"')
-        cache.put(key, cached)
+        cache.put(key, cached, generation)
     data, etag = cached
     headers = {"ETag": etag, "Cache-Control": "public, max-age=60, must-revalidate"}
     if request.headers.get("if-none-match") == etag:

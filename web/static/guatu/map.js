@@ -214,18 +214,32 @@
     }
 
     // Tiles give each feature an MVT id; styling and popups need it among the properties.
+    // A filter change aborts the tiles still coming for the old one, and any that arrive all
+    // the same are drawn empty: they must not mark the new tiles loaded or keep their paths.
     var Tiles = L.VectorGrid.Protobuf.extend({
+      _generation: 0,
       _getVectorTilePromise: function (coords) {
+        var self = this, generation = this._generation;
         return L.VectorGrid.Protobuf.prototype._getVectorTilePromise.call(this, coords).then(function (tile) {
+          if (generation !== self._generation) return {layers: {}};
           Object.keys(tile.layers).forEach(function (name) {
             tile.layers[name].features.forEach(function (f) { f.properties.id = f.id; });
           });
           return tile;
         }).catch(function (err) {  // a tile that failed is drawn empty and said, not left loading
-          status[opts.id + "~"] = opts.title.zh + "：瓦片加载失败 (tile failed) " + err.message;
-          showStatus();
+          if (err && err.name !== "AbortError" && generation === self._generation) {
+            status[opts.id + "~"] = opts.title.zh + "：瓦片加载失败 (tile failed) " + err.message;
+            showStatus();
+          }
           return {layers: {}};
         });
+      },
+      setUrl: function (url, noRedraw) {
+        this._generation += 1;
+        if (this._aborter) this._aborter.abort();
+        this._aborter = window.AbortController ? new AbortController() : null;
+        this.options.fetchOptions = {credentials: "same-origin", signal: this._aborter ? this._aborter.signal : undefined};
+        return L.VectorGrid.Protobuf.prototype.setUrl.call(this, url, noRedraw);
       }
     });
     var styles = {};
@@ -234,13 +248,18 @@
       pane: paneName,
       rendererFactory: L.svg.tile,  // real paths: hit-testing and the popup highlight by the browser
       vectorTileLayerStyles: styles,
-      interactive: true,
-      minZoom: style.minZoom,
+      interactive: true,  // no minZoom here: Leaflet would stop the whole map zooming out below it
       maxZoom: 22,
       getFeatureId: function (f) { return f.id; },
       fetchOptions: {credentials: "same-origin"}
     });
-    tiles.addTo(group);
+    /* Below the layer's zoom the tiles are taken off the map (nothing fetched, nothing drawn). */
+    function fit() {
+      var want = map.getZoom() >= style.minZoom;
+      if (want && !group.hasLayer(tiles)) group.addLayer(tiles);
+      if (!want && group.hasLayer(tiles)) group.removeLayer(tiles);
+    }
+    fit();
 
     var popup = L.popup({maxWidth: 360, autoPanPaddingTopLeft: [60, 150], autoPanPaddingBottomRight: [40, 40]});
     var lit = null;
@@ -254,7 +273,7 @@
       fetch(opts.url + "/" + id, {headers: {Accept: "application/geo+json"}})
         .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
         .then(function (feature) { if (lit === id) popup.setContent(popupNode(opts, feature)); })
-        .catch(function (err) { popup.setContent(el("div", "guatu-bad", "读取失败 failed: " + err.message)); });
+        .catch(function (err) { if (lit === id) popup.setContent(el("div", "guatu-bad", "读取失败 failed: " + err.message)); });
     });
     map.on("popupclose", function (e) {
       if (e.popup === popup && lit !== null) { tiles.resetFeatureStyle(lit); lit = null; }
@@ -267,11 +286,18 @@
         : opts.title.zh + "：矢量瓦片 " + (group.loading ? "加载中… (loading)" : drawn().length + " 个 (vector tiles)");
       showStatus();
     }
-    tiles.on("loading", function () { group.loading = map.getZoom() >= style.minZoom; say(); });
-    tiles.on("load", function () { group.loading = false; say(); group.fire("guatu:loaded"); });
-    map.on("zoomend", function () { if (map.getZoom() < style.minZoom) group.loading = false; say(); });
-    group.on("add", say);
-    group.on("remove", function () { group.loading = false; say(); });
+    // Loading is read off the tiles themselves: GridLayer's own loading/load events can be
+    // skipped when tiles are pruned mid-load (a zoom out and back in).
+    function settle() {
+      group.loading = map.hasLayer(group) && map.getZoom() >= style.minZoom && !tiles._noTilesToLoad();
+      say();
+      if (!group.loading) group.fire("guatu:loaded");
+    }
+    tiles.on("tileloadstart", function () { group.loading = true; say(); });
+    tiles.on("tileload tileunload tileerror load", settle);
+    map.on("zoomend", function () { fit(); settle(); });
+    group.on("add", settle);
+    group.on("remove", function () { map.closePopup(popup); group.loading = false; say(); });
 
     /* The properties of the features drawn now, once each (a feature crossing tiles is in both). */
     function drawn() {
@@ -291,8 +317,11 @@
     refilter[opts.id] = function (q) {
       if (q === query) return;
       query = q;
-      group.loading = map.hasLayer(group) && map.getZoom() >= style.minZoom;
-      tiles.setUrl(opts.tiles + (q ? "?" + q : ""));
+      map.closePopup(popup);  // its parcel may be filtered out
+      delete status[opts.id + "~"];
+      var visible = map.hasLayer(group) && map.getZoom() >= style.minZoom;
+      tiles.setUrl(opts.tiles + (q ? "?" + q : ""), !visible);  // hidden: the next view fetches
+      settle();
     };
     loaders.push(group);
   }
@@ -500,7 +529,7 @@
           return Array.prototype.filter.call(boxes.querySelectorAll("input"), function (i) { return i.checked; })
             .map(function (i) { return i.value; });
         }
-        function scope() { return trail.length ? trail[trail.length - 1].code : ""; }
+        function scope() { return trail.length ? String(trail[trail.length - 1].code || "") : ""; }
 
         /* The filter as a query string, the same for the tiles and the statistics. */
         function query() {
@@ -547,6 +576,13 @@
             tr.title = "点击下钻 (click to drill down) " + row.code;
             [row.name || row.code, row.count, row.area_mu.toFixed(1), row.idle, (row.idle_rate * 100).toFixed(1) + "%"]
               .forEach(function (v) { tr.appendChild(el("td", null, v)); });
+            if (!row.code) {  // features with no unit: counted, nothing to drill into
+              tr.className = "guatu-rollup-none";
+              tr.removeAttribute("title");
+              delete tr.dataset.code;
+              rollup.appendChild(tr);
+              return;
+            }
             tr.addEventListener("click", function () {
               trail.push({code: row.code, name: row.name, bbox: row.bbox});
               if (row.bbox) map.fitBounds([[row.bbox[1], row.bbox[0]], [row.bbox[3], row.bbox[2]]]);
@@ -566,8 +602,18 @@
             (q ? "&" + q : "") + (by ? "&by=" + by : "");
           var mine = ++ask;
           figures.dataset.loading = "1";
-          fetch(url).then(function (r) { return r.json(); }).then(function (s) {
-            if (mine !== ask || !s.total) return;
+          fetch(url).then(function (r) {
+            return r.json().then(function (body) {
+              if (!r.ok) throw new Error((body && body.message) || "HTTP " + r.status);
+              return body;
+            });
+          }).catch(function (err) {
+            if (mine !== ask) return null;
+            figures.textContent = "统计失败 statistics failed: " + err.message;
+            delete figures.dataset.loading;
+            return null;
+          }).then(function (s) {
+            if (!s || mine !== ask || !s.total) return;
             var t = s.total;
             figures.textContent = "视野内 in view：" + t.count + " 块，" + t.area_mu.toFixed(2) + " 亩；闲置 idle " +
               t.idle + "（" + (t.idle_rate * 100).toFixed(1) + "%）" + (t.revitalised != null ? "；已盘活 revitalised " + t.revitalised : "");
