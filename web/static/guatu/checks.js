@@ -19,6 +19,9 @@
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
   }
+  /* A tooltip's content as a text node: Leaflet puts a string tooltip in as HTML. */
+  function text(value) { return el("span", null, value); }
+
 
   function start(map, opts) {
     var frame = L.featureGroup().addTo(map);
@@ -49,7 +52,7 @@
           var prefix = scope.length > 12 ? scope.slice(0, 12) : scope;
           fc.features.filter(function (f) { return String(f.properties.code).indexOf(prefix) === 0; }).forEach(function (f) {
             var g = L.geoJSON(f, {style: {color: "#2563eb", weight: 1, fillOpacity: 0.04, className: "guatu-frame"}});
-            g.bindTooltip(f.properties.code + " " + (f.properties.name || ""));
+            g.bindTooltip(text(f.properties.code + " " + (f.properties.name || "")));  // names are text, never markup
             frame.addLayer(g);
           });
         });
@@ -117,7 +120,7 @@
                 pointToLayer: function (_, latlng) { return L.circleMarker(latlng, {radius: 9, color: colour, className: "guatu-found"}); }
               });
               shape.on("click", function () { highlight(p.id); });
-              shape.bindTooltip((RULES[p.rule] || p.rule) + (p.area_m2 != null ? " " + p.area_m2.toFixed(2) + " m²" : ""));
+              shape.bindTooltip(text((RULES[p.rule] || p.rule) + (p.area_m2 != null ? " " + p.area_m2.toFixed(2) + " m²" : "")));
               found.addLayer(shape);
               shapes[p.id] = shape;
               var row = el("div", "guatu-finding guatu-" + p.severity);

@@ -8,6 +8,9 @@
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
   }
+  /* A tooltip's content as a text node: Leaflet puts a string tooltip in as HTML. */
+  function text(value) { return el("span", null, value); }
+
 
   function labelled(text, control) {
     var wrap = el("label", "guatu-field");
@@ -123,7 +126,7 @@
                   return L.circleMarker(latlng, {radius: f.status === "rejected" ? 8 : 5, color: colour, className: cls});
                 }
               });
-              shape.bindTooltip("#" + f.index + " " + (f.key || "") + " " + (LABELS[f.status] || f.status) + (why ? "：" + why : ""));
+              shape.bindTooltip(text("#" + f.index + " " + (f.key || "") + " " + (LABELS[f.status] || f.status) + (why ? "：" + why : "")));  // the file's text, never markup
               drawn.addLayer(shape);
               if (f.status === "rejected") shape.bringToFront();
             }
