@@ -65,23 +65,27 @@ def render(pdf: bytes, folder: Path, page: int, dpi: int) -> Image.Image:
     return Image.open(next(folder.glob(f"r{page}-{dpi}*.png"))).convert("L")
 
 
-def test_an_a0_wall_map_cut_into_a4_sheets_lines_up_with_the_whole(
-    client: TestClient, session: Session, tmp_path: Path
+@pytest.mark.parametrize(("size", "sheets"), [("A0", "A4"), ("A1", "A4")])  # landscape and portrait sheets
+def test_a_wall_map_cut_into_sheets_lines_up_with_the_whole(
+    client: TestClient, session: Session, tmp_path: Path, size: str, sheets: str
 ) -> None:
     from pypdf import PdfReader
 
-    from web.printing import MM, plan_sheets
+    from web.printing import MM, PAPER_MM, plan_sheets
 
     demo.load(session)
     session.flush()
-    params = {"size": "A0", "title": "城阳街道挂图"}
+    params = {"size": size, "title": "城阳街道挂图"}
     whole = client.get("/api/print", params=params)
-    cut = client.get("/api/print", params={**params, "sheets": "A4"})
+    cut = client.get("/api/print", params={**params, "sheets": sheets})
     assert cut.status_code == 200 and cut.headers["content-type"] == "application/pdf"
-    assert "A0-%E5%88%86%E5%B9%85A4.pdf" in cut.headers["content-disposition"]  # 挂图-all-A0-分幅A4.pdf
-    plan = plan_sheets("A0", "A4")
-    assert plan.count == plan.rows * plan.columns and plan.count >= 16  # A0 is 16 A4 without margins
-    assert plan.columns * plan.cell_mm[0] >= 1189 and plan.rows * plan.cell_mm[1] >= 841
+    assert f"{size}-%E5%88%86%E5%B9%85{sheets}.pdf" in cut.headers["content-disposition"]  # 挂图-all-A0-分幅A4.pdf
+    plan = plan_sheets(size, sheets)
+    big_w, big_h = PAPER_MM[size]
+    small_w, small_h = PAPER_MM[sheets]
+    assert plan.count == plan.rows * plan.columns >= (big_w * big_h) // (small_w * small_h)  # A0 is 16 A4, A1 8
+    assert plan.columns * plan.cell_mm[0] >= big_w and plan.rows * plan.cell_mm[1] >= big_h
+    assert plan.landscape == (size == "A0")  # A0 takes landscape A4s, A1 fewer portrait ones
     pages = PdfReader(io.BytesIO(cut.content)).pages
     assert len(pages) == 1 + plan.count
     for page in pages:

@@ -449,6 +449,7 @@
     var NEXT = {0: "street", 9: "community", 12: "grid"};  // roll up the level below the scope
     var LEVEL = {street: "街道 Street", community: "社区 Community", grid: "网格 Grid"};
     var trail = [];  // the units drilled down to: [{code, name}]
+    var home = map.getBounds();  // the view the page opened on
 
     function field(box, zh, control) {
       var line = el("label", "guatu-filter");
@@ -548,7 +549,12 @@
           var top = el("a", "guatu-crumb", "全部 All");
           top.href = "#";
           crumbs.appendChild(top);
-          top.addEventListener("click", function (e) { e.preventDefault(); trail = []; apply(); });
+          top.addEventListener("click", function (e) {
+            e.preventDefault();
+            trail = [];
+            map.fitBounds(home);  // back to where the page opened
+            apply();
+          });
           trail.forEach(function (unit, i) {
             crumbs.appendChild(document.createTextNode(" › "));
             var link = el("a", "guatu-crumb", unit.name || unit.code);
@@ -646,6 +652,7 @@
               var row = el("div", "guatu-hit", hit.layer_zh + " " + hit.code + (hit.name ? " " + hit.name : ""));
               row.addEventListener("click", function () {
                 var b = hit.bbox;
+                if (trail.length) { trail = []; apply(); }  // what is found must not be hidden by a drill-down
                 map.fitBounds([[b[1], b[0]], [b[3], b[2]]], {maxZoom: 18});
               });
               hits.appendChild(row);
