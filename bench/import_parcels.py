@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from spatial.db import make_engine  # noqa: E402
 from spatial.settings import db_settings  # noqa: E402
+from tests.browser import free_port  # noqa: E402
 
 COMMUNITY = "370214009001"
 
@@ -71,13 +71,6 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, fl
             out.seek(0)
             raise SystemExit(f"{argv[0]} failed:\n{out.read()[-4000:].decode(errors='replace')}")
     return elapsed, usage.ru_maxrss / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Server:

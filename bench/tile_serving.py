@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ from layers.tiles import BUFFER, EXTENT, SESSION_SETTINGS, tile_params, tile_pro
 from layers.tiles import Tile as TileAddress  # noqa: E402
 from spatial.db import ensure_database, make_engine  # noqa: E402
 from spatial.settings import db_settings  # noqa: E402
+from tests.browser import free_port  # noqa: E402
 
 DATABASE = "guatu_bench_tiles"
 LAYER = REGISTRY["parcels"]
@@ -358,14 +358,6 @@ class HttpClient:
 
     def close(self) -> None:
         self.client.close()
-
-
-def free_port() -> int:
-    """Return a port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Server:
