@@ -12,6 +12,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from layers.base import REGISTRY, Layer
+from layers.stats import Filter, filter_conditions
 from spatial.errors import InvalidInput, NotFound
 
 
@@ -48,15 +49,24 @@ def scope_choices(session: Session) -> list[tuple[str, str, str]]:
 
 
 def features_in(
-    session: Session, layer: Layer, shape: BaseGeometry | None, names: list[str], cap: int
+    session: Session,
+    layer: Layer,
+    shape: BaseGeometry | None,
+    names: list[str],
+    cap: int,
+    flt: Filter | None = None,
 ) -> list[tuple[BaseGeometry, dict[str, Any]]]:
-    """Return the geometry and the NAMES properties of LAYER's features in force within SHAPE (at most CAP)."""
-    where = "ST_Intersects(geom, ST_GeomFromWKB(:shape, 4490))" if shape is not None else "TRUE"
-    if "valid_to" in layer.field_names:
-        where += " AND (valid_to IS NULL OR valid_to > current_date)"
+    """Return the geometry and the NAMES properties of LAYER's features in force within SHAPE (at most CAP).
+
+    FLT, when given, narrows them as it narrows the map and its statistics.
+    """
+    conditions, params = filter_conditions(layer, flt or Filter())  # current versions, and the filter
+    where = " AND ".join(
+        ["ST_Intersects(geom, ST_GeomFromWKB(:shape, 4490))" if shape is not None else "TRUE", *conditions]
+    )
     rows = session.execute(
         text(f"SELECT {', '.join(names)}, ST_AsBinary(geom) FROM {layer.table} WHERE {where} LIMIT :cap"),
-        {"shape": shapely.to_wkb(shape) if shape is not None else None, "cap": cap + 1},
+        params | {"shape": shapely.to_wkb(shape) if shape is not None else None, "cap": cap + 1},
     ).all()
     if len(rows) > cap:
         raise InvalidInput.one(

@@ -188,6 +188,11 @@ def test_the_print_button_returns_the_wall_map_of_the_view(base_url: str, tmp_pa
         page.select_option("select.guatu-print-size", "A3")
         href = link.get_attribute("href")
         assert href is not None and "bbox=" in href and "size=A3" in href
+        page.locator(".guatu-choice input[value='自用']").uncheck()  # the wall map prints what is shown
+        assert "status=" in (link.get_attribute("href") or "")
+        page.locator(".guatu-choice input[value='自用']").check()
+        href = link.get_attribute("href")
+        assert href is not None and "status=" not in href
         with page.expect_popup() as popup:
             link.click()
         popup.value.close()

@@ -47,6 +47,22 @@ def test_a_community_wall_map_has_title_legend_and_its_grids(
     assert coloured.mean() > 0.05  # the parcels are drawn in their status colours, not a blank sheet
 
 
+def test_the_wall_map_follows_the_map_filter(client: TestClient, session: Session, tmp_path: Path) -> None:
+    demo.load(session)
+    session.flush()
+    scope = {"scope": "370214001006", "size": "A4"}
+    everything = pdf_text(client.get("/api/print", params=scope).content, tmp_path)
+    assert "地块 闲置" in everything and "地块 自用" in everything and "筛选" not in everything
+    idle = client.get("/api/print", params={**scope, "status": "闲置", "land_use": "07"})
+    assert idle.status_code == 200
+    words = pdf_text(idle.content, tmp_path)
+    assert "筛选 状态 闲置；地类 07" in words  # said in the title block
+    assert "地块 闲置" in words and "地块 自用" not in words  # only idle parcels are on the sheet
+    assert "网格 基础网格" in words  # the other layers are not filtered
+    bad = client.get("/api/print", params={**scope, "land_use": "_"})
+    assert bad.status_code == 422 and bad.json()["code"] == "filter_invalid"
+
+
 def test_png_and_bad_requests(client: TestClient, session: Session) -> None:
     demo.load(session)
     session.flush()

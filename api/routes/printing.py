@@ -13,14 +13,32 @@ from starlette.concurrency import run_in_threadpool
 import shapely
 
 from api.deps import SessionDep
+from api.routes.stats import map_filter
 from layers.features import layer_or_404, parse_bbox
 from layers.scopes import features_in, scope_unit
+from layers.stats import Filter
 from spatial.errors import InvalidInput
 from web.printing import PAPER_MM, PrintLayer, plan_sheets, render_wall_map, tile_sheets
 
 router = APIRouter(tags=["print"])
 MAX_PRINTED = 200_000
 DEFAULT_LAYERS = "divisions,grids,parcels,shops"
+FILTERED_LAYER = "parcels"
+"""The layer the map's filter panel narrows, and so the print's filter."""
+
+
+def filter_label(flt: Filter) -> str:
+    """Return the filter as the title block says it (empty for none)."""
+    parts = []
+    if flt.status:
+        parts.append("状态 " + "、".join(flt.status))
+    if flt.land_use:
+        parts.append("地类 " + "、".join(flt.land_use))
+    if flt.ownership:
+        parts.append("权属 " + "、".join(flt.ownership))
+    if flt.idle_since_before:
+        parts.append(f"闲置早于 {flt.idle_since_before.isoformat()}")
+    return "；".join(parts)
 
 
 @router.get("/api/print", summary="挂图导出 Wall map (PDF/PNG)")
@@ -38,6 +56,10 @@ async def print_map(
     sheets: Annotated[
         Literal["A4", "A3"] | None, Query(description="cut the big sheet into small ones (PDF): an office printer's")
     ] = None,
+    status: Annotated[str | None, Query(description="the map's filter on parcels: status values")] = None,
+    land_use: Annotated[str | None, Query(description="the map's filter on parcels: land-use prefixes")] = None,
+    ownership: Annotated[str | None, Query(description="the map's filter on parcels: ownership")] = None,
+    idle_since_before: Annotated[dt.date | None, Query(description="the map's filter on parcels")] = None,
 ) -> Response:
     """Return the wall map of SCOPE: title block, legend, scale bar, north arrow, grid labels.
 
@@ -65,11 +87,17 @@ async def print_map(
     if view is not None:
         shape = shapely.box(*view) if shape is None else shape.intersection(shapely.box(*view))
         label = label if scope else "当前视野 map view"
+    # The map's filter narrows the parcels, as on the map (the scope frames the sheet instead).
+    flt = await map_filter(None, status, land_use, ownership, idle_since_before)
+    said = filter_label(flt)
+    if said:
+        label = f"{label}    筛选 {said}"
     printed: list[PrintLayer] = []
     room = MAX_PRINTED
     for layer in chosen:
         names = [n for n in ("code", "name", layer.style.by) if n and n in layer.field_names]
-        features = features_in(session, layer, shape, names, room)
+        narrowed = flt if layer.id == FILTERED_LAYER else None
+        features = features_in(session, layer, shape, names, room, narrowed)
         room -= len(features)
         printed.append(PrintLayer(layer, features))
     heading = title or request.app.state.settings.site_title

@@ -64,6 +64,7 @@
   }
 
   var refilter = {};  // tiled layer id -> function(query): draw only what the map's filter keeps
+  var mapQuery = "";   // the panel's filter as a query string (the print button prints what is shown)
   var drawnBy = {};    // layer id -> function(): properties of the features drawn now (tests, screenshots)
 
   function bboxLayer(group, map, opts) {
@@ -356,9 +357,10 @@
           var parts = size.value.split("/");
           var extra = parts[1] === "png" ? "&format=png" : "&format=pdf" + (parts[1] ? "&sheets=" + parts[1] : "");
           print.href = "/api/print?size=" + parts[0] + extra + "&bbox=" +
-            [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) { return v.toFixed(6); }).join(",");
+            [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) { return v.toFixed(6); }).join(",") +
+            (mapQuery ? "&" + mapQuery : "");
         }
-        map.on("moveend", aim);
+        map.on("moveend guatu:filter", aim);
         size.addEventListener("change", aim);
         aim();
         sub.appendChild(print);
@@ -633,6 +635,8 @@
 
         function apply() {
           showCrumbs();
+          mapQuery = query();
+          map.fire("guatu:filter");
           if (refilter[opts.layer]) refilter[opts.layer](query());
           count();
         }
