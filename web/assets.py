@@ -14,6 +14,7 @@ VECTORGRID_JS = f"{STATIC_URL}/vendor/vectorgrid/Leaflet.VectorGrid.bundled.min.
 SWAGGER_JS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui-bundle.js"
 SWAGGER_CSS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui.css"
 GUATU_JS = f"{STATIC_URL}/guatu/map.js"
+DOM_JS = f"{STATIC_URL}/guatu/dom.js"
 GUATU_CSS = f"{STATIC_URL}/guatu/map.css"
 FAVICON = f"{STATIC_URL}/guatu/favicon.svg"
 UPLOAD_JS = f"{STATIC_URL}/guatu/upload.js"

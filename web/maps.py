@@ -39,14 +39,14 @@ class LayerView:
     extent: Sequence[float] | None
 
 
-def layer_options(view: LayerView, api_base: str, tile_base: str = "") -> dict[str, Any]:
+def layer_options(view: LayerView, api_base: str) -> dict[str, Any]:
     """Return the JSON options map.js needs to fetch, style and describe one layer."""
     layer, style = view.layer, view.layer.style
     return {
         "id": layer.id,
         "title": {"zh": layer.zh, "en": layer.en},
         "url": f"{api_base}/layers/{layer.id}/features",
-        "tiles": f"{tile_base}/tiles/{layer.id}/{{z}}/{{x}}/{{y}}.pbf" if style.tiled else None,
+        "tiles": f"/tiles/{layer.id}/{{z}}/{{x}}/{{y}}.pbf" if style.tiled else None,
         "limit": PAGE_LIMIT,
         "count": view.count,
         "order": layer.order,
@@ -147,6 +147,7 @@ def build_map_page(
     root.header.add_child(Element('<meta name="robots" content="noindex">'))
     root.header.add_child(Element(f'<link rel="icon" href="{assets.FAVICON}" type="image/svg+xml">'))
     root.header.add_child(CssLink(assets.GUATU_CSS))
+    root.header.add_child(JavascriptLink(assets.DOM_JS))
     root.header.add_child(JavascriptLink(assets.GUATU_JS))
     for view in sorted(views, key=lambda v: v.layer.order):
         group = folium.FeatureGroup(name=f"{view.layer.zh} {view.layer.en}", show=view.layer.id not in hidden)

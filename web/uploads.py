@@ -35,6 +35,7 @@ def page_shell(title: str, script: str) -> tuple[folium.Figure, folium.Map]:
     assert isinstance(root, Figure)
     root.header.add_child(Element(f'<link rel="icon" href="{assets.FAVICON}" type="image/svg+xml">'))
     root.header.add_child(CssLink(assets.GUATU_CSS))
+    root.header.add_child(JavascriptLink(assets.DOM_JS))
     root.header.add_child(JavascriptLink(script))
     return fig, fmap
 

@@ -13,15 +13,7 @@
     household_without_zone: "无责任区 no zone", no_children: "尚无下级 nothing inside"
   };
 
-  function el(tag, cls, text) {
-    var node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-  /* A tooltip's content as a text node: Leaflet puts a string tooltip in as HTML. */
-  function text(value) { return el("span", null, value); }
-
+  var el = guatuDom.el, text = guatuDom.text;
 
   function start(map, opts) {
     var frame = L.featureGroup().addTo(map);

@@ -6,12 +6,7 @@
   var statusBox = null;
   var loaders = [];     // every bbox layer group, to tell when all are loaded
 
-  function el(tag, cls, text) {
-    var node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
+  var el = guatuDom.el;
 
   /* Mask personal data (PIPL): keep the first character, star the rest but the last. */
   function mask(value) {

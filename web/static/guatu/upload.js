@@ -2,15 +2,7 @@
 (function () {
   "use strict";
 
-  function el(tag, cls, text) {
-    var node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-  /* A tooltip's content as a text node: Leaflet puts a string tooltip in as HTML. */
-  function text(value) { return el("span", null, value); }
-
+  var el = guatuDom.el, text = guatuDom.text;
 
   function labelled(text, control) {
     var wrap = el("label", "guatu-field");
