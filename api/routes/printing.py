@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Annotated, Literal
 from urllib.parse import quote
@@ -13,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 import shapely
 
 from api.deps import SessionDep
-from api.routes.stats import map_filter
+from api.routes.stats import FilterDep
 from layers.features import layer_or_404, parse_bbox
 from layers.scopes import features_in, scope_unit
 from layers.stats import Filter
@@ -45,6 +46,7 @@ def filter_label(flt: Filter) -> str:
 async def print_map(
     session: SessionDep,
     request: Request,
+    flt: FilterDep,
     scope: Annotated[
         str | None, Query(pattern=r"^[0-9]{6,16}$", description="county, street, community or grid")
     ] = None,
@@ -56,10 +58,6 @@ async def print_map(
     sheets: Annotated[
         Literal["A4", "A3"] | None, Query(description="cut the big sheet into small ones (PDF): an office printer's")
     ] = None,
-    status: Annotated[str | None, Query(description="the map's filter on parcels: status values")] = None,
-    land_use: Annotated[str | None, Query(description="the map's filter on parcels: land-use prefixes")] = None,
-    ownership: Annotated[str | None, Query(description="the map's filter on parcels: ownership")] = None,
-    idle_since_before: Annotated[dt.date | None, Query(description="the map's filter on parcels")] = None,
 ) -> Response:
     """Return the wall map of SCOPE: title block, legend, scale bar, north arrow, grid labels.
 
@@ -87,8 +85,8 @@ async def print_map(
     if view is not None:
         shape = shapely.box(*view) if shape is None else shape.intersection(shapely.box(*view))
         label = label if scope else "当前视野 map view"
-    # The map's filter narrows the parcels, as on the map (the scope frames the sheet instead).
-    flt = await map_filter(None, status, land_use, ownership, idle_since_before)
+    # The map's filter narrows the parcels, as on the map; the scope frames the sheet instead.
+    flt = dataclasses.replace(flt, scope=None)
     said = filter_label(flt)
     if said:
         label = f"{label}    筛选 {said}"

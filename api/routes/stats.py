@@ -15,6 +15,7 @@ from spatial.errors import InvalidInput
 
 router = APIRouter(tags=["statistics"])
 LAND_USE_PREFIX = re.compile(r"[0-9A-Za-z]{1,5}")
+MAX_PREFIXES = 20
 
 
 def _list(value: str | None) -> list[str]:
@@ -30,14 +31,15 @@ async def map_filter(
 ) -> Filter:
     """Return the map's filter from the query string (shared by statistics and vector tiles; nothing blocks)."""
     prefixes = sorted(set(_list(land_use)))
-    for prefix in prefixes:
-        if not LAND_USE_PREFIX.fullmatch(prefix) or len(prefixes) > 20:
-            raise InvalidInput.one(
-                "filter_invalid",
-                f"地类编码前缀无效：{prefix[:20]}（1–5 位字母数字，至多 20 个）",
-                f"not a land-use code prefix: {prefix[:20]!r} (1–5 letters or digits, at most 20)",
-                field="land_use",
-            )
+    wrong = next((p for p in prefixes if not LAND_USE_PREFIX.fullmatch(p)), None)
+    if wrong is not None or len(prefixes) > MAX_PREFIXES:
+        shown = (wrong or "")[:20]
+        raise InvalidInput.one(
+            "filter_invalid",
+            f"地类编码前缀无效：{shown}（1–5 位字母数字，至多 {MAX_PREFIXES} 个）",
+            f"not a land-use code prefix: {shown!r} (1–5 letters or digits, at most {MAX_PREFIXES})",
+            field="land_use",
+        )
     return Filter(
         scope=scope,
         status=sorted(set(_list(status))),
