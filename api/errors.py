@@ -9,13 +9,23 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spatial.errors import GuatuError
+from spatial.errors import Busy, GuatuError
+from spatial.work import Cancelled
 
 log = logging.getLogger("guatu.api")
 
-STATUS = {"invalid": 422, "malformed": 400, "too_large": 413, "not_found": 404, "conflict": 409, "unavailable": 503}
+STATUS = {
+    "invalid": 422,
+    "malformed": 400,
+    "too_large": 413,
+    "not_found": 404,
+    "conflict": 409,
+    "unavailable": 503,
+    "busy": 503,
+}
 
 _HTTP_CODES = {
     404: ("not_found", "找不到该地址", "not found"),
@@ -32,7 +42,18 @@ def error_body(problems: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _guatu(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GuatuError)
-    return JSONResponse(error_body([p.as_dict() for p in exc.problems]), status_code=STATUS[exc.kind])
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+    return JSONResponse(error_body([p.as_dict() for p in exc.problems]), status_code=STATUS[exc.kind], headers=headers)
+
+
+def _pool_exhausted(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("database connection pool exhausted: %s", exc)
+    body = {
+        "code": "busy",
+        "message": "服务器繁忙，数据库连接已用尽，请稍后重试 (server busy: no database connection free, retry shortly)",
+        "where": {},
+    }
+    return JSONResponse(error_body([body]), status_code=503, headers={"Retry-After": "5"})
 
 
 def _request_validation(_: Request, exc: Exception) -> JSONResponse:
@@ -68,6 +89,12 @@ def _database(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body([body]), status_code=503)
 
 
+def _cancelled(_: Request, exc: Exception) -> JSONResponse:
+    message = "客户端已断开，任务已取消 (the client left; the job was cancelled)"
+    body = {"code": "client_gone", "message": message, "where": {}}
+    return JSONResponse(error_body([body]), status_code=499)
+
+
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
     body = {"code": "internal_error", "message": "服务器内部错误，已记录 (internal error, logged)", "where": {}}
@@ -80,4 +107,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(OperationalError, _database)
+    app.add_exception_handler(PoolTimeout, _pool_exhausted)
+    app.add_exception_handler(Cancelled, _cancelled)
     app.add_exception_handler(Exception, _unexpected)

@@ -11,8 +11,10 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
 from api import errors
+from api.guards import RefuseNul
 from api.routes import checks, features, health, layers, pages, printing, search, stats, tiles, uploads
 from api.settings import ApiSettings
+from api.work import make_lanes
 from spatial.db import make_engine, make_sessionmaker
 from web import assets
 
@@ -45,10 +47,12 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.lanes = make_lanes(settings)
     if engine is not None:  # tests hand in their engine; make it usable without lifespan too
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
     errors.install(app)
+    app.add_middleware(RefuseNul)
     app.include_router(health.router)
     app.include_router(layers.router)
     app.include_router(features.router)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import psycopg
 import psycopg.sql
 from sqlalchemy import MetaData, create_engine, make_url
@@ -50,6 +53,12 @@ def make_engine(settings: DbSettings | None = None, *, url: str | None = None) -
         pool_pre_ping=True,
         connect_args={"options": options, "application_name": "guatu"},
     )
+
+
+def query_canceller(session: Session) -> Callable[[], None]:
+    """Return a function that cancels the statement SESSION's connection is running (callable from any thread)."""
+    driver: Any = session.connection().connection.driver_connection
+    return lambda: driver.cancel_safe(timeout=5)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -28,6 +28,8 @@ class Problem:
     message_zh: str
     message_en: str
     where: Where = field(default_factory=Where)
+    details: dict[str, Any] | None = None
+    """Figures that help to act on the problem (e.g. how many features still depend on a unit)."""
 
     @property
     def message(self) -> str:
@@ -36,7 +38,10 @@ class Problem:
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON body of this problem."""
-        return {"code": self.code, "message": self.message, "where": self.where.as_dict()}
+        body = {"code": self.code, "message": self.message, "where": self.where.as_dict()}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
 
 
 class GuatuError(Exception):
@@ -88,6 +93,14 @@ class NotFound(GuatuError):
 
 
 class Conflict(GuatuError):
-    """The write clashes with what is stored (a duplicate natural key)."""
+    """The write clashes with what is stored (a duplicate natural key, dependents of a unit)."""
 
     kind = "conflict"
+
+
+class Busy(GuatuError):
+    """The server is at its limit for this kind of work; the client should retry after a while."""
+
+    kind = "busy"
+    retry_after = 10
+    """Seconds after which a retry is sensible."""

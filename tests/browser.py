@@ -16,6 +16,7 @@ import uvicorn
 from sqlalchemy.engine import Engine
 
 from api.main import create_app
+from api.settings import ApiSettings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -38,10 +39,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(engine: Engine) -> Iterator[str]:
-    """Serve the app on 127.0.0.1 in a thread; yield its base URL."""
+def live_server(engine: Engine, settings: ApiSettings | None = None) -> Iterator[str]:
+    """Serve the app (with SETTINGS) on 127.0.0.1 in a thread; yield its base URL."""
+    with live_app(create_app(settings, engine=engine)) as base:
+        yield base
+
+
+@contextmanager
+def live_app(app: Any) -> Iterator[str]:
+    """Serve APP on 127.0.0.1 in a thread; yield its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine=engine), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

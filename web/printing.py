@@ -19,6 +19,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+# Text is text: a title or a grid name holding "$" must print as written, never as mathtext.
+matplotlib.rcParams["text.parse_math"] = False
 
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
@@ -30,6 +32,7 @@ from pypdf.generic import ArrayObject, DecodedStreamObject, DictionaryObject, Fl
 import shapely  # noqa: E402
 from shapely.geometry.base import BaseGeometry  # noqa: E402
 
+from layers import REGISTRY  # noqa: E402 - importing the package registers every layer
 from layers.base import Layer  # noqa: E402
 from spatial.topology import LocalMetric  # noqa: E402
 
@@ -44,10 +47,15 @@ FONT_FILES = (
 
 @dataclass
 class PrintLayer:
-    """A layer to print and its features in the scope: (geometry, properties)."""
+    """A layer to print (by id: plain data a worker process can be handed) and its features in the scope."""
 
-    layer: Layer
+    layer_id: str
     features: list[tuple[BaseGeometry, dict[str, Any]]]
+
+    @property
+    def layer(self) -> Layer:
+        """Return the layer's declaration."""
+        return REGISTRY[self.layer_id]
 
 
 @lru_cache(maxsize=2)
@@ -281,6 +289,24 @@ def _assembly(
             ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="#dc2626", linewidth=0.5, zorder=4))
             number = str(row * plan.columns + column + 1)
             ax.text(x + w / 2, y + h / 2, number, ha="center", va="center", color="#dc2626", fontsize=9, zorder=4)
+
+
+def draw(
+    layers: Sequence[PrintLayer],
+    *,
+    title: str,
+    scope_label: str,
+    size: str,
+    fmt: str,
+    day: dt.date,
+    frame: BaseGeometry | None,
+    sheets: str | None,
+) -> bytes:
+    """Return the finished wall map: drawn, and cut into SHEETS when asked (run in a worker process)."""
+    data = render_wall_map(layers, title=title, scope_label=scope_label, size=size, fmt=fmt, day=day, frame=frame)
+    if sheets is not None:
+        data = tile_sheets(data, plan_sheets(size, sheets), title)
+    return data
 
 
 def tile_sheets(big_pdf: bytes, plan: SheetPlan, title: str) -> bytes:

@@ -6,13 +6,16 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep
+from api.deps import SessionsDep
+from api.work import heavy
 from layers.checks import RULES, findings_geojson, run_checks
+from spatial.db import query_canceller
 from spatial.topology import Tolerance
+from spatial.work import CancelToken
 
 router = APIRouter(tags=["checks"])
 SCOPE_PATTERN = r"^[0-9]{6}([0-9]{3}([0-9]{3}([0-9]{3,4})?)?)?$"
@@ -39,7 +42,8 @@ def report(findings: list[Any], scope: str | None, as_of: dt.date, tolerance: To
 
 @router.get("/api/checks", summary="边界检查 Boundary checks")
 async def checks(
-    session: SessionDep,
+    sessions: SessionsDep,
+    request: Request,
     scope: Annotated[
         str | None, Query(pattern=SCOPE_PATTERN, description="county, street, community or grid code")
     ] = None,
@@ -49,11 +53,23 @@ async def checks(
     min_area_m2: Annotated[float, Query(ge=0, le=1e6)] = 1.0,
     format: Annotated[Literal["json", "geojson"], Query()] = "json",
 ) -> Response:
-    """Check the boundaries in SCOPE: findings with rule, severity, features, problem geometry and area."""
+    """Check the boundaries in SCOPE: findings with rule, severity, features, problem geometry and area.
+
+    Checks run a few at a time (a county's can take minutes); beyond the queue the answer is
+    503 with Retry-After, and a check whose client left is cancelled.
+    """
     tolerance = Tolerance(snap_m=snap_m, min_area_m2=min_area_m2)
     chosen = [r.strip() for r in rules.split(",") if r.strip()] if rules else None
     day = as_of or dt.date.today()
-    found = await run_in_threadpool(run_checks, session, scope=scope, rules=chosen, as_of=day, tolerance=tolerance)
+
+    def check(token: CancelToken) -> list[Any]:
+        with sessions() as session, token.hook(query_canceller(session)):
+            return run_checks(session, scope=scope, rules=chosen, as_of=day, tolerance=tolerance)
+
+    async def job(token: CancelToken) -> list[Any]:
+        return await run_in_threadpool(check, token)
+
+    found = await heavy(request, "checks", job)
     if format == "geojson":
         return Response(orjson.dumps(findings_geojson(found)), media_type="application/geo+json")
     return Response(orjson.dumps(report(found, scope, day, tolerance)), media_type="application/json")

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 import shapely
+from shapely.geometry.base import BaseGeometry
 
-from api.deps import SessionDep
+from api.deps import SessionsDep
 from api.routes.stats import FilterDep
+from api.work import heavy
+from layers.base import Layer
 from layers.features import layer_or_404, parse_bbox
 from layers.scopes import features_in, scope_unit
 from layers.stats import Filter
+from spatial.db import query_canceller
 from spatial.errors import InvalidInput
-from web.printing import PAPER_MM, PrintLayer, plan_sheets, render_wall_map, tile_sheets
+from spatial.work import CancelToken, in_process
+from web.printing import PAPER_MM, PrintLayer, draw
 
 router = APIRouter(tags=["print"])
 MAX_PRINTED = 200_000
@@ -42,9 +50,39 @@ def filter_label(flt: Filter) -> str:
     return "；".join(parts)
 
 
+def _gather(
+    sessions: Callable[[], AbstractContextManager[Session]],
+    token: CancelToken,
+    scope: str | None,
+    view: tuple[float, float, float, float] | None,
+    chosen: list[Layer],
+    flt: Filter,
+    day: dt.date,
+) -> tuple[list[PrintLayer], str, BaseGeometry | None]:
+    """Read what the sheet shows: the scope's shape and label, and each layer's features in it."""
+    with sessions() as session, token.hook(query_canceller(session)):
+        shape, label = scope_unit(session, scope, day) if scope else (None, "")
+        label = f"{label}（{scope}）" if scope else "全部 everything"
+        if view is not None:
+            shape = shapely.box(*view) if shape is None else shape.intersection(shapely.box(*view))
+            label = label if scope else "当前视野 map view"
+        said = filter_label(flt)
+        if said:
+            label = f"{label}    筛选 {said}"
+        printed: list[PrintLayer] = []
+        room = MAX_PRINTED
+        for layer in chosen:
+            names = [n for n in ("code", "name", layer.style.by) if n and n in layer.field_names]
+            narrowed = flt if layer.id == FILTERED_LAYER else None
+            features = features_in(session, layer, shape, names, room, narrowed)
+            room -= len(features)
+            printed.append(PrintLayer(layer.id, features))
+    return printed, label, shape
+
+
 @router.get("/api/print", summary="挂图导出 Wall map (PDF/PNG)")
 async def print_map(
-    session: SessionDep,
+    sessions: SessionsDep,
     request: Request,
     flt: FilterDep,
     scope: Annotated[
@@ -63,6 +101,8 @@ async def print_map(
 
     With `sheets=A4`, an A0–A2 wall map comes as a PDF of A4 pages to print on an office
     printer: an assembly sheet first, then every sheet with its row, column and a glue strip.
+    Prints are drawn a few at a time in worker processes; when they are all busy and the
+    queue is full, the answer is 503 with Retry-After, and a print whose client left is dropped.
     """
     if sheets is not None:
         if format != "pdf":
@@ -78,32 +118,31 @@ async def print_map(
             )
     wanted = {name.strip() for name in layers.split(",") if name.strip()}
     chosen = sorted((layer_or_404(name) for name in wanted), key=lambda layer: layer.order)
-    day = dt.date.today()
-    shape, label = scope_unit(session, scope, day) if scope else (None, "")
-    label = f"{label}（{scope}）" if scope else "全部 everything"
     view = parse_bbox(bbox)
-    if view is not None:
-        shape = shapely.box(*view) if shape is None else shape.intersection(shapely.box(*view))
-        label = label if scope else "当前视野 map view"
+    day = dt.date.today()
     # The map's filter narrows the parcels, as on the map; the scope frames the sheet instead.
-    flt = dataclasses.replace(flt, scope=None)
-    said = filter_label(flt)
-    if said:
-        label = f"{label}    筛选 {said}"
-    printed: list[PrintLayer] = []
-    room = MAX_PRINTED
-    for layer in chosen:
-        names = [n for n in ("code", "name", layer.style.by) if n and n in layer.field_names]
-        narrowed = flt if layer.id == FILTERED_LAYER else None
-        features = features_in(session, layer, shape, names, room, narrowed)
-        room -= len(features)
-        printed.append(PrintLayer(layer, features))
-    heading = title or request.app.state.settings.site_title
-    data = await run_in_threadpool(
-        render_wall_map, printed, title=heading, scope_label=label, size=size, fmt=format, day=day, frame=shape
-    )
-    if sheets is not None:
-        data = await run_in_threadpool(tile_sheets, data, plan_sheets(size, sheets), heading)
+    narrowed = dataclasses.replace(flt, scope=None)
+    settings = request.app.state.settings
+    heading = title or settings.site_title
+
+    async def job(token: CancelToken) -> bytes:
+        printed, label, shape = await run_in_threadpool(_gather, sessions, token, scope, view, chosen, narrowed, day)
+        return await in_process(
+            draw,
+            printed,
+            title=heading,
+            scope_label=label,
+            size=size,
+            fmt=format,
+            day=day,
+            frame=shape,
+            sheets=sheets,
+            workers=settings.print_workers,
+            timeout_s=settings.print_timeout_s,
+            token=token,
+        )
+
+    data = await heavy(request, "print", job)
     filename = f"挂图-{scope or 'all'}-{size}{'-分幅' + sheets if sheets else ''}.{format}"
     media = "application/pdf" if format == "pdf" else "image/png"
     disposition = f"attachment; filename*=UTF-8''{quote(filename)}"

@@ -1,0 +1,74 @@
+"""Heavy requests (print, boundary checks, uploads) run in their lane and stop when the client leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from fastapi import Request
+
+from api.settings import ApiSettings
+from spatial.work import Cancelled, CancelToken, Lane
+
+T = TypeVar("T")
+POLL_S = 0.25
+"""How often a waiting heavy request asks whether its client is still there."""
+
+
+def make_lanes(settings: ApiSettings) -> dict[str, Lane]:
+    """Return the app's lanes of heavy work, sized by the settings."""
+    return {
+        "print": Lane("print", "挂图打印", "print", settings.print_workers, settings.print_queue, 15),
+        "checks": Lane("checks", "边界检查", "boundary check", settings.check_workers, settings.check_queue, 10),
+        "uploads": Lane("uploads", "上传", "upload", settings.upload_workers, settings.upload_queue, 30),
+    }
+
+
+def lane(request: Request, name: str) -> Lane:
+    """Return the app's lane NAME."""
+    lanes: dict[str, Lane] = request.app.state.lanes
+    return lanes[name]
+
+
+async def _watch(request: Request, token: CancelToken, task: asyncio.Task[object]) -> None:
+    """Cancel TOKEN and TASK once the client has gone away."""
+    while not token.cancelled:
+        if await request.is_disconnected():
+            token.cancel()
+            task.cancel()
+            return
+        await asyncio.sleep(POLL_S)
+
+
+@asynccontextmanager
+async def watched(request: Request) -> AsyncIterator[CancelToken]:
+    """Yield a token that is cancelled, with the request's task, once the client goes away.
+
+    Start it only once the request body has been read (it listens for the disconnect).
+    The task's cancellation becomes :class:`Cancelled` (answered 499: nobody reads it).
+    """
+    token = CancelToken()
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.create_task(_watch(request, token, task))
+    try:
+        yield token
+    except asyncio.CancelledError:
+        if token.cancelled and task.uncancel() == 0:
+            raise Cancelled from None  # our own doing: the client left
+        raise
+    finally:
+        watcher.cancel()
+
+
+async def heavy(request: Request, name: str, job: Callable[[CancelToken], Awaitable[T]]) -> T:
+    """Run JOB in lane NAME: refused at once when the lane is full, cancelled when the client leaves.
+
+    A job waiting for its turn is dropped when its client goes away; a running one is told
+    through its token (a worker process is killed; a thread stops at its next check).
+    """
+    async with watched(request) as token, lane(request, name).slot():
+        token.check()
+        return await job(token)

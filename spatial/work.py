@@ -1,0 +1,207 @@
+"""Bounded heavy work: lanes that admit a few jobs at a time, a process pool for pure computation.
+
+Heavy work (printing a wall map, a county's boundary check, a big upload) must never
+starve everyone else. A :class:`Lane` admits at most ``running`` jobs at once and lets at
+most ``waiting`` more queue behind them; anything beyond is refused at once with
+:class:`Busy` (and a hint when to retry), so a burst of 25 prints costs the server two
+prints' worth of work, not 25. A job can be cancelled through its :class:`CancelToken`
+(the client went away): queued jobs are dropped, running ones stop at their next check.
+
+Pure computation that holds the interpreter for seconds (drawing a map) runs in
+:func:`in_process`: separate worker processes at a lower CPU priority, recycled after a
+few jobs, killed when their job is cancelled or overruns its time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import multiprocessing
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from spatial.errors import Busy, Unavailable
+
+T = TypeVar("T")
+
+
+class Cancelled(Exception):
+    """The job's client went away: stop, write nothing more."""
+
+
+class CancelToken:
+    """Tells a running job that nobody waits for it any more; callbacks stop what blocks."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled."""
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        """Cancel the job: set the flag and run the callbacks (e.g. cancel a database query)."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001, S110 - best effort: the job also checks the flag
+                pass
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Run CALLBACK when the job is cancelled (at once if it already is)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    @contextmanager
+    def hook(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Run CALLBACK if the job is cancelled while the block runs (e.g. cancel its database query)."""
+        self.check()
+        with self._lock:
+            self._callbacks.append(callback)
+        try:
+            yield
+        finally:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the job was cancelled."""
+        if self._event.is_set():
+            raise Cancelled
+
+
+@dataclass
+class Lane:
+    """One kind of heavy work: RUNNING jobs at once, WAITING more queued, the rest refused with Busy."""
+
+    name: str
+    zh: str
+    en: str
+    running: int
+    waiting: int
+    retry_after_s: int = 10
+    admitted: int = 0
+    _slots: asyncio.Semaphore | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.running < 1 or self.waiting < 0:
+            raise ValueError(f"lane {self.name}: running must be ≥ 1 and waiting ≥ 0")
+
+    def busy(self) -> Busy:
+        """Return the error answering a job that finds the lane full."""
+        error = Busy.one(
+            "busy",
+            f"{self.zh}任务已满（同时 {self.running} 个，排队 {self.waiting} 个），请 {self.retry_after_s} 秒后重试",
+            f"too many {self.en} jobs ({self.running} running, {self.waiting} queued): "
+            f"retry in {self.retry_after_s} s",
+            field=self.name,
+        )
+        error.retry_after = self.retry_after_s
+        return error
+
+    @asynccontextmanager
+    async def place(self) -> AsyncIterator[None]:
+        """Hold a place in the lane (running or queued); refuse at once when none is free."""
+        if self.admitted >= self.running + self.waiting:
+            raise self.busy()
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait for one of the RUNNING places, holding it for the block (call within :meth:`place`)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.running)
+        async with self._slots:
+            yield
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a place and then a turn: the usual way in."""
+        async with self.place(), self.turn():
+            yield
+
+
+def _lower_priority() -> None:
+    """Make a worker process yield the CPU to the server (interactive requests come first)."""
+    try:
+        os.nice(10)
+    except OSError:  # pragma: no cover - a platform without nice
+        pass
+
+
+_POOLS: dict[int, Any] = {}
+_POOLS_LOCK = threading.Lock()
+TASKS_PER_WORKER = 20
+"""A worker process is replaced after this many jobs: memory a job grew is given back."""
+
+
+def _pool(workers: int) -> Any:
+    """Return the process pool with WORKERS processes (made on first use, shared in the process)."""
+    from pebble import ProcessPool
+
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None or not pool.active:
+            pool = ProcessPool(
+                max_workers=workers,
+                max_tasks=TASKS_PER_WORKER,
+                initializer=_lower_priority,
+                context=multiprocessing.get_context("spawn"),  # never fork a server holding threads and sockets
+            )
+            _POOLS[workers] = pool
+        return pool
+
+
+@atexit.register
+def _stop_pools() -> None:
+    with _POOLS_LOCK:
+        for pool in _POOLS.values():
+            pool.stop()
+            pool.join(timeout=5)
+        _POOLS.clear()
+
+
+async def in_process(
+    fn: Callable[..., T], *args: Any, workers: int, timeout_s: float, token: CancelToken | None = None, **kwargs: Any
+) -> T:
+    """Run FN(*ARGS, **KWARGS) in a worker process and return its result.
+
+    FN and its arguments must be picklable (a module-level function, plain data). The worker
+    is killed when TOKEN is cancelled or the job runs past TIMEOUT_S (then Unavailable).
+    """
+    future: Future[T] = _pool(workers).schedule(fn, args=args, kwargs=kwargs, timeout=timeout_s)
+    if token is not None:
+        token.on_cancel(lambda: None if future.cancel() else None)
+    try:
+        return await asyncio.wrap_future(future)
+    except FutureTimeout:
+        raise Unavailable.one(
+            "work_timeout",
+            f"任务超过 {timeout_s:.0f} 秒未完成，已中止：请缩小范围后重试",
+            f"the job ran past {timeout_s:.0f} s and was stopped: try a smaller scope",
+        ) from None
+    except CancelledError:
+        raise Cancelled from None
