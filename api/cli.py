@@ -25,8 +25,10 @@ from spatial.settings import LocalPgSettings, db_settings
 app = typer.Typer(help="guatu 挂图 — 集体资源一张图 (a GIS for grassroots governance).", no_args_is_help=True)
 db_app = typer.Typer(help="数据库 Database: start the local PostGIS, migrate.", no_args_is_help=True)
 demo_app = typer.Typer(help="演示数据 Demo data: one street of 城阳区.", no_args_is_help=True)
+archive_app = typer.Typer(help="上传存档 Upload archive: kept files and full reports.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
+app.add_typer(archive_app, name="archive")
 console = Console(stderr=True)
 
 
@@ -147,6 +149,24 @@ def demo_load(
     console.print(f"演示数据已加载 demo loaded in {time.monotonic() - started:.1f} s: {summary}")
 
 
+@archive_app.command("prune")
+def archive_prune(
+    days: float = typer.Option(None, help="remove what is older than this many days (default GUATU_ARCHIVE_DAYS)"),
+    max_mb: int = typer.Option(
+        None, "--max-mb", help="then the oldest beyond this size (default GUATU_ARCHIVE_MAX_MB)"
+    ),
+) -> None:
+    """Remove archived upload files and full reports past the retention or beyond the size cap."""
+    from layers import archive
+
+    gone = archive.prune(days=days, max_bytes=None if max_mb is None else max_mb * 1_000_000)
+    console.print(
+        f"已清理 {gone.files} 个文件（{gone.bytes / 1e6:.1f} MB），保留 {gone.kept_files} 个"
+        f"（{gone.kept_bytes / 1e6:.1f} MB）于 {archive.root()} "
+        f"(pruned {gone.files} files, {gone.bytes / 1e6:.1f} MB; kept {gone.kept_files})"
+    )
+
+
 @app.command("import")
 def import_file(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="GeoJSON file")],
@@ -180,9 +200,7 @@ def import_file(
             bar.update(task, completed=done, total=total)
 
         try:
-            record = commit_upload(
-                session, make_sessionmaker(engine), layer_or_404(layer), path.read_bytes(), options, advance
-            )
+            record = commit_upload(session, make_sessionmaker(engine), layer_or_404(layer), path, options, advance)
         except GuatuError as exc:
             for problem in exc.problems:
                 console.print(f"[red]{problem.code}[/red] {problem.message}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from spatial.settings import PROJECT_ROOT
@@ -25,6 +25,12 @@ class LayerSettings(BaseSettings):
 
     archive_dir: Path = PROJECT_ROOT / ".archive"
     """Where uploaded files are kept, by SHA-256 (content-addressed, never rewritten)."""
+
+    archive_days: float = Field(365, ge=0)
+    """Archived files and full reports unused for this many days are pruned (0: kept for ever)."""
+
+    archive_max_mb: int = Field(10_000, ge=0)
+    """The archive's size cap in MB: beyond it the oldest files go first (0: no cap)."""
 
     @field_validator("grid_seq_width")
     @classmethod

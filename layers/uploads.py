@@ -1,9 +1,10 @@
 """Uploads: a surveyor's GeoJSON file, checked feature by feature, diffed, committed in one go.
 
-The raw file is archived by its SHA-256 before anything else happens. The same file with
-the same options is answered with the first result (idempotent), concurrent copies of one
-upload are serialised on an advisory lock, and a commit is one transaction: all or
-nothing by default, or only the valid features when asked.
+The file is read from disk (mapped, never copied whole into memory) and archived by its
+SHA-256 once it parses. The same file with the same options is answered with the first
+result (idempotent), concurrent copies of one upload are serialised on an advisory lock,
+and a commit is one transaction: all or nothing by default, or only the valid features
+when asked. The upload record keeps a capped report; the full one is kept as a file.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import gc
 import hashlib
 import json
 import math
+import mmap
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +29,7 @@ import numpy as np
 import orjson
 import psycopg
 import pydantic
-from sqlalchemy import DateTime, Integer, String, func, select, text
+from sqlalchemy import DateTime, Integer, String, func, inspect, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -34,9 +37,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from layers import staging
+from layers import archive, staging
 from layers.base import READ_ONLY, Layer
-from layers.features import check_feature, locate_all
+from layers.features import check_feature, locate_all, looks_masked, masked_problem
 from layers.settings import layer_settings
 from layers.staging import METRES_PER_DEGREE
 from spatial.crs import (
@@ -50,7 +53,7 @@ from spatial.crs import (
 )
 from spatial.db import Base
 from spatial.errors import GuatuError, InvalidInput, NotFound, Problem, Unavailable, Where
-from spatial.geojson_in import FeatureSource, member_count, open_geojson, repeated_members
+from spatial.geojson_in import Buffer, FeatureSource, member_count, open_geojson, repeated_members
 from spatial.geometry import Built, build_many, geodesic_area
 
 Mode = Literal["all-or-nothing", "valid-only"]
@@ -98,16 +101,36 @@ class UploadOptions:
         return hashlib.sha256(canon).hexdigest()
 
 
-def archive(raw: bytes, sha: str) -> Path:
-    """Keep RAW under its SHA-256 in the archive folder (written once, never changed)."""
-    folder = layer_settings().archive_dir / sha[:2]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{sha}.geojson"
-    if not path.exists():
-        partial = path.with_suffix(".part")
-        partial.write_bytes(raw)
-        partial.replace(path)
-    return path
+Body = bytes | Path
+"""An upload's file: its bytes, or its path (mapped from disk, never read whole into memory)."""
+
+
+@contextmanager
+def _mapped(body: Body) -> Iterator[Buffer]:
+    """Yield BODY's bytes: as they are, or a read-only map of the file."""
+    if isinstance(body, bytes):
+        yield body
+        return
+    with body.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    if mapped is None:
+        yield b""
+        return
+    view = memoryview(mapped)
+    try:
+        yield view
+    finally:
+        with suppress(BufferError):  # features read from it may still hold views; freed with them
+            view.release()
+            mapped.close()
+
+
+def _sha256(buffer: Buffer) -> str:
+    digest = hashlib.sha256()
+    for start in range(0, len(buffer), 1 << 24):
+        digest.update(buffer[start : start + (1 << 24)])
+    return digest.hexdigest()
 
 
 def _declared(options: UploadOptions, crs_member: str | None) -> DeclaredCrs:
@@ -118,22 +141,30 @@ def _declared(options: UploadOptions, crs_member: str | None) -> DeclaredCrs:
 
 
 def run_upload(
-    session: Session, layer: Layer, raw: bytes, options: UploadOptions, progress: Progress | None = None
+    session: Session, layer: Layer, body: Body, options: UploadOptions, progress: Progress | None = None
 ) -> Upload:
-    """Check, diff and (unless a dry run) commit RAW into LAYER; return the upload record.
+    """Check, diff and (unless a dry run) commit BODY into LAYER; return the upload record.
 
     The caller commits the session. Malformed files and impossible CRS declarations raise;
-    per-feature problems go into the report.
+    per-feature problems go into the report (the record keeps it capped; :func:`full_report`
+    gives all of it).
     """
-    sha = hashlib.sha256(raw).hexdigest()
+    with _mapped(body) as raw:
+        return _run(session, layer, body, raw, options, progress)
+
+
+def _run(
+    session: Session, layer: Layer, body: Body, raw: Buffer, options: UploadOptions, progress: Progress | None
+) -> Upload:
+    sha = _sha256(raw)
     options_key = options.key(layer)
     # One upload of these bytes with these options at a time; the second waits, then replays.
     session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": sha + options_key})
     replay = _replay(session, layer, sha, options_key, options)
     if replay is not None:
         return replay
-    archive(raw, sha)
     source = open_geojson(raw)
+    archive.keep(body, sha)  # only a file that parses is kept
     declared = _declared(options, source.crs_name)
     upload = Upload(
         layer=layer.id,
@@ -184,9 +215,53 @@ def run_upload(
         if writes.is_active:
             writes.rollback()
         raise
-    upload.status, upload.report = status, report
+    del source  # the features' views into the mapped file
+    upload.status, upload.report = status, _capped(report, upload.id)
     session.flush()
+    inspect(upload).info["full_report"] = report
+    if len(upload.report.get("features", ())) < len(report["features"]):
+        archive.save_report(upload.id, report)
     return upload
+
+
+STORED_ENTRIES = 200
+"""Report entries the upload record keeps; the full report (up to 10,000) is kept as a file."""
+STORED_BYTES = 256 * 1024
+"""Beyond this size the stored entries lose their geometry (the page draws from the answer, not the record)."""
+
+
+def _capped(report: dict[str, Any], upload_id: int) -> dict[str, Any]:
+    """Return REPORT as the upload record keeps it: the first STORED_ENTRIES entries and every figure."""
+    entries = report["features"]
+    stored = {**report, "features": entries[:STORED_ENTRIES]}
+    if len(entries) > STORED_ENTRIES:
+        stored["entries_stored"] = STORED_ENTRIES
+        stored["entries_total"] = len(entries)
+        stored["full_report"] = f"/api/uploads/{upload_id}/report"
+    if len(orjson.dumps(stored)) > STORED_BYTES:
+        stored["features"] = [{k: v for k, v in e.items() if k != "geometry"} for e in stored["features"]]
+    clean: dict[str, Any] = _jsonb_safe(stored)
+    return clean
+
+
+def _jsonb_safe(value: Any) -> Any:
+    """Return VALUE with every NUL in its text (names included) shown escaped: JSONB cannot hold NUL."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\u0000")
+    if isinstance(value, dict):
+        return {_jsonb_safe(k): _jsonb_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonb_safe(v) for v in value]
+    return value
+
+
+def full_report(upload: Upload) -> dict[str, Any]:
+    """Return UPLOAD's whole report, as far as this process or the archive still has it."""
+    found: dict[str, Any] | None = inspect(upload).info.get("full_report")
+    if found is not None:
+        return found
+    kept = archive.load_report(upload.id) if upload.report.get("full_report") else None
+    return orjson.loads(kept) if kept is not None else upload.report
 
 
 def write_staged(session: Session, layer: Layer, indexes: list[int], upload_id: int) -> int:
@@ -198,7 +273,7 @@ def commit_upload(
     session: Session,
     fresh: Callable[[], Session],
     layer: Layer,
-    raw: bytes,
+    body: Body,
     options: UploadOptions,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -208,15 +283,16 @@ def commit_upload(
     FRESH session records the failure, so the uploader and the upload list can see it.
     """
     try:
-        upload = run_upload(session, layer, raw, options, progress)
+        upload = run_upload(session, layer, body, options, progress)
         session.commit()
-        return upload_json(upload)
+        archive.prune_now_and_then()
+        return upload_json(upload, full=True)
     except (DBAPIError, psycopg.Error) as exc:  # the writer's COPY raises psycopg's own errors
         try:
             session.rollback()
         except (DBAPIError, psycopg.Error):
             pass  # the connection is gone; the transaction went with it
-        failed = _record_failure(fresh, layer, raw, options, type(getattr(exc, "orig", None) or exc).__name__)
+        failed = _record_failure(fresh, layer, body, options, type(getattr(exc, "orig", None) or exc).__name__)
         raise Unavailable.one(
             "upload_failed",
             f"数据库在提交时出错，本次上传（#{failed}）未写入任何数据，请重新上传",
@@ -225,15 +301,17 @@ def commit_upload(
         ) from None
 
 
-def _record_failure(fresh: Callable[[], Session], layer: Layer, raw: bytes, options: UploadOptions, why: str) -> int:
+def _record_failure(fresh: Callable[[], Session], layer: Layer, body: Body, options: UploadOptions, why: str) -> int:
     """Store a failed upload record in its own transaction; return its id."""
+    with _mapped(body) as raw:
+        sha, size = _sha256(raw), len(raw)
     with fresh() as session:
         upload = Upload(
             layer=layer.id,
-            sha256=hashlib.sha256(raw).hexdigest(),
+            sha256=sha,
             options_key=options.key(layer),
             filename=options.filename,
-            size_bytes=len(raw),
+            size_bytes=size,
             uploader=options.uploader,
             options={"crs": options.crs, "axis": options.axis, "mode": options.mode, "dry_run": options.dry_run},
             status="failed",
@@ -682,7 +760,11 @@ class _Writer(threading.Thread):
             return
         key = layer.key[0]
         stored = staging.existing_keys(session, layer, [props[key] for _, props in rows])
-        fresh = [n for n, (_, props) in enumerate(rows) if props[key] not in stored]
+        masked = {n: looks_masked(layer, props) for n, (_, props) in enumerate(rows) if props[key] not in stored}
+        for n, names in masked.items():  # a new feature has no stored value a masked one could stand for
+            if names:
+                self.misplaced[rows[n][0]] = [masked_problem(layer, name, rows[n][0]) for name in names]
+        fresh = [n for n, names in masked.items() if not names]
         if len(fresh) < len(rows):
             older = [n for n, (_, props) in enumerate(rows) if props[key] in stored]
             staging.stage_rows(session, layer, [rows[n] for n in older], hexes[older])
@@ -780,14 +862,44 @@ def _check_all(
     finally:
         writer.finish()
     _check_crs(checker)
+    masked = staging.keep_masked(session, layer)
+    for index, names in masked.refused.items():
+        writer.misplaced[index] = [masked_problem(layer, name, index) for name in names]
     for index, problems in writer.misplaced.items():
         report.misplaced(index, [p.as_dict() for p in problems])
+    for index, names in masked.kept.items():
+        report.note(index, [_kept_note(layer, names)])
     found = staging.diff(session, layer)
     out = report.build(set(writer.new) | set(found.new), found)
-    warning = _gcj02_suspicion(declared, found.shifts)
-    if warning:
-        out["warnings"] = [warning]
+    warnings = [w for w in (_gcj02_suspicion(declared, found.shifts), _personal_warning(layer, found)) if w]
+    if warnings:
+        out["warnings"] = warnings
     return out, sorted([*found.new, *found.changed])
+
+
+def _kept_note(layer: Layer, names: list[str]) -> dict[str, Any]:
+    labels = "、".join(layer.field(n).zh for n in names)
+    return {
+        "code": "masked_kept",
+        "message": f"{labels}为打码值，已保留库中原值 (masked value sent back: the stored value is kept)",
+        "fields": names,
+    }
+
+
+def _personal_warning(layer: Layer, found: staging.Diff) -> dict[str, Any] | None:
+    """Say that personal fields sent are written as sent, never compared (a diff would confirm a guess)."""
+    personal = {f.name for f in layer.fields if f.personal}
+    listed = sorted({name for fields, _ in found.changed.values() for name in fields if name in personal})
+    if not listed:
+        return None
+    labels = "、".join(layer.field(n).zh for n in listed)
+    return {
+        "code": "personal_not_compared",
+        "message": f"{labels}属于个人信息，按上传的值写入，不与库中的值比对，因此总列为“修改” "
+        "(personal fields are written as sent and never compared with the stored value: "
+        "they always show as changed)",
+        "fields": listed,
+    }
 
 
 class _Report:
@@ -810,8 +922,8 @@ class _Report:
     def plain(self, index: int, key: str | None) -> dict[str, Any]:
         entry: dict[str, Any] = {"index": index}
         if index in self.checker.ids:
-            entry["id"] = _storable(self.checker.ids[index])
-        entry["key"] = _storable(key)
+            entry["id"] = _jsonb_safe(self.checker.ids[index])
+        entry["key"] = _jsonb_safe(key)
         return entry
 
     def preview(self, index: int, geom: BaseGeometry) -> None:
@@ -822,15 +934,17 @@ class _Report:
         self.rejected += 1
         for name in ("id", "key"):
             if name in entry:
-                entry[name] = _storable(entry[name])
+                entry[name] = _jsonb_safe(entry[name])
         if len(self.rejected_entries) < REPORT_ENTRY_LIMIT:
             self.rejected_entries[entry["index"]] = entry
         else:
             self.omitted["rejected"] += 1
 
     def note(self, index: int, notes: list[dict[str, Any]]) -> None:
-        if len(self.noted) < REPORT_ENTRY_LIMIT or self.total <= REPORT_LIST_LIMIT:
-            self.noted[index] = notes
+        if index in self.noted:
+            self.noted[index].extend(notes)
+        elif len(self.noted) < REPORT_ENTRY_LIMIT or self.total <= REPORT_LIST_LIMIT:
+            self.noted[index] = list(notes)
         else:
             self.omitted["with_notes"] += 1
 
@@ -883,11 +997,6 @@ class _Report:
             out["omitted"] = {k: v for k, v in self.omitted.items() if v}
         out["checked"] = {"vectorised": self.checker.fast, "one_by_one": self.checker.slow}
         return out
-
-
-def _storable(value: Any) -> Any:
-    """Return VALUE fit for a JSONB report: text may not hold NUL (shown escaped instead)."""
-    return value.replace("\x00", "\\u0000") if isinstance(value, str) else value
 
 
 def _drawable(feature: Any, declared: DeclaredCrs) -> dict[str, Any] | None:
@@ -958,8 +1067,8 @@ def get_upload(session: Session, uid: int) -> Upload:
     return upload
 
 
-def upload_json(upload: Upload) -> dict[str, Any]:
-    """Return the public record of UPLOAD."""
+def upload_json(upload: Upload, *, full: bool = False) -> dict[str, Any]:
+    """Return the public record of UPLOAD (with its FULL report: the answer to the upload itself)."""
     return {
         "id": upload.id,
         "layer": upload.layer,
@@ -970,5 +1079,5 @@ def upload_json(upload: Upload) -> dict[str, Any]:
         "uploader": upload.uploader,
         "options": upload.options,
         "created_at": upload.created_at.isoformat() if upload.created_at else None,
-        "report": upload.report,
+        "report": full_report(upload) if full else upload.report,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,12 +40,35 @@ def _fail(code: str, zh: str, en: str, **where: Any) -> MalformedInput:
     return MalformedInput(Problem(code, zh, en, Where(**where)))
 
 
-def _decode(raw: bytes) -> bytes:
+Buffer = bytes | memoryview
+"""An upload's bytes: in memory, or a read-only view of a file mapped from disk (never copied whole)."""
+
+BLOCK = 1 << 22
+"""Bytes looked at a time when scanning a whole file (memory stays at one block)."""
+
+
+def _blocks(raw: Buffer, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """Yield (offset, bytes) of RAW[:END] a block at a time."""
+    stop = len(raw) if end is None else end
+    for start in range(0, stop, BLOCK):
+        yield start, bytes(raw[start : min(stop, start + BLOCK)])
+
+
+def _find_nul(raw: Buffer) -> int:
+    """Return the offset of the first NUL byte in RAW, or -1."""
+    for start, block in _blocks(raw):
+        at = block.find(b"\x00")
+        if at >= 0:
+            return start + at
+    return -1
+
+
+def _decode(raw: Buffer) -> Buffer:
     """Return RAW without a UTF-8 BOM, or refuse bytes that are not UTF-8 (hinting GBK)."""
-    if raw.startswith(BOM):
-        raw = raw[len(BOM) :]
-    if b"\x00" in raw:
-        at = raw.index(b"\x00")
+    if bytes(raw[: len(BOM)]) == BOM:
+        raw = memoryview(raw)[len(BOM) :]
+    at = _find_nul(raw)
+    if at >= 0:
         raise _fail(
             "nul_bytes",
             f"文件第 {at} 字节处含有 NUL 空字符（是否为二进制文件或 UTF-16 编码？）",
@@ -55,11 +79,8 @@ def _decode(raw: bytes) -> bytes:
         _check_utf8(raw)
     except UnicodeDecodeError as exc:
         hint_zh, hint_en = "", ""
-        try:
-            raw.decode("gbk")
+        if _looks_gbk(raw):
             hint_zh, hint_en = "；看起来是 GBK 编码，请另存为 UTF-8", "; it looks like GBK: save it as UTF-8"
-        except UnicodeDecodeError:
-            pass
         raise _fail(
             "not_utf8",
             f"文件不是 UTF-8 编码（第 {exc.start} 字节）{hint_zh}",
@@ -69,7 +90,16 @@ def _decode(raw: bytes) -> bytes:
     return raw
 
 
-def _check_utf8(raw: bytes, block: int = 1 << 22) -> None:
+def _looks_gbk(raw: Buffer) -> bool:
+    """Tell whether the start of RAW (what is not UTF-8) reads as GBK."""
+    try:
+        bytes(raw[:BLOCK]).decode("gbk")
+    except UnicodeDecodeError as exc:
+        return exc.start >= BLOCK - 1  # only a character cut at the block's end
+    return True
+
+
+def _check_utf8(raw: Buffer, block: int = BLOCK) -> None:
     """Raise UnicodeDecodeError (offsets into RAW) unless RAW is UTF-8; memory stays at one block."""
     start = 0
     while start < len(raw):
@@ -78,26 +108,39 @@ def _check_utf8(raw: bytes, block: int = 1 << 22) -> None:
         while end < len(raw) and back < 3 and 0x80 <= raw[end] <= 0xBF:  # never cut a character in two
             end, back = end - 1, back + 1
         try:
-            raw[start:end].decode("utf-8")
+            bytes(raw[start:end]).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise UnicodeDecodeError("utf-8", raw, start + exc.start, start + exc.end, exc.reason) from None
+            raise UnicodeDecodeError("utf-8", b"", start + exc.start, start + exc.end, exc.reason) from None
         start = end
 
 
-def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> MalformedInput:
+def _rstripped_length(raw: Buffer) -> int:
+    """Return the length of RAW without its trailing whitespace."""
+    end = len(raw)
+    while end > 0 and raw[end - 1] in _WHITESPACE:
+        end -= 1
+    return end
+
+
+def _blank(raw: Buffer) -> bool:
+    """Tell whether RAW holds nothing but whitespace."""
+    return all(not block.strip() for _, block in _blocks(raw))
+
+
+def _json_error(raw: Buffer, exc: orjson.JSONDecodeError) -> MalformedInput:
     """Return the error for unparsable JSON: truncated, NaN/Infinity, too deep, or where it broke."""
     found = _NON_STANDARD.search(raw)
     if found:
-        line = raw.count(b"\n", 0, found.start()) + 1
+        line, col = _line_col(raw, found.start())
         return _fail(
             "json_nan",
             f"JSON 中不允许 {found.group(1).decode()}（第 {line} 行）：坐标和数值必须是有限数",
             f"{found.group(1).decode()} is not valid JSON (line {line}): numbers must be finite",
-            location=[line, found.start() - raw.rfind(b"\n", 0, found.start())],
+            location=[line, col],
         )
     if "depth" in exc.msg.lower() or "recursion" in exc.msg.lower():
         return _fail("nesting_too_deep", "JSON 嵌套层级过深", "JSON nested too deep")
-    if exc.pos >= len(raw.rstrip()) - 1:
+    if exc.pos >= _rstripped_length(raw) - 1:
         return _fail(
             "json_truncated",
             "文件不完整：JSON 在结尾处被截断（上传是否中断？）",
@@ -121,7 +164,7 @@ def _crs_name(obj: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def read_geojson(raw: bytes) -> ParsedUpload:
+def read_geojson(raw: Buffer) -> ParsedUpload:
     """Return the features in RAW: a FeatureCollection, a single Feature or a bare geometry.
 
     Examples
@@ -132,7 +175,7 @@ def read_geojson(raw: bytes) -> ParsedUpload:
     []
     """
     raw = _decode(raw)
-    if not raw.strip():
+    if _blank(raw):
         raise _fail("body_empty", "文件为空", "the file is empty")
     try:
         data = orjson.loads(raw)
@@ -223,11 +266,18 @@ class FeatureSource:
         return values
 
 
-def _line_col(raw: bytes, pos: int) -> tuple[int, int]:
-    return raw.count(b"\n", 0, pos) + 1, pos - raw.rfind(b"\n", 0, pos)
+def _line_col(raw: Buffer, pos: int) -> tuple[int, int]:
+    """Return the line and column (1-based) of byte POS of RAW, counting a block at a time."""
+    lines, last = 0, -1
+    for start, block in _blocks(raw, pos):
+        lines += block.count(b"\n")
+        at = block.rfind(b"\n")
+        if at >= 0:
+            last = start + at
+    return lines + 1, pos - last
 
 
-def _decode_error(raw: bytes, exc: Exception) -> MalformedInput:
+def _decode_error(raw: Buffer, exc: Exception) -> MalformedInput:
     """Return the error for RAW that msgspec could not parse: NaN, truncated, too deep or where."""
     found = _NON_STANDARD.search(raw)
     if found:
@@ -258,7 +308,7 @@ def _decode_error(raw: bytes, exc: Exception) -> MalformedInput:
     )
 
 
-def open_geojson(raw: bytes) -> FeatureSource:
+def open_geojson(raw: Buffer) -> FeatureSource:
     """Return the features of RAW, streamed when it is a FeatureCollection, with every error coded.
 
     Examples
@@ -268,7 +318,7 @@ def open_geojson(raw: bytes) -> FeatureSource:
     (2, [{'a': 1}, {'b': 2}])
     """
     raw = _decode(raw)
-    if not raw.strip():
+    if _blank(raw):
         raise _fail("body_empty", "文件为空", "the file is empty")
     try:
         collection = msgspec.json.decode(raw, type=_Collection)
@@ -282,7 +332,7 @@ def open_geojson(raw: bytes) -> FeatureSource:
     return FeatureSource(len(collection.features), crs_name, raws=collection.features)
 
 
-def _held(raw: bytes) -> FeatureSource:
+def _held(raw: Buffer) -> FeatureSource:
     """Parse RAW whole: a single Feature, a bare geometry, or a file the full parse must explain."""
     parsed = read_geojson(raw)
     return FeatureSource(len(parsed.features), parsed.crs_name, held=parsed.features)
@@ -290,6 +340,8 @@ def _held(raw: bytes) -> FeatureSource:
 
 def repeated_members(raw: bytes) -> list[str]:
     """Return the member names RAW repeats within one object, at any depth (JSON keeps the last).
+
+    Linear in the size of RAW: each object's names are counted once, not compared pairwise.
 
     Examples
     --------
@@ -299,21 +351,28 @@ def repeated_members(raw: bytes) -> list[str]:
     repeated: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        names = [name for name, _ in items]
-        repeated.extend(sorted({name for name in names if names.count(name) > 1}))
-        return dict(items)
+        as_dict = dict(items)
+        if len(as_dict) < len(items):
+            counts = Counter(name for name, _ in items)
+            repeated.extend(sorted(name for name, n in counts.items() if n > 1))
+        return as_dict
 
     try:
         json.loads(raw, object_pairs_hook=pairs)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     return repeated
 
 
 def member_count(value: Any) -> int:
-    """Return how many member names VALUE (parsed JSON) holds, at any depth."""
-    if isinstance(value, dict):
-        return len(value) + sum(member_count(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(member_count(v) for v in value)
-    return 0
+    """Return how many member names VALUE (parsed JSON) holds, at any depth (no recursion: any nesting)."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return count

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import LayerDep, SessionDep
 from api.routes.tiles import tile_cache
+from api.work import lane, watched
+from layers.archive import load_report, spool_file
 from layers.uploads import Upload, UploadOptions, commit_upload, get_upload, upload_json
 from spatial.crs import Axis
-from spatial.errors import TooLarge
+from spatial.errors import NotFound, TooLarge
 
 router = APIRouter(tags=["uploads"])
 
@@ -31,8 +34,16 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-async def _read_file(request: Request) -> tuple[bytes, str | None]:
-    """Return the uploaded bytes (raw body or the multipart `file`), refusing them past the limit."""
+SPOOL_CHUNK = 1 << 20
+"""Bytes gathered before they are written to the spool file (in a worker thread)."""
+
+
+async def _spool(request: Request, path: FilePath) -> str | None:
+    """Write the uploaded file (raw body or multipart `file`) to PATH, refusing it past the limit.
+
+    The body goes to disk as it arrives: memory holds one chunk, never the file. Returns
+    the file's name as the client gave it (multipart), else None.
+    """
     limit = request.app.state.settings.max_upload_bytes
     too_large = TooLarge.one(
         "payload_too_large", f"文件超过上限 {limit // 1_000_000} MB", f"file larger than {limit} bytes"
@@ -40,21 +51,49 @@ async def _read_file(request: Request) -> tuple[bytes, str | None]:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise too_large
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form(max_part_size=limit + 1)
-        item = form.get("file")
-        if item is None or isinstance(item, str):
-            return (item or "").encode(), None
-        data = await item.read()
-        if len(data) > limit:
-            raise too_large
-        return data, item.filename
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise too_large
-    return bytes(body), None
+    written = 0
+    filename = None
+    with path.open("wb") as out:
+        pending = bytearray()
+
+        async def write(chunk: bytes) -> None:
+            nonlocal written
+            written += len(chunk)
+            if written > limit:
+                raise too_large
+            if not pending and len(chunk) >= SPOOL_CHUNK:
+                await run_in_threadpool(out.write, chunk)  # a big chunk goes straight to disk, uncopied
+                return
+            pending.extend(chunk)
+            if len(pending) >= SPOOL_CHUNK:
+                await run_in_threadpool(out.write, pending)
+                pending.clear()
+
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=20, max_part_size=64 * 1024)
+            try:
+                item = form.get("file")
+                if item is None or isinstance(item, str):
+                    await write((item or "").encode())
+                else:
+                    while chunk := await item.read(SPOOL_CHUNK):
+                        await write(chunk)
+                    filename = item.filename
+            finally:
+                await form.close()
+        else:
+            async for chunk in request.stream():
+                await write(chunk)
+        await run_in_threadpool(out.write, pending)
+    return filename
+
+
+def _text(value: str | None, limit: int) -> str | None:
+    """Return VALUE (a file name the client gave) without control characters, cut to LIMIT."""
+    if value is None:
+        return None
+    cleaned = "".join(ch for ch in value if ch.isprintable())
+    return cleaned[:limit] or None
 
 
 @router.post(
@@ -77,19 +116,36 @@ async def create_upload(
     uploader: str | None = Query(None, max_length=100),
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    """Check every feature, diff against the database, and commit in one transaction."""
-    raw, filename = await _read_file(request)
-    options = UploadOptions(
-        crs=crs,
-        axis=axis,
-        mode=mode,  # type: ignore[arg-type]  # checked by the pattern above
-        dry_run=dry_run,
-        repair=repair,
-        uploader=uploader,
-        filename=filename,
-        idempotency_key=idempotency_key,
-    )
-    result = await run_in_threadpool(commit_upload, session, request.app.state.sessions, layer, raw, options)
+    """Check every feature, diff against the database, and commit in one transaction.
+
+    A few uploads are checked at once (`GUATU_UPLOAD_WORKERS`), a few more wait with their
+    file on disk (`GUATU_UPLOAD_QUEUE`); beyond that the answer is 503 with Retry-After. An
+    upload whose client leaves stops at its next chunk and writes nothing.
+    """
+    uploads = lane(request, "uploads")
+    async with uploads.place():
+        path = spool_file()
+        try:
+            filename = await _spool(request, path)
+            options = UploadOptions(
+                crs=crs,
+                axis=axis,
+                mode=mode,  # type: ignore[arg-type]  # checked by the pattern above
+                dry_run=dry_run,
+                repair=repair,
+                uploader=uploader,
+                filename=_text(filename, 300),
+                idempotency_key=idempotency_key,
+            )
+            async with watched(request) as token, uploads.turn():
+
+                def progress(done: int, total: int) -> None:
+                    token.check()  # the client left: stop here, write nothing
+
+                fresh = request.app.state.sessions
+                result = await run_in_threadpool(commit_upload, session, fresh, layer, path, options, progress)
+        finally:
+            path.unlink(missing_ok=True)
     if result["status"] == "committed":
         tile_cache(request).bump(layer.id)
     status = {"committed": 201, "dry_run": 200, "rejected": 422}.get(result["status"], 200)
@@ -108,5 +164,22 @@ def list_uploads(session: SessionDep, limit: int = Query(50, ge=1, le=500)) -> l
 
 @router.get("/api/uploads/{uid}", summary="上传结果 Upload status and report")
 def read_upload(session: SessionDep, uid: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> dict[str, Any]:
-    """Return one upload with its per-feature report."""
+    """Return one upload with its report as stored (capped: `full_report` links to the whole of it)."""
     return upload_json(get_upload(session, uid))
+
+
+@router.get("/api/uploads/{uid}/report", summary="完整报告 Full upload report")
+def read_full_report(session: SessionDep, uid: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> Response:
+    """Return the whole per-feature report of one upload (kept as a file while the archive keeps it)."""
+    upload = get_upload(session, uid)
+    if not upload.report.get("full_report"):
+        return JSONResponse(upload.report)
+    kept = load_report(uid)
+    if kept is None:
+        raise NotFound.one(
+            "report_pruned",
+            f"上传 #{uid} 的完整报告已按保留期限清理，记录中仍有前 {len(upload.report['features'])} 条",
+            f"the full report of upload #{uid} was pruned; the record keeps its first entries",
+            id=uid,
+        )
+    return Response(kept, media_type="application/json")

@@ -1,0 +1,165 @@
+"""Hostile input of an allowed size finishes (linear work), gets a clear error, and text is text everywhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from layers import demo
+from tests.samples import sample
+
+FINISHES_S = 60
+"""Not a speed limit (speed is measured in bench/): linear work on these inputs takes a second or two;
+the quadratic checks this replaces took minutes."""
+
+
+def finishes(call: Any) -> Any:
+    """Return CALL()'s result, failing the test if it has not finished within FINISHES_S."""
+    out: list[Any] = []
+    worker = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    worker.start()
+    worker.join(FINISHES_S)
+    assert out, f"did not finish within {FINISHES_S} s"
+    return out[0]
+
+
+def upload(client: TestClient, body: bytes, layer: str = "shops", **params: str) -> Any:
+    return client.post(f"/api/layers/{layer}/uploads", content=body, params=params)
+
+
+def test_a_feature_with_100k_property_keys_is_refused_in_linear_time(client: TestClient, session: Session) -> None:
+    shop = sample("shops")
+    keys = ",".join(f'"k{i}":{i}' for i in range(100_000))
+    props = json.dumps(shop["properties"], ensure_ascii=False)[:-1] + "," + keys + "}"
+    raw = (
+        '{"type":"FeatureCollection","features":[{"type":"Feature","geometry":'
+        + json.dumps(shop["geometry"])
+        + ',"properties":'
+        + props
+        + "}]}"
+    ).encode()
+    assert len(raw) > 1_000_000
+    response = finishes(lambda: upload(client, raw, dry_run="true"))
+    assert response.status_code == 200, response.text[:500]
+    entry = response.json()["report"]["features"][0]
+    codes = [p["code"] for p in entry["problems"]]
+    assert codes[:20] == ["unknown_field"] * 20 and codes[-1] == "more_problems"
+    assert entry["problems"][-1]["details"]["not_listed"] == 100_000 - 20
+    stored = session.execute(text("SELECT pg_column_size(report) FROM uploads ORDER BY id DESC LIMIT 1")).scalar_one()
+    assert stored < 64 * 1024
+
+
+def test_repeated_member_names_are_still_found_among_many(client: TestClient) -> None:
+    shop = sample("shops")
+    keys = ",".join(f'"k{i}":{i}' for i in range(50_000))
+    raw = (
+        '{"type":"FeatureCollection","features":[{"type":"Feature","geometry":'
+        + json.dumps(shop["geometry"])
+        + ',"properties":{"status":"闲置",'
+        + keys
+        + ',"k7":8}}]}'
+    ).encode()
+    response = finishes(lambda: upload(client, raw, dry_run="true"))
+    problems = response.json()["report"]["features"][0]["problems"]
+    assert {"code": "duplicate_member", "field": "k7"} in [
+        {"code": p["code"], "field": p["where"].get("field")} for p in problems
+    ]
+
+
+@pytest.mark.parametrize("depth", [100, 900])
+def test_deep_but_allowed_nesting_is_a_clear_rejection(client: TestClient, depth: int) -> None:
+    shop = sample("shops")
+    nested = "[" * depth + "]" * depth
+    features = []
+    for i in range(50):
+        props = json.dumps({**shop["properties"], "code": shop["properties"]["code"][:-2] + f"{i:02d}"})
+        features.append(
+            '{"type":"Feature","geometry":' + json.dumps(shop["geometry"]) + ',"properties":'
+            + props[:-1] + ',"deep":' + nested + "}}"
+        )
+    raw = ('{"type":"FeatureCollection","features":[' + ",".join(features) + "]}").encode()
+    response = finishes(lambda: upload(client, raw, dry_run="true"))
+    assert response.status_code == 200, response.text[:300]
+    report = response.json()["report"]
+    assert report["summary"]["rejected"] == 50
+    assert {p["code"] for e in report["features"] for p in e["problems"]} == {"unknown_field"}
+
+
+def test_too_deep_nesting_is_refused_as_such(client: TestClient) -> None:
+    nested = "[" * 5000 + "]" * 5000
+    raw = ('{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"a":' + nested + "}}]}").encode()
+    response = finishes(lambda: upload(client, raw))
+    assert response.status_code == 400 and response.json()["code"] == "nesting_too_deep"
+
+
+def test_twenty_thousand_tiny_features_finish_and_the_stored_report_is_capped(
+    client: TestClient, session: Session
+) -> None:
+    tiny = '{"type":"Feature","geometry":{"type":"Point","coordinates":[120.4,36.3]},"properties":{}}'
+    raw = ('{"type":"FeatureCollection","features":[' + ",".join([tiny] * 20_000) + "]}").encode()
+    response = finishes(lambda: upload(client, raw, dry_run="true"))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["report"]["summary"]["rejected"] == 20_000
+    assert len(body["report"]["features"]) == 10_000  # the answer lists up to 10,000; the rest counted
+    stored = client.get(f"/api/uploads/{body['id']}").json()["report"]
+    assert len(stored["features"]) == 200 and stored["entries_total"] == 10_000
+    assert stored["full_report"] == f"/api/uploads/{body['id']}/report"
+    full = client.get(stored["full_report"])
+    assert full.status_code == 200 and len(full.json()["features"]) == 10_000
+    size = session.execute(text("SELECT pg_column_size(report) FROM uploads WHERE id = :i"), {"i": body["id"]})
+    assert size.scalar_one() < 64 * 1024
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/search?q=x%00y",
+        "/api/layers/parcels/stats?status=%E9%97%B2%00",
+        "/api/layers/parcels/stats?land_use=07&scope=370214001%00",
+        "/tiles/parcels/16/54000/25000.pbf?ownership=%00",
+        "/api/print?title=a%00b",
+        "/api/layers/shops/features?bbox=1,2,3,4%00",
+        "/api/uploads?x%00=1",
+    ],
+)
+def test_a_nul_in_a_query_is_a_422_invalid_text(client: TestClient, url: str) -> None:
+    response = client.get(url)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_text" and response.json()["where"]["field"]
+
+
+def test_a_nul_in_a_property_name_is_reported_on_the_feature(client: TestClient) -> None:
+    shop = sample("shops")
+    shop["properties"]["bad\u0000name"] = 1
+    raw = json.dumps({"type": "FeatureCollection", "features": [shop]}).encode()
+    response = upload(client, raw, mode="valid-only")
+    assert response.status_code == 201, response.text  # valid-only: the upload itself succeeds
+    problem = response.json()["report"]["features"][0]["problems"][0]
+    assert problem["code"] == "invalid_text" and problem["where"]["field"] == "properties.bad\\x00name"
+    again = client.get(f"/api/uploads/{response.json()['id']}")
+    assert again.status_code == 200 and again.json()["report"]["summary"]["rejected"] == 1
+
+
+def pdf_text(pdf: bytes, folder: Path) -> str:
+    path = folder / "map.pdf"
+    path.write_bytes(pdf)
+    return subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def test_dollars_print_as_written(client: TestClient, session: Session, tmp_path: Path) -> None:
+    demo.load(session)
+    session.execute(text("UPDATE grids SET name = '$\\bad$' WHERE code = '370214001006001'"))
+    session.flush()
+    response = client.get("/api/print", params={"scope": "370214001006", "size": "A4", "title": "$$ 挂图 $x^2$"})
+    assert response.status_code == 200, response.text
+    words = pdf_text(response.content, tmp_path)
+    assert "$$ 挂图 $x^2$" in words and "$\\bad$" in words
