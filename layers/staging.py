@@ -13,14 +13,14 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import literal_column, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from layers.base import Layer
+from layers.base import Layer, masked_column
 from spatial.geometry import STORAGE_SRID
 
 STAGE = "upload_stage"
@@ -41,7 +41,10 @@ def create_stage(session: Session, layer: Layer) -> None:
     ddl = ", ".join(f"{name} {kind}" for name, kind in _column_types(layer))
     session.execute(text(f"DROP TABLE IF EXISTS {STAGE}"))
     session.execute(
-        text(f"CREATE TEMPORARY TABLE {STAGE} (idx integer PRIMARY KEY, {ddl}, geom geometry) ON COMMIT DROP")
+        text(
+            f"CREATE TEMPORARY TABLE {STAGE} (idx integer PRIMARY KEY, {ddl}, geom geometry, "
+            "masked_kept text[] NOT NULL DEFAULT '{}') ON COMMIT DROP"
+        )
     )
 
 
@@ -107,6 +110,53 @@ def existing_keys(session: Session, layer: Layer, keys: Sequence[str]) -> set[st
     return {str(row[0]) for row in found}
 
 
+def _masked(name: str) -> str:
+    """Return the SQL of stored field NAME (alias t) as a masked viewer is shown it."""
+    column: Any = literal_column(f"t.{name}")
+    dialect: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return str(masked_column(column).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+@dataclass
+class Masked:
+    """Personal values sent back as they are shown (masked): kept, or refused when they match nothing."""
+
+    kept: dict[int, list[str]]
+    refused: dict[int, list[str]]
+
+
+def keep_masked(session: Session, layer: Layer) -> Masked:
+    """Put the stored value back where a staged personal field holds its masked form; list the rest.
+
+    A value that still looks masked (holds `*`) matches no stored value: it is never written,
+    and its feature is taken out of the stage (the caller reports it rejected).
+    """
+    key = layer.key[0]
+    kept: dict[int, list[str]] = {}
+    refused: dict[int, list[str]] = {}
+    for name in (f.name for f in layer.fields if f.personal):
+        rows = session.execute(
+            text(
+                f"""
+                UPDATE {STAGE} s SET {name} = t.{name}, masked_kept = array_append(s.masked_kept, '{name}')
+                FROM {layer.table} t
+                WHERE t.{key} = s.{key} AND s.{name} IS NOT NULL AND s.{name} = {_masked(name)}
+                RETURNING s.idx
+                """
+            )
+        ).scalars()
+        for index in rows:
+            kept.setdefault(int(index), []).append(name)
+        looks = session.execute(
+            text(f"SELECT idx FROM {STAGE} WHERE strpos({name}, '*') > 0 AND NOT ('{name}' = ANY(masked_kept))")
+        ).scalars()
+        for index in looks:
+            refused.setdefault(int(index), []).append(name)
+    if refused:
+        session.execute(text(f"DELETE FROM {STAGE} WHERE idx = ANY(:idx)"), {"idx": list(refused)})
+    return Masked(kept, refused)
+
+
 @dataclass
 class Diff:
     """How the staged rows compare with the stored ones, by natural key."""
@@ -117,11 +167,25 @@ class Diff:
     shifts: Any  # n×4 array: centroid dx, dy and the stored centroid x, y of matched rows
 
 
+def _differs(layer: Layer, name: str) -> str:
+    """Return the SQL naming field NAME when the staged row changes it (NULL when it does not).
+
+    A personal field is never compared with what is stored (its value is shown masked, and a
+    diff would confirm a guess): a value sent is reported as set; one sent back masked, not.
+    """
+    if not layer.field(name).personal:
+        return f"CASE WHEN s.{name} IS DISTINCT FROM t.{name} THEN '{name}' END"
+    return (
+        f"CASE WHEN '{name}' = ANY(s.masked_kept) THEN NULL WHEN s.{name} IS NOT NULL THEN '{name}' "
+        f"WHEN t.{name} IS NOT NULL THEN '{name}' END"
+    )
+
+
 def diff(session: Session, layer: Layer) -> Diff:
-    """Compare the staged rows with the stored ones by natural key."""
+    """Compare the staged rows with the stored ones by natural key (personal fields: see :func:`_differs`)."""
     key = layer.key[0]
     table = layer.table
-    differs = ", ".join(f"CASE WHEN s.{name} IS DISTINCT FROM t.{name} THEN '{name}' END" for name in layer.field_names)
+    differs = ", ".join(_differs(layer, name) for name in layer.field_names)
     rows = session.execute(
         text(
             f"""
