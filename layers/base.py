@@ -258,6 +258,17 @@ class EveryTargetHasOne:
 
 
 Rule = Coverage | Within | NoOverlap | Near | EveryTargetHasOne
+
+
+def _rule_link(rule: Rule) -> tuple[str, str] | None:
+    """Return (link field, layer it names) of a rule that ties features to features of another layer."""
+    if isinstance(rule, Coverage):
+        return rule.link, rule.parent
+    if isinstance(rule, Within):
+        return rule.link, rule.frame
+    if isinstance(rule, Near | EveryTargetHasOne):
+        return rule.link, rule.target
+    return None
 """What the boundary checks (``guatu check``) hold a layer to; run by :mod:`layers.checks`."""
 
 CrossRule = Callable[[dict[str, Any]], tuple[str, str, str, str] | None]
@@ -437,6 +448,30 @@ class Layer:
 
 
 REGISTRY: dict[str, Layer] = {}
+
+
+@dataclass(frozen=True, order=True)
+class Reference:
+    """Features of the PARENT layer are named, by their key, in field FIELD of the CHILD layer's features."""
+
+    parent: str
+    child: str
+    field: str
+
+
+def references() -> list[Reference]:
+    """Return every link between layers the declarations state (locators and rule links), sorted.
+
+    A unit named by others (a community by its grids, a grid by its parcels, a homestead
+    parcel by its courtyard zone) cannot be deleted or recoded while they name it: the
+    database refuses it (migration 0006), and this list is what that trigger must hold.
+    """
+    found: set[Reference] = set()
+    for layer in REGISTRY.values():
+        links = [(loc.field, loc.layer) for loc in layer.locators]
+        links += [link for link in map(_rule_link, layer.rules) if link is not None]
+        found.update(Reference(parent, layer.id, name) for name, parent in links)
+    return sorted(found)
 
 
 def register(layer: Layer) -> Layer:

@@ -7,7 +7,8 @@ uploader share one set of rules. Errors are :mod:`spatial.errors` with stable co
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ _PYDANTIC_CODES = {
 }
 SHOWN_VALUE_CHARS = 80
 _FULLWIDTH = re.compile("[\uff10-\uff19]")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def layer_or_404(layer_id: str) -> Layer:
@@ -57,15 +59,23 @@ def layer_or_404(layer_id: str) -> Layer:
         ) from None
 
 
+MAX_PROBLEMS = 20
+"""Property problems listed per feature; the rest are counted (a feature may carry 100,000 unknown keys)."""
+
+
 def _property_problems(layer: Layer, exc: pydantic.ValidationError, index: int | None) -> list[Problem]:
     problems = []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_PROBLEMS]:
         name = str(err["loc"][0]) if err["loc"] else None
-        label = layer.field(name).zh if name in layer.field_names else name
         kind = err["type"]
         if err.get("input") is None and name in layer.field_names and layer.field(name).required:
             kind = "missing"  # an explicit null for a required field
         code, zh, en = _PYDANTIC_CODES.get(kind, ("type", "类型不正确", "wrong type"))
+        if name is not None and _CONTROL.search(name):
+            name = name.encode("unicode_escape").decode("ascii")[:SHOWN_VALUE_CHARS]
+            code, zh, en = "invalid_text", "字段名含有控制字符（如 NUL）", "a field name holds a control character"
+        label = layer.field(name).zh if name in layer.field_names else name
         if isinstance(err.get("input"), str) and _FULLWIDTH.search(err["input"]):
             code, zh, en = "fullwidth_digits", "含有全角数字（如“１２３”），请改为半角", "contains full-width digits"
         if code == "enum" and name in layer.field_names:
@@ -80,6 +90,17 @@ def _property_problems(layer: Layer, exc: pydantic.ValidationError, index: int |
                 f"字段“{label}”{zh}{shown}",
                 f"field {name!r}: {en} ({err['msg'][:SHOWN_VALUE_CHARS]})",
                 Where(feature_index=index, field=f"properties.{name}" if name else "properties"),
+            )
+        )
+    if len(errors) > MAX_PROBLEMS:
+        more = len(errors) - MAX_PROBLEMS
+        problems.append(
+            Problem(
+                "more_problems",
+                f"属性还有 {more:,} 个问题未列出",
+                f"{more:,} more property problems not listed",
+                Where(feature_index=index, field="properties"),
+                details={"not_listed": more},
             )
         )
     return problems
@@ -453,13 +474,46 @@ def _key_taken(session: Session, layer: Layer, props: Mapping[str, Any], fid: in
         )
 
 
-def _flush(session: Session, layer: Layer) -> None:
-    """Flush, turning a constraint the checks missed into a clear error, never a 500."""
+@contextmanager
+def _guarded(session: Session, layer: Layer) -> Iterator[None]:
+    """Make the block's changes under a savepoint and flush them; a constraint they break is a clear error.
+
+    The savepoint must exist before the first change: SQLAlchemy flushes pending changes when
+    it opens one, and a failure there would take the whole transaction down, not just them.
+    """
     try:
         with session.begin_nested():
+            yield
             session.flush()
     except (IntegrityError, DataError) as exc:
         raise constraint_error(layer, exc) from None
+
+
+DEPENDENTS = "guatu_has_dependents"
+"""The constraint name the database gives when a unit still named by others is deleted or recoded."""
+
+
+def _dependents_error(layer: Layer, detail: str | None) -> Conflict:
+    """Return the 409 for a unit that features of other layers still name, with their counts."""
+    try:
+        counts = {str(k): int(v) for k, v in orjson.loads(detail or "{}").items()}
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        counts = {}
+    per_layer: dict[str, int] = {}
+    for where, n in counts.items():
+        name = where.split(".")[0]
+        per_layer[name] = per_layer.get(name, 0) + n
+    said_zh = "、".join(f"{n} 个{REGISTRY[k].zh if k in REGISTRY else k}" for k, n in per_layer.items())
+    said_en = ", ".join(f"{n} {REGISTRY[k].en if k in REGISTRY else k}" for k, n in per_layer.items())
+    return Conflict(
+        Problem(
+            "has_dependents",
+            f"仍有 {said_zh} 指向该{layer.zh}：请先删除或改挂这些要素，再删除或修改它的编码",
+            f"{said_en} still name this {layer.en}: delete or reassign them first",
+            Where(field=f"properties.{layer.key[0]}"),
+            details={"dependents": counts},
+        )
+    )
 
 
 def constraint_error(layer: Layer, exc: IntegrityError | DataError) -> InvalidInput | Conflict:
@@ -468,6 +522,8 @@ def constraint_error(layer: Layer, exc: IntegrityError | DataError) -> InvalidIn
         return InvalidInput.one("value_invalid", "数据库无法保存该值", "the database cannot store a value")
     diag = getattr(exc.orig, "diag", None)
     name = getattr(diag, "constraint_name", None) or ""
+    if name == DEPENDENTS:
+        return _dependents_error(layer, getattr(diag, "message_detail", None))
     field = next((f for f in sorted(layer.field_names, key=len, reverse=True) if f in name), None)
     if name.startswith("uq_"):
         return Conflict.one(
@@ -484,13 +540,48 @@ def constraint_error(layer: Layer, exc: IntegrityError | DataError) -> InvalidIn
     )
 
 
+MASK = "*"
+"""Masked personal values hold stars (李*华); no real name or phone number does."""
+
+
+def looks_masked(layer: Layer, props: Mapping[str, Any]) -> list[str]:
+    """Return the personal fields of PROPS whose value looks masked (holds a star)."""
+    return [f.name for f in layer.fields if f.personal and isinstance(props.get(f.name), str) and MASK in props[f.name]]
+
+
+def masked_problem(layer: Layer, name: str, index: int | None = None) -> Problem:
+    """Return the problem of a masked value that matches nothing stored: it is never written."""
+    label = layer.field(name).zh
+    return Problem(
+        "masked_value",
+        f"“{label}”是打码后的值（含 *），与库中的值不符，不能保存：请填写真实值，或原样保留打码值以保留原值",
+        f"{name} holds a masked value (with *) that matches no stored value; it is never stored: "
+        "send the real value, or the masked one unchanged to keep what is stored",
+        Where(feature_index=index, field=f"properties.{name}"),
+    )
+
+
+def _keep_masked(layer: Layer, props: dict[str, Any], row: Any | None) -> None:
+    """Put ROW's stored value back where PROPS sends its masked form; refuse any other masked value."""
+    problems = []
+    for name in looks_masked(layer, props):
+        stored = getattr(row, name) if row is not None else None
+        if stored and props[name] == mask_text(stored):
+            props[name] = stored  # the client sent back the masked value it was shown: keep the real one
+        else:
+            problems.append(masked_problem(layer, name))
+    if problems:
+        raise InvalidInput(problems)
+
+
 def create_feature(session: Session, layer: Layer, feature: Any) -> dict[str, Any]:
     """Insert FEATURE into LAYER and return it as stored."""
     props, geom = check_feature(session, layer, feature)
+    _keep_masked(layer, props, None)
     _key_taken(session, layer, props, None)
     row = layer.model(geom=from_shape(geom, srid=STORAGE_SRID), **props)
-    session.add(row)
-    _flush(session, layer)
+    with _guarded(session, layer):
+        session.add(row)
     return get_feature(session, layer, row.id)
 
 
@@ -500,23 +591,27 @@ def replace_feature(session: Session, layer: Layer, fid: int, feature: Any) -> d
     if row is None:
         raise _feature_not_found(layer, fid)
     props, geom = check_feature(session, layer, feature)
+    _keep_masked(layer, props, row)
     _key_taken(session, layer, props, fid)
-    row.geom = from_shape(geom, srid=STORAGE_SRID)
-    row.upload_id = None  # last changed by hand, not by an upload
-    for name in layer.field_names:
-        value, stored = props.get(name), getattr(row, name)
-        if layer.field(name).personal and stored and value == mask_text(stored):
-            continue  # the client sent back the masked value it was shown: keep the real one
-        setattr(row, name, value)
-    row.updated_at = func.now()
-    _flush(session, layer)
+    with _guarded(session, layer):
+        row.geom = from_shape(geom, srid=STORAGE_SRID)
+        row.upload_id = None  # last changed by hand, not by an upload
+        for name in layer.field_names:
+            setattr(row, name, props.get(name))
+        row.updated_at = func.now()
     session.expire(row)
     return get_feature(session, layer, fid)
 
 
 def delete_feature(session: Session, layer: Layer, fid: int) -> None:
-    """Delete feature FID of LAYER, or raise NotFound."""
-    deleted = session.execute(delete(layer.model).where(layer.model.id == fid).returning(layer.model.id)).first()
+    """Delete feature FID of LAYER, or raise NotFound (Conflict when other features still name it)."""
+    try:
+        with session.begin_nested():
+            deleted = session.execute(
+                delete(layer.model).where(layer.model.id == fid).returning(layer.model.id)
+            ).first()
+    except IntegrityError as exc:
+        raise constraint_error(layer, exc) from None
     if deleted is None:
         raise _feature_not_found(layer, fid)
 

@@ -42,7 +42,13 @@ ZONES = register(
             Field("household_head", "户主", "Household head", required=True, max_length=40, personal=True),
             Field("house_number", "门牌号", "House number", max_length=60),
             Field(
-                "homestead_parcel_code", "宅基地地块编码", "Homestead parcel", "code", pattern=ASSET_CODE, max_length=19
+                "homestead_parcel_code",
+                "宅基地地块编码",
+                "Homestead parcel",
+                "code",
+                pattern=ASSET_CODE,
+                max_length=19,
+                index=True,
             ),
             Field("scope", "责任范围", "Scope", "enum", required=True, choices=SCOPES),
             Field("duties", "责任内容", "Duties", max_length=200),
