@@ -50,6 +50,7 @@ def make_engine(settings: DbSettings | None = None, *, url: str | None = None) -
     return create_engine(
         url or settings.url(),
         pool_size=settings.pool_size,
+        pool_timeout=settings.pool_timeout_s,
         pool_pre_ping=True,
         connect_args={"options": options, "application_name": "guatu"},
     )

@@ -66,6 +66,8 @@ class DbSettings(BaseSettings):
 
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "GUATU_DATABASE_URL"))
     pool_size: int = 10
+    pool_timeout_s: float = 10
+    """How long a request waits for a free connection before it is answered 503 busy."""
     statement_timeout_ms: int = 30_000
 
     @property
