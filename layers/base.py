@@ -11,6 +11,7 @@ import datetime as dt
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, create_model
@@ -337,12 +338,16 @@ class Layer:
 
     @property
     def field_names(self) -> list[str]:
-        """Return the names of the ledger fields, in declaration order."""
-        return [f.name for f in self.fields]
+        """Return the names of the ledger fields, in declaration order (a fresh list)."""
+        return list(self._by_name)
 
     def field(self, name: str) -> Field:
         """Return the field called NAME."""
-        return next(f for f in self.fields if f.name == name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Field]:
+        return {f.name: f for f in self.fields}
 
     @property
     def geometry_type(self) -> str:

@@ -468,6 +468,7 @@ class _Checked:
     ok: list[tuple[int, dict[str, Any], list[dict[str, Any]]]]  # index, properties, notes
     geoms: list[BaseGeometry]
     rejected: list[dict[str, Any]]  # report entries
+    unlisted: int = 0  # refused by the schema once the report lists no more rejections: counted only
 
 
 class _Checker:
@@ -478,9 +479,11 @@ class _Checker:
         self.repairer = _Repairer(declared, repair)
         self.key_field = layer.key[0]
         self.bounds: list[tuple[float, float, float, float]] = []
-        self.fast = self.slow = 0
+        self.fast = self.slow = self.counted_only = 0
         self.ids: dict[int, Any] = {}
         self.validate = layer.schema.__pydantic_validator__.validate_python
+        self.listing_full: Callable[[], bool] = lambda: False
+        """Whether the report lists no more rejections (then a feature the schema refuses is only counted)."""
 
     def convert(self, coords: Any) -> Any:
         return convert_coordinates(coords, self.declared)
@@ -505,11 +508,15 @@ class _Checker:
         pending: dict[int, dict[str, Any]] = {}
         groups: dict[str, list[int]] = {}
         slow: list[int] = []
+        unlisted = 0
         for offset, feature in enumerate(typed):
             index = first + offset
-            props = self._properties(feature, raws[offset], colon_counts[offset])
+            props, refused = self._properties(feature, raws[offset], colon_counts[offset])
             if props is None or feature is None:
-                slow.append(index)
+                if refused and self.listing_full():
+                    unlisted += 1  # its exact problems would not be listed: no need to find them one by one
+                else:
+                    slow.append(index)
                 continue
             pending[index] = props
             if feature.id is not None:
@@ -543,33 +550,35 @@ class _Checker:
                 props, geom, notes = outcome
                 ok.append((index, props, notes))
                 geoms.append(geom)
-        return _Checked(ok, geoms, rejected)
+        self.counted_only += unlisted
+        return _Checked(ok, geoms, rejected, unlisted)
 
-    def _properties(self, feature: _Feature | None, raw: bytes, colons: int) -> dict[str, Any] | None:
+    def _properties(self, feature: _Feature | None, raw: bytes, colons: int) -> tuple[dict[str, Any] | None, bool]:
         """Return the clean properties of a typed FEATURE, or None when it needs the one-by-one path.
 
         RAW is the feature's JSON and COLONS how many colons it holds: more than the member
         names it parsed to, and it may repeat one (or a value holds a colon), so look closer.
+        The flag says the properties are refused for certain (the schema or a rule across fields).
         """
         if feature is None or not (_bbox_ok(feature.bbox) and _bbox_ok(feature.geometry.bbox)):
-            return None
+            return None, False
         raw_props = feature.properties or {}
         members = 3 + (feature.id is not None) + (feature.bbox is not None) + 2 + (feature.geometry.bbox is not None)
         members += len(raw_props)
         if colons > members:
             members += sum(member_count(v) for v in raw_props.values() if isinstance(v, (dict, list)))
             if colons > members and repeated_members(raw):
-                return None
+                return None, True
         if not _READ_ONLY.isdisjoint(raw_props):
             raw_props = {k: v for k, v in raw_props.items() if k not in _READ_ONLY}
         try:
             props: dict[str, Any] = self.validate(raw_props).__dict__
         except pydantic.ValidationError:
-            return None
+            return None, True
         for rule in self.layer.cross_rules:
             if rule(props):
-                return None
-        return props
+                return None, True
+        return props, False
 
     def _build(self, gtype: str, raws: list[msgspec.Raw]) -> Built | None:
         if gtype not in self.layer.accepts:
@@ -612,7 +621,7 @@ class _Checker:
             problems.extend(exc.problems)
         if problems:
             entry["problems"] = [p.as_dict() for p in problems]
-            drawn = _drawable(feature, self.declared)
+            drawn = None if self.listing_full() else _drawable(feature, self.declared)
             if drawn is not None:
                 entry["geometry"] = drawn
             return entry
@@ -806,6 +815,7 @@ def _check_all(
     """
     checker = _Checker(session, layer, declared, repair)
     report = _Report(checker, source.count)
+    checker.listing_full = report.full
     seen: dict[str, int] = {}
     extent = layer_settings().extent
     key_field = checker.key_field
@@ -819,6 +829,7 @@ def _check_all(
                 _check_crs(checker)  # a wrong declaration shows in the first chunk: refuse early
             for entry in checked.rejected:
                 report.reject(entry)
+            report.reject_unlisted(checked.unlisted)
             rows: list[tuple[int, dict[str, Any]]] = []
             geoms: list[BaseGeometry] = []
             if checked.ok:
@@ -930,6 +941,15 @@ class _Report:
         if self.total <= PREVIEW_LIMIT:
             self.previews[index] = orjson.loads(shapely.to_geojson(geom))
 
+    def full(self) -> bool:
+        """Whether no more rejected features will be listed (the rest are only counted)."""
+        return len(self.rejected_entries) >= REPORT_ENTRY_LIMIT
+
+    def reject_unlisted(self, count: int) -> None:
+        """Count COUNT rejected features the report does not list."""
+        self.rejected += count
+        self.omitted["rejected"] += count
+
     def reject(self, entry: dict[str, Any]) -> None:
         self.rejected += 1
         for name in ("id", "key"):
@@ -995,7 +1015,11 @@ class _Report:
         out: dict[str, Any] = {"summary": summary, "features": entries, "listed": listed}
         if any(self.omitted.values()):
             out["omitted"] = {k: v for k, v in self.omitted.items() if v}
-        out["checked"] = {"vectorised": self.checker.fast, "one_by_one": self.checker.slow}
+        out["checked"] = {
+            "vectorised": self.checker.fast,
+            "one_by_one": self.checker.slow,
+            "refused_unlisted": self.checker.counted_only,
+        }
         return out
 
 
