@@ -193,9 +193,14 @@ def test_the_print_button_returns_the_wall_map_of_the_view(base_url: str, tmp_pa
         page.locator(".guatu-choice input[value='自用']").check()
         href = link.get_attribute("href")
         assert href is not None and "status=" not in href
-        with page.expect_popup() as popup:
+        with page.expect_download(timeout=90_000) as download:
             link.click()
-        popup.value.close()
+            assert "正在绘制" in page.locator(".guatu-print-status").inner_text()  # said while it is drawn
+        saved = tmp_path / "saved.pdf"
+        download.value.save_as(saved)
+        assert download.value.suggested_filename.endswith(".pdf") and "挂图" in download.value.suggested_filename
+        assert saved.read_bytes().startswith(b"%PDF")
+        page.wait_for_function("document.querySelector('.guatu-print-status').textContent.includes('已生成')")
     response = httpx.get(base_url + href, timeout=60)
     assert response.status_code == 200 and response.content.startswith(b"%PDF")
     words = pdf_text(response.content, tmp_path)

@@ -338,7 +338,7 @@
         sub.appendChild(checks);
         sub.appendChild(document.createTextNode(" · "));
         var print = el("a", "guatu-link guatu-print", "打印挂图 Print");
-        print.target = "_blank";
+        var printing = el("span", "guatu-print-status");
         var size = el("select", "guatu-print-size");
         size.title = "纸张 paper";
         [["A3", "A3 PDF"], ["A4", "A4 PDF"], ["A1", "A1 PDF"], ["A0", "A0 PDF"], ["A0/A4", "A0 → A4 分幅 sheets"],
@@ -358,9 +358,36 @@
         map.on("moveend guatu:filter", aim);
         size.addEventListener("change", aim);
         aim();
+        /* Drawn on the server in seconds (an A0 in tens): say so, then save the file; a busy
+           server's answer (503, retry later) is shown here, not as a page of JSON. */
+        print.addEventListener("click", function (event) {
+          event.preventDefault();
+          if (print.dataset.busy) return;
+          print.dataset.busy = "1";
+          printing.className = "guatu-print-status";
+          printing.textContent = " 正在绘制挂图… (drawing)";
+          fetch(print.href).then(function (r) {
+            if (!r.ok) return r.json().then(function (e) { throw new Error(e.message || r.status); });
+            var name = /filename\*=UTF-8''([^;]+)/.exec(r.headers.get("Content-Disposition") || "");
+            return r.blob().then(function (blob) {
+              var save = el("a");
+              save.href = URL.createObjectURL(blob);
+              save.download = name ? decodeURIComponent(name[1]) : "guatu-wall-map";
+              document.body.appendChild(save);
+              save.click();
+              save.remove();
+              setTimeout(function () { URL.revokeObjectURL(save.href); }, 60000);
+              printing.textContent = " 已生成 (done)";
+            });
+          }).catch(function (err) {
+            printing.className = "guatu-print-status guatu-bad";
+            printing.textContent = " " + err.message;
+          }).then(function () { delete print.dataset.busy; });
+        });
         sub.appendChild(print);
         sub.appendChild(document.createTextNode(" "));
         sub.appendChild(size);
+        sub.appendChild(printing);
         box.appendChild(sub);
         L.DomEvent.disableClickPropagation(box);
         return box;

@@ -87,8 +87,9 @@
           var data = res.data;
           report.textContent = "";
           drawn.clearLayers();
-          if (!data.report) {  // the whole file was refused
-            status.textContent = "文件未通过 (file refused): " + data.code + " — " + data.message;
+          if (!data.report) {  // the whole file was refused, or the server is busy
+            status.textContent = (res.status === 503 ? "服务器繁忙，请稍后重试 (server busy): " :
+              "文件未通过 (file refused): ") + data.code + " — " + data.message;
             status.className = "guatu-upload-status guatu-bad";
             return;
           }
