@@ -41,6 +41,9 @@ from spatial.geometry import STORAGE_SRID
 
 FieldKind = Literal["text", "code", "enum", "int", "float", "date"]
 
+TILE_ZOOM_SLACK = 2
+"""Vector tiles are served from this many zoom levels below a layer's own minimum zoom."""
+
 READ_ONLY = ("id", "area_m2", "area_mu", "created_at", "updated_at")
 """Properties the server computes; sent back by a client, they are ignored."""
 
@@ -330,6 +333,15 @@ class Layer:
             attrs[f.name] = f.column()
         name = "".join(part.title() for part in table.split("_"))
         return type(name, (Base,), attrs)
+
+    @property
+    def tile_min_zoom(self) -> int:
+        """Return the lowest zoom its vector tiles are served at: a little below where the map shows it.
+
+        Below it one tile would hold a whole county's features (a z0 parcel tile: all of them);
+        the map never asks for one, and nobody else may make the server draw it.
+        """
+        return max(0, self.style.min_zoom - TILE_ZOOM_SLACK)
 
     @property
     def table(self) -> str:

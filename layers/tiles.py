@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from layers.base import Layer
 from layers.stats import Filter, filter_conditions
-from spatial.errors import InvalidInput
+from spatial.errors import InvalidInput, NotFound
 
 EXTENT = 4096
 BUFFER = 64
@@ -41,6 +41,19 @@ class Tile:
             return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * row / n))))
 
         return self.x / n * 360 - 180, lat(self.y + 1), (self.x + 1) / n * 360 - 180, lat(self.y)
+
+
+def tile_of_layer(layer: Layer, z: int, x: int, y: int) -> Tile:
+    """Return LAYER's tile Z/X/Y, or refuse one below the layer's tile zoom (NotFound) or no tile at all."""
+    address = tile(z, x, y)
+    if z < layer.tile_min_zoom:
+        raise NotFound.one(
+            "tile_below_minzoom",
+            f"{layer.zh}的矢量瓦片从第 {layer.tile_min_zoom} 级起提供（请求的是第 {z} 级）",
+            f"{layer.en} tiles start at zoom {layer.tile_min_zoom} (asked for {z})",
+            field="z",
+        )
+    return address
 
 
 def tile(z: int, x: int, y: int) -> Tile:
@@ -130,8 +143,10 @@ def tilejson(layer: Layer, base_url: str, extent: list[float] | None) -> dict[st
         "name": f"{layer.zh} {layer.en}",
         "scheme": "xyz",
         "tiles": [f"{base_url}/tiles/{layer.id}/{{z}}/{{x}}/{{y}}.pbf"],
-        "minzoom": 0,
+        "minzoom": layer.tile_min_zoom,
         "maxzoom": MAX_ZOOM,
         "bounds": extent or [-180, -85.0511, 180, 85.0511],
-        "vector_layers": [{"id": layer.id, "fields": {"id": "编号 id", **fields}, "minzoom": 0, "maxzoom": MAX_ZOOM}],
+        "vector_layers": [
+            {"id": layer.id, "fields": {"id": "编号 id", **fields}, "minzoom": layer.tile_min_zoom, "maxzoom": MAX_ZOOM}
+        ],
     }

@@ -49,7 +49,7 @@ def test_an_empty_tile_is_answered_without_content(
     real = tiles.tile_statement
     never = "a tile outside the extent must not be queried"
     monkeypatch.setattr(tiles, "tile_statement", lambda *a: pytest.fail(never))
-    far = client.get("/tiles/parcels/10/0/0.pbf")  # nowhere near the data: no tile query at all
+    far = client.get("/tiles/parcels/12/0/0.pbf")  # nowhere near the data: no tile query at all
     assert far.status_code == 204 and far.content == b""
     z, x, y = tile_of(121.5, 37.5, 12)  # another tile outside the extent
     assert client.get(f"/tiles/parcels/{z}/{x}/{y}.pbf").status_code == 204
@@ -75,8 +75,11 @@ def test_etag_revalidation_and_the_cache_follows_an_edit(client: TestClient, par
 
 
 def test_bad_tiles_and_the_tilejson(client: TestClient, parcel: dict) -> None:
-    bad = client.get("/tiles/parcels/3/8/0.pbf")
+    bad = client.get("/tiles/parcels/13/9000/0.pbf")
     assert bad.status_code == 422 and bad.json()["code"] == "tile_invalid"
+    low = client.get("/tiles/parcels/3/6/3.pbf")  # a z3 tile would hold every parcel of a county: not drawn
+    assert low.status_code == 404 and low.json()["code"] == "tile_below_minzoom"
+    assert client.get("/tiles/parcels.json").json()["minzoom"] == 12
     assert client.get("/tiles/nope/1/0/0.pbf").json()["code"] == "layer_not_found"
     doc = client.get("/tiles/parcels.json").json()
     assert doc["tilejson"] == "3.0.0" and doc["tiles"][0].endswith("/tiles/parcels/{z}/{x}/{y}.pbf")

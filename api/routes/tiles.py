@@ -24,7 +24,7 @@ from api.routes.stats import FilterDep
 from layers.base import Layer
 from layers.features import layer_or_404, layer_summary
 from layers.stats import Filter, filter_conditions
-from layers.tiles import Tile, outside, render_tile, tile, tilejson
+from layers.tiles import Tile, outside, render_tile, tile_of_layer, tilejson
 
 MVT = "application/vnd.mapbox-vector-tile"
 router = APIRouter(tags=["tiles"])
@@ -129,7 +129,7 @@ async def vector_tile(
     trip to the thread pool with its own session.
     """
     layer = layer_or_404(layer_id)
-    address = tile(z, x, y)
+    address = tile_of_layer(layer, z, x, y)
     _, params = filter_conditions(layer, flt)  # refuses a filter the layer cannot take
     cache = tile_cache(request)
     key = (layer.id, z, x, y, _filter_key(params))
