@@ -35,6 +35,8 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
         if missing:
             log.warning("front-end assets missing (%s): run `make run` to install them", ", ".join(missing))
         yield
+        for each in app.state.lanes.values():
+            each.close()
         if own:
             bound.dispose()
 

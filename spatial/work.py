@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import multiprocessing
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -101,10 +102,33 @@ class Lane:
     retry_after_s: int = 10
     admitted: int = 0
     _slots: asyncio.Semaphore | None = field(default=None, repr=False)
+    _threads: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.running < 1 or self.waiting < 0:
             raise ValueError(f"lane {self.name}: running must be ≥ 1 and waiting ≥ 0")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run FN(*ARGS) on one of the lane's own threads (at a lower CPU priority) and return its result.
+
+        The lane's threads are its own, never the pool light requests use. If the caller is
+        cancelled, the thread is waited for all the same (it stops at its token's next check):
+        what it uses, such as the request's database session, is never freed under it.
+        """
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.running, f"guatu-{self.name}", initializer=_lower_thread_priority)
+        future = asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with suppress(BaseException):
+                await future
+            raise
+
+    def close(self) -> None:
+        """Let the lane's threads go once their jobs end."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
     def busy(self) -> Busy:
         """Return the error answering a job that finds the lane full."""
@@ -144,12 +168,20 @@ class Lane:
             yield
 
 
+NICE = 10
+"""How much lower heavy work runs than the server's interactive requests (Unix niceness)."""
+
+
 def _lower_priority() -> None:
     """Make a worker process yield the CPU to the server (interactive requests come first)."""
-    try:
-        os.nice(10)
-    except OSError:  # pragma: no cover - a platform without nice
-        pass
+    with suppress(OSError):  # a platform without nice
+        os.nice(NICE)
+
+
+def _lower_thread_priority() -> None:
+    """Make the calling thread yield the CPU to the server's other threads (Linux: niceness is per thread)."""
+    with suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
 
 
 _POOLS: dict[int, Any] = {}

@@ -8,10 +8,9 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionsDep
-from api.work import heavy
+from api.work import heavy, lane
 from layers.checks import RULES, findings_geojson, run_checks
 from spatial.db import query_canceller
 from spatial.topology import Tolerance
@@ -67,7 +66,7 @@ async def checks(
             return run_checks(session, scope=scope, rules=chosen, as_of=day, tolerance=tolerance)
 
     async def job(token: CancelToken) -> list[Any]:
-        return await run_in_threadpool(check, token)
+        return await lane(request, "checks").run(check, token)
 
     found = await heavy(request, "checks", job)
     if format == "geojson":

@@ -12,14 +12,13 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 import shapely
 from shapely.geometry.base import BaseGeometry
 
 from api.deps import SessionsDep
 from api.routes.stats import FilterDep
-from api.work import heavy
+from api.work import heavy, lane
 from layers.base import Layer
 from layers.features import layer_or_404, parse_bbox
 from layers.scopes import features_in, scope_unit
@@ -126,7 +125,8 @@ async def print_map(
     heading = title or settings.site_title
 
     async def job(token: CancelToken) -> bytes:
-        printed, label, shape = await run_in_threadpool(_gather, sessions, token, scope, view, chosen, narrowed, day)
+        gather = lane(request, "print").run
+        printed, label, shape = await gather(_gather, sessions, token, scope, view, chosen, narrowed, day)
         return await in_process(
             draw,
             printed,

@@ -143,7 +143,7 @@ async def create_upload(
                     token.check()  # the client left: stop here, write nothing
 
                 fresh = request.app.state.sessions
-                result = await run_in_threadpool(commit_upload, session, fresh, layer, path, options, progress)
+                result = await uploads.run(commit_upload, session, fresh, layer, path, options, progress)
         finally:
             path.unlink(missing_ok=True)
     if result["status"] == "committed":
