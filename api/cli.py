@@ -261,9 +261,8 @@ def serve(
         False, "--prepare", help="migrate, and load the demo street into an empty database, first"
     ),
 ) -> None:
-    """Serve the map and the API."""
-    import uvicorn
-
+    """Serve the map and the API, slow clients cut off and connections capped (see docs/deploy.md)."""
+    from api import server
     from api.settings import ApiSettings
 
     settings = ApiSettings()
@@ -273,8 +272,13 @@ def serve(
     else:
         _engine()
     host, port = host or settings.host, port or settings.port
+    server.raise_open_files_limit()
+    config = server.server_config(
+        "api.main:app_factory", settings, factory=True, host=host, port=port, reload=reload, log_level="info"
+    )
     console.print(f"guatu 挂图: http://{host}:{port}/  (API 文档 docs: http://{host}:{port}/docs)")
-    uvicorn.run("api.main:app_factory", factory=True, host=host, port=port, reload=reload, log_level="info")
+    console.print(f"[dim]{server.limits_line(config, settings)}[/dim]")
+    server.serve(config)
 
 
 def main() -> None:

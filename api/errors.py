@@ -7,9 +7,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from spatial.errors import GuatuError
 
@@ -68,6 +69,12 @@ def _database(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body([body]), status_code=503)
 
 
+def _client_gone(_: Request, exc: Exception) -> Response:
+    """Answer nobody: the client left (or was cut) before its request body was in; not an error of ours."""
+    assert isinstance(exc, ClientDisconnect)
+    return Response(status_code=499)  # nginx's "client closed request"; the server drops it unsent
+
+
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
     body = {"code": "internal_error", "message": "服务器内部错误，已记录 (internal error, logged)", "where": {}}
@@ -80,4 +87,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(OperationalError, _database)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

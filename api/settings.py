@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,3 +26,15 @@ class ApiSettings(BaseSettings):
     basemap_attribution: str = ""
     tile_cache_size: int = 4096
     """Vector tiles kept in memory (0: none); every write through the app invalidates its layer's."""
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10
+    """Seconds a client has to send complete request headers, from connecting or the end of the last response."""
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30
+    """Seconds a request body may stall (no bytes) while the app waits for it."""
+    keep_alive_s: Annotated[int, Field(ge=1)] = 5
+    """Seconds an idle keep-alive connection is kept between requests."""
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+    """Open connections at most; more are closed at once (kept below the open-file limit)."""
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024
+    """Request line and headers together at most, in bytes (larger: 400)."""
+    forwarded_allow_ips: str = "127.0.0.1"
+    """Comma-separated proxy addresses whose X-Forwarded-For / X-Forwarded-Proto are believed."""
