@@ -32,7 +32,7 @@ from api.proxy import ProxyOptions, render_nginx_conf
 from api.settings import ApiSettings
 from tests.browser import free_port, running, url_of
 from tests.conftest import demo_database
-from tests.test_server import wait_closed
+from tests.sockets import wait_closed
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 MARGIN_S = 3.0
