@@ -122,7 +122,7 @@ def nginx_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def proxy(app_server: uvicorn.Server, nginx_dir: Path) -> Iterator[str]:
-    """nginx in front of the app, with one-second client timeouts and 10 r/s under /api/."""
+    """nginx in front of the app, with one-second client timeouts and 1 r/s (burst 5) under /api/."""
     options = ProxyOptions.from_settings(
         SETTINGS,
         nginx_dir,
@@ -131,13 +131,23 @@ def proxy(app_server: uvicorn.Server, nginx_dir: Path) -> Iterator[str]:
         header_timeout_s=1,
         body_timeout_s=1,
         conn_per_client=CONN_PER_CLIENT,
-        api_rate=10,
-        api_burst=20,
+        api_rate=1,
+        api_burst=5,
     )
     with nginx(options) as url:
         yield url
     errors = [line for line in (nginx_dir / "error.log").read_text().splitlines() if "[emerg]" in line]
     assert errors == []
+
+
+def requests_seen(server: uvicorn.Server) -> int:
+    """Return how many requests the app has answered, once the count stands still (bumped just after each answer)."""
+    seen = server.server_state.total_requests
+    while True:
+        time.sleep(0.2)
+        if server.server_state.total_requests == seen:
+            return seen
+        seen = server.server_state.total_requests
 
 
 def client_from(source: str) -> httpx.Client:
@@ -156,7 +166,7 @@ def raw_from(source: str, url: str, first: bytes = b"") -> socket.socket:
 
 
 def test_slow_clients_are_cut_by_nginx_and_never_reach_the_app(proxy: str, app_server: uvicorn.Server) -> None:
-    requests_before = app_server.server_state.total_requests
+    requests_before = requests_seen(app_server)
     opened_at = time.monotonic()
     half_headers = [
         raw_from("127.0.0.2", proxy, b"GET /healthz HTTP/1.1\r\nHost: guatu\r\nX-Slow: ") for _ in range(100)
@@ -165,7 +175,7 @@ def test_slow_clients_are_cut_by_nginx_and_never_reach_the_app(proxy: str, app_s
         b"POST /api/layers/parcels/uploads HTTP/1.1\r\nHost: guatu\r\nContent-Type: application/geo+json\r\n"
         b'Content-Length: 5000\r\n\r\n{"type": "FeatureCollection"'
     )
-    slow_bodies = [raw_from("127.0.0.2", proxy, slow_body_head) for _ in range(10)]
+    slow_bodies = [raw_from("127.0.0.2", proxy, slow_body_head) for _ in range(5)]  # within the burst of /api/
     slow = half_headers + slow_bodies
     answered = 0
     cut: dict[socket.socket, float] = {}
@@ -173,7 +183,7 @@ def test_slow_clients_are_cut_by_nginx_and_never_reach_the_app(proxy: str, app_s
     with client_from("127.0.0.3") as client:
         while len(cut) < len(slow) and time.monotonic() < deadline:
             assert client.get(proxy + "/healthz").status_code == 200
-            assert client.get(proxy + "/api/layers").status_code == 200
+            assert client.get(proxy + "/tiles/parcels.json").status_code == 200
             answered += 2
             cut |= wait_closed([s for s in half_headers if s not in cut], 0.2, trickle=b"a", every=0.1)
             cut |= wait_closed([s for s in slow_bodies if s not in cut], 0.1)
@@ -183,7 +193,7 @@ def test_slow_clients_are_cut_by_nginx_and_never_reach_the_app(proxy: str, app_s
     assert max(cut.values()) - opened_at <= 1 + MARGIN_S
     assert answered >= 2
     # nginx kept them all: the app saw the normal requests only, never a slow one
-    assert app_server.server_state.total_requests - requests_before == answered
+    assert requests_seen(app_server) - requests_before == answered
 
 
 def test_more_requests_in_flight_than_allowed_from_one_client_get_429(proxy: str) -> None:
@@ -209,18 +219,18 @@ def test_more_requests_in_flight_than_allowed_from_one_client_get_429(proxy: str
 
 def test_api_requests_are_rate_limited_tiles_generously_static_files_not(proxy: str) -> None:
     with client_from("127.0.0.6") as api, client_from("127.0.0.7") as tiles, client_from("127.0.0.8") as static:
-        api_answers = [api.get(proxy + "/api/layers/nothing") for _ in range(120)]
+        api_answers = [api.get(proxy + "/api/layers/nothing") for _ in range(60)]
         tile_codes = [tiles.get(proxy + "/tiles/nothing/0/0/0.pbf").status_code for _ in range(120)]
         static_codes = [static.get(proxy + "/static/guatu/dom.js").status_code for _ in range(120)]
     api_codes = [a.status_code for a in api_answers]
-    assert api_codes.count(429) >= 40 and set(api_codes) == {404, 429}, api_codes
+    assert api_codes.count(429) >= 30 and set(api_codes) == {404, 429}, api_codes
     assert next(a for a in api_answers if a.status_code == 429).json()["code"] == "too_many_requests"
     assert set(tile_codes) == {404}  # 100 r/s with a burst of 400: a map's worth of tiles passes
     assert set(static_codes) == {200}
 
 
 def test_an_upload_over_the_limit_is_refused_by_nginx_before_it_is_read(proxy: str, app_server: uvicorn.Server) -> None:
-    requests_before = app_server.server_state.total_requests
+    requests_before = requests_seen(app_server)
     sock = raw_from(
         "127.0.0.9",
         proxy,
@@ -240,7 +250,7 @@ def test_an_upload_over_the_limit_is_refused_by_nginx_before_it_is_read(proxy: s
     assert head.startswith(b"HTTP/1.1 413"), head
     assert b"server: nginx" in head.lower()
     assert b'"code": "payload_too_large"' in body and "请求体超过上限 1 MB".encode() in body
-    assert app_server.server_state.total_requests == requests_before  # the app never saw it
+    assert requests_seen(app_server) == requests_before  # the app never saw it
     with client_from("127.0.0.9") as client:  # within the limit, it goes through to the app
         small = client.post(proxy + "/api/layers/parcels/uploads?dry_run=true", content=b"{}")
     assert small.status_code in (400, 422) and small.json()["code"] != "payload_too_large"
