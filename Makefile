@@ -50,14 +50,28 @@ system:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+# nginx is for the reverse-proxy tests, which start their own from a private config on a free
+# port. Debian's package would start a system nginx on port 80 (and fail to install if that port
+# is taken): while it installs, a policy-rc.d (unless the machine has one) forbids service
+# starts, and the unit it enables is disabled again. guatu never uses that system nginx.
 system-test:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v pdftoppm >/dev/null || missing="$$missing poppler-utils"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> 安装测试用软件包 installing test packages:$$missing"; \
 	  $(SUDO) apt-get update -q; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT; \
+	    printf '#!/bin/sh\n# guatu make system-test: no service starts while test packages install\nexit 101\n' \
+	      | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $(SUDO) chmod 755 /usr/sbin/policy-rc.d; \
+	  fi; \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	  case "$$missing" in *nginx*) \
+	    if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now nginx >/dev/null 2>&1 || true; fi;; \
+	  esac; \
 	fi
 
 venv: $(VENV)/.installed

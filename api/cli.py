@@ -279,9 +279,8 @@ def serve(
         False, "--prepare", help="migrate, and load the demo street into an empty database, first"
     ),
 ) -> None:
-    """Serve the map and the API."""
-    import uvicorn
-
+    """Serve the map and the API, slow clients cut off and connections capped (see docs/deploy.md)."""
+    from api import server
     from api.settings import ApiSettings
 
     settings = ApiSettings()
@@ -291,8 +290,56 @@ def serve(
     else:
         _engine()
     host, port = host or settings.host, port or settings.port
+    server.raise_open_files_limit()
+    config = server.server_config(
+        "api.main:app_factory", settings, factory=True, host=host, port=port, reload=reload, log_level="info"
+    )
     console.print(f"guatu 挂图: http://{host}:{port}/  (API 文档 docs: http://{host}:{port}/docs)")
-    uvicorn.run("api.main:app_factory", factory=True, host=host, port=port, reload=reload, log_level="info")
+    console.print(f"[dim]{server.limits_line(config, settings)}[/dim]")
+    server.serve(config)
+
+
+@app.command("proxy-config")
+def proxy_config(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="folder for nginx.conf, the pid, logs and temporary files")
+    ],
+    listen: str = typer.Option("8080", help="port, or address:port, nginx listens on"),
+    upstream: str = typer.Option(None, help="where guatu serve listens (default GUATU_HOST:GUATU_PORT)"),
+    user: str = typer.Option(None, help="the workers' user when nginx starts as root (e.g. www-data)"),
+    conn_per_client: int = typer.Option(None, "--conn-per-client", help="requests in flight per client address"),
+    api_rate: int = typer.Option(None, "--api-rate", help="requests per second per client under /api/"),
+    tile_rate: int = typer.Option(None, "--tile-rate", help="requests per second per client under /tiles/"),
+    to_stdout: bool = typer.Option(False, "--print", help="print the config instead of writing DIR/nginx.conf"),
+) -> None:
+    """Write a standalone nginx.conf that puts nginx in front of guatu (see docs/deploy.md)."""
+    from api.proxy import ProxyOptions, render_nginx_conf
+    from api.settings import ApiSettings
+
+    directory = directory.absolute()
+    options = ProxyOptions.from_settings(
+        ApiSettings(),
+        directory,
+        listen=listen,
+        upstream=upstream,
+        user=user,
+        conn_per_client=conn_per_client,
+        api_rate=api_rate,
+        tile_rate=tile_rate,
+    )
+    try:
+        text = render_nginx_conf(options)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if to_stdout:
+        print(text, end="")  # noqa: T201 - meant for a pipe or a file
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / "nginx.conf"
+    target.write_text(text, encoding="utf-8")
+    console.print(f"已写入 wrote {target}")
+    console.print(f"运行 run (root, 前台 foreground): nginx -c {target}    检查 check: nginx -t -c {target}")
 
 
 def main() -> None:

@@ -7,10 +7,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from spatial.errors import Busy, GuatuError
 from spatial.work import Cancelled
@@ -89,10 +90,10 @@ def _database(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body([body]), status_code=503)
 
 
-def _cancelled(_: Request, exc: Exception) -> JSONResponse:
-    message = "客户端已断开，任务已取消 (the client left; the job was cancelled)"
-    body = {"code": "client_gone", "message": message, "where": {}}
-    return JSONResponse(error_body([body]), status_code=499)
+def _client_gone(_: Request, exc: Exception) -> Response:
+    """Answer nobody: the client left (or was cut) before its body was in, or while its heavy job ran."""
+    assert isinstance(exc, ClientDisconnect | Cancelled)
+    return Response(status_code=499)  # nginx's "client closed request"; the server drops it unsent
 
 
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -108,5 +109,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(OperationalError, _database)
     app.add_exception_handler(PoolTimeout, _pool_exhausted)
-    app.add_exception_handler(Cancelled, _cancelled)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(Cancelled, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,17 +26,29 @@ class ApiSettings(BaseSettings):
     basemap_attribution: str = ""
     tile_cache_size: int = 4096
     """Vector tiles kept in memory (0: none); every write through the app invalidates its layer's."""
-    print_workers: int = Field(2, ge=1, le=32)
+    print_workers: Annotated[int, Field(ge=1, le=32)] = 2
     """Wall maps drawn at once (each in its own worker process)."""
-    print_queue: int = Field(6, ge=0, le=1000)
+    print_queue: Annotated[int, Field(ge=0, le=1000)] = 6
     """Wall maps waiting their turn; beyond, a print is refused with 503 and Retry-After."""
-    print_timeout_s: float = Field(300, gt=0)
+    print_timeout_s: Annotated[float, Field(gt=0)] = 300
     """A wall map still drawing after this long is stopped."""
-    check_workers: int = Field(2, ge=1, le=32)
+    check_workers: Annotated[int, Field(ge=1, le=32)] = 2
     """Boundary checks run at once."""
-    check_queue: int = Field(4, ge=0, le=1000)
+    check_queue: Annotated[int, Field(ge=0, le=1000)] = 4
     """Boundary checks waiting their turn."""
-    upload_workers: int = Field(2, ge=1, le=32)
+    upload_workers: Annotated[int, Field(ge=1, le=32)] = 2
     """Uploads checked and written at once."""
-    upload_queue: int = Field(4, ge=0, le=1000)
+    upload_queue: Annotated[int, Field(ge=0, le=1000)] = 4
     """Uploads waiting their turn (their files wait on disk, not in memory)."""
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10
+    """Seconds a client has to send complete request headers, from connecting or the end of the last response."""
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30
+    """Seconds a request body may stall (no bytes) while the app waits for it."""
+    keep_alive_s: Annotated[int, Field(ge=1)] = 5
+    """Seconds an idle keep-alive connection is kept between requests."""
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+    """Open connections at most; more are closed at once (kept below the open-file limit)."""
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024
+    """Request line and headers together at most, in bytes (larger: 400)."""
+    forwarded_allow_ips: str = "127.0.0.1"
+    """Comma-separated proxy addresses whose X-Forwarded-For / X-Forwarded-Proto are believed."""

@@ -98,11 +98,13 @@ def main() -> None:
 
     os.environ["GUATU_TILE_CACHE_SIZE"] = "0"
     from api.main import create_app
+    from api.server import server_config
+    from api.settings import ApiSettings
 
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(engine=make_engine(url=url)), host="127.0.0.1", port=port, log_level="warning")
-    )
+    settings = ApiSettings()
+    app = create_app(settings, engine=make_engine(url=url))
+    server = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)

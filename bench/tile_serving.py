@@ -536,7 +536,8 @@ def contenders(url: str, dsn: str, wanted: set[str]) -> Iterator[list[Contender]
     started: dict[str, Server] = {}
     out: list[Contender] = []
     guatu_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"DATABASE_URL": url}
-    guatu_app = ["api.main:create_app", "--factory"]
+    # guatu's own protocol (slow clients cut, connections capped), as `guatu serve` runs it
+    guatu_app = ["api.main:create_app", "--factory", "--http", "api.server:GuardedH11Protocol"]
     guatu_path = f"/tiles/{LAYER.id}/{{z}}/{{x}}/{{y}}.pbf"
     empty = tempfile.TemporaryDirectory()  # tipg's working folder: it would read a .env there
 

@@ -16,6 +16,7 @@ import uvicorn
 from sqlalchemy.engine import Engine
 
 from api.main import create_app
+from api.server import server_config
 from api.settings import ApiSettings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,17 +40,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(engine: Engine, settings: ApiSettings | None = None) -> Iterator[str]:
-    """Serve the app (with SETTINGS) on 127.0.0.1 in a thread; yield its base URL."""
-    with live_app(create_app(settings, engine=engine)) as base:
-        yield base
-
-
-@contextmanager
-def live_app(app: Any) -> Iterator[str]:
-    """Serve APP on 127.0.0.1 in a thread; yield its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+def running(app: Any, settings: ApiSettings | None = None) -> Iterator[uvicorn.Server]:
+    """Serve APP on a free port of 127.0.0.1 in a thread, configured as `guatu serve` does; yield the server."""
+    settings = settings or ApiSettings()
+    config = server_config(app, settings, host="127.0.0.1", port=free_port(), log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -58,10 +53,30 @@ def live_app(app: Any) -> Iterator[str]:
             raise RuntimeError("test server did not start")
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def url_of(server: uvicorn.Server) -> str:
+    """Return the base URL of a server started by `running`."""
+    return f"http://{server.config.host}:{server.config.port}"
+
+
+@contextmanager
+def live_server(engine: Engine, settings: ApiSettings | None = None) -> Iterator[str]:
+    """Serve the app on 127.0.0.1 in a thread, as `guatu serve` does; yield its base URL."""
+    settings = settings or ApiSettings()
+    with running(create_app(settings, engine=engine), settings) as server:
+        yield url_of(server)
+
+
+@contextmanager
+def live_app(app: Any) -> Iterator[str]:
+    """Serve APP (built by the test, with its own settings) on 127.0.0.1 in a thread; yield its base URL."""
+    with running(app, app.state.settings) as server:
+        yield url_of(server)
 
 
 @contextmanager

@@ -167,3 +167,17 @@ def test_land_use_prefixes_are_checked(client: TestClient, parcel: dict) -> None
         response = client.get(f"/tiles/parcels/{z}/{x}/{y}.pbf", params={"land_use": bad})
         assert response.status_code == 422 and response.json()["code"] == "filter_invalid", bad
     assert client.get("/api/layers/parcels/stats", params={"land_use": "_"}).json()["code"] == "filter_invalid"
+
+
+def test_if_none_match_compares_weakly_as_http_says(client: TestClient, parcel: dict) -> None:
+    """A proxy that gzips the tile (nginx) hands the client `W/"…"`; that form must revalidate too."""
+    lon, lat = parcel["geometry"]["coordinates"][0][0][0]
+    url = "/tiles/parcels/{}/{}/{}.pbf".format(*tile_of(lon + 0.0005, lat + 0.0004, 17))
+    etag = client.get(url).headers["etag"]
+    assert etag.startswith('"') and etag.endswith('"')
+    for sent in (f"W/{etag}", f'"other", {etag}', f'W/"other" , W/{etag}', "*"):
+        answer = client.get(url, headers={"If-None-Match": sent})
+        assert answer.status_code == 304, sent
+        assert answer.headers["etag"] == etag and answer.content == b""
+    for sent in ('"other"', 'W/"other"', etag[:-2] + '"', f"{etag}x"):
+        assert client.get(url, headers={"If-None-Match": sent}).status_code == 200, sent

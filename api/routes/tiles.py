@@ -1,7 +1,7 @@
 """Vector tiles: `/tiles/{layer}/{z}/{x}/{y}.pbf` (MVT) and `/tiles/{layer}.json` (TileJSON).
 
-Tiles carry an ETag (a client sending it back gets 304) and are kept in a small in-process
-cache that every write through this app invalidates for its layer.
+Tiles carry an ETag (a client sending it back, plain or weakened to `W/"…"`, gets 304) and are
+kept in a small in-process cache that every write through this app invalidates for its layer.
 """
 
 from __future__ import annotations
@@ -105,6 +105,22 @@ def _filter_key(params: dict[str, object]) -> str:
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
+def etag_matches(header: str | None, etag: str) -> bool:
+    """Return True when an If-None-Match HEADER names ETAG, compared weakly as HTTP says for it.
+
+    A proxy that compresses the tile (nginx with gzip) weakens its ETag to `W/"…"`, and the
+    client sends that form back.
+
+    >>> etag_matches('W/"ab"', '"ab"'), etag_matches('"x", "ab"', '"ab"'), etag_matches('"abc"', '"ab"')
+    (True, True, False)
+    """
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag.removeprefix("W/") for tag in header.split(","))
+
+
 def _render(
     sessions: Callable[[], AbstractContextManager[Session]], cache: TileCache, layer: Layer, address: Tile, flt: Filter
 ) -> bytes:
@@ -144,7 +160,7 @@ async def vector_tile(
         cache.put(key, cached, generation)
     data, etag = cached
     headers = {"ETag": etag, "Cache-Control": "public, max-age=60, must-revalidate"}
-    if request.headers.get("if-none-match") == etag:
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     if not data:
         return Response(status_code=204, headers=headers)
