@@ -38,6 +38,17 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
+def head() -> str:
+    """Return the newest revision the shipped migrations reach."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    found = ScriptDirectory.from_config(config).get_current_head()
+    assert found is not None
+    return found
+
+
 def current(engine: Engine) -> str | None:
     """Return the revision the database is at, or None before the first migration."""
     with engine.connect() as conn:

@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from layers import migrate
 from layers.base import REGISTRY
 from spatial.db import make_engine
 from tests.conftest import recreate_database
@@ -48,7 +49,7 @@ def test_upgrade_then_demo_twice_creates_no_duplicates() -> None:
     url = recreate_database("guatu_test_cli")
     upgraded = run("db", "upgrade", url=url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "→ 0005" in upgraded.stderr
+    assert f"→ {migrate.head()}" in upgraded.stderr
 
     first = run("demo", "load", url=url)
     assert first.returncode == 0, first.stderr
