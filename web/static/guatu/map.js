@@ -59,6 +59,7 @@
   }
 
   var refilter = {};  // tiled layer id -> function(query): draw only what the map's filter keeps
+  var NARROW = window.matchMedia("(max-width: 640px)").matches;  // a phone: panels start folded
   var mapQuery = "";   // the panel's filter as a query string (the print button prints what is shown)
   var drawnBy = {};    // layer id -> function(): properties of the features drawn now (tests, screenshots)
 
@@ -405,6 +406,7 @@
           var folded = box.classList.toggle("guatu-folded");
           title.textContent = folded ? "图例 Legend ▸" : "图例 Legend ▾";
         });
+        if (NARROW) title.click();  // a phone shows the map first; panels open on a tap
         box.appendChild(title);
         opts.legend.forEach(function (layer) {
           var section = el("div", "guatu-legend-layer");
@@ -505,6 +507,7 @@
           var folded = box.classList.toggle("guatu-folded");
           head.textContent = "筛选与统计 Filter & statistics " + (folded ? "▸" : "▾");
         });
+        if (NARROW) head.click();
         box.appendChild(head);
         var body = el("div", "guatu-panel-body");
         box.appendChild(body);
