@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 54329
+OWNER_ROLE = "guatu_owner"
+"""Owns the database and every table in it; runs the migrations."""
+APP_ROLE = "guatu_app"
+"""The app's login: owns nothing, may only read and write rows."""
 
 
 class LocalPgSettings(BaseSettings):
