@@ -72,7 +72,7 @@ def grant_app(conn: Connection, role: str) -> None:
         return
     ident = conn.dialect.identifier_preparer.quote  # quotes a name that needs it
     quoted = ident(role)
-    conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {quoted}"))
+    conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {quoted}")  # no bind parameters: names as they are
     owned = conn.execute(
         text(
             "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relowner = "
@@ -81,7 +81,7 @@ def grant_app(conn: Connection, role: str) -> None:
         )
     ).scalars()
     for relation in owned:
-        conn.execute(text(f"REVOKE ALL ON {relation} FROM {quoted}"))
+        conn.exec_driver_sql(f"REVOKE ALL ON {relation} FROM {quoted}")
     present = {
         name: oid
         for name, oid in conn.execute(
@@ -92,7 +92,7 @@ def grant_app(conn: Connection, role: str) -> None:
     }
     for table, privileges in app_privileges().items():
         if table in present:
-            conn.execute(text(f"GRANT {', '.join(privileges)} ON {ident(table)} TO {quoted}"))
+            conn.exec_driver_sql(f"GRANT {', '.join(privileges)} ON {ident(table)} TO {quoted}")
     sequences = conn.execute(
         text(
             "SELECT DISTINCT d.objid::regclass::text FROM pg_depend d JOIN pg_class s ON s.oid = d.objid "
@@ -102,7 +102,7 @@ def grant_app(conn: Connection, role: str) -> None:
         {"t": [oid for table, oid in present.items() if "INSERT" in app_privileges()[table]]},
     ).scalars()
     for sequence in sequences:
-        conn.execute(text(f"GRANT USAGE, SELECT ON SEQUENCE {sequence} TO {quoted}"))
+        conn.exec_driver_sql(f"GRANT USAGE, SELECT ON SEQUENCE {sequence} TO {quoted}")
 
 
 def current(engine: Engine) -> str | None:

@@ -139,7 +139,9 @@ def _ensure_role(conn: Conn, role: str, secret_path: Path) -> None:
         conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(verifier)))
     if role == APP_ROLE:  # the app belongs to no role: none of pg_*_server_*, nor any other
         held = conn.execute(
-            "SELECT roleid::regrole::text, grantor::regrole::text FROM pg_auth_members WHERE member = %s", (row[0],)
+            "SELECT r.rolname, g.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+            " JOIN pg_roles g ON g.oid = m.grantor WHERE m.member = %s",
+            (row[0],),
         ).fetchall()
         for granted, grantor in held:
             conn.execute(

@@ -47,9 +47,7 @@ def _can_make_roles() -> bool:
 def needs_roles() -> None:
     """Skip where guatu cannot make its roles."""
     if not _can_make_roles():
-        pytest.skip(
-            "DATABASE_URL 的角色不是超级用户，无法建立 guatu_owner/guatu_app：测试以该角色运行 (no roles to check)"
-        )
+        pytest.skip("DATABASE_URL 的角色不是超级用户，测试以它运行 (its role cannot make guatu's roles: none to check)")
 
 
 def sqlstate(engine: Engine, statement: str, *, autocommit: bool = False) -> str | None:
@@ -201,6 +199,31 @@ def test_provisioning_and_granting_again_change_nothing() -> None:
     for role in ("guatu_owner", "guatu_app"):
         mode = db_settings().role_password_file(role).stat().st_mode
         assert stat.S_IMODE(mode) == 0o600, oct(mode)
+
+
+def test_provisioning_puts_a_changed_app_role_back() -> None:
+    """Someone gave the app a role, an attribute, a table and a grant, and changed its password: all undone."""
+    from spatial import roles
+    from tests.conftest import admin_url, app_url, libpq, migrate_as_owner, recreate_database
+
+    name = "guatu_test_repair"
+    recreate_database(name)
+    migrate_as_owner(name)
+    with psycopg.connect(libpq(admin_url(name)), autocommit=True) as conn:
+        conn.execute("GRANT pg_read_server_files TO guatu_app")
+        conn.execute("ALTER ROLE guatu_app CREATEDB PASSWORD 'not-the-stored-one'")
+        conn.execute("CREATE TABLE app_made (i integer)")
+        conn.execute("ALTER TABLE app_made OWNER TO guatu_app")
+        conn.execute("GRANT INSERT ON land_use_codes TO guatu_app")
+    roles.provision(admin_url(name), db_settings().role_password_file)
+    migrate_as_owner(name)
+    with psycopg.connect(libpq(app_url(name))) as app:  # the stored password works again
+        facts = app.execute(
+            "SELECT (SELECT count(*) FROM pg_auth_members WHERE member = r.oid), r.rolcreatedb,"
+            " (SELECT relowner::regrole::text FROM pg_class WHERE relname = 'app_made'),"
+            " has_table_privilege('land_use_codes', 'INSERT') FROM pg_roles r WHERE r.rolname = current_user"
+        ).fetchone()
+    assert facts == (0, False, "guatu_owner", False)
 
 
 def catalog_state(url: str) -> dict[str, object]:
