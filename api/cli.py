@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from layers.base import REGISTRY
-from spatial import localpg
-from spatial.db import ensure_database, make_engine, make_sessionmaker
+from spatial import localpg, roles
+from spatial.db import make_engine, make_sessionmaker
 from spatial.errors import GuatuError
 from spatial.settings import LocalPgSettings, db_settings
 
@@ -33,8 +33,8 @@ console = Console(stderr=True)
 
 
 @lru_cache(maxsize=1)
-def _engine() -> Engine:
-    """Return the engine, starting the local cluster first when no DATABASE_URL is set."""
+def _prepare() -> None:
+    """Start the local cluster (no DATABASE_URL), or provision DATABASE_URL's server; make the roles."""
     settings = db_settings()
     if not settings.external:
         try:
@@ -42,28 +42,47 @@ def _engine() -> Engine:
         except RuntimeError as exc:
             console.print(f"[red]本地 PostGIS 无法启动 local PostGIS not started:[/red] {exc}")
             raise typer.Exit(1) from None
-        shown = make_url(LocalPgSettings().url()).render_as_string(hide_password=True)
-        console.print(f"[dim]本地 PostGIS local cluster: {folder} ({shown})[/dim]")
-    else:
         shown = make_url(settings.url()).render_as_string(hide_password=True)
-        try:
-            if ensure_database(settings.url()):
-                console.print(f"已创建数据库 created database: {shown}")
-        except psycopg.Error as exc:
-            console.print(f"[red]无法连接数据库 cannot reach the database[/red] {shown}: {exc}")
-            raise typer.Exit(1) from None
+        console.print(f"[dim]本地 PostGIS local cluster: {folder} ({shown})[/dim]")
+        return
+    shown = make_url(settings.admin_url()).render_as_string(hide_password=True)
+    try:
+        roles.provision(settings.admin_url(), settings.role_password_file)
+    except psycopg.Error as exc:
+        console.print(f"[red]无法连接数据库 cannot reach the database[/red] {shown}: {exc}")
+        raise typer.Exit(1) from None
+
+
+@lru_cache(maxsize=1)
+def _engine() -> Engine:
+    """Return the app's engine (guatu_app, or DATABASE_URL's own role), preparing the database first."""
+    _prepare()
     return make_engine()
+
+
+def _owner_engine() -> Engine:
+    """Return an engine as the owner role, the one migrations run as."""
+    _prepare()
+    return make_engine(url=db_settings().owner_url())
+
+
+def _app_role() -> str:
+    """Return the role the app logs in as."""
+    return make_url(db_settings().url()).username or ""
 
 
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head", help="target revision")) -> None:
-    """Apply the migrations (creates PostGIS and every table)."""
-    engine = _engine()
+    """Apply the migrations as the owner role, then grant the app role what it needs."""
+    engine = _owner_engine()
     from layers import migrate
 
-    before = migrate.current(engine)
-    migrate.upgrade(engine, revision)
-    after = migrate.current(engine)
+    try:
+        before = migrate.current(engine)
+        migrate.upgrade(engine, revision, app_role=_app_role())
+        after = migrate.current(engine)
+    finally:
+        engine.dispose()
     console.print(f"数据库版本 schema revision: {before or '—'} → {after}")
 
 
@@ -72,7 +91,7 @@ def db_revision(message: str = typer.Option(..., "--message", "-m", help="what t
     """Write a new migration from the difference between the layer declarations and the database."""
     from alembic import command
 
-    engine = _engine()
+    engine = _owner_engine()
     from layers import migrate
 
     command.revision(migrate.alembic_config(engine), message=message, autogenerate=True)
@@ -80,10 +99,14 @@ def db_revision(message: str = typer.Option(..., "--message", "-m", help="what t
 
 @db_app.command("status")
 def db_status() -> None:
-    """Show the schema revision and feature counts."""
+    """Show the role the app connects as, the schema revision and feature counts."""
     engine = _engine()
     from layers import migrate
 
+    role, superuser = roles.connected_role(engine)
+    kind = "[red]超级用户 superuser![/red]" if superuser else "非超级用户 no superuser"
+    console.print(f"应用角色 app role: {role}（{kind}）")
+    console.print(f"迁移角色 migrations run as: {make_url(db_settings().owner_url()).username}")
     console.print(f"数据库版本 schema revision: {migrate.current(engine) or '—'}")
     with Session(engine) as session:
         for layer in REGISTRY.values():
@@ -98,9 +121,13 @@ def db_start() -> None:
 
 
 @db_app.command("url")
-def db_url() -> None:
-    """Print the database URL (with its password) for psql and other tools."""
-    url = make_url(db_settings().url()).set(drivername="postgresql")
+def db_url(
+    owner: bool = typer.Option(False, "--owner", help="the owner's URL (migrations, DDL), not the app's"),
+) -> None:
+    """Print the app's database URL (with its password) for psql and other tools."""
+    _prepare()
+    settings = db_settings()
+    url = make_url(settings.owner_url() if owner else settings.url()).set(drivername="postgresql")
     print(url.render_as_string(hide_password=False))  # noqa: T201 - meant for $(guatu db url)
 
 
@@ -287,8 +314,12 @@ def serve(
     if prepare:
         db_upgrade("head")
         demo_load(if_empty=True)
-    else:
-        _engine()
+    try:
+        role = roles.refuse_superuser(_engine())
+    except roles.SuperuserRefused as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(1) from None
+    console.print(f"[dim]应用连接角色 app connects as: {role}[/dim]")
     host, port = host or settings.host, port or settings.port
     server.raise_open_files_limit()
     config = server.server_config(

@@ -16,6 +16,7 @@ from api.routes import checks, features, health, layers, pages, printing, search
 from api.settings import ApiSettings
 from api.work import make_lanes
 from spatial.db import make_engine, make_sessionmaker
+from spatial.roles import refuse_superuser
 from web import assets
 
 log = logging.getLogger("guatu")
@@ -29,6 +30,8 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = engine is None
         bound = engine or make_engine()
+        if own:
+            refuse_superuser(bound)  # never serve as a superuser: an injection would reach the host
         app.state.engine = bound
         app.state.sessions = make_sessionmaker(bound)
         missing = assets.missing_assets()

@@ -7,6 +7,7 @@ some grown by 1 m (each overlaps every neighbour). Both sides read the same tabl
 - peer: a pairwise self-join (`ST_Intersects` + geodesic `ST_Area(ST_Intersection)`) for
   overlaps, and `ST_Difference(parent, ST_Union(cells))` for the gaps;
 - guatu: the cells read from the table, then `spatial.topology.Checker.coverage`.
+The owner role makes and drops the tables; both sides read them as the app role, as guatu serves.
 Prints seconds, defects found and the ratio per size, and the growth from the smallest size.
 """
 
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -29,6 +30,7 @@ import shapely  # noqa: E402
 from pyproj import Transformer  # noqa: E402
 
 from spatial.db import make_engine  # noqa: E402
+from spatial.settings import db_settings  # noqa: E402
 from spatial.topology import Checker, LocalMetric, Tolerance  # noqa: E402
 
 X0, Y0 = 120.60, 36.20
@@ -93,11 +95,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="2000,5000,10000,20000")
     args = parser.parse_args()
-    engine = make_engine()
+    engine = make_engine()  # the app's role: what is timed
+    owner = make_engine(url=db_settings().owner_url())  # makes and drops the bench's tables
+    reader = make_url(db_settings().url()).username or ""
     rows = []
     for n in [int(v) for v in args.sizes.split(",")]:
         parent, cells, gaps, overlaps = coverage(n)
-        with engine.begin() as conn:
+        with owner.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS bench_cells; DROP TABLE IF EXISTS bench_parent"))
             conn.execute(
                 text("CREATE TABLE bench_cells (id serial PRIMARY KEY, code text, geom geometry(Polygon, 4490))")
@@ -115,6 +119,8 @@ def main() -> None:
             )
             conn.execute(text("CREATE INDEX ON bench_cells USING gist (geom)"))
             conn.execute(text("ANALYZE bench_cells"))
+            role = conn.dialect.identifier_preparer.quote(reader)
+            conn.execute(text(f"GRANT SELECT ON bench_cells, bench_parent TO {role}"))
         with engine.connect() as conn:
             started = time.perf_counter()
             peer_overlaps = conn.execute(text(PEER_OVERLAPS)).scalar_one()
@@ -131,7 +137,7 @@ def main() -> None:
         guatu_overlaps = sum(1 for f in found if f.rule == "overlap")
         rows.append((n, peer_s, peer_gaps, peer_overlaps, guatu_s, guatu_gaps, guatu_overlaps, gaps, overlaps))
         print(f"{n} cells: peer {peer_s:.2f} s, guatu {guatu_s:.2f} s", flush=True)
-    with engine.begin() as conn:
+    with owner.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS bench_cells; DROP TABLE IF EXISTS bench_parent"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPython {platform.python_version()}")
     print(

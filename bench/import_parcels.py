@@ -3,7 +3,8 @@
 Usage: `make bench` (or `.venv/bin/python bench/import_parcels.py --n 100000`). ogr2ogr
 validates nothing; guatu checks every feature (schema, geometry validity, codes against
 location) and diffs against the table before one transaction. Prints time, peak RSS and
-the ratio.
+the ratio. guatu imports as the app role, as it serves; ogr2ogr, which makes its own table,
+and the resets between runs (DELETE from the upload log, VACUUM) run as the owner.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class Server:
 
 
 def reset(engine: Engine, sha: str) -> None:
-    """Remove the bench's rows and uploads, so the next import is a fresh one (not a replay).
+    """Remove the bench's rows and uploads, as ENGINE (the owner's), so the next import is a fresh one.
 
     VACUUM too: dead copies of the same keys would slow the next run's unique-index checks.
     """
@@ -135,8 +136,8 @@ def main() -> None:
     ogr2ogr = shutil.which("ogr2ogr")
     if not ogr2ogr:
         raise SystemExit("ogr2ogr not found: `make bench` installs gdal-bin")
-    url = db_settings().url()
-    engine = make_engine()
+    url = db_settings().owner_url()  # ogr2ogr creates a table: the owner's job, never the app's
+    engine = make_engine(url=url)
     libpq = make_url(url)
     pg = f"PG:host={libpq.host} port={libpq.port} dbname={libpq.database} user={libpq.username}" + (
         f" password={libpq.password}" if libpq.password else ""

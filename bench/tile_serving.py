@@ -2,8 +2,9 @@
 
 Usage: `.venv/bin/python bench/tile_serving.py [--parcels 1000000] [--tiles 500] [--runs 1]`
 (needs the database server `make database` starts, or DATABASE_URL's). Works in its own
-database, `guatu_bench_tiles` on that server, migrated with guatu's migrations and filled in
-SQL with a generated county of parcels; the county is kept between runs (`--regenerate`
+database, `guatu_bench_tiles` on that server, migrated with guatu's migrations (as the owner
+role, which also fills it, in SQL, with a generated county of parcels: truncating and
+re-indexing are the owner's); the county is kept between runs (`--regenerate`
 rebuilds it). A fixed, seeded list of tiles at zooms 12–18 over the county is fetched by one
 client in order, then by 8 concurrent clients sharing the list (each tile once), by:
 
@@ -56,7 +57,8 @@ from layers import migrate  # noqa: E402
 from layers.base import REGISTRY  # noqa: E402
 from layers.tiles import BUFFER, EXTENT, SESSION_SETTINGS, tile_params, tile_properties, tile_statement  # noqa: E402
 from layers.tiles import Tile as TileAddress  # noqa: E402
-from spatial.db import ensure_database, make_engine  # noqa: E402
+from spatial import roles  # noqa: E402
+from spatial.db import make_engine  # noqa: E402
 from spatial.settings import db_settings  # noqa: E402
 from tests.browser import free_port  # noqa: E402
 
@@ -90,9 +92,16 @@ Tile = tuple[int, int, int]
 
 
 def bench_url() -> str:
-    """Return the SQLAlchemy URL of the bench database, on the server guatu is configured for."""
-    url = make_url(db_settings().url()).set(database=DATABASE)
-    return url.render_as_string(hide_password=False)
+    """Return the app's SQLAlchemy URL of the bench database, on the server guatu is configured for.
+
+    Every contender reads as the app role (guatu_app on the local cluster): the role guatu serves as.
+    """
+    return db_settings().url(DATABASE)
+
+
+def owner_url() -> str:
+    """Return the owner's SQLAlchemy URL of the bench database: it migrates, truncates and re-indexes."""
+    return db_settings().owner_url(DATABASE)
 
 
 def libpq_dsn(url: str) -> str:
@@ -100,15 +109,16 @@ def libpq_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def prepare_database(url: str) -> None:
-    """Create the bench database if missing and migrate it with guatu's migrations."""
+def prepare_database() -> None:
+    """Create the bench database if missing (owned by guatu_owner, as guatu's own), migrate it as the owner."""
+    settings = db_settings()
     try:
-        ensure_database(url)
+        roles.provision(settings.admin_url(DATABASE), settings.role_password_file)
     except psycopg.OperationalError as exc:
         raise SystemExit(f"database server unreachable ({exc}): run `make database` first") from None
-    engine = make_engine(url=url)
+    engine = make_engine(url=owner_url())
     try:
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, app_role=make_url(bench_url()).username)
     finally:
         engine.dispose()
 
@@ -181,7 +191,7 @@ def parcel_count(dsn: str) -> int:
 
 
 def generate(dsn: str, n: int) -> float:
-    """Replace the parcels of the bench database by N generated ones; return the seconds taken.
+    """Replace the parcels of the bench database by N generated ones, as DSN (the owner); return the seconds taken.
 
     The non-unique indexes (the GiST one above all) are dropped first and built again after
     the insert, from their own definitions: faster, and a better tree than one grown row by row.
@@ -687,15 +697,15 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown contenders: {', '.join(sorted(unknown))}")
 
+    prepare_database()
     url = bench_url()
     dsn = libpq_dsn(url)
     log(f"database {make_url(url).render_as_string(hide_password=True)}")
-    prepare_database(url)
     held = parcel_count(dsn)
     generated: float | None = None
     if args.regenerate or held != args.parcels:
         log(f"generating {args.parcels:,} parcels (the table holds {held:,}) …")
-        generated = generate(dsn, args.parcels)
+        generated = generate(libpq_dsn(owner_url()), args.parcels)
         log(f"generated in {generated:.1f} s")
     tiles = tile_list(args.tiles, COUNTY)
     if args.save_tiles:

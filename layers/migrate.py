@@ -1,4 +1,10 @@
-"""Run the Alembic migrations shipped in layers/migrations."""
+"""Run the Alembic migrations shipped in layers/migrations, then grant the app what it needs.
+
+Migrations run as the owner role. The app role gets row privileges only, derived from the
+layer declarations: every layer's table is read and written, a history table (filled by a
+trigger that runs as the app) only read and appended to, the upload log read, appended to
+and updated (never deleted from), the schema revision read.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,16 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import Engine
 
 from geoalchemy2 import alembic_helpers
 
+from layers.base import REGISTRY
+from layers.uploads import Upload
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "alembic_version"
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
@@ -30,12 +40,69 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database behind ENGINE to REVISION (PostGIS included)."""
+def upgrade(engine: Engine, revision: str = "head", *, app_role: str | None = None) -> None:
+    """Bring the database behind ENGINE (the owner's) to REVISION, then grant APP_ROLE its privileges."""
     cfg = alembic_config(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+        if app_role:
+            grant_app(conn, app_role)
+
+
+def app_privileges() -> dict[str, tuple[str, ...]]:
+    """Return the table privileges the app needs, by table: nothing more is ever granted."""
+    wanted: dict[str, tuple[str, ...]] = {}
+    for layer in REGISTRY.values():
+        wanted[layer.table] = ("SELECT", "INSERT", "UPDATE", "DELETE")
+        if layer.history_table:  # old versions are kept, never changed
+            wanted[layer.history_table] = ("SELECT", "INSERT")
+    wanted[Upload.__tablename__] = ("SELECT", "INSERT", "UPDATE")  # an append-only log: no DELETE
+    wanted[VERSION_TABLE] = ("SELECT",)
+    return wanted
+
+
+def grant_app(conn: Connection, role: str) -> None:
+    """Give ROLE exactly app_privileges() on the tables that exist (and their id sequences); idempotent.
+
+    Whatever else ROLE held on the owner's tables is revoked first, in the same transaction.
+    Nothing is done when ROLE is the one running the migrations.
+    """
+    if conn.execute(text("SELECT current_user = :r"), {"r": role}).scalar():
+        return
+    ident = conn.dialect.identifier_preparer.quote  # quotes a name that needs it
+    quoted = ident(role)
+    conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {quoted}")  # no bind parameters: names as they are
+    owned = conn.execute(
+        text(
+            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relowner = "
+            "(SELECT oid FROM pg_roles WHERE rolname = current_user) "
+            "AND c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
+        )
+    ).scalars()
+    for relation in owned:
+        conn.exec_driver_sql(f"REVOKE ALL ON {relation} FROM {quoted}")
+    present = {
+        name: oid
+        for name, oid in conn.execute(
+            text("SELECT t, to_regclass(quote_ident(t))::oid FROM unnest(CAST(:t AS text[])) AS t"),
+            {"t": list(app_privileges())},
+        ).all()
+        if oid is not None
+    }
+    for table, privileges in app_privileges().items():
+        if table in present:
+            conn.exec_driver_sql(f"GRANT {', '.join(privileges)} ON {ident(table)} TO {quoted}")
+    sequences = conn.execute(
+        text(
+            "SELECT DISTINCT d.objid::regclass::text FROM pg_depend d JOIN pg_class s ON s.oid = d.objid "
+            "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+            "AND d.deptype IN ('a', 'i') AND s.relkind = 'S' AND d.refobjid = ANY(CAST(:t AS oid[]))"
+        ),
+        {"t": [oid for table, oid in present.items() if "INSERT" in app_privileges()[table]]},
+    ).scalars()
+    for sequence in sequences:
+        conn.exec_driver_sql(f"GRANT USAGE, SELECT ON SEQUENCE {sequence} TO {quoted}")
 
 
 def head() -> str:

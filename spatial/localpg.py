@@ -2,7 +2,9 @@
 
 `initdb` and `pg_ctl` refuse to run as root, so every server command runs through
 `runuser -u postgres` (root) or `sudo -u postgres` (a sudoer). The cluster listens on
-127.0.0.1 and a private port only, so it never collides with a system PostgreSQL.
+127.0.0.1 and a private port only, so it never collides with a system PostgreSQL. Its
+superuser only provisions (`spatial.roles`): the app and the migrations log in as
+`guatu_app` and `guatu_owner`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from spatial.db import ensure_database
+from spatial import roles
 from spatial.settings import DEFAULT_PORT, LocalPgSettings
 
 SERVER_USER = "postgres"
@@ -107,7 +109,7 @@ def serving_data_dir(settings: LocalPgSettings) -> str | None:
 
 
 def ensure_running(settings: LocalPgSettings | None = None) -> Path:
-    """Create the cluster if missing, start it if stopped, create the app database."""
+    """Create the cluster if missing, start it if stopped; provision the roles and the app database."""
     settings = settings or LocalPgSettings()
     folder = data_dir(settings)
     pgdata = folder / "data"
@@ -179,7 +181,7 @@ def ensure_running(settings: LocalPgSettings | None = None) -> Path:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"local PostGIS did not start; see {folder / 'server.log'}")
             time.sleep(0.2)
-    ensure_database(settings.url())
+    roles.provision(settings.admin_url(), settings.role_password_file)
     return folder
 
 

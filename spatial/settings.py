@@ -1,16 +1,30 @@
-"""Engine settings: where the database is and how geometry is kept."""
+"""Engine settings: where the database is, which role connects, and how geometry is kept.
+
+Three roles take part. The admin (the cluster's `postgres`, or a superuser `DATABASE_URL`)
+only creates roles, databases and the `postgis` extension. `guatu_owner` owns the database
+and its tables and runs the migrations. `guatu_app`, the role the app connects as, owns
+nothing and holds only the grants the migrations give it.
+"""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 54329
+OWNER_ROLE = "guatu_owner"
+"""Owns the database and every table in it; runs the migrations."""
+APP_ROLE = "guatu_app"
+"""The app's login: owns nothing, may only read and write rows."""
+ROLES_DIR = PROJECT_ROOT / ".pgroles"
+"""Passwords of the two roles on an external server, one 0600 file per host, port and role."""
 
 
 class LocalPgSettings(BaseSettings):
@@ -24,6 +38,7 @@ class LocalPgSettings(BaseSettings):
     host: str = "127.0.0.1"
     database: str = "guatu"
     user: str = "postgres"
+    """The cluster's superuser: creates roles, databases and the postgis extension, nothing else."""
     bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
 
     @property
@@ -47,15 +62,28 @@ class LocalPgSettings(BaseSettings):
 
     def password(self) -> str | None:
         """Return the cluster's password, or None for a cluster made without one."""
-        try:
-            return self.password_file.read_text().strip() or None
-        except FileNotFoundError:
-            return None
+        return _read_secret(self.password_file)
 
-    def url(self, database: str | None = None) -> str:
-        """Return the SQLAlchemy URL of a database in the local cluster."""
-        secret = self.password()
-        auth = f"{self.user}:{quote(secret, safe='')}" if secret else self.user
+    def role_password_file(self, role: str) -> Path:
+        """Return the file (mode 0600, beside the data folder) holding ROLE's password."""
+        return self.data_dir.with_name(f"{self.data_dir.name}.{role}.password")
+
+    def serves(self, host: str | None, port: int | None) -> bool:
+        """Tell whether HOST:PORT is this checkout's local cluster."""
+        return (
+            host in (self.host, "localhost") and (port or 5432) == self.resolved_port() and self.password_file.exists()
+        )
+
+    def admin_url(self, database: str | None = None) -> str:
+        """Return the SQLAlchemy URL of a database in the local cluster, as its superuser."""
+        return self._url(self.user, self.password(), database)
+
+    def role_url(self, role: str, database: str | None = None) -> str:
+        """Return the SQLAlchemy URL of a database in the local cluster, as ROLE."""
+        return self._url(role, _read_secret(self.role_password_file(role)), database)
+
+    def _url(self, user: str, secret: str | None, database: str | None) -> str:
+        auth = f"{user}:{quote(secret, safe='')}" if secret else user
         return f"postgresql+psycopg://{auth}@{self.host}:{self.resolved_port()}/{database or self.database}"
 
 
@@ -65,6 +93,8 @@ class DbSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GUATU_")
 
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "GUATU_DATABASE_URL"))
+    owner_database_url: str | None = Field(default=None, validation_alias=AliasChoices("GUATU_OWNER_DATABASE_URL"))
+    """Who runs the migrations; by default guatu_owner (or DATABASE_URL's own role when that is no superuser)."""
     pool_size: int = 10
     pool_timeout_s: float = 10
     """How long a request waits for a free connection before it is answered 503 busy."""
@@ -75,10 +105,84 @@ class DbSettings(BaseSettings):
         """Whether the user pointed guatu at their own server."""
         return bool(self.database_url)
 
-    def url(self) -> str:
-        """Return the SQLAlchemy URL, normalised to the psycopg 3 driver."""
-        raw = self.database_url or LocalPgSettings().url()
-        return normalise_url(raw)
+    def admin_url(self, database: str | None = None) -> str:
+        """Return the URL that provisions roles and databases: DATABASE_URL's, or the local superuser's."""
+        if self.database_url:
+            return _with_database(normalise_url(self.database_url), database)
+        return LocalPgSettings().admin_url(database)
+
+    def provisions_roles(self) -> bool:
+        """Tell whether guatu runs as its own two roles: on the local cluster, or when DATABASE_URL is a superuser.
+
+        A non-superuser DATABASE_URL is the operator's choice of role and is used as given.
+        """
+        return not self.database_url or _is_superuser(self.admin_url())
+
+    def url(self, database: str | None = None) -> str:
+        """Return the app's URL (guatu_app, or DATABASE_URL's role when that is no superuser)."""
+        if self.provisions_roles():
+            return self._role_url(APP_ROLE, database)
+        return self.admin_url(database)
+
+    def owner_url(self, database: str | None = None) -> str:
+        """Return the URL migrations run with: GUATU_OWNER_DATABASE_URL, else guatu_owner, else DATABASE_URL."""
+        if self.owner_database_url:
+            return _with_database(normalise_url(self.owner_database_url), database)
+        if self.provisions_roles():
+            return self._role_url(OWNER_ROLE, database)
+        return self.admin_url(database)
+
+    def role_password_file(self, role: str) -> Path:
+        """Return the file holding ROLE's password on the configured server."""
+        local = LocalPgSettings()
+        if not self.database_url:
+            return local.role_password_file(role)
+        url = make_url(normalise_url(self.database_url))
+        if local.serves(url.host, url.port):  # the local cluster, reached through DATABASE_URL
+            return local.role_password_file(role)
+        host = re.sub(r"[^A-Za-z0-9.-]", "_", url.host or "localhost")
+        return ROLES_DIR / f"{host}-{url.port or 5432}.{role}.password"
+
+    def _role_url(self, role: str, database: str | None) -> str:
+        """Return the admin URL with ROLE and its stored password instead of the admin."""
+        secret = _read_secret(self.role_password_file(role))
+        if secret is None:
+            raise RuntimeError(
+                f"角色 {role} 的密码尚未生成：请先运行 `guatu db upgrade` "
+                f"(no password for role {role} yet: run `guatu db upgrade` first)"
+            )
+        url = make_url(self.admin_url(database)).set(username=role, password=secret)
+        return url.render_as_string(hide_password=False)
+
+
+def _read_secret(path: Path) -> str | None:
+    """Return the secret stored in PATH, or None when there is none."""
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _with_database(url: str, database: str | None) -> str:
+    """Return URL naming DATABASE instead, when one is given."""
+    if database is None:
+        return url
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+@lru_cache
+def _is_superuser(url: str) -> bool:
+    """Tell whether URL's role is a superuser (asked of the server once per process)."""
+    import psycopg
+
+    own = make_url(url).set(drivername="postgresql")
+    try:
+        conn = psycopg.connect(own.render_as_string(hide_password=False), connect_timeout=10)
+    except psycopg.OperationalError:  # its database may not exist yet: ask the maintenance one
+        conn = psycopg.connect(own.set(database="postgres").render_as_string(hide_password=False), connect_timeout=10)
+    with conn:
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        return bool(row and row[0])
 
 
 def normalise_url(raw: str) -> str:

@@ -1,10 +1,15 @@
-"""Fixtures: a real PostGIS test database, migrated once; each test rolls back."""
+"""Fixtures: a real PostGIS test database, migrated once as the owner; each test rolls back.
+
+Every engine the app code gets connects as the app role (guatu_app), so a grant the app
+lacks fails a test. Databases are made by the admin and migrated as guatu_owner.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from functools import lru_cache
 from pathlib import Path
 
 import psycopg
@@ -17,33 +22,71 @@ from sqlalchemy.orm import Session
 from api.deps import get_session, get_sessions
 from api.main import create_app
 from layers import migrate
-from spatial import localpg
+from spatial import localpg, roles
 from spatial.db import make_engine
 from spatial.settings import LocalPgSettings, db_settings
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 
 
-def _server_url() -> str:
+@lru_cache(maxsize=1)
+def runs_as_roles() -> bool:
+    """Start the server (local cluster) and tell whether the tests run as guatu_owner and guatu_app.
+
+    True on the local cluster and on a superuser DATABASE_URL; False on a DATABASE_URL whose
+    role cannot make roles: then everything runs as that role, as the operator chose.
+    """
     settings = db_settings()
     if not settings.external:
         localpg.ensure_running(LocalPgSettings())
-    return settings.url()
+        return True
+    return settings.provisions_roles()
+
+
+def admin_url(name: str) -> str:
+    """Return the URL of database NAME as the admin (the superuser, or DATABASE_URL's role)."""
+    return db_settings().admin_url(name)
+
+
+def owner_url(name: str) -> str:
+    """Return the URL of database NAME as the owner, the role migrations run as."""
+    return db_settings().owner_url(name)
+
+
+def app_url(name: str) -> str:
+    """Return the URL of database NAME as the app connects to it."""
+    return db_settings().url(name)
+
+
+def libpq(url: str) -> str:
+    """Return URL (a SQLAlchemy one) for psycopg."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def recreate_database(name: str) -> str:
-    """Drop and create database NAME on the configured server; return its URL."""
+    """Drop and create database NAME as the admin, owned by guatu_owner; return the app's URL of it."""
     try:
-        url = make_url(_server_url())
-        admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        roles_in_use = runs_as_roles()
+        with psycopg.connect(libpq(admin_url("postgres")), autocommit=True, connect_timeout=5) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            if not roles_in_use:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if roles_in_use:
+            roles.provision(admin_url(name), db_settings().role_password_file)
     except (psycopg.OperationalError, RuntimeError) as exc:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"no PostGIS server for the tests: {exc}")
-    return url.set(database=name).render_as_string(hide_password=False)
+    return app_url(name)
+
+
+def migrate_as_owner(name: str) -> None:
+    """Migrate database NAME as the owner and grant the app its privileges, as `guatu db upgrade` does."""
+    owner = make_engine(url=owner_url(name))
+    try:
+        migrate.upgrade(owner, app_role=make_url(app_url(name)).username)
+    finally:
+        owner.dispose()
 
 
 @pytest.fixture(autouse=True)
@@ -57,10 +100,11 @@ def archive_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @contextmanager
 def migrated_database(name: str) -> Iterator[Engine]:
-    """Yield an engine on database NAME, created afresh and migrated; dispose of it after."""
-    eng = make_engine(url=recreate_database(name))
+    """Yield the app's engine on database NAME, created afresh and migrated as the owner; dispose of it after."""
+    url = recreate_database(name)
+    migrate_as_owner(name)
+    eng = make_engine(url=url)
     try:
-        migrate.upgrade(eng)
         yield eng
     finally:
         eng.dispose()
@@ -80,7 +124,7 @@ def demo_database(name: str) -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
-    """Return an engine on a fresh, migrated test database."""
+    """Return the app's engine (guatu_app) on a fresh, migrated test database."""
     with migrated_database("guatu_test") as eng:
         yield eng
 

@@ -28,7 +28,7 @@ from layers.features import check_feature
 from spatial.crs import DeclaredCrs, parse_crs
 from spatial.geojson_in import open_geojson, repeated_members
 from spatial.geometry import build_many
-from tests.conftest import migrated_database
+from tests.conftest import admin_url, libpq, migrated_database
 from tests.samples import COMMUNITY, GRID, X0, Y0, sample
 from tests.test_uploads import collection, upload
 
@@ -494,7 +494,7 @@ def test_the_connection_killed_during_the_writers_copy_writes_nothing(
         calls.append(1)
         if len(calls) == 2:  # mid-upload: two batches in, more to come
             pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
-            dsn = committed.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            dsn = libpq(admin_url(committed.url.database or ""))  # the fault comes from outside the app
             with psycopg.connect(dsn, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 

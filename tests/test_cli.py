@@ -8,13 +8,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
 from sqlalchemy.orm import Session
 
 from layers import migrate
 from layers.base import REGISTRY
 from spatial.db import make_engine
-from tests.conftest import recreate_database
+from tests.conftest import admin_url, app_url, recreate_database, runs_as_roles
 
 GUATU = Path(sys.executable).parent / "guatu"
 
@@ -46,10 +46,17 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_upgrade_then_demo_twice_creates_no_duplicates() -> None:
-    url = recreate_database("guatu_test_cli")
+    recreate_database("guatu_test_cli")
+    url = admin_url("guatu_test_cli")  # what an operator sets: guatu makes its own roles from it
     upgraded = run("db", "upgrade", url=url)
     assert upgraded.returncode == 0, upgraded.stderr
     assert f"→ {migrate.head()}" in upgraded.stderr
+    if runs_as_roles():  # a superuser's URL: the app and the migrations use guatu's own roles
+        assert make_url(run("db", "url", url=url).stdout.strip()).username == "guatu_app"
+        assert make_url(run("db", "url", "--owner", url=url).stdout.strip()).username == "guatu_owner"
+        status = run("db", "status", url=url)
+        assert status.returncode == 0 and "app role: guatu_app" in status.stderr, status.stderr
+        assert make_url(app_url("guatu_test_cli")).username == "guatu_app"
 
     first = run("demo", "load", url=url)
     assert first.returncode == 0, first.stderr
@@ -91,7 +98,8 @@ def test_import_dry_run_then_commit_then_replay(tmp_path: Path) -> None:
 
     from tests.samples import sample
 
-    url = recreate_database("guatu_test_cli_import")
+    recreate_database("guatu_test_cli_import")
+    url = admin_url("guatu_test_cli_import")
     assert run("db", "upgrade", url=url).returncode == 0
     shops = []
     for i in range(3):

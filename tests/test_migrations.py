@@ -36,9 +36,10 @@ def test_upgrade_downgrade_upgrade() -> None:
 
     from layers import migrate
     from spatial.db import make_engine
-    from tests.conftest import recreate_database
+    from tests.conftest import owner_url, recreate_database
 
-    engine = make_engine(url=recreate_database("guatu_test_migrations"))
+    recreate_database("guatu_test_migrations")
+    engine = make_engine(url=owner_url("guatu_test_migrations"))  # downgrades drop tables: the owner's job
     try:
         migrate.upgrade(engine)
         assert {"parcels", "zones", "land_use_codes"} <= set(inspect(engine).get_table_names())

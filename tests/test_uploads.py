@@ -20,7 +20,7 @@ from pyproj import Geod, Transformer
 from shapely.geometry import mapping, shape
 
 from spatial.crs import wgs84_to_gcj02
-from tests.conftest import migrated_database
+from tests.conftest import admin_url, libpq, migrated_database
 from tests.samples import COMMUNITY, X0, Y0, sample
 
 URL = "/api/layers/shops/features"
@@ -278,7 +278,7 @@ def test_connection_killed_mid_commit_writes_nothing_and_marks_the_upload_failed
     def killed_upsert(session: Session, *args: object, **kwargs: object) -> int:
         written = real_upsert(session, *args, **kwargs)  # rows are in, uncommitted
         pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        dsn = committed.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        dsn = libpq(admin_url(committed.url.database or ""))  # the fault comes from outside the app
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         return written
