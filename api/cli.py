@@ -322,6 +322,7 @@ def serve(
     console.print(f"[dim]应用连接角色 app connects as: {role}[/dim]")
     host, port = host or settings.host, port or settings.port
     server.raise_open_files_limit()
+    server.prefer_the_event_loop(settings)
     config = server.server_config(
         "api.main:app_factory", settings, factory=True, host=host, port=port, reload=reload, log_level="info"
     )

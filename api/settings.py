@@ -50,5 +50,7 @@ class ApiSettings(BaseSettings):
     """Open connections at most; more are closed at once (kept below the open-file limit)."""
     max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024
     """Request line and headers together at most, in bytes (larger: 400)."""
+    switch_interval_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
+    """How soon the event loop gets the interpreter back from a busy thread (Python's switch interval, ms)."""
     forwarded_allow_ips: str = "127.0.0.1"
     """Comma-separated proxy addresses whose X-Forwarded-For / X-Forwarded-Proto are believed."""

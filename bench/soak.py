@@ -52,6 +52,8 @@ SLOW_CLIENTS = 200
 PRINTERS = 4
 UPLOADERS = 2
 GUATU = str(Path(sys.executable).parent / "guatu")
+mix = {"uploaders": UPLOADERS, "printers": PRINTERS, "slow": SLOW_CLIENTS}
+"""The traffic of this run (the defaults, or fewer to see what each part costs)."""
 
 
 def environment(folder: Path) -> dict[str, str]:
@@ -63,12 +65,19 @@ def environment(folder: Path) -> dict[str, str]:
     return env
 
 
-ROUND_MARK = "soak-round-mark"
+ROUND_MARK = "soak-round-mark-0000"
+RUN = time.strftime("%m%d%H%M%S")
 
 
 def parcels_file(loop: int, round_: int, target_mb: float) -> bytes:
     """Return about TARGET_MB of parcels of uploader LOOP, named for ROUND_ (same codes every round)."""
-    return _template(loop, target_mb).replace(ROUND_MARK.encode(), f"soak-{loop}-{round_:09d}".encode())
+    return _template(loop, target_mb).replace(ROUND_MARK.encode(), round_name(loop, round_).encode())
+
+
+def round_name(loop: int, round_: int) -> str:
+    """Return the name uploader LOOP gives its parcels in ROUND_ of this run (never the same bytes twice:
+    an upload of bytes sent before is answered from the record, and would measure nothing)."""
+    return f"s{RUN}-{loop}-{round_:06d}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -296,29 +305,41 @@ async def soak(base: str, pid: int, seconds: float) -> tuple[Recorder, dict[int,
     stop = time.monotonic() + seconds
     port = int(base.rsplit(":", 1)[1])
     jobs = [tiles(base, record, stop, extent), features(base, record, stop, extent), sampler(pid, stop, peaks)]
-    jobs += [uploads(base, record, stop, loop, committed) for loop in range(UPLOADERS)]
-    jobs += [prints(base, record, stop) for _ in range(PRINTERS)]
-    jobs += [slow_client("127.0.0.1", port, stop, held) for _ in range(SLOW_CLIENTS)]
+    jobs += [uploads(base, record, stop, loop, committed) for loop in range(mix["uploaders"])]
+    jobs += [prints(base, record, stop) for _ in range(mix["printers"])]
+    jobs += [slow_client("127.0.0.1", port, stop, held) for _ in range(mix["slow"])]
     await asyncio.gather(*jobs)
     return record, committed, held, peaks
 
 
-def lost_writes(env: dict[str, str], committed: dict[int, int]) -> list[str]:
-    """Return what the database lacks of the committed uploads (empty: nothing lost)."""
+def _engine(env: dict[str, str]) -> Any:
+    """Return an engine of the app's role on the soak's database."""
     from spatial.db import make_engine
-
-    os.environ.update({k: env[k] for k in ("GUATU_PG_DATABASE", "DATABASE_URL") if k in env})
     from spatial.settings import db_settings
 
+    os.environ.update({k: env[k] for k in ("GUATU_PG_DATABASE", "DATABASE_URL") if k in env})
     db_settings.cache_clear()
-    engine = make_engine()
+    return make_engine()
+
+
+def reset(env: dict[str, str]) -> None:
+    """Remove the rows an earlier soak uploaded: every run starts from the demo street alone."""
+    engine = _engine(env)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM parcels WHERE code LIKE '37021409900%'"))
+    engine.dispose()
+
+
+def lost_writes(env: dict[str, str], committed: dict[int, int]) -> list[str]:
+    """Return what the database lacks of the committed uploads (empty: nothing lost)."""
+    engine = _engine(env)
     problems = []
     with engine.connect() as conn:
         for loop, round_ in committed.items():
             prefix = f"37021409900{loop}%"
             total, named = conn.execute(
                 text("SELECT count(*), count(*) FILTER (WHERE name = :n) FROM parcels WHERE code LIKE :p"),
-                {"p": prefix, "n": f"soak-{loop}-{round_:09d}"},
+                {"p": prefix, "n": round_name(loop, round_)},
             ).one()
             expected = parcels_file(loop, round_, UPLOAD_MB).count(b'"code"')
             if total != expected or named != expected:
@@ -330,11 +351,17 @@ def lost_writes(env: dict[str, str], committed: dict[int, int]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--uploaders", type=int, default=UPLOADERS)
+    parser.add_argument("--printers", type=int, default=PRINTERS)
+    parser.add_argument("--slow-clients", type=int, default=SLOW_CLIENTS)
+    parser.add_argument("--server-log", type=Path, help="keep the server's log here")
     args = parser.parse_args()
+    mix.update(uploaders=args.uploaders, printers=args.printers, slow=args.slow_clients)
     with tempfile.TemporaryDirectory() as folder:
         env = environment(Path(folder))
         for step in (["db", "upgrade"], ["demo", "load", "--if-empty"]):
             subprocess.run([GUATU, *step], env=env, check=True, capture_output=True)
+        reset(env)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         server = start_server(env, port)
@@ -352,8 +379,11 @@ def main() -> None:
             server.wait(30)
         missing = lost_writes(env, committed)
         log = (Path(folder) / "server.log").read_text(errors="replace")
+        if args.server_log:
+            args.server_log.write_text(log)
     tracebacks = log.count("Traceback")
-    print(f"# soak, {args.minutes:g} min, {platform.node()} ({platform.machine()}, {os.cpu_count()} cores), "
+    print(f"# soak, {args.minutes:g} min, {mix['uploaders']} uploaders, {mix['printers']} printers, "
+          f"{mix['slow']} slow clients, {platform.node()} ({platform.machine()}, {os.cpu_count()} cores), "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
     print("| route | requests | p50 ms | p95 ms | p99 ms | statuses |")
     print("|---|---|---|---|---|---|")

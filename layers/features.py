@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import orjson
 import pydantic
 from sqlalchemy import JSON, Text, cast, delete, exists, func, literal_column, select, text
@@ -164,7 +163,7 @@ def _check_members(feature: Mapping[str, Any], index: int | None) -> None:
 
 
 def check_feature(
-    session: Session,
+    session: Session | None,
     layer: Layer,
     feature: Any,
     *,
@@ -237,7 +236,9 @@ def check_feature(
                 code, name, zh, en = found
                 problems.append(Problem(code, zh, en, Where(feature_index=index, field=f"properties.{name}")))
     if locate and not problems and geom is not None:
-        problems.extend(locate_all(session, layer, [(index, props, geom)]).get(index, []))
+        assert session is not None, "locating a feature needs the database"
+        hexes = shapely.to_wkb(shapely.set_srid(geom, STORAGE_SRID), hex=True, include_srid=True)
+        problems.extend(locate_all(session, layer, [(index, props)], [hexes], geom.bounds).get(index, []))
     if problems or geom is None:
         raise InvalidInput(problems)
     return props, geom
@@ -264,19 +265,19 @@ def _located_units(
     parent: Layer,
     where: tuple[tuple[str, str], ...],
     code_field: str,
-    geoms: list[BaseGeometry],
-    hexes: Sequence[str] | None = None,
+    hexes: Sequence[str],
+    extent: Sequence[float],
 ) -> dict[int, str]:
-    """Return, per position in GEOMS, the code of the PARENT unit holding its largest share.
+    """Return, per position in HEXES (geometries as hex EWKB), the code of the PARENT unit holding its largest share.
 
-    One statement for the whole list: the geometries travel as hex EWKB (HEXES, when the
-    caller has them already). Nothing is asked when no unit lies within their bounds.
+    One statement for the whole list. Nothing is asked when no unit lies within EXTENT, the
+    geometries' bounds together.
     """
-    if not geoms:
+    if not len(hexes):
         return {}
     table = parent.model.__tablename__
     scope, params = locator_scope(parent, where)
-    x0, y0, x1, y1 = shapely.total_bounds(np.asarray(geoms, dtype=object))
+    x0, y0, x1, y1 = (float(v) for v in extent)
     near = session.execute(
         text(
             f"SELECT EXISTS (SELECT 1 FROM {table} p WHERE p.geom && ST_MakeEnvelope(:x0, :y0, :x1, :y1) AND {scope})"
@@ -285,11 +286,7 @@ def _located_units(
     ).scalar()
     if not near:
         return {}
-    if hexes is None:
-        hexes = shapely.to_wkb(
-            shapely.set_srid(np.asarray(geoms, dtype=object), STORAGE_SRID), hex=True, include_srid=True
-        )
-    params |= {"idx": list(range(len(geoms))), "wkb": list(hexes)}
+    params |= {"idx": list(range(len(hexes))), "wkb": list(hexes)}
     rows = session.execute(
         text(
             f"""
@@ -312,26 +309,27 @@ def _located_units(
 def locate_all(
     session: Session,
     layer: Layer,
-    items: Sequence[tuple[int | None, dict[str, Any], BaseGeometry]],
-    hexes: Sequence[str] | None = None,
+    items: Sequence[tuple[int | None, dict[str, Any]]],
+    hexes: Sequence[str],
+    extent: Sequence[float],
 ) -> dict[int | None, list[Problem]]:
     """Fill or check, for every item, the codes that must agree with where its geometry lies.
 
     The unit holding the largest share of a geometry (the one holding a point) is its unit.
     A missing code is filled in from it; a given code that disagrees, or that is given for
     a place outside every unit of a loaded frame, is refused. Items are (feature index,
-    properties, geometry); the properties are completed in place.
+    properties), their geometries HEXES (hex EWKB) within EXTENT; the properties are
+    completed in place.
     """
     problems: dict[int | None, list[Problem]] = {}
     if not items:
         return problems
     for loc in layer.locators:
         parent = REGISTRY[loc.layer]
-        geoms = [geom for _, _, geom in items]
-        found_at = _located_units(session, parent, loc.where, loc.code_field, geoms, hexes)
+        found_at = _located_units(session, parent, loc.where, loc.code_field, hexes, extent)
         frame_loaded: bool | None = None
         label = layer.field(loc.field).zh
-        for position, (index, props, _) in enumerate(items):
+        for position, (index, props) in enumerate(items):
             found, given = found_at.get(position), props.get(loc.field)
             if found is not None and given is None:
                 props[loc.field] = found

@@ -18,9 +18,11 @@ import mmap
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +57,7 @@ from spatial.db import Base
 from spatial.errors import GuatuError, InvalidInput, NotFound, Problem, Unavailable, Where
 from spatial.geojson_in import Buffer, FeatureSource, member_count, open_geojson, repeated_members
 from spatial.geometry import Built, build_many, geodesic_area
+from spatial.work import submit
 
 Mode = Literal["all-or-nothing", "valid-only"]
 
@@ -141,20 +144,33 @@ def _declared(options: UploadOptions, crs_member: str | None) -> DeclaredCrs:
 
 
 def run_upload(
-    session: Session, layer: Layer, body: Body, options: UploadOptions, progress: Progress | None = None
+    session: Session,
+    layer: Layer,
+    body: Body,
+    options: UploadOptions,
+    progress: Progress | None = None,
+    *,
+    workers: int = 0,
 ) -> Upload:
     """Check, diff and (unless a dry run) commit BODY into LAYER; return the upload record.
 
     The caller commits the session. Malformed files and impossible CRS declarations raise;
     per-feature problems go into the report (the record keeps it capped; :func:`full_report`
-    gives all of it).
+    gives all of it). With WORKERS, the features are checked in that many worker processes
+    (a server: the checking never holds its interpreter); without, in this thread.
     """
     with _mapped(body) as raw:
-        return _run(session, layer, body, raw, options, progress)
+        return _run(session, layer, body, raw, options, progress, workers)
 
 
 def _run(
-    session: Session, layer: Layer, body: Body, raw: Buffer, options: UploadOptions, progress: Progress | None
+    session: Session,
+    layer: Layer,
+    body: Body,
+    raw: Buffer,
+    options: UploadOptions,
+    progress: Progress | None,
+    workers: int,
 ) -> Upload:
     sha = _sha256(raw)
     options_key = options.key(layer)
@@ -198,6 +214,7 @@ def _run(
                 upload_id=None if options.dry_run else upload.id,
                 stop_on_reject=options.mode == "all-or-nothing",
                 progress=progress,
+                workers=workers,
             )
         summary = report["summary"]
         if options.dry_run:
@@ -276,6 +293,8 @@ def commit_upload(
     body: Body,
     options: UploadOptions,
     progress: Progress | None = None,
+    *,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Run and commit the upload; if the database fails midway, record it as failed and say so.
 
@@ -283,7 +302,7 @@ def commit_upload(
     FRESH session records the failure, so the uploader and the upload list can see it.
     """
     try:
-        upload = run_upload(session, layer, body, options, progress)
+        upload = run_upload(session, layer, body, options, progress, workers=workers)
         session.commit()
         archive.prune_now_and_then()
         return upload_json(upload, full=True)
@@ -466,15 +485,50 @@ class _Checked:
     """The outcome for the features of one chunk."""
 
     ok: list[tuple[int, dict[str, Any], list[dict[str, Any]]]]  # index, properties, notes
-    geoms: list[BaseGeometry]
+    geoms: list[BaseGeometry]  # empty once handed back by a worker process: the rest is what is needed
     rejected: list[dict[str, Any]]  # report entries
     unlisted: int = 0  # refused by the schema once the report lists no more rejections: counted only
+    hexes: Any = None  # the accepted geometries as hex EWKB (what COPY and the locators take)
+    boxes: Any = None  # their bounds, n × 4
+    previews: dict[int, Any] = field(default_factory=dict)  # index: GeoJSON geometry, for a small upload's page
+
+    def finish(self, preview: bool) -> None:
+        """Add what the writer and the report need of the geometries, so they need the geometries no more."""
+        array = np.asarray(self.geoms, dtype=object)
+        self.hexes = staging.ewkb(self.geoms) if self.geoms else np.array([], dtype=object)
+        self.boxes = shapely.bounds(array) if self.geoms else np.zeros((0, 4))
+        if preview and self.geoms:
+            shown = shapely.to_geojson(array)
+            self.previews = {i: orjson.loads(g) for (i, _, _), g in zip(self.ok, shown, strict=True)}
+
+
+_Part = tuple[_Checked, dict[int, Any], list[tuple[float, float, float, float]], int, int, int]
+"""A worker's outcome for one chunk: the checked features, their ids and raw bounds, its counts."""
+
+
+def check_part(
+    layer_id: str, declared: DeclaredCrs, repair: bool, part: FeatureSource, listing_full: bool, preview: bool
+) -> _Part:
+    """Check one chunk of an upload (in a worker process: plain data in, plain data out).
+
+    The geometries go back as hex EWKB, bounds and (for a small upload) GeoJSON: the server
+    never rebuilds them, so the chunk costs its interpreter next to nothing.
+    """
+    from layers import REGISTRY as layers  # noqa: N811 - every layer registered in the worker too
+
+    checker = _Checker(None, layers[layer_id], declared, repair)
+    checker.listing_full = lambda: listing_full
+    with _no_cyclic_gc():
+        checked = checker.chunk(part, part.offset, part.count)
+        checked.finish(preview)
+        checked.geoms = []
+    return checked, checker.ids, checker.bounds, checker.fast, checker.slow, checker.counted_only
 
 
 class _Checker:
     """Checks the features of an upload chunk by chunk: vectorised where it can, one by one where it must."""
 
-    def __init__(self, session: Session, layer: Layer, declared: DeclaredCrs, repair: bool) -> None:
+    def __init__(self, session: Session | None, layer: Layer, declared: DeclaredCrs, repair: bool) -> None:
         self.session, self.layer, self.declared = session, layer, declared
         self.repairer = _Repairer(declared, repair)
         self.key_field = layer.key[0]
@@ -484,6 +538,54 @@ class _Checker:
         self.validate = layer.schema.__pydantic_validator__.validate_python
         self.listing_full: Callable[[], bool] = lambda: False
         """Whether the report lists no more rejections (then a feature the schema refuses is only counted)."""
+        self.workers = 0
+        """Worker processes that check the chunks (0: this thread checks them)."""
+        self.preview = False
+        """Whether every accepted feature's geometry goes into the report (a small upload, drawn on its page)."""
+
+    def chunks(self, source: FeatureSource) -> Iterator[tuple[int, int, _Checked]]:
+        """Yield (first, stop, outcome) for every chunk of SOURCE, in order.
+
+        With workers, each chunk is checked in a worker process while the next is already on
+        its way: this thread only waits (holding no lock the server needs) and gathers.
+        """
+        if not self.workers:
+            for first, stop in source.spans(CHUNK):
+                checked = self.chunk(source, first, stop)
+                checked.finish(self.preview)
+                yield first, stop, checked
+            return
+        spans = iter(source.spans(CHUNK))
+        pending: deque[tuple[int, int, Future[_Part]]] = deque()
+        try:
+            for _ in range(2):
+                self._send(source, spans, pending)
+            while pending:
+                first, stop, future = pending.popleft()
+                part = future.result()
+                self._send(source, spans, pending)
+                yield first, stop, self._merge(part)
+        finally:
+            for _, _, future in pending:
+                future.cancel()
+
+    def _send(self, source: FeatureSource, spans: Iterator[tuple[int, int]], pending: deque[Any]) -> None:
+        span = next(spans, None)
+        if span is not None:
+            first, stop = span
+            part = source.part(first, stop)
+            job = (self.layer.id, self.declared, self.repairer.repair, part, self.listing_full(), self.preview)
+            pending.append((first, stop, submit(check_part, *job, pool="uploads", workers=self.workers)))
+
+    def _merge(self, part: _Part) -> _Checked:
+        """Take in what a worker learnt checking a chunk; return its outcome."""
+        checked, ids, bounds, fast, slow, counted_only = part
+        self.ids.update(ids)
+        self.bounds.extend(bounds)
+        self.fast += fast
+        self.slow += slow
+        self.counted_only += counted_only
+        return checked
 
     def convert(self, coords: Any) -> Any:
         return convert_coordinates(coords, self.declared)
@@ -710,27 +812,32 @@ class _Writer(threading.Thread):
         super().__init__(name="guatu-upload-writer", daemon=True)
         self.session, self.layer, self.upload_id = session, layer, upload_id
         self.direct = upload_id is not None
-        self.chunks: queue.Queue[tuple[list[tuple[int, dict[str, Any]]], list[BaseGeometry]] | None]
+        self.chunks: queue.Queue[tuple[list[tuple[int, dict[str, Any]]], Any, Any] | None]
         self.chunks = queue.Queue(maxsize=2)  # bounded: memory holds a few chunks, never the file
         self.rows: list[tuple[int, dict[str, Any]]] = []
-        self.geoms: list[BaseGeometry] = []
+        self.hexes: list[Any] = []
+        self.boxes: list[Any] = []
         self.new: list[int] = []
         self.misplaced: dict[int, list[Problem]] = {}
         self.error: BaseException | None = None
 
-    def put(self, rows: list[tuple[int, dict[str, Any]]], geoms: list[BaseGeometry]) -> None:
-        """Hand checked rows over (written in batches); raise the writer's error if it has failed."""
+    def put(self, rows: list[tuple[int, dict[str, Any]]], hexes: Any, boxes: Any) -> None:
+        """Hand checked rows over with their geometries as hex EWKB and bounds (written in batches).
+
+        Raise the writer's error if it has failed.
+        """
         if self.error is not None:
             raise self.error
         self.rows.extend(rows)
-        self.geoms.extend(geoms)
+        self.hexes.append(hexes)
+        self.boxes.append(boxes)
         if len(self.rows) >= WRITE_BATCH:
             self._hand_over()
 
     def _hand_over(self) -> None:
         if self.rows:
-            self.chunks.put((self.rows, self.geoms))
-            self.rows, self.geoms = [], []
+            self.chunks.put((self.rows, np.concatenate(self.hexes), np.concatenate(self.boxes)))
+            self.rows, self.hexes, self.boxes = [], [], []
 
     def finish(self) -> None:
         """Wait for every chunk to be written; raise the writer's error if it has failed."""
@@ -751,13 +858,12 @@ class _Writer(threading.Thread):
             while self.chunks.get() is not None:
                 pass
 
-    def _write(self, rows: list[tuple[int, dict[str, Any]]], geoms: list[BaseGeometry]) -> None:
+    def _write(self, rows: list[tuple[int, dict[str, Any]]], hexes: Any, boxes: Any) -> None:
         layer, session = self.layer, self.session
         if not rows:
             return
-        hexes = staging.ewkb(geoms)
-        items = [(index, props, geom) for (index, props), geom in zip(rows, geoms, strict=True)]
-        misplaced = locate_all(session, layer, items, hexes)
+        extent = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+        misplaced = locate_all(session, layer, rows, hexes, extent)
         if misplaced:
             self.misplaced.update({i: p for i, p in misplaced.items() if i is not None})
             keep = [n for n, (index, _) in enumerate(rows) if index not in misplaced]
@@ -805,6 +911,7 @@ def _check_all(
     upload_id: int | None = None,
     stop_on_reject: bool = False,
     progress: Progress | None = None,
+    workers: int = 0,
 ) -> tuple[dict[str, Any], list[int]]:
     """Check every feature and write or stage the valid ones; diff the staged ones by natural key.
 
@@ -814,6 +921,8 @@ def _check_all(
     staged features still to write (new or changed).
     """
     checker = _Checker(session, layer, declared, repair)
+    checker.workers = workers if source.raws is not None else 0
+    checker.preview = source.count <= PREVIEW_LIMIT
     report = _Report(checker, source.count)
     checker.listing_full = report.full
     seen: dict[str, int] = {}
@@ -823,27 +932,26 @@ def _check_all(
     writer = _Writer(session, layer, upload_id)
     writer.start()
     try:
-        for first, stop in source.spans(CHUNK):
-            checked = checker.chunk(source, first, stop)
+        for first, stop, checked in checker.chunks(source):
             if first == 0:
                 _check_crs(checker)  # a wrong declaration shows in the first chunk: refuse early
             for entry in checked.rejected:
                 report.reject(entry)
             report.reject_unlisted(checked.unlisted)
             rows: list[tuple[int, dict[str, Any]]] = []
-            geoms: list[BaseGeometry] = []
+            kept: list[int] = []  # positions in the chunk of the rows handed to the writer
+            report.previews.update(checked.previews)
             if checked.ok:
                 order = np.argsort([index for index, _, _ in checked.ok], kind="stable")
-                boxes = shapely.bounds(np.asarray(checked.geoms, dtype=object))
+                boxes = checked.boxes
                 inside = (boxes[:, 0] >= extent[0]) & (boxes[:, 2] <= extent[2])
                 inside &= (boxes[:, 1] >= extent[1]) & (boxes[:, 3] <= extent[3])
             for position in order if checked.ok else []:
                 index, props, notes = checked.ok[position]
-                geom = checked.geoms[position]
                 key = props[key_field]
                 problem = None
                 if not inside[position]:
-                    problem = _outside_extent(geom, index)
+                    problem = _outside_extent(checked.boxes[position], index)
                 elif key in seen:
                     problem = Problem(
                         "duplicate_in_file",
@@ -851,7 +959,6 @@ def _check_all(
                         f"{key_field} {key} appears twice in the file (first at feature {seen[key]})",
                         Where(feature_index=index, field=f"properties.{key_field}"),
                     )
-                report.preview(index, geom)
                 if problem is not None:
                     entry = report.plain(index, key)
                     entry.update(status="rejected", problems=[problem.as_dict()])
@@ -864,10 +971,10 @@ def _check_all(
                 if notes:
                     report.note(index, notes)
                 rows.append((index, props))
-                geoms.append(geom)
+                kept.append(int(position))
             if stop_on_reject and report.rejected:
                 writer.direct = False  # all-or-nothing and something is rejected: nothing will be written
-            writer.put(rows, geoms)
+            writer.put(rows, checked.hexes[kept], checked.boxes[kept])
             if progress is not None:
                 progress(stop, source.count)
     finally:
@@ -936,10 +1043,6 @@ class _Report:
             entry["id"] = _jsonb_safe(self.checker.ids[index])
         entry["key"] = _jsonb_safe(key)
         return entry
-
-    def preview(self, index: int, geom: BaseGeometry) -> None:
-        if self.total <= PREVIEW_LIMIT:
-            self.previews[index] = orjson.loads(shapely.to_geojson(geom))
 
     def full(self) -> bool:
         """Whether no more rejected features will be listed (the rest are only counted)."""
@@ -1043,10 +1146,10 @@ def _has_z(feature: Any) -> bool:
         return False
 
 
-def _outside_extent(geom: BaseGeometry, index: int) -> Problem | None:
-    """Return the problem for a feature lying outside the deployment's extent, if it does."""
+def _outside_extent(bounds: Any, index: int) -> Problem | None:
+    """Return the problem for a feature (of these BOUNDS) lying outside the deployment's extent, if it does."""
     minx, miny, maxx, maxy = layer_settings().extent
-    x0, y0, x1, y1 = geom.bounds
+    x0, y0, x1, y1 = (float(v) for v in bounds)
     if minx <= x0 and x1 <= maxx and miny <= y0 and y1 <= maxy:
         return None
     problem = Problem(

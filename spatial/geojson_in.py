@@ -232,8 +232,15 @@ class FeatureSource:
 
     count: int
     crs_name: str | None = None
-    raws: list[msgspec.Raw] | None = None
+    raws: list[msgspec.Raw] | list[bytes] | None = None
     held: list[Any] | None = None
+    offset: int = 0
+    """The index of the first of RAWS (a part of a collection, handed to another process)."""
+
+    def part(self, first: int, stop: int) -> FeatureSource:
+        """Return features FIRST..STOP-1 of a collection as a source of their own (plain bytes: picklable)."""
+        assert self.raws is not None, "only a collection's features are handed out in parts"
+        return FeatureSource(stop, self.crs_name, self.raw_features(first, stop), offset=first)
 
     def spans(self, size: int) -> Iterator[tuple[int, int]]:
         """Yield (first, stop) feature indexes of chunks of at most SIZE features."""
@@ -243,19 +250,19 @@ class FeatureSource:
     def feature_bytes(self, index: int) -> bytes:
         """Return the raw JSON of feature INDEX."""
         if self.raws is not None:
-            return bytes(self.raws[index])
+            return bytes(self.raws[index - self.offset])
         return orjson.dumps(self.held[index]) if self.held is not None else b"null"
 
     def raw_features(self, first: int, stop: int) -> list[bytes]:
         """Return the raw JSON of features FIRST..STOP-1."""
         if self.raws is not None:
-            return [bytes(r) for r in self.raws[first:stop]]
+            return [bytes(r) for r in self.raws[first - self.offset : stop - self.offset]]
         return [orjson.dumps(f) for f in (self.held or [])[first:stop]]
 
     def chunk_bytes(self, first: int, stop: int) -> bytes:
         """Return features FIRST..STOP-1 as the bytes of one JSON array."""
         if self.raws is not None:
-            return b"[" + b",".join(bytes(r) for r in self.raws[first:stop]) + b"]"
+            return b"[" + b",".join(self.raw_features(first, stop)) + b"]"
         return orjson.dumps(self.held[first:stop] if self.held is not None else [])
 
     def parsed(self, first: int, stop: int) -> list[Any]:

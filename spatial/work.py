@@ -109,14 +109,16 @@ class Lane:
             raise ValueError(f"lane {self.name}: running must be ≥ 1 and waiting ≥ 0")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run FN(*ARGS) on one of the lane's own threads (at a lower CPU priority) and return its result.
+        """Run FN(*ARGS) on one of the lane's own threads and return its result.
 
-        The lane's threads are its own, never the pool light requests use. If the caller is
+        The lane's threads are its own, never the pool light requests use (they are not given a
+        lower priority: a thread holding the interpreter must run, or the event loop waits on
+        it; what is heavy for the CPU runs in worker processes instead). If the caller is
         cancelled, the thread is waited for all the same (it stops at its token's next check):
         what it uses, such as the request's database session, is never freed under it.
         """
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(self.running, f"guatu-{self.name}", initializer=_lower_thread_priority)
+            self._threads = ThreadPoolExecutor(self.running, f"guatu-{self.name}")
         future = asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
         try:
             return await asyncio.shield(future)
@@ -178,33 +180,37 @@ def _lower_priority() -> None:
         os.nice(NICE)
 
 
-def _lower_thread_priority() -> None:
-    """Make the calling thread yield the CPU to the server's other threads (Linux: niceness is per thread)."""
-    with suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
-
-
-_POOLS: dict[int, Any] = {}
+_POOLS: dict[tuple[str, int], Any] = {}
 _POOLS_LOCK = threading.Lock()
-TASKS_PER_WORKER = 20
-"""A worker process is replaced after this many jobs: memory a job grew is given back."""
+TASKS_PER_WORKER = {"print": 20, "uploads": 500}
+"""A worker process is replaced after this many jobs (memory a job grew is given back); a print
+grows a lot, a chunk of an upload little."""
 
 
-def _pool(workers: int) -> Any:
-    """Return the process pool with WORKERS processes (made on first use, shared in the process)."""
+def _pool(name: str, workers: int) -> Any:
+    """Return the process pool NAME with WORKERS processes (made on first use, shared in the process)."""
     from pebble import ProcessPool
 
     with _POOLS_LOCK:
-        pool = _POOLS.get(workers)
+        pool = _POOLS.get((name, workers))
         if pool is None or not pool.active:
             pool = ProcessPool(
                 max_workers=workers,
-                max_tasks=TASKS_PER_WORKER,
+                max_tasks=TASKS_PER_WORKER.get(name, 50),
                 initializer=_lower_priority,
                 context=multiprocessing.get_context("spawn"),  # never fork a server holding threads and sockets
             )
-            _POOLS[workers] = pool
+            _POOLS[(name, workers)] = pool
         return pool
+
+
+def submit(fn: Callable[..., T], *args: Any, pool: str, workers: int, timeout_s: float | None = None) -> Future[T]:
+    """Start FN(*ARGS) in a worker process of POOL and return its future (cancel() kills the worker).
+
+    FN and its arguments must be picklable: a module-level function, plain data.
+    """
+    future: Future[T] = _pool(pool, workers).schedule(fn, args=args, timeout=timeout_s)
+    return future
 
 
 @atexit.register
@@ -219,12 +225,12 @@ def _stop_pools() -> None:
 async def in_process(
     fn: Callable[..., T], *args: Any, workers: int, timeout_s: float, token: CancelToken | None = None, **kwargs: Any
 ) -> T:
-    """Run FN(*ARGS, **KWARGS) in a worker process and return its result.
+    """Run FN(*ARGS, **KWARGS) in a print worker process and return its result.
 
     FN and its arguments must be picklable (a module-level function, plain data). The worker
     is killed when TOKEN is cancelled or the job runs past TIMEOUT_S (then Unavailable).
     """
-    future: Future[T] = _pool(workers).schedule(fn, args=args, kwargs=kwargs, timeout=timeout_s)
+    future: Future[T] = _pool("print", workers).schedule(fn, args=args, kwargs=kwargs, timeout=timeout_s)
     if token is not None:
         token.on_cancel(lambda: None if future.cancel() else None)
     try:

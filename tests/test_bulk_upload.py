@@ -338,7 +338,7 @@ def test_location_codes_are_filled_and_checked_in_bulk(client: TestClient) -> No
     assert {f["properties"]["grid_code"] for f in listed} == {GRID}
 
 
-def test_the_collector_is_paused_only_while_checking(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_collector_is_paused_only_while_checking(session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
     real = uploads._Checker.chunk
     during: list[bool] = []
 
@@ -348,8 +348,11 @@ def test_the_collector_is_paused_only_while_checking(client: TestClient, monkeyp
 
     monkeypatch.setattr(uploads._Checker, "chunk", watched)
     assert gc.isenabled()
-    upload(client, collection(parcels(3)), layer="parcels", dry_run="true")
-    assert during == [False]  # paused while the chunk was checked
+    raw = collection(parcels(3))
+    uploads.run_upload(session, REGISTRY["parcels"], raw, uploads.UploadOptions(dry_run=True))  # checked here
+    source = open_geojson(raw)
+    uploads.check_part("parcels", DeclaredCrs("epsg", 4490), False, source.part(0, 3), False, True)  # as a worker does
+    assert during == [False, False]  # paused while a chunk was checked, in this thread or a worker's
     assert gc.isenabled()  # and on again after
 
 

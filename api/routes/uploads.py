@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -143,7 +144,8 @@ async def create_upload(
                     token.check()  # the client left: stop here, write nothing
 
                 fresh = request.app.state.sessions
-                result = await uploads.run(commit_upload, session, fresh, layer, path, options, progress)
+                check = functools.partial(commit_upload, workers=request.app.state.settings.upload_workers)
+                result = await uploads.run(check, session, fresh, layer, path, options, progress)
         finally:
             path.unlink(missing_ok=True)
     if result["status"] == "committed":
