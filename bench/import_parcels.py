@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import make_url, text
 from sqlalchemy.engine import Engine
@@ -29,11 +30,13 @@ from sqlalchemy.engine import Engine
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import descendants, status_mb  # noqa: E402
 from spatial.db import make_engine  # noqa: E402
 from spatial.settings import db_settings  # noqa: E402
 from tests.browser import free_port  # noqa: E402
 
 COMMUNITY = "370214009001"
+OTHER = "370214009002"
 
 
 def generate(n: int, path: Path) -> None:
@@ -108,9 +111,43 @@ class Server:
         peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
         return elapsed, peak_kb / 1024
 
+    def peaks(self) -> tuple[float, float]:
+        """Return the peak RSS in MB of the server process, and the sum of its worker processes' peaks."""
+        main = status_mb(self.child.pid, "VmHWM")
+        workers = sum(status_mb(pid, "VmHWM") for pid in descendants(self.child.pid))
+        return main, workers
+
+    def post(self, body: bytes) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/api/layers/parcels/uploads",
+            data=body,
+            headers={"Content-Type": "application/geo+json"},
+        )
+        with urllib.request.urlopen(request, timeout=1800) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+
     def stop(self) -> None:
         self.child.terminate()
         self.child.wait(10)
+
+
+def server_memory(env: dict[str, str], files: list[Path]) -> tuple[float, float, float]:
+    """Upload FILES at once to a fresh server; return (seconds, server peak MB, worker processes' peaks MB)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = Server(env)
+    try:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(len(files)) as pool:
+            answers = list(pool.map(lambda path: server.post(path.read_bytes()), files))
+        elapsed = time.perf_counter() - started
+        if any(a.get("status") != "committed" for a in answers):
+            raise SystemExit(f"a big upload ended {[a.get('status') for a in answers]}")
+        main, workers = server.peaks()
+    finally:
+        server.stop()
+    return elapsed, main, workers
 
 
 def reset(engine: Engine, sha: str) -> None:
@@ -181,6 +218,17 @@ def main() -> None:
             seconds, rss = timed([guatu, "import", str(big), "--layer", "parcels"], env=env)
             memory = (n_big, big.stat().st_size / 1e6, seconds, rss)
             reset(engine, big_sha)
+            other = Path(folder) / "big2.geojson"  # the same parcels under other codes, uploaded at the same time
+            other.write_bytes(big.read_bytes().replace(f'"{COMMUNITY}'.encode(), f'"{OTHER}'.encode()))
+            roomy = dict(env, GUATU_MAX_UPLOAD_BYTES=str(int(big.stat().st_size * 1.1)))  # "200 MB": about the limit
+            served = [server_memory(roomy, [big])]
+            reset(engine, big_sha)  # not a replay: the same bytes again are answered from the record
+            served.append(server_memory(roomy, [big, other]))
+            reset(engine, big_sha)
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM parcels WHERE code LIKE :p"), {"p": OTHER + "%"})
+                other_sha = hashlib.sha256(other.read_bytes()).hexdigest()
+                conn.execute(text("DELETE FROM uploads WHERE sha256 = :s"), {"s": other_sha})
 
     def median(values: list[float]) -> float:
         return statistics.median(values)
@@ -204,6 +252,12 @@ def main() -> None:
     if memory:
         n_big, mb, seconds, rss = memory
         print(f"memory: {n_big} parcels, {mb:.0f} MB file: guatu import {seconds:.1f} s, peak RSS {rss:.0f} MB")
+        for count, (took, main, workers) in zip((1, 2), served, strict=True):
+            print(
+                f"memory: {count} × {mb:.0f} MB at once through guatu serve: {took:.1f} s, peak RSS server "
+                f"{main:.0f} MB, its worker processes {workers:.0f} MB (sum of their peaks), "
+                f"together {main + workers:.0f} MB"
+            )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import descendants, status_mb  # noqa: E402
 from tests.browser import free_port  # noqa: E402
 
 DATABASE = "guatu_bench_soak"
@@ -238,33 +239,11 @@ def probe(base: str, stop: float, out: Any) -> None:
     out.put((latencies, dict(statuses)))
 
 
-def process_tree(pid: int) -> list[int]:
-    """Return PID and its descendants (the print workers)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            children = []
-        todo.extend(int(c) for c in children)
-    return found
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS")), 0.0)
-
-
 async def sampler(pid: int, stop: float, peaks: dict[str, float]) -> None:
     while time.monotonic() < stop:
-        tree = process_tree(pid)
-        peaks["rss_server"] = max(peaks.get("rss_server", 0), rss_mb(pid))
-        peaks["rss_all"] = max(peaks.get("rss_all", 0), sum(rss_mb(p) for p in tree))
+        tree = [pid, *descendants(pid)]
+        peaks["rss_server"] = max(peaks.get("rss_server", 0), status_mb(pid, "VmRSS"))
+        peaks["rss_all"] = max(peaks.get("rss_all", 0), sum(status_mb(p, "VmRSS") for p in tree))
         try:
             peaks["files"] = max(peaks.get("files", 0), len(os.listdir(f"/proc/{pid}/fd")))
         except OSError:

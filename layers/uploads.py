@@ -108,21 +108,38 @@ Body = bytes | Path
 """An upload's file: its bytes, or its path (mapped from disk, never read whole into memory)."""
 
 
+@dataclass
+class _Mapped:
+    """An upload's bytes, and how to let go of the pages of it already read."""
+
+    data: Buffer
+    mapped: mmap.mmap | None = None
+
+    def release(self) -> None:
+        """Drop the file's pages from this process's memory (read again from the page cache when needed).
+
+        A 200 MB file read through once would otherwise stay resident for the whole upload.
+        """
+        if self.mapped is not None:
+            with suppress(OSError, ValueError):
+                self.mapped.madvise(mmap.MADV_DONTNEED)
+
+
 @contextmanager
-def _mapped(body: Body) -> Iterator[Buffer]:
+def _mapped(body: Body) -> Iterator[_Mapped]:
     """Yield BODY's bytes: as they are, or a read-only map of the file."""
     if isinstance(body, bytes):
-        yield body
+        yield _Mapped(body)
         return
     with body.open("rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
     if mapped is None:
-        yield b""
+        yield _Mapped(b"")
         return
     view = memoryview(mapped)
     try:
-        yield view
+        yield _Mapped(view, mapped)
     finally:
         with suppress(BufferError):  # features read from it may still hold views; freed with them
             view.release()
@@ -167,11 +184,12 @@ def _run(
     session: Session,
     layer: Layer,
     body: Body,
-    raw: Buffer,
+    file: _Mapped,
     options: UploadOptions,
     progress: Progress | None,
     workers: int,
 ) -> Upload:
+    raw = file.data
     sha = _sha256(raw)
     options_key = options.key(layer)
     # One upload of these bytes with these options at a time; the second waits, then replays.
@@ -180,6 +198,7 @@ def _run(
     if replay is not None:
         return replay
     source = open_geojson(raw)
+    file.release()  # read through once: the chunks fault back in what they need, a few at a time
     archive.keep(body, sha)  # only a file that parses is kept
     declared = _declared(options, source.crs_name)
     upload = Upload(
@@ -215,6 +234,7 @@ def _run(
                 stop_on_reject=options.mode == "all-or-nothing",
                 progress=progress,
                 workers=workers,
+                release=file.release,
             )
         summary = report["summary"]
         if options.dry_run:
@@ -322,8 +342,8 @@ def commit_upload(
 
 def _record_failure(fresh: Callable[[], Session], layer: Layer, body: Body, options: UploadOptions, why: str) -> int:
     """Store a failed upload record in its own transaction; return its id."""
-    with _mapped(body) as raw:
-        sha, size = _sha256(raw), len(raw)
+    with _mapped(body) as file:
+        sha, size = _sha256(file.data), len(file.data)
     with fresh() as session:
         upload = Upload(
             layer=layer.id,
@@ -912,6 +932,7 @@ def _check_all(
     stop_on_reject: bool = False,
     progress: Progress | None = None,
     workers: int = 0,
+    release: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], list[int]]:
     """Check every feature and write or stage the valid ones; diff the staged ones by natural key.
 
@@ -975,6 +996,8 @@ def _check_all(
             if stop_on_reject and report.rejected:
                 writer.direct = False  # all-or-nothing and something is rejected: nothing will be written
             writer.put(rows, checked.hexes[kept], checked.boxes[kept])
+            if release is not None:
+                release()
             if progress is not None:
                 progress(stop, source.count)
     finally:
