@@ -109,13 +109,15 @@ demo: database ## (re)load the demo street; idempotent
 screenshots: system system-test venv assets database ## refresh docs/screenshots from the browser tests
 	GUATU_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_map_page.py tests/test_upload_page.py tests/test_checks_page.py
 
-bench: database ## benchmarks in bench/ (guatu beside its peer in one run)
+bench: system system-test database ## benchmarks in bench/ (guatu beside its peer in one run)
 	@command -v ogr2ogr >/dev/null || { $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends gdal-bin; }
 	$(BIN)/python bench/bbox_features.py
 	$(BIN)/python bench/import_parcels.py --n $${BENCH_PARCELS:-100000} --memory-mb $${BENCH_MEMORY_MB:-200}
 	$(BIN)/python bench/check_coverage.py
 	$(BIN)/python bench/tile_serving.py --parcels $${BENCH_TILE_PARCELS:-1000000}
+	$(BIN)/python bench/hostile_inputs.py
+	$(BIN)/python bench/soak.py --minutes $${BENCH_SOAK_MINUTES:-10}
 
 stop: venv ## stop the local PostGIS
 	$(BIN)/guatu db stop
