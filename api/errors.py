@@ -47,14 +47,15 @@ def _guatu(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body([p.as_dict() for p in exc.problems]), status_code=STATUS[exc.kind], headers=headers)
 
 
+def _answer(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Return the error body of one problem that belongs to no field."""
+    return JSONResponse(error_body([{"code": code, "message": message, "where": {}}]), status, headers=headers)
+
+
 def _pool_exhausted(_: Request, exc: Exception) -> JSONResponse:
     log.warning("database connection pool exhausted: %s", exc)
-    body = {
-        "code": "busy",
-        "message": "服务器繁忙，数据库连接已用尽，请稍后重试 (server busy: no database connection free, retry shortly)",
-        "where": {},
-    }
-    return JSONResponse(error_body([body]), status_code=503, headers={"Retry-After": "5"})
+    message = "服务器繁忙，数据库连接已用尽，请稍后重试 (server busy: no database connection free, retry shortly)"
+    return _answer("busy", message, 503, {"Retry-After": "5"})
 
 
 def _request_validation(_: Request, exc: Exception) -> JSONResponse:
@@ -82,12 +83,7 @@ def _http(_: Request, exc: Exception) -> JSONResponse:
 
 def _database(_: Request, exc: Exception) -> JSONResponse:
     log.error("database unavailable: %s", exc)
-    body = {
-        "code": "database_unavailable",
-        "message": "数据库暂时不可用，请稍后重试 (database unavailable)",
-        "where": {},
-    }
-    return JSONResponse(error_body([body]), status_code=503)
+    return _answer("database_unavailable", "数据库暂时不可用，请稍后重试 (database unavailable)", 503)
 
 
 def _client_gone(_: Request, exc: Exception) -> Response:
@@ -98,8 +94,7 @@ def _client_gone(_: Request, exc: Exception) -> Response:
 
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
-    body = {"code": "internal_error", "message": "服务器内部错误，已记录 (internal error, logged)", "where": {}}
-    return JSONResponse(error_body([body]), status_code=500)
+    return _answer("internal_error", "服务器内部错误，已记录 (internal error, logged)", 500)
 
 
 def install(app: FastAPI) -> None:

@@ -38,7 +38,7 @@ _PYDANTIC_CODES = {
     "greater_than_equal": ("out_of_range", "数值过小", "value is too small"),
     "less_than_equal": ("out_of_range", "数值过大", "value is too large"),
     "string_too_short": ("required", "不能为空", "must not be blank"),
-    "control_character": ("control_character", "含有控制字符（如 NUL）", "contains a control character such as NUL"),
+    "control_character": ("invalid_text", "含有 NUL 等控制字符，不能作为文本", "contains a control character such as NUL"),
     "finite_number": ("type", "必须是有限数值", "must be a finite number"),
 }
 SHOWN_VALUE_CHARS = 80

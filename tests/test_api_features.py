@@ -314,7 +314,7 @@ SHOP_URL = "/api/layers/shops/features"
         ({"geometry": {"type": "Point", "coordinates": [120.3]}}, "geometry_malformed", "geometry"),
         ({"geometry": {"type": "Point", "coordinates": [120.3, True]}}, "invalid_coordinate", "geometry"),
         ({"geometry": {"type": "MultiPolygon", "coordinates": [[]]}}, "geometry_malformed", "geometry"),
-        ({"properties": {"name": "a\u0000b"}}, "control_character", "properties.name"),
+        ({"properties": {"name": "a\u0000b"}}, "invalid_text", "properties.name"),
         ({"properties": {"name": "   "}}, "required", "properties.name"),
         ({"properties": {"floor": True}}, "type", "properties.floor"),
         ({"properties": {"floor": "3"}}, "type", "properties.floor"),
