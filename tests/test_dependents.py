@@ -105,3 +105,21 @@ def test_the_database_holds_every_link_the_declarations_state(session: Session) 
     assert held == declared
     for _, child, field in declared:
         assert REGISTRY[child].field(field).index or field in REGISTRY[child].key, (child, field)
+
+
+def test_a_temporary_table_cannot_stand_in_for_a_real_one(session: Session) -> None:
+    """The app may make temporary tables (uploads stage in one): the triggers must not read or write those."""
+    demo.load(session)
+    session.flush()
+    named = session.execute(
+        text("SELECT homestead_parcel_code FROM zones WHERE homestead_parcel_code IS NOT NULL LIMIT 1")
+    ).scalar_one()
+    session.execute(text("CREATE TEMPORARY TABLE zones (homestead_parcel_code text) ON COMMIT DROP"))
+    with pytest.raises(IntegrityError) as caught, session.begin_nested():
+        session.execute(text("DELETE FROM parcels WHERE code = :c"), {"c": named})
+    assert caught.value.orig.diag.constraint_name == "guatu_has_dependents"
+    before = session.execute(text("SELECT count(*) FROM public.grids_versions")).scalar_one()
+    session.execute(text("CREATE TEMPORARY TABLE grids_versions AS SELECT * FROM public.grids_versions WITH NO DATA"))
+    session.execute(text("UPDATE grids SET name = name || '（调整）' WHERE code = '370214001006001'"))
+    assert session.execute(text("SELECT count(*) FROM public.grids_versions")).scalar_one() == before + 1
+    assert session.execute(text("SELECT count(*) FROM pg_temp.grids_versions")).scalar_one() == 0

@@ -11,6 +11,10 @@ uploaded before the divisions), and a foreign key would cost a lookup per upload
 The links are those the layer declarations state (`layers.base.references()`), as of this
 revision; a test keeps the two in step.
 
+Both trigger functions (this one and 0004's grid history) look their tables up in `public`
+before `pg_temp`: otherwise the app role, which may create temporary tables, could shadow
+`zones` or `grids_versions` with one of its own and slip past them.
+
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-05 12:00:00
@@ -38,6 +42,9 @@ DEPENDENTS = {
 }
 """Per unit layer, the (layer, field) pairs that name its features by code."""
 
+SEARCH_PATH = "pg_catalog, public, pg_temp"
+"""Where the trigger functions look tables up: the app's temporary tables last, never instead of the real ones."""
+
 NEW_INDEXES = (("divisions", "parent_code"), ("zones", "homestead_parcel_code"))
 """Link fields not indexed before: the trigger looks dependents up by them."""
 
@@ -48,7 +55,10 @@ def upgrade() -> None:
         op.create_index(f"ix_{table}_{column}", table, [column])
     op.execute(
         """
-        CREATE FUNCTION guatu_refuse_orphans() RETURNS trigger LANGUAGE plpgsql AS $$
+        CREATE FUNCTION guatu_refuse_orphans() RETURNS trigger LANGUAGE plpgsql
+        SET search_path = """
+        + SEARCH_PATH
+        + """ AS $$
         DECLARE
           i integer;
           n bigint;
@@ -78,6 +88,7 @@ def upgrade() -> None:
         END $$
         """
     )
+    op.execute(f"ALTER FUNCTION guatu_keep_grid_version() SET search_path = {SEARCH_PATH}")
     for table, dependents in DEPENDENTS.items():
         args = ", ".join(f"'{name}'" for pair in dependents for name in pair)
         op.execute(
@@ -91,5 +102,6 @@ def downgrade() -> None:
     for table in DEPENDENTS:
         op.execute(f"DROP TRIGGER {table}_keep_dependents ON {table}")
     op.execute("DROP FUNCTION guatu_refuse_orphans()")
+    op.execute("ALTER FUNCTION guatu_keep_grid_version() RESET search_path")
     for table, column in NEW_INDEXES:
         op.drop_index(f"ix_{table}_{column}", table_name=table)
