@@ -60,6 +60,34 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
+MASK_CHARS = "*＊﹡∗⁎✱"
+"""The star a masked value shows, and the look-alikes an input method or a spreadsheet may put in its place."""
+_TO_STAR = str.maketrans(dict.fromkeys(MASK_CHARS, "*"))
+
+
+def looks_masked_text(value: str) -> bool:
+    """Tell whether VALUE holds a star or a look-alike of one (no real name or phone number does)."""
+    return any(c in value for c in MASK_CHARS)
+
+
+def as_shown_masked(value: str) -> str:
+    """Return VALUE with every look-alike star made the star a masked value shows (孙＊生 → 孙*生)."""
+    return value.translate(_TO_STAR)
+
+
+def _pattern_unless_masked(pattern: str) -> Callable[[str], str]:
+    """Return a check of PATTERN that lets a masked value through (kept or refused once the stored one is known)."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if looks_masked_text(value) or compiled.search(value):
+            return value
+        message = "String should match pattern '{pattern}'"
+        raise PydanticCustomError("string_pattern_mismatch", message, {"pattern": pattern})
+
+    return check
+
+
 def mask_text(value: str) -> str:
     """Return VALUE with all but its first and last characters starred (PIPL).
 
@@ -166,7 +194,7 @@ class Field:
         if self.kind in ("text", "code"):
             kwargs["max_length"] = self.max_length
             kwargs["min_length"] = 1 if self.required else 0
-        if self.pattern:
+        if self.pattern and not self.personal:
             kwargs["pattern"] = self.pattern
         lo, hi = self.bounds
         if lo is not None:
@@ -177,7 +205,10 @@ class Field:
             kwargs["strict"] = True  # no booleans, no numeric strings
             kwargs["allow_inf_nan"] = False
         typ = self.python_type()
-        if self.kind in ("text", "code") and not (self.pattern and _CONTROL_FREE.match(self.pattern)):
+        if self.pattern and self.personal:  # sent back as shown (1*********8), it must reach the masked-value rules
+            typ = Annotated[typ, AfterValidator(_pattern_unless_masked(self.pattern))]
+        kept_clean = self.pattern and _CONTROL_FREE.match(self.pattern) and not self.personal  # the pattern does it
+        if self.kind in ("text", "code") and not kept_clean:
             typ = Annotated[typ, AfterValidator(_no_control_characters)]
         if self.required:
             return typ, PydField(..., **kwargs)

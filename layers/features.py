@@ -22,7 +22,7 @@ import shapely
 from geoalchemy2.shape import from_shape
 from shapely.geometry.base import BaseGeometry
 
-from layers.base import READ_ONLY, REGISTRY, Layer, mask_text, masked_column
+from layers.base import READ_ONLY, REGISTRY, Layer, as_shown_masked, looks_masked_text, mask_text, masked_column
 from spatial.errors import Conflict, InvalidInput, MalformedInput, NotFound, Problem, Where
 from spatial.geometry import STORAGE_SRID, parse_geojson_geometry, prepare_for_storage
 
@@ -38,7 +38,7 @@ _PYDANTIC_CODES = {
     "greater_than_equal": ("out_of_range", "数值过小", "value is too small"),
     "less_than_equal": ("out_of_range", "数值过大", "value is too large"),
     "string_too_short": ("required", "不能为空", "must not be blank"),
-    "control_character": ("invalid_text", "含有 NUL 等控制字符，不能作为文本", "contains a control character such as NUL"),
+    "control_character": ("invalid_text", "含有 NUL 等控制字符，不能作为文本", "holds a control character such as NUL"),
     "finite_number": ("type", "必须是有限数值", "must be a finite number"),
 }
 SHOWN_VALUE_CHARS = 80
@@ -82,6 +82,8 @@ def _property_problems(layer: Layer, exc: pydantic.ValidationError, index: int |
         if code == "code_format" and name in layer.field_names and layer.field(name).pattern_zh:
             zh += "（应为" + layer.field(name).pattern_zh + "）"
         value = err.get("input")
+        if name in layer.field_names and layer.field(name).personal and isinstance(value, str):
+            value = mask_text(value)  # what was sent for a personal field is never echoed (a report is read by many)
         shown = "" if isinstance(value, dict | list) or value is None else f"：{repr(value)[:SHOWN_VALUE_CHARS]}"
         problems.append(
             Problem(
@@ -538,13 +540,10 @@ def constraint_error(layer: Layer, exc: IntegrityError | DataError) -> InvalidIn
     )
 
 
-MASK = "*"
-"""Masked personal values hold stars (李*华); no real name or phone number does."""
-
-
 def looks_masked(layer: Layer, props: Mapping[str, Any]) -> list[str]:
-    """Return the personal fields of PROPS whose value looks masked (holds a star)."""
-    return [f.name for f in layer.fields if f.personal and isinstance(props.get(f.name), str) and MASK in props[f.name]]
+    """Return the personal fields of PROPS whose value looks masked (holds a star or a look-alike)."""
+    personal = (f.name for f in layer.fields if f.personal)
+    return [name for name in personal if isinstance(props.get(name), str) and looks_masked_text(props[name])]
 
 
 def masked_problem(layer: Layer, name: str, index: int | None = None) -> Problem:
@@ -564,7 +563,7 @@ def _keep_masked(layer: Layer, props: dict[str, Any], row: Any | None) -> None:
     problems = []
     for name in looks_masked(layer, props):
         stored = getattr(row, name) if row is not None else None
-        if stored and props[name] == mask_text(stored):
+        if stored and as_shown_masked(props[name]) == mask_text(stored):
             props[name] = stored  # the client sent back the masked value it was shown: keep the real one
         else:
             problems.append(masked_problem(layer, name))

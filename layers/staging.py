@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from layers.base import Layer, masked_column
+from layers.base import MASK_CHARS, Layer, masked_column
 from spatial.geometry import STORAGE_SRID
 
 STAGE = "upload_stage"
@@ -140,15 +140,18 @@ def keep_masked(session: Session, layer: Layer) -> Masked:
                 f"""
                 UPDATE {STAGE} s SET {name} = t.{name}, masked_kept = array_append(s.masked_kept, '{name}')
                 FROM {layer.table} t
-                WHERE t.{key} = s.{key} AND s.{name} IS NOT NULL AND s.{name} = {_masked(name)}
+                WHERE t.{key} = s.{key} AND s.{name} IS NOT NULL
+                  AND translate(s.{name}, :alike, :stars) = {_masked(name)}
                 RETURNING s.idx
                 """
-            )
+            ),
+            {"alike": MASK_CHARS, "stars": "*" * len(MASK_CHARS)},
         ).scalars()
         for index in rows:
             kept.setdefault(int(index), []).append(name)
         looks = session.execute(
-            text(f"SELECT idx FROM {STAGE} WHERE strpos({name}, '*') > 0 AND NOT ('{name}' = ANY(masked_kept))")
+            text(f"SELECT idx FROM {STAGE} WHERE {name} ~ :stars AND NOT ('{name}' = ANY(masked_kept))"),
+            {"stars": f"[{MASK_CHARS}]"},
         ).scalars()
         for index in looks:
             refused.setdefault(int(index), []).append(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -90,3 +91,56 @@ def test_the_feature_api_keeps_or_refuses_masked_values_too(client: TestClient, 
     created = client.post("/api/layers/zones/features", json=new)
     assert created.status_code == 422 and created.json()["code"] == "masked_value"
     assert stored_head(session, back["properties"]["code"]) == REAL
+
+
+def test_a_grid_phone_sent_back_masked_is_kept_though_its_pattern_has_no_star(
+    client: TestClient, session: Session
+) -> None:
+    assert client.post("/api/layers/divisions/features", json=sample("divisions")).status_code == 201
+    grid = sample("grids")
+    grid["properties"]["manager_phone"] = "13812345678"
+    created = client.post("/api/layers/grids/features", json=grid).json()
+    url = f"/api/layers/grids/features/{created['id']}"
+    back = client.get(url).json()
+    assert back["properties"]["manager_phone"] == "1*********8"
+    back["properties"]["manager"] = "赵新"
+    assert client.put(url, json=back).status_code == 200, client.put(url, json=back).text
+    phone = "SELECT manager_phone FROM grids WHERE code = :c"
+    assert session.execute(text(phone), {"c": grid["properties"]["code"]}).scalar_one() == "13812345678"
+    exported = client.get("/api/layers/grids/features").json()["features"]
+    again = client.post(
+        "/api/layers/grids/uploads",
+        content=json.dumps({"type": "FeatureCollection", "features": exported}, ensure_ascii=False).encode(),
+    )
+    assert again.status_code == 201, again.text
+    assert again.json()["report"]["features"][0]["notes"][0]["code"] == "masked_kept"
+    assert session.execute(text(phone), {"c": grid["properties"]["code"]}).scalar_one() == "13812345678"
+    back["properties"]["manager_phone"] = "12345"  # not a mask: a real, valid new number is written
+    assert client.put(url, json=back).status_code == 200
+    back["properties"]["manager_phone"] = "abc"  # neither: the pattern still holds
+    assert client.put(url, json=back).json()["code"] == "code_format"
+
+
+@pytest.mark.parametrize("star", ["＊", "﹡", "∗", "⁎"])
+def test_a_look_alike_star_is_a_mask_too(client: TestClient, session: Session, star: str) -> None:
+    created = with_frame(client)
+    url = f"/api/layers/zones/features/{created['id']}"
+    back = client.get(url).json()
+    back["properties"]["household_head"] = "李" + star + "辉"  # typed with an input method: not the stored mask
+    refused = client.put(url, json=back)
+    assert refused.status_code == 422 and refused.json()["code"] == "masked_value"
+    back["properties"]["household_head"] = "李" + star + "华"  # the stored name's mask, with a look-alike star
+    assert client.put(url, json=back).status_code == 200
+    assert stored_head(session, back["properties"]["code"]) == REAL
+
+
+def test_a_refused_personal_value_is_not_echoed_in_the_report(client: TestClient) -> None:
+    with_frame(client)
+    zone = sample("zones")
+    zone["properties"]["household_head"] = "王洋林\u0001"
+    response = upload(client, [zone], dry_run="true")
+    problem = response.json()["report"]["features"][0]["problems"][0]
+    assert problem["code"] == "invalid_text" and problem["where"]["field"] == "properties.household_head"
+    assert "洋" not in problem["message"] and "林" not in problem["message"]
+    stored = client.get(f"/api/uploads/{response.json()['id']}").text
+    assert "洋" not in stored
