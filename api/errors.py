@@ -22,10 +22,12 @@ STATUS = {
     "invalid": 422,
     "malformed": 400,
     "too_large": 413,
+    "too_slow": 408,
     "not_found": 404,
     "conflict": 409,
     "unavailable": 503,
     "busy": 503,
+    "too_many": 429,
 }
 
 _HTTP_CODES = {

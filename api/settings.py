@@ -40,6 +40,10 @@ class ApiSettings(BaseSettings):
     """Uploads checked and written at once."""
     upload_queue: Annotated[int, Field(ge=0, le=1000)] = 4
     """Uploads waiting their turn (their files wait on disk, not in memory)."""
+    upload_min_rate_kbs: Annotated[float, Field(ge=0)] = 8
+    """An upload body slower than this (kB/s, averaged from its start, after 30 s) is stopped: it holds a place."""
+    per_client: Annotated[int, Field(ge=1, le=1000)] = 2
+    """Places one client address may hold in each lane of heavy work (prints, checks, uploads): nobody fills a lane."""
     header_timeout_s: Annotated[float, Field(gt=0)] = 10
     """Seconds a client has to send complete request headers, from connecting or the end of the last response."""
     body_timeout_s: Annotated[float, Field(gt=0)] = 30

@@ -19,11 +19,17 @@ POLL_S = 0.25
 
 def make_lanes(settings: ApiSettings) -> dict[str, Lane]:
     """Return the app's lanes of heavy work, sized by the settings."""
+    each = settings.per_client
     return {
-        "print": Lane("print", "挂图打印", "print", settings.print_workers, settings.print_queue, 15),
-        "checks": Lane("checks", "边界检查", "boundary check", settings.check_workers, settings.check_queue, 10),
-        "uploads": Lane("uploads", "上传", "upload", settings.upload_workers, settings.upload_queue, 30),
+        "print": Lane("print", "挂图打印", "print", settings.print_workers, settings.print_queue, 15, each),
+        "checks": Lane("checks", "边界检查", "boundary check", settings.check_workers, settings.check_queue, 10, each),
+        "uploads": Lane("uploads", "上传", "upload", settings.upload_workers, settings.upload_queue, 30, each),
     }
+
+
+def client_of(request: Request) -> str | None:
+    """Return the client's address (behind the trusted proxy, the real one) that its lane places are counted by."""
+    return request.client.host if request.client else None
 
 
 def lane(request: Request, name: str) -> Lane:
@@ -69,6 +75,6 @@ async def heavy(request: Request, name: str, job: Callable[[CancelToken], Awaita
     A job waiting for its turn is dropped when its client goes away; a running one is told
     through its token (a worker process is killed; a thread stops at its next check).
     """
-    async with watched(request) as token, lane(request, name).slot():
+    async with watched(request) as token, lane(request, name).slot(client_of(request)):
         token.check()
         return await job(token)

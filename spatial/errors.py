@@ -80,6 +80,12 @@ class TooLarge(GuatuError):
     kind = "too_large"
 
 
+class TooSlow(GuatuError):
+    """The client sends its request too slowly to be worth the place it holds."""
+
+    kind = "too_slow"
+
+
 class Unavailable(GuatuError):
     """The database failed under the request; nothing of it was written."""
 
@@ -104,3 +110,9 @@ class Busy(GuatuError):
     kind = "busy"
     retry_after = 10
     """Seconds after which a retry is sensible."""
+
+
+class TooMany(Busy):
+    """This client already holds its share of the places for this kind of work."""
+
+    kind = "too_many"

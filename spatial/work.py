@@ -20,6 +20,7 @@ import functools
 import multiprocessing
 import os
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -27,7 +28,7 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from spatial.errors import Busy, Unavailable
+from spatial.errors import Busy, TooMany, Unavailable
 
 T = TypeVar("T")
 
@@ -100,7 +101,10 @@ class Lane:
     running: int
     waiting: int
     retry_after_s: int = 10
+    per_client: int = 1_000_000
+    """Places one client may hold at once (running or queued)."""
     admitted: int = 0
+    _held: Counter[str] = field(default_factory=Counter, repr=False)
     _slots: asyncio.Semaphore | None = field(default=None, repr=False)
     _threads: ThreadPoolExecutor | None = field(default=None, repr=False)
 
@@ -144,16 +148,38 @@ class Lane:
         error.retry_after = self.retry_after_s
         return error
 
+    def too_many(self) -> TooMany:
+        """Return the error answering a client that already holds its share of the lane."""
+        error = TooMany.one(
+            "too_many_requests",
+            f"您已有 {self.per_client} 个{self.zh}任务在进行或排队，请等它们完成后再试",
+            f"you already have {self.per_client} {self.en} jobs running or queued: wait for them to finish",
+            field=self.name,
+        )
+        error.retry_after = self.retry_after_s
+        return error
+
     @asynccontextmanager
-    async def place(self) -> AsyncIterator[None]:
-        """Hold a place in the lane (running or queued); refuse at once when none is free."""
+    async def place(self, client: str | None = None) -> AsyncIterator[None]:
+        """Hold a place in the lane (running or queued) for CLIENT; refuse at once when none is free.
+
+        One client holds at most PER_CLIENT places, so nobody can keep a lane full for everyone.
+        """
+        if client is not None and self._held[client] >= self.per_client:
+            raise self.too_many()
         if self.admitted >= self.running + self.waiting:
             raise self.busy()
         self.admitted += 1
+        if client is not None:
+            self._held[client] += 1
         try:
             yield
         finally:
             self.admitted -= 1
+            if client is not None:
+                self._held[client] -= 1
+                if not self._held[client]:
+                    del self._held[client]
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
@@ -164,9 +190,9 @@ class Lane:
             yield
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, client: str | None = None) -> AsyncIterator[None]:
         """Hold a place and then a turn: the usual way in."""
-        async with self.place(), self.turn():
+        async with self.place(client), self.turn():
             yield
 
 

@@ -40,7 +40,7 @@ def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
 
 
 def test_a_burst_of_prints_is_queued_or_refused_while_healthz_answers(demo: Engine) -> None:
-    app = create_app(ApiSettings(print_workers=1, print_queue=1), engine=demo)
+    app = create_app(ApiSettings(print_workers=1, print_queue=1, per_client=10), engine=demo)
     with live_app(app) as base:
         params = {"scope": COMMUNITY, "size": "A4"}
         health: list[float] = []
@@ -80,7 +80,7 @@ def raw_request(base: str, path: str) -> socket.socket:
 
 
 def test_a_print_whose_client_leaves_gives_its_place_back(demo: Engine) -> None:
-    app = create_app(ApiSettings(print_workers=1, print_queue=3), engine=demo)
+    app = create_app(ApiSettings(print_workers=1, print_queue=3, per_client=10), engine=demo)
     lane = app.state.lanes["print"]
     with live_app(app) as base:
         drawing = raw_request(base, "/api/print?size=A0")
@@ -93,6 +93,21 @@ def test_a_print_whose_client_leaves_gives_its_place_back(demo: Engine) -> None:
         assert wait_for(lambda: lane.admitted == 0, 5), lane.admitted
         after = httpx.get(f"{base}/api/print", params={"scope": COMMUNITY, "size": "A4"}, timeout=120)
         assert after.status_code == 200 and after.content.startswith(b"%PDF")
+
+
+def test_one_client_holds_no_more_than_its_share_of_a_lane(demo: Engine) -> None:
+    app = create_app(ApiSettings(print_workers=2, print_queue=6, per_client=2), engine=demo)
+    lane = app.state.lanes["print"]
+    with live_app(app) as base:
+        mine = [raw_request(base, "/api/print?size=A0"), raw_request(base, "/api/print?size=A0&format=png")]
+        assert wait_for(lambda: lane.admitted == 2, 10)
+        third = httpx.get(f"{base}/api/print", params={"size": "A4"}, timeout=30)
+        assert third.status_code == 429 and third.json()["code"] == "too_many_requests"
+        assert int(third.headers["retry-after"]) > 0
+        assert lane.admitted == 2  # the lane itself still has room for others
+        for sock in mine:
+            sock.close()
+        assert wait_for(lambda: lane.admitted == 0, 10)
 
 
 def test_an_exhausted_connection_pool_is_a_503_not_a_500(demo: Engine) -> None:

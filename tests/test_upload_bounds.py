@@ -79,7 +79,7 @@ def wait_for(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
 
 
 def test_a_body_goes_to_disk_as_it_arrives_and_a_full_lane_answers_503(empty: Engine, archive_in_tmp: Path) -> None:
-    app = create_app(ApiSettings(upload_workers=1, upload_queue=0), engine=empty)
+    app = create_app(ApiSettings(upload_workers=1, upload_queue=0, per_client=5), engine=empty)
     body = shops(12_000)
     with live_app(app) as base:
         slow = raw_upload(base, len(body), body[: len(body) // 2])
@@ -99,7 +99,7 @@ def test_a_body_goes_to_disk_as_it_arrives_and_a_full_lane_answers_503(empty: En
 
 
 def test_the_same_bytes_at_once_with_different_options_never_collide(empty: Engine, archive_in_tmp: Path) -> None:
-    app = create_app(ApiSettings(upload_workers=4, upload_queue=4), engine=empty)
+    app = create_app(ApiSettings(upload_workers=4, upload_queue=4, per_client=8), engine=empty)
     body = shops(3_000)
     combos = [
         {"dry_run": "true", "mode": mode, "repair": repair, "crs": crs}
@@ -146,3 +146,52 @@ def test_guatu_archive_prune_says_what_it_removed(archive_in_tmp: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert not stale.exists()
     assert "1" in result.stderr and "清理" in result.stderr
+
+
+def read_answer(sock: socket.socket, seconds: float) -> bytes:
+    """Return what the server has answered on SOCK within SECONDS (empty: nothing yet)."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        return b""
+
+
+def test_a_multipart_body_without_length_is_cut_at_the_limit_not_spooled_whole(
+    empty: Engine, archive_in_tmp: Path
+) -> None:
+    app = create_app(ApiSettings(max_upload_bytes=100_000), engine=empty)
+    with live_app(app) as base:
+        url = urlsplit(base)
+        sock = socket.create_connection((url.hostname, url.port))
+        head = (
+            f"POST {UPLOAD} HTTP/1.1\r\nHost: {url.netloc}\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: multipart/form-data; boundary=XYZ\r\n\r\n"
+        )
+        part = b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="big.geojson"\r\n\r\n' + b"x" * 300_000
+        sock.sendall(head.encode() + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        answer = read_answer(sock, 10)  # the rest (gigabytes, for all the server knows) is never sent
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_a_trickled_body_gives_its_place_back(
+    empty: Engine, archive_in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.routes import uploads as route
+
+    monkeypatch.setattr(route, "RATE_GRACE_S", 1.0)
+    app = create_app(ApiSettings(upload_workers=1, upload_queue=0, upload_min_rate_kbs=50), engine=empty)
+    with live_app(app) as base:
+        sock = raw_upload(base, 1_000_000, b"{")
+        for _ in range(30):  # 100 bytes every 0.1 s: 1 kB/s, far below the 50 kB/s asked for
+            time.sleep(0.1)
+            try:
+                sock.sendall(b" " * 100)
+            except OSError:
+                break
+        answer = read_answer(sock, 5)
+        sock.close()
+        assert b" 408 " in answer.split(b"\r\n")[0] and b"upload_too_slow" in answer, answer[:300]
+        assert wait_for(lambda: app.state.lanes["uploads"].admitted == 0, 5)
+        assert httpx.post(base + UPLOAD, content=shops(2), timeout=60).status_code == 201

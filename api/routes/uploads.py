@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -10,14 +11,15 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Message
 
 from api.deps import LayerDep, SessionDep
 from api.routes.tiles import tile_cache
-from api.work import lane, watched
+from api.work import client_of, lane, watched
 from layers.archive import load_report, spool_file
 from layers.uploads import Upload, UploadOptions, commit_upload, get_upload, upload_json
 from spatial.crs import Axis
-from spatial.errors import NotFound, TooLarge
+from spatial.errors import NotFound, TooLarge, TooSlow
 
 router = APIRouter(tags=["uploads"])
 
@@ -37,6 +39,40 @@ UPLOAD_BODY: dict[str, Any] = {
 
 SPOOL_CHUNK = 1 << 20
 """Bytes gathered before they are written to the spool file (in a worker thread)."""
+MULTIPART_SLACK = 64 * 1024
+"""What a multipart body may carry beyond the file itself (boundaries, headers, small fields)."""
+RATE_GRACE_S = 30.0
+"""A body is held to the minimum rate from this many seconds on (a slow start is fine)."""
+
+
+def _bounded(request: Request, limit: int, min_rate: float, too_large: TooLarge) -> Request:
+    """Return REQUEST reading its body through a guard: past LIMIT bytes, or slower than MIN_RATE, it is refused.
+
+    The guard sits under any parsing, so a multipart body sent without Content-Length is cut
+    at the limit too (the form parser would otherwise spool the whole part to disk first), and
+    a body trickled a byte at a time cannot hold an upload place for hours.
+    """
+    receive = request.receive
+    started = time.monotonic()
+    seen = 0
+
+    async def guarded() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise too_large
+            elapsed = time.monotonic() - started
+            if message.get("more_body") and elapsed > RATE_GRACE_S and seen < min_rate * elapsed:
+                raise TooSlow.one(
+                    "upload_too_slow",
+                    f"上传速度低于每秒 {min_rate / 1000:g} KB，已中止：请换个网络再试",
+                    f"the upload came slower than {min_rate / 1000:g} kB/s and was stopped",
+                )
+        return message
+
+    return Request(request.scope, guarded)
 
 
 async def _spool(request: Request, path: FilePath) -> str | None:
@@ -45,13 +81,15 @@ async def _spool(request: Request, path: FilePath) -> str | None:
     The body goes to disk as it arrives: memory holds one chunk, never the file. Returns
     the file's name as the client gave it (multipart), else None.
     """
-    limit = request.app.state.settings.max_upload_bytes
+    settings = request.app.state.settings
+    limit = settings.max_upload_bytes
     too_large = TooLarge.one(
         "payload_too_large", f"文件超过上限 {limit // 1_000_000} MB", f"file larger than {limit} bytes"
     )
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit + 64 * 1024:
+    if declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
         raise too_large
+    request = _bounded(request, limit + MULTIPART_SLACK, settings.upload_min_rate_kbs * 1000, too_large)
     written = 0
     filename = None
     with path.open("wb") as out:
@@ -124,7 +162,7 @@ async def create_upload(
     upload whose client leaves stops at its next chunk and writes nothing.
     """
     uploads = lane(request, "uploads")
-    async with uploads.place():
+    async with uploads.place(client_of(request)):
         path = spool_file()
         try:
             filename = await _spool(request, path)
