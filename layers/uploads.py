@@ -633,6 +633,9 @@ class _Checker:
         unlisted = 0
         for offset, feature in enumerate(typed):
             index = first + offset
+            if source.repeated:  # a held file repeating a member: only the one-by-one checks can say so
+                slow.append(index)
+                continue
             props, refused = self._properties(feature, raws[offset], colon_counts[offset])
             if props is None or feature is None:
                 if refused and self.listing_full():
@@ -724,14 +727,18 @@ class _Checker:
             try:
                 feature = orjson.loads(raw)
             except orjson.JSONDecodeError:  # a number beyond a double (1e400): read as ±inf, refused as such
-                feature = json.loads(raw)
+                try:
+                    feature = json.loads(raw)
+                except ValueError:  # an integer of thousands of digits: Python will not even read it
+                    return {"index": index, "status": "rejected", "problems": [_number_too_long(index).as_dict()]}
         entry: dict[str, Any] = {"index": index, "status": "rejected"}
         if isinstance(feature, dict) and feature.get("id") is not None:
             entry["id"] = feature["id"]
         raw_props = feature.get("properties") if isinstance(feature, dict) else None
         if isinstance(raw_props, dict) and isinstance(raw_props.get(self.key_field), str):
             entry["key"] = raw_props[self.key_field][:60]
-        problems = [_repeated_problem(name, index) for name in repeated_members(raw)]
+        repeated = source.repeated if source.held is not None else repeated_members(raw)
+        problems = [_repeated_problem(name, index) for name in repeated]
         bounds = _raw_bounds(feature)
         if bounds is not None:
             self.bounds.append(bounds)
@@ -751,6 +758,15 @@ class _Checker:
         if _has_z(feature):
             notes.append(Z_DROPPED)
         return props, geom, notes
+
+
+def _number_too_long(index: int) -> Problem:
+    return Problem(
+        "number_too_long",
+        "要素中有一个数字长达数千位，无法读取（坐标、编号和属性值都应是普通数字）",
+        "the feature holds a number of thousands of digits that cannot be read",
+        Where(feature_index=index),
+    )
 
 
 Z_DROPPED = {"code": "z_dropped", "message": "高程（Z）值已舍弃 (Z values dropped)"}

@@ -236,6 +236,8 @@ class FeatureSource:
     held: list[Any] | None = None
     offset: int = 0
     """The index of the first of RAWS (a part of a collection, handed to another process)."""
+    repeated: list[str] = field(default_factory=list)
+    """Member names a held file (a single Feature or geometry) repeats: lost once it is parsed."""
 
     def part(self, first: int, stop: int) -> FeatureSource:
         """Return features FIRST..STOP-1 of a collection as a source of their own (plain bytes: picklable)."""
@@ -342,7 +344,8 @@ def open_geojson(raw: Buffer) -> FeatureSource:
 def _held(raw: Buffer) -> FeatureSource:
     """Parse RAW whole: a single Feature, a bare geometry, or a file the full parse must explain."""
     parsed = read_geojson(raw)
-    return FeatureSource(len(parsed.features), parsed.crs_name, held=parsed.features)
+    repeated = repeated_members(bytes(raw)) if len(parsed.features) == 1 else []
+    return FeatureSource(len(parsed.features), parsed.crs_name, held=parsed.features, repeated=repeated)
 
 
 def repeated_members(raw: bytes) -> list[str]:

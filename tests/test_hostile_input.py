@@ -163,3 +163,29 @@ def test_dollars_print_as_written(client: TestClient, session: Session, tmp_path
     assert response.status_code == 200, response.text
     words = pdf_text(response.content, tmp_path)
     assert "$$ 挂图 $x^2$" in words and "$\\bad$" in words
+
+
+@pytest.mark.parametrize("where", ["property", "coordinate", "id"])
+def test_a_number_of_thousands_of_digits_is_refused_on_its_feature(client: TestClient, where: str) -> None:
+    big = "9" * 5000
+    shop = sample("shops")
+    text_of = json.dumps(shop, ensure_ascii=False)
+    if where == "property":
+        text_of = text_of.replace('"floor": 1', f'"floor": {big}')
+    elif where == "coordinate":
+        text_of = text_of.replace(json.dumps(shop["geometry"]["coordinates"][0]), big, 1)
+    else:
+        text_of = '{"id": ' + big + ", " + text_of[1:]
+    assert big in text_of
+    response = upload(client, ('{"type": "FeatureCollection", "features": [' + text_of + "]}").encode(), dry_run="true")
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["report"]["features"][0]["problems"][0]["code"] == "number_too_long"
+
+
+def test_a_bare_feature_repeating_a_member_is_refused_too(client: TestClient) -> None:
+    shop = json.dumps(sample("shops"), ensure_ascii=False)
+    repeated = shop.replace('"status": "闲置"', '"status": "闲置", "status": "在营"')
+    assert repeated != shop
+    response = upload(client, repeated.encode(), dry_run="true")
+    problems = response.json()["report"]["features"][0]["problems"]
+    assert [p["code"] for p in problems] == ["duplicate_member"] and problems[0]["where"]["field"] == "status"
