@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,7 @@ def keep(body: bytes | Path, sha: str) -> Path:
     if path.exists():
         os.utime(path)
         return path
+    _count_added(body)
     fd, name = tempfile.mkstemp(dir=folder, prefix=f".{sha[:16]}-", suffix=".part")
     os.close(fd)
     partial = Path(name)
@@ -82,6 +86,12 @@ def keep(body: bytes | Path, sha: str) -> Path:
         partial.unlink(missing_ok=True)
         raise
     return path
+
+
+def _count_added(body: bytes | Path) -> None:
+    global _ADDED
+    with suppress(OSError):
+        _ADDED += len(body) if isinstance(body, bytes) else body.stat().st_size
 
 
 def report_path(upload_id: int) -> Path:
@@ -134,15 +144,13 @@ def prune(*, days: float | None = None, max_bytes: int | None = None, now: float
     if not folder.exists():
         return out
     kept: list[tuple[float, int, Path]] = []
-    for path in folder.rglob("*"):
-        if not path.is_file():
-            continue
+    for path in _ours(folder):
         try:
-            stat = path.stat()
+            stat = path.lstat()
         except FileNotFoundError:
             continue  # removed meanwhile (an upload finishing)
         age = now - stat.st_mtime
-        leftover = path.name.endswith(".part") or path.parent.name == SPOOL
+        leftover = path.name.endswith(".part")
         if (leftover and age > STALE_PART_S) or (not leftover and days > 0 and age > days * 86400):
             _remove(path, stat.st_size, out)
         elif not leftover:
@@ -159,6 +167,31 @@ def prune(*, days: float | None = None, max_bytes: int | None = None, now: float
     return out
 
 
+_KEPT = re.compile(r"[0-9a-f]{64}\.geojson|\.[0-9a-f]{16}-\w+\.part")
+_REPORT = re.compile(r"[0-9]+\.json\.gz|\.[0-9]+-\w+\.part")
+_SPOOLED = re.compile(r"upload-\w+\.part")
+
+
+def _ours(folder: Path) -> Iterator[Path]:
+    """Yield the files in FOLDER that guatu wrote there (by name and place): nothing else is ever touched.
+
+    A folder set wrongly (a home folder, a shared disk) loses nothing that guatu did not put there.
+    """
+    for shard in folder.iterdir():
+        if shard.is_dir() and not shard.is_symlink() and re.fullmatch(r"[0-9a-f]{2}", shard.name):
+            yield from _matching(shard, _KEPT)
+    for name, pattern in ((REPORTS, _REPORT), (SPOOL, _SPOOLED)):
+        place = folder / name
+        if place.is_dir() and not place.is_symlink():
+            yield from _matching(place, pattern)
+
+
+def _matching(place: Path, pattern: re.Pattern[str]) -> Iterator[Path]:
+    for path in place.iterdir():
+        if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            yield path
+
+
 def _remove(path: Path, size: int, out: Pruned) -> None:
     try:
         path.unlink()
@@ -170,15 +203,22 @@ def _remove(path: Path, size: int, out: Pruned) -> None:
 
 _LAST_PRUNE = float("-inf")
 _PRUNE_LOCK = threading.Lock()
+_ADDED = 0
+"""Bytes kept since the last prune in this process."""
 
 
 def prune_now_and_then() -> None:
-    """Prune the archive if the last prune in this process was over an hour ago (called after uploads)."""
-    global _LAST_PRUNE
-    if time.monotonic() - _LAST_PRUNE < PRUNE_EVERY_S or not _PRUNE_LOCK.acquire(blocking=False):
+    """Prune the archive after uploads: an hour after the last prune, or once a tenth of its cap was added since.
+
+    So the size cap holds within a tenth (and what uploads in flight add), however fast files arrive.
+    """
+    global _LAST_PRUNE, _ADDED
+    cap = layer_settings().archive_max_mb * 1_000_000
+    due = time.monotonic() - _LAST_PRUNE >= PRUNE_EVERY_S or (cap > 0 and _ADDED >= cap / 10)
+    if not due or not _PRUNE_LOCK.acquire(blocking=False):
         return
     try:
-        _LAST_PRUNE = time.monotonic()
+        _LAST_PRUNE, _ADDED = time.monotonic(), 0
         prune()
     finally:
         _PRUNE_LOCK.release()

@@ -195,3 +195,33 @@ def test_a_trickled_body_gives_its_place_back(
         assert b" 408 " in answer.split(b"\r\n")[0] and b"upload_too_slow" in answer, answer[:300]
         assert wait_for(lambda: app.state.lanes["uploads"].admitted == 0, 5)
         assert httpx.post(base + UPLOAD, content=shops(2), timeout=60).status_code == 201
+
+
+def test_prune_touches_nothing_guatu_did_not_write(archive_in_tmp: Path) -> None:
+    old = time.time() - 400 * 86400
+    kept = archive.keep(b"{}", "ee" + "0" * 62)
+    folder = archive_in_tmp
+    strangers = [folder / "thesis.docx", folder / "ee" / "notes.txt", folder / "reports" / "x.pdf"]
+    strangers[2].parent.mkdir(exist_ok=True)
+    for path in strangers:
+        path.write_bytes(b"mine")
+    for path in [kept, *strangers]:
+        os.utime(path, (old, old))
+    gone = archive.prune(days=30, max_bytes=1)
+    assert gone.files == 1 and not kept.exists()
+    assert all(path.exists() for path in strangers)
+
+
+def test_the_size_cap_is_kept_as_files_arrive_not_only_hourly(
+    archive_in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layers.settings import layer_settings
+
+    monkeypatch.setattr(layer_settings(), "archive_max_mb", 1)
+    archive.prune_now_and_then()  # the hourly prune has just run
+    for n in range(12):
+        archive.keep(os.urandom(200_000), f"{n:02x}" + "0" * 62)
+        time.sleep(0.01)  # an order to the files' ages
+        archive.prune_now_and_then()
+    total = sum(p.stat().st_size for p in archived(archive_in_tmp))
+    assert total <= 1_000_000 + 200_000, total  # within the cap and one file, though 2.4 MB came
