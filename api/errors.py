@@ -31,6 +31,7 @@ STATUS = {
 }
 
 _HTTP_CODES = {
+    400: ("bad_request", "请求格式不正确（如 multipart 表单残缺）", "bad request"),
     404: ("not_found", "找不到该地址", "not found"),
     405: ("method_not_allowed", "不支持该请求方法", "method not allowed"),
     413: ("payload_too_large", "请求体过大", "payload too large"),
@@ -79,6 +80,8 @@ def _request_validation(_: Request, exc: Exception) -> JSONResponse:
 def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code, zh, en = _HTTP_CODES.get(exc.status_code, ("http_error", "请求错误", str(exc.detail)))
+    if exc.status_code == 400 and exc.detail:
+        en = f"{en}: {str(exc.detail)[:200]}"  # what the parser found, e.g. a multipart part without a name
     body = {"code": code, "message": f"{zh} ({en})", "where": {}}
     return JSONResponse(error_body([body]), status_code=exc.status_code, headers=exc.headers)
 

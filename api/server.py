@@ -10,6 +10,7 @@ that `guatu serve`, the tests' live server and the benches all run.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import resource
 import sys
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from uvicorn._types import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCallable, Scope
@@ -44,11 +45,14 @@ class Guard:
     header_timeout_s: float
     body_timeout_s: float
     max_connections: int
+    max_header_bytes: int = 16 * 1024
 
     @classmethod
     def from_settings(cls, settings: ApiSettings) -> Guard:
         """Return the guard the settings ask for."""
-        return cls(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
+        return cls(
+            settings.header_timeout_s, settings.body_timeout_s, settings.max_connections, settings.max_header_bytes
+        )
 
 
 class Tally:
@@ -107,6 +111,16 @@ class Repeats(logging.Filter):
             record.msg = f"{text} (另有 {held} 次未记 {held} more not logged)"
         self.said_at[text] = now
         return True
+
+
+async def _header_too_large(send: ASGISendCallable, limit: int) -> None:
+    """Answer 431 in the app's error form: the request line and headers pass LIMIT bytes."""
+    message = f"请求头超过 {limit} 字节 (request headers larger than {limit} bytes)"
+    problem = {"code": "headers_too_large", "message": message, "where": {}}
+    body = json.dumps({**problem, "errors": [problem]}, ensure_ascii=False).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 431, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class GuardedConfig(Config):
@@ -203,8 +217,18 @@ class GuardedH11Protocol(H11Protocol):
             self.cut()
 
     async def guarded_app(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        """Run the app with a `receive` that times out a stalled request body."""
+        """Run the app with a `receive` that times out a stalled request body; refuse oversized headers.
+
+        h11 caps only headers still arriving; a request whose headers came whole in one read is
+        measured here (431, before the app sees it).
+        """
         cycle = self.cycle
+        http = cast(dict[str, Any], scope)
+        size = len(http.get("raw_path") or b"") + len(http.get("query_string") or b"")
+        size += sum(len(name) + len(value) + 4 for name, value in http.get("headers") or ())
+        if size > self.guard.max_header_bytes:
+            await _header_too_large(send, self.guard.max_header_bytes)
+            return
 
         async def guarded_receive() -> ASGIReceiveEvent:
             if cycle is not self.cycle or not cycle.more_body or cycle.body or cycle.disconnected:

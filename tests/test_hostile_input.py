@@ -8,12 +8,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from layers import demo
+from tests.browser import live_server
 from tests.samples import sample
 
 FINISHES_S = 60
@@ -189,3 +192,12 @@ def test_a_bare_feature_repeating_a_member_is_refused_too(client: TestClient) ->
     response = upload(client, repeated.encode(), dry_run="true")
     problems = response.json()["report"]["features"][0]["problems"]
     assert [p["code"] for p in problems] == ["duplicate_member"] and problems[0]["where"]["field"] == "status"
+
+
+def test_an_escaped_percent_is_no_nul(engine: Engine) -> None:
+    """A real server decodes the path once (the test client decodes it twice, so this runs against uvicorn)."""
+    with live_server(engine) as base:
+        response = httpx.get(base + "/api/layers/zones%2500/features")  # the text "zones%00": no layer, no NUL
+        assert response.status_code == 404 and response.json()["code"] == "layer_not_found"
+        assert httpx.get(base + "/api/search", params={"q": "%00"}).status_code == 200  # the text %00
+        assert httpx.get(base + "/api/layers/zones%00/features").json()["code"] == "invalid_text"

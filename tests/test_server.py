@@ -231,6 +231,23 @@ def test_oversized_headers_are_refused(guarded: uvicorn.Server) -> None:
     assert answer.startswith(b"HTTP/1.1 400")
 
 
+@pytest.mark.parametrize("size", [4, 40])
+def test_headers_that_arrive_whole_are_measured_too(guarded: uvicorn.Server, size: int) -> None:
+    """h11 caps headers still arriving; 4 or 40 times the limit sent in one piece is refused all the same."""
+    big = b"a" * (SHORT.max_header_bytes * size)
+    sock = socket.create_connection(address(guarded), timeout=5)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: guatu\r\nX-Big: " + big + b"\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    sock.close()
+    assert answer.split(b"\r\n")[0] in (b"HTTP/1.1 431 Request Header Fields Too Large", b"HTTP/1.1 400 Bad Request")
+    assert b"200 OK" not in answer
+
+
 def test_guatu_serve_runs_the_guarded_server_and_says_its_limits(server_engine: Engine, tmp_path) -> None:
     """The command itself, in a child process: its limits are logged and a half-sent request is cut."""
     port = free_port()
