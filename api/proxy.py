@@ -91,9 +91,13 @@ class ProxyOptions:
             raise ValueError(f"监听地址无效 invalid --listen: {self.listen!r} (port or address:port)")
         if not UPSTREAM.match(self.upstream):
             raise ValueError(f"上游地址无效 invalid --upstream: {self.upstream!r} (address:port or unix:/path)")
-        if re.search(r"[\s;{}'\"]", str(self.directory)) or not self.directory.is_absolute():
-            plain = "目录须为绝对路径，不含空白、;{} 或引号 (directory must be absolute, plain)"
+        if re.search(r"[\s;{}'\"$]", str(self.directory)) or not self.directory.is_absolute():
+            plain = "目录须为绝对路径，不含空白、;{}、$ 或引号 (directory must be absolute, plain)"
             raise ValueError(f"{plain}: {self.directory}")
+        counts = {"conn-per-client": self.conn_per_client, "api-rate": self.api_rate, "tile-rate": self.tile_rate}
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"--{name} 须为正整数 (must be a positive whole number): {value}")
         if self.user is not None and not re.fullmatch(r"[a-z_][a-z0-9_-]*", self.user):
             raise ValueError(f"用户名无效 invalid user: {self.user!r}")
 

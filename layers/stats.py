@@ -19,6 +19,8 @@ from layers.base import Layer
 from spatial.errors import InvalidInput
 
 REVITALISED = "已盘活"
+NOTHING = "-"
+"""The value the map sends when no status is ticked: it matches nothing."""
 STREET_DIGITS = 9
 
 
@@ -38,6 +40,20 @@ class Filter:
 def _no_such_filter(layer: Layer, name: str, zh: str) -> InvalidInput:
     zh_message = f"{layer.zh}没有{zh}，不能按它筛选"
     return InvalidInput.one("filter_invalid", zh_message, f"{layer.en} has no {name}", field=name)
+
+
+def _known_values(layer: Layer, name: str, values: Sequence[str]) -> None:
+    """Refuse VALUES the field NAME cannot hold (an enumeration's): they would be printed as given."""
+    choices = layer.field(name).choices
+    wrong = next((v for v in values if choices and v not in choices and v != NOTHING), None)
+    if wrong is not None:
+        label = layer.field(name).zh
+        raise InvalidInput.one(
+            "filter_invalid",
+            f"“{label}”没有取值 {wrong[:40]!r}（可选：{'、'.join(choices)}）",
+            f"{name} has no value {wrong[:40]!r} (one of: {', '.join(choices)})",
+            field=name,
+        )
 
 
 def filter_conditions(layer: Layer, flt: Filter) -> tuple[list[str], dict[str, Any]]:
@@ -64,6 +80,7 @@ def filter_conditions(layer: Layer, flt: Filter) -> tuple[list[str], dict[str, A
     if flt.status:
         if not layer.style.by:
             raise _no_such_filter(layer, "status", "状态字段")
+        _known_values(layer, layer.style.by, flt.status)
         conditions.append(f"{layer.style.by} = ANY(CAST(:status AS text[]))")
         params["status"] = list(flt.status)
     if flt.land_use:
@@ -74,6 +91,7 @@ def filter_conditions(layer: Layer, flt: Filter) -> tuple[list[str], dict[str, A
     if flt.ownership and "ownership" not in names:
         raise _no_such_filter(layer, "ownership", "权属")
     if flt.ownership:
+        _known_values(layer, "ownership", flt.ownership)
         conditions.append("ownership = ANY(CAST(:ownership AS text[]))")
         params["ownership"] = list(flt.ownership)
     if flt.idle_since_before and "idle_since" not in names:

@@ -201,3 +201,20 @@ def test_an_escaped_percent_is_no_nul(engine: Engine) -> None:
         assert response.status_code == 404 and response.json()["code"] == "layer_not_found"
         assert httpx.get(base + "/api/search", params={"q": "%00"}).status_code == 200  # the text %00
         assert httpx.get(base + "/api/layers/zones%00/features").json()["code"] == "invalid_text"
+
+
+def test_a_filter_value_the_field_cannot_hold_is_refused_not_printed(client: TestClient) -> None:
+    for url in ("/api/layers/parcels/stats", "/api/print", "/tiles/parcels/16/54000/25000.pbf"):
+        response = client.get(url, params={"status": "伪造的状态文字"})
+        assert response.status_code == 422 and response.json()["code"] == "filter_invalid", url
+    assert client.get("/api/layers/parcels/stats", params={"ownership": "私有"}).json()["code"] == "filter_invalid"
+    assert client.get("/api/layers/parcels/stats", params={"status": "闲置,出租"}).status_code == 200
+
+
+def test_invisible_marks_in_a_title_are_not_printed(client: TestClient, session: Session, tmp_path: Path) -> None:
+    demo.load(session)
+    session.flush()
+    response = client.get("/api/print", params={"scope": "370214001006", "size": "A4", "title": "挂图\u202eLTR\t终"})
+    assert response.status_code == 200
+    words = pdf_text(response.content, tmp_path)
+    assert "挂图LTR" in words and "\u202e" not in words  # the override is gone: LTR reads as written

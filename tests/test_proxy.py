@@ -365,3 +365,8 @@ def test_guatu_proxy_config_writes_a_config_nginx_accepts(tmp_path: Path) -> Non
         text=True,
     )
     assert bad.returncode == 2 and "invalid --listen" in bad.stderr
+    for option, value in (("--api-rate", "0"), ("--conn-per-client", "-5"), ("--dir", str(tmp_path / "a$b"))):
+        refused = subprocess.run(
+            [guatu, "proxy-config", "--dir", str(folder), option, value], env=env, capture_output=True, text=True
+        )
+        assert refused.returncode == 2, (option, refused.stdout)  # refused, not written for nginx to reject

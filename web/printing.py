@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,6 +57,11 @@ class PrintLayer:
     def layer(self) -> Layer:
         """Return the layer's declaration."""
         return REGISTRY[self.layer_id]
+
+
+def _plain(text: str) -> str:
+    """Return TEXT as it is printed: controls and invisible format marks (a bidi override) dropped, tabs a space."""
+    return "".join(" " if c == "\t" else c for c in text if c == "\n" or unicodedata.category(c) not in ("Cc", "Cf"))
 
 
 @lru_cache(maxsize=2)
@@ -131,7 +137,7 @@ def render_wall_map(
             widths.append((2.5 if value == style.emphasis else style.weight * 0.6) * scale)
             if layer.id == "grids":
                 centre = metric.to_m(geom.representative_point())
-                labels.append((centre.x, centre.y, f"{props.get('name') or ''}\n{props.get('code')}"))
+                labels.append((centre.x, centre.y, _plain(f"{props.get('name') or ''}\n{props.get('code')}")))
         if patches:
             collection = PatchCollection(
                 patches, facecolors=faces, edgecolors=edges, linewidths=widths, alpha=None, zorder=layer.order
@@ -168,12 +174,13 @@ def render_wall_map(
     ax.add_patch(FancyArrow(nx, ny, 0, (y1 - y0) * 0.07, width=(x1 - x0) * 0.006, color="#111827", zorder=300))
     ax.text(nx, ny + (y1 - y0) * 0.085, "北 N", ha="center", fontsize=9 * scale, fontproperties=_font(True))
     # title block and legend on the right
+    title = _plain(title)
     fig.text(0.03, 0.93, title, fontsize=20 * scale, fontproperties=_font(True))
     day = day or dt.date.today()
     fig.text(
         0.03,
         0.895,
-        f"{scope_label}    制图日期 {day.isoformat()}    guatu 挂图",
+        _plain(f"{scope_label}    制图日期 {day.isoformat()}    guatu 挂图"),
         fontsize=9 * scale,
         fontproperties=_font(),
     )
@@ -303,6 +310,7 @@ def draw(
     sheets: str | None,
 ) -> bytes:
     """Return the finished wall map: drawn, and cut into SHEETS when asked (run in a worker process)."""
+    title = _plain(title)
     data = render_wall_map(layers, title=title, scope_label=scope_label, size=size, fmt=fmt, day=day, frame=frame)
     if sheets is not None:
         data = tile_sheets(data, plan_sheets(size, sheets), title)
