@@ -60,6 +60,7 @@ mix = {"uploaders": UPLOADERS, "printers": PRINTERS, "slow": SLOW_CLIENTS}
 def environment(folder: Path) -> dict[str, str]:
     """Return the environment of the soak's guatu: its own database and archive."""
     env = dict(os.environ, GUATU_ARCHIVE_DIR=str(folder / "archive"), GUATU_PG_DATABASE=DATABASE)
+    env["GUATU_PER_CLIENT"] = "8"  # every simulated user comes from 127.0.0.1: their places are not one person's
     if env.get("DATABASE_URL"):
         base = env["DATABASE_URL"].rsplit("/", 1)[0]
         env["DATABASE_URL"] = f"{base}/{DATABASE}"
