@@ -333,9 +333,7 @@ def serve(
 
 @app.command("proxy-config")
 def proxy_config(
-    directory: Annotated[
-        Path, typer.Option("--dir", help="folder for nginx.conf, the pid, logs and temporary files")
-    ],
+    directory: Annotated[Path, typer.Option("--dir", help="folder for nginx.conf, the pid, logs and temporary files")],
     listen: str = typer.Option("8080", help="port, or address:port, nginx listens on"),
     upstream: str = typer.Option(None, help="where guatu serve listens (default GUATU_HOST:GUATU_PORT)"),
     user: str = typer.Option(None, help="the workers' user when nginx starts as root (e.g. www-data)"),

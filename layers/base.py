@@ -36,6 +36,7 @@ from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from geoalchemy2 import Geometry
 
+from layers import hierarchy
 from spatial.db import Base
 from spatial.geometry import STORAGE_SRID
 
@@ -45,6 +46,30 @@ TILE_ZOOM_SLACK = 2
 """Vector tiles are served from this many zoom levels below a layer's own minimum zoom."""
 
 READ_ONLY = ("id", "area_m2", "area_mu", "created_at", "updated_at")
+
+VALID_FROM, VALID_TO = "valid_from", "valid_to"
+"""The dates of a versioned layer's features (``Layer.history``): in force from, and until (excluded)."""
+
+Match = tuple[tuple[str, "str | tuple[str, ...]"], ...]
+"""Equality conditions on fields: (field, value) or (field, any of several values)."""
+
+
+def match_sql(match: Match, alias: str = "", prefix: str = "w") -> tuple[list[str], dict[str, Any]]:
+    """Return SQL conditions (on table ALIAS) and parameters for MATCH."""
+    at = f"{alias}." if alias else ""
+    conditions: list[str] = []
+    params: dict[str, Any] = {}
+    for n, (column, value) in enumerate(match):
+        name = f"{prefix}{n}"
+        if isinstance(value, tuple):
+            conditions.append(f"{at}{column} = ANY(CAST(:{name} AS text[]))")
+            params[name] = list(value)
+        else:
+            conditions.append(f"{at}{column} = :{name}")
+            params[name] = value
+    return conditions, params
+
+
 """Properties the server computes; sent back by a client, they are ignored."""
 
 
@@ -235,25 +260,61 @@ class Style:
 
 
 @dataclass(frozen=True)
+class Units:
+    """The layer holds units of the hierarchy (see layers.hierarchy): what a scope can be.
+
+    LEVELS are the hierarchy levels it holds (widest first); with several, LEVEL_FIELD says
+    which one a feature is (by any of the level's names, urban or rural). PARENT_FIELD holds
+    the code of the unit it lies in; NAME_FIELD its name.
+    """
+
+    levels: tuple[str, ...]
+    level_field: str | None = None
+    parent_field: str | None = None
+    name_field: str = "name"
+
+
+@dataclass(frozen=True)
 class Locator:
-    """A code field kept consistent with where the feature lies (e.g. its grid)."""
+    """A code field kept consistent with where the feature lies: the unit of LEVEL in LAYER (e.g. its grid)."""
 
     field: str
     layer: str
-    code_field: str = "code"
-    where: tuple[tuple[str, str], ...] = ()
+    level: str | None = None
+
+    @property
+    def code_field(self) -> str:
+        """Return the field of the unit's code (its layer's key)."""
+        return REGISTRY[self.layer].key[0]
+
+    @property
+    def where(self) -> Match:
+        """Return which features of the unit layer are units of the locator's level."""
+        return REGISTRY[self.layer].level_match(self.level) if self.level else ()
 
 
 @dataclass(frozen=True)
 class Coverage:
-    """Topology rule: the units of this layer tile their parent unit (no gaps, no overlaps, none outside)."""
+    """Topology rule: the units of this layer (of CHILD_LEVEL) tile their parent unit of PARENT_LEVEL.
+
+    No gaps, no overlaps, none outside.
+    """
 
     parent: str
     link: str
-    parent_where: tuple[tuple[str, str], ...] = ()
-    child_where: tuple[tuple[str, str], ...] = ()
+    parent_level: str | None = None
+    child_level: str | None = None
     numbered: bool = False
     """Sequence numbers run west→east, north→south within the parent (checked as a warning)."""
+
+    @property
+    def parent_where(self) -> Match:
+        """Return which features of the parent layer are the parents."""
+        return REGISTRY[self.parent].level_match(self.parent_level) if self.parent_level else ()
+
+    def child_where(self, child: Layer) -> Match:
+        """Return which features of CHILD (this rule's layer) are the children."""
+        return child.level_match(self.child_level) if self.child_level else ()
 
 
 @dataclass(frozen=True)
@@ -289,7 +350,7 @@ class EveryTargetHasOne:
 
     target: str
     link: str
-    where: tuple[tuple[str, str], ...] = ()
+    where: Match = ()
 
 
 Rule = Coverage | Within | NoOverlap | Near | EveryTargetHasOne
@@ -304,6 +365,8 @@ def _rule_link(rule: Rule) -> tuple[str, str] | None:
     if isinstance(rule, Near | EveryTargetHasOne):
         return rule.link, rule.target
     return None
+
+
 """What the boundary checks (``guatu check``) hold a layer to; run by :mod:`layers.checks`."""
 
 CrossRule = Callable[[dict[str, Any]], tuple[str, str, str, str] | None]
@@ -328,6 +391,8 @@ class Layer:
     rules: tuple[Rule, ...] = ()
     history: bool = False
     """Keep every replaced version (with valid_from / valid_to) in ``<table>_versions``: boundaries change."""
+    units: Units | None = None
+    """The hierarchy levels this layer holds (divisions, grids), if it holds units."""
     order: int = 0
     description_zh: str = ""
     model: Any = field(init=False)
@@ -335,6 +400,8 @@ class Layer:
 
     def __post_init__(self) -> None:
         """Build the model and the schema from the fields."""
+        if self.history and not {VALID_FROM, VALID_TO} <= {f.name for f in self.fields}:
+            raise ValueError(f"versioned layer {self.id} must declare {VALID_FROM} and {VALID_TO}")
         self.model = self._build_model()
         self.schema = self._build_schema()
         self.history_model = self._build_history_model() if self.history else None
@@ -364,6 +431,53 @@ class Layer:
             attrs[f.name] = f.column()
         name = "".join(part.title() for part in table.split("_"))
         return type(name, (Base,), attrs)
+
+    @property
+    def key_field(self) -> str:
+        """Return the field of the natural key (a layer's code)."""
+        return self.key[0]
+
+    def in_force(self, alias: str = "", on: str = "current_date") -> list[str]:
+        """Return SQL conditions keeping the versions in force ON (a SQL date), none for an unversioned layer."""
+        if not self.history:
+            return []
+        at = f"{alias}." if alias else ""
+        return [f"{at}{VALID_FROM} <= {on}", f"({at}{VALID_TO} IS NULL OR {at}{VALID_TO} > {on})"]
+
+    def level_match(self, level_id: str) -> Match:
+        """Return which of this unit layer's features are units of LEVEL_ID (by any of its names)."""
+        units = self.units
+        if units is None or level_id not in units.levels:
+            raise ValueError(f"layer {self.id} holds no {level_id}")
+        if units.level_field is None:
+            return ()
+        return ((units.level_field, hierarchy.level(level_id).names),)
+
+    def locator_for(self, level_id: str) -> Locator | None:
+        """Return the locator naming this layer's unit of LEVEL_ID (its community, its grid), if any."""
+        return next((loc for loc in self.locators if loc.level == level_id), None)
+
+    def scope_condition(self, scope: str, alias: str = "") -> tuple[str, dict[str, Any]] | None:
+        """Return the SQL condition keeping this layer's features inside the unit coded SCOPE.
+
+        The field naming the scope's own level is compared, else the narrowest field naming a
+        level below it, by prefix; a unit layer's own code by prefix. None: no way to tell.
+        """
+        at = f"{alias}." if alias else ""
+        lv = hierarchy.level_of(scope)
+        if lv is None:
+            return None
+        own = self.locator_for(lv.id)
+        if own is not None:
+            return f"{at}{own.field} = :scope", {"scope": scope}
+        prefix = {"scope_prefix": hierarchy.code_prefix(scope) + "%"}
+        finer = [loc for loc in self.locators if loc.level and hierarchy.level(loc.level).digits > lv.digits]
+        if finer:
+            loc = min(finer, key=lambda x: hierarchy.level(x.level or "").digits)
+            return f"{at}{loc.field} LIKE :scope_prefix", prefix
+        if self.units is not None:
+            return f"{at}{self.key_field} LIKE :scope_prefix", prefix
+        return None
 
     @property
     def tile_min_zoom(self) -> int:

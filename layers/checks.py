@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from layers.base import REGISTRY, Coverage, EveryTargetHasOne, Layer, Near, NoOverlap, Within
+from layers import hierarchy
+from layers.base import REGISTRY, Coverage, EveryTargetHasOne, Layer, Match, Near, NoOverlap, Within, match_sql
 from layers.scopes import scope_unit
 from spatial.errors import InvalidInput
 from spatial.topology import Checker, Finding, LocalMetric, Tolerance
@@ -33,9 +34,6 @@ RULES = {
 }
 
 
-LEVEL_EN = {"区县": "county", "街道": "street", "社区": "community", "乡镇": "township", "村": "village"}
-
-
 @dataclass(frozen=True)
 class Row:
     """A stored feature as the checks see it."""
@@ -45,44 +43,36 @@ class Row:
     geom: BaseGeometry
 
 
-def _versioned(layer: Layer) -> bool:
-    return "valid_to" in layer.field_names
-
-
 def _load(
     session: Session,
     layer: Layer,
     *,
-    where: Iterable[tuple[str, str]] = (),
+    where: Match = (),
     prefix: str | None = None,
     near: BaseGeometry | None = None,
     link_in: tuple[str, list[str]] | None = None,
     as_of: dt.date,
 ) -> list[Row]:
     """Return LAYER's features matching WHERE, whose code starts with PREFIX or that lie NEAR a shape."""
-    conditions: list[str] = []
-    params: dict[str, Any] = {"as_of": as_of}
-    for n, (column, value) in enumerate(where):
-        conditions.append(f"{column} = :w{n}")
-        params[f"w{n}"] = value
+    conditions, params = match_sql(where)
+    params["as_of"] = as_of
     if link_in is not None:
         conditions.append(f"{link_in[0]} = ANY(CAST(:links AS text[]))")
         params["links"] = link_in[1]
-    if _versioned(layer):
-        conditions.append("valid_from <= :as_of AND (valid_to IS NULL OR valid_to > :as_of)")
+    conditions += layer.in_force(on=":as_of")
     scoped = []
     if prefix:
-        scoped.append("code LIKE :prefix")
+        scoped.append(f"{layer.key_field} LIKE :prefix")
         params["prefix"] = prefix + "%"
     if near is not None:
         scoped.append("geom && ST_Expand(ST_GeomFromWKB(:near, 4490), 0.002)")
         params["near"] = shapely.to_wkb(near)
     if scoped:
         conditions.append("(" + " OR ".join(scoped) + ")")
-    names = layer.field_names
+    names = [layer.key_field, *(n for n in layer.field_names if n != layer.key_field)]
     where_sql = (" WHERE " + " AND ".join(conditions)) if conditions else ""
     query = f"SELECT {', '.join(names)}, ST_AsBinary(geom) FROM {layer.table}{where_sql}"
-    if layer.history_table and _versioned(layer):  # the versions in force then, replaced since
+    if layer.history_table:  # the versions in force then, replaced since
         query += f" UNION ALL SELECT {', '.join(names)}, ST_AsBinary(geom) FROM {layer.history_table}{where_sql}"
     rows = session.execute(text(query + " ORDER BY 1"), params).all()
     return [Row(row[0], dict(zip(names, row[:-1], strict=True)), shapely.from_wkb(row[-1])) for row in rows]
@@ -143,30 +133,40 @@ def _run(
     findings: list[Finding] = []
     if isinstance(rule, Coverage) and chosen & {"coverage", "numbering"}:
         parent_layer = REGISTRY[rule.parent]
-        # the parents inside the scope; for a grid, its community
+        child_level = rule.child_level or (layer.units.levels[0] if layer.units else None)
+        scope_level = hierarchy.level_of(scope) if scope else None
+        # the parents inside the scope; for a unit of another layer's children (a grid), the unit it lies in
+        own_parent = (
+            scope
+            and scope_level
+            and scope_level.id == child_level
+            and rule.parent != layer.id
+            and hierarchy.parent_code(scope)
+        )
         parents = [
             p
             for p in _load(session, parent_layer, where=rule.parent_where, as_of=as_of)
-            if scope is None or p.code.startswith(scope) or p.code == scope[:12]
+            if scope is None or p.code.startswith(scope) or p.code == own_parent
         ]
         # every parent's children in one query, then grouped
         children_of: dict[str, list[Row]] = {}
         if parents:
             in_parents = (rule.link, [p.code for p in parents])
-            for child in _load(session, layer, where=rule.child_where, link_in=in_parents, as_of=as_of):
+            for child in _load(session, layer, where=rule.child_where(layer), link_in=in_parents, as_of=as_of):
                 children_of.setdefault(str(child.values.get(rule.link)), []).append(child)
         for parent in parents:
             children = children_of.get(parent.code, [])
             units = [(c.code, c.geom) for c in children]
             if "coverage" in chosen:
-                level = parent.values.get("level")
+                of_parent = hierarchy.level_of(parent.code) if rule.parent_level else None
+                of_child = hierarchy.level(rule.child_level) if rule.child_level else None
                 findings += checker.coverage(
                     units,
                     (parent.code, parent.geom),
-                    child_zh=layer.zh if rule.parent != layer.id else str(rule.child_where[0][1]),
-                    child_en=layer.en if rule.parent != layer.id else LEVEL_EN.get(str(rule.child_where[0][1]), "unit"),
-                    parent_zh=str(level or parent_layer.zh),
-                    parent_en=LEVEL_EN.get(str(level), parent_layer.en),
+                    child_zh=of_child.label() if of_child else layer.zh,
+                    child_en=of_child.label_en().lower() if of_child else layer.en,
+                    parent_zh=of_parent.label() if of_parent else parent_layer.zh,
+                    parent_en=of_parent.label_en().lower() if of_parent else parent_layer.en,
                 )
             if "numbering" in chosen and rule.numbered:
                 findings += checker.numbering(units, parent.code, layer.zh, layer.en)
@@ -224,9 +224,7 @@ def _run(
     return findings
 
 
-def _scoped(
-    session: Session, layer: Layer, shape: BaseGeometry | None, as_of: dt.date, where: Iterable[tuple[str, str]] = ()
-) -> list[Row]:
+def _scoped(session: Session, layer: Layer, shape: BaseGeometry | None, as_of: dt.date, where: Match = ()) -> list[Row]:
     rows = _load(session, layer, where=where, near=shape, as_of=as_of)
     return [r for r in rows if shape is None or r.geom.intersects(shape)]
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from layers import hierarchy
 from layers.base import CrossRule, Field, Locator
-from layers.settings import layer_settings
+from layers.hierarchy import COMMUNITY_DIGITS, GRID_SEQ_WIDTHS
 
-COMMUNITY_CODE = "^[0-9]{12}$"
-GRID_CODE = "^[0-9]{14,16}$"
-ASSET_CODE = "^[0-9]{12}([GJZ][A-Z][0-9]{5}|[0-9]{7})$"
+COMMUNITY_CODE = f"^[0-9]{{{COMMUNITY_DIGITS}}}$"
+GRID_CODE = f"^[0-9]{{{COMMUNITY_DIGITS + min(GRID_SEQ_WIDTHS)},{COMMUNITY_DIGITS + max(GRID_SEQ_WIDTHS)}}}$"
+"""Any width a deployment may choose; the width in force is checked by :func:`grid_code_rules`."""
+ASSET_CODE = f"^[0-9]{{{COMMUNITY_DIGITS}}}([GJZ][A-Z][0-9]{{5}}|[0-9]{{7}})$"
 """Either a 宗地代码 (12 digits + G/J/Z + feature code + 5 digits) or an asset code
 (12-digit village code + 2-digit category + 5-digit sequence)."""
 
@@ -47,8 +49,8 @@ def grid_field(*, required: bool = False) -> Field:
     )
 
 
-IN_COMMUNITY = Locator("community_code", "divisions", where=(("level", "社区"),))
-IN_GRID = Locator("grid_code", "grids")
+IN_COMMUNITY = Locator("community_code", "divisions", level="community")
+IN_GRID = Locator("grid_code", "grids", level="grid")
 
 
 def grid_code_rules(field: str) -> CrossRule:
@@ -58,20 +60,21 @@ def grid_code_rules(field: str) -> CrossRule:
         code, community = props.get(field), props.get("community_code")
         if not code:
             return None
-        if community and code[:12] != community:
+        community_level, grid_level = hierarchy.level("community"), hierarchy.level("grid")
+        n, width = community_level.digits, grid_level.digits - community_level.digits
+        if community and code[:n] != community:
             return (
                 "code_inconsistent",
                 field,
-                f"网格编码 {code} 的前12位应为社区代码 {community}",
-                f"grid code {code} must start with community code {community}",
+                f"网格编码 {code} 的前{n}位应为{community_level.label()}代码 {community}",
+                f"grid code {code} must start with {community_level.label_en().lower()} code {community}",
             )
-        width = layer_settings().grid_seq_width
-        if len(code) != 12 + width:
+        if len(code) != grid_level.digits:
             return (
                 "code_format",
                 field,
-                f"网格编码应为 {12 + width} 位（12位社区代码+{width}位序号）",
-                f"grid code must have {12 + width} digits (12-digit community code + {width}-digit sequence)",
+                f"网格编码应为 {grid_level.digits} 位（{n}位{community_level.label()}代码+{width}位序号）",
+                f"grid code must have {grid_level.digits} digits ({n}-digit community code + {width}-digit sequence)",
             )
         return None
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from layers.base import Coverage, Field, Layer, Style, register
+from layers import hierarchy
+from layers.base import Coverage, Field, Layer, Style, Units, register
+from layers.hierarchy import COMMUNITY_DIGITS, COUNTY_DIGITS, STREET_DIGITS, digits_pattern
 
-LEVELS = ("区县", "街道", "社区")
+HELD = ("county", "street", "community")
+"""The hierarchy levels a division is (区县, 街道/乡镇, 社区/行政村)."""
+LEVELS = hierarchy.all_names(HELD)
 
 
 def _level_matches_code(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
     code, level, parent = props.get("code") or "", props.get("level"), props.get("parent_code")
-    want = {"区县": 6, "街道": 9, "社区": 12}.get(level or "")
-    if want and len(code) != want:
+    held = hierarchy.level_named(level or "")
+    if held is not None and len(code) != held.digits:
+        want = held.digits
         return ("code_inconsistent", "code", f"{level}代码应为 {want} 位", f"a {level} code has {want} digits")
-    expected = code[:4] + "00" if len(code) == 6 else code[:-3]  # a county's parent is its city (GB/T 2260)
+    expected = hierarchy.parent_code(code) if code else None  # a county's parent is its city (GB/T 2260)
     if parent and code and parent != expected:
         return (
             "code_inconsistent",
@@ -38,7 +43,7 @@ DIVISIONS = register(
                 "Division code",
                 "code",
                 required=True,
-                pattern="^([0-9]{6}|[0-9]{9}|[0-9]{12})$",
+                pattern=digits_pattern(COUNTY_DIGITS, STREET_DIGITS, COMMUNITY_DIGITS),
                 pattern_zh="6位区县、9位街道或12位社区/村代码",
                 max_length=12,
             ),
@@ -49,7 +54,7 @@ DIVISIONS = register(
                 "上级代码",
                 "Parent code",
                 "code",
-                pattern="^([0-9]{6}|[0-9]{9})$",
+                pattern=digits_pattern(COUNTY_DIGITS, STREET_DIGITS),
                 max_length=9,
                 index=True,
             ),
@@ -59,16 +64,17 @@ DIVISIONS = register(
         stored=("MultiPolygon",),
         style=Style(
             by="level",
-            colors={"区县": "#7f1d1d", "街道": "#111827", "社区": "#2563eb"},
+            colors={"区县": "#7f1d1d", "街道": "#111827", "乡镇": "#111827", "社区": "#2563eb", "行政村": "#2563eb"},
             fill_opacity=0.0,
             weight=2.5,
             fill=False,
         ),
         cross_rules=(_level_matches_code,),
         rules=(  # streets tile their county, communities their street
-            Coverage("divisions", "parent_code", parent_where=(("level", "区县"),), child_where=(("level", "街道"),)),
-            Coverage("divisions", "parent_code", parent_where=(("level", "街道"),), child_where=(("level", "社区"),)),
+            Coverage("divisions", "parent_code", parent_level="county", child_level="street"),
+            Coverage("divisions", "parent_code", parent_level="street", child_level="community"),
         ),
+        units=Units(HELD, level_field="level", parent_field="parent_code"),
         order=10,
     )
 )

@@ -22,7 +22,17 @@ import shapely
 from geoalchemy2.shape import from_shape
 from shapely.geometry.base import BaseGeometry
 
-from layers.base import READ_ONLY, REGISTRY, Layer, as_shown_masked, looks_masked_text, mask_text, masked_column
+from layers.base import (
+    READ_ONLY,
+    REGISTRY,
+    Layer,
+    Match,
+    as_shown_masked,
+    looks_masked_text,
+    mask_text,
+    masked_column,
+    match_sql,
+)
 from spatial.errors import Conflict, InvalidInput, MalformedInput, NotFound, Problem, Where
 from spatial.geometry import STORAGE_SRID, parse_geojson_geometry, prepare_for_storage
 
@@ -246,26 +256,20 @@ def check_feature(
     return props, geom
 
 
-def locator_scope(parent: Layer, where: tuple[tuple[str, str], ...]) -> tuple[str, dict[str, Any]]:
+def locator_scope(parent: Layer, where: Match) -> tuple[str, dict[str, Any]]:
     """Return the SQL condition (on alias p) and parameters choosing the PARENT units that count.
 
     Only the units matching WHERE, and of a versioned frame only those in force today.
     """
-    scope = " AND ".join(
-        [f"p.{col} = :w{n}" for n, (col, _) in enumerate(where)]
-        + (
-            ["p.valid_from <= current_date", "(p.valid_to IS NULL OR p.valid_to > current_date)"]
-            if "valid_to" in parent.field_names
-            else []
-        )
-    )
-    return scope or "TRUE", {f"w{n}": value for n, (_, value) in enumerate(where)}
+    conditions, params = match_sql(where, "p")
+    scope = " AND ".join(conditions + parent.in_force("p"))
+    return scope or "TRUE", params
 
 
 def _located_units(
     session: Session,
     parent: Layer,
-    where: tuple[tuple[str, str], ...],
+    where: Match,
     code_field: str,
     hexes: Sequence[str],
     extent: Sequence[float],

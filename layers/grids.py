@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layers.base import Coverage, Field, Layer, Style, register
+from layers.base import Coverage, Field, Layer, Style, Units, register
 from layers.common import GRID_CODE, IN_COMMUNITY, community_field, grid_code_rules
 
 KINDS = ("基础网格", "专属网格", "单元网格")
@@ -58,7 +58,8 @@ GRIDS = register(
         locators=(IN_COMMUNITY,),
         cross_rules=(grid_code_rules("code"), _dates),
         history=True,  # boundaries change: every replaced version is kept, checks run as of a date
-        rules=(Coverage("divisions", "community_code", parent_where=(("level", "社区"),), numbered=True),),  # 无缝拼接
+        rules=(Coverage("divisions", "community_code", parent_level="community", numbered=True),),  # 无缝拼接
+        units=Units(("grid",), parent_field="community_code"),
         order=20,
     )
 )

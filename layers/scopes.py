@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -11,41 +11,62 @@ from sqlalchemy.orm import Session
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from layers import hierarchy
 from layers.base import REGISTRY, Layer
 from layers.stats import Filter, filter_conditions
 from spatial.errors import InvalidInput, NotFound
 
 
+def unit_layers() -> list[Layer]:
+    """Return the layers holding units of the hierarchy, the widest levels first."""
+    depth = {lv.id: n for n, lv in enumerate(hierarchy.levels())}
+    held = [(layer, layer.units.levels) for layer in REGISTRY.values() if layer.units]
+    return [layer for layer, ids in sorted(held, key=lambda pair: min(depth.get(i, 99) for i in pair[1]))]
+
+
+def _unit_layer(scope: str) -> Layer | None:
+    """Return the layer holding the unit coded SCOPE (by the level its length says)."""
+    lv = hierarchy.level_of(scope)
+    return next((lay for lay in unit_layers() if lv and lay.units and lv.id in lay.units.levels), None)
+
+
 def scope_unit(session: Session, scope: str, as_of: dt.date | None = None) -> tuple[BaseGeometry, str]:
     """Return the shape and name of the unit coded SCOPE (a division, or a grid in force on AS_OF)."""
     as_of = as_of or dt.date.today()
-    for layer_id in ("divisions", "grids"):
-        layer = REGISTRY[layer_id]
+    layer = _unit_layer(scope)
+    if layer is not None and layer.units is not None:
         tables = [layer.table, *([layer.history_table] if layer.history_table else [])]
-        dated = (
-            " AND valid_from <= :d AND (valid_to IS NULL OR valid_to > :d)" if "valid_to" in layer.field_names else ""
-        )
-        query = " UNION ALL ".join(f"SELECT name, ST_AsBinary(geom) FROM {t} WHERE code = :c{dated}" for t in tables)
+        dated = "".join(f" AND {c}" for c in layer.in_force(on=":d"))
+        name, key = layer.units.name_field, layer.key_field
+        query = " UNION ALL ".join(f"SELECT {name}, ST_AsBinary(geom) FROM {t} WHERE {key} = :c{dated}" for t in tables)
         rows = session.execute(text(query), {"c": scope, "d": as_of}).all()
         if rows:
             return shapely.union_all([shapely.from_wkb(wkb) for _, wkb in rows]), str(rows[0][0])
+    names = "、".join(lv.label() for lv in hierarchy.levels())
+    _not_found(scope, names)
+
+
+def _not_found(scope: str, names: str) -> NoReturn:
     raise NotFound.one(
         "scope_not_found",
-        f"没有编码为 {scope} 的区县、街道、社区或网格",
-        f"no county, street, community or grid coded {scope}",
+        f"没有编码为 {scope} 的{names}",
+        f"no {', '.join(lv.label_en().lower() for lv in hierarchy.levels())} coded {scope}",
         field="scope",
     )
 
 
 def scope_choices(session: Session) -> list[tuple[str, str, str]]:
-    """Return (code, name, level) of every division and grid in force, in code order."""
-    rows = session.execute(
-        text(
-            "SELECT code, name, level FROM divisions UNION ALL "
-            "SELECT code, name, '网格' FROM grids WHERE valid_to IS NULL OR valid_to > current_date ORDER BY 1"
-        )
-    ).all()
-    return [(str(code), str(name), str(level)) for code, name, level in rows]
+    """Return (code, name, level name) of every unit in force, in code order."""
+    parts = []
+    for layer in unit_layers():
+        units = layer.units
+        assert units is not None
+        level = units.level_field or f"'{hierarchy.level(units.levels[0]).label()}'"
+        where = " AND ".join(layer.in_force()) or "TRUE"
+        parts.append(f"SELECT {layer.key_field}, {units.name_field}, {level} FROM {layer.table} WHERE {where}")
+    rows = session.execute(text(" UNION ALL ".join(parts) + " ORDER BY 1")).all()
+    shown = {name: lv.label() for lv in hierarchy.levels() for name in lv.names}
+    return [(str(code), str(name), shown.get(str(level), str(level))) for code, name, level in rows]
 
 
 def features_in(

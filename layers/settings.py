@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,12 @@ class LayerSettings(BaseSettings):
     """Digits after the 12-digit community code in a grid code (3 → 15 digits; 2 in the
     urban-management family)."""
 
+    hierarchy: Literal["urban", "rural"] = "urban"
+    """How the levels are named: 街道/社区 (urban) or 乡镇/行政村 (rural); codes and rules are the same."""
+
+    micro_grid_width: int = 0
+    """Digits after a grid code in a 微网格 (micro-grid) code; 0: this deployment has no micro-grids."""
+
     extent: tuple[float, float, float, float] = (73.0, 3.0, 136.0, 54.0)
     """Where this deployment's data can lie (minlon, minlat, maxlon, maxlat); default: China."""
 
@@ -31,6 +38,13 @@ class LayerSettings(BaseSettings):
 
     archive_max_mb: int = Field(10_000, ge=0)
     """The archive's size cap in MB: beyond it the oldest files go first (0: no cap)."""
+
+    @field_validator("micro_grid_width")
+    @classmethod
+    def _micro(cls, value: int) -> int:
+        if value not in (0, 2, 3):
+            raise ValueError("micro_grid_width must be 0, 2 or 3")
+        return value
 
     @field_validator("grid_seq_width")
     @classmethod

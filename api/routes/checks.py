@@ -11,13 +11,14 @@ from fastapi.responses import Response
 
 from api.deps import SessionsDep
 from api.work import heavy, lane
+from layers import hierarchy
 from layers.checks import RULES, findings_geojson, run_checks
 from spatial.db import query_canceller
 from spatial.topology import Tolerance
 from spatial.work import CancelToken
 
 router = APIRouter(tags=["checks"])
-SCOPE_PATTERN = r"^[0-9]{6}([0-9]{3}([0-9]{3}([0-9]{3,4})?)?)?$"
+SCOPE_PATTERN = hierarchy.scope_pattern()
 """A county (6 digits), street (9), community (12) or grid (15–16) code."""
 
 
