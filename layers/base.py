@@ -393,6 +393,8 @@ class Layer:
     """Keep every replaced version (with valid_from / valid_to) in ``<table>_versions``: boundaries change."""
     units: Units | None = None
     """The hierarchy levels this layer holds (divisions, grids), if it holds units."""
+    example: dict[str, Any] = field(default_factory=dict)
+    """An example feature's properties (templates, the guides, tests): valid as they stand."""
     order: int = 0
     description_zh: str = ""
     model: Any = field(init=False)

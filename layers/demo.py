@@ -46,7 +46,7 @@ DEMO_SEED = 370214
 DATA = Path(__file__).resolve().parent.parent / "data"
 ADCODE_CSV = DATA / "adcode_370214_demo.csv"
 
-LOAD_ORDER = ("divisions", "grids", "parcels", "shops", "zones")
+LOAD_ORDER = ("divisions", "grids", "parcels", "shops", "revenue_points", "zones")
 VALID_FROM = "2024-01-01"
 ORIGIN = (120.38, 36.30)
 """Lon/lat the street is drawn around."""
@@ -65,6 +65,7 @@ CATEGORY_PUBLIC = "15"  # 公共管理与公共服务、特殊用地
 CATEGORY_ROAD = "16"  # 交通运输用地
 CATEGORY_OTHER = "17"  # 其他土地
 CATEGORY_SHOP = "21"  # 商铺
+CATEGORY_REVENUE = "22"  # 公共收益点位：停车位、广告位、公共用房等
 
 _CATEGORY_BY_LEVEL1 = {
     "01": CATEGORY_AGRI,
@@ -409,6 +410,7 @@ class _Builder:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
+        self.points_rng = random.Random(seed * 7 + 1)  # its own stream: the older layers stay as they were
         self.to_metric = Transformer.from_crs(4490, METRIC_EPSG, always_xy=True)
         self.to_lonlat = Transformer.from_crs(METRIC_EPSG, 4490, always_xy=True)
         self.e0, self.n0 = self.to_metric.transform(*ORIGIN)
@@ -422,6 +424,7 @@ class _Builder:
         self.parcels: list[_Claim] = []
         self.zones: list[_Claim] = []
         self.shops: list[_Claim] = []
+        self.points: list[_Claim] = []
         self.seq: Counter[tuple[str, str]] = Counter()
         self.gap: BaseGeometry = Polygon()
         self.gap_grids: tuple[str, str] = ("", "")
@@ -1051,6 +1054,69 @@ class _Builder:
                 props["intended_business"] = business
         self.shops.append(_Claim("shops", props, shape))
 
+    # ----------------------------------------------------------------- public revenue points
+
+    _POINTS_URBAN = (("停车位", 30), ("广告位", 20), ("电梯广告", 20), ("售货亭", 10), ("充电桩", 12), ("公共用房", 8))
+    _POINTS_VILLAGE = (("公共用房", 40), ("广告位", 25), ("停车位", 25), ("售货亭", 10))
+    _OPERATORS = {
+        "停车位": ("某停车管理有限公司", "街道物业服务中心"),
+        "充电桩": ("某新能源科技有限公司", "街道物业服务中心"),
+        "广告位": ("某广告传媒有限公司",),
+        "电梯广告": ("某广告传媒有限公司",),
+        "售货亭": ("社区股份经济合作社", "个体经营户"),
+        "公共用房": ("社区股份经济合作社", "村集体经济组织"),
+    }
+    _INCOME = {
+        "停车位": 1_200,
+        "广告位": 6_000,
+        "电梯广告": 2_400,
+        "售货亭": 8_000,
+        "充电桩": 3_000,
+        "公共用房": 15_000,
+    }
+
+    def _revenue_points(self) -> None:
+        """Scatter public revenue points in every grid: more, and more kinds, in urban grids."""
+        rng = self.points_rng
+        for grid in self.grids:
+            urban = grid.community.urban
+            inner = grid.shape.buffer(-20.0)
+            if inner.is_empty:
+                continue
+            x0, y0, x1, y1 = inner.bounds
+            for _ in range(rng.randint(8, 14) if urban else rng.randint(3, 6)):
+                for _attempt in range(50):
+                    point = Point(rng.uniform(x0, x1), rng.uniform(y0, y1))
+                    if inner.contains(point) and not self.gap.intersects(point.buffer(5)):
+                        break
+                else:
+                    continue
+                kind = _weighted(rng, self._POINTS_URBAN if urban else self._POINTS_VILLAGE)
+                self._point(grid, point, kind)
+
+    def _point(self, grid: _Grid, point: Point, kind: str) -> None:
+        """Add a revenue point of KIND in GRID with a ledger: most earn, some wait for a tenant, some lie idle."""
+        rng = self.points_rng
+        community = grid.community.code
+        status = _weighted(rng, (("在营", 62), ("待招租", 18), ("闲置", 20)))
+        quantity = {"停车位": rng.randint(8, 60), "充电桩": rng.randint(2, 12)}.get(kind, rng.randint(1, 4))
+        earning = status == "在营"
+        props: dict[str, Any] = {
+            "code": self._code(community, CATEGORY_REVENUE),
+            "name": f"{grid.community.name}{kind}{self.seq[(community, CATEGORY_REVENUE)]:02d}",
+            "kind": kind,
+            "quantity": quantity,
+            "size_m2": round(rng.uniform(12, 180), 1) if kind == "公共用房" else None,
+            "operator": rng.choice(self._OPERATORS[kind]) if earning else None,
+            "status": status,
+            "annual_income": float(round(self._INCOME[kind] * quantity * rng.uniform(0.6, 1.4), -2))
+            if earning
+            else 0.0,
+            "community_code": community,
+            "grid_code": grid.code,
+        }
+        self.points.append(_Claim("revenue_points", props, point))
+
     # ----------------------------------------------------------------- build
 
     def build(self) -> Demo:
@@ -1068,6 +1134,7 @@ class _Builder:
                 self._village_grid(grid, grid.code == designated)
         self._plant_zone_defect(self._grid(designated))
         self._shops()
+        self._revenue_points()
         return self._finish()
 
     def _designated_grid(self) -> str:
@@ -1130,6 +1197,8 @@ class _Builder:
             features["parcels"].append(_feature(claim.props, union(member["parcel"][i])))
         for claim in self.shops:
             features["shops"].append(_feature(claim.props, shapely.transform(claim.shape, self._lonlat)))
+        for claim in self.points:
+            features["revenue_points"].append(_feature(claim.props, shapely.transform(claim.shape, self._lonlat)))
         zone_geoms: dict[str, BaseGeometry] = {}
         for i, claim in enumerate(self.zones):
             zone_geoms[claim.props["code"]] = union(member["zone"][i])

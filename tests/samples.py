@@ -84,6 +84,40 @@ EDITS: dict[str, tuple[str, Any]] = {
 }
 
 
+def _declared_sample(layer_id: str) -> dict[str, Any]:
+    """Return a sample of a layer these samples do not know, from its declared example, in the sample grid."""
+    from layers import REGISTRY, hierarchy
+
+    layer = REGISTRY[layer_id]
+    assert layer.example, f"layer {layer_id} declares no example"
+    props = dict(layer.example)
+    units = {"community": COMMUNITY, "grid": GRID}
+    for loc in layer.locators:  # in the sample community and grid, whatever the example says
+        if loc.level in units:
+            props[loc.field] = units[loc.level]
+    key = layer.key_field
+    if str(props[key]).startswith(tuple(props.get(loc.field, "") for loc in layer.locators if loc.level)):
+        props[key] = COMMUNITY + str(props[key])[hierarchy.COMMUNITY_DIGITS :]
+    kind = layer.accepts[0]
+    point = {"type": "Point", "coordinates": [X0 + 0.0016, Y0 + 0.0006]}
+    geometry = point if kind == "Point" else polygon(X0 + 0.0030, Y0 + 0.0002, X0 + 0.0036, Y0 + 0.0007)
+    return feature(geometry, **props)
+
+
+def edit(layer_id: str) -> tuple[str, Any]:
+    """Return a (field, new value) change of the sample of LAYER_ID (an enumeration's other value)."""
+    if layer_id in EDITS:
+        return EDITS[layer_id]
+    from layers import REGISTRY
+
+    layer = REGISTRY[layer_id]
+    props = sample(layer_id)["properties"]
+    f = next(f for f in layer.fields if f.kind == "enum" and len(f.choices) > 1)
+    return f.name, next(c for c in f.choices if c != props.get(f.name))
+
+
 def sample(layer_id: str) -> dict[str, Any]:
-    """Return a fresh copy of the sample feature of LAYER_ID."""
+    """Return a fresh copy of the sample feature of LAYER_ID (a declared layer's example, for one not listed)."""
+    if layer_id not in SAMPLES:
+        return _declared_sample(layer_id)
     return copy.deepcopy(SAMPLES[layer_id])

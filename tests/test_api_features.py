@@ -13,7 +13,7 @@ from shapely.geometry import box, shape
 
 from layers.base import REGISTRY, mask_text
 from spatial.geometry import mu_from_m2
-from tests.samples import COMMUNITY, EDITS, GRID, X0, Y0, polygon, sample
+from tests.samples import COMMUNITY, GRID, X0, Y0, edit, polygon, sample
 
 GEOJSON = "application/geo+json"
 
@@ -53,7 +53,7 @@ def test_crud_round_trip(client: TestClient, session: Session, layer_id: str) ->
     srid = session.execute(text(f"SELECT ST_SRID(geom) FROM {layer_id} WHERE id = :i"), {"i": fid}).scalar()
     assert srid == 4490
 
-    name, value = EDITS[layer_id]
+    name, value = edit(layer_id)
     changed = sample(layer_id)
     changed["properties"][name] = value
     if changed["geometry"]["type"] == "Polygon":
