@@ -36,7 +36,12 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
         app.state.sessions = make_sessionmaker(bound)
         missing = assets.missing_assets()
         if missing:
-            log.warning("front-end assets missing (%s): run `make run` to install them", ", ".join(missing))
+            log.warning(
+                "前端资源缺失 front-end assets missing in %s (%s): the map and /docs cannot load them; "
+                "in a checkout run `make assets`, and build a wheel only after it",
+                assets.VENDOR_DIR,
+                ", ".join(missing),
+            )
         yield
         for each in app.state.lanes.values():
             each.close()

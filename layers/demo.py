@@ -43,7 +43,8 @@ from spatial.geometry import geodesic_area
 DEMO_SEED = 370214
 """The seed of the shipped demo (the 城阳区 county code)."""
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parent / "data"
+"""The repository's data/ (layers/data links to it; a wheel holds a copy)."""
 ADCODE_CSV = DATA / "adcode_370214_demo.csv"
 
 LOAD_ORDER = ("divisions", "grids", "parcels", "shops", "revenue_points", "zones")

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from spatial.db import Base
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parent / "data"
+"""The repository's data/ (layers/data links to it; a wheel holds a copy)."""
 
 
 class LandUseCode(Base):
