@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -26,8 +31,9 @@ from layers.drift import Difference, SchemaSQLOp, drift
 from layers.migrate import autogenerate_options
 from layers.triggers import declared, history_function
 from spatial.db import Base, make_engine
-from tests.conftest import owner_url
+from tests.conftest import admin_url, migrated_database, owner_url
 
+GUATU = Path(sys.executable).parent / "guatu"
 PARCELS = REGISTRY["parcels"]
 VERSIONED = [layer for layer in REGISTRY.values() if layer.history]
 
@@ -248,3 +254,28 @@ def test_revision_brings_a_stale_trigger_and_function_back(owner: Connection) ->
 
 def test_nothing_to_write_when_nothing_drifted(owner: Connection) -> None:
     assert revision(owner).ops == []
+
+
+def test_db_check_exits_non_zero_and_names_the_drift() -> None:
+    name = "guatu_test_drift"
+    env = dict(os.environ, DATABASE_URL=admin_url(name), GUATU_ARCHIVE_DIR=str(Path(tempfile.gettempdir()) / "drift"))
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(GUATU), "db", "check"], capture_output=True, text=True, env=env, timeout=300, check=False
+        )
+
+    with migrated_database(name):
+        clean = check()
+        assert clean.returncode == 0, clean.stderr
+        assert "database matches the layer declarations" in clean.stderr
+        owner = make_engine(url=owner_url(name))
+        try:
+            with owner.begin() as conn:
+                conn.execute(text("ALTER TABLE parcels DROP CONSTRAINT ck_parcels_stage_enum"))
+        finally:
+            owner.dispose()
+        drifted = check()
+    assert drifted.returncode == 1, drifted.stderr
+    assert "parcels: constraint ck_parcels_stage_enum" in drifted.stderr
+    assert "— (missing)" in drifted.stderr and "schema drift: 1 differences" in drifted.stderr
