@@ -11,9 +11,11 @@ import orjson
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, make_url, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from layers.base import REGISTRY
@@ -95,6 +97,37 @@ def db_revision(message: str = typer.Option(..., "--message", "-m", help="what t
     from layers import migrate
 
     command.revision(migrate.alembic_config(engine), message=message, autogenerate=True)
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Compare the database's constraints and triggers with the layer declarations; exit 1 on any difference."""
+    from layers import drift, migrate
+
+    engine = _owner_engine()  # the comparison builds the declared schema in a scratch schema, rolled back
+    try:
+        at, head = migrate.current(engine), migrate.head()
+        with engine.connect() as conn:
+            found = drift.drift(conn)
+    except DBAPIError as exc:  # e.g. a role that may not create a schema
+        console.print(f"[red]无法比较 cannot compare:[/red] {escape(str(exc.orig))}", highlight=False)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    for difference in found:
+        console.print(str(difference), markup=False, highlight=False, soft_wrap=True)
+    if found:
+        console.print(
+            f"[red]数据库与图层声明不一致 {len(found)} 处 (schema drift: {len(found)} differences)[/red]："
+            "写迁移 write a migration: guatu db revision -m …"
+        )
+    if at != head:
+        console.print(
+            f"[red]数据库版本 schema revision {at or '—'}，代码 code {head}[/red]：先运行 run guatu db upgrade"
+        )
+    if found or at != head:
+        raise typer.Exit(1)
+    console.print("数据库与图层声明一致 database matches the layer declarations")
 
 
 @db_app.command("status")

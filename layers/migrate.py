@@ -9,6 +9,7 @@ and updated (never deleted from), the schema revision read.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -30,6 +31,21 @@ def include_object(obj: object, name: str | None, type_: str, reflected: bool, c
         return False
     included = alembic_helpers.include_object(obj, name, type_, reflected, compare_to)  # type: ignore[no-untyped-call]
     return bool(included)
+
+
+def autogenerate_options() -> dict[str, Any]:
+    """Return the options autogenerate compares with (env.py and the tests): tables, types, and the drift plugin.
+
+    The plugin (:mod:`layers.drift`) adds what Alembic does not compare: the text of CHECK
+    constraints, the triggers and their functions.
+    """
+    from layers import drift
+
+    return {
+        "include_object": include_object,
+        "compare_type": True,
+        "autogenerate_plugins": ["alembic.autogenerate.*", drift.register()],
+    }
 
 
 def alembic_config(engine: Engine) -> Config:

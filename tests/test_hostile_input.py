@@ -85,8 +85,13 @@ def test_deep_but_allowed_nesting_is_a_clear_rejection(client: TestClient, depth
     for i in range(50):
         props = json.dumps({**shop["properties"], "code": shop["properties"]["code"][:-2] + f"{i:02d}"})
         features.append(
-            '{"type":"Feature","geometry":' + json.dumps(shop["geometry"]) + ',"properties":'
-            + props[:-1] + ',"deep":' + nested + "}}"
+            '{"type":"Feature","geometry":'
+            + json.dumps(shop["geometry"])
+            + ',"properties":'
+            + props[:-1]
+            + ',"deep":'
+            + nested
+            + "}}"
         )
     raw = ('{"type":"FeatureCollection","features":[' + ",".join(features) + "]}").encode()
     response = finishes(lambda: upload(client, raw, dry_run="true"))

@@ -322,7 +322,7 @@ def test_upgrade_hands_over_a_database_the_admin_owned(old_layout: str) -> None:
                 "SELECT relname::text, relowner::regrole::text FROM pg_class WHERE relname IN "
                 "('grids', 'grids_versions', 'uploads', 'alembic_version', 'parcels_id_seq', 'spatial_ref_sys') "
                 "UNION ALL SELECT proname::text, proowner::regrole::text FROM pg_proc "
-                "WHERE proname = 'guatu_keep_grid_version' "
+                "WHERE proname = 'guatu_keep_grids_version' "
                 "UNION ALL SELECT 'database', datdba::regrole::text FROM pg_database WHERE datname = current_database()"
             ).fetchall()
         )
@@ -333,7 +333,7 @@ def test_upgrade_hands_over_a_database_the_admin_owned(old_layout: str) -> None:
         "uploads": "guatu_owner",
         "alembic_version": "guatu_owner",
         "parcels_id_seq": "guatu_owner",
-        "guatu_keep_grid_version": "guatu_owner",
+        "guatu_keep_grids_version": "guatu_owner",
         "database": "guatu_owner",
         "spatial_ref_sys": admin,  # the extension's own table stays with the superuser
     }

@@ -8,7 +8,7 @@ from sqlalchemy.engine import Connection
 from geoalchemy2 import alembic_helpers
 
 import layers  # noqa: F401 - registers every model on the metadata
-from layers.migrate import include_object
+from layers.migrate import autogenerate_options
 from spatial.db import Base, make_engine
 
 config = context.config
@@ -30,10 +30,9 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        include_object=include_object,
         process_revision_directives=alembic_helpers.writer,
         render_item=alembic_helpers.render_item,
-        compare_type=True,
+        **autogenerate_options(),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,184 @@
+"""The triggers the layer declarations call for, as SQL: nothing here names a layer's table or fields.
+
+Two kinds, both derived from :data:`layers.base.REGISTRY`:
+
+- a versioned layer (``history=True``) copies a replaced or deleted row into its history
+  table; the columns copied are the layer's fields, so a field added to the declaration
+  changes the function (``guatu db revision`` writes the new one, ``guatu db check`` sees a stale one);
+- a unit named by others (:func:`layers.base.references`) cannot be deleted or recoded while
+  it is named: one shared function, one trigger per named layer listing who names it.
+
+Every function looks tables up in ``public`` before ``pg_temp``: the app role may create
+temporary tables, and one called like a real table must not stand in for it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from layers.base import REGISTRY, Layer, references
+
+SEARCH_PATH = "pg_catalog, public, pg_temp"
+"""Where the trigger functions look tables up: the app's temporary tables last, never instead of the real ones."""
+
+VALIDITY = ("valid_from", "valid_to")
+"""The fields a versioned layer is in force by (the history table's index uses them too)."""
+
+DEPENDENTS_FUNCTION = "guatu_refuse_orphans"
+DEPENDENTS_CONSTRAINT = "guatu_has_dependents"
+"""The constraint name a refused delete or recode carries (SQLSTATE 23503): the app maps it to 409."""
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Routine:
+    """A trigger function: its name (no arguments) and the SQL that creates or replaces it."""
+
+    name: str
+    sql: str
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A trigger on TABLE running FUNCTION, and the SQL that creates it."""
+
+    table: str
+    name: str
+    function: str
+    sql: str
+
+
+def _ident(name: str) -> str:
+    """Return NAME if it is a plain lower-case identifier (as every declared name is), else refuse it."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{name!r} is not a plain identifier")
+    return name
+
+
+def history_function(layer: Layer) -> Routine:
+    """Return the function that keeps LAYER's replaced versions in its history table.
+
+    A row changed in its fields or boundary (not in its dates alone), or deleted, is copied
+    with ``valid_to`` = today, unless it came into force today; a changed row is then in
+    force from today (unless the change sets a later date).
+    """
+    if not layer.history_table:
+        raise ValueError(f"layer {layer.id} keeps no history")
+    missing = [name for name in VALIDITY if name not in layer.field_names]
+    if missing:
+        raise ValueError(f"layer {layer.id} keeps history but has no field {', '.join(missing)}")
+    history = _ident(layer.history_table)
+    valid_from, _ = VALIDITY
+    kept = [_ident(name) for name in layer.field_names if name not in VALIDITY]
+    columns = ", ".join([*kept, "geom", *VALIDITY, "upload_id"])
+    old = ", ".join(f"OLD.{name}" for name in kept)
+    new = ", ".join(f"NEW.{name}" for name in kept)
+
+    def insert(indent: str) -> str:
+        return (
+            f"{indent}INSERT INTO {history} ({columns})\n"
+            f"{indent}VALUES ({old}, OLD.geom, OLD.{valid_from}, current_date, OLD.upload_id);"
+        )
+
+    name = f"guatu_keep_{_ident(layer.table)}_version"
+    sql = f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql
+SET search_path = {SEARCH_PATH} AS $$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    IF OLD.{valid_from} < current_date THEN
+{insert("      ")}
+    END IF;
+    RETURN OLD;
+  END IF;
+  IF OLD.{valid_from} < current_date
+     AND (ROW({new}) IS DISTINCT FROM ROW({old}) OR NOT ST_OrderingEquals(NEW.geom, OLD.geom)) THEN
+{insert("    ")}
+    IF NEW.{valid_from} <= OLD.{valid_from} THEN
+      NEW.{valid_from} := current_date;  -- the new boundary is in force from today
+    END IF;
+  END IF;
+  RETURN NEW;
+END
+$$"""
+    return Routine(name, sql)
+
+
+def history_trigger(layer: Layer) -> Trigger:
+    """Return the trigger that runs :func:`history_function` on LAYER's table."""
+    function = history_function(layer).name
+    name = f"{_ident(layer.table)}_keep_version"
+    sql = f"CREATE TRIGGER {name} BEFORE UPDATE OR DELETE ON {layer.table} FOR EACH ROW EXECUTE FUNCTION {function}()"
+    return Trigger(layer.table, name, function, sql)
+
+
+def dependents_function() -> Routine:
+    """Return the function that refuses to delete or recode a unit still named by others.
+
+    Its arguments are (table, field) pairs naming the unit by its code; the refusal carries
+    SQLSTATE 23503, constraint :data:`DEPENDENTS_CONSTRAINT` and the counts as JSON in its detail.
+    """
+    sql = f"""CREATE OR REPLACE FUNCTION {DEPENDENTS_FUNCTION}() RETURNS trigger LANGUAGE plpgsql
+SET search_path = {SEARCH_PATH} AS $$
+DECLARE
+  i integer;
+  n bigint;
+  counts jsonb := '{{}}';
+BEGIN
+  IF TG_OP = 'UPDATE' AND NEW.code IS NOT DISTINCT FROM OLD.code THEN
+    RETURN NEW;
+  END IF;
+  FOR i IN 0 .. TG_NARGS / 2 - 1 LOOP
+    EXECUTE format('SELECT count(*) FROM %I WHERE %I = $1', TG_ARGV[2 * i], TG_ARGV[2 * i + 1])
+      INTO n USING OLD.code;
+    IF n > 0 THEN
+      counts := counts || jsonb_build_object(TG_ARGV[2 * i] || '.' || TG_ARGV[2 * i + 1], n);
+    END IF;
+  END LOOP;
+  IF counts <> '{{}}' THEN
+    RAISE EXCEPTION USING
+      ERRCODE = 'foreign_key_violation',
+      CONSTRAINT = '{DEPENDENTS_CONSTRAINT}',
+      MESSAGE = format('%s %s is still named by %s', TG_TABLE_NAME, OLD.code, counts),
+      DETAIL = counts::text;
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  RETURN NEW;
+END
+$$"""
+    return Routine(DEPENDENTS_FUNCTION, sql)
+
+
+def dependents_trigger(layer: Layer) -> Trigger | None:
+    """Return the trigger that keeps LAYER's units from being orphaned, or None when no layer names them."""
+    named_by = [(ref.child, ref.field) for ref in references() if ref.parent == layer.id]
+    if not named_by:
+        return None
+    if layer.key != ("code",):  # the function reads OLD.code / NEW.code
+        raise ValueError(f"layer {layer.id} is named by others but its key is {layer.key}, not (code,)")
+    args = ", ".join(f"'{_ident(name)}'" for pair in sorted(named_by) for name in pair)
+    name = f"{_ident(layer.table)}_keep_dependents"
+    sql = (
+        f"CREATE TRIGGER {name} BEFORE DELETE OR UPDATE OF code ON {layer.table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {DEPENDENTS_FUNCTION}({args})"
+    )
+    return Trigger(layer.table, name, DEPENDENTS_FUNCTION, sql)
+
+
+def declared() -> tuple[list[Routine], list[Trigger]]:
+    """Return every trigger function and trigger the registered layers call for."""
+    routines: dict[str, Routine] = {}
+    triggers: list[Trigger] = []
+    for layer in REGISTRY.values():
+        if layer.history:
+            routine = history_function(layer)
+            routines[routine.name] = routine
+            triggers.append(history_trigger(layer))
+        found = dependents_trigger(layer)
+        if found is not None:
+            routines.setdefault(DEPENDENTS_FUNCTION, dependents_function())
+            triggers.append(found)
+    return list(routines.values()), triggers
