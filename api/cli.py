@@ -230,7 +230,7 @@ def archive_prune(
 @app.command("import")
 def import_file(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="GeoJSON file")],
-    layer: str = typer.Option(..., "--layer", "-l", help="divisions, grids, parcels, shops or zones"),
+    layer: str = typer.Option(..., "--layer", "-l", help="layer id: " + ", ".join(REGISTRY)),
     crs: str = typer.Option(None, help="WGS84, CGCS2000, GCJ-02, BD-09 or EPSG:<code> (default: the file's crs)"),
     axis: str = typer.Option("xy", help="xy: easting/lon first; yx: northing/lat first (X = 北)"),
     mode: str = typer.Option("all-or-nothing", help="all-or-nothing or valid-only"),

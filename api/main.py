@@ -15,11 +15,20 @@ from api.guards import RefuseNul
 from api.routes import checks, features, health, layers, pages, printing, search, stats, tiles, uploads
 from api.settings import ApiSettings
 from api.work import make_lanes
+from layers.base import REGISTRY
 from spatial.db import make_engine, make_sessionmaker
 from spatial.roles import refuse_superuser
 from web import assets
 
 log = logging.getLogger("guatu")
+
+
+def _description() -> str:
+    """Return the API's one-line description, naming the declared layers."""
+    declared = sorted(REGISTRY.values(), key=lambda layer: layer.order)
+    zh = "、".join(layer.zh for layer in declared)
+    en = ", ".join(layer.en.lower() for layer in declared)
+    return f"集体资源一张图：{zh}。One map of collective resources: {en}."
 
 
 def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -50,7 +59,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
 
     app = FastAPI(
         title="guatu 挂图 API",
-        description="集体资源一张图：地块、商铺、网格、一户一区。Parcels, shops, grids and courtyard zones.",
+        description=_description(),
         version="0.1.0",
         lifespan=lifespan,
         docs_url=None,

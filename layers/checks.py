@@ -79,13 +79,10 @@ def _load(
 
 
 def _frame_extent(session: Session) -> BaseGeometry:
-    """Return the extent of the divisions and grids (where the local metric is centred), in one query."""
-    found = session.execute(
-        text(
-            "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
-            "(SELECT ST_Extent(geom) AS e FROM (SELECT geom FROM divisions UNION ALL SELECT geom FROM grids) g) x"
-        )
-    ).one()
+    """Return the extent of the units (where the local metric is centred), in one query."""
+    units = " UNION ALL ".join(f"SELECT geom FROM {lay.table}" for lay in REGISTRY.values() if lay.units)
+    extent = f"SELECT ST_Extent(geom) AS e FROM ({units}) g"
+    found = session.execute(text(f"SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM ({extent}) x")).one()
     if found[0] is None:
         return shapely.Point(120.4, 36.3)
     return shapely.box(*found)
@@ -141,7 +138,7 @@ def _run(
             and scope_level
             and scope_level.id == child_level
             and rule.parent != layer.id
-            and hierarchy.parent_code(scope)
+            and hierarchy.parent_of(scope)
         )
         parents = [
             p

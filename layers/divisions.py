@@ -19,7 +19,7 @@ def _level_matches_code(props: dict[str, Any]) -> tuple[str, str, str, str] | No
     if held is not None and len(code) != held.digits:
         want = held.digits
         return ("code_inconsistent", "code", f"{level}代码应为 {want} 位", f"a {level} code has {want} digits")
-    expected = hierarchy.parent_code(code) if code else None  # a county's parent is its city (GB/T 2260)
+    expected = hierarchy.parent_of(code) if code else None  # a county's parent is its city (GB/T 2260)
     if parent and code and parent != expected:
         return (
             "code_inconsistent",

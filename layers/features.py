@@ -300,11 +300,11 @@ def _located_units(
                 SELECT i, CAST(w AS geometry) AS g
                 FROM unnest(CAST(:idx AS int[]), CAST(:wkb AS text[])) AS t(i, w)
             ), hits AS (
-                SELECT i, p.{code_field} AS code, p.geom AS pgeom, g, count(*) OVER (PARTITION BY i) AS n
+                SELECT i, p.{code_field} AS unit, p.geom AS pgeom, g, count(*) OVER (PARTITION BY i) AS n
                 FROM input JOIN {table} p ON ST_Intersects(p.geom, input.g) AND {scope}
             )
-            SELECT DISTINCT ON (i) i, code FROM hits
-            ORDER BY i, CASE WHEN n = 1 THEN 0 ELSE -ST_Area(ST_Intersection(pgeom, g)) END, code
+            SELECT DISTINCT ON (i) i, unit FROM hits
+            ORDER BY i, CASE WHEN n = 1 THEN 0 ELSE -ST_Area(ST_Intersection(pgeom, g)) END, unit
             """
         ),
         params,

@@ -106,12 +106,12 @@ def above(lv: Level) -> Level | None:
     return levels()[at - 1] if at else None
 
 
-def parent_code(code: str) -> str | None:
+def parent_of(code: str) -> str | None:
     """Return the code of the unit CODE lies in (a county's parent is its city, GB/T 2260).
 
     Examples
     --------
-    >>> parent_code("370214001006"), parent_code("370214001"), parent_code("370214")
+    >>> parent_of("370214001006"), parent_of("370214001"), parent_of("370214")
     ('370214001', '370214', '370200')
     """
     lv = level_of(code)

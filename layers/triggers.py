@@ -17,12 +17,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from layers.base import REGISTRY, Layer, references
+from layers.base import REGISTRY, VALID_FROM, VALID_TO, Layer, references
 
 SEARCH_PATH = "pg_catalog, public, pg_temp"
 """Where the trigger functions look tables up: the app's temporary tables last, never instead of the real ones."""
 
-VALIDITY = ("valid_from", "valid_to")
+VALIDITY = (VALID_FROM, VALID_TO)
 """The fields a versioned layer is in force by (the history table's index uses them too)."""
 
 DEPENDENTS_FUNCTION = "guatu_refuse_orphans"
@@ -70,7 +70,7 @@ def history_function(layer: Layer) -> Routine:
     if missing:
         raise ValueError(f"layer {layer.id} keeps history but has no field {', '.join(missing)}")
     history = _ident(layer.history_table)
-    valid_from, _ = VALIDITY
+    start = VALID_FROM
     kept = [_ident(name) for name in layer.field_names if name not in VALIDITY]
     columns = ", ".join([*kept, "geom", *VALIDITY, "upload_id"])
     old = ", ".join(f"OLD.{name}" for name in kept)
@@ -79,7 +79,7 @@ def history_function(layer: Layer) -> Routine:
     def insert(indent: str) -> str:
         return (
             f"{indent}INSERT INTO {history} ({columns})\n"
-            f"{indent}VALUES ({old}, OLD.geom, OLD.{valid_from}, current_date, OLD.upload_id);"
+            f"{indent}VALUES ({old}, OLD.geom, OLD.{start}, current_date, OLD.upload_id);"
         )
 
     name = f"guatu_keep_{_ident(layer.table)}_version"
@@ -87,16 +87,16 @@ def history_function(layer: Layer) -> Routine:
 SET search_path = {SEARCH_PATH} AS $$
 BEGIN
   IF TG_OP = 'DELETE' THEN
-    IF OLD.{valid_from} < current_date THEN
+    IF OLD.{start} < current_date THEN
 {insert("      ")}
     END IF;
     RETURN OLD;
   END IF;
-  IF OLD.{valid_from} < current_date
+  IF OLD.{start} < current_date
      AND (ROW({new}) IS DISTINCT FROM ROW({old}) OR NOT ST_OrderingEquals(NEW.geom, OLD.geom)) THEN
 {insert("    ")}
-    IF NEW.{valid_from} <= OLD.{valid_from} THEN
-      NEW.{valid_from} := current_date;  -- the new boundary is in force from today
+    IF NEW.{start} <= OLD.{start} THEN
+      NEW.{start} := current_date;  -- the new boundary is in force from today
     END IF;
   END IF;
   RETURN NEW;
