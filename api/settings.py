@@ -25,7 +25,7 @@ class ApiSettings(BaseSettings):
     """For basemap=xyz: a tile URL template with {z}/{x}/{y}."""
     basemap_attribution: str = ""
     tile_cache_size: int = 4096
-    """Vector tiles kept in memory (0: none); every write through the app invalidates its layer's."""
+    """Vector tiles kept in memory (0: none); a committed write to a layer, by anyone, retires its layer's."""
     print_workers: Annotated[int, Field(ge=1, le=32)] = 2
     """Wall maps drawn at once (each in its own worker process)."""
     print_queue: Annotated[int, Field(ge=0, le=1000)] = 6

@@ -9,7 +9,7 @@ import importlib
 import re
 from pathlib import Path
 
-from layers import uploads  # noqa: F401 - registers the upload log's model
+from layers import generations, uploads  # noqa: F401 - register the generation counter's and the upload log's models
 from layers.base import REGISTRY, Layer
 from layers.landuse import LandUseCode
 

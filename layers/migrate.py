@@ -3,7 +3,7 @@
 Migrations run as the owner role. The app role gets row privileges only, derived from the
 layer declarations: every layer's table is read and written, a history table (filled by a
 trigger that runs as the app) only read and appended to, the upload log read, appended to
-and updated (never deleted from), the schema revision read.
+and updated (never deleted from), the schema revision and the layer generations read.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from geoalchemy2 import alembic_helpers
 
 from layers.base import REGISTRY
+from layers.generations import LayerGeneration
 from layers.uploads import Upload
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -74,6 +75,7 @@ def app_privileges() -> dict[str, tuple[str, ...]]:
         if layer.history_table:  # old versions are kept, never changed
             wanted[layer.history_table] = ("SELECT", "INSERT")
     wanted[Upload.__tablename__] = ("SELECT", "INSERT", "UPDATE")  # an append-only log: no DELETE
+    wanted[LayerGeneration.__tablename__] = ("SELECT",)  # raised by a trigger running as the owner
     wanted[VERSION_TABLE] = ("SELECT",)
     return wanted
 

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from layers.base import REGISTRY, VALID_FROM, VALID_TO, Layer, references
+from layers.generations import NOTE_FUNCTION, track_writes
 
 SEARCH_PATH = "pg_catalog, public, pg_temp"
 """Where the trigger functions look tables up: the app's temporary tables last, never instead of the real ones."""
@@ -168,11 +169,57 @@ def dependents_trigger(layer: Layer) -> Trigger | None:
     return Trigger(layer.table, name, DEPENDENTS_FUNCTION, sql)
 
 
+GENERATIONS_RAISE = "guatu_raise_layer_generations"
+"""The deferred trigger function that raises, at commit, the generations of the layers a transaction wrote."""
+
+
+def generation_functions() -> list[Routine]:
+    """Return the two functions that keep layer generations (layers.generations): note a write, raise at commit.
+
+    Both run as their owner (SECURITY DEFINER): the app may read the counters, never write them.
+    """
+    note = f"""CREATE OR REPLACE FUNCTION {NOTE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = {SEARCH_PATH} AS $$
+BEGIN
+  INSERT INTO layer_generation_marks (xact, layer) VALUES (txid_current(), TG_ARGV[0])
+    ON CONFLICT DO NOTHING;
+  RETURN NULL;
+END
+$$"""
+    bump = f"""CREATE OR REPLACE FUNCTION {GENERATIONS_RAISE}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = {SEARCH_PATH} AS $$
+BEGIN
+  -- the transaction's first mark to fire raises all its layers, in key order; the others find none
+  INSERT INTO layer_generations AS g (layer, generation)
+    SELECT m.layer, 1 FROM layer_generation_marks m WHERE m.xact = NEW.xact ORDER BY m.layer
+    ON CONFLICT (layer) DO UPDATE SET generation = g.generation + 1;
+  DELETE FROM layer_generation_marks WHERE xact = NEW.xact;
+  RETURN NULL;
+END
+$$"""
+    return [Routine(NOTE_FUNCTION, note), Routine(GENERATIONS_RAISE, bump)]
+
+
+def generations_raise_trigger() -> Trigger:
+    """Return the deferred trigger that raises the generations as a writing transaction commits."""
+    sql = (
+        "CREATE CONSTRAINT TRIGGER layer_generation_raise AFTER INSERT ON layer_generation_marks "
+        f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {GENERATIONS_RAISE}()"
+    )
+    return Trigger("layer_generation_marks", "layer_generation_raise", GENERATIONS_RAISE, sql)
+
+
+def generation_trigger(layer: Layer) -> Trigger:
+    """Return the statement trigger that notes every write to LAYER's table (its generation follows)."""
+    return Trigger(layer.table, f"{_ident(layer.table)}_generation", NOTE_FUNCTION, track_writes(layer.id)[0])
+
+
 def declared() -> tuple[list[Routine], list[Trigger]]:
     """Return every trigger function and trigger the registered layers call for."""
-    routines: dict[str, Routine] = {}
-    triggers: list[Trigger] = []
+    routines: dict[str, Routine] = {r.name: r for r in generation_functions()}
+    triggers: list[Trigger] = [generations_raise_trigger()]
     for layer in REGISTRY.values():
+        triggers.append(generation_trigger(layer))
         if layer.history:
             routine = history_function(layer)
             routines[routine.name] = routine

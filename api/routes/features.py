@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import LayerDep, SessionDep
-from api.routes.tiles import tile_cache
 from layers import features
 from spatial.errors import MalformedInput, TooLarge
 
@@ -112,7 +111,6 @@ async def create_feature(layer: LayerDep, session: SessionDep, request: Request)
     """Validate and store a GeoJSON Feature; answer with it as stored."""
     body = await _read_feature(request)
     created = await run_in_threadpool(_commit, session, features.create_feature, layer, body)
-    tile_cache(request).bump(layer.id)
     return _geojson(created, 201, {"Location": f"/api/layers/{layer.id}/features/{created['id']}"})
 
 
@@ -127,14 +125,12 @@ async def replace_feature(layer: LayerDep, session: SessionDep, fid: FeatureId, 
     """Replace a feature's properties and geometry."""
     body = await _read_feature(request)
     updated = await run_in_threadpool(_commit, session, features.replace_feature, layer, fid, body)
-    tile_cache(request).bump(layer.id)
     return _geojson(updated)
 
 
 @router.delete("/{fid}", summary="删除要素 Delete a feature", status_code=204)
-def delete_feature(layer: LayerDep, session: SessionDep, fid: FeatureId, request: Request) -> Response:
+def delete_feature(layer: LayerDep, session: SessionDep, fid: FeatureId) -> Response:
     """Delete a feature."""
     features.delete_feature(session, layer, fid)
     session.commit()
-    tile_cache(request).bump(layer.id)
     return Response(status_code=204)

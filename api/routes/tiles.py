@@ -1,7 +1,9 @@
 """Vector tiles: `/tiles/{layer}/{z}/{x}/{y}.pbf` (MVT) and `/tiles/{layer}.json` (TileJSON).
 
 Tiles carry an ETag (a client sending it back, plain or weakened to `W/"…"`, gets 304) and are
-kept in a small in-process cache that every write through this app invalidates for its layer.
+kept in a small in-process cache. Both hold the layer's generation, which every committed write
+raises, whichever process or role made it; each tile request reads it (one primary-key lookup on
+a connection of its own, ~0.2 ms: `layers.generations.Reader`).
 """
 
 from __future__ import annotations
@@ -14,62 +16,73 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import LayerDep, SessionDep, SessionsDep
 from api.routes.stats import FilterDep
+from layers import generations
 from layers.base import Layer
 from layers.features import layer_or_404, layer_summary
 from layers.stats import Filter, filter_conditions
-from layers.tiles import Tile, outside, render_tile, tile_of_layer, tilejson
+from layers.tiles import Tile, render_tile, tile_of_layer, tilejson
 
 MVT = "application/vnd.mapbox-vector-tile"
 router = APIRouter(tags=["tiles"])
 
 
 class TileCache:
-    """Recently served tiles and layer extents, by layer generation (bumped on every write)."""
+    """Recently served tiles and layer extents, each good while its layer's generation is the current one.
+
+    The generation is the database's (``layers.generations``): every committed write to the
+    layer raises it, whoever writes, so a tile is never served past a write another worker,
+    ``guatu import`` or plain SQL made.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.generation: dict[str, int] = {}
+        self.seen: dict[str, int] = {}
         self.extents: dict[str, tuple[int, list[float] | None]] = {}
-        self.tiles: OrderedDict[tuple[str, int, int, int, str, int], tuple[bytes, str]] = OrderedDict()
+        self.tiles: OrderedDict[tuple[str, int, int, int, str], tuple[int, bytes, str]] = OrderedDict()
         self.lock = threading.Lock()
         self.hits = 0
 
-    def bump(self, layer_id: str) -> None:
-        """Forget every tile of LAYER_ID: it was written to."""
+    def observe(self, layer_id: str, generation: int) -> None:
+        """Note LAYER_ID's GENERATION as just read; forget the tiles and extent of older ones."""
         with self.lock:
-            self.generation[layer_id] = self.generation.get(layer_id, 0) + 1
+            if generation <= self.seen.get(layer_id, -1):
+                return
+            self.seen[layer_id] = generation
+            for key in [k for k, v in self.tiles.items() if k[0] == layer_id and v[0] < generation]:
+                del self.tiles[key]
+            if self.extents.get(layer_id, (generation,))[0] < generation:
+                del self.extents[layer_id]
 
-    def get(self, key: tuple[str, int, int, int, str]) -> tuple[bytes, str] | None:
-        """Return the cached (bytes, ETag) of tile KEY (layer, z, x, y, filter) of the current generation."""
+    def get(self, key: tuple[str, int, int, int, str], generation: int) -> tuple[bytes, str] | None:
+        """Return the cached (bytes, ETag) of tile KEY (layer, z, x, y, filter) if made at GENERATION."""
         with self.lock:
-            found = self.tiles.get((*key, self.generation.get(key[0], 0)))
-            if found is not None:
-                self.hits += 1
-                self.tiles.move_to_end((*key, self.generation.get(key[0], 0)))
-            return found
+            found = self.tiles.get(key)
+            if found is None or found[0] != generation:
+                return None
+            self.hits += 1
+            self.tiles.move_to_end(key)
+            return found[1], found[2]
 
-    def current(self, layer_id: str) -> int:
-        """Return LAYER_ID's generation now (read it before rendering, store the tile under it)."""
-        with self.lock:
-            return self.generation.get(layer_id, 0)
-
-    def put(self, key: tuple[str, int, int, int, str], value: tuple[bytes, str], generation: int) -> None:
+    def put(self, key: tuple[str, int, int, int, str], generation: int, value: tuple[bytes, str]) -> None:
         """Keep tile KEY's (bytes, ETag) as rendered at GENERATION, forgetting the least recently used.
 
-        A write that lands while the tile is being rendered has bumped the generation: the tile
-        is then filed under the old one and never served again.
+        GENERATION is read before the tile's query sees the data: a write that commits while the
+        tile is rendered raises it, and the next request renders the tile again.
         """
         if self.size <= 0:
             return
         with self.lock:
-            self.tiles[(*key, generation)] = value
+            if generation < self.seen.get(key[0], 0):
+                return  # already superseded
+            self.tiles[key] = (generation, *value)
+            self.tiles.move_to_end(key)
             while len(self.tiles) > self.size:
                 self.tiles.popitem(last=False)
 
@@ -83,20 +96,35 @@ def tile_cache(request: Request) -> TileCache:
     return cache
 
 
-def _extent(cache: TileCache, session: Session, layer: Layer) -> list[float] | None:
-    generation = cache.generation.get(layer.id, 0)
+async def generation_reader(request: Request) -> Callable[[str], int]:
+    """Return the app's reader of layer generations (created on first use; one connection of its own)."""
+    state = request.app.state
+    if not hasattr(state, "generations"):
+        state.generations = generations.Reader(state.engine)
+    reader: Callable[[str], int] = state.generations
+    return reader
+
+
+GenerationsDep = Annotated[Callable[[str], int], Depends(generation_reader)]
+
+
+def _generation(cache: TileCache, read: Callable[[str], int], layer: Layer) -> int:
+    """Return LAYER's generation now, dropping what the cache kept of older ones."""
+    generation = read(layer.id)
+    cache.observe(layer.id, generation)
+    return generation
+
+
+def _extent(cache: TileCache, session: Session, layer: Layer, generation: int) -> list[float] | None:
+    """Return LAYER's extent at GENERATION (read after it), from the cache when it was made at that one."""
     known = cache.extents.get(layer.id)
     if known is not None and known[0] == generation:
         return known[1]
     extent: list[float] | None = layer_summary(session, layer)["extent"]
-    cache.extents[layer.id] = (generation, extent)
+    with cache.lock:
+        if generation >= cache.seen.get(layer.id, 0):
+            cache.extents[layer.id] = (generation, extent)
     return extent
-
-
-def _known_outside(cache: TileCache, layer: Layer, address: Tile) -> bool:
-    """Return True when the cached extent of LAYER already says the tile is empty."""
-    known = cache.extents.get(layer.id)
-    return known is not None and known[0] == cache.generation.get(layer.id, 0) and outside(address, known[1])
 
 
 def _filter_key(params: dict[str, object]) -> str:
@@ -121,11 +149,26 @@ def etag_matches(header: str | None, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == etag.removeprefix("W/") for tag in header.split(","))
 
 
-def _render(
-    sessions: Callable[[], AbstractContextManager[Session]], cache: TileCache, layer: Layer, address: Tile, flt: Filter
-) -> bytes:
+def _tile(
+    read: Callable[[str], int],
+    sessions: Callable[[], AbstractContextManager[Session]],
+    cache: TileCache,
+    layer: Layer,
+    address: Tile,
+    flt: Filter,
+    key: tuple[str, int, int, int, str],
+) -> tuple[bytes, str]:
+    """Return the tile's (bytes, ETag): cached if made at the layer's current generation, else rendered."""
+    generation = _generation(cache, read, layer)  # before the tile's query sees the data
+    cached = cache.get(key, generation)
+    if cached is not None:
+        return cached
     with sessions() as session:
-        return render_tile(session, layer, address, _extent(cache, session, layer), flt)
+        data = render_tile(session, layer, address, _extent(cache, session, layer, generation), flt)
+    # the generation in the ETag: a client never gets 304 for a tile made before a write
+    etag = f'"{generation}-{hashlib.sha1(data, usedforsecurity=False).hexdigest()[:20]}"'
+    cache.put(key, generation, (data, etag))
+    return data, etag
 
 
 @router.get("/tiles/{layer_id}/{z}/{x}/{y}.pbf", summary="矢量瓦片 Vector tile (MVT)")
@@ -137,6 +180,7 @@ async def vector_tile(
     y: Annotated[int, Path(ge=0)],
     flt: FilterDep,
     sessions: SessionsDep,
+    read: GenerationsDep,
 ) -> Response:
     """Return one tile of the layer: id, code, name and the styled field of each feature.
 
@@ -147,18 +191,8 @@ async def vector_tile(
     layer = layer_or_404(layer_id)
     address = tile_of_layer(layer, z, x, y)
     _, params = filter_conditions(layer, flt)  # refuses a filter the layer cannot take
-    cache = tile_cache(request)
     key = (layer.id, z, x, y, _filter_key(params))
-    cached = cache.get(key)
-    if cached is None:
-        generation = cache.current(layer.id)  # before the query sees the data
-        if _known_outside(cache, layer, address):
-            data = b""
-        else:
-            data = await run_in_threadpool(_render, sessions, cache, layer, address, flt)
-        cached = (data, '"' + hashlib.sha1(data, usedforsecurity=False).hexdigest()[:20] + '"')
-        cache.put(key, cached, generation)
-    data, etag = cached
+    data, etag = await run_in_threadpool(_tile, read, sessions, tile_cache(request), layer, address, flt, key)
     headers = {"ETag": etag, "Cache-Control": "public, max-age=60, must-revalidate"}
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
@@ -168,7 +202,8 @@ async def vector_tile(
 
 
 @router.get("/tiles/{layer_id}.json", summary="TileJSON")
-def layer_tilejson(layer: LayerDep, session: SessionDep, request: Request) -> JSONResponse:
+def layer_tilejson(layer: LayerDep, session: SessionDep, read: GenerationsDep, request: Request) -> JSONResponse:
     """Return the TileJSON document of LAYER's vector tiles."""
     base = str(request.base_url).rstrip("/")
-    return JSONResponse(tilejson(layer, base, _extent(tile_cache(request), session, layer)))
+    cache = tile_cache(request)
+    return JSONResponse(tilejson(layer, base, _extent(cache, session, layer, _generation(cache, read, layer))))

@@ -14,7 +14,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Message
 
 from api.deps import LayerDep, SessionDep
-from api.routes.tiles import tile_cache
 from api.work import client_of, lane, watched
 from layers.archive import load_report, spool_file
 from layers.uploads import Upload, UploadOptions, commit_upload, get_upload, upload_json
@@ -186,8 +185,6 @@ async def create_upload(
                 result = await uploads.run(check, session, fresh, layer, path, options, progress)
         finally:
             path.unlink(missing_ok=True)
-    if result["status"] == "committed":
-        tile_cache(request).bump(layer.id)
     status = {"committed": 201, "dry_run": 200, "rejected": 422}.get(result["status"], 200)
     return JSONResponse(result, status_code=status)
 

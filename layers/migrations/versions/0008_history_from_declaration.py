@@ -13,7 +13,7 @@ The statements below are what ``guatu db revision`` (with the drift plugin,
 ``tests/test_drift.py`` keeps the live database equal to what the declarations generate.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-05 12:50:00
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

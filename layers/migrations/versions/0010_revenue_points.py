@@ -15,6 +15,7 @@ from alembic import op
 from geoalchemy2 import Geometry
 
 from layers.base import REGISTRY, references
+from layers.generations import track_writes, untrack_writes
 from layers.triggers import DEPENDENTS_FUNCTION, dependents_trigger
 
 revision: str = "0010"
@@ -86,6 +87,8 @@ def upgrade() -> None:
     op.create_index("ix_revenue_points_grid_code", "revenue_points", ["grid_code"], unique=False)
     op.create_index(op.f("ix_revenue_points_upload_id"), "revenue_points", ["upload_id"], unique=False)
     # ### end Alembic commands ###
+    for statement in track_writes("revenue_points", "revenue_points"):  # its writes refresh cached tiles
+        op.execute(statement)
     for layer in REGISTRY.values():  # the units it names keep it: their triggers as the declarations state
         trigger = dependents_trigger(layer)
         if trigger is not None:
@@ -95,6 +98,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Revert this migration."""
+    for statement in untrack_writes("revenue_points", "revenue_points"):
+        op.execute(statement)
     named: dict[str, list[str]] = {}
     for ref in references():
         if ref.child != "revenue_points":
