@@ -8,7 +8,9 @@ the pydantic properties schema, the popup fields, the map style and the legend.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -399,6 +401,8 @@ class Layer:
     description_zh: str = ""
     model: Any = field(init=False)
     schema: type[BaseModel] = field(init=False)
+    module: str = field(init=False, default="")
+    """The module that declared it (set by :func:`register`)."""
 
     def __post_init__(self) -> None:
         """Build the model and the schema from the fields."""
@@ -639,8 +643,21 @@ def references() -> list[Reference]:
 
 
 def register(layer: Layer) -> Layer:
-    """Add LAYER to the registry and return it."""
+    """Add LAYER to the registry and return it (it remembers the module declaring it, for worker processes)."""
     if layer.id in REGISTRY:
         raise ValueError(f"layer {layer.id} declared twice")
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    layer.module = caller if caller != "__main__" else ""
     REGISTRY[layer.id] = layer
     return layer
+
+
+def declared_layer(layer_id: str, module: str = "") -> Layer:
+    """Return the layer LAYER_ID, importing MODULE first if this process has not met it (a worker process).
+
+    Layer modules in this package are imported with it; a layer declared elsewhere (a
+    deployment's own module) is found by importing the module its declaration named.
+    """
+    if layer_id not in REGISTRY and module:
+        importlib.import_module(module)
+    return REGISTRY[layer_id]

@@ -40,7 +40,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from layers import archive, staging
-from layers.base import READ_ONLY, Layer
+from layers.base import READ_ONLY, Layer, declared_layer
 from layers.features import check_feature, locate_all, looks_masked, masked_problem
 from layers.settings import layer_settings
 from layers.staging import METRES_PER_DEGREE
@@ -527,16 +527,21 @@ _Part = tuple[_Checked, dict[int, Any], list[tuple[float, float, float, float]],
 
 
 def check_part(
-    layer_id: str, declared: DeclaredCrs, repair: bool, part: FeatureSource, listing_full: bool, preview: bool
+    layer_ref: tuple[str, str],
+    declared: DeclaredCrs,
+    repair: bool,
+    part: FeatureSource,
+    listing_full: bool,
+    preview: bool,
 ) -> _Part:
     """Check one chunk of an upload (in a worker process: plain data in, plain data out).
 
     The geometries go back as hex EWKB, bounds and (for a small upload) GeoJSON: the server
     never rebuilds them, so the chunk costs its interpreter next to nothing.
     """
-    from layers import REGISTRY as layers  # noqa: N811 - every layer registered in the worker too
+    import layers  # noqa: F401 - every layer module of the package registered in the worker too
 
-    checker = _Checker(None, layers[layer_id], declared, repair)
+    checker = _Checker(None, declared_layer(*layer_ref), declared, repair)
     checker.listing_full = lambda: listing_full
     with _no_cyclic_gc():
         checked = checker.chunk(part, part.offset, part.count)
@@ -594,7 +599,8 @@ class _Checker:
         if span is not None:
             first, stop = span
             part = source.part(first, stop)
-            job = (self.layer.id, self.declared, self.repairer.repair, part, self.listing_full(), self.preview)
+            layer_ref = (self.layer.id, self.layer.module)
+            job = (layer_ref, self.declared, self.repairer.repair, part, self.listing_full(), self.preview)
             pending.append((first, stop, submit(check_part, *job, pool="uploads", workers=self.workers)))
 
     def _merge(self, part: _Part) -> _Checked:
