@@ -20,7 +20,7 @@ from shapely.geometry.base import BaseGeometry
 
 from layers import hierarchy
 from layers.base import REGISTRY, Coverage, EveryTargetHasOne, Layer, Match, Near, NoOverlap, Within, match_sql
-from layers.scopes import scope_unit
+from layers.scopes import scope_unit, unit_layers
 from spatial.errors import InvalidInput
 from spatial.topology import Checker, Finding, LocalMetric, Tolerance
 
@@ -79,11 +79,12 @@ def _load(
 
 
 def _frame_extent(session: Session) -> BaseGeometry:
-    """Return the extent of the divisions and grids (where the local metric is centred), in one query."""
+    """Return the extent of the units (divisions, grids: where the metric's zone is chosen), in one query."""
+    tables = " UNION ALL ".join(f"SELECT geom FROM {layer.table}" for layer in unit_layers())
     found = session.execute(
         text(
-            "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
-            "(SELECT ST_Extent(geom) AS e FROM (SELECT geom FROM divisions UNION ALL SELECT geom FROM grids) g) x"
+            "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) "
+            f"FROM (SELECT ST_Extent(geom) AS e FROM ({tables}) g) x"
         )
     ).one()
     if found[0] is None:
@@ -111,7 +112,8 @@ def run_checks(
         )
     as_of = as_of or dt.date.today()
     shape = scope_unit(session, scope, as_of)[0] if scope else None
-    checker = Checker(LocalMetric.around([shape if shape is not None else _frame_extent(session)]), tolerance)
+    # one metric (and snapping grid) for every scope in the zone: a defect is found the same way from any scope
+    checker = Checker(LocalMetric.zone([shape if shape is not None else _frame_extent(session)]), tolerance)
     findings: list[Finding] = []
     for layer in sorted(REGISTRY.values(), key=lambda lay: lay.order):
         for rule in layer.rules:
@@ -187,8 +189,8 @@ def _run(
         )
     elif isinstance(rule, NoOverlap) and "overlap" in chosen:
         features = _scoped(session, layer, shape, as_of)
-        codes, geoms, _ = checker.prepare([(f.code, f.geom) for f in features], layer.zh, layer.en, scope)
-        findings += checker.overlaps(codes, geoms, layer.zh, layer.en, scope)
+        codes, lonlat, geoms, _ = checker.prepare([(f.code, f.geom) for f in features], layer.zh, layer.en, scope)
+        findings += checker.overlaps(codes, lonlat, geoms, layer.zh, layer.en, scope)
     elif isinstance(rule, Near) and "near" in chosen:
         features = _scoped(session, layer, shape, as_of)
         target = REGISTRY[rule.target]
@@ -215,7 +217,7 @@ def _run(
                         "household_without_zone",
                         "warning",
                         [t.code],
-                        checker.metric.to_m(t.geom),
+                        t.geom,
                         f"{target.zh} {t.code} 没有对应的{layer.zh}",
                         f"{target.en} {t.code} has no {layer.en}",
                         scope,

@@ -327,3 +327,38 @@ def test_guatu_check_refuses_bad_options_with_exit_2() -> None:
     assert result.exit_code == 2
     result = runner.invoke(cli.app, ["check", "--as-of", "yesterday"])
     assert result.exit_code == 2
+
+
+def test_the_demo_defects_have_the_same_geodesic_area_whatever_the_scope(session: Session) -> None:
+    """An overlap checked from its street, its community or either grid is one area: GRS80, as PostGIS says."""
+    from sqlalchemy import text
+
+    from layers import demo
+    from layers.checks import run_checks
+
+    demo.load(session)
+    rule_of = {"gap": "gap", "overlap": "overlap", "zone_outside_grid": "outside_own_frame"}
+    for defect in demo.DEFECTS:
+        community = defect["community_code"]
+        scopes = [community[:9], community, *(c for c in defect["codes"] if len(c) == 15)]
+        areas = {}
+        for scope in scopes:
+            found = [f for f in run_checks(session, scope=scope) if f.rule == rule_of[defect["kind"]]]
+            assert len(found) == 1, (scope, [f.message_en for f in found])
+            areas[scope] = found[0].area_m2
+            geodesic = session.execute(
+                text("SELECT ST_Area(ST_GeomFromGeoJSON(:g)::geography, true)"),
+                {"g": json.dumps(found[0].as_dict()["geometry"])},
+            ).scalar_one()
+            assert found[0].area_m2 == pytest.approx(geodesic, rel=1e-5)  # the finding's own shape, measured
+        low, high = min(areas.values()), max(areas.values())
+        assert high - low <= 1e-4 * low, (defect["kind"], areas)
+        if defect["kind"] == "overlap":  # the exact overlap of the stored grids, measured by PostGIS
+            exact = session.execute(
+                text(
+                    "SELECT ST_Area(ST_Intersection(a.geom, b.geom)::geography, true) FROM grids a, grids b "
+                    "WHERE a.code = :a AND b.code = :b"
+                ),
+                dict(zip("ab", defect["codes"], strict=True)),
+            ).scalar_one()
+            assert low == pytest.approx(exact, rel=1e-4)
