@@ -183,7 +183,7 @@ def _run(
             units = [(c.code, c.geom) for c in children]
             if "coverage" in chosen:
                 of_parent = hierarchy.level_of(parent.code) if rule.parent_level else None
-                of_child = hierarchy.level(rule.child_level) if rule.child_level else None
+                of_child = hierarchy.level(child_level) if child_level else None
                 findings += checker.coverage(
                     units,
                     (parent.code, parent.geom),
@@ -198,13 +198,15 @@ def _run(
         features = _scoped(session, layer, shape, as_of)
         frame = REGISTRY[rule.frame]
         frames = _load(session, frame, near=shape, as_of=as_of)
+        held = frame.units.levels if frame.units else ()
+        frame_level = hierarchy.level(held[0]) if len(held) == 1 else None  # "grid", not the layer's "Grids"
         findings += checker.within(
             [(f.code, f.geom, f.values.get(rule.link)) for f in features],
             [(u.code, u.geom) for u in frames],
             zh=layer.zh,
             en=layer.en,
-            frame_zh=frame.zh,
-            frame_en=frame.en,
+            frame_zh=frame_level.label() if frame_level else frame.zh,
+            frame_en=frame_level.label_en().lower() if frame_level else frame.en,
             attribute=layer.field(rule.link).zh,
             scope=scope,
             own_frame_only=rule.own_only,

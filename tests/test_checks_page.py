@@ -48,6 +48,8 @@ def test_a_grid_manager_sees_the_gap_in_the_community_and_zooms_to_it(demo_engin
         x, y = gap["centroid"]
         assert page.evaluate(f"guatuChecks.map.getBounds().contains([{y}, {x}])")
         assert page.locator(".guatu-finding.guatu-selected").count() == 1
+        page.wait_for_function("!guatuChecks.map._animatingZoom", timeout=10_000)
+        page.wait_for_timeout(300)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "checks-gap.png"))
     assert [url for url in requests if not url.startswith(base) and not url.startswith("data:")] == []

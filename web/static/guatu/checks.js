@@ -169,7 +169,7 @@
         var p = f.properties;
         var frame = p.code === scope || (!scope && levelOf(p.code) === levelOf(unitFeatures[0].properties.code));
         var shape = L.geoJSON(f, {style: {
-          color: frame ? "#1e3a8a" : "#2563eb", weight: frame ? 3 : 1.5, fillOpacity: frame ? 0 : 0.03,
+          color: frame ? "#1e3a8a" : "#2563eb", weight: frame ? 3 : 1.5, fill: !frame, fillOpacity: 0.03,
           className: "guatu-unit guatu-unit-" + (p.level || "other") + (frame ? " guatu-frame" : "")
         }});
         shape.bindTooltip(describe(p, ctx.layers), {sticky: true});
@@ -195,7 +195,6 @@
         label([top.getNorth(), top.getCenter().lng], "guatu-involved-label", [layer.zh + " " + shortCode(p.code, scope)],
           "top");
       });
-      units.bringToBack();
     }
 
     function highlight(id) {
