@@ -95,7 +95,7 @@ def test_names_in_tooltips_stay_text() -> None:
 def test_findings_are_drawn_among_the_units_and_the_features_they_name_and_link_to_the_map(
     demo_engine: Engine,
 ) -> None:
-    """A community's findings come with its grids (coded labels) and the zone a finding names; a link opens the map there."""
+    """A community's findings come with its grids (coded labels) and the zone named; a link opens the map there."""
     from sqlalchemy import text
 
     defect = next(d for d in demo.DEFECTS if d["kind"] == "zone_outside_grid")
