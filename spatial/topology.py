@@ -1,10 +1,12 @@
 """Topology checks on sets of polygons: coverage of a parent by its children, containment, nearness.
 
 Generic: units are (code, geometry) pairs in CGCS2000 lon/lat; what a layer must obey is
-declared in ``layers/``. The work is done in a local transverse Mercator (metres, scale
-error below 1e-4 across a county) so that tolerances are in metres; every finding carries
-its problem geometry back in lon/lat with its geodesic area (GRS80), a Chinese and an
-English message, and a stable id (the same defect keeps its id across runs).
+declared in ``layers/``. Defects are found in a transverse Mercator (metres, snapped to a
+grid) so that tolerances are in metres; the shape a finding reports is then cut again from
+the stored, unsnapped lon/lat geometries where the defect was found, and measured on the
+GRS80 (CGCS2000) ellipsoid, so the same defect has the same area whatever the scope checked
+(as PostGIS ``ST_Area(geog, true)`` gives it). Every finding carries a Chinese and an
+English message and a stable id (the same defect keeps its id across runs).
 """
 
 from __future__ import annotations
@@ -76,8 +78,39 @@ class Finding:
             "message_en": self.message_en,
             "scope": self.scope,
             "details": self.details,
-            "geometry": json.loads(shapely.to_geojson(shapely.set_precision(self.geometry, 1e-7))),
+            # 1e-9° (0.1 mm): coarser rounding would move a thin gap's area by tenths of a m²
+            "geometry": json.loads(shapely.to_geojson(shapely.set_precision(self.geometry, 1e-9))),
         }
+
+
+T_JUNCTION_DEG = 1e-7
+"""How near (in degrees, ~1 cm) a vertex must lie to a neighbour's edge to be put into it."""
+
+
+def _share_vertices(children: Sequence[Unit], parent: Unit | None) -> tuple[list[Unit], Unit | None]:
+    """Return CHILDREN and PARENT with every vertex lying on another's edge inserted into that edge.
+
+    A village's corner in the middle of its township's long edge (a T-junction) is on that
+    edge in lon/lat, but an edge straight in lon/lat bows in a metric (0.2 m over 3.6 km): the
+    two boundaries would part and leave a sliver hundreds of m² large. With the vertex in both,
+    they bow alike. Each unit is snapped only to the vertices near its own boundary.
+    """
+    units = [*children, *([parent] if parent is not None else [])]
+    shapes = [g for _, g in units if g is not None and not g.is_empty]
+    if len(shapes) < 2:
+        return list(children), parent
+    coords = np.unique(np.vstack([shapely.get_coordinates(g) for g in shapes]), axis=0)
+    points = shapely.points(coords)
+    tree = shapely.STRtree(points)
+    shared: list[Unit] = []
+    for code, geom in units:
+        if geom is None or geom.is_empty:
+            shared.append((code, geom))
+            continue
+        near = tree.query(geom.boundary, predicate="dwithin", distance=T_JUNCTION_DEG)
+        snapped = shapely.snap(geom, shapely.multipoints(points[near]), T_JUNCTION_DEG) if len(near) else geom
+        shared.append((code, snapped if snapped.is_valid or not geom.is_valid else geom))
+    return shared[: len(children)], (shared[-1] if parent is not None else None)
 
 
 class LocalMetric:
@@ -95,6 +128,19 @@ class LocalMetric:
         if not all(map(math.isfinite, (x0, y0, x1, y1))):
             return cls(120.0)
         return cls((x0 + x1) / 2, (y0 + y1) / 2)
+
+    @classmethod
+    def zone(cls, geoms: Sequence[BaseGeometry]) -> LocalMetric:
+        """Return the 3° Gauss-Krüger zone's metric (central meridian a multiple of 3°) holding GEOMS.
+
+        Every scope inside the zone gets the same metric, hence the same snapping grid: a
+        defect is found the same way whether its street, its community or its grid is checked.
+        Scale error stays below 3e-4 inside a zone.
+        """
+        x0, _, x1, _ = shapely.total_bounds(np.asarray(geoms, dtype=object))
+        if not all(map(math.isfinite, (x0, x1))):
+            return cls(120.0)
+        return cls(3.0 * round((x0 + x1) / 6.0))
 
     def to_m(self, geoms: Any) -> Any:
         """Return GEOMS in metres."""
@@ -165,7 +211,7 @@ def _width(area: float, perimeter: float) -> float:
 
 
 class Checker:
-    """Runs the topology rules on units, in a local metric around them."""
+    """Runs the topology rules on units: found in a metric around them, reported in lon/lat."""
 
     def __init__(self, metric: LocalMetric, tolerance: Tolerance | None = None) -> None:
         self.metric = metric
@@ -175,8 +221,8 @@ class Checker:
 
     def prepare(
         self, units: Sequence[Unit], label_zh: str, label_en: str, scope: str | None
-    ) -> tuple[list[str], Any, list[Finding]]:
-        """Return codes, the geometries in metres (valid, snapped) and invalid-geometry findings."""
+    ) -> tuple[list[str], Any, Any, list[Finding]]:
+        """Return codes, the geometries in lon/lat (valid), in metres (valid, snapped) and invalid-geometry findings."""
         findings: list[Finding] = []
         codes = [code for code, _ in units]
         geoms = []
@@ -186,42 +232,57 @@ class Checker:
                 reason_code, reason, location = problem
                 where = shapely.Point(location) if location else geom.representative_point()
                 findings.append(
-                    Finding(
+                    self.finding(
                         "invalid_geometry",
                         "error",
                         (code,),
                         where,
-                        None,
                         f"{label_zh} {code} 的图形无效：{reason}",
                         f"{label_en} {code}: invalid geometry: {reason}",
                         scope,
-                        {"reason": reason_code},
+                        reason=reason_code,
                     )
                 )
                 geom = _areal(shapely.make_valid(geom))
             geoms.append(geom if geom is not None else shapely.Polygon())
-        metres = self.metric.to_m(np.asarray(geoms, dtype=object))
-        metres = shapely.set_precision(metres, self.tol.snap_m)
-        return codes, metres, findings
+        lonlat = np.asarray(geoms, dtype=object)
+        metres = shapely.set_precision(self.metric.to_m(lonlat), self.tol.snap_m)
+        return codes, lonlat, metres, findings
 
     def finding(
         self,
         rule: str,
         severity: Severity,
         codes: Iterable[str],
-        metres: BaseGeometry,
+        lonlat: BaseGeometry,
         zh: str,
         en: str,
         scope: str | None,
         **details: Any,
     ) -> Finding:
-        """Return a finding whose geometry (given in metres) is stored in lon/lat with its geodesic area."""
-        lonlat = self.metric.to_deg(metres)
+        """Return a finding whose geometry (in lon/lat) is measured on the GRS80 ellipsoid."""
         area = geodesic_area(lonlat) if lonlat.geom_type in ("Polygon", "MultiPolygon") else None
         if area is not None:
             zh = zh.replace("{area}", f"{area:,.2f}")
             en = en.replace("{area}", f"{area:,.2f}")
         return Finding(rule, severity, tuple(codes), lonlat, area, zh, en, scope, details)
+
+    def exact(self, found: BaseGeometry, cut: Any) -> BaseGeometry:
+        """Return the shape of a defect FOUND (metres, snapped) as CUT (lon/lat, unsnapped) draws it.
+
+        CUT computes the defect from the stored geometries inside a window (lon/lat) a little
+        wider than FOUND; only its parts lying mostly in FOUND are kept, so hairlines that
+        snapping closed elsewhere along a boundary are not added. Snapping decides *whether*
+        there is a defect; the stored geometries decide its shape and area.
+        """
+        rough = self.metric.to_deg(found)
+        window = self.metric.to_deg(found.buffer(self.tol.snap_m * 2, join_style="mitre"))
+        try:
+            shape = _areal(cut(window))
+        except shapely.errors.GEOSException:
+            return rough
+        parts = [p for p in _polygons(shape) if p.intersection(rough).area > 0.25 * p.area]
+        return shapely.union_all(parts) if parts else rough
 
     # -- rules -------------------------------------------------------------------------
 
@@ -243,15 +304,17 @@ class Checker:
         from elsewhere, declared exclusions) is no gap: real enclaves exist.
         """
         scope = parent[0] if parent else None
-        codes, geoms, findings = self.prepare(children, child_zh, child_en, scope)
+        children, parent = _share_vertices(children, parent)
+        codes, lonlat, geoms, findings = self.prepare(children, child_zh, child_en, scope)
+        parent_ll = _areal(shapely.make_valid(parent[1])) if parent is not None else None
         if not codes:
-            if parent is not None:  # nothing tiles it yet (or nothing was in force on that date)
+            if parent is not None and parent_ll is not None:  # nothing tiles it yet (or nothing in force then)
                 findings.append(
                     self.finding(
                         "no_children",
                         "warning",
                         [parent[0]],
-                        self.metric.to_m(parent[1]),
+                        parent_ll,
                         f"{parent_zh} {parent[0]} 没有任何{child_zh}",
                         f"{parent_en} {parent[0]} has no {child_en}",
                         scope,
@@ -261,7 +324,7 @@ class Checker:
         tol = self.tol
         for code, count in Counter(codes).items():
             if count > 1:
-                same = [g for c, g in zip(codes, geoms, strict=True) if c == code]
+                same = [g for c, g in zip(codes, lonlat, strict=True) if c == code]
                 findings.append(
                     self.finding(
                         "duplicate_code",
@@ -275,7 +338,7 @@ class Checker:
                 )
         if parent is not None:
             prefix = code_prefix(parent[0])
-            for code, geom in zip(codes, geoms, strict=True):
+            for code, geom in zip(codes, lonlat, strict=True):
                 if not code.startswith(prefix):
                     findings.append(
                         self.finding(
@@ -289,27 +352,28 @@ class Checker:
                         )
                     )
         overlapping: set[int] = set()
-        findings += self.overlaps(codes, geoms, child_zh, child_en, scope, overlapping)
-        findings += self._slivers(codes, geoms, child_zh, child_en, scope)
+        findings += self.overlaps(codes, lonlat, geoms, child_zh, child_en, scope, overlapping)
+        findings += self._slivers(codes, lonlat, geoms, child_zh, child_en, scope)
         union = _coverage_union(geoms, overlapping)
         filled = shapely.union_all(self.metric.to_m(np.asarray(list(fillers), dtype=object))) if fillers else None
-        if parent is not None:
-            parent_m = shapely.set_precision(self.metric.to_m(_areal(shapely.make_valid(parent[1]))), tol.snap_m)
+        if parent is not None and parent_ll is not None:
+            parent_m = shapely.set_precision(self.metric.to_m(parent_ll), tol.snap_m)
             shapely.prepare(parent_m)
             beyond = np.flatnonzero(~shapely.within(geoms, parent_m))  # the few that are not inside
             outside = shapely.difference(geoms[beyond], parent_m)
-            for code, part in zip([codes[i] for i in beyond], outside, strict=True):
+            for i, part in zip(beyond, outside, strict=True):
                 part = _areal(part)
                 if part.is_empty or part.area < tol.min_area_m2:
                     continue
+                child = lonlat[i]
                 findings.append(
                     self.finding(
                         "outside_parent",
                         "error",
-                        [code, parent[0]],
-                        part,
-                        f"{child_zh} {code} 有 {{area}} 平方米在所属{parent_zh} {parent[0]} 之外",
-                        f"{child_en} {code}: {{area}} m² lie outside its {parent_en} {parent[0]}",
+                        [codes[i], parent[0]],
+                        self.exact(part, lambda w, c=child: shapely.difference(shapely.intersection(c, w), parent_ll)),
+                        f"{child_zh} {codes[i]} 有 {{area}} 平方米在所属{parent_zh} {parent[0]} 之外",
+                        f"{child_en} {codes[i]}: {{area}} m² lie outside its {parent_en} {parent[0]}",
                         scope,
                     )
                 )
@@ -327,12 +391,17 @@ class Checker:
             around = sorted({codes[i] for i in near})
             width = _width(gap.area, gap.length)
             between = "、".join(around) if around else "—"
+
+            def cut(window: BaseGeometry, near: Any = near) -> BaseGeometry:
+                inside = shapely.intersection(window, parent_ll) if parent_ll is not None else window
+                return shapely.difference(inside, shapely.union_all([*lonlat[near], *fillers]))
+
             findings.append(
                 self.finding(
                     "gap",
                     "error",
                     around,
-                    gap,
+                    self.exact(gap, cut),
                     f"缝隙：{{area}} 平方米不属于任何{child_zh}（位于 {between} 之间）"
                     + (f"，在{parent_zh} {parent[0]} 内" if parent else ""),
                     f"gap: {{area}} m² lie in no {child_en} (between {', '.join(around) or '—'})"
@@ -345,9 +414,16 @@ class Checker:
         return findings
 
     def overlaps(
-        self, codes: list[str], geoms: Any, zh: str, en: str, scope: str | None, involved: set[int] | None = None
+        self,
+        codes: list[str],
+        lonlat: Any,
+        geoms: Any,
+        zh: str,
+        en: str,
+        scope: str | None,
+        involved: set[int] | None = None,
     ) -> list[Finding]:
-        """Return the overlaps between GEOMS; the indexes of units whose interiors meet go into INVOLVED."""
+        """Return the overlaps between GEOMS (metres; LONLAT as stored); units whose interiors meet go into INVOLVED."""
         tree = shapely.STRtree(geoms)
         left, right = tree.query(geoms, predicate="intersects")
         keep = left < right
@@ -369,12 +445,13 @@ class Checker:
             width = _width(part.area, part.length)
             if width < self.tol.snap_m:
                 continue  # narrower than the snapping tolerance
+            a, b = lonlat[i], lonlat[j]
             findings.append(
                 self.finding(
                     "overlap",
                     "error",
                     [codes[i], codes[j]],
-                    part,
+                    self.exact(part, lambda w, a=a, b=b: shapely.intersection(shapely.intersection(a, w), b)),
                     f"重叠：{zh} {codes[i]} 与 {codes[j]} 重叠 {{area}} 平方米",
                     f"overlap: {en} {codes[i]} and {codes[j]} overlap by {{area}} m²",
                     scope,
@@ -384,10 +461,10 @@ class Checker:
             )
         return findings
 
-    def _slivers(self, codes: list[str], geoms: Any, zh: str, en: str, scope: str | None) -> list[Finding]:
+    def _slivers(self, codes: list[str], lonlat: Any, geoms: Any, zh: str, en: str, scope: str | None) -> list[Finding]:
         areas, perimeters = shapely.area(geoms), shapely.length(geoms)
         findings = []
-        for code, geom, area, perimeter in zip(codes, geoms, areas, perimeters, strict=True):
+        for code, geom, area, perimeter in zip(codes, lonlat, areas, perimeters, strict=True):
             width = _width(area, perimeter)
             if area >= self.tol.min_area_m2 and width >= self.tol.sliver_width_m:
                 continue
@@ -416,7 +493,8 @@ class Checker:
             return []
         ordered = sorted(children, key=lambda unit: unit[0])
         codes = [c for c, _ in ordered]
-        geoms = self.metric.to_m(np.asarray([g for _, g in ordered], dtype=object))
+        lonlat = np.asarray([g for _, g in ordered], dtype=object)
+        geoms = self.metric.to_m(lonlat)
         centres = shapely.centroid(geoms)
         xs, ys = shapely.get_x(centres), shapely.get_y(centres)
         margin = 0.1 * float(np.median(np.sqrt(np.maximum(shapely.area(geoms), 1.0))))
@@ -433,7 +511,7 @@ class Checker:
                 "numbering_order",
                 "warning",
                 involved,
-                shapely.union_all([geoms[j] for i in backwards for j in (i - 1, i)]),
+                shapely.union_all([lonlat[j] for i in backwards for j in (i - 1, i)]),
                 f"编号顺序：{zh}编号应自西向东、自北向南，后一个却既不在前一个以东也不在其以南（{shown}）",
                 f"numbering: {en} numbers should run west to east, north to south; the next lies neither east "
                 f"nor south of the previous ({', '.join(pairs[:6])})",
@@ -466,10 +544,13 @@ class Checker:
             return findings
         tol = self.tol
         frame_codes = [c for c, _ in frames]
-        frame_geoms = self.metric.to_m(np.asarray([g for _, g in frames], dtype=object))
+        frame_ll = np.asarray([g for _, g in frames], dtype=object)
+        frame_geoms = self.metric.to_m(frame_ll)
         tree = shapely.STRtree(frame_geoms)
         union = shapely.union_all(frame_geoms) if frames else shapely.Polygon()
-        geoms = self.metric.to_m(np.asarray([g for _, g, _ in features], dtype=object))
+        union_ll = shapely.union_all(frame_ll) if frames else shapely.Polygon()
+        lonlat = np.asarray([g for _, g, _ in features], dtype=object)
+        geoms = self.metric.to_m(lonlat)
         feat, frame = tree.query(geoms, predicate="intersects")
         shares = shapely.area(shapely.intersection(geoms[feat], frame_geoms[frame])) if feat.size else np.array([])
         by_feature: dict[int, list[tuple[str, float]]] = {}
@@ -491,16 +572,16 @@ class Checker:
                             "outside_frame",
                             "error",
                             [code],
-                            outside,
+                            _areal(shapely.difference(lonlat[i], union_ll)) if hits else lonlat[i],
                             f"{zh} {code} 有 {{area}} 平方米不在任何{frame_zh}内",
                             f"{en} {code}: {{area}} m² lie in no {frame_en}",
                             scope,
                         )
                     )
                 if own_frame_only and given is not None and len(hits) > 1:
-                    own = next((g for c, g in zip(frame_codes, frame_geoms, strict=True) if c == given), None)
+                    own = next((j for j, c in enumerate(frame_codes) if c == given), None)
                     if own is not None:
-                        beyond = _areal(shapely.difference(shapely.intersection(geom, union), own))
+                        beyond = _areal(shapely.difference(shapely.intersection(geom, union), frame_geoms[own]))
                         others = [c for c, _ in hits if c != given]
                         if not beyond.is_empty and beyond.area >= tol.min_area_m2:
                             findings.append(
@@ -508,7 +589,9 @@ class Checker:
                                     "outside_own_frame",
                                     "error",
                                     [code, given, *others],
-                                    beyond,
+                                    _areal(
+                                        shapely.difference(shapely.intersection(lonlat[i], union_ll), frame_ll[own])
+                                    ),
                                     f"{zh} {code} 越出所属{frame_zh} {given}，{{area}} 平方米伸入{frame_zh} "
                                     + "、".join(others),
                                     f"{en} {code} sticks out of its {frame_en} {given}: {{area}} m² lie in "
@@ -518,14 +601,15 @@ class Checker:
                             )
                             continue
                 elif len(hits) > 1:
-                    split = {c: round(a, 2) for c, a in hits}
+                    split = {c: round(self._share(lonlat[i], frame_ll, frame_codes, c), 2) for c, _ in hits}
+                    hits = [(c, split[c]) for c, _ in hits]
                     shown = "、".join(f"{c} {a:,.1f} 平方米" for c, a in hits)
                     findings.append(
                         self.finding(
                             "straddles_frames",
                             "warning",
                             [code, *split],
-                            geom,
+                            lonlat[i],
                             f"{zh} {code} 跨越 {len(hits)} 个{frame_zh}：{shown}",
                             f"{en} {code} straddles {len(hits)} {frame_en}s: "
                             + ", ".join(f"{c} {a:,.1f} m²" for c, a in hits),
@@ -539,7 +623,7 @@ class Checker:
                         "outside_frame",
                         "error",
                         [code],
-                        geom,
+                        lonlat[i],
                         f"{zh} {code} 不在任何{frame_zh}内",
                         f"{en} {code} lies in no {frame_en}",
                         scope,
@@ -551,13 +635,19 @@ class Checker:
                         "attribute_location_mismatch",
                         "error",
                         [code, given, located],
-                        geom,
+                        lonlat[i],
                         f"{zh} {code} 的“{attribute}”为 {given}，但图形大部分位于{frame_zh} {located}",
                         f"{en} {code}: {attribute} is {given} but it lies mostly in {frame_en} {located}",
                         scope,
                     )
                 )
         return findings
+
+    @staticmethod
+    def _share(feature: BaseGeometry, frames: Any, codes: list[str], code: str) -> float:
+        """Return the geodesic area of FEATURE lying in the frame unit(s) coded CODE."""
+        inside = [shapely.intersection(feature, g) for c, g in zip(codes, frames, strict=True) if c == code]
+        return sum(geodesic_area(_areal(part)) for part in inside)
 
     def near(
         self,
@@ -581,7 +671,7 @@ class Checker:
                         "link_missing",
                         "warning",
                         [code, *([link] if link else [])],
-                        self.metric.to_m(geom),
+                        geom,
                         f"{zh} {code} 关联的{target_zh} {link or '（未填写）'} 不存在",
                         f"{en} {code}: its {target_en} {link or '(none given)'} does not exist",
                         scope,
@@ -596,7 +686,7 @@ class Checker:
                         "not_near_link",
                         "warning",
                         [code, link or ""],
-                        shapely.shortest_line(a, b),
+                        self.metric.to_deg(shapely.shortest_line(a, b)),
                         f"{zh} {code} 离所属{target_zh} {link} 有 {distance:.1f} 米（应相接，容差 {within_m:g} 米）",
                         f"{en} {code} is {distance:.1f} m from its {target_en} {link} (should touch, "
                         f"tolerance {within_m:g} m)",

@@ -327,3 +327,78 @@ def test_guatu_check_refuses_bad_options_with_exit_2() -> None:
     assert result.exit_code == 2
     result = runner.invoke(cli.app, ["check", "--as-of", "yesterday"])
     assert result.exit_code == 2
+
+
+def test_the_demo_defects_have_the_same_geodesic_area_whatever_the_scope(session: Session) -> None:
+    """An overlap checked from its street, its community or either grid is one area: GRS80, as PostGIS says."""
+    from sqlalchemy import text
+
+    from layers import demo
+    from layers.checks import run_checks
+
+    demo.load(session)
+    rule_of = {"gap": "gap", "overlap": "overlap", "zone_outside_grid": "outside_own_frame"}
+    for defect in demo.DEFECTS:
+        community = defect["community_code"]
+        scopes = [community[:9], community, *(c for c in defect["codes"] if len(c) == 15)]
+        areas = {}
+        for scope in scopes:
+            found = [f for f in run_checks(session, scope=scope) if f.rule == rule_of[defect["kind"]]]
+            assert len(found) == 1, (scope, [f.message_en for f in found])
+            areas[scope] = found[0].area_m2
+            geodesic = session.execute(
+                text("SELECT ST_Area(ST_GeomFromGeoJSON(:g)::geography, true)"),
+                {"g": json.dumps(found[0].as_dict()["geometry"])},
+            ).scalar_one()
+            assert found[0].area_m2 == pytest.approx(geodesic, rel=1e-5)  # the finding's own shape, measured
+        low, high = min(areas.values()), max(areas.values())
+        assert high - low <= 1e-4 * low, (defect["kind"], areas)
+        if defect["kind"] == "overlap":  # the exact overlap of the stored grids, measured by PostGIS
+            exact = session.execute(
+                text(
+                    "SELECT ST_Area(ST_Intersection(a.geom, b.geom)::geography, true) FROM grids a, grids b "
+                    "WHERE a.code = :a AND b.code = :b"
+                ),
+                dict(zip("ab", defect["codes"], strict=True)),
+            ).scalar_one()
+            assert low == pytest.approx(exact, rel=1e-4)
+
+
+def test_the_context_of_a_community_brings_its_grids_and_the_features_named_masked(
+    client: TestClient, session: Session
+) -> None:
+    """The findings map of a community: the community, its grids (coded, named, levelled), the zone a finding names."""
+    from sqlalchemy import text
+
+    from layers import demo
+
+    demo.load(session)
+    defect = next(d for d in demo.DEFECTS if d["kind"] == "zone_outside_grid")
+    community = defect["community_code"]
+    findings = client.get("/api/checks", params={"scope": community}).json()["findings"]
+    codes = sorted({c for f in findings for c in f["codes"]})
+    assert set(defect["codes"]) <= set(codes)
+    body = client.get("/api/checks/context", params={"scope": community, "codes": ",".join(codes)}).json()
+    units = body["units"]["features"]
+    grids = session.execute(
+        text("SELECT code FROM grids WHERE community_code = :c ORDER BY code"), {"c": community}
+    ).scalars()
+    assert [u["properties"]["code"] for u in units] == [community, *grids]
+    assert [u["properties"]["level"] for u in units[:2]] == ["community", "grid"]
+    assert all(u["properties"]["name"] and len(u["properties"]["label_at"]) == 2 for u in units)
+    zone_code = next(c for c in defect["codes"] if c not in {u["properties"]["code"] for u in units})
+    zone = next(f for f in body["features"]["features"] if f["properties"]["code"] == zone_code)
+    assert zone["properties"]["layer"] == "zones" and zone["geometry"]["type"] in ("Polygon", "MultiPolygon")
+    head = session.execute(text("SELECT household_head FROM zones WHERE code = :c"), {"c": zone_code}).scalar_one()
+    shown = {f["zh"]: f["value"] for f in zone["properties"]["fields"]}
+    assert shown["户主"] == head[0] + "*" * (len(head) - 2) + head[-1] != head  # personal: masked
+    assert body["layers"]["zones"]["zh"] and not body["truncated"]
+    street = client.get("/api/checks/context", params={"scope": community[:9]}).json()["units"]["features"]
+    assert {u["properties"]["level"] for u in street} == {"street", "community"}
+    grid = client.get("/api/checks/context", params={"scope": units[1]["properties"]["code"]}).json()
+    assert [u["properties"]["code"] for u in grid["units"]["features"]] == [u["properties"]["code"] for u in units[1:]]
+    assert client.get("/api/checks/context", params={"scope": community[:9] + "099"}).json()["code"] == (
+        "scope_not_found"
+    )
+    many = client.get("/api/checks/context", params={"codes": ",".join(str(n) for n in range(501))})
+    assert many.status_code == 422 and many.json()["code"] == "too_many_codes"

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from api.deps import SessionsDep
+from api.deps import SessionDep, SessionsDep
 from api.work import heavy, lane
 from layers import hierarchy
-from layers.checks import RULES, findings_geojson, run_checks
+from layers.checks import RULES, checks_context, findings_geojson, run_checks
 from spatial.db import query_canceller
+from spatial.errors import InvalidInput
 from spatial.topology import Tolerance
 from spatial.work import CancelToken
 
 router = APIRouter(tags=["checks"])
 SCOPE_PATTERN = hierarchy.scope_pattern()
-"""A county (6 digits), street (9), community (12) or grid (15–16) code."""
+"""A code of any level of the hierarchy (layers.hierarchy: county, street, community, grid…)."""
+MAX_CODES = 500
+"""The most feature codes one context request may name."""
+CODE = re.compile(r"^[^\x00-\x1f\x7f,]{1,60}$")
 
 
 def report(findings: list[Any], scope: str | None, as_of: dt.date, tolerance: Tolerance) -> dict[str, Any]:
@@ -73,3 +78,31 @@ async def checks(
     if format == "geojson":
         return Response(orjson.dumps(findings_geojson(found)), media_type="application/geo+json")
     return Response(orjson.dumps(report(found, scope, day, tolerance)), media_type="application/json")
+
+
+@router.get("/api/checks/context", summary="检查结果的底图 What a findings map draws around the findings")
+def checks_context_route(
+    session: SessionDep,
+    scope: Annotated[str | None, Query(pattern=SCOPE_PATTERN, description="the scope checked")] = None,
+    codes: Annotated[str | None, Query(description=f"comma-separated feature codes (at most {MAX_CODES})")] = None,
+    as_of: Annotated[dt.date | None, Query(description="the boundaries in force on this date")] = None,
+) -> Response:
+    """Return the scope's units (with codes, names and levels) and the features the findings name, as GeoJSON.
+
+    Generic over the layers: whatever layer holds a code is asked; personal fields come masked.
+    """
+    named = [c.strip() for c in codes.split(",") if c.strip()] if codes else []
+    if len(named) > MAX_CODES:
+        raise InvalidInput.one(
+            "too_many_codes",
+            f"一次最多查询 {MAX_CODES} 个编码（收到 {len(named)} 个）",
+            f"at most {MAX_CODES} codes at a time ({len(named)} given)",
+            field="codes",
+        )
+    bad = next((c for c in named if not CODE.match(c)), None)
+    if bad is not None:
+        raise InvalidInput.one(
+            "code_invalid", f"编码格式不对：{bad[:40]}", f"not a feature code: {bad[:40]}", field="codes"
+        )
+    body = checks_context(session, scope=scope, codes=named, as_of=as_of)
+    return Response(orjson.dumps(body), media_type="application/json")

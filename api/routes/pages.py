@@ -50,13 +50,8 @@ def upload_page(request: Request) -> HTMLResponse:
 @router.get("/checks", response_class=HTMLResponse)
 def checks_page(request: Request, session: SessionDep) -> HTMLResponse:
     """Return the checks page: pick a street, community or grid; findings listed and drawn."""
-    scopes = [{"code": "", "label": "全部 Everything"}]
-    rows = scope_choices(session)
-    for code, name, level in rows:
-        indent = {"区县": "", "街道": "　", "社区": "　　", "网格": "　　　"}.get(level, "")
-        scopes.append({"code": code, "label": f"{indent}{level} {code} {name}"})
     title = request.app.state.settings.site_title
-    return HTMLResponse(build_checks_page(scopes, title=title))
+    return HTMLResponse(build_checks_page(scope_choices(session), title=title))
 
 
 @router.get("/docs", response_class=HTMLResponse)

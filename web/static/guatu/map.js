@@ -323,7 +323,16 @@
     loaders.push(group);
   }
 
+  /* "#zoom/lat/lon" in the address (as the checks page links to a finding): open the map there. */
+  function goToHash(map) {
+    var m = /^#(\d{1,2})\/(-?\d{1,3}(?:\.\d+)?)\/(-?\d{1,3}(?:\.\d+)?)$/.exec(window.location.hash);
+    if (!m || Math.abs(Number(m[2])) > 90 || Math.abs(Number(m[3])) > 180) return;
+    map.setView([Number(m[2]), Number(m[3])], Math.min(Number(m[1]), map.getMaxZoom()));
+  }
+
   function chrome(map, opts) {
+    goToHash(map);
+    window.addEventListener("hashchange", function () { goToHash(map); });
     var Box = L.Control.extend({
       options: {position: "topleft"},
       onAdd: function () {
