@@ -412,6 +412,12 @@
   function chrome(map, opts) {
     levels = opts.levels;
     unitLabels(map);
+    if (NARROW) {  // a phone: the layer switcher is a button until tapped, folded again by a tap on the map
+      var switcher = map.getContainer().querySelector(".leaflet-control-layers");
+      var fold = function () { if (switcher) switcher.classList.remove("leaflet-control-layers-expanded"); };
+      setTimeout(fold, 0);
+      map.on("click", fold);
+    }
     var Box = L.Control.extend({
       options: {position: "topleft"},
       onAdd: function () {
@@ -537,10 +543,13 @@
   /* Keep panel BOX inside the map: between the top corner's controls (title, zoom) and its own
      bottom, or above the legend (the cockpit); scrolled inside when its content is longer. */
   function fitBelowTop(map, box) {
+    var frame = map.getContainer().getBoundingClientRect();
     var corner = map.getContainer().querySelector(".leaflet-top.leaflet-left");
-    var top = corner ? corner.getBoundingClientRect().bottom : map.getContainer().getBoundingClientRect().top;
+    var top = corner ? corner.getBoundingClientRect().bottom : frame.top;
     var bottom = box.getBoundingClientRect().bottom;
-    box.style.maxHeight = Math.max(120, Math.floor(bottom - top - 10)) + "px";
+    var room = bottom - top - 10;
+    if (NARROW) room = Math.min(room, frame.height * 0.45);  // a phone keeps half its map in sight
+    box.style.maxHeight = Math.max(120, Math.floor(room)) + "px";
   }
   function fitAboveLegend(map, box) {
     var legend = map.getContainer().querySelector(".guatu-legend");
@@ -777,11 +786,18 @@
           if (!level) return;
           var filter = filterOf(current);
           var head = el("tr");
-          var names = [level.zh + " " + level.en, filter.counter + "（全部 all）"];
-          if (inView) names.push("视野内 in view");
-          if (filter.area) names.push("亩");
-          filter.counts.forEach(function (c) { names.push(c.zh); if (c.rate) names.push(c.zh + "率"); });
-          names.forEach(function (h) { head.appendChild(el("th", null, h)); });
+          var names = [[level.zh, level.en], [filter.counter, "the unit's own, whatever is in view"]];
+          if (inView) names.push(["视野内", "in view"]);
+          if (filter.area) names.push(["亩", "mu"]);
+          filter.counts.forEach(function (c) {
+            names.push([c.zh, c.en]);
+            if (c.rate) names.push([c.zh + "率", c.en + " rate"]);
+          });
+          names.forEach(function (h) {
+            var th = el("th", null, h[0]);
+            th.title = h[1];
+            head.appendChild(th);
+          });
           rollup.appendChild(head);
           rows.forEach(function (row) {
             var tr = el("tr", "guatu-rollup-row");
