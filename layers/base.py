@@ -383,6 +383,10 @@ def _rule_link(rule: Rule) -> tuple[str, str] | None:
 
 """What the boundary checks (``guatu check``) hold a layer to; run by :mod:`layers.checks`."""
 
+CrossRule = Callable[[dict[str, Any]], tuple[str, str, str, str] | None]
+"""A rule across fields: None, or (code, field, message_zh, message_en)."""
+
+
 @dataclass(frozen=True)
 class Count:
     """A figure the statistics count: features whose FIELD holds one of VALUES (idle, revitalised…)."""
@@ -400,9 +404,6 @@ STATUS_PARAM = "status"
 """The filter parameter naming the field a layer is styled by, whatever its name (the map's status)."""
 BEFORE = "_before"
 """The suffix of a date field's filter parameter: features whose date is before the one given."""
-
-CrossRule = Callable[[dict[str, Any]], tuple[str, str, str, str] | None]
-"""A rule across fields: None, or (code, field, message_zh, message_en)."""
 
 
 @dataclass

@@ -70,11 +70,16 @@ PARCELS = register(
                 param="land_use",
                 filter_zh="地类",
             ),
+            Field("ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP, filter=True, count=True),
             Field(
-                "ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP, filter=True, count=True
-            ),
-            Field(
-                "use_status", "利用现状", "Use status", "enum", required=True, choices=USE_STATUS, filter=True, count=True
+                "use_status",
+                "利用现状",
+                "Use status",
+                "enum",
+                required=True,
+                choices=USE_STATUS,
+                filter=True,
+                count=True,
             ),
             Field("stage", "盘活进度", "Revitalisation stage", "enum", choices=STAGES, filter=True, count=True),
             Field("mode", "盘活方式", "Revitalisation mode", "enum", choices=MODES, filter=True),

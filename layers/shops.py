@@ -42,9 +42,7 @@ SHOPS = register(
             Field("floor", "楼层", "Floor", "int", minimum=-5, maximum=200),
             Field("floor_area", "建筑面积(m²)", "Floor area m²", "float", minimum=0, maximum=1e6),
             Field("usable_area", "使用面积(m²)", "Usable area m²", "float", minimum=0, maximum=1e6),
-            Field(
-                "ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP, filter=True, count=True
-            ),
+            Field("ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP, filter=True, count=True),
             Field("owner", "产权人", "Owner", max_length=100),
             Field("status", "状态", "Status", "enum", required=True, choices=STATUS, filter=True, count=True),
             Field("idle_since", "闲置起始", "Idle since", "date", filter=True, filter_zh="闲置"),
