@@ -11,7 +11,7 @@ import datetime as dt
 import importlib
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -162,6 +162,20 @@ class Field:
     personal: bool = False
     popup: bool = True
     index: bool = False
+    filter: bool = False
+    """Offered as a filter of the map (and of its statistics, tiles and prints): an enum, a code list, a date."""
+    count: bool = False
+    """The statistics count features per value of this field (per class, for a code list with ``classes``)."""
+    param: str | None = None
+    """The query parameter the filter uses for this field, if not its name (links already shared use it)."""
+    filter_zh: str = ""
+    """How the filter names the field, if shorter than its label (地类 for 地类编码)."""
+    labels: Callable[[], Mapping[str, str]] | None = None
+    """Names of a code list's values, shown beside the code (0810 公园与绿地)."""
+    classes: Callable[[], Iterable[tuple[str, str]]] | None = None
+    """The classes (code prefix, name) a filter on this code offers and the statistics count by."""
+    searched: bool = False
+    """The map's search box finds features whose value of this field contains the words typed."""
 
     def python_type(self) -> Any:
         """Return the Python type of a value of this field."""
@@ -375,6 +389,25 @@ CrossRule = Callable[[dict[str, Any]], tuple[str, str, str, str] | None]
 """A rule across fields: None, or (code, field, message_zh, message_en)."""
 
 
+@dataclass(frozen=True)
+class Count:
+    """A figure the statistics count: features whose FIELD holds one of VALUES (idle, revitalised…)."""
+
+    name: str
+    zh: str
+    en: str
+    field: str
+    values: tuple[str, ...]
+    rate: bool = False
+    """Also given as a share of all the features counted (the idle rate)."""
+
+
+STATUS_PARAM = "status"
+"""The filter parameter naming the field a layer is styled by, whatever its name (the map's status)."""
+BEFORE = "_before"
+"""The suffix of a date field's filter parameter: features whose date is before the one given."""
+
+
 @dataclass
 class Layer:
     """A layer, declared once; model, schema, style and legend derive from it."""
@@ -397,6 +430,12 @@ class Layer:
     """The hierarchy levels this layer holds (divisions, grids), if it holds units."""
     example: dict[str, Any] = field(default_factory=dict)
     """An example feature's properties (templates, the guides, tests): valid as they stand."""
+    counts: tuple[Count, ...] = ()
+    """What the statistics count besides features and area (idle, revitalised…)."""
+    name_field: str | None = None
+    """The field that names a feature (search hits, unit labels), if any."""
+    counter_zh: str = "个"
+    """The measure word of a count of its features (地块 块, 商铺 间)."""
     order: int = 0
     description_zh: str = ""
     model: Any = field(init=False)
@@ -408,6 +447,12 @@ class Layer:
         """Build the model and the schema from the fields."""
         if self.history and not {VALID_FROM, VALID_TO} <= {f.name for f in self.fields}:
             raise ValueError(f"versioned layer {self.id} must declare {VALID_FROM} and {VALID_TO}")
+        names = {f.name for f in self.fields}
+        unknown = [c.field for c in self.counts if c.field not in names] + [
+            n for n in (self.name_field,) if n and n not in names
+        ]
+        if unknown:
+            raise ValueError(f"layer {self.id} counts or names by undeclared fields {unknown}")
         self.model = self._build_model()
         self.schema = self._build_schema()
         self.history_model = self._build_history_model() if self.history else None
@@ -484,6 +529,25 @@ class Layer:
         if self.units is not None:
             return f"{at}{self.key_field} LIKE :scope_prefix", prefix
         return None
+
+    def filter_param(self, f: Field) -> str:
+        """Return the query parameter of the filter on F (its date's ``…_before`` for a date field)."""
+        name = STATUS_PARAM if f.name == self.style.by else (f.param or f.name)
+        return name + BEFORE if f.kind == "date" else name
+
+    @property
+    def filter_fields(self) -> list[Field]:
+        """Return the fields offered as filters, the styled one first."""
+        return sorted((f for f in self.fields if f.filter), key=lambda f: f.name != self.style.by)
+
+    def filter_field(self, param: str) -> Field | None:
+        """Return the filter field whose query parameter is PARAM, or None."""
+        return next((f for f in self.filter_fields if self.filter_param(f) == param), None)
+
+    @property
+    def count_fields(self) -> list[Field]:
+        """Return the fields whose values the statistics count, the styled one first."""
+        return sorted((f for f in self.fields if f.count), key=lambda f: f.name != self.style.by)
 
     @property
     def tile_min_zoom(self) -> int:

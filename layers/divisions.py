@@ -47,8 +47,8 @@ DIVISIONS = register(
                 pattern_zh="6位区县、9位街道或12位社区/村代码",
                 max_length=12,
             ),
-            Field("name", "名称", "Name", required=True, max_length=60),
-            Field("level", "级别", "Level", "enum", required=True, choices=LEVELS),
+            Field("name", "名称", "Name", required=True, max_length=60, searched=True),
+            Field("level", "级别", "Level", "enum", required=True, choices=LEVELS, filter=True, count=True),
             Field(
                 "parent_code",
                 "上级代码",
@@ -75,6 +75,7 @@ DIVISIONS = register(
             Coverage("divisions", "parent_code", parent_level="street", child_level="community"),
         ),
         units=Units(HELD, level_field="level", parent_field="parent_code"),
+        name_field="name",
         order=10,
     )
 )

@@ -418,12 +418,18 @@ def list_features(
     bbox: tuple[float, float, float, float] | None = None,
     limit: int = DEFAULT_LIMIT,
     offset: int = 0,
+    narrowed: tuple[list[str], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Return a FeatureCollection (as a dict with pre-serialised features) of LAYER."""
+    """Return a FeatureCollection (as a dict with pre-serialised features) of LAYER.
+
+    NARROWED: SQL conditions on the layer's columns and their parameters (the map's filter).
+    """
     model = layer.model
-    where = []
+    where: list[Any] = []
     if bbox:
         where.append(func.ST_Intersects(model.geom, func.ST_MakeEnvelope(*bbox, STORAGE_SRID)))
+    if narrowed and narrowed[0]:
+        where.append(text(" AND ".join(f"({c})" for c in narrowed[0])).bindparams(**narrowed[1]))
     # One round trip: the window count is taken over every match, before LIMIT.
     query = select(_feature_json_columns(layer), func.count().over()).where(*where)
     result = session.execute(query.order_by(model.id).limit(limit).offset(offset)).all()

@@ -34,8 +34,8 @@ GRIDS = register(
                 pattern_zh="12位社区代码+网格序号",
                 max_length=16,
             ),
-            Field("name", "网格名称", "Grid name", required=True, max_length=60),
-            Field("kind", "网格类型", "Kind", "enum", required=True, choices=KINDS),
+            Field("name", "网格名称", "Grid name", required=True, max_length=60, searched=True),
+            Field("kind", "网格类型", "Kind", "enum", required=True, choices=KINDS, filter=True, count=True),
             community_field(required=True),
             Field("manager", "网格员", "Grid manager", max_length=40),
             Field(
@@ -60,6 +60,7 @@ GRIDS = register(
         history=True,  # boundaries change: every replaced version is kept, checks run as of a date
         rules=(Coverage("divisions", "community_code", parent_level="community", numbered=True),),  # 无缝拼接
         units=Units(("grid",), parent_field="community_code"),
+        name_field="name",
         order=20,
     )
 )

@@ -59,3 +59,13 @@ def land_use_codes() -> dict[str, Code]:
             else:
                 codes[row["code"]] = Code(row["code"], row["name"], row["level1"], row["level1_name"], "sandiao")
     return codes
+
+
+def land_use_names() -> dict[str, str]:
+    """Return the name of every assignable code (0810 → 公园与绿地)."""
+    return {code.code: code.name for code in land_use_codes().values()}
+
+
+def land_use_classes() -> list[tuple[str, str]]:
+    """Return the first-level classes (code, name), in code order: what a filter offers and a count groups by."""
+    return sorted({code.level1: code.level1_name for code in land_use_codes().values()}.items())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layers.base import Field, Layer, Style, Within, register
+from layers.base import Count, Field, Layer, Style, Within, register
 from layers.common import (
     ASSET_CODE,
     IDLE,
@@ -15,11 +15,12 @@ from layers.common import (
     grid_code_rules,
     grid_field,
 )
-from layers.landuse import land_use_codes
+from layers.landuse import land_use_classes, land_use_codes, land_use_names
 
 OWNERSHIP = ("集体", "国有", "争议")
 USE_STATUS = ("自用", "出租", "出借", "承包", "入股", IDLE, "在建", "待处置", "已处置")
-STAGES = ("未盘活", "招商中", "已签约", "已盘活")
+REVITALISED = "已盘活"
+STAGES = ("未盘活", "招商中", "已签约", REVITALISED)
 MODES = ("出租", "入股", "合作经营", "自营", "调整用途", "拆除复垦")
 
 
@@ -52,7 +53,7 @@ PARCELS = register(
                 pattern_zh="19位宗地代码或资产编码",
                 max_length=19,
             ),
-            Field("name", "名称", "Name", max_length=100),
+            Field("name", "名称", "Name", max_length=100, searched=True),
             Field(
                 "land_use_code",
                 "地类编码",
@@ -62,15 +63,30 @@ PARCELS = register(
                 pattern="^[0-9]{2}[0-9A-Z]{0,3}$",
                 max_length=5,
                 known=lambda: land_use_codes().keys(),
+                labels=land_use_names,
+                classes=land_use_classes,
+                filter=True,
+                count=True,
+                param="land_use",
+                filter_zh="地类",
             ),
-            Field("ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP),
-            Field("use_status", "利用现状", "Use status", "enum", required=True, choices=USE_STATUS),
-            Field("stage", "盘活进度", "Revitalisation stage", "enum", choices=STAGES),
-            Field("mode", "盘活方式", "Revitalisation mode", "enum", choices=MODES),
-            Field("idle_since", "闲置起始", "Idle since", "date"),
+            Field("ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP, filter=True, count=True),
+            Field(
+                "use_status",
+                "利用现状",
+                "Use status",
+                "enum",
+                required=True,
+                choices=USE_STATUS,
+                filter=True,
+                count=True,
+            ),
+            Field("stage", "盘活进度", "Revitalisation stage", "enum", choices=STAGES, filter=True, count=True),
+            Field("mode", "盘活方式", "Revitalisation mode", "enum", choices=MODES, filter=True),
+            Field("idle_since", "闲置起始", "Idle since", "date", filter=True, filter_zh="闲置"),
             Field("idle_reason", "闲置原因", "Idle reason", max_length=200),
             Field("owner", "权利人", "Owner", max_length=100),
-            Field("address", "坐落", "Location", max_length=200),
+            Field("address", "坐落", "Location", max_length=200, searched=True),
             community_field(),
             grid_field(),
         ],
@@ -99,6 +115,12 @@ PARCELS = register(
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(_known_land_use, grid_code_rules("grid_code")),
         rules=(Within("grids", "grid_code"),),
+        counts=(
+            Count("idle", "闲置", "idle", "use_status", (IDLE,), rate=True),
+            Count("revitalised", "已盘活", "revitalised", "stage", (REVITALISED,)),
+        ),
+        name_field="name",
+        counter_zh="块",
         order=30,
     )
 )

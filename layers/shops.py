@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from layers.base import Field, Layer, Style, Within, register
+from layers.base import Count, Field, Layer, Style, Within, register
 from layers.common import (
     ASSET_CODE,
     IDLE,
@@ -16,7 +16,8 @@ from layers.common import (
 
 OWNERSHIP = ("集体", "国有", "个人", "企业", "不明")
 STATUS = (IDLE, "在营", "装修")
-LETTING = ("未招租", "招租中", "已签约", "不招租")
+SIGNED = "已签约"
+LETTING = ("未招租", "招租中", SIGNED, "不招租")
 
 SHOPS = register(
     Layer(
@@ -35,20 +36,20 @@ SHOPS = register(
                 pattern_zh="19位资产编码",
                 max_length=19,
             ),
-            Field("name", "名称", "Name", required=True, max_length=100),
-            Field("address", "地址", "Address", max_length=200),
-            Field("street_segment", "路段", "Street segment", max_length=100),
+            Field("name", "名称", "Name", required=True, max_length=100, searched=True),
+            Field("address", "地址", "Address", max_length=200, searched=True),
+            Field("street_segment", "路段", "Street segment", max_length=100, searched=True),
             Field("floor", "楼层", "Floor", "int", minimum=-5, maximum=200),
             Field("floor_area", "建筑面积(m²)", "Floor area m²", "float", minimum=0, maximum=1e6),
             Field("usable_area", "使用面积(m²)", "Usable area m²", "float", minimum=0, maximum=1e6),
-            Field("ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP),
+            Field("ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP, filter=True, count=True),
             Field("owner", "产权人", "Owner", max_length=100),
-            Field("status", "状态", "Status", "enum", required=True, choices=STATUS),
-            Field("idle_since", "闲置起始", "Idle since", "date"),
+            Field("status", "状态", "Status", "enum", required=True, choices=STATUS, filter=True, count=True),
+            Field("idle_since", "闲置起始", "Idle since", "date", filter=True, filter_zh="闲置"),
             Field("former_business", "原业态", "Former business", max_length=100),
             Field("intended_business", "拟引入业态", "Intended business", max_length=100),
             Field("asking_rent", "意向租金(元/月)", "Asking rent CNY/month", "float", minimum=0, maximum=1e9),
-            Field("letting_status", "招租状态", "Letting status", "enum", choices=LETTING),
+            Field("letting_status", "招租状态", "Letting status", "enum", choices=LETTING, filter=True, count=True),
             community_field(),
             grid_field(),
         ],
@@ -68,6 +69,12 @@ SHOPS = register(
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(grid_code_rules("grid_code"),),
         rules=(Within("grids", "grid_code"),),
+        counts=(
+            Count("idle", "闲置", "idle", "status", (IDLE,), rate=True),
+            Count("signed", "已签约", "signed", "letting_status", (SIGNED,)),
+        ),
+        name_field="name",
+        counter_zh="间",
         order=50,
     )
 )

@@ -40,7 +40,7 @@ ZONES = register(
                 max_length=19,
             ),
             Field("household_head", "户主", "Household head", required=True, max_length=40, personal=True),
-            Field("house_number", "门牌号", "House number", max_length=60),
+            Field("house_number", "门牌号", "House number", max_length=60, searched=True),
             Field(
                 "homestead_parcel_code",
                 "宅基地地块编码",
@@ -50,7 +50,7 @@ ZONES = register(
                 max_length=19,
                 index=True,
             ),
-            Field("scope", "责任范围", "Scope", "enum", required=True, choices=SCOPES),
+            Field("scope", "责任范围", "Scope", "enum", required=True, choices=SCOPES, filter=True, count=True),
             Field("duties", "责任内容", "Duties", max_length=200),
             Field("rating", "星级", "Rating", "int", minimum=0, maximum=5),
             grid_field(required=True),
@@ -75,6 +75,7 @@ ZONES = register(
             Near("parcels", "homestead_parcel_code", within_m=2.0),
             EveryTargetHasOne("parcels", "homestead_parcel_code", where=(("land_use_code", "0702"),)),
         ),
+        counter_zh="户",
         order=40,
     )
 )

@@ -368,3 +368,175 @@ def test_a_filter_changed_while_zoomed_out_fetches_no_parcel_tiles_until_zoomed_
         assert tile_requests and all("status=" in url and "/16/" in url for url in tile_requests)
         drawn = page.evaluate("guatu.drawn('parcels')")
         assert drawn and all(p["use_status"] != "自用" for p in drawn)
+
+
+def map_call(page, body: str):
+    """Evaluate BODY with `m` the page's Leaflet map."""
+    return page.evaluate(f"(() => {{ const m = Object.values(window).find(v => v instanceof L.Map); {body} }})()")
+
+
+def test_a_search_hit_hidden_by_the_filter_is_said_and_its_ledger_opens(base_url: str) -> None:
+    parcels = httpx.get(f"{base_url}/api/layers/parcels/features", params={"limit": 2000}).json()["features"]
+    used = next(p for p in parcels if p["properties"]["use_status"] == "自用")
+    code = used["properties"]["code"]
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(base_url + "/")
+        page.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
+        page.locator(".guatu-choice input[value='自用']").uncheck()
+        page.wait_for_function("document.querySelector('.guatu-figures').dataset.query.startsWith('status=')")
+        page.fill("input.guatu-search", code)
+        page.press("input.guatu-search", "Enter")
+        note = page.locator(".guatu-hit-hidden")
+        note.wait_for(timeout=10_000)
+        assert "筛选" in note.inner_text()
+        popup = page.locator(".leaflet-popup-content", has_text=code)  # the ledger opens all the same
+        popup.wait_for(timeout=10_000)
+        assert "自用" in popup.inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "map-search-hidden.png"))
+        page.click("button.guatu-clear-filter")
+        page.wait_for_function("document.querySelector('.guatu-figures').dataset.query === ''", timeout=10_000)
+        assert page.locator(".guatu-choice input[value='自用']").is_checked()
+        page.wait_for_selector(f"path.guatu-parcels-{used['id']}", timeout=15_000)  # drawn again
+
+
+def test_panels_leave_the_title_and_the_map_in_sight(base_url: str) -> None:
+    def rect(page, selector: str) -> dict:
+        return page.locator(selector).first.bounding_box()
+
+    def overlap(a: dict, b: dict) -> bool:
+        return (
+            a["x"] < b["x"] + b["width"]
+            and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"]
+            and b["y"] < a["y"] + a["height"]
+        )
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(base_url + "/")
+        page.wait_for_selector(".guatu-rollup-row", timeout=15_000)
+        for _ in range(2):  # street → community → grid: the panel grows with each table
+            code = page.locator(".guatu-rollup-row").first.get_attribute("data-code")
+            page.locator(".guatu-rollup-row").first.click()
+            page.wait_for_function(f"document.querySelector('.guatu-figures').dataset.query === 'scope={code}'")
+            page.wait_for_function("!document.querySelector('.guatu-figures').dataset.loading && guatu.idle()")
+        page.wait_for_timeout(300)
+        assert not overlap(rect(page, ".guatu-panel"), rect(page, ".guatu-title"))
+        page.screenshot(path=str(SCREENSHOTS / "map-drilldown-1440.png"))
+
+        for width, height in ((1920, 1080), (1440, 900), (1366, 768)):
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(base_url + "/cockpit")
+            page.wait_for_selector("tr.guatu-cockpit-row", timeout=15_000)
+            page.wait_for_timeout(300)
+            assert not overlap(rect(page, ".guatu-cockpit-panel"), rect(page, ".guatu-legend")), (width, height)
+
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        phone.goto(base_url + "/")
+        phone.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
+        phone.click(".guatu-panel-head")  # open the panel on a phone
+        phone.wait_for_timeout(300)
+        free = phone.evaluate(
+            """(() => {
+                const frame = document.querySelector('.leaflet-container').getBoundingClientRect();
+                let free = 0, all = 0;
+                for (let x = frame.left + 5; x < frame.right; x += 20)
+                    for (let y = frame.top + 5; y < frame.bottom; y += 20) {
+                        all += 1;
+                        if (!document.elementFromPoint(x, y).closest('.leaflet-control')) free += 1;
+                    }
+                return free / all;
+            })()"""
+        )
+        phone.screenshot(path=str(SCREENSHOTS / "map-phone.png"))
+        assert free > 0.35, free  # at least a third of the map is still in sight with the panel open
+
+
+def test_popups_name_land_use_codes(base_url: str) -> None:
+    from layers.landuse import land_use_codes
+
+    parcels = httpx.get(f"{base_url}/api/layers/parcels/features", params={"limit": 2000}).json()["features"]
+    parcel = next(p for p in parcels if p["properties"]["land_use_code"] in land_use_codes())
+    code = parcel["properties"]["land_use_code"]
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(base_url + "/")
+        page.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
+        from shapely.geometry import shape
+
+        spot = shape(parcel["geometry"]).representative_point()
+        move_to(page, spot.x, spot.y, 18)
+        page.locator(f"path.guatu-parcels-{parcel['id']}").first.dispatch_event("click")
+        cell = page.locator(".leaflet-popup-content td.guatu-v-land_use_code")
+        cell.wait_for(timeout=10_000)
+        assert cell.inner_text() == f"{code} {land_use_codes()[code].name}"
+
+
+def test_units_are_labelled_by_zoom_without_overlapping(base_url: str) -> None:
+    grid = httpx.get(f"{base_url}/api/layers/grids/features", params={"limit": 1}).json()["features"][0]
+    from shapely.geometry import shape
+
+    centre = shape(grid["geometry"]).representative_point()
+    seen: dict[int, set[str]] = {}
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(base_url + "/")
+        page.wait_for_function("window.guatu && guatu.idle()", timeout=15_000)
+        for zoom in (13, 17):
+            move_to(page, centre.x, centre.y, zoom)
+            page.wait_for_timeout(400)
+            labels = page.locator(".guatu-unit-label")
+            assert labels.count() > 0, zoom
+            seen[zoom] = {t.strip() for t in labels.all_inner_texts()}
+            boxes = [b for b in (label.bounding_box() for label in labels.locator(".guatu-unit-text").all()) if b]
+            for i, a in enumerate(boxes):
+                for b in boxes[i + 1 :]:
+                    assert not (
+                        a["x"] + 1 < b["x"] + b["width"]
+                        and b["x"] + 1 < a["x"] + a["width"]
+                        and a["y"] + 1 < b["y"] + b["height"]
+                        and b["y"] + 1 < a["y"] + a["height"]
+                    ), (zoom, a, b)
+            page.screenshot(path=str(SCREENSHOTS / ("map-labels.png" if zoom == 13 else f"map-labels-z{zoom}.png")))
+    assert any(name.endswith("社区") for name in seen[13])  # zoomed out: the communities
+    assert grid["properties"]["name"] in seen[17]  # zoomed in: the grids
+
+
+def test_shops_get_their_own_filter_and_figures_on_the_map(base_url: str) -> None:
+    listed = httpx.get(f"{base_url}/api/layers/shops/features", params={"limit": 2000}).json()["features"]
+    idle = next(f for f in listed if f["properties"]["status"] == "闲置")
+    x, y = idle["geometry"]["coordinates"] if idle["geometry"]["type"] == "Point" else (None, None)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(base_url + "/")
+        page.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
+        if x is not None:
+            move_to(page, x, y, 16)
+        page.select_option("select.guatu-f-layer", "shops")
+        page.wait_for_function("document.querySelector('.guatu-figures').dataset.layer === 'shops'")
+        for box in page.locator(".guatu-choice input").all():
+            if box.get_attribute("value") != "闲置":
+                box.uncheck()
+        page.wait_for_function(
+            "decodeURIComponent(document.querySelector('.guatu-figures').dataset.query) === 'status=闲置'"
+        )
+        page.wait_for_function("!document.querySelector('.guatu-figures').dataset.loading && guatu.idle()")
+        drawn = page.evaluate("guatu.drawn('shops')")
+        assert drawn and {p["status"] for p in drawn} == {"闲置"}
+        bounds = map_call(
+            page, "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];"
+        )
+        expected = httpx.get(
+            f"{base_url}/api/layers/shops/stats",
+            params={"bbox": ",".join(f"{v:.6f}" for v in bounds), "status": "闲置"},
+        ).json()["total"]
+        figures = page.locator(".guatu-figures")
+        assert int(figures.get_attribute("data-count") or -1) == expected["count"] == len(drawn)
+        assert "间" in figures.inner_text() and "闲置" in figures.inner_text()
+        page.select_option("select.guatu-f-letting-status", "招租中")
+        page.wait_for_function("document.querySelector('.guatu-figures').dataset.query.includes('letting_status=')")
+        page.wait_for_function("!document.querySelector('.guatu-figures').dataset.loading && guatu.idle()")
+        letting = page.evaluate("guatu.drawn('shops')")
+        assert all(p["letting_status"] == "招租中" and p["status"] == "闲置" for p in letting)
+        page.screenshot(path=str(SCREENSHOTS / "map-shops-filter.png"))

@@ -63,9 +63,7 @@ def test_checks_of_a_township_find_the_gap_and_the_straddler_in_rural_words(town
 
 
 def test_the_roll_up_goes_township_village_grid(township: TestClient) -> None:
-    villages = township.get(
-        "/api/layers/parcels/stats", params={"scope": rural.TOWNSHIP, "by": "community"}
-    ).json()
+    villages = township.get("/api/layers/parcels/stats", params={"scope": rural.TOWNSHIP, "by": "community"}).json()
     rows = {r["code"]: r for r in villages["rows"]}
     assert rows[rural.WEST]["name"] == "西村" and rows[rural.EAST]["name"] == "东村"
     assert rows[rural.WEST]["count"] == 3 and rows[rural.EAST]["count"] == 2
@@ -79,3 +77,37 @@ def test_the_roll_up_goes_township_village_grid(township: TestClient) -> None:
 def test_a_rural_level_name_is_stored_and_an_urban_one_still_accepted(township: TestClient) -> None:
     listed = township.get("/api/layers/divisions/features", params={"limit": 10}).json()["features"]
     assert {f["properties"]["level"] for f in listed} == {"乡镇", "行政村"}
+
+
+@pytest.mark.browser
+def test_the_map_page_drills_down_township_village_grid(rural_settings: None) -> None:
+    """In Chromium: the roll-up names 乡镇, then 行政村, then 网格, and clicking walks down them."""
+    import httpx
+
+    from tests.browser import chromium, live_server
+    from tests.conftest import migrated_database
+
+    with migrated_database("guatu_test_rural_web") as engine, live_server(engine) as base:
+        for layer_id, items in rural.features().items():
+            for item in items:
+                response = httpx.post(f"{base}/api/layers/{layer_id}/features", json=item)
+                assert response.status_code == 201, response.text
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(base + "/")
+            page.wait_for_selector(".guatu-rollup-row", timeout=15_000)
+            assert "乡镇" in page.locator(".guatu-rollup th").first.inner_text()
+            town = page.locator(".guatu-rollup-row").first
+            assert "示范镇" in town.inner_text() and town.get_attribute("data-code") == rural.TOWNSHIP
+            town.click()
+            page.wait_for_selector(f".guatu-crumb[data-code='{rural.TOWNSHIP}']")
+            page.wait_for_function("document.querySelector('.guatu-rollup th').innerText.includes('行政村')")
+            villages = {
+                row.get_attribute("data-code"): row.inner_text() for row in page.locator(".guatu-rollup-row").all()
+            }
+            assert set(villages) == {rural.WEST, rural.EAST} and "西村" in villages[rural.WEST]
+            page.locator(f".guatu-rollup-row[data-code='{rural.WEST}']").click()
+            page.wait_for_function("document.querySelector('.guatu-rollup th').innerText.includes('网格')")
+            grids = [row.get_attribute("data-code") for row in page.locator(".guatu-rollup-row").all()]
+            assert grids and all(g and g.startswith(rural.WEST) for g in grids)
+            page.screenshot(path="out/screenshots/map-rural-drilldown.png")

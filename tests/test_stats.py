@@ -115,3 +115,66 @@ def test_features_with_no_unit_are_counted_as_unassigned(demo_client: TestClient
     assert rows[-1]["code"] is None and rows[-1]["name"] == "未归属 unassigned" and rows[-1]["count"] == 1
     assert rows[-1]["bbox"] is None
     assert sum(r["count"] for r in rows) == sum(1 for p in props if p["community_code"] == community)
+
+
+def test_roll_up_rows_are_the_units_own_figures_and_say_how_many_are_in_view(demo_client: TestClient) -> None:
+    """A row named 城阳街道 gives the street's own count, not the view's; the view's count stands beside it."""
+    x, y = 120.37, 36.30
+    box = f"{x},{y},{x + 0.01},{y + 0.01}"
+    body = demo_client.get("/api/layers/parcels/stats", params={"bbox": box, "by": "community"}).json()
+    whole = demo_client.get("/api/layers/parcels/stats", params={"by": "community"}).json()["rows"]
+    assert {r["code"]: r["count"] for r in body["rows"]} == {r["code"]: r["count"] for r in whole}
+    assert body["in_view"] is True
+    for row in body["rows"]:
+        own = demo_client.get("/api/layers/parcels/stats", params={"scope": row["code"]}).json()["total"]
+        seen = demo_client.get("/api/layers/parcels/stats", params={"scope": row["code"], "bbox": box}).json()
+        assert row["count"] == own["count"] and row["idle"] == own["idle"]
+        assert row["in_view"] == seen["total"]["count"]
+    assert sum(r["in_view"] for r in body["rows"]) == body["total"]["count"] < sum(r["count"] for r in body["rows"])
+
+
+def shops(client: TestClient, **params: str) -> list[dict]:
+    listed = client.get("/api/layers/shops/features", params={"limit": 10000, **params}).json()["features"]
+    return [f["properties"] for f in listed]
+
+
+def test_shops_are_filtered_and_counted_as_their_declaration_says(demo_client: TestClient) -> None:
+    """Which shops are idle in a community: filter by status and letting status, counted per value and per grid."""
+    everything = shops(demo_client)
+    community = Counter(p["community_code"] for p in everything if p["status"] == "闲置").most_common(1)[0][0]
+    here = [p for p in everything if p["community_code"] == community]
+    idle = [p for p in here if p["status"] == "闲置"]
+    assert 0 < len(idle) < len(here)
+    params = {"scope": community, "status": "闲置", "by": "grid"}
+    body = demo_client.get("/api/layers/shops/stats", params=params).json()
+    assert body["total"]["count"] == body["total"]["idle"] == len(idle)
+    assert sum(r["count"] for r in body["rows"]) == len(idle) and all(r["name"] for r in body["rows"] if r["code"])
+    letting = Counter(p["letting_status"] for p in idle)
+    assert {r["value"]: r["count"] for r in body["by_field"]["letting_status"]} == letting
+    assert {r["value"]: r["count"] for r in body["by_field"]["ownership"]} == Counter(p["ownership"] for p in idle)
+    listed = shops(demo_client, scope=community, status="闲置")  # the map draws what is counted
+    assert sorted(p["code"] for p in listed) == sorted(p["code"] for p in idle)
+    signed = demo_client.get("/api/layers/shops/stats", params={"letting_status": "已签约"}).json()["total"]
+    assert signed["count"] == signed["signed"] == sum(1 for p in everything if p["letting_status"] == "已签约")
+    offered = demo_client.get("/api/layers/shops/filters").json()
+    assert {f["param"] for f in offered["filters"]} >= {"status", "ownership", "letting_status", "idle_since_before"}
+    refused = demo_client.get("/api/layers/shops/stats", params={"letting_status": "出租"})
+    assert refused.status_code == 422 and refused.json()["code"] == "filter_invalid"
+    assert demo_client.get("/api/layers/shops/stats", params={"land_use": "07"}).json()["code"] == "filter_invalid"
+
+
+def test_parcels_are_counted_per_land_use_class_with_its_name(demo_client: TestClient) -> None:
+    props = parcels(demo_client)
+    rows = demo_client.get("/api/layers/parcels/stats").json()["by_field"]["land_use_code"]
+    assert {r["value"]: r["count"] for r in rows} == Counter(p["land_use_code"][:2] for p in props)
+    assert next(r for r in rows if r["value"] == "07")["label"] == "住宅用地"
+
+
+def test_a_search_hit_says_whether_the_maps_filter_keeps_it(demo_client: TestClient) -> None:
+    props = parcels(demo_client)
+    used = next(p for p in props if p["use_status"] == "自用")
+    hits = demo_client.get("/api/search", params={"q": used["code"], "layer": "parcels", "status": "闲置"}).json()
+    assert hits[0]["code"] == used["code"] and hits[0]["kept"] is False
+    hits = demo_client.get("/api/search", params={"q": used["code"], "layer": "parcels", "status": "自用"}).json()
+    assert hits[0]["kept"] is True
+    assert demo_client.get("/api/search", params={"q": used["code"]}).json()[0]["kept"] is True

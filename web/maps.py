@@ -15,19 +15,16 @@ from typing import Any
 import folium
 from branca.element import CssLink, Element, Figure, JavascriptLink
 
+from layers import hierarchy
 from layers.base import Layer
-from layers.landuse import land_use_codes
+from layers.stats import filter_description
 from web import assets
 from web.elements import JsCall
 
 DEFAULT_CENTER = (36.30, 120.38)
 PAGE_LIMIT = 5_000
-
-
-def land_use_classes() -> list[dict[str, str]]:
-    """Return the first-level land-use classes (code, name) the map's filter offers."""
-    classes = {code.level1: code.level1_name for code in land_use_codes().values()}
-    return [{"code": code, "name": name} for code, name in sorted(classes.items())]
+DECIMALS = {"area_m2": 1, "area_mu": 2}
+"""Decimals of the areas the server computes for every layer (亩 to two, as surveys give them)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +39,7 @@ class LayerView:
 def layer_options(view: LayerView, api_base: str) -> dict[str, Any]:
     """Return the JSON options map.js needs to fetch, style and describe one layer."""
     layer, style = view.layer, view.layer.style
+    units = layer.units
     return {
         "id": layer.id,
         "title": {"zh": layer.zh, "en": layer.en},
@@ -50,8 +48,18 @@ def layer_options(view: LayerView, api_base: str) -> dict[str, Any]:
         "limit": PAGE_LIMIT,
         "count": view.count,
         "order": layer.order,
-        "popup": layer.popup_fields(),
-        "key": list(layer.key),
+        "popup": popup_fields(layer),
+        "key": layer.key_field,
+        "name": layer.name_field,
+        "units": None
+        if units is None
+        else {
+            "levels": list(units.levels),
+            "levelField": units.level_field,
+            "nameField": units.name_field,
+            "levelOf": {name: lv for lv in units.levels for name in hierarchy.level(lv).names},
+        },
+        "filter": filter_description(layer) if layer.filter_fields or layer.counts else None,
         "style": {
             "by": style.by,
             "colors": style.colors,
@@ -65,6 +73,16 @@ def layer_options(view: LayerView, api_base: str) -> dict[str, Any]:
             "fill": style.fill,
         },
     }
+
+
+def popup_fields(layer: Layer) -> list[dict[str, Any]]:
+    """Return the popup's fields with the names of coded values (0810 公园与绿地) and the decimals of numbers."""
+    out = []
+    for row in layer.popup_fields():
+        f = layer.field(row["name"]) if row["name"] in layer.field_names else None
+        labels = dict(f.labels()) if f is not None and f.labels else None
+        out.append({**row, "labels": labels, "decimals": DECIMALS.get(row["name"])})
+    return out
 
 
 def _bounds(views: Sequence[LayerView]) -> list[list[float]] | None:
@@ -160,6 +178,7 @@ def build_map_page(
         fmap.fit_bounds(bounds)
     chrome = {
         "title": title,
+        "levels": hierarchy.describe(),
         "legend": [
             {
                 "id": v.layer.id,
@@ -172,21 +191,18 @@ def build_map_page(
         ],
     }
     fmap.add_child(JsCall("guatu.chrome", chrome))
-    parcels = next((v.layer for v in views if v.layer.id == "parcels"), None)
-    if parcels is not None and parcels.style.by:
+    filtered = [v.layer for v in sorted(views, key=lambda v: v.layer.order) if v.layer.filter_fields]
+    counted = [layer for layer in filtered if layer.counts]
+    if filtered:
         panel = {
             "api": api_base,
-            "layer": parcels.id,
-            "title": parcels.zh,
-            "field": parcels.style.by,
-            "fieldZh": parcels.field(parcels.style.by).zh,
-            "values": list(parcels.field(parcels.style.by).choices),
-            "colors": parcels.style.colors,
-            "landUse": land_use_classes(),
-            "ownership": list(parcels.field("ownership").choices),
+            "layers": [layer.id for layer in filtered],
+            "layer": (counted or filtered)[0].id,  # the one whose figures the panel opens on
+            "levels": hierarchy.describe(),
         }
         fmap.add_child(JsCall("guatu.panel", panel))
         if cockpit:  # the big screen of a street office: the map and the roll-up, refreshed every minute
-            fmap.add_child(JsCall("guatu.cockpit", {**panel, "refresh_s": 60}))
+            below_street = hierarchy.below(hierarchy.levels()[1]) or hierarchy.levels()[-1]
+            fmap.add_child(JsCall("guatu.cockpit", {**panel, "by": below_street.id, "refresh_s": 60}))
     page: str = fig.render()
     return page

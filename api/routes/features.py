@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import LayerDep, SessionDep
+from api.routes.stats import FILTER_HELP, FilterDep
 from layers import features
+from layers.stats import filter_conditions
 from spatial.errors import MalformedInput, TooLarge
 
 GEOJSON = "application/geo+json"
@@ -90,16 +92,21 @@ def _geojson(data: Any, status_code: int = 200, headers: dict[str, str] | None =
     return GeoJSONResponse(orjson.dumps(data), status_code=status_code, headers=headers)
 
 
-@router.get("", summary="按范围查询要素 Features in a bounding box", response_class=GeoJSONResponse)
+@router.get(
+    "", summary="按范围查询要素 Features in a bounding box", response_class=GeoJSONResponse, description=FILTER_HELP
+)
 def list_features(
     layer: LayerDep,
     session: SessionDep,
+    flt: FilterDep,
     bbox: str | None = Query(None, description="minlon,minlat,maxlon,maxlat (CGCS2000)"),
     limit: int = Query(features.DEFAULT_LIMIT, ge=1, le=features.MAX_LIMIT),
     offset: int = Query(0, ge=0, le=10**9),
 ) -> GeoJSONResponse:
-    """Return the layer's features intersecting BBOX as a GeoJSON FeatureCollection."""
-    result = features.list_features(session, layer, bbox=features.parse_bbox(bbox), limit=limit, offset=offset)
+    """Return the layer's features intersecting BBOX (and kept by the map's filter) as a GeoJSON FeatureCollection."""
+    narrowed = filter_conditions(layer, flt) if flt else None
+    box = features.parse_bbox(bbox)
+    result = features.list_features(session, layer, bbox=box, limit=limit, offset=offset, narrowed=narrowed)
     body = features.feature_collection_bytes(result)
     return GeoJSONResponse(body)
 

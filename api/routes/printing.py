@@ -37,16 +37,7 @@ FILTERED_LAYER = "parcels"
 
 def filter_label(flt: Filter) -> str:
     """Return the filter as the title block says it (empty for none)."""
-    parts = []
-    if flt.status:
-        parts.append("状态 " + "、".join(flt.status))
-    if flt.land_use:
-        parts.append("地类 " + "、".join(flt.land_use))
-    if flt.ownership:
-        parts.append("权属 " + "、".join(flt.ownership))
-    if flt.idle_since_before:
-        parts.append(f"闲置早于 {flt.idle_since_before.isoformat()}")
-    return "；".join(parts)
+    return flt.label(layer_or_404(FILTERED_LAYER))
 
 
 def _gather(

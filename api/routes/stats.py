@@ -1,67 +1,55 @@
-"""Statistics that follow the map's filter and view: counts, 亩, idle rate, revitalised, roll-up."""
+"""Statistics that follow the map's filter and view: counts, 亩, the layer's figures, roll-up per unit."""
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from api.deps import LayerDep, SessionDep
 from layers.features import parse_bbox
-from layers.stats import Filter, statistics
-from spatial.errors import InvalidInput
+from layers.stats import Filter, filter_description, parse_filter, statistics
 
 router = APIRouter(tags=["statistics"])
-LAND_USE_PREFIX = re.compile(r"[0-9A-Za-z]{1,5}")
-MAX_PREFIXES = 20
 
-
-def _list(value: str | None) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+FILTER_HELP = (
+    "Any filter the layer declares, by its query parameter (GET /api/layers/{layer_id}/filters lists them): "
+    "`status` (the styled field), an enumerated field (comma-separated values), a code list "
+    "(comma-separated prefixes, e.g. land_use=01,0702), a date field (`…_before=YYYY-MM-DD`)."
+)
 
 
 async def map_filter(
-    scope: Annotated[str | None, Query(pattern=r"^[0-9]{6,16}$", description="street, community or grid code")] = None,
-    status: Annotated[str | None, Query(description="comma-separated values of the status field")] = None,
-    land_use: Annotated[str | None, Query(description="comma-separated land-use code prefixes (01, 0702 …)")] = None,
-    ownership: Annotated[str | None, Query(description="comma-separated")] = None,
-    idle_since_before: Annotated[dt.date | None, Query(description="idle since before this date")] = None,
+    request: Request,
+    scope: Annotated[
+        str | None, Query(pattern=r"^[0-9]{6,16}$", description="county, street, community or grid code")
+    ] = None,
 ) -> Filter:
-    """Return the map's filter from the query string (shared by statistics and vector tiles; nothing blocks)."""
-    prefixes = sorted(set(_list(land_use)))
-    wrong = next((p for p in prefixes if not LAND_USE_PREFIX.fullmatch(p)), None)
-    if wrong is not None or len(prefixes) > MAX_PREFIXES:
-        shown = (wrong or "")[:20]
-        raise InvalidInput.one(
-            "filter_invalid",
-            f"地类编码前缀无效：{shown}（1–5 位字母数字，至多 {MAX_PREFIXES} 个）",
-            f"not a land-use code prefix: {shown!r} (1–5 letters or digits, at most {MAX_PREFIXES})",
-            field="land_use",
-        )
-    return Filter(
-        scope=scope,
-        status=sorted(set(_list(status))),
-        land_use=prefixes,
-        ownership=_list(ownership),
-        idle_since_before=idle_since_before,
-    )
+    """Return the map's filter from the query string (shared by statistics, tiles, features and print)."""
+    query = request.query_params
+    return parse_filter({name: query.getlist(name) for name in query}, scope=scope)
 
 
+map_filter.__doc__ = f"{map_filter.__doc__}\n\n{FILTER_HELP}"
 FilterDep = Annotated[Filter, Depends(map_filter)]
 
 
-@router.get("/api/layers/{layer_id}/stats", summary="统计 Statistics")
+@router.get("/api/layers/{layer_id}/stats", summary="统计 Statistics", description=FILTER_HELP)
 def layer_statistics(
     layer: LayerDep,
     session: SessionDep,
     flt: FilterDep,
     bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (the map's view)")] = None,
     by: Annotated[
-        str | None, Query(pattern="^(street|community|grid)$", description="roll up by street, community or grid")
+        str | None, Query(max_length=20, description="roll up by a level of the hierarchy (street, community, grid)")
     ] = None,
 ) -> dict[str, Any]:
-    """Return counts, area (m², 亩), idle count and rate, revitalised count, per status and per community/grid."""
+    """Return counts, area (m², 亩) and the layer's figures in view, per counted field, and per unit of BY."""
     flt.bbox = parse_bbox(bbox)
     return statistics(session, layer, flt, by=by)
+
+
+@router.get("/api/layers/{layer_id}/filters", summary="筛选项 Filters and figures the layer offers")
+def layer_filters(layer: LayerDep) -> dict[str, Any]:
+    """Return the filters (query parameter, field, values or classes) and the figures the layer's statistics give."""
+    return filter_description(layer)

@@ -1,26 +1,28 @@
-/* guatu 挂图: layers fetched by bounding box, styled by status, popups built as text. */
+/* guatu 挂图: layers fetched by bounding box or as vector tiles, styled and filtered as each
+   layer declares (the options built from its declaration by web/maps.py), popups built as text. */
 (function () {
   "use strict";
 
   var status = {};      // layer id -> status line
   var statusBox = null;
-  var loaders = [];     // every bbox layer group, to tell when all are loaded
+  var loaders = [];     // every layer group, to tell when all are loaded
+  var layers = {};      // layer id -> its options (the declaration as the page reads it)
+  var refilter = {};    // layer id -> function(query): draw only what the map's filter keeps
+  var drawnBy = {};     // layer id -> function(): properties of the features drawn now (tests, screenshots)
+  var unitsBy = {};     // unit layer id -> function(): its Leaflet layers drawn now (for the unit labels)
+  var levels = [];      // the hierarchy (layers.hierarchy.describe()): id, zh, en, digits, names
+  var NARROW = window.matchMedia("(max-width: 640px)").matches;  // a phone: panels start folded
+  var mapQuery = "";    // the print's filter as a query string (the print button prints what is shown)
+  var HIGHLIGHT = {weight: 4, color: "#f59e0b", dashArray: null};  // the feature whose ledger is open
+  var POPUP = {maxWidth: 360, autoPanPaddingTopLeft: [60, 150], autoPanPaddingBottomRight: [40, 40]};
 
   var el = guatuDom.el;
 
-  /* Mask personal data (PIPL): keep the first character, star the rest but the last. */
-  function mask(value) {
-    var s = String(value);
-    if (s.length <= 1) return "*";
-    if (s.length === 2) return s.charAt(0) + "*";
-    return s.charAt(0) + "*".repeat(s.length - 2) + s.charAt(s.length - 1);
-  }
-
+  /* A value as a popup shows it: personal data comes masked from the server; a code with its name. */
   function formatValue(field, value) {
     if (value === null || value === undefined || value === "") return "—";
-    if (field.personal) return mask(value);
-    if (field.name === "area_mu") return Number(value).toFixed(2);
-    if (field.name === "area_m2") return Number(value).toFixed(1);
+    if (field.decimals !== null && field.decimals !== undefined) return Number(value).toFixed(field.decimals);
+    if (field.labels && Object.prototype.hasOwnProperty.call(field.labels, value)) return value + " " + field.labels[value];
     return String(value);
   }
 
@@ -43,11 +45,22 @@
     return box;
   }
 
-  function colourOf(style, props) {
-    if (style.by && props && Object.prototype.hasOwnProperty.call(style.colors, props[style.by])) {
-      return style.colors[props[style.by]];
-    }
-    return style.default;
+  /* How a feature of a layer is drawn, from the layer's style: the one rule for GeoJSON and tiles. */
+  function look(opts, props) {
+    var style = opts.style;
+    props = props || {};
+    var colour = style.by && Object.prototype.hasOwnProperty.call(style.colors, props[style.by])
+      ? style.colors[props[style.by]] : style.default;
+    var loud = Boolean(style.emphasis) && props[style.by] === style.emphasis;
+    return {
+      // Filled shapes get a neutral outline; outlines-only layers (grids) show their colour.
+      color: loud || !style.fill || style.fillOpacity < 0.2 ? colour : "#374151",
+      weight: loud ? Math.max(2, style.weight * 2.5) : style.weight,
+      fillColor: colour,
+      fillOpacity: style.fill ? (loud ? Math.min(0.85, style.fillOpacity + 0.3) : style.fillOpacity) : 0,
+      fill: style.fill, dashArray: style.dash, radius: style.radius,
+      className: "guatu-f guatu-" + opts.id + " guatu-" + opts.id + "-" + props.id + (loud ? " guatu-emphasis" : "")
+    };
   }
 
   function showStatus() {
@@ -58,43 +71,48 @@
     });
   }
 
-  var refilter = {};  // tiled layer id -> function(query): draw only what the map's filter keeps
-  var NARROW = window.matchMedia("(max-width: 640px)").matches;  // a phone: panels start folded
-  var mapQuery = "";   // the panel's filter as a query string (the print button prints what is shown)
-  var drawnBy = {};    // layer id -> function(): properties of the features drawn now (tests, screenshots)
+  function zoomHint(opts) {
+    return opts.title.zh + "：请放大到 " + opts.style.minZoom + " 级查看 (zoom in to see " + opts.title.en + ")";
+  }
+
+  function pane(map, opts) {
+    var name = "guatu-" + opts.id;
+    if (!map.getPane(name)) map.createPane(name).style.zIndex = String(400 + opts.order);
+    return name;
+  }
+
+  /* Open the ledger of feature ID of layer OPTS at LATLNG (a click, a search hit). */
+  function openLedger(map, opts, id, latlng, popup, onOpen) {
+    popup = popup || L.popup(L.extend({autoPan: false}, POPUP));
+    popup.setLatLng(latlng).setContent(el("div", "guatu-popup", "加载中… loading")).openOn(map);
+    return fetch(opts.url + "/" + id, {headers: {Accept: "application/geo+json"}})
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then(function (feature) {
+        if (!onOpen || onOpen()) popup.setContent(popupNode(opts, feature));
+        return feature;
+      })
+      .catch(function (err) {
+        if (!onOpen || onOpen()) popup.setContent(el("div", "guatu-bad", "读取失败 failed: " + err.message));
+      });
+  }
 
   function bboxLayer(group, map, opts) {
-    var paneName = "guatu-" + opts.id;
-    if (!map.getPane(paneName)) {
-      map.createPane(paneName).style.zIndex = String(400 + opts.order);
-    }
+    layers[opts.id] = opts;
+    var paneName = pane(map, opts);
     var style = opts.style;
+    var query = "";   // the map's filter of this layer
     var shown = {};  // feature id -> {layer, stamp}: kept across refreshes so open popups stay open
     var lastAdded = null;
     var geo = L.geoJSON(null, {
       pane: paneName,
-      style: function (feature) {
-        var colour = colourOf(style, feature.properties);
-        var loud = style.emphasis && feature.properties && feature.properties[style.by] === style.emphasis;
-        return {
-          // Filled shapes get a neutral outline; outlines-only layers (grids) show their colour.
-          color: loud || !style.fill || style.fillOpacity < 0.2 ? colour : "#374151",
-          weight: loud ? Math.max(2, style.weight * 2.5) : style.weight,
-          fillColor: colour,
-          fillOpacity: style.fill ? (loud ? Math.min(0.85, style.fillOpacity + 0.3) : style.fillOpacity) : 0,
-          fill: style.fill, dashArray: style.dash,
-          className: "guatu-f guatu-" + opts.id + " guatu-" + opts.id + "-" + feature.id + (loud ? " guatu-emphasis" : "")
-        };
-      },
+      style: function (feature) { return look(opts, L.extend({id: feature.id}, feature.properties)); },
       pointToLayer: function (feature, latlng) {
         return L.circleMarker(latlng, {pane: paneName, radius: style.radius});
       },
       onEachFeature: function (feature, layer) {
-        layer.bindPopup(function () { return popupNode(opts, feature); }, {
-          maxWidth: 360, autoPanPaddingTopLeft: [60, 150], autoPanPaddingBottomRight: [40, 40]
-        });
+        layer.bindPopup(function () { return popupNode(opts, feature); }, POPUP);
         if (layer.setStyle) {  // highlight the feature whose ledger is open
-          layer.on("popupopen", function () { layer.setStyle({weight: 4, color: "#f59e0b", dashArray: null}); });
+          layer.on("popupopen", function () { layer.setStyle(HIGHLIGHT); });
           layer.on("popupclose", function () { geo.resetStyle(layer); });
         }
         lastAdded = layer;
@@ -140,8 +158,9 @@
       if (map.getZoom() < style.minZoom) {
         clear();
         group.loading = false;
-        status[opts.id] = opts.title.zh + "：请放大到 " + style.minZoom + " 级查看 (zoom in to see " + opts.title.en + ")";
+        status[opts.id] = zoomHint(opts);
         showStatus();
+        group.fire("guatu:loaded", {count: 0});
         return;
       }
       var b = map.getBounds();
@@ -152,7 +171,7 @@
       status[opts.id] = opts.title.zh + "：加载中… (loading)";
       group.loading = true;
       showStatus();
-      fetch(opts.url + "?bbox=" + bbox.join(",") + "&limit=" + opts.limit,
+      fetch(opts.url + "?bbox=" + bbox.join(",") + "&limit=" + opts.limit + (query ? "&" + query : ""),
             {signal: controller ? controller.signal : undefined, headers: {Accept: "application/geo+json"}})
         .then(function (r) {
           if (!r.ok) throw new Error("HTTP " + r.status);
@@ -179,6 +198,17 @@
     drawnBy[opts.id] = function () {
       return map.hasLayer(group) ? Object.keys(shown).map(function (id) { return shown[id].layer.feature.properties; }) : [];
     };
+    if (opts.units) {
+      unitsBy[opts.id] = function () {
+        return map.hasLayer(group) ? Object.keys(shown).map(function (id) { return shown[id].layer; }) : [];
+      };
+      group.on("guatu:loaded remove", function () { map.fire("guatu:units"); });
+    }
+    refilter[opts.id] = function (q) {
+      if (q === query) return;
+      query = q;
+      refresh();
+    };
     group.on("add", refresh);
     group.on("remove", function () { delete status[opts.id]; showStatus(); });
     loaders.push(group);
@@ -190,25 +220,10 @@
      ledger for the popup. The map's filter narrows the tiles on the server (same query string
      as the statistics), so what is drawn is what is counted. */
   function tileLayer(group, map, opts) {
-    var paneName = "guatu-" + opts.id;
-    if (!map.getPane(paneName)) {
-      map.createPane(paneName).style.zIndex = String(400 + opts.order);
-    }
+    layers[opts.id] = opts;
+    var paneName = pane(map, opts);
     var style = opts.style;
     var query = "";
-
-    function look(props) {
-      var colour = colourOf(style, props);
-      var loud = style.emphasis && props[style.by] === style.emphasis;
-      return {
-        color: loud || !style.fill || style.fillOpacity < 0.2 ? colour : "#374151",
-        weight: loud ? Math.max(2, style.weight * 2.5) : style.weight,
-        fillColor: colour,
-        fillOpacity: style.fill ? (loud ? Math.min(0.85, style.fillOpacity + 0.3) : style.fillOpacity) : 0,
-        fill: style.fill, dashArray: style.dash, radius: style.radius,
-        className: "guatu-f guatu-" + opts.id + " guatu-" + opts.id + "-" + props.id + (loud ? " guatu-emphasis" : "")
-      };
-    }
 
     // Tiles give each feature an MVT id; styling and popups need it among the properties.
     // A filter change aborts the tiles still coming for the old one, and any that arrive all
@@ -240,7 +255,7 @@
       }
     });
     var styles = {};
-    styles[opts.id] = function (props) { return look(props); };
+    styles[opts.id] = function (props) { return look(opts, props); };
     var tiles = new Tiles(opts.tiles, {
       pane: paneName,
       rendererFactory: L.svg.tile,  // real paths: hit-testing and the popup highlight by the browser
@@ -258,19 +273,15 @@
     }
     fit();
 
-    var popup = L.popup({maxWidth: 360, autoPanPaddingTopLeft: [60, 150], autoPanPaddingBottomRight: [40, 40]});
+    var popup = L.popup(POPUP);
     var lit = null;
     tiles.on("click", function (e) {
       var id = e.layer.properties.id;
       L.DomEvent.stop(e);
-      popup.setLatLng(e.latlng).setContent(el("div", "guatu-popup", "加载中… loading")).openOn(map);
       if (lit !== null) tiles.resetFeatureStyle(lit);
       lit = id;
-      tiles.setFeatureStyle(id, L.extend(look(e.layer.properties), {weight: 4, color: "#f59e0b", dashArray: null}));
-      fetch(opts.url + "/" + id, {headers: {Accept: "application/geo+json"}})
-        .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
-        .then(function (feature) { if (lit === id) popup.setContent(popupNode(opts, feature)); })
-        .catch(function (err) { if (lit === id) popup.setContent(el("div", "guatu-bad", "读取失败 failed: " + err.message)); });
+      tiles.setFeatureStyle(id, L.extend(look(opts, e.layer.properties), HIGHLIGHT));
+      openLedger(map, opts, id, e.latlng, popup, function () { return lit === id; });
     });
     map.on("popupclose", function (e) {
       if (e.popup === popup && lit !== null) { tiles.resetFeatureStyle(lit); lit = null; }
@@ -279,7 +290,7 @@
     function say() {
       if (!map.hasLayer(group)) { delete status[opts.id]; showStatus(); return; }
       status[opts.id] = map.getZoom() < style.minZoom
-        ? opts.title.zh + "：请放大到 " + style.minZoom + " 级查看 (zoom in to see " + opts.title.en + ")"
+        ? zoomHint(opts)
         : opts.title.zh + "：矢量瓦片 " + (group.loading ? "加载中… (loading)" : drawn().length + " 个 (vector tiles)");
       showStatus();
     }
@@ -314,7 +325,7 @@
     refilter[opts.id] = function (q) {
       if (q === query) return;
       query = q;
-      map.closePopup(popup);  // its parcel may be filtered out
+      map.closePopup(popup);  // its feature may be filtered out
       delete status[opts.id + "~"];
       var visible = map.hasLayer(group) && map.getZoom() >= style.minZoom;
       tiles.setUrl(opts.tiles + (q ? "?" + q : ""), !visible);  // hidden: the next view fetches
@@ -330,9 +341,92 @@
     map.setView([Number(m[2]), Number(m[3])], Math.min(Number(m[1]), map.getMaxZoom()));
   }
 
+  /* Labels of the units drawn (streets, communities, grids), one level at a time: the narrowest
+     whose units are wide enough on screen to carry their name, and none over another. */
+  function unitLabels(map) {
+    var group = L.layerGroup();
+    var name = "guatu-unit-labels";
+    if (!map.getPane(name)) {
+      var node = map.createPane(name);
+      node.style.zIndex = "640";
+      node.style.pointerEvents = "none";
+    }
+    group.addTo(map);
+    var timer = null;
+    var MIN_WIDTH = 110;  // px: a unit narrower than this on screen is not labelled at its level
+
+    function depth(level) {
+      for (var i = 0; i < levels.length; i++) if (levels[i].id === level) return i;
+      return -1;
+    }
+
+    function candidates() {
+      var view = map.getBounds(), out = [];
+      Object.keys(unitsBy).forEach(function (layerId) {
+        var opts = layers[layerId], units = opts.units;
+        unitsBy[layerId]().forEach(function (layer) {
+          var props = layer.feature.properties || {};
+          var level = units.levelField ? units.levelOf[props[units.levelField]] : units.levels[0];
+          if (!level || !layer.getBounds) return;
+          var b = layer.getBounds();
+          if (!view.intersects(b)) return;
+          var sw = map.latLngToContainerPoint(b.getSouthWest()), ne = map.latLngToContainerPoint(b.getNorthEast());
+          var inside = L.latLngBounds(
+            [Math.max(b.getSouth(), view.getSouth()), Math.max(b.getWest(), view.getWest())],
+            [Math.min(b.getNorth(), view.getNorth()), Math.min(b.getEast(), view.getEast())]);
+          var at = view.contains(b) && layer.getCenter ? layer.getCenter() : inside.getCenter();
+          out.push({level: level, width: Math.abs(ne.x - sw.x), at: at,
+                    text: props[units.nameField] || props[opts.key], code: props[opts.key]});
+        });
+      });
+      return out;
+    }
+
+    function draw() {
+      timer = null;
+      group.clearLayers();
+      var all = candidates();
+      var byLevel = {};
+      all.forEach(function (c) { (byLevel[c.level] = byLevel[c.level] || []).push(c); });
+      var present = Object.keys(byLevel).sort(function (a, b) { return depth(a) - depth(b); });
+      if (!present.length) return;
+      // the narrowest level whose typical unit is wide enough; else the widest there is
+      var chosen = present[0];
+      present.forEach(function (level) {
+        var widths = byLevel[level].map(function (c) { return c.width; }).sort(function (a, b) { return a - b; });
+        if (widths[Math.floor(widths.length / 2)] >= MIN_WIDTH) chosen = level;
+      });
+      var placed = [];
+      byLevel[chosen].sort(function (a, b) { return b.width - a.width; }).forEach(function (c) {
+        var p = map.latLngToContainerPoint(c.at);
+        var w = 13 * String(c.text).length + 12, h = 20;
+        var box = {x0: p.x - w / 2, y0: p.y - h / 2, x1: p.x + w / 2, y1: p.y + h / 2};
+        var clash = placed.some(function (o) { return box.x0 < o.x1 && o.x0 < box.x1 && box.y0 < o.y1 && o.y0 < box.y1; });
+        if (clash) return;
+        placed.push(box);
+        var text = el("span", "guatu-unit-text", c.text);
+        text.title = c.code;
+        L.marker(c.at, {
+          pane: name, interactive: false, keyboard: false,
+          icon: L.divIcon({className: "guatu-unit-label guatu-unit-label-" + chosen, html: text, iconSize: null})
+        }).addTo(group);
+      });
+    }
+    function later() { if (timer === null) timer = setTimeout(draw, 50); }
+    map.on("guatu:units moveend", later);
+  }
+
   function chrome(map, opts) {
     goToHash(map);
     window.addEventListener("hashchange", function () { goToHash(map); });
+    levels = opts.levels;
+    unitLabels(map);
+    if (NARROW) {  // a phone: the layer switcher is a button until tapped, folded again by a tap on the map
+      var switcher = map.getContainer().querySelector(".leaflet-control-layers");
+      var fold = function () { if (switcher) switcher.classList.remove("leaflet-control-layers-expanded"); };
+      setTimeout(fold, 0);
+      map.on("click", fold);
+    }
     var Box = L.Control.extend({
       options: {position: "topleft"},
       onAdd: function () {
@@ -455,19 +549,39 @@
     return loaders.every(function (group) { return !group.loading; });
   }
 
-  /* Bars per status value: count and share, in the map's colours (panel and cockpit). */
-  function statusChart(chart, rows, total, colors) {
+  /* Keep panel BOX inside the map: between the top corner's controls (title, zoom) and its own
+     bottom, or above the legend (the cockpit); scrolled inside when its content is longer. */
+  function fitBelowTop(map, box) {
+    var frame = map.getContainer().getBoundingClientRect();
+    var corner = map.getContainer().querySelector(".leaflet-top.leaflet-left");
+    var top = corner ? corner.getBoundingClientRect().bottom : frame.top;
+    var bottom = box.getBoundingClientRect().bottom;
+    var room = bottom - top - 10;
+    if (NARROW) room = Math.min(room, frame.height * 0.45);  // a phone keeps half its map in sight
+    box.style.maxHeight = Math.max(120, Math.floor(room)) + "px";
+  }
+  function fitAboveLegend(map, box) {
+    var legend = map.getContainer().querySelector(".guatu-legend");
+    var limit = legend ? legend.getBoundingClientRect().top : map.getContainer().getBoundingClientRect().bottom;
+    box.style.maxHeight = Math.max(160, Math.floor(limit - box.getBoundingClientRect().top - 10)) + "px";
+  }
+
+  /* Bars per value of a counted field: count and share, in the map's colours where it is the styled field. */
+  function valueChart(chart, rows, total, colors) {
     chart.textContent = "";
     var most = Math.max.apply(null, [1].concat(rows.map(function (r) { return r.count; })));
     rows.forEach(function (row) {
       var line = el("div", "guatu-bar");
-      line.dataset.value = row.value;
+      var value = row.value === null ? "" : row.value;
+      line.dataset.value = value;
       line.dataset.count = String(row.count);
-      line.appendChild(el("span", "guatu-bar-label", row.value));
+      var label = el("span", "guatu-bar-label", value === "" ? "未填 blank" : value);
+      if (row.label) label.title = row.label;
+      line.appendChild(label);
       var track = el("span", "guatu-bar-track");
       var fill = el("span", "guatu-bar-fill");
       fill.style.width = (100 * row.count / most).toFixed(1) + "%";
-      fill.style.background = colors[row.value] || "#6b7280";
+      fill.style.background = (colors && colors[value]) || "#6b7280";
       track.appendChild(fill);
       line.appendChild(track);
       line.appendChild(el("span", "guatu-bar-value", row.count + "（" +
@@ -476,35 +590,52 @@
     });
   }
 
-  /* The filter, statistics and search panel. The filter (status, land-use class, ownership,
-     idle since, and the unit drilled down to) narrows what is drawn — the tiles are filtered
-     on the server — and what is counted; the figures, the chart per status and the roll-up
-     follow the view. A row of the roll-up drills down street → community → grid. */
-  function panel(map, opts) {
-    var NEXT = {0: "street", 9: "community", 12: "grid"};  // roll up the level below the scope
-    var LEVEL = {street: "街道 Street", community: "社区 Community", grid: "网格 Grid"};
-    var trail = [];  // the units drilled down to: [{code, name}]
-    var home = map.getBounds();  // the view the page opened on
+  /* The declared figures of a total or a roll-up row (闲置 12（3.4%）；已盘活 5). */
+  function figuresText(filter, t) {
+    return filter.counts.map(function (c) {
+      return c.zh + " " + t[c.name] + (c.rate ? "（" + (t[c.name + "_rate"] * 100).toFixed(1) + "%）" : "");
+    }).join("；");
+  }
 
-    function field(box, zh, control) {
-      var line = el("label", "guatu-filter");
-      line.appendChild(el("span", "guatu-filter-name", zh));
-      line.appendChild(control);
-      box.appendChild(line);
-      return control;
-    }
-    function select(cls, choices) {
-      var node = el("select", cls);
-      var any = el("option", null, "全部 all");
-      any.value = "";
-      node.appendChild(any);
-      choices.forEach(function (c) {
-        var option = el("option", null, c.label);
-        option.value = c.value;
-        node.appendChild(option);
+  function levelAt(code) {
+    if (!code) return null;
+    for (var i = 0; i < levels.length; i++) if (levels[i].digits === code.length) return i;
+    return null;
+  }
+  /* The level rolled up under a scope: the one below it (below the county, with no scope). */
+  function levelBelow(code) {
+    var at = code ? levelAt(code) : 0;
+    return at === null || at + 1 >= levels.length ? null : levels[at + 1];
+  }
+
+  /* The filter, statistics and search panel. A layer is chosen (those that declare filters);
+     its filter (the fields it declares, and the unit drilled down to) narrows what is drawn
+     and what is counted. The figures and the chart are the view's (视野内); the roll-up gives
+     each unit's own figures, and how many of them are in view. A row drills down a level. */
+  function panel(map, opts) {
+    levels = opts.levels;
+    var trail = [];  // the units drilled down to: [{code, name, bbox}]
+    var home = map.getBounds();  // the view the page opened on
+    var current = opts.layer;
+    var state = {};  // layer id -> {param: [values] or "YYYY-MM-DD"}: each layer keeps its own filter
+    opts.layers.forEach(function (id) { state[id] = {}; });
+
+    function filterOf(id) { return layers[id] && layers[id].filter; }
+    function scope() { return trail.length ? String(trail[trail.length - 1].code || "") : ""; }
+
+    /* Layer ID's filter as a query string (the same for its drawing and its statistics); the
+       scope narrows the layers that are not themselves units. */
+    function queryOf(id, withScope) {
+      var q = new URLSearchParams();
+      if (withScope && scope() && !layers[id].units) q.set("scope", scope());
+      filterOf(id).filters.forEach(function (f) {
+        var v = state[id][f.param];
+        if (v === undefined || v === "") return;
+        q.set(f.param, Array.isArray(v) ? (v.join(",") || "-") : v);
       });
-      return node;
+      return q.toString();
     }
+    function narrowed(id) { return queryOf(id, false) !== ""; }
 
     var Box = L.Control.extend({
       options: {position: "bottomleft"},
@@ -515,6 +646,7 @@
         head.addEventListener("click", function () {
           var folded = box.classList.toggle("guatu-folded");
           head.textContent = "筛选与统计 Filter & statistics " + (folded ? "▸" : "▾");
+          fit();
         });
         if (NARROW) head.click();
         box.appendChild(head);
@@ -529,55 +661,99 @@
 
         var crumbs = el("div", "guatu-crumbs");
         body.appendChild(crumbs);
-        body.appendChild(el("div", "guatu-panel-sub", opts.title + "（" + opts.fieldZh + "）"));
-        var boxes = el("div", "guatu-statuses");
-        opts.values.forEach(function (value) {
-          var label = el("label", "guatu-choice");
-          var tick = el("input");
-          tick.type = "checkbox";
-          tick.checked = true;
-          tick.value = value;
-          tick.name = "status";
-          label.appendChild(tick);
-          label.appendChild(document.createTextNode(" " + value));
-          boxes.appendChild(label);
+        var pick = el("select", "guatu-f-layer");
+        opts.layers.forEach(function (id) {
+          var option = el("option", null, layers[id].title.zh + " " + layers[id].title.en);
+          option.value = id;
+          pick.appendChild(option);
         });
-        body.appendChild(boxes);
-        var more = el("div", "guatu-filters");
-        var landUse = field(more, "地类 Land use", select("guatu-f-land-use",
-          opts.landUse.map(function (c) { return {value: c.code, label: c.code + " " + c.name}; })));
-        var owner = field(more, "权属 Ownership", select("guatu-f-ownership",
-          opts.ownership.map(function (o) { return {value: o, label: o}; })));
-        var since = el("input", "guatu-f-idle-since");
-        since.type = "date";
-        field(more, "闲置早于 Idle before", since);
-        body.appendChild(more);
-
+        pick.value = current;
+        var line = el("label", "guatu-filter");
+        line.appendChild(el("span", "guatu-filter-name", "图层 Layer"));
+        line.appendChild(pick);
+        body.appendChild(line);
+        var controls = el("div", "guatu-filters");
+        body.appendChild(controls);
         var figures = el("div", "guatu-figures", "…");
         body.appendChild(figures);
+        var chartPick = el("select", "guatu-f-chart");
+        chartPick.title = "按哪个字段统计 (count by)";
+        body.appendChild(chartPick);
         var chart = el("div", "guatu-chart");
         body.appendChild(chart);
         var rollup = el("table", "guatu-rollup");
         body.appendChild(rollup);
         L.DomEvent.disableClickPropagation(box);
         L.DomEvent.disableScrollPropagation(box);
+        var last = null;  // the last statistics shown
 
-        function chosen() {
-          return Array.prototype.filter.call(boxes.querySelectorAll("input"), function (i) { return i.checked; })
-            .map(function (i) { return i.value; });
-        }
-        function scope() { return trail.length ? String(trail[trail.length - 1].code || "") : ""; }
+        function fit() { fitBelowTop(map, box); }
+        window.addEventListener("resize", fit);
 
-        /* The filter as a query string, the same for the tiles and the statistics. */
-        function query() {
-          var q = new URLSearchParams();
-          var values = chosen();
-          if (scope()) q.set("scope", scope());
-          if (values.length < opts.values.length) q.set("status", values.join(",") || "-");
-          if (landUse.value) q.set("land_use", landUse.value);
-          if (owner.value) q.set("ownership", owner.value);
-          if (since.value) q.set("idle_since_before", since.value);
-          return q.toString();
+        /* The controls of the current layer's filter, built from its declaration. */
+        function buildControls() {
+          controls.textContent = "";
+          var mine = state[current];
+          filterOf(current).filters.forEach(function (f) {
+            var cls = "guatu-f-" + f.param.replace(/_/g, "-");
+            if (f.styled) {  // the styled field: a tick per value, all ticked at first
+              controls.appendChild(el("div", "guatu-panel-sub", layers[current].title.zh + "（" + f.zh + "）"));
+              var boxes = el("div", "guatu-statuses " + cls);
+              f.choices.forEach(function (c) {
+                var label = el("label", "guatu-choice");
+                var tick = el("input");
+                tick.type = "checkbox";
+                tick.value = c.value;
+                tick.name = f.param;
+                tick.checked = !mine[f.param] || mine[f.param].indexOf(c.value) >= 0;
+                label.appendChild(tick);
+                label.appendChild(document.createTextNode(" " + c.label));
+                boxes.appendChild(label);
+              });
+              boxes.addEventListener("change", function () {
+                var ticked = Array.prototype.filter.call(boxes.querySelectorAll("input"), function (i) { return i.checked; })
+                  .map(function (i) { return i.value; });
+                if (ticked.length === f.choices.length) delete mine[f.param]; else mine[f.param] = ticked;
+                apply();
+              });
+              controls.appendChild(boxes);
+              return;
+            }
+            var row = el("label", "guatu-filter");
+            row.appendChild(el("span", "guatu-filter-name", f.zh + (f.kind === "before" ? "早于" : "")));
+            var control;
+            if (f.kind === "before") {
+              control = el("input", cls);
+              control.type = "date";
+              control.value = mine[f.param] || "";
+            } else {
+              control = el("select", cls);
+              var any = el("option", null, "全部 all");
+              any.value = "";
+              control.appendChild(any);
+              f.choices.forEach(function (c) {
+                var option = el("option", null, c.label);
+                option.value = c.value;
+                control.appendChild(option);
+              });
+              control.value = mine[f.param] ? mine[f.param][0] : "";
+            }
+            control.title = f.en;
+            control.addEventListener("change", function () {
+              if (!control.value) delete mine[f.param];
+              else mine[f.param] = f.kind === "before" ? control.value : [control.value];
+              apply();
+            });
+            row.appendChild(control);
+            controls.appendChild(row);
+          });
+          chartPick.textContent = "";
+          filterOf(current).counted.forEach(function (c) {
+            var option = el("option", null, "按" + c.zh + "统计 by " + c.en.toLowerCase());
+            option.value = c.field;
+            chartPick.appendChild(option);
+          });
+          chartPick.hidden = filterOf(current).counted.length < 2;
         }
 
         function showCrumbs() {
@@ -606,18 +782,45 @@
           });
         }
 
-        function drawRollup(by, rows) {
+        function drawChart() {
+          if (!last) return;
+          var field = chartPick.value || (filterOf(current).counted[0] || {}).field;
+          var style = layers[current].style;
+          var rows = (last.by_field || {})[field] || [];
+          valueChart(chart, rows, last.total.count, field === style.by ? style.colors : null);
+        }
+
+        function drawRollup(level, rows, inView) {
           rollup.textContent = "";
-          if (!by) return;
+          if (!level) return;
+          var filter = filterOf(current);
           var head = el("tr");
-          [LEVEL[by], "块", "亩", "闲置", "闲置率"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+          var names = [[level.zh, level.en], [filter.counter, "the unit's own, whatever is in view"]];
+          if (inView) names.push(["视野内", "in view"]);
+          if (filter.area) names.push(["亩", "mu"]);
+          filter.counts.forEach(function (c) {
+            names.push([c.zh, c.en]);
+            if (c.rate) names.push([c.zh + "率", c.en + " rate"]);
+          });
+          names.forEach(function (h) {
+            var th = el("th", null, h[0]);
+            th.title = h[1];
+            head.appendChild(th);
+          });
           rollup.appendChild(head);
           rows.forEach(function (row) {
             var tr = el("tr", "guatu-rollup-row");
             tr.dataset.code = row.code;
+            tr.dataset.count = String(row.count);
             tr.title = "点击下钻 (click to drill down) " + row.code;
-            [row.name || row.code, row.count, row.area_mu.toFixed(1), row.idle, (row.idle_rate * 100).toFixed(1) + "%"]
-              .forEach(function (v) { tr.appendChild(el("td", null, v)); });
+            var cells = [row.name || row.code, row.count];
+            if (inView) cells.push(row.in_view);
+            if (filter.area) cells.push(row.area_mu.toFixed(1));
+            filter.counts.forEach(function (c) {
+              cells.push(row[c.name]);
+              if (c.rate) cells.push((row[c.name + "_rate"] * 100).toFixed(1) + "%");
+            });
+            cells.forEach(function (v) { tr.appendChild(el("td", null, v)); });
             if (!row.code) {  // features with no unit: counted, nothing to drill into
               tr.className = "guatu-rollup-none";
               tr.removeAttribute("title");
@@ -637,11 +840,12 @@
         var ask = 0;
         function count() {
           var b = map.getBounds();
-          var by = NEXT[scope().length];
-          var q = query();
-          var url = opts.api + "/layers/" + opts.layer + "/stats?bbox=" +
+          var level = levelBelow(scope());
+          var q = queryOf(current, true);
+          var layerId = current;
+          var url = opts.api + "/layers/" + layerId + "/stats?bbox=" +
             [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) { return v.toFixed(6); }).join(",") +
-            (q ? "&" + q : "") + (by ? "&by=" + by : "");
+            (q ? "&" + q : "") + (level ? "&by=" + level.id : "");
           var mine = ++ask;
           figures.dataset.loading = "1";
           fetch(url).then(function (r) {
@@ -656,46 +860,81 @@
             return null;
           }).then(function (s) {
             if (!s || mine !== ask || !s.total) return;
-            var t = s.total;
-            figures.textContent = "视野内 in view：" + t.count + " 块，" + t.area_mu.toFixed(2) + " 亩；闲置 idle " +
-              t.idle + "（" + (t.idle_rate * 100).toFixed(1) + "%）" + (t.revitalised != null ? "；已盘活 revitalised " + t.revitalised : "");
+            var t = s.total, filter = filterOf(layerId);
+            var said = figuresText(filter, t);
+            figures.textContent = "视野内 in view：" + t.count + " " + filter.counter +
+              (filter.area ? "，" + t.area_mu.toFixed(2) + " 亩" : "") + (said ? "；" + said : "");
             figures.dataset.count = String(t.count);
             figures.dataset.query = q;
-            statusChart(chart, s.by_status || [], t.count, opts.colors);
-            drawRollup(by, s.rows || []);
+            figures.dataset.layer = layerId;
+            last = s;
+            drawChart();
+            drawRollup(level, s.rows || [], true);
             delete figures.dataset.loading;
+            fit();
           });
         }
 
         function apply() {
           showCrumbs();
-          mapQuery = query();
+          opts.layers.forEach(function (id) { if (refilter[id]) refilter[id](queryOf(id, true)); });
+          mapQuery = queryOf(opts.layer, false);
           map.fire("guatu:filter");
-          if (refilter[opts.layer]) refilter[opts.layer](query());
           count();
         }
-        boxes.addEventListener("change", apply);
-        [landUse, owner, since].forEach(function (c) { c.addEventListener("change", apply); });
+        pick.addEventListener("change", function () {
+          current = pick.value;
+          buildControls();
+          count();
+        });
+        chartPick.addEventListener("change", drawChart);
         map.on("moveend", count);
+        buildControls();
         showCrumbs();
         count();
+        setTimeout(fit, 0);
+
+        /* Go to a search hit and open its ledger; if the filter hides it, say so and offer to clear it. */
+        function go(hit, row) {
+          if (trail.length) { trail = []; apply(); }  // what is found must not be hidden by a drill-down
+          var b = hit.bbox;
+          var centre = L.latLngBounds([[b[1], b[0]], [b[3], b[2]]]).getCenter();
+          map.fitBounds([[b[1], b[0]], [b[3], b[2]]], {maxZoom: 18, animate: false});
+          var opts2 = layers[hit.layer];
+          Array.prototype.forEach.call(hits.querySelectorAll(".guatu-hit-hidden"), function (n) { n.remove(); });
+          if (hit.kept === false && state[hit.layer]) {
+            var note = el("div", "guatu-hit-hidden guatu-warning",
+              "当前筛选隐藏了此要素，地图上不显示 (hidden by the current filter) ");
+            var clear = el("button", "guatu-button guatu-clear-filter", "清除筛选 Clear filter");
+            clear.addEventListener("click", function () {
+              state[hit.layer] = {};
+              if (hit.layer === current) buildControls();
+              apply();
+              note.remove();
+              hit.kept = true;
+            });
+            note.appendChild(clear);
+            row.parentNode.insertBefore(note, row.nextSibling);
+            fit();
+          }
+          if (opts2) openLedger(map, opts2, hit.id, centre);
+        }
 
         function find() {
           var q = search.value.trim();
           hits.textContent = "";
           if (!q) return;
-          fetch(opts.api + "/search?q=" + encodeURIComponent(q)).then(function (r) { return r.json(); }).then(function (found) {
+          var filtered = narrowed(current) ? "&layer=" + current + "&" + queryOf(current, false) : "";
+          fetch(opts.api + "/search?q=" + encodeURIComponent(q) + filtered).then(function (r) { return r.json(); }).then(function (found) {
             if (!found.length) { hits.appendChild(el("div", "guatu-hit-none", "没有找到 nothing found")); return; }
             found.forEach(function (hit) {
-              var row = el("div", "guatu-hit", hit.layer_zh + " " + hit.code + (hit.name ? " " + hit.name : ""));
-              row.addEventListener("click", function () {
-                var b = hit.bbox;
-                if (trail.length) { trail = []; apply(); }  // what is found must not be hidden by a drill-down
-                map.fitBounds([[b[1], b[0]], [b[3], b[2]]], {maxZoom: 18});
-              });
+              var row = el("div", "guatu-hit" + (hit.kept === false ? " guatu-hit-filtered" : ""),
+                hit.layer_zh + " " + hit.code + (hit.name ? " " + hit.name : "") + (hit.kept === false ? "（已被筛选隐藏 hidden）" : ""));
+              row.addEventListener("click", function () { go(hit, row); });
               hits.appendChild(row);
             });
             if (found.length === 1 || found[0].exact) hits.firstChild.click();
+            fit();
           });
         }
         search.addEventListener("keydown", function (e) { if (e.key === "Enter") find(); });
@@ -705,9 +944,12 @@
     new Box().addTo(map);
   }
 
-  /* The cockpit (驾驶舱) for a street office's big screen: totals and a roll-up per community. */
+  /* The cockpit (驾驶舱) for a street office's big screen: totals and a roll-up per unit of a level. */
   function cockpit(map, opts) {
     document.body.classList.add("guatu-cockpit");
+    levels = opts.levels;
+    var lay = layers[opts.layer], filter = lay.filter;
+    var level = levels.filter(function (lv) { return lv.id === opts.by; })[0];
     var Box = L.Control.extend({
       options: {position: "topright"},
       onAdd: function () {
@@ -721,23 +963,34 @@
         box.appendChild(table);
         var stamp = el("div", "guatu-finding-id");
         box.appendChild(stamp);
+        function fit() { fitAboveLegend(map, box); }
+        window.addEventListener("resize", fit);
         function load() {
-          fetch(opts.api + "/layers/" + opts.layer + "/stats?by=community").then(function (r) { return r.json(); }).then(function (s) {
+          fetch(opts.api + "/layers/" + opts.layer + "/stats?by=" + opts.by).then(function (r) { return r.json(); }).then(function (s) {
             var t = s.total;
-            totals.textContent = "地块 " + t.count + " 块 · " + t.area_mu.toFixed(1) + " 亩 · 闲置 " + t.idle +
-              "（" + (t.idle_rate * 100).toFixed(1) + "%）· 已盘活 " + (t.revitalised || 0);
-            statusChart(chart, s.by_status || [], t.count, opts.colors);
+            totals.textContent = lay.title.zh + " " + t.count + " " + filter.counter +
+              (filter.area ? " · " + t.area_mu.toFixed(1) + " 亩" : "") + " · " + figuresText(filter, t).replace(/；/g, " · ");
+            valueChart(chart, s.by_status || [], t.count, lay.style.colors);
             table.textContent = "";
             var head = el("tr");
-            ["社区 Community", "地块", "亩", "闲置", "闲置率", "已盘活"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+            var names = [level.zh + " " + level.en, lay.title.zh];
+            if (filter.area) names.push("亩");
+            filter.counts.forEach(function (c) { names.push(c.zh); if (c.rate) names.push(c.zh + "率"); });
+            names.forEach(function (h) { head.appendChild(el("th", null, h)); });
             table.appendChild(head);
             s.rows.forEach(function (row) {
               var tr = el("tr", "guatu-cockpit-row");
-              [row.name || row.code, row.count, row.area_mu.toFixed(1), row.idle, (row.idle_rate * 100).toFixed(1) + "%",
-               row.revitalised || 0].forEach(function (v) { tr.appendChild(el("td", null, v)); });
+              var cells = [row.name || row.code, row.count];
+              if (filter.area) cells.push(row.area_mu.toFixed(1));
+              filter.counts.forEach(function (c) {
+                cells.push(row[c.name]);
+                if (c.rate) cells.push((row[c.name + "_rate"] * 100).toFixed(1) + "%");
+              });
+              cells.forEach(function (v) { tr.appendChild(el("td", null, v)); });
               table.appendChild(tr);
             });
             stamp.textContent = "更新 updated " + new Date().toLocaleTimeString();
+            fit();
           });
         }
         load();
@@ -753,6 +1006,6 @@
 
   window.guatu = {
     bboxLayer: bboxLayer, tileLayer: tileLayer, chrome: chrome, panel: panel, cockpit: cockpit,
-    mask: mask, idle: idle, drawn: drawn
+    idle: idle, drawn: drawn
   };
 })();
