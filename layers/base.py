@@ -546,8 +546,9 @@ class Layer:
 
     @property
     def count_fields(self) -> list[Field]:
-        """Return the fields whose values the statistics count, the styled one first."""
-        return sorted((f for f in self.fields if f.count), key=lambda f: f.name != self.style.by)
+        """Return the fields whose values the statistics count (the styled one always), the styled one first."""
+        counted = (f for f in self.fields if f.count or f.name == self.style.by)
+        return sorted(counted, key=lambda f: f.name != self.style.by)
 
     @property
     def tile_min_zoom(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layers.base import Field, Layer, Style, Within, register
+from layers.base import Count, Field, Layer, Style, Within, register
 from layers.common import ASSET_CODE, IDLE, IN_COMMUNITY, IN_GRID, community_field, grid_code_rules, grid_field
 
 KINDS = ("停车位", "广告位", "公共用房", "电梯广告", "售货亭", "充电桩")
@@ -45,14 +45,14 @@ REVENUE_POINTS = register(
                 pattern_zh="19位资产编码",
                 max_length=19,
             ),
-            Field("name", "名称", "Name", required=True, max_length=100),
-            Field("kind", "类型", "Kind", "enum", required=True, choices=KINDS),
+            Field("name", "名称", "Name", required=True, max_length=100, searched=True),
+            Field("kind", "类型", "Kind", "enum", required=True, choices=KINDS, filter=True, count=True),
             Field("quantity", "数量(个)", "Count", "int", minimum=0, maximum=100_000),
             Field("size_m2", "规模(m²)", "Size m²", "float", minimum=0, maximum=1e6),
-            Field("operator", "经营单位", "Operator", max_length=100),
-            Field("status", "状态", "Status", "enum", required=True, choices=STATUS),
+            Field("operator", "经营单位", "Operator", max_length=100, searched=True),
+            Field("status", "状态", "Status", "enum", required=True, choices=STATUS, filter=True, count=True),
             Field("annual_income", "年收益(元)", "Yearly income CNY", "float", minimum=0, maximum=1e10),
-            Field("address", "位置", "Location", max_length=200),
+            Field("address", "位置", "Location", max_length=200, searched=True),
             community_field(),
             grid_field(),
         ],
@@ -72,6 +72,12 @@ REVENUE_POINTS = register(
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(grid_code_rules("grid_code"), _earning_needs_income),
         rules=(Within("grids", "grid_code"),),
+        counts=(
+            Count("idle", "闲置", "idle", "status", (IDLE,), rate=True),
+            Count("earning", "在营", "earning", "status", ("在营",)),
+        ),
+        name_field="name",
+        counter_zh="处",
         order=55,
         example={
             "code": "3702140010092200001",

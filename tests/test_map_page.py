@@ -540,3 +540,42 @@ def test_shops_get_their_own_filter_and_figures_on_the_map(base_url: str) -> Non
         letting = page.evaluate("guatu.drawn('shops')")
         assert all(p["letting_status"] == "招租中" and p["status"] == "闲置" for p in letting)
         page.screenshot(path=str(SCREENSHOTS / "map-shops-filter.png"))
+
+
+def test_revenue_points_are_searched_drawn_filtered_and_counted_like_any_layer(base_url: str) -> None:
+    """公共收益点位, declared in its own module only: search finds one, the legend lists it, its filter and figures work."""
+    listed = httpx.get(f"{base_url}/api/layers/revenue_points/features", params={"limit": 2000}).json()["features"]
+    waiting = next(f for f in listed if f["properties"]["status"] == "待招租")
+    name = waiting["properties"]["name"]
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(base_url + "/")
+        page.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
+        assert "公共收益点位" in page.locator(".guatu-legend").inner_text()
+        page.fill("input.guatu-search", name)
+        page.press("input.guatu-search", "Enter")
+        page.wait_for_selector(".guatu-hit", timeout=15_000)
+        assert page.locator(".guatu-hit").first.inner_text().startswith("公共收益点位")
+        page.wait_for_function("guatu.idle()", timeout=15_000)
+        page.select_option("select.guatu-f-layer", "revenue_points")
+        page.wait_for_function("document.querySelector('.guatu-figures').dataset.layer === 'revenue_points'")
+        for box in page.locator(".guatu-choice input").all():
+            if box.get_attribute("value") != "待招租":
+                box.uncheck()
+        page.wait_for_function(
+            "decodeURIComponent(document.querySelector('.guatu-figures').dataset.query) === 'status=待招租'"
+        )
+        page.wait_for_function("!document.querySelector('.guatu-figures').dataset.loading && guatu.idle()")
+        drawn = page.evaluate("guatu.drawn('revenue_points')")
+        assert drawn and {p["status"] for p in drawn} == {"待招租"} and name in {p["name"] for p in drawn}
+        bounds = map_call(
+            page, "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];"
+        )
+        expected = httpx.get(
+            f"{base_url}/api/layers/revenue_points/stats",
+            params={"bbox": ",".join(f"{v:.6f}" for v in bounds), "status": "待招租"},
+        ).json()["total"]
+        figures = page.locator(".guatu-figures")
+        assert int(figures.get_attribute("data-count") or -1) == expected["count"] == len(drawn)
+        assert "处" in figures.inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "map-revenue-points.png"))
