@@ -100,5 +100,6 @@ PARCELS = register(
         cross_rules=(_known_land_use, grid_code_rules("grid_code")),
         rules=(Within("grids", "grid_code"),),
         order=30,
+        filtered=True,
     )
 )

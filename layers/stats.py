@@ -36,6 +36,19 @@ class Filter:
     idle_since_before: dt.date | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def said(self) -> str:
+        """Return the filter as a wall map's title block says it (empty for none)."""
+        parts = []
+        if self.status:
+            parts.append("状态 " + "、".join(self.status))
+        if self.land_use:
+            parts.append("地类 " + "、".join(self.land_use))
+        if self.ownership:
+            parts.append("权属 " + "、".join(self.ownership))
+        if self.idle_since_before:
+            parts.append(f"闲置早于 {self.idle_since_before.isoformat()}")
+        return "；".join(parts)
+
 
 def _no_such_filter(layer: Layer, name: str, zh: str) -> InvalidInput:
     zh_message = f"{layer.zh}没有{zh}，不能按它筛选"
