@@ -13,6 +13,8 @@ STAMPS     := .stamps
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ASSET_DIR  := web/static/vendor
 NPM_DIR    := $(STAMPS)/npm
+# fonts-noto-cjk: the wall map is set in the Simplified Chinese face of its collections
+CJK_FONTS  := /usr/share/fonts/opentype/noto
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -43,7 +45,7 @@ system:
 	[ -n "$(PYTHON_SYS)" ] || missing="$$missing python3"; \
 	{ [ -n "$(PYTHON_SYS)" ] && $(PYTHON_SYS) -c 'import venv, ensurepip' 2>/dev/null; } || missing="$$missing python3-venv"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
-	[ -d /usr/share/fonts/opentype/noto ] || missing="$$missing fonts-noto-cjk"; \
+	{ [ -f $(CJK_FONTS)/NotoSansCJK-Regular.ttc ] && [ -f $(CJK_FONTS)/NotoSansCJK-Bold.ttc ]; } || missing="$$missing fonts-noto-cjk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> 安装系统软件包 installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q; \

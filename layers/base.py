@@ -273,6 +273,10 @@ class Style:
     """The value that must stand out (idle): drawn with a thick outline in its colour."""
     tiled: bool = False
     """Drawn on the map from vector tiles (the big layers: a county's parcels), not GeoJSON by view."""
+    printed: bool = True
+    """On the wall map unless the print names its layers (a layer too fine for a street's sheet: only when asked)."""
+    label: tuple[str, ...] = ()
+    """Fields printed inside each feature on the wall map, a line each (a grid's name and code)."""
 
 
 @dataclass(frozen=True)
@@ -437,6 +441,8 @@ class Layer:
     counter_zh: str = "个"
     """The measure word of a count of its features (地块 块, 商铺 间)."""
     order: int = 0
+    filtered: bool = False
+    """The map's filter panel (status, land use, ownership, idle since) narrows this layer, and so does a print's."""
     description_zh: str = ""
     model: Any = field(init=False)
     schema: type[BaseModel] = field(init=False)

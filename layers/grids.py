@@ -54,6 +54,7 @@ GRIDS = register(
             fill_opacity=0.05,
             weight=1.5,
             dash="6 4",
+            label=("name", "code"),
         ),
         locators=(IN_COMMUNITY,),
         cross_rules=(grid_code_rules("code"), _dates),

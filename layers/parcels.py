@@ -122,5 +122,6 @@ PARCELS = register(
         name_field="name",
         counter_zh="块",
         order=30,
+        filtered=True,
     )
 )

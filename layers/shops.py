@@ -6,7 +6,6 @@ from layers.base import Count, Field, Layer, Style, Within, register
 from layers.common import (
     ASSET_CODE,
     IDLE,
-    IDLE_COLOR,
     IN_COMMUNITY,
     IN_GRID,
     community_field,
@@ -59,7 +58,7 @@ SHOPS = register(
         style=Style(
             emphasis=IDLE,
             by="status",
-            colors={IDLE: IDLE_COLOR, "在营": "#2563eb", "装修": "#f59e0b"},
+            colors={IDLE: "#be185d", "在营": "#0369a1", "装修": "#854d0e"},  # no parcel colour: printed together
             fill_opacity=0.85,
             weight=1.0,
             radius=6,

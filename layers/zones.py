@@ -61,11 +61,12 @@ ZONES = register(
         stored=("MultiPolygon",),
         style=Style(
             by="scope",
-            colors={"房前": "#f472b6", "屋后": "#fb923c", "两侧": "#a3e635", "房前屋后": "#facc15"},
+            colors={"房前": "#f472b6", "屋后": "#fb923c", "两侧": "#67e8f9", "房前屋后": "#facc15"},
             fill_opacity=0.55,
             weight=0.5,
             min_zoom=15,
             tiled=True,
+            printed=False,  # a household's strip is too fine for a street's wall map: printed when asked
         ),
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(_zone_code, grid_code_rules("grid_code")),

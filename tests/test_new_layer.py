@@ -8,7 +8,9 @@ for, in a database of its own. Nothing else in the app is told about it.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -131,8 +133,13 @@ def test_the_checks_hold_it_to_its_rules(client: TestClient, wells: tuple[Layer,
     assert any("W0201" in f["codes"] for f in findings), findings
 
 
-def test_the_map_page_and_the_print_carry_it(client: TestClient) -> None:
+def test_the_map_page_and_the_print_carry_it(client: TestClient, tmp_path: Path) -> None:
     page = client.get("/").text
     assert LAYER in page and json.dumps("水井")[1:-1] in page  # its label, as the page's configuration holds it
-    printed = client.get("/api/print", params={"scope": COMMUNITY, "size": "A4", "format": "png"})
+    asked = {"scope": COMMUNITY, "size": "A4", "format": "pdf", "layers": f"divisions,grids,{LAYER}"}
+    printed = client.get("/api/print", params=asked)
     assert printed.status_code == 200, printed.text[:300]
+    pdf = tmp_path / "wall.pdf"
+    pdf.write_bytes(printed.content)
+    words = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert "水井" in words and "干涸" in words  # in the legend, with the values drawn

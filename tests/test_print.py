@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import ast
+import datetime as dt
 import io
+import itertools
 import subprocess
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from layers import demo
+from layers import REGISTRY, demo
 
 
 def pdf_text(pdf: bytes, folder: Path) -> str:
@@ -73,7 +80,7 @@ def test_png_and_bad_requests(client: TestClient, session: Session) -> None:
     assert client.get("/api/print", params={"scope": "370214001099"}).json()["code"] == "scope_not_found"
 
 
-def render(pdf: bytes, folder: Path, page: int, dpi: int) -> Image.Image:
+def render(pdf: bytes, folder: Path, page: int, dpi: float) -> Image.Image:
     path = folder / f"p{page}.pdf"
     path.write_bytes(pdf)
     prefix = folder / f"r{page}-{dpi}"
@@ -102,31 +109,46 @@ def test_a_wall_map_cut_into_sheets_lines_up_with_the_whole(
     assert plan.count == plan.rows * plan.columns >= (big_w * big_h) // (small_w * small_h)  # A0 is 16 A4, A1 8
     assert plan.columns * plan.cell_mm[0] >= big_w and plan.rows * plan.cell_mm[1] >= big_h
     assert plan.landscape == (size == "A0")  # A0 takes landscape A4s, A1 fewer portrait ones
-    pages = PdfReader(io.BytesIO(cut.content)).pages
-    assert len(pages) == 1 + plan.count
+    # Sheets that hold nothing are left out, said in a header, the PDF's metadata and on the assembly sheet.
+    said = cut.headers["x-guatu-sheets-left-out"]
+    left_out = [int(n) for n in said.split(",") if n]
+    kept = [n for n in range(1, plan.count + 1) if n not in left_out]
+    reader = PdfReader(io.BytesIO(cut.content))
+    assert reader.metadata is not None and reader.metadata["/GuatuSheetsLeftOut"] == said
+    pages = reader.pages
+    assert len(pages) == 1 + len(kept)
     for page in pages:
         width, height = (float(v) / MM for v in page.mediabox.upper_right)
         assert sorted((round(width), round(height))) == [210, 297]
 
-    def text(page: int) -> str:
-        (tmp_path / "cut.pdf").write_bytes(cut.content)
-        args = ["pdftotext", "-f", str(page), "-l", str(page), str(tmp_path / "cut.pdf"), "-"]
-        return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    (tmp_path / "cut.pdf").write_bytes(cut.content)
+    texts = subprocess.run(
+        ["pdftotext", str(tmp_path / "cut.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout.split("\f")
+    assembly = texts[0]
+    assert "分幅拼贴图" in assembly and f"印 {len(kept)} 张 A4" in assembly
+    if left_out:
+        assert f"空白未印 {len(left_out)} 张" in assembly and ", ".join(map(str, left_out)) in assembly
+    for page, number in enumerate(kept, start=1):  # each printed sheet keeps its row, column and number
+        row, column = divmod(number - 1, plan.columns)
+        assert f"第 {row + 1} 行 第 {column + 1} 列" in texts[page] and f"{number}/{plan.count}" in texts[page]
+    assert kept[0] == 1 and "制图日期" in texts[1]  # the title block lies on the top-left sheet …
+    assert "城阳街道挂图 ·" in texts[len(kept)] and "制图日期" not in texts[len(kept)]  # … not on the last one
 
-    assembly = text(1)
-    assert "分幅拼贴图" in assembly and f"= {plan.count} 张 A4" in assembly
-    assert "制图日期" in text(2)  # the title block lies on the top-left sheet …
-    assert "第 1 行 第 2 列" in text(3)
-    last = text(1 + plan.count)
-    assert "城阳街道挂图 ·" in last and f"{plan.count}/{plan.count}" in last
-    assert "制图日期" not in last  # … and not on the bottom-right one: each sheet holds its part only
-
-    # Sheet (row 2, column 2), printed and cropped to its printable area, is that part of the whole.
-    dpi = 30
+    dpi = 25.4  # a pixel a millimetre: the sheets and cells fall on whole pixels
     px = dpi / 25.4
     big = np.asarray(render(whole.content, tmp_path, 1, dpi), dtype=float)
+    for number in range(1, plan.count + 1):  # a left-out sheet's part of the whole is white; a printed one's is not
+        row, column = divmod(number - 1, plan.columns)
+        x0, y0 = round(column * plan.cell_mm[0] * px), round(row * plan.cell_mm[1] * px)
+        cell = big[y0 : y0 + round(plan.cell_mm[1] * px), x0 : x0 + round(plan.cell_mm[0] * px)]
+        assert (cell.min() > 245) == (number in left_out), (number, cell.min())
+
+    # Sheet (row 2, column 2), printed and cropped to its printable area, is that part of the whole.
     row, column = 1, 1
-    sheet = np.asarray(render(cut.content, tmp_path, 2 + row * plan.columns + column, dpi), dtype=float)
+    sheet = np.asarray(
+        render(cut.content, tmp_path, 1 + kept.index(row * plan.columns + column + 1) + 1, dpi), dtype=float
+    )
     m = round(plan.margin_mm * px)
     w, h = round((plan.cell_mm[0] + plan.overlap_mm) * px), round((plan.cell_mm[1] + plan.overlap_mm) * px)
     printed = sheet[m : m + h, m : m + w]
@@ -144,3 +166,190 @@ def test_a_wall_map_cut_into_sheets_lines_up_with_the_whole(
     assert bad.status_code == 422 and bad.json()["code"] == "sheets_need_pdf"
     small = client.get("/api/print", params={"size": "A4", "sheets": "A4"})
     assert small.status_code == 422 and small.json()["code"] == "sheets_too_big"
+
+
+# --- the wall map's looks: face, legend, shops, north arrow, blank sheets, one style source -------------------
+
+COMMUNITY = "370214001006"
+STREET = "370214001"
+
+
+def gathered(session: Session, scope: str, layer_ids: Sequence[str]) -> tuple[list[Any], str, Any]:
+    """Return the print's layers, scope label and frame as the route reads them (on the test's session)."""
+    from api.routes.printing import _gather
+    from layers.stats import Filter
+    from spatial.work import CancelToken
+
+    chosen = sorted((REGISTRY[i] for i in layer_ids), key=lambda layer: layer.order)
+    return _gather(lambda: nullcontext(session), CancelToken(), scope, None, chosen, Filter(), dt.date(2026, 1, 5))
+
+
+def sc_face(path: str, family: str) -> Any:
+    """Return the face of the .ttc at PATH named FAMILY (the reference, found here independently of the code)."""
+    from matplotlib import font_manager, ft2font
+
+    faces = [ft2font.FT2Font(path, face_index=i).family_name for i in range(ft2font.FT2Font(path).num_faces)]
+    return font_manager.FontPath(path, faces.index(family))
+
+
+def glyph(font: Any, char: str) -> np.ndarray:
+    """Return CHAR drawn large in FONT (a FontProperties) as a grey array."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1), dpi=100)
+    FigureCanvasAgg(fig)
+    fig.text(0.5, 0.5, char, fontproperties=font, fontsize=60, ha="center", va="center")
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., 0].astype(int)  # type: ignore[attr-defined]
+
+
+def test_the_wall_map_is_set_in_the_simplified_chinese_face(
+    client: TestClient, session: Session, tmp_path: Path
+) -> None:
+    from matplotlib import font_manager
+
+    from web import printing
+
+    demo.load(session)
+    session.flush()
+    pdf = client.get("/api/print", params={"scope": COMMUNITY, "size": "A4", "title": "骨直说"}).content
+    (tmp_path / "map.pdf").write_bytes(pdf)
+    listing = subprocess.run(["pdffonts", str(tmp_path / "map.pdf")], capture_output=True, text=True, check=True)
+    fonts = [line.split()[0] for line in listing.stdout.splitlines()[2:]]
+    assert fonts and all("NotoSansCJKsc-" in name for name in fonts), fonts  # not NotoSansCJKjp-: the .ttc's first
+    for bold, path in enumerate(printing.FONT_FILES):
+        resolved = font_manager.fontManager._find_fonts_by_props(printing._font(bool(bold)))
+        assert font_manager.get_font(resolved).family_name == "Noto Sans CJK SC"
+        sc = font_manager.FontProperties(fname=sc_face(path, "Noto Sans CJK SC"))
+        jp = font_manager.FontProperties(fname=sc_face(path, "Noto Sans CJK JP"))
+        for char in "骨直":  # their Simplified Chinese and Japanese forms differ
+            printed = glyph(printing._font(bool(bold)), char)
+            assert np.abs(glyph(jp, char) - glyph(sc, char)).mean() > 2  # the comparison can tell them apart
+            assert np.array_equal(printed, glyph(sc, char)), char
+
+
+def lab(colour: str) -> np.ndarray:
+    """Return COLOUR (#rrggbb) in CIELAB (D65)."""
+    rgb = np.array([int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+    xyz /= np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_legend_colours_differ_across_layers_and_every_drawn_layer_is_in_the_legend(
+    client: TestClient, session: Session, tmp_path: Path
+) -> None:
+    colours = [(layer.id, value, colour) for layer in REGISTRY.values() for value, colour in layer.style.colors.items()]
+    for (a, value_a, colour_a), (b, value_b, colour_b) in itertools.combinations(colours, 2):
+        if a != b:  # ΔE76 ≥ 15: told apart at a glance on paper, not only unequal
+            distance = np.linalg.norm(lab(colour_a) - lab(colour_b))
+            assert distance >= 15, (a, value_a, colour_a, b, value_b, colour_b, distance)
+    from web.printing import compose
+
+    demo.load(session)
+    session.flush()
+    every = sorted(REGISTRY, key=lambda i: REGISTRY[i].order)
+    words = pdf_text(
+        client.get("/api/print", params={"scope": STREET, "size": "A3", "layers": ",".join(every)}).content,
+        tmp_path,
+    )
+    printed, label, frame = gathered(session, STREET, every)
+    legend = compose(printed, title="t", scope_label=label, size="A3", frame=frame).legend
+    for pl in printed:
+        layer = REGISTRY[pl.layer_id]
+        assert pl.features, pl.layer_id  # the demo street holds every layer
+        rows = [row for row in legend if row.layer_id == layer.id]
+        values = {str(props[layer.style.by]) for _, props in pl.features}
+        assert {row.label for row in rows} == {f"{layer.zh} {value}" for value in values}
+        assert all(row.look.colour == layer.style.colors[row.label.split(" ", 1)[1]] for row in rows)
+        for row in rows:
+            assert row.label in words  # on the sheet
+    assert len({row.look.colour for row in legend}) == len(legend)
+
+
+def test_shops_print_in_their_status_colours(client: TestClient, session: Session) -> None:
+    demo.load(session)
+    session.flush()
+    shops, parcels = REGISTRY["shops"], REGISTRY["parcels"]
+    found = session.execute(
+        text(
+            f"SELECT DISTINCT ON (s.{shops.style.by}) ST_X(s.geom), ST_Y(s.geom), s.{shops.style.by}, "
+            f"p.{parcels.style.by} FROM {shops.table} s JOIN {parcels.table} p ON ST_Contains(p.geom, s.geom) "
+            f"WHERE ST_GeometryType(s.geom) = 'ST_Point' ORDER BY s.{shops.style.by}, s.code"
+        )
+    ).all()
+    assert {row[2] for row in found} == set(shops.style.colors)  # a shop of every status, on a parcel
+    for x, y, status, under in found:
+        d = 0.0002  # about 20 m each way: the shop is at the centre of the map
+        params = {"bbox": f"{x - d},{y - d},{x + d},{y + d}", "size": "A4", "format": "png", "layers": "parcels,shops"}
+        response = client.get("/api/print", params=params)
+        assert response.status_code == 200
+        page = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=float)
+        height, width, _ = page.shape
+        cx, cy = round(width * (0.03 + 0.72 / 2)), round(height * (1 - (0.05 + 0.82 / 2)))  # the map's centre
+        pixel = np.median(page[cy - 1 : cy + 2, cx - 1 : cx + 2].reshape(-1, 3), axis=0)
+        hexed = "#" + "".join(f"{round(v):02x}" for v in pixel)
+        shop = np.linalg.norm(lab(hexed) - lab(shops.style.colors[status]))
+        parcel = np.linalg.norm(lab(hexed) - lab(parcels.style.colors[under]))
+        assert shop < 20 and shop < parcel, (status, under, hexed, shop, parcel)
+
+
+def test_the_north_label_and_its_arrow_do_not_overlap(session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyArrow
+
+    from web.printing import draw
+
+    demo.load(session)
+    session.flush()
+    saved: list[Figure] = []
+    savefig = Figure.savefig
+
+    def keep(self: Figure, *args: Any, **kwargs: Any) -> Any:
+        saved.append(self)
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)  # watches the figure the print saves; changes nothing
+    printed, label, frame = gathered(session, STREET, ["divisions", "grids"])
+    for size in ("A4", "A3", "A0"):
+        common = {"title": "t", "scope_label": label, "day": dt.date(2026, 1, 5), "frame": frame, "sheets": None}
+        draw(printed, size=size, fmt="png", **common)
+        fig = saved.pop()
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        texts = [t for ax in fig.axes for t in ax.texts if t.get_text().startswith("北")]
+        arrows = [p for ax in fig.axes for p in ax.patches if isinstance(p, FancyArrow)]
+        assert len(texts) == 1 and len(arrows) == 1
+        words, arrow = texts[0].get_window_extent(renderer), arrows[0].get_window_extent(renderer)
+        assert not words.overlaps(arrow), (size, words, arrow)
+        assert words.y0 >= arrow.y1  # above its tip
+        assert abs((words.x0 + words.x1) / 2 - (arrow.x0 + arrow.x1) / 2) < 2  # centred on it
+
+
+def test_the_printing_code_names_no_layer_and_no_field() -> None:
+    """Printing reads which layers print, their order, colours and labels from the declarations only."""
+    names = {layer.id for layer in REGISTRY.values()} | {layer.table for layer in REGISTRY.values()}
+    names |= {name for layer in REGISTRY.values() for name in layer.field_names}
+    # `scope` is the print's own query parameter (a street, community or grid code), as on every map route.
+    allowed = {"scope"}
+    root = Path(__file__).resolve().parent.parent
+    for module in ("web/printing.py", "api/routes/printing.py"):
+        tree = ast.parse((root / module).read_text())
+        said = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+        modules = {
+            (alias.asname or alias.name)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        said |= {  # attributes of the code's own objects (a module's, like math.floor, are not a field)
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and not (isinstance(node.value, ast.Name) and node.value.id in modules)
+        }
+        said |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        said |= {node.arg for node in ast.walk(tree) if isinstance(node, ast.arg | ast.keyword) and node.arg}
+        assert not (said & names) - allowed, (module, sorted((said & names) - allowed))

@@ -1,8 +1,10 @@
 """The wall map (挂图): a printable PDF or PNG of a scope, drawn on the server without a browser.
 
-Title block (unit, scope, date), legend, scale bar, north arrow and grid labels, with the
-styling the map page uses, in a local transverse Mercator so that the scale bar is true.
-Chinese text is set in Noto Sans CJK (Debian ``fonts-noto-cjk``).
+Title block (unit, scope, date), legend, scale bar, north arrow and feature labels, in a local
+transverse Mercator so that the scale bar is true. Every layer is drawn as its declaration
+says (``layer.style``: the field it is coloured by, its colours, the value that stands out,
+fill, dash, label), with the map page's rules; this module knows no layer and no field.
+Chinese text is set in Noto Sans CJK SC (Debian ``fonts-noto-cjk``), the Simplified Chinese face.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import io
 import math
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,18 +25,22 @@ matplotlib.use("Agg")
 # Text is text: a title or a grid name holding "$" must print as written, never as mathtext.
 matplotlib.rcParams["text.parse_math"] = False
 
-from matplotlib import font_manager  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import font_manager, ft2font  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import FancyArrow, PathPatch, Rectangle  # noqa: E402
 from matplotlib.path import Path as MplPath  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from pypdf.generic import ArrayObject, DecodedStreamObject, DictionaryObject, FloatObject, NameObject  # noqa: E402
 
 import shapely  # noqa: E402
 from shapely.geometry.base import BaseGeometry  # noqa: E402
 
 from layers import REGISTRY  # noqa: E402 - importing the package registers every layer
-from layers.base import Layer  # noqa: E402
+from layers.base import Layer, Style, declared_layer  # noqa: E402
 from spatial.topology import LocalMetric  # noqa: E402
 
 PAPER_MM = {"A0": (1189, 841), "A1": (841, 594), "A2": (594, 420), "A3": (420, 297), "A4": (297, 210)}
@@ -44,6 +50,15 @@ FONT_FILES = (
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc",
 )
+"""Debian's fonts-noto-cjk: one collection per weight, holding a JP, KR, SC, TC and HK face each."""
+FONT_FAMILY = "Noto Sans CJK SC"
+"""The face of the collections a wall map is set in: Simplified Chinese glyph forms (骨, 直 differ from JP's)."""
+INK = "#111827"
+"""Text, scale bar and north arrow."""
+OUTLINE = "#374151"
+"""The outline of a filled shape, as on the map page (outline-only layers and the loud value keep their colour)."""
+PT_PER_PX = 0.6
+"""A line weight or a marker radius declared in screen pixels, in points on an A3 sheet."""
 
 
 @dataclass
@@ -52,11 +67,70 @@ class PrintLayer:
 
     layer_id: str
     features: list[tuple[BaseGeometry, dict[str, Any]]]
+    module: str = ""
+    """The module declaring the layer (a worker process imports it if it has not met the layer)."""
 
     @property
     def layer(self) -> Layer:
         """Return the layer's declaration."""
-        return REGISTRY[self.layer_id]
+        return declared_layer(self.layer_id, self.module)
+
+
+@dataclass(frozen=True)
+class Look:
+    """How a feature is drawn: its style's colour for its value, as the map page draws it (map.js ``look``)."""
+
+    colour: str
+    face: tuple[float, float, float, float]
+    edge: str
+    width: float
+    """Line weight in screen pixels."""
+
+    @classmethod
+    def of(cls, style: Style, value: Any) -> Look:
+        """Return the look of a feature whose styled field holds VALUE."""
+        colour = style.default if value is None else style.colors.get(str(value), style.default)
+        loud = style.emphasis is not None and value == style.emphasis
+        opacity = (min(0.85, style.fill_opacity + 0.3) if loud else style.fill_opacity) if style.fill else 0.0
+        edge = colour if loud or not style.fill or style.fill_opacity < 0.2 else OUTLINE
+        width = max(2.0, style.weight * 2.5) if loud else style.weight
+        return cls(colour, to_rgba(colour, opacity), edge, width)
+
+
+@dataclass(frozen=True)
+class LegendRow:
+    """A row of the legend: a layer's value as drawn."""
+
+    layer_id: str
+    label: str
+    look: Look
+    point: bool
+
+
+@dataclass
+class WallMap:
+    """A wall map drawn but not saved: the figure, and what a cut into sheets (or a test) reads of it."""
+
+    figure: Figure
+    size: str
+    title: str
+    legend: list[LegendRow]
+    north: tuple[Text, FancyArrow]
+    """The north label and its arrow."""
+    drawn: list[BaseGeometry] = field(default_factory=list)
+    """Each drawn feature where it lies on the sheet, in millimetres from the bottom left (clipped to the map)."""
+    furniture: list[tuple[float, float, float, float]] = field(default_factory=list)
+    """Title block, legend, scale bar and north arrow: their boxes in millimetres (x0, y0, x1, y1)."""
+    reach_mm: float = 0.0
+    """How far ink reaches beyond a drawn shape: half the widest line, or a marker's radius and outline."""
+
+
+@dataclass(frozen=True)
+class Printed:
+    """A finished print: its bytes, and the sheets of a cut left out as blank (their numbers)."""
+
+    data: bytes
+    left_out: tuple[int, ...] = ()
 
 
 def _plain(text: str) -> str:
@@ -64,11 +138,22 @@ def _plain(text: str) -> str:
     return "".join(" " if c == "\t" else c for c in text if c == "\n" or unicodedata.category(c) not in ("Cc", "Cf"))
 
 
+@lru_cache(maxsize=4)
+def _face(path: str, family: str) -> font_manager.FontPath | None:
+    """Return the face of the collection at PATH whose family is FAMILY (a .ttc holds several), if any."""
+    for index in range(ft2font.FT2Font(path).num_faces):
+        if ft2font.FT2Font(path, face_index=index).family_name == family:
+            return font_manager.FontPath(path, index)
+    return None
+
+
 @lru_cache(maxsize=2)
 def _font(bold: bool = False) -> font_manager.FontProperties:
+    """Return the Simplified Chinese face (a bare FontProperties of the .ttc would take its first face: JP)."""
     path = Path(FONT_FILES[1 if bold else 0])
-    if path.exists():
-        return font_manager.FontProperties(fname=str(path))
+    face = _face(str(path), FONT_FAMILY) if path.exists() else None
+    if face is not None:
+        return font_manager.FontProperties(fname=face)
     return font_manager.FontProperties(family="sans-serif", weight="bold" if bold else "normal")
 
 
@@ -86,6 +171,17 @@ def _path(geom: BaseGeometry) -> MplPath | None:
     return MplPath(vertices, codes) if vertices else None
 
 
+def _dashes(style: Style) -> Any:
+    """Return the matplotlib line style of STYLE's dash ("6 4": on, off in screen pixels, whatever the weight).
+
+    Matplotlib scales a dash pattern by the line's width (the weight in points), so the
+    pattern is given in weights.
+    """
+    if not style.dash:
+        return "solid"
+    return (0, tuple(float(v) / (style.weight or 1) for v in style.dash.replace(",", " ").split()))
+
+
 def _nice_length(metres: float) -> float:
     """Return a round length (1, 2 or 5 × 10^k metres) close to METRES."""
     exponent = math.floor(math.log10(max(metres, 1e-9)))
@@ -95,64 +191,159 @@ def _nice_length(metres: float) -> float:
     return float(10**exponent)
 
 
-def render_wall_map(
+def _value_order(style: Style, value: str) -> tuple[int, str]:
+    """Sort key of a legend row: the declared colours' order, then values without a colour of their own."""
+    declared = list(style.colors)
+    return (declared.index(value), "") if value in declared else (len(declared), value)
+
+
+def _draw_layer(ax: Any, pl: PrintLayer, metric: LocalMetric, scale: float) -> tuple[list[BaseGeometry], list[Any]]:
+    """Draw PL's features on AX; return them in metres as drawn (outlines for an unfilled layer) and their labels."""
+    layer, style = pl.layer, pl.layer.style
+    if not pl.features:
+        return [], []
+    geoms = metric.to_m(np.asarray([g for g, _ in pl.features], dtype=object))
+    patches, faces, edges, widths, drawn, labels = [], [], [], [], [], []
+    points: dict[str, list[Any]] = {"x": [], "y": [], "face": [], "edge": [], "width": []}
+    for geom, (_, props) in zip(geoms, pl.features, strict=True):
+        look = Look.of(style, props.get(style.by) if style.by else None)
+        if geom.geom_type == "Point":
+            points["x"].append(geom.x)
+            points["y"].append(geom.y)
+            points["face"].append(look.face if style.fill else to_rgba(look.colour))
+            points["edge"].append(look.edge)
+            points["width"].append(look.width * PT_PER_PX * scale)
+            drawn.append(geom)
+            continue
+        path = _path(geom)
+        if path is None:
+            continue
+        patches.append(PathPatch(path))
+        faces.append(look.face if style.fill else "none")
+        edges.append(look.edge)
+        widths.append(look.width * PT_PER_PX * scale)
+        drawn.append(geom if style.fill else geom.boundary)
+        text = "\n".join(str(props[f]) for f in style.label if props.get(f) not in (None, ""))
+        if text:
+            centre = geom.representative_point()
+            labels.append((centre.x, centre.y, _plain(text)))
+    if patches:
+        collection = PatchCollection(
+            patches, facecolors=faces, edgecolors=edges, linewidths=widths, linestyles=_dashes(style)
+        )
+        collection.set_zorder(layer.order)
+        ax.add_collection(collection)
+    if points["x"]:
+        diameter = 2 * style.radius * PT_PER_PX * scale
+        ax.scatter(
+            points["x"],
+            points["y"],
+            s=diameter**2,
+            c=points["face"],
+            edgecolors=points["edge"],
+            linewidths=points["width"],
+            zorder=layer.order,
+        )
+    return drawn, labels
+
+
+def _legend_rows(layers: Sequence[PrintLayer]) -> list[LegendRow]:
+    """Return the legend: a row per value drawn of each layer with features on the sheet, in declared order."""
+    rows = []
+    for pl in layers:
+        layer, style = pl.layer, pl.layer.style
+        if not pl.features:
+            continue
+        points = any(g.geom_type == "Point" for g, _ in pl.features)
+        if not style.by:
+            rows.append(LegendRow(layer.id, layer.zh, Look.of(style, None), points))
+            continue
+        values = {props.get(style.by) for _, props in pl.features}
+        for value in sorted(values, key=lambda v: _value_order(style, "" if v is None else str(v))):
+            label = f"{layer.zh} {value}" if value not in (None, "") else f"{layer.zh} 未填 (blank)"
+            rows.append(LegendRow(layer.id, label, Look.of(style, value), points))
+    return rows
+
+
+def _draw_legend(fig: Figure, rows: Sequence[LegendRow], scale: float) -> Any:
+    """Draw the legend on the right: each row's symbol drawn as its features are."""
+    side = fig.add_axes((0.78, 0.05, 0.2, 0.82))
+    side.set_axis_off()
+    side.set_xlim(0, 1)
+    side.set_ylim(0, 1)
+    side.text(0.0, 1.0, "图例 Legend", fontsize=12 * scale, fontproperties=_font(True), va="top")
+    step = min(0.045, 0.9 / max(len(rows), 1))
+    for i, row in enumerate(rows):
+        top = 0.94 - i * step
+        style = REGISTRY[row.layer_id].style  # met already: its PrintLayer came first
+        width = row.look.width * PT_PER_PX * scale
+        if row.point:
+            diameter = 2 * style.radius * PT_PER_PX * scale
+            face = row.look.face if style.fill else to_rgba(row.look.colour)
+            side.plot(  # a line of one marker: its extent is the marker's (a scatter's is unbounded)
+                [0.06],
+                [top - step * 0.4],
+                marker="o",
+                linestyle="none",
+                markersize=diameter,
+                markerfacecolor=face,
+                markeredgecolor=row.look.edge,
+                markeredgewidth=width,
+            )
+        else:
+            box = Rectangle((0.0, top - step * 0.7), 0.12, step * 0.6, facecolor=row.look.face, edgecolor=row.look.edge)
+            box.set_linewidth(width)
+            box.set_linestyle(_dashes(style))
+            side.add_patch(box)
+        side.text(0.16, top - step * 0.4, row.label, fontsize=7.5 * scale, fontproperties=_font(), va="center")
+    return side
+
+
+def compose(
     layers: Sequence[PrintLayer],
     *,
     title: str,
     scope_label: str,
     size: str = "A3",
-    fmt: str = "pdf",
     day: dt.date | None = None,
     frame: BaseGeometry | None = None,
-) -> bytes:
-    """Return the wall map of LAYERS as PDF or PNG bytes, showing FRAME (the scope) when given."""
+) -> WallMap:
+    """Return the wall map of LAYERS (drawn in their declared order) showing FRAME (the scope) when given."""
     width_mm, height_mm = PAPER_MM[size]
     fig = Figure(figsize=(width_mm / 25.4, height_mm / 25.4))
+    FigureCanvasAgg(fig)  # a renderer: where text lands is measured before the sheet is saved
     scale = width_mm / 420  # text sizes follow the sheet (A3 is 1)
     everything = [g for pl in layers for g, _ in pl.features]
     metric = LocalMetric.around(everything or [shapely.Point(120.4, 36.3)])
     ax = fig.add_axes((0.03, 0.05, 0.72, 0.82))
     ax.set_aspect("equal")
     ax.set_axis_off()
-    legend: list[tuple[str, str, str]] = []  # colour, edge, label
+    drawn: list[BaseGeometry] = []
     labels = []
-    for pl in layers:
-        style, layer = pl.layer.style, pl.layer
-        patches, faces, edges, widths = [], [], [], []
-        seen: dict[str, str] = {}
-        for geom, props in pl.features:
-            value = props.get(style.by) if style.by else None
-            colour = style.colors.get(str(value), style.default)
-            seen.setdefault(str(value) if value is not None else layer.zh, colour)
-            path = _path(metric.to_m(geom)) if geom.geom_type != "Point" else None
-            if geom.geom_type == "Point":
-                x, y = metric.to_m(geom).coords[0]
-                ax.plot([x], [y], "o", color=colour, markersize=3 * scale, markeredgecolor="#111827")
-                continue
-            if path is None:
-                continue
-            patches.append(PathPatch(path))
-            faces.append(colour if style.fill else "none")
-            edges.append(colour if not style.fill or value == style.emphasis else "#374151")
-            widths.append((2.5 if value == style.emphasis else style.weight * 0.6) * scale)
-            if layer.id == "grids":
-                centre = metric.to_m(geom.representative_point())
-                labels.append((centre.x, centre.y, _plain(f"{props.get('name') or ''}\n{props.get('code')}")))
-        if patches:
-            collection = PatchCollection(
-                patches, facecolors=faces, edgecolors=edges, linewidths=widths, alpha=None, zorder=layer.order
-            )
-            if style.fill:
-                collection.set_alpha(min(1.0, style.fill_opacity + 0.3))
-            if style.dash:
-                collection.set_linestyle("--")
-            ax.add_collection(collection)
-        for value, colour in seen.items():
-            face = colour if style.fill else "none"
-            legend.append((face, colour, f"{layer.zh} {value}" if value != layer.zh else layer.zh))
+    reach_pt = 0.0
+    for pl in sorted(layers, key=lambda pl: pl.layer.order):
+        shapes, texts = _draw_layer(ax, pl, metric, scale)
+        drawn.extend(shapes)
+        labels.extend(texts)
+        if shapes:
+            style = pl.layer.style
+            widest = max(2.0, style.weight * 2.5) * PT_PER_PX * scale  # the loud value's outline is the widest
+            marker = style.radius * PT_PER_PX * scale if any(g.geom_type == "Point" for g, _ in pl.features) else 0
+            reach_pt = max(reach_pt, marker + widest / 2)
+    # readable over any fill; a box, not a stroked outline: that would turn the PDF's text into shapes
+    backing = {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.6, "edgecolor": "none"}
     for x, y, text in labels:
         ax.text(
-            x, y, text, ha="center", va="center", fontsize=4.5 * scale, fontproperties=_font(), zorder=200, clip_on=True
+            x,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=4.5 * scale,
+            fontproperties=_font(),
+            zorder=200,
+            clip_on=True,
+            bbox=backing,
         )
     ax.autoscale_view()
     if frame is not None and not frame.is_empty:  # the scope, with a margin; neighbours give context
@@ -160,47 +351,71 @@ def render_wall_map(
         pad = 0.05 * max(fx1 - fx0, fy1 - fy0)
         ax.set_xlim(fx0 - pad, fx1 + pad)
         ax.set_ylim(fy0 - pad, fy1 + pad)
-        ax.apply_aspect()
+    ax.apply_aspect()
     x0, x1 = ax.get_xlim()
     y0, y1 = ax.get_ylim()
+    furniture: list[Any] = []
     # scale bar: about a fifth of the map's width, a round number of metres
     bar = _nice_length((x1 - x0) / 5)
     bx, by = x0 + (x1 - x0) * 0.04, y0 + (y1 - y0) * 0.04
-    ax.add_patch(Rectangle((bx, by), bar, (y1 - y0) * 0.008, color="#111827", zorder=300))
+    furniture.append(ax.add_patch(Rectangle((bx, by), bar, (y1 - y0) * 0.008, color=INK, zorder=300)))
     shown = f"{bar / 1000:g} 公里 km" if bar >= 1000 else f"{bar:g} 米 m"
-    ax.text(bx, by + (y1 - y0) * 0.015, shown, fontsize=7 * scale, fontproperties=_font(), zorder=300)
-    # north arrow (the map is drawn with north up: a transverse Mercator around the scope)
-    nx, ny = x1 - (x1 - x0) * 0.05, y1 - (y1 - y0) * 0.12
-    ax.add_patch(FancyArrow(nx, ny, 0, (y1 - y0) * 0.07, width=(x1 - x0) * 0.006, color="#111827", zorder=300))
-    ax.text(nx, ny + (y1 - y0) * 0.085, "北 N", ha="center", fontsize=9 * scale, fontproperties=_font(True))
-    # title block and legend on the right
-    title = _plain(title)
-    fig.text(0.03, 0.93, title, fontsize=20 * scale, fontproperties=_font(True))
-    day = day or dt.date.today()
-    fig.text(
-        0.03,
-        0.895,
-        _plain(f"{scope_label}    制图日期 {day.isoformat()}    guatu 挂图"),
+    furniture.append(ax.text(bx, by + (y1 - y0) * 0.015, shown, fontsize=7 * scale, fontproperties=_font(), zorder=300))
+    # north arrow (the map is drawn with north up: a transverse Mercator around the scope), its label above the tip
+    nx, ny, length = x1 - (x1 - x0) * 0.05, y1 - (y1 - y0) * 0.14, (y1 - y0) * 0.08
+    arrow = FancyArrow(nx, ny, 0, length, width=(x1 - x0) * 0.006, length_includes_head=True, color=INK, zorder=300)
+    ax.add_patch(arrow)
+    north = ax.annotate(
+        "北 N",
+        xy=(nx, ny + length),
+        xytext=(0, 2 * scale),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
         fontsize=9 * scale,
-        fontproperties=_font(),
+        fontproperties=_font(True),
+        zorder=300,
     )
-    side = fig.add_axes((0.78, 0.05, 0.2, 0.82))
-    side.set_axis_off()
-    side.text(0.0, 1.0, "图例 Legend", fontsize=12 * scale, fontproperties=_font(True), va="top")
-    step = min(0.045, 0.9 / max(len(legend), 1))
-    for i, (face, edge, label) in enumerate(legend):
-        top = 0.94 - i * step
-        side.add_patch(Rectangle((0.0, top - step * 0.7), 0.12, step * 0.6, facecolor=face, edgecolor=edge))
-        side.text(0.16, top - step * 0.4, label, fontsize=7.5 * scale, fontproperties=_font(), va="center")
-    side.set_xlim(0, 1)
-    side.set_ylim(0, 1)
+    furniture += [arrow, north]
+    # title block and legend
+    title = _plain(title)
+    furniture.append(fig.text(0.03, 0.93, title, fontsize=20 * scale, fontproperties=_font(True)))
+    day = day or dt.date.today()
+    subtitle = _plain(f"{scope_label}    制图日期 {day.isoformat()}    guatu 挂图")
+    furniture.append(fig.text(0.03, 0.895, subtitle, fontsize=9 * scale, fontproperties=_font()))
+    legend = _legend_rows(layers)
+    side = _draw_legend(fig, legend, scale)
+    furniture += [*side.texts, *side.patches, *side.lines]
+    wall = WallMap(fig, size, title, legend, (north, arrow), reach_mm=reach_pt * 25.4 / 72)
+    # where things lie on the sheet, in millimetres: what a cut into sheets keeps
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    per_px = 25.4 / fig.dpi
+    for artist in furniture:
+        box = artist.get_window_extent(renderer)
+        wall.furniture.append((box.x0 * per_px, box.y0 * per_px, box.x1 * per_px, box.y1 * per_px))
+    to_mm = ax.transData + fig.transFigure.inverted()
+    sheet = np.array([width_mm, height_mm])
+    position = ax.get_position()
+    visible = shapely.box(
+        position.x0 * width_mm, position.y0 * height_mm, position.x1 * width_mm, position.y1 * height_mm
+    )
+    if drawn:
+        on_sheet = shapely.transform(np.asarray(drawn, dtype=object), lambda xy: to_mm.transform(xy) * sheet)
+        wall.drawn = [g for g in shapely.intersection(on_sheet, visible) if not g.is_empty]
+    return wall
+
+
+def save(wall: WallMap, fmt: str) -> bytes:
+    """Return WALL as PDF (text as text, the CJK face embedded) or PNG bytes."""
     out = io.BytesIO()
     if fmt == "png":
-        dpi = 150 if size in ("A4", "A3") else 72
-        fig.savefig(out, format="png", dpi=dpi, facecolor="white")
+        dpi = 150 if wall.size in ("A4", "A3") else 72
+        wall.figure.savefig(out, format="png", dpi=dpi, facecolor="white")
     else:
         with matplotlib.rc_context({"pdf.fonttype": 42}):
-            fig.savefig(out, format="pdf", facecolor="white", metadata={"Title": title, "Creator": "guatu"})
+            wall.figure.savefig(
+                out, format="pdf", facecolor="white", metadata={"Title": wall.title, "Creator": "guatu"}
+            )
     return out.getvalue()
 
 
@@ -283,9 +498,14 @@ def _marks(ax: Any, plan: SheetPlan, text: str, glue: tuple[bool, bool]) -> None
 
 
 def _assembly(
-    ax: Any, plan: SheetPlan, origin_mm: tuple[float, float], fit: float, big_mm: tuple[float, float]
+    ax: Any,
+    plan: SheetPlan,
+    origin_mm: tuple[float, float],
+    fit: float,
+    big_mm: tuple[float, float],
+    left_out: Sequence[int],
 ) -> None:
-    """Draw the small sheets' outlines and numbers over the reduced big sheet."""
+    """Draw the small sheets' outlines and numbers over the reduced big sheet; the left-out ones greyed, crossed."""
     ox, oy = origin_mm
     top = oy + big_mm[1] * fit
     cw, ch = plan.cell_mm[0] * fit, plan.cell_mm[1] * fit
@@ -293,9 +513,25 @@ def _assembly(
         for column in range(plan.columns):
             x, y = ox + column * cw, max(top - (row + 1) * ch, oy)
             w, h = min(cw, ox + big_mm[0] * fit - x), min(ch, top - row * ch - y)
-            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="#dc2626", linewidth=0.5, zorder=4))
-            number = str(row * plan.columns + column + 1)
-            ax.text(x + w / 2, y + h / 2, number, ha="center", va="center", color="#dc2626", fontsize=9, zorder=4)
+            number = row * plan.columns + column + 1
+            if number in left_out:
+                ax.add_patch(Rectangle((x, y), w, h, facecolor="#e5e7eb", edgecolor="#9ca3af", linewidth=0.4, zorder=4))
+                ax.plot([x, x + w], [y, y + h], color="#9ca3af", linewidth=0.4, zorder=4)
+                shown, colour = f"{number}\n空白 blank", "#6b7280"
+            else:
+                ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="#dc2626", linewidth=0.5, zorder=4))
+                shown, colour = str(number), "#dc2626"
+            ax.text(
+                x + w / 2,
+                y + h / 2,
+                shown,
+                ha="center",
+                va="center",
+                color=colour,
+                fontsize=9,
+                zorder=5,
+                fontproperties=_font(),
+            )
 
 
 def draw(
@@ -308,22 +544,45 @@ def draw(
     day: dt.date,
     frame: BaseGeometry | None,
     sheets: str | None,
-) -> bytes:
+) -> Printed:
     """Return the finished wall map: drawn, and cut into SHEETS when asked (run in a worker process)."""
-    title = _plain(title)
-    data = render_wall_map(layers, title=title, scope_label=scope_label, size=size, fmt=fmt, day=day, frame=frame)
-    if sheets is not None:
-        data = tile_sheets(data, plan_sheets(size, sheets), title)
-    return data
+    wall = compose(layers, title=_plain(title), scope_label=scope_label, size=size, day=day, frame=frame)
+    data = save(wall, fmt)
+    if sheets is None:
+        return Printed(data)
+    plan = plan_sheets(size, sheets)
+    left_out = blank_sheets(wall, plan)
+    return Printed(tile_sheets(data, plan, wall.title, left_out), left_out)
 
 
-def tile_sheets(big_pdf: bytes, plan: SheetPlan, title: str) -> bytes:
-    """Return BIG_PDF (one landscape sheet of size PLAN.big) cut into PLAN's small sheets.
+def blank_sheets(wall: WallMap, plan: SheetPlan) -> tuple[int, ...]:
+    """Return the numbers of PLAN's sheets that hold nothing of WALL: no feature, no title, legend or scale.
 
-    Page 1 is the assembly sheet: the whole map reduced, with each small sheet's number;
-    then one page per small sheet, row by row from the top left, labelled with its row,
-    column and number, with a dashed line where the next sheet is glued. The map stays
-    vector and is stored once: every page shows its part of the big page (a form XObject).
+    A sheet holds its cell of the big sheet (the overlap strip it shares with the next
+    sheet is that one's): left out when nothing drawn lies in it, nor the ink of a line or
+    a marker drawn just outside it.
+    """
+    height = PAPER_MM[plan.big][1]
+    cw, ch = plan.cell_mm
+    furniture = [shapely.box(*box) for box in wall.furniture]
+    tree = shapely.STRtree([*wall.drawn, *furniture])
+    blank = []
+    for row in range(plan.rows):
+        for column in range(plan.columns):
+            cell = shapely.box(column * cw, height - (row + 1) * ch, (column + 1) * cw, height - row * ch)
+            if not len(tree.query(cell, predicate="dwithin", distance=wall.reach_mm + 0.5)):
+                blank.append(row * plan.columns + column + 1)
+    return tuple(blank)
+
+
+def tile_sheets(big_pdf: bytes, plan: SheetPlan, title: str, left_out: Sequence[int] = ()) -> bytes:
+    """Return BIG_PDF (one landscape sheet of size PLAN.big) cut into PLAN's small sheets, but LEFT_OUT.
+
+    Page 1 is the assembly sheet: the whole map reduced, with each small sheet's number (the
+    left-out, blank ones greyed and listed); then one page per printed sheet, row by row from
+    the top left, labelled with its row, column and number, with a dashed line where the next
+    sheet is glued. The map stays vector and is stored once: every page shows its part of the
+    big page (a form XObject). The PDF's metadata names the left-out sheets too.
     """
     from matplotlib.backends.backend_pdf import PdfPages
     from pypdf import PdfReader, PdfWriter
@@ -343,16 +602,18 @@ def tile_sheets(big_pdf: bytes, plan: SheetPlan, title: str) -> bytes:
         fig = Figure(figsize=(pw_mm / 25.4, ph_mm / 25.4))
         ax = fig.add_axes((0, 0, 1, 1))
         label = (
-            f"{title} · {plan.big} 分幅拼贴图 assembly: "
-            f"{plan.rows} 行 × {plan.columns} 列 = {plan.count} 张 {plan.small}"
+            f"{title} · {plan.big} 分幅拼贴图 assembly: {plan.rows} 行 × {plan.columns} 列，"
+            f"印 {plan.count - len(left_out)} 张 {plan.small}" + _left_out_said(left_out)
         )
         _marks(ax, plan, label, (False, False))
-        _assembly(ax, plan, (ox / MM, oy / MM), fit, (big_w / MM, big_h / MM))
+        _assembly(ax, plan, (ox / MM, oy / MM), fit, (big_w / MM, big_h / MM), left_out)
         pages.savefig(fig, transparent=True)
         for row in range(plan.rows):
             for column in range(plan.columns):
-                fig = Figure(figsize=(pw_mm / 25.4, ph_mm / 25.4))
                 number = row * plan.columns + column + 1
+                if number in left_out:
+                    continue
+                fig = Figure(figsize=(pw_mm / 25.4, ph_mm / 25.4))
                 text = (
                     f"{title} · {plan.big} 第 {row + 1} 行 第 {column + 1} 列 (row {row + 1}, column {column + 1}) · "
                     f"{number}/{plan.count} · 虚线处与相邻图幅重叠粘贴 (glue the next sheet on the dashed line)"
@@ -365,6 +626,14 @@ def tile_sheets(big_pdf: bytes, plan: SheetPlan, title: str) -> bytes:
     overlays = PdfReader(io.BytesIO(marks.getvalue())).pages
 
     writer = PdfWriter()
+    writer.add_metadata(
+        {
+            "/Title": title,
+            "/Creator": "guatu",
+            "/Subject": f"{plan.big} 分幅 {plan.small} sheets" + _left_out_said(left_out),
+            "/GuatuSheetsLeftOut": ",".join(map(str, left_out)),
+        }
+    )
     the_map = _form(writer, big)
     for placement, overlay in zip(placements, overlays, strict=True):
         page = writer.add_blank_page(pw, ph)
@@ -378,6 +647,13 @@ def tile_sheets(big_pdf: bytes, plan: SheetPlan, title: str) -> bytes:
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+def _left_out_said(left_out: Sequence[int]) -> str:
+    """Return how the assembly sheet lists the blank sheets left out (empty for none)."""
+    if not left_out:
+        return ""
+    return f"；空白未印 {len(left_out)} 张 (blank, left out): " + ", ".join(map(str, left_out))
 
 
 def _form(writer: Any, page: Any) -> Any:

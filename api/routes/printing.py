@@ -19,25 +19,21 @@ from shapely.geometry.base import BaseGeometry
 from api.deps import SessionsDep
 from api.routes.stats import FilterDep
 from api.work import heavy, lane
-from layers.base import Layer
+from layers.base import REGISTRY, Layer
 from layers.features import layer_or_404, parse_bbox
 from layers.scopes import features_in, scope_unit
 from layers.stats import Filter
 from spatial.db import query_canceller
 from spatial.errors import InvalidInput
 from spatial.work import CancelToken, in_process
-from web.printing import PAPER_MM, PrintLayer, draw
+from web.printing import PAPER_MM, Printed, PrintLayer, draw
 
 router = APIRouter(tags=["print"])
 MAX_PRINTED = 200_000
-DEFAULT_LAYERS = "divisions,grids,parcels,shops"
-FILTERED_LAYER = "parcels"
-"""The layer the map's filter panel narrows, and so the print's filter."""
-
-
-def filter_label(flt: Filter) -> str:
-    """Return the filter as the title block says it (empty for none)."""
-    return flt.label(layer_or_404(FILTERED_LAYER))
+DEFAULT_LAYERS = ",".join(lr.id for lr in sorted(REGISTRY.values(), key=lambda lr: lr.order) if lr.style.printed)
+"""The layers a print shows unless it names them: those their declaration says are printed."""
+LEFT_OUT_HEADER = "X-Guatu-Sheets-Left-Out"
+"""Says which sheets of a cut were left out, blank (their numbers on the assembly sheet, comma-separated)."""
 
 
 def _gather(
@@ -56,17 +52,18 @@ def _gather(
         if view is not None:
             shape = shapely.box(*view) if shape is None else shape.intersection(shapely.box(*view))
             label = label if scope else "当前视野 map view"
-        said = filter_label(flt)
+        said = "；".join(filter(None, (flt.label(lay) for lay in chosen if lay.filtered)))
         if said:
             label = f"{label}    筛选 {said}"
         printed: list[PrintLayer] = []
         room = MAX_PRINTED
         for layer in chosen:
-            names = [n for n in ("code", "name", layer.style.by) if n and n in layer.field_names]
-            narrowed = flt if layer.id == FILTERED_LAYER else None
+            wanted = [*layer.key, layer.style.by, *layer.style.label]  # its key, what its colour and label say
+            names = [n for n in dict.fromkeys(wanted) if n and n in layer.field_names]
+            narrowed = flt if layer.filtered else None
             features = features_in(session, layer, shape, names, room, narrowed)
             room -= len(features)
-            printed.append(PrintLayer(layer.id, features))
+            printed.append(PrintLayer(layer.id, features, layer.module))
     return printed, label, shape
 
 
@@ -106,16 +103,16 @@ async def print_map(
                 f"sheets of {sheets} must be smaller than the wall map's {size}",
                 field="sheets",
             )
-    wanted = {name.strip() for name in layers.split(",") if name.strip()}
-    chosen = sorted((layer_or_404(name) for name in wanted), key=lambda layer: layer.order)
+    asked = {layer_id.strip() for layer_id in layers.split(",") if layer_id.strip()}
+    chosen = sorted((layer_or_404(layer_id) for layer_id in asked), key=lambda layer: layer.order)
     view = parse_bbox(bbox)
     day = dt.date.today()
-    # The map's filter narrows the parcels, as on the map; the scope frames the sheet instead.
+    # The map's filter narrows the layer its panel filters, as on the map; the scope frames the sheet instead.
     narrowed = dataclasses.replace(flt, scope=None)
     settings = request.app.state.settings
     heading = title or settings.site_title
 
-    async def job(token: CancelToken) -> bytes:
+    async def job(token: CancelToken) -> Printed:
         gather = lane(request, "print").run
         printed, label, shape = await gather(_gather, sessions, token, scope, view, chosen, narrowed, day)
         return await in_process(
@@ -133,8 +130,10 @@ async def print_map(
             token=token,
         )
 
-    data = await heavy(request, "print", job)
+    printed = await heavy(request, "print", job)
     filename = f"挂图-{scope or 'all'}-{size}{'-分幅' + sheets if sheets else ''}.{format}"
     media = "application/pdf" if format == "pdf" else "image/png"
-    disposition = f"attachment; filename*=UTF-8''{quote(filename)}"
-    return Response(data, media_type=media, headers={"Content-Disposition": disposition})
+    headers = {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"}
+    if sheets is not None:
+        headers[LEFT_OUT_HEADER] = ",".join(map(str, printed.left_out))
+    return Response(printed.data, media_type=media, headers=headers)
