@@ -339,13 +339,13 @@ def _roll_up(
     rows = session.execute(
         text(
             f"""
-            SELECT g.key, f.name, f.x0, f.y0, f.x1, f.y1, g.in_view, g.*
+            SELECT g.key, f.unit_name, f.x0, f.y0, f.x1, f.y1, g.in_view, g.*
             FROM (
                 SELECT {column} AS key, {in_view} AS in_view, {figures}
                 FROM {layer.table}{_where([*conditions, only])} GROUP BY 1
             ) g
             LEFT JOIN LATERAL (
-                SELECT u.{holder.units.name_field} AS name,
+                SELECT u.{holder.units.name_field} AS unit_name,
                        ST_XMin(u.geom) AS x0, ST_YMin(u.geom) AS y0, ST_XMax(u.geom) AS x1, ST_YMax(u.geom) AS y1
                 FROM {holder.table} u WHERE {unit_where} LIMIT 1
             ) f ON true

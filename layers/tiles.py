@@ -130,7 +130,7 @@ def render_tile(
         return b""
     conditions, params = filter_conditions(layer, flt or Filter())
     for name, value in SESSION_SETTINGS:
-        session.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
+        session.execute(text("SELECT set_config(:setting, :value, true)"), {"setting": name, "value": value})
     data = session.execute(text(tile_statement(layer, conditions)), params | tile_params(layer, address)).scalar()
     return bytes(data or b"")
 

@@ -13,11 +13,19 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import LayerDep, SessionDep
 from api.routes.stats import FILTER_HELP, FilterDep
 from layers import features
+from layers.base import REGISTRY
 from layers.stats import filter_conditions
 from spatial.errors import MalformedInput, TooLarge
 
 GEOJSON = "application/geo+json"
 router = APIRouter(prefix="/api/layers/{layer_id}/features", tags=["features"])
+
+def _example() -> dict[str, Any]:
+    """Return an example feature for the API docs: the first layer's declared example, as a point."""
+    declared = [layer for layer in sorted(REGISTRY.values(), key=lambda layer: layer.order) if layer.example]
+    props = dict(declared[0].example) if declared else {}
+    return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [120.3842, 36.3021]}, "properties": props}
+
 
 FEATURE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -26,16 +34,7 @@ FEATURE_BODY: dict[str, Any] = {
             "application/geo+json": {
                 "schema": {
                     "type": "object",
-                    "example": {
-                        "type": "Feature",
-                        "geometry": {"type": "Point", "coordinates": [120.3842, 36.3021]},
-                        "properties": {
-                            "code": "3702140010012100001",
-                            "name": "示例商铺",
-                            "ownership": "集体",
-                            "status": "闲置",
-                        },
-                    },
+                    "example": _example(),
                 }
             },
             "application/json": {"schema": {"type": "object"}},
