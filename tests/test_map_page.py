@@ -543,7 +543,7 @@ def test_shops_get_their_own_filter_and_figures_on_the_map(base_url: str) -> Non
 
 
 def test_revenue_points_are_searched_drawn_filtered_and_counted_like_any_layer(base_url: str) -> None:
-    """公共收益点位, declared in its own module only: search finds one, the legend lists it, its filter and figures work."""
+    """公共收益点位, declared in its own module only: found, in the legend, filtered and counted."""
     listed = httpx.get(f"{base_url}/api/layers/revenue_points/features", params={"limit": 2000}).json()["features"]
     waiting = next(f for f in listed if f["properties"]["status"] == "待招租")
     name = waiting["properties"]["name"]
