@@ -29,6 +29,10 @@ from spatial.settings import LocalPgSettings, db_settings
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 
 
+collect_ignore = ["wells_layer.py"]
+"""Importing it declares a layer (for tests/test_new_layer.py only): doctest collection must not."""
+
+
 @lru_cache(maxsize=1)
 def runs_as_roles() -> bool:
     """Start the server (local cluster) and tell whether the tests run as guatu_owner and guatu_app.
