@@ -351,7 +351,8 @@ def test_the_collector_is_paused_only_while_checking(session: Session, monkeypat
     raw = collection(parcels(3))
     uploads.run_upload(session, REGISTRY["parcels"], raw, uploads.UploadOptions(dry_run=True))  # checked here
     source = open_geojson(raw)
-    uploads.check_part("parcels", DeclaredCrs("epsg", 4490), False, source.part(0, 3), False, True)  # as a worker does
+    worker_args = (("parcels", ""), DeclaredCrs("epsg", 4490), False, source.part(0, 3), False, True)
+    uploads.check_part(*worker_args)  # as a worker does
     assert during == [False, False]  # paused while a chunk was checked, in this thread or a worker's
     assert gc.isenabled()  # and on again after
 
