@@ -503,6 +503,21 @@ def test_units_are_labelled_by_zoom_without_overlapping(base_url: str) -> None:
     assert grid["properties"]["name"] in seen[17]  # zoomed in: the grids
 
 
+def keep_only_status(page, layer: str, value: str) -> list[dict]:
+    """Pick LAYER in the panel, tick only VALUE of its status, wait for the map; return what is drawn."""
+    page.select_option("select.guatu-f-layer", layer)
+    page.wait_for_function(f"document.querySelector('.guatu-figures').dataset.layer === '{layer}'")
+    for box in page.locator(".guatu-choice input").all():
+        if box.get_attribute("value") != value:
+            box.uncheck()
+    page.wait_for_function(
+        f"decodeURIComponent(document.querySelector('.guatu-figures').dataset.query) === 'status={value}'"
+    )
+    page.wait_for_function("!document.querySelector('.guatu-figures').dataset.loading && guatu.idle()")
+    drawn: list[dict] = page.evaluate(f"guatu.drawn('{layer}')")
+    return drawn
+
+
 def test_shops_get_their_own_filter_and_figures_on_the_map(base_url: str) -> None:
     listed = httpx.get(f"{base_url}/api/layers/shops/features", params={"limit": 2000}).json()["features"]
     idle = next(f for f in listed if f["properties"]["status"] == "闲置")
@@ -513,16 +528,7 @@ def test_shops_get_their_own_filter_and_figures_on_the_map(base_url: str) -> Non
         page.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
         if x is not None:
             move_to(page, x, y, 16)
-        page.select_option("select.guatu-f-layer", "shops")
-        page.wait_for_function("document.querySelector('.guatu-figures').dataset.layer === 'shops'")
-        for box in page.locator(".guatu-choice input").all():
-            if box.get_attribute("value") != "闲置":
-                box.uncheck()
-        page.wait_for_function(
-            "decodeURIComponent(document.querySelector('.guatu-figures').dataset.query) === 'status=闲置'"
-        )
-        page.wait_for_function("!document.querySelector('.guatu-figures').dataset.loading && guatu.idle()")
-        drawn = page.evaluate("guatu.drawn('shops')")
+        drawn = keep_only_status(page, "shops", "闲置")
         assert drawn and {p["status"] for p in drawn} == {"闲置"}
         bounds = map_call(
             page, "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];"
@@ -557,16 +563,7 @@ def test_revenue_points_are_searched_drawn_filtered_and_counted_like_any_layer(b
         page.wait_for_selector(".guatu-hit", timeout=15_000)
         assert page.locator(".guatu-hit").first.inner_text().startswith("公共收益点位")
         page.wait_for_function("guatu.idle()", timeout=15_000)
-        page.select_option("select.guatu-f-layer", "revenue_points")
-        page.wait_for_function("document.querySelector('.guatu-figures').dataset.layer === 'revenue_points'")
-        for box in page.locator(".guatu-choice input").all():
-            if box.get_attribute("value") != "待招租":
-                box.uncheck()
-        page.wait_for_function(
-            "decodeURIComponent(document.querySelector('.guatu-figures').dataset.query) === 'status=待招租'"
-        )
-        page.wait_for_function("!document.querySelector('.guatu-figures').dataset.loading && guatu.idle()")
-        drawn = page.evaluate("guatu.drawn('revenue_points')")
+        drawn = keep_only_status(page, "revenue_points", "待招租")
         assert drawn and {p["status"] for p in drawn} == {"待招租"} and name in {p["name"] for p in drawn}
         bounds = map_call(
             page, "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];"
