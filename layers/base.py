@@ -637,7 +637,7 @@ class Layer:
                 comment="面积（平方米，椭球面） geodesic area m²",
             )
             # 亩 follow from m² when read (1 亩 = 2000/3 m²): the ellipsoidal area is computed once per write.
-            attrs["area_mu"] = column_property(attrs["area_m2"].column * 3 / 2000)
+            attrs["area_mu"] = column_property(attrs["area_m2"].column * 3 / 2000)  # as spatial.geometry.mu_from_m2
         name = "".join(part.title() for part in self.id.split("_"))
         return type(name, (Base,), attrs)
 

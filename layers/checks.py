@@ -34,6 +34,7 @@ from layers.base import (
 )
 from layers.scopes import scope_unit, unit_layers
 from spatial.errors import InvalidInput
+from spatial.geometry import STORAGE_SRID
 from spatial.topology import Checker, Finding, LocalMetric, Tolerance
 
 RULES = {
@@ -82,7 +83,7 @@ def _load(
         scoped.append(f"{layer.key_field} LIKE :prefix")
         params["prefix"] = prefix + "%"
     if near is not None:
-        scoped.append("geom && ST_Expand(ST_GeomFromWKB(:near, 4490), 0.002)")
+        scoped.append(f"geom && ST_Expand(ST_GeomFromWKB(:near, {STORAGE_SRID}), 0.002)")
         params["near"] = shapely.to_wkb(near)
     if scoped:
         conditions.append("(" + " OR ".join(scoped) + ")")

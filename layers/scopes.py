@@ -15,6 +15,7 @@ from layers import hierarchy
 from layers.base import REGISTRY, Layer
 from layers.stats import Filter, filter_conditions
 from spatial.errors import InvalidInput, NotFound
+from spatial.geometry import STORAGE_SRID
 
 
 def unit_layers() -> list[Layer]:
@@ -83,7 +84,7 @@ def features_in(
     """
     conditions, params = filter_conditions(layer, flt or Filter())  # current versions, and the filter
     where = " AND ".join(
-        ["ST_Intersects(geom, ST_GeomFromWKB(:shape, 4490))" if shape is not None else "TRUE", *conditions]
+        [f"ST_Intersects(geom, ST_GeomFromWKB(:shape, {STORAGE_SRID}))" if shape is not None else "TRUE", *conditions]
     )
     rows = session.execute(
         text(f"SELECT {', '.join(names)}, ST_AsBinary(geom) FROM {layer.table} WHERE {where} LIMIT :cap"),

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from layers.base import Layer
 from layers.stats import Filter, filter_conditions
 from spatial.errors import InvalidInput, NotFound
+from spatial.geometry import STORAGE_SRID
 
 EXTENT = 4096
 BUFFER = 64
@@ -97,7 +98,7 @@ def tile_statement(layer: Layer, conditions: Sequence[str] = ()) -> str:
             SELECT t.id, {columns},
                    ST_AsMVTGeom(ST_Transform(t.geom, 3857), bounds.env, {EXTENT}, {BUFFER}, true) AS geom
             FROM {layer.table} t, bounds
-            WHERE t.geom && ST_Transform(ST_Expand(bounds.env, :margin), 4490){narrowed}
+            WHERE t.geom && ST_Transform(ST_Expand(bounds.env, :margin), {STORAGE_SRID}){narrowed}
         )
         SELECT ST_AsMVT(rows, :layer, {EXTENT}, 'geom', 'id') FROM rows
     """
