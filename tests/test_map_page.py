@@ -189,10 +189,10 @@ def test_the_print_button_returns_the_wall_map_of_the_view(base_url: str, tmp_pa
         href = link.get_attribute("href")
         assert href is not None and "bbox=" in href and "size=A3" in href
         page.locator(".guatu-choice input[value='自用']").uncheck()  # the wall map prints what is shown
-        assert "status=" in (link.get_attribute("href") or "")
+        assert "narrow_parcels=status%3D" in (link.get_attribute("href") or "")  # the parcels' own filter
         page.locator(".guatu-choice input[value='自用']").check()
         href = link.get_attribute("href")
-        assert href is not None and "status=" not in href
+        assert href is not None and "narrow_" not in href
         with page.expect_download(timeout=90_000) as download:
             link.click()
             assert "正在绘制" in page.locator(".guatu-print-status").inner_text()  # said while it is drawn
@@ -529,6 +529,7 @@ def test_shops_get_their_own_filter_and_figures_on_the_map(base_url: str) -> Non
         if x is not None:
             move_to(page, x, y, 16)
         drawn = keep_only_status(page, "shops", "闲置")
+        assert "narrow_shops=status%3D" in (page.locator("a.guatu-print").get_attribute("href") or "")  # printed so
         assert drawn and {p["status"] for p in drawn} == {"闲置"}
         bounds = map_call(
             page, "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];"

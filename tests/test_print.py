@@ -63,11 +63,30 @@ def test_the_wall_map_follows_the_map_filter(client: TestClient, session: Sessio
     idle = client.get("/api/print", params={**scope, "status": "闲置", "land_use": "07"})
     assert idle.status_code == 200
     words = pdf_text(idle.content, tmp_path)
-    assert "筛选 状态 闲置；地类 07" in words  # said in the title block
+    assert "筛选 地块 状态 闲置；地类 07" in words  # said in the title block, with the layer it narrows
     assert "地块 闲置" in words and "地块 自用" not in words  # only idle parcels are on the sheet
     assert "网格 基础网格" in words  # the other layers are not filtered
     bad = client.get("/api/print", params={**scope, "land_use": "_"})
     assert bad.status_code == 422 and bad.json()["code"] == "filter_invalid"
+
+
+def test_each_printed_layer_follows_its_own_filter(client: TestClient, session: Session, tmp_path: Path) -> None:
+    """As on the map: the shops' and the revenue points' filters narrow them on the sheet, not only the parcels'."""
+    demo.load(session)
+    session.flush()
+    asked = {"scope": "370214001001", "size": "A4", "layers": "grids,shops,revenue_points"}
+    everything = pdf_text(client.get("/api/print", params=asked).content, tmp_path)
+    assert "商铺 在营" in everything and "公共收益点位 在营" in everything
+    narrowed = {**asked, "narrow_shops": "status=闲置", "narrow_revenue_points": "status=待招租&kind=停车位"}
+    response = client.get("/api/print", params=narrowed)
+    assert response.status_code == 200, response.text
+    words = pdf_text(response.content, tmp_path)
+    assert "商铺 闲置" in words and "商铺 在营" not in words  # the legend lists what is drawn
+    assert "公共收益点位 待招租" in words and "公共收益点位 在营" not in words
+    assert "筛选 商铺 状态 闲置；公共收益点位 状态 待招租；类型 停车位" in words
+    wrong = client.get("/api/print", params={**asked, "narrow_shops": "kind=停车位"})  # shops have no kind
+    assert wrong.status_code == 422 and wrong.json()["code"] == "filter_invalid"
+    assert client.get("/api/print", params={**asked, "narrow_nope": "status=x"}).json()["code"] == "layer_not_found"
 
 
 def test_png_and_bad_requests(client: TestClient, session: Session) -> None:

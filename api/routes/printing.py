@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Annotated, Literal
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -22,7 +22,7 @@ from api.work import heavy, lane
 from layers.base import REGISTRY, Layer
 from layers.features import layer_or_404, parse_bbox
 from layers.scopes import features_in, scope_unit
-from layers.stats import Filter
+from layers.stats import Filter, filter_conditions, parse_filter
 from spatial.db import query_canceller
 from spatial.errors import InvalidInput
 from spatial.work import CancelToken, in_process
@@ -42,7 +42,7 @@ def _gather(
     scope: str | None,
     view: tuple[float, float, float, float] | None,
     chosen: list[Layer],
-    flt: Filter,
+    narrowing: dict[str, Filter],
     day: dt.date,
 ) -> tuple[list[PrintLayer], str, BaseGeometry | None]:
     """Read what the sheet shows: the scope's shape and label, and each layer's features in it."""
@@ -52,7 +52,9 @@ def _gather(
         if view is not None:
             shape = shapely.box(*view) if shape is None else shape.intersection(shapely.box(*view))
             label = label if scope else "当前视野 map view"
-        said = "；".join(filter(None, (flt.label(lay) for lay in chosen if lay.filtered)))
+        said = "；".join(
+            f"{lay.zh} {narrowing[lay.id].label(lay)}" for lay in chosen if lay.id in narrowing and narrowing[lay.id]
+        )
         if said:
             label = f"{label}    筛选 {said}"
         printed: list[PrintLayer] = []
@@ -60,11 +62,34 @@ def _gather(
         for layer in chosen:
             wanted = [*layer.key, layer.style.by, *layer.style.label]  # its key, what its colour and label say
             names = [n for n in dict.fromkeys(wanted) if n and n in layer.field_names]
-            narrowed = flt if layer.filtered else None
-            features = features_in(session, layer, shape, names, room, narrowed)
+            features = features_in(session, layer, shape, names, room, narrowing.get(layer.id))
             room -= len(features)
             printed.append(PrintLayer(layer.id, features, layer.module))
     return printed, label, shape
+
+
+NARROW = "narrow_"
+"""A print's filter of one layer: ``narrow_<layer id>=<that layer's filter as a query string>``."""
+
+
+def _narrowing(request: Request, chosen: list[Layer], plain: Filter) -> dict[str, Filter]:
+    """Return each printed layer's filter, checked against that layer: as the map shows it, each layer its own.
+
+    ``narrow_shops=status%3D闲置`` narrows the shops; filter parameters given plainly
+    (``status=闲置``) narrow the layers declared ``filtered`` (the parcels), as before.
+    """
+    printed = {layer.id: layer for layer in chosen}
+    out: dict[str, Filter] = {layer.id: plain for layer in chosen if layer.filtered and plain}
+    for name, value in request.query_params.items():
+        if not name.startswith(NARROW):
+            continue
+        layer = layer_or_404(name.removeprefix(NARROW))
+        narrowed = parse_filter(parse_qs(value, keep_blank_values=True))
+        if layer.id in printed and narrowed:
+            out[layer.id] = narrowed
+    for layer_id, narrowed in out.items():
+        filter_conditions(printed[layer_id], narrowed)  # refused now (422), not in the queue
+    return out
 
 
 @router.get("/api/print", summary="挂图导出 Wall map (PDF/PNG)")
@@ -88,7 +113,9 @@ async def print_map(
 
     With `sheets=A4`, an A0–A2 wall map comes as a PDF of A4 pages to print on an office
     printer: an assembly sheet first, then every sheet with its row, column and a glue strip.
-    Prints are drawn a few at a time in worker processes; when they are all busy and the
+    Each printed layer may be narrowed as on the map: `narrow_<layer id>=<its filter as a query
+    string>` (e.g. `narrow_shops=status%3D闲置`); filter parameters given plainly narrow the
+    parcels. Prints are drawn a few at a time in worker processes; when they are all busy and the
     queue is full, the answer is 503 with Retry-After, and a print whose client left is dropped.
     """
     if sheets is not None:
@@ -107,14 +134,13 @@ async def print_map(
     chosen = sorted((layer_or_404(layer_id) for layer_id in asked), key=lambda layer: layer.order)
     view = parse_bbox(bbox)
     day = dt.date.today()
-    # The map's filter narrows the layer its panel filters, as on the map; the scope frames the sheet instead.
-    narrowed = dataclasses.replace(flt, scope=None)
+    narrowing = _narrowing(request, chosen, dataclasses.replace(flt, scope=None))
     settings = request.app.state.settings
     heading = title or settings.site_title
 
     async def job(token: CancelToken) -> Printed:
         gather = lane(request, "print").run
-        printed, label, shape = await gather(_gather, sessions, token, scope, view, chosen, narrowed, day)
+        printed, label, shape = await gather(_gather, sessions, token, scope, view, chosen, narrowing, day)
         return await in_process(
             draw,
             printed,

@@ -12,7 +12,7 @@
   var unitsBy = {};     // unit layer id -> function(): its Leaflet layers drawn now (for the unit labels)
   var levels = [];      // the hierarchy (layers.hierarchy.describe()): id, zh, en, digits, names
   var NARROW = window.matchMedia("(max-width: 640px)").matches;  // a phone: panels start folded
-  var mapQuery = "";    // the print's filter as a query string (the print button prints what is shown)
+  var mapQuery = "";    // the print's filters (narrow_<layer>=…): the print button prints what is shown
   var HIGHLIGHT = {weight: 4, color: "#f59e0b", dashArray: null};  // the feature whose ledger is open
   var POPUP = {maxWidth: 360, autoPanPaddingTopLeft: [60, 150], autoPanPaddingBottomRight: [40, 40]};
 
@@ -878,7 +878,9 @@
         function apply() {
           showCrumbs();
           opts.layers.forEach(function (id) { if (refilter[id]) refilter[id](queryOf(id, true)); });
-          mapQuery = queryOf(opts.layer, false);
+          mapQuery = opts.layers.filter(narrowed).map(function (id) {  // each layer's own filter, as drawn
+            return "narrow_" + id + "=" + encodeURIComponent(queryOf(id, false));
+          }).join("&");
           map.fire("guatu:filter");
           count();
         }
