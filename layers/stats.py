@@ -155,6 +155,14 @@ def filter_conditions(layer: Layer, flt: Filter) -> tuple[list[str], dict[str, A
     params: dict[str, Any] = {}
     if flt.scope:
         found = layer.scope_condition(flt.scope)
+        if found is None and hierarchy.level_of(flt.scope) is None:
+            widths = "、".join(str(lv.digits) for lv in hierarchy.levels())
+            names = "、".join(lv.label() for lv in hierarchy.levels())
+            raise _invalid(
+                f"范围编码 {flt.scope} 的位数不对：应为 {widths} 位之一（{names}）",
+                f"scope {flt.scope} has no unit's length: a code has {widths.replace('、', ', ')} digits",
+                "scope",
+            )
         if found is None:
             raise _invalid(
                 f"{layer.zh}不能按范围 {flt.scope} 筛选", f"{layer.en} cannot be narrowed to {flt.scope}", "scope"

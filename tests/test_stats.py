@@ -62,6 +62,8 @@ def test_bad_filters_are_refused_clearly(demo_client: TestClient) -> None:
     assert demo_client.get("/api/layers/zones/stats", params={"ownership": "集体"}).json()["code"] == "filter_invalid"
     assert demo_client.get("/api/layers/divisions/stats", params={"by": "grid"}).json()["code"] == "group_invalid"
     assert demo_client.get("/api/layers/parcels/stats", params={"bbox": "1,2"}).json()["code"] == "bbox_invalid"
+    odd = demo_client.get("/api/layers/parcels/stats", params={"scope": "3702140"}).json()  # 7 digits: no level's
+    assert odd["code"] == "filter_invalid" and "位数不对" in odd["message"] and "6、9、12、15" in odd["message"]
 
 
 def test_search_finds_codes_names_and_addresses(demo_client: TestClient) -> None:

@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from api.deps import SessionDep, SessionsDep
+from api.deps import SessionsDep
 from api.work import heavy, lane
 from layers import hierarchy
 from layers.checks import RULES, checks_context, findings_geojson, run_checks
@@ -81,8 +81,9 @@ async def checks(
 
 
 @router.get("/api/checks/context", summary="检查结果的底图 What a findings map draws around the findings")
-def checks_context_route(
-    session: SessionDep,
+async def checks_context_route(
+    sessions: SessionsDep,
+    request: Request,
     scope: Annotated[str | None, Query(pattern=SCOPE_PATTERN, description="the scope checked")] = None,
     codes: Annotated[str | None, Query(description=f"comma-separated feature codes (at most {MAX_CODES})")] = None,
     as_of: Annotated[dt.date | None, Query(description="the boundaries in force on this date")] = None,
@@ -90,6 +91,7 @@ def checks_context_route(
     """Return the scope's units (with codes, names and levels) and the features the findings name, as GeoJSON.
 
     Generic over the layers: whatever layer holds a code is asked; personal fields come masked.
+    It runs in the checks' lane (a county's units are many): beyond the queue, 503 with Retry-After.
     """
     named = [c.strip() for c in codes.split(",") if c.strip()] if codes else []
     if len(named) > MAX_CODES:
@@ -104,5 +106,12 @@ def checks_context_route(
         raise InvalidInput.one(
             "code_invalid", f"编码格式不对：{bad[:40]}", f"not a feature code: {bad[:40]}", field="codes"
         )
-    body = checks_context(session, scope=scope, codes=named, as_of=as_of)
-    return Response(orjson.dumps(body), media_type="application/json")
+
+    def read(token: CancelToken) -> bytes:
+        with sessions() as session, token.hook(query_canceller(session)):
+            return orjson.dumps(checks_context(session, scope=scope, codes=named, as_of=as_of))
+
+    async def job(token: CancelToken) -> bytes:
+        return await lane(request, "checks").run(read, token)
+
+    return Response(await heavy(request, "checks", job), media_type="application/json")
