@@ -657,8 +657,11 @@ class Layer:
         return out
 
     def legend(self) -> list[dict[str, str]]:
-        """Return the legend rows: one per styled value, then 'other'."""
-        rows = [{"label": value, "color": color} for value, color in self.style.colors.items()]
+        """Return the legend rows: one per colour, its values together (街道 / 乡镇), in declared order."""
+        by_color: dict[str, list[str]] = {}
+        for value, color in self.style.colors.items():
+            by_color.setdefault(color, []).append(value)
+        rows = [{"label": " / ".join(values), "color": color} for color, values in by_color.items()]
         if not rows:
             rows.append({"label": self.zh, "color": self.style.default})
         return rows
