@@ -196,11 +196,10 @@ STREET = "370214001"
 def gathered(session: Session, scope: str, layer_ids: Sequence[str]) -> tuple[list[Any], str, Any]:
     """Return the print's layers, scope label and frame as the route reads them (on the test's session)."""
     from api.routes.printing import _gather
-    from layers.stats import Filter
     from spatial.work import CancelToken
 
     chosen = sorted((REGISTRY[i] for i in layer_ids), key=lambda layer: layer.order)
-    return _gather(lambda: nullcontext(session), CancelToken(), scope, None, chosen, Filter(), dt.date(2026, 1, 5))
+    return _gather(lambda: nullcontext(session), CancelToken(), scope, None, chosen, {}, dt.date(2026, 1, 5))
 
 
 def sc_face(path: str, family: str) -> Any:

@@ -80,10 +80,10 @@ def _narrowing(request: Request, chosen: list[Layer], plain: Filter) -> dict[str
     """
     printed = {layer.id: layer for layer in chosen}
     out: dict[str, Filter] = {layer.id: plain for layer in chosen if layer.filtered and plain}
-    for name, value in request.query_params.items():
-        if not name.startswith(NARROW):
+    for param, value in request.query_params.items():
+        if not param.startswith(NARROW):
             continue
-        layer = layer_or_404(name.removeprefix(NARROW))
+        layer = layer_or_404(param.removeprefix(NARROW))
         narrowed = parse_filter(parse_qs(value, keep_blank_values=True))
         if layer.id in printed and narrowed:
             out[layer.id] = narrowed
