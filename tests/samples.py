@@ -86,7 +86,7 @@ EDITS: dict[str, tuple[str, Any]] = {
 
 def _declared_sample(layer_id: str) -> dict[str, Any]:
     """Return a sample of a layer these samples do not know, from its declared example, in the sample grid."""
-    from layers import REGISTRY, hierarchy
+    from layers import REGISTRY
 
     layer = REGISTRY[layer_id]
     assert layer.example, f"layer {layer_id} declares no example"
@@ -95,9 +95,6 @@ def _declared_sample(layer_id: str) -> dict[str, Any]:
     for loc in layer.locators:  # in the sample community and grid, whatever the example says
         if loc.level in units:
             props[loc.field] = units[loc.level]
-    key = layer.key_field
-    if str(props[key]).startswith(tuple(props.get(loc.field, "") for loc in layer.locators if loc.level)):
-        props[key] = COMMUNITY + str(props[key])[hierarchy.COMMUNITY_DIGITS :]
     kind = layer.accepts[0]
     point = {"type": "Point", "coordinates": [X0 + 0.0016, Y0 + 0.0006]}
     geometry = point if kind == "Point" else polygon(X0 + 0.0030, Y0 + 0.0002, X0 + 0.0036, Y0 + 0.0007)

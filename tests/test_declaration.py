@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from layers import REGISTRY
+from layers import REGISTRY, _layer_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ("spatial", "layers", "web", "api")
@@ -56,12 +56,8 @@ def _names() -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _own_modules() -> set[str]:
-    """Return the modules that declare a layer (each may name its own table and fields)."""
-    return {
-        f"layers/{p.name}"
-        for p in (ROOT / "layers").glob("*.py")
-        if re.search(r"^\w+ = register\(", p.read_text(), re.M)
-    }
+    """Return the modules that declare a layer (each may name its own table and fields), as the package finds them."""
+    return {f"layers/{name}.py" for name in _layer_modules()}
 
 
 def _python_strings(tree: ast.AST) -> Iterator[tuple[int, str, str]]:

@@ -503,6 +503,14 @@ def test_units_are_labelled_by_zoom_without_overlapping(base_url: str) -> None:
     assert grid["properties"]["name"] in seen[17]  # zoomed in: the grids
 
 
+def stats_in_view(page, base_url: str, layer: str, value: str) -> dict:
+    """Return the API's totals of LAYER's features of status VALUE in the page's view (what the panel must say)."""
+    bounds = map_call(page, "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];")
+    params = {"bbox": ",".join(f"{v:.6f}" for v in bounds), "status": value}
+    total: dict = httpx.get(f"{base_url}/api/layers/{layer}/stats", params=params).json()["total"]
+    return total
+
+
 def keep_only_status(page, layer: str, value: str) -> list[dict]:
     """Pick LAYER in the panel, tick only VALUE of its status, wait for the map; return what is drawn."""
     page.select_option("select.guatu-f-layer", layer)
@@ -531,13 +539,7 @@ def test_shops_get_their_own_filter_and_figures_on_the_map(base_url: str) -> Non
         drawn = keep_only_status(page, "shops", "闲置")
         assert "narrow_shops=status%3D" in (page.locator("a.guatu-print").get_attribute("href") or "")  # printed so
         assert drawn and {p["status"] for p in drawn} == {"闲置"}
-        bounds = map_call(
-            page, "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];"
-        )
-        expected = httpx.get(
-            f"{base_url}/api/layers/shops/stats",
-            params={"bbox": ",".join(f"{v:.6f}" for v in bounds), "status": "闲置"},
-        ).json()["total"]
+        expected = stats_in_view(page, base_url, "shops", "闲置")
         figures = page.locator(".guatu-figures")
         assert int(figures.get_attribute("data-count") or -1) == expected["count"] == len(drawn)
         assert "间" in figures.inner_text() and "闲置" in figures.inner_text()
@@ -566,13 +568,7 @@ def test_revenue_points_are_searched_drawn_filtered_and_counted_like_any_layer(b
         page.wait_for_function("guatu.idle()", timeout=15_000)
         drawn = keep_only_status(page, "revenue_points", "待招租")
         assert drawn and {p["status"] for p in drawn} == {"待招租"} and name in {p["name"] for p in drawn}
-        bounds = map_call(
-            page, "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];"
-        )
-        expected = httpx.get(
-            f"{base_url}/api/layers/revenue_points/stats",
-            params={"bbox": ",".join(f"{v:.6f}" for v in bounds), "status": "待招租"},
-        ).json()["total"]
+        expected = stats_in_view(page, base_url, "revenue_points", "待招租")
         figures = page.locator(".guatu-figures")
         assert int(figures.get_attribute("data-count") or -1) == expected["count"] == len(drawn)
         assert "处" in figures.inner_text()
