@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from api import errors
 from api.guards import RefuseNul
-from api.routes import checks, features, health, layers, pages, printing, search, stats, tiles, uploads
+from api.routes import accounts, checks, features, health, layers, pages, printing, search, stats, tiles, uploads
 from api.settings import ApiSettings
 from api.work import make_lanes
 from layers.base import REGISTRY
@@ -75,6 +75,8 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(health.router)
     app.include_router(layers.router)
     app.include_router(features.router)
+    app.include_router(features.ops_router)
+    app.include_router(accounts.router)
     app.include_router(uploads.router)
     app.include_router(checks.router)
     app.include_router(tiles.router)

@@ -24,6 +24,10 @@ class ApiSettings(BaseSettings):
     basemap_url: str = ""
     """For basemap=xyz: a tile URL template with {z}/{x}/{y}."""
     basemap_attribution: str = ""
+    secure_cookies: bool = False
+    """Send the session cookies with Secure (set it when the site is served over HTTPS)."""
+    login_hint: str = ""
+    """A line shown under the sign-in form (`make run` says where the demo passwords are)."""
     tile_cache_size: int = 4096
     """Vector tiles kept in memory (0: none); a committed write to a layer, by anyone, retires its layer's."""
     print_workers: Annotated[int, Field(ge=1, le=32)] = 2

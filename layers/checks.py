@@ -20,6 +20,7 @@ from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
 from layers import hierarchy
+from layers.access import personal_fields
 from layers.base import (
     REGISTRY,
     Coverage,
@@ -87,7 +88,11 @@ def _load(
         params["near"] = shapely.to_wkb(near)
     if scoped:
         conditions.append("(" + " OR ".join(scoped) + ")")
-    names = [layer.key_field, *(n for n in layer.field_names if n != layer.key_field)]
+    personal = set(personal_fields(layer))  # not readable by the app role: left out of findings (they were masked)
+    names = [
+        f"NULL::text AS {n}" if n in personal else n
+        for n in [layer.key_field, *(n for n in layer.field_names if n != layer.key_field)]
+    ]
     where_sql = (" WHERE " + " AND ".join(conditions)) if conditions else ""
     query = f"SELECT {', '.join(names)}, ST_AsBinary(geom) FROM {layer.table}{where_sql}"
     if layer.history_table:  # the versions in force then, replaced since

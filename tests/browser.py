@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from api.main import create_app
 from api.server import server_config
 from api.settings import ApiSettings
+from tests.accounts import tokens_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -64,10 +65,28 @@ def url_of(server: uvicorn.Server) -> str:
     return f"http://{server.config.host}:{server.config.port}"
 
 
+SIGNED_IN: dict[str, str] = {}
+"""The token pages are opened with (an administrator of the database last served): see :func:`chromium`."""
+
+
+def sign_in_as(engine: Engine, username: str = "admin") -> str:
+    """Return USERNAME's API token in ENGINE's database (tests/accounts.py), and open pages as that user from now on."""
+    from tests.conftest import owner_url
+
+    name = engine.url.database or ""
+    token = tokens_for(owner_url(name), name)[username]
+    SIGNED_IN["token"] = token
+    return token
+
+
 @contextmanager
 def live_server(engine: Engine, settings: ApiSettings | None = None) -> Iterator[str]:
-    """Serve the app on 127.0.0.1 in a thread, as `guatu serve` does; yield its base URL."""
+    """Serve the app on 127.0.0.1 in a thread, as `guatu serve` does; yield its base URL.
+
+    Pages opened by :func:`chromium` browsers are signed in as the database's administrator.
+    """
     settings = settings or ApiSettings()
+    sign_in_as(engine)
     with running(create_app(settings, engine=engine), settings) as server:
         yield url_of(server)
 
@@ -75,8 +94,33 @@ def live_server(engine: Engine, settings: ApiSettings | None = None) -> Iterator
 @contextmanager
 def live_app(app: Any) -> Iterator[str]:
     """Serve APP (built by the test, with its own settings) on 127.0.0.1 in a thread; yield its base URL."""
+    sign_in_as(app.state.engine)
     with running(app, app.state.settings) as server:
         yield url_of(server)
+
+
+class SignedInBrowser:
+    """A Playwright browser whose pages send the signed-in test user's token (``signed_in=False``: nobody's)."""
+
+    def __init__(self, browser: Any) -> None:
+        self._browser = browser
+
+    def _headers(self, options: dict[str, Any]) -> dict[str, Any]:
+        headers = dict(options.pop("extra_http_headers", None) or {})
+        if options.pop("signed_in", True) and SIGNED_IN.get("token"):
+            headers.setdefault("Authorization", f"Bearer {SIGNED_IN['token']}")
+        return options | ({"extra_http_headers": headers} if headers else {})
+
+    def new_page(self, **options: Any) -> Any:
+        """Open a page (signed in unless ``signed_in=False``)."""
+        return self._browser.new_page(**self._headers(options))
+
+    def new_context(self, **options: Any) -> Any:
+        """Open a context (signed in unless ``signed_in=False``)."""
+        return self._browser.new_context(**self._headers(options))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._browser, name)
 
 
 @contextmanager
@@ -91,6 +135,6 @@ def chromium() -> Iterator[Any]:
     with sync_playwright() as play:
         browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            yield browser
+            yield SignedInBrowser(browser)
         finally:
             browser.close()

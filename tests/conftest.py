@@ -7,24 +7,28 @@ lacks fails a test. Databases are made by the admin and migrated as guatu_owner.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 
 import psycopg
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from psycopg import sql
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
-from api.deps import get_session, get_sessions
+from api.auth import ActorDep
+from api.deps import actor_settings, get_session, get_sessions
 from api.main import create_app
 from layers import migrate
+from layers.access import Actor
 from spatial import localpg, roles
-from spatial.db import make_engine
+from spatial.db import make_engine, make_sessionmaker, state
 from spatial.settings import LocalPgSettings, db_settings
+from tests.accounts import bearer, tokens_for
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 
@@ -121,6 +125,7 @@ def demo_database(name: str) -> Iterator[Engine]:
 
     with migrated_database(name) as eng:
         with Session(eng) as session:
+            state(session, ADMIN.settings())
             demo.load(session)
             session.commit()
         yield eng
@@ -133,21 +138,63 @@ def engine() -> Iterator[Engine]:
         yield eng
 
 
+ADMIN = Actor(None, "tests", "admin")
+"""Who a test's own session acts as (row-level security needs someone): an administrator."""
+
+
 @pytest.fixture
 def session(engine: Engine) -> Iterator[Session]:
-    """Yield a session inside an outer transaction that is rolled back after the test."""
+    """Yield a session inside an outer transaction that is rolled back after the test, acting as an administrator."""
     with engine.connect() as conn:
         outer = conn.begin()
         with Session(bind=conn, join_transaction_mode="create_savepoint") as sess:
+            state(sess, ADMIN.settings())
             yield sess
         outer.rollback()
 
 
+@pytest.fixture(scope="session")
+def tokens(engine: Engine) -> dict[str, str]:
+    """Return {username: API token} of the test users (tests/accounts.py) in the test database."""
+    return tokens_for(owner_url("guatu_test"), "guatu_test")
+
+
+def share_session(app: FastAPI, session: Session) -> None:
+    """Make every request of APP use SESSION (rolled back after the test), acting as the request's user."""
+
+    def shared(actor: ActorDep) -> Session:
+        state(session, actor_settings(actor))
+        return session
+
+    async def shared_factory(actor: ActorDep) -> Callable[[], AbstractContextManager[Session]]:
+        settings = actor_settings(actor)
+
+        def opened() -> AbstractContextManager[Session]:
+            state(session, settings)
+            return nullcontext(session)
+
+        return opened
+
+    app.dependency_overrides[get_session] = shared
+    app.dependency_overrides[get_sessions] = shared_factory
+
+
 @pytest.fixture
-def client(engine: Engine, session: Session) -> Iterator[TestClient]:
-    """Return a test client whose requests all use the rolled-back session."""
+def client(engine: Engine, session: Session, tokens: dict[str, str]) -> Iterator[TestClient]:
+    """Return a test client signed in as an administrator (API token); its requests use the rolled-back session."""
     app = create_app(engine=engine)
-    app.dependency_overrides[get_session] = lambda: session
-    app.dependency_overrides[get_sessions] = lambda: lambda: nullcontext(session)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    share_session(app, session)
+    with TestClient(app, raise_server_exceptions=False, headers=bearer(tokens["admin"])) as test_client:
         yield test_client
+
+
+def admin_sessions(engine: Engine) -> Callable[[], Session]:
+    """Return a session factory on ENGINE whose sessions act as an administrator (row-level security)."""
+    factory = make_sessionmaker(engine)
+
+    def opened() -> Session:
+        session = factory()
+        state(session, ADMIN.settings())
+        return session
+
+    return opened

@@ -24,8 +24,8 @@ from layers import migrate
 from layers.base import REGISTRY, Layer
 from layers.generations import track_writes
 from layers.triggers import declared
-from spatial.db import Base, make_engine
-from tests.conftest import demo_database, owner_url
+from spatial.db import Base, make_engine, state
+from tests.conftest import ADMIN, demo_database, owner_url
 
 LAYER = "test_wells"
 COMMUNITY = "370214001006"
@@ -123,6 +123,7 @@ def test_the_checks_hold_it_to_its_rules(client: TestClient, wells: tuple[Layer,
     x, y, grid = _inside(client, 2)
     created = client.post(f"/api/layers/{LAYER}/features", json=_well("W0201", x, y)).json()
     with Session(engine) as session:  # a surveyor typed the wrong grid in, straight into the database
+        state(session, ADMIN.settings())
         other = session.execute(
             text("SELECT code FROM grids WHERE community_code = :c AND code <> :g ORDER BY code LIMIT 1"),
             {"c": COMMUNITY, "g": grid},

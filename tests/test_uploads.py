@@ -20,7 +20,8 @@ from pyproj import Geod, Transformer
 from shapely.geometry import mapping, shape
 
 from spatial.crs import wgs84_to_gcj02
-from tests.conftest import admin_url, libpq, migrated_database
+from spatial.db import state
+from tests.conftest import ADMIN, admin_sessions, admin_url, libpq, migrated_database
 from tests.samples import COMMUNITY, X0, Y0, sample
 
 URL = "/api/layers/shops/features"
@@ -214,6 +215,7 @@ def test_two_concurrent_uploads_of_one_survey_leave_one_set_of_rows(committed: E
 
     def send() -> None:
         with Session(engine) as own:
+            state(own, ADMIN.settings())
             barrier.wait()
             results.append(run_upload(own, REGISTRY["shops"], raw, UploadOptions()).id)
             own.commit()
@@ -224,6 +226,7 @@ def test_two_concurrent_uploads_of_one_survey_leave_one_set_of_rows(committed: E
     for thread in threads:
         thread.join(60)
     with Session(engine) as check:
+        state(check, ADMIN.settings())
         assert count(check) == 50
         assert check.execute(text("SELECT count(*) FROM uploads")).scalar_one() == 1
     assert len(results) == 2 and results[0] == results[1]
@@ -268,10 +271,9 @@ def test_connection_killed_mid_commit_writes_nothing_and_marks_the_upload_failed
     from layers import uploads as uploads_module
     from layers.base import REGISTRY
     from layers.uploads import UploadOptions, commit_upload
-    from spatial.db import make_sessionmaker
     from spatial.errors import Unavailable
 
-    factory = make_sessionmaker(committed)
+    factory = admin_sessions(committed)
     raw = collection(shops(30))
     real_upsert = uploads_module.write_staged
 
