@@ -79,9 +79,39 @@ def live_app(app: Any) -> Iterator[str]:
         yield url_of(server)
 
 
+CSP_WATCH = """
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__guatuCspViolation([e.violatedDirective, e.blockedURI, e.sourceFile + ":" + e.lineNumber].join(" "));
+});
+"""
+"""Runs before any script of each page: every CSP violation is told to the test."""
+
+
+class WatchedBrowser:
+    """A Playwright browser whose pages report each Content-Security-Policy violation into `violations`."""
+
+    def __init__(self, browser: Any) -> None:
+        self.browser = browser
+        self.violations: list[str] = []
+
+    def new_page(self, **options: Any) -> Any:
+        """Return a new page (as Browser.new_page) watched for CSP violations."""
+        page = self.browser.new_page(**options)
+        page.expose_function("__guatuCspViolation", lambda what: self.violations.append(f"{page.url}: {what}"))
+        page.add_init_script(CSP_WATCH)
+        return page
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.browser, name)
+
+
 @contextmanager
-def chromium() -> Iterator[Any]:
-    """Yield a headless Chromium browser (Debian's, never a downloaded one)."""
+def chromium(*, csp_violations_allowed: bool = False) -> Iterator[Any]:
+    """Yield a headless Chromium browser (Debian's, never a downloaded one).
+
+    Its pages are watched: unless CSP_VIOLATIONS_ALLOWED, a test that ends with any page having
+    broken the Content-Security-Policy (a script without the nonce, an inline handler) fails.
+    """
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             raise RuntimeError("chromium is not installed: `make test` installs it")
@@ -89,8 +119,9 @@ def chromium() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as play:
-        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = WatchedBrowser(play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True))
         try:
             yield browser
+            assert csp_violations_allowed or browser.violations == [], browser.violations
         finally:
             browser.close()

@@ -203,7 +203,7 @@ async def vector_tile(
 
 @router.get("/tiles/{layer_id}.json", summary="TileJSON")
 def layer_tilejson(layer: LayerDep, session: SessionDep, read: GenerationsDep, request: Request) -> JSONResponse:
-    """Return the TileJSON document of LAYER's vector tiles."""
-    base = str(request.base_url).rstrip("/")
+    """Return the TileJSON document of LAYER's vector tiles; tile URLs start with GUATU_PUBLIC_URL, never the Host."""
+    base = request.app.state.settings.public_url
     cache = tile_cache(request)
     return JSONResponse(tilejson(layer, base, _extent(cache, session, layer, _generation(cache, read, layer))))
