@@ -87,6 +87,32 @@ document.addEventListener("securitypolicyviolation", function (e) {
 """Runs before any script of each page: every CSP violation is told to the test."""
 
 
+class WatchedPage:
+    """A Playwright page whose `wait_for_function` works under the app's CSP.
+
+    Playwright's own polls its expression with `eval` inside the page, which a policy without
+    'unsafe-eval' refuses (an EvalError, and a violation). This one asks the page from outside
+    (`page.evaluate`, which the policy does not govern) until the expression is truthy.
+    """
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+
+    def wait_for_function(self, expression: str, *, timeout: float = 30_000, polling: float = 100) -> Any:
+        """Return EXPRESSION's value once truthy; raise TimeoutError after TIMEOUT ms (as Page.wait_for_function)."""
+        deadline = time.monotonic() + timeout / 1000
+        while True:
+            value = self.page.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{expression!r} still false after {timeout:g} ms")
+            self.page.wait_for_timeout(polling)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.page, name)
+
+
 class WatchedBrowser:
     """A Playwright browser whose pages report each Content-Security-Policy violation into `violations`."""
 
@@ -99,7 +125,7 @@ class WatchedBrowser:
         page = self.browser.new_page(**options)
         page.expose_function("__guatuCspViolation", lambda what: self.violations.append(f"{page.url}: {what}"))
         page.add_init_script(CSP_WATCH)
-        return page
+        return WatchedPage(page)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.browser, name)
