@@ -239,8 +239,8 @@ def test_the_csp_watch_sees_a_script_without_the_nonce_and_an_inline_handler(web
 
 
 @pytest.mark.browser
-def test_the_upload_page_writes_with_a_cookie_session_and_docs_run_under_the_csp(web_engine: Engine) -> None:
-    """With a session cookie the page's POST carries X-CSRF-Token from the guatu_csrf cookie; no CSP violation."""
+def test_pages_write_with_a_cookie_session_under_the_csp(web_engine: Engine) -> None:
+    """With a session cookie the upload page's POST and Swagger UI's DELETE carry X-CSRF-Token; no CSP violation."""
     with live_server(web_engine) as base, chromium() as browser:
         host = base.removeprefix("http://").split(":")[0]
         page = browser.new_page()
@@ -248,7 +248,7 @@ def test_the_upload_page_writes_with_a_cookie_session_and_docs_run_under_the_csp
             [{"name": name, "value": value, "domain": host, "path": "/"} for name, value in COOKIES.items()]
         )
         sent: list[dict[str, str]] = []
-        page.on("request", lambda request: sent.append(request.headers) if request.method == "POST" else None)
+        page.on("request", lambda request: sent.append(request.headers) if request.method != "GET" else None)
         page.goto(base + "/upload")
         page.select_option("select[name=layer]", "shops")
         body = httpx.Response(200, json={"type": "FeatureCollection", "features": [sample("shops")]}).content
@@ -264,3 +264,13 @@ def test_the_upload_page_writes_with_a_cookie_session_and_docs_run_under_the_csp
         page.goto(base + "/docs")
         page.wait_for_selector(".opblock-tag", timeout=15_000)  # Swagger UI ran: its scripts had the nonce
         assert page.locator(".opblock").count() > 10
+        delete = page.locator(".opblock-delete").first  # "Try it out" on DELETE /api/layers/{id}/features/{fid}
+        delete.locator(".opblock-summary").click()
+        delete.locator("button.try-out__btn").click()
+        delete.locator("input[placeholder=layer_id]").fill("shops")
+        delete.locator("input[placeholder=fid]").fill("1")
+        delete.locator("button.execute").click()
+        answered = delete.locator(".live-responses-table tr.response .response-col_status").first
+        answered.wait_for(timeout=15_000)
+        assert answered.inner_text().split()[0] == "404"  # through the CSRF check: there is no shop 1
+        assert sent[-1].get("x-csrf-token") == "t0ken"

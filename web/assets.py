@@ -19,6 +19,7 @@ GUATU_CSS = f"{STATIC_URL}/guatu/map.css"
 FAVICON = f"{STATIC_URL}/guatu/favicon.svg"
 UPLOAD_JS = f"{STATIC_URL}/guatu/upload.js"
 CHECKS_JS = f"{STATIC_URL}/guatu/checks.js"
+DOCS_JS = f"{STATIC_URL}/guatu/docs.js"
 
 REQUIRED = (
     "leaflet/leaflet.js",

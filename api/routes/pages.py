@@ -71,4 +71,5 @@ def docs(request: Request) -> HTMLResponse:
         swagger_favicon_url=assets.FAVICON,
         swagger_ui_parameters={"validatorUrl": None, "defaultModelsExpandDepth": -1},
     )
-    return _page(request, bytes(swagger.body).decode())
+    ours = "".join(f'<script src="{script}"></script>' for script in (assets.DOM_JS, assets.DOCS_JS))
+    return _page(request, bytes(swagger.body).decode().replace("</head>", ours + "</head>", 1))
