@@ -390,6 +390,20 @@ def serve(
     )
     console.print(f"guatu 挂图: http://{host}:{port}/  (API 文档 docs: http://{host}:{port}/docs)")
     console.print(f"[dim]{server.limits_line(config, settings)}[/dim]")
+    allowed = settings.host_names()
+    console.print(
+        f"只回答主机名 answers hosts: {', '.join(sorted(allowed))}；对外地址 public URL: {settings.public_url}"
+        "（GUATU_ALLOWED_HOSTS / GUATU_PUBLIC_URL）",
+        style="dim",
+        markup=False,
+    )
+    if host not in ("0.0.0.0", "::") and host.strip("[]").lower() not in allowed:
+        console.print(
+            f"注意：监听地址 {host} 不在允许的主机名中，按此地址访问将得到 400 (requests to {host} get 400:"
+            " add it to GUATU_ALLOWED_HOSTS)",
+            style="yellow",
+            markup=False,
+        )
     server.serve(config)
 
 

@@ -40,6 +40,11 @@ _HTTP_CODES = {
     404: ("not_found", "找不到该地址", "not found"),
     405: ("method_not_allowed", "不支持该请求方法", "method not allowed"),
     413: ("payload_too_large", "请求体过大", "payload too large"),
+    415: (
+        "unsupported_media_type",
+        "请求体类型不受支持，应为 Content-Type: application/json 或 application/geo+json",
+        "unsupported media type: send application/json or application/geo+json",
+    ),
 }
 
 

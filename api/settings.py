@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,3 +63,22 @@ class ApiSettings(BaseSettings):
     """How soon the event loop gets the interpreter back from a busy thread (Python's switch interval, ms)."""
     forwarded_allow_ips: str = "127.0.0.1"
     """Comma-separated proxy addresses whose X-Forwarded-For / X-Forwarded-Proto are believed."""
+    allowed_hosts: str = "127.0.0.1,localhost,::1,testserver"
+    """Comma-separated host names (no port) the app answers to; any other Host gets 400. public_url's is added."""
+    public_url: str = "http://127.0.0.1:8000"
+    """Where users reach the app (scheme://host[:port], the proxy's if any): absolute URLs are built from it."""
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        """Refuse a public URL that is not http(s)://host[:port][/path]; drop a trailing slash."""
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"GUATU_PUBLIC_URL 须为 http(s)://主机[:端口] (must be http(s)://host[:port]): {value!r}")
+        return value.strip().rstrip("/")
+
+    def host_names(self) -> frozenset[str]:
+        """Return the host names the app answers to, lower-cased: allowed_hosts and public_url's host."""
+        listed = {name.strip().lower().strip("[]") for name in self.allowed_hosts.split(",") if name.strip()}
+        public = urlsplit(self.public_url).hostname
+        return frozenset(listed | ({public.lower()} if public else set()))

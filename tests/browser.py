@@ -99,11 +99,46 @@ def live_app(app: Any) -> Iterator[str]:
         yield url_of(server)
 
 
-class SignedInBrowser:
-    """A Playwright browser whose pages send the signed-in test user's token (``signed_in=False``: nobody's)."""
+CSP_WATCH = """
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__guatuCspViolation([e.violatedDirective, e.blockedURI, e.sourceFile + ":" + e.lineNumber].join(" "));
+});
+"""
+"""Runs before any script of each page: every CSP violation is told to the test."""
+
+
+class WatchedPage:
+    """A Playwright page whose `wait_for_function` works under the app's CSP.
+
+    Playwright's own polls its expression with `eval` inside the page, which a policy without
+    'unsafe-eval' refuses (an EvalError, and a violation). This one asks the page from outside
+    (`page.evaluate`, which the policy does not govern) until the expression is truthy.
+    """
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+
+    def wait_for_function(self, expression: str, *, timeout: float = 30_000, polling: float = 100) -> Any:
+        """Return EXPRESSION's value once truthy; raise TimeoutError after TIMEOUT ms (as Page.wait_for_function)."""
+        deadline = time.monotonic() + timeout / 1000
+        while True:
+            value = self.page.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{expression!r} still false after {timeout:g} ms")
+            self.page.wait_for_timeout(polling)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.page, name)
+
+
+class WatchedBrowser:
+    """A Playwright browser whose pages report each Content-Security-Policy violation into `violations`."""
 
     def __init__(self, browser: Any) -> None:
-        self._browser = browser
+        self.browser = browser
+        self.violations: list[str] = []
 
     def _headers(self, options: dict[str, Any]) -> dict[str, Any]:
         headers = dict(options.pop("extra_http_headers", None) or {})
@@ -112,20 +147,30 @@ class SignedInBrowser:
         return options | ({"extra_http_headers": headers} if headers else {})
 
     def new_page(self, **options: Any) -> Any:
-        """Open a page (signed in unless ``signed_in=False``)."""
-        return self._browser.new_page(**self._headers(options))
+        """Return a new page (as Browser.new_page) watched for CSP violations, signed in unless ``signed_in=False``.
+
+        Signed in as the test user of the database last served (:func:`sign_in_as`), by its API token.
+        """
+        page = self.browser.new_page(**self._headers(options))
+        page.expose_function("__guatuCspViolation", lambda what: self.violations.append(f"{page.url}: {what}"))
+        page.add_init_script(CSP_WATCH)
+        return WatchedPage(page)
 
     def new_context(self, **options: Any) -> Any:
-        """Open a context (signed in unless ``signed_in=False``)."""
-        return self._browser.new_context(**self._headers(options))
+        """Return a new context, signed in unless ``signed_in=False`` (its pages are not watched)."""
+        return self.browser.new_context(**self._headers(options))
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._browser, name)
+        return getattr(self.browser, name)
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
-    """Yield a headless Chromium browser (Debian's, never a downloaded one)."""
+def chromium(*, csp_violations_allowed: bool = False) -> Iterator[Any]:
+    """Yield a headless Chromium browser (Debian's, never a downloaded one).
+
+    Its pages are watched: unless CSP_VIOLATIONS_ALLOWED, a test that ends with any page having
+    broken the Content-Security-Policy (a script without the nonce, an inline handler) fails.
+    """
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             raise RuntimeError("chromium is not installed: `make test` installs it")
@@ -133,8 +178,9 @@ def chromium() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as play:
-        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = WatchedBrowser(play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True))
         try:
-            yield SignedInBrowser(browser)
+            yield browser
+            assert csp_violations_allowed or browser.violations == [], browser.violations
         finally:
             browser.close()

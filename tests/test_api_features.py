@@ -191,10 +191,13 @@ def test_every_problem_is_listed(client: TestClient) -> None:
 
 def test_malformed_bodies_never_500(client: TestClient) -> None:
     url = "/api/layers/parcels/features"
-    body = assert_error(client.post(url, content=b'{"type": "Feature",\n "geometry": '), 400, "invalid_json")
+    sent = {"Content-Type": "application/json"}
+    body = assert_error(
+        client.post(url, content=b'{"type": "Feature",\n "geometry": ', headers=sent), 400, "invalid_json"
+    )
     assert body["where"]["location"][0] == 2
-    assert_error(client.post(url, content=b""), 400, "body_empty")
-    assert_error(client.post(url, content=b"[1, 2]"), 400, "not_a_feature")
+    assert_error(client.post(url, content=b"", headers=sent), 400, "body_empty")
+    assert_error(client.post(url, content=b"[1, 2]", headers=sent), 400, "not_a_feature")
     assert_error(
         client.post(
             url, json={"type": "Feature", "geometry": {"type": "Polygon", "coordinates": "x"}, "properties": {}}
@@ -203,7 +206,7 @@ def test_malformed_bodies_never_500(client: TestClient) -> None:
         "required",
     )
     nan = b'{"type":"Feature","geometry":{"type":"Point","coordinates":[NaN,1]},"properties":{}}'
-    assert_error(client.post("/api/layers/shops/features", content=nan), 400, "invalid_json")
+    assert_error(client.post("/api/layers/shops/features", content=nan, headers=sent), 400, "invalid_json")
     assert_error(client.get("/api/layers/parcels/features", params={"bbox": "1,2,3"}), 422, "bbox_invalid", "bbox")
     assert_error(client.get("/api/layers/parcels/features", params={"limit": 0}), 422, "parameter_invalid", "limit")
     assert_error(client.get("/api/layers/nope/features"), 404, "layer_not_found")
@@ -362,7 +365,7 @@ def test_infinity_and_huge_numbers_never_reach_the_database(client: TestClient) 
         b'"properties":{"code":"3702140010092100001","name":"x","ownership":"\xe9\x9b\x86\xe4\xbd\x93",'
         b'"status":"\xe5\x9c\xa8\xe8\x90\xa5","floor_area":1e999}}'
     )
-    assert client.post(SHOP_URL, content=raw).status_code in (400, 422)
+    assert client.post(SHOP_URL, content=raw, headers={"Content-Type": "application/json"}).status_code in (400, 422)
     grid = sample("grids")
     grid["properties"]["households"] = 3_000_000_000
     assert_error(client.post("/api/layers/grids/features", json=grid), 422, "out_of_range", "properties.households")

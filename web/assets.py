@@ -20,6 +20,7 @@ FAVICON = f"{STATIC_URL}/guatu/favicon.svg"
 UPLOAD_JS = f"{STATIC_URL}/guatu/upload.js"
 CHECKS_JS = f"{STATIC_URL}/guatu/checks.js"
 LOGIN_JS = f"{STATIC_URL}/guatu/login.js"
+DOCS_JS = f"{STATIC_URL}/guatu/docs.js"
 
 REQUIRED = (
     "leaflet/leaflet.js",

@@ -12,6 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from api.auth import ActorDep, SignedInDep, rule
 from api.deps import LayerDep, SessionDep
@@ -24,6 +25,8 @@ from layers.stats import filter_conditions
 from spatial.errors import InvalidInput, MalformedInput, NotFound, TooLarge
 
 GEOJSON = "application/geo+json"
+JSON_TYPES = ("application/json", GEOJSON)
+"""What a feature write must say it sends: a form or text/plain (what another site can post) is refused."""
 router = APIRouter(prefix="/api/layers/{layer_id}/features", tags=["features"])
 
 
@@ -64,7 +67,10 @@ def _too_large(limit: int) -> TooLarge:
 
 
 async def _read_feature(request: Request) -> Any:
-    """Return the parsed JSON body, or raise a clear error naming line and column."""
+    """Return the parsed JSON body, or raise a clear error naming line and column (415 if not sent as JSON)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in JSON_TYPES:
+        raise HTTPException(415)
     limit = request.app.state.settings.max_feature_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

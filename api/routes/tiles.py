@@ -218,8 +218,8 @@ async def vector_tile(
 def layer_tilejson(
     layer: LayerDep, session: SessionDep, read: GenerationsDep, request: Request, actor: ActorDep
 ) -> JSONResponse:
-    """Return the TileJSON document of LAYER's vector tiles."""
-    base = str(request.base_url).rstrip("/")
+    """Return the TileJSON document of LAYER's vector tiles; tile URLs start with GUATU_PUBLIC_URL, never the Host."""
+    base = request.app.state.settings.public_url
     cache = tile_cache(request)
     extent = _extent(cache, session, layer, _generation(cache, read, layer), visibility(actor))
     return JSONResponse(tilejson(layer, base, extent))
