@@ -145,12 +145,12 @@ def row_area_sql(layer: Layer, alias: str = "") -> str:
     return names[0] if len(names) == 1 else f"COALESCE({', '.join(names)})"
 
 
-FUNCTIONS = f"""CREATE OR REPLACE FUNCTION guatu_code_prefix(code text) RETURNS text
+FUNCTIONS = f"""CREATE OR REPLACE FUNCTION guatu_code_prefix(unit text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT CASE WHEN length(code) <> 6 THEN code
-              WHEN code LIKE '__0000' THEN left(code, 2)
-              WHEN code LIKE '____00' THEN left(code, 4)
-              ELSE code END
+  SELECT CASE WHEN length(unit) <> 6 THEN unit
+              WHEN unit LIKE '__0000' THEN left(unit, 2)
+              WHEN unit LIKE '____00' THEN left(unit, 4)
+              ELSE unit END
 $$
 ;;
 CREATE OR REPLACE FUNCTION guatu_actor_role() RETURNS text
@@ -164,18 +164,18 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
               THEN current_setting('{SETTING_AREA}', true) END
 $$
 ;;
-CREATE OR REPLACE FUNCTION guatu_in_area(code text) RETURNS boolean
+CREATE OR REPLACE FUNCTION guatu_in_area(unit text) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
   SELECT CASE WHEN guatu_actor_role() = '{ADMIN}' THEN true
-              WHEN guatu_actor_role() = '' OR guatu_actor_area() IS NULL OR code IS NULL THEN false
-              ELSE starts_with(code, guatu_actor_area()) END
+              WHEN guatu_actor_role() = '' OR guatu_actor_area() IS NULL OR unit IS NULL THEN false
+              ELSE starts_with(unit, guatu_actor_area()) END
 $$
 ;;
-CREATE OR REPLACE FUNCTION guatu_around_area(code text) RETURNS boolean
+CREATE OR REPLACE FUNCTION guatu_around_area(unit text) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-  SELECT guatu_in_area(code) OR (
-    guatu_actor_role() <> '' AND guatu_actor_area() IS NOT NULL AND code IS NOT NULL
-    AND starts_with(guatu_actor_area(), guatu_code_prefix(code)))
+  SELECT guatu_in_area(unit) OR (
+    guatu_actor_role() <> '' AND guatu_actor_area() IS NOT NULL AND unit IS NOT NULL
+    AND starts_with(guatu_actor_area(), guatu_code_prefix(unit)))
 $$"""
 """The functions the policies call (one set for every layer; nothing layer-specific)."""
 

@@ -690,9 +690,15 @@ class Layer:
                     "required": f.required,
                     "choices": list(f.choices) or None,
                     "pattern": f.pattern,
+                    "pattern_zh": f.pattern_zh or None,
+                    "max_length": f.max_length,
+                    "personal": f.personal,
+                    "read_only": False,
                 }
                 for f in self.fields
             ],
+            "read_only": list(READ_ONLY),
+            "editors": list(self.editors),
         }
 
 

@@ -660,7 +660,7 @@ def note_change(session: Session, note: Any) -> None:
     """State why the transaction's changes are made (kept in the change log with each of them)."""
     if isinstance(note, str) and note.strip():
         text_value = _CONTROL.sub(" ", note.strip())[:NOTE_CHARS]
-        session.execute(text("SELECT set_config(:name, :note, true)"), {"name": SETTING_NOTE, "note": text_value})
+        session.execute(text("SELECT set_config(:setting, :note, true)"), {"setting": SETTING_NOTE, "note": text_value})
 
 
 def _split_feature(feature: Any) -> tuple[Any, Any]:

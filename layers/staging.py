@@ -109,11 +109,13 @@ def insert_rows(
         ((*values(props), wkb) for (_, props), wkb in zip(rows, hexes, strict=True)),
     )
     listed = ", ".join(names)
-    session.execute(
-        text(f"INSERT INTO {layer.table} ({listed}, geom, upload_id) SELECT {listed}, geom, :u FROM {direct}"),
-        {"u": upload_id},
-    )
-    session.execute(text(f"TRUNCATE {direct}"))
+    raw: Any = session.connection().connection.driver_connection  # psycopg's own errors, as COPY raises them
+    with raw.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {layer.table} ({listed}, geom, upload_id) SELECT {listed}, geom, %s FROM {direct}",
+            (upload_id,),
+        )
+        cursor.execute(f"TRUNCATE {direct}")
 
 
 def existing_keys(session: Session, layer: Layer, keys: Sequence[str]) -> set[str]:

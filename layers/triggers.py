@@ -259,3 +259,18 @@ def declared() -> tuple[list[Routine], list[Trigger]]:
             routines.setdefault(DEPENDENTS_FUNCTION, dependents_function())
             triggers.append(found)
     return list(routines.values()), triggers
+
+
+def layer_statements(layer: Layer) -> list[str]:
+    """Return what a new layer's migration runs after creating its table and tracking its writes.
+
+    Its triggers (change log, version, history, dependents), the function showing its personal
+    fields, the refreshed masking of logged rows, and its row-level security policies.
+    ``guatu db revision`` writes the same from the drift it finds.
+    """
+    out = [r.sql for r in access_functions() if r.name in (access.shown_function(layer), "guatu_change_before")]
+    if layer.history:
+        out.append(history_function(layer).sql)
+    out.extend(t.sql for t in declared()[1] if t.table == layer.table and t.function != NOTE_FUNCTION)
+    out.extend(p.sql for p in access.declared_policies() if p.table == layer.table)
+    return out

@@ -13,6 +13,7 @@ import datetime as dt
 import gc
 import hashlib
 import json
+import logging
 import math
 import mmap
 import os
@@ -61,6 +62,9 @@ from spatial.geometry import Built, build_many, geodesic_area
 from spatial.work import submit
 
 Mode = Literal["all-or-nothing", "valid-only"]
+
+
+log = logging.getLogger("guatu.uploads")
 
 
 class Upload(Base):
@@ -328,6 +332,7 @@ def commit_upload(
         archive.prune_now_and_then()
         return upload_json(upload, full=True)
     except (DBAPIError, psycopg.Error) as exc:  # the writer's COPY raises psycopg's own errors
+        log.warning("upload failed in the database: %s", exc)
         try:
             session.rollback()
         except (DBAPIError, psycopg.Error):

@@ -42,8 +42,14 @@ def free_port() -> int:
 
 @contextmanager
 def running(app: Any, settings: ApiSettings | None = None) -> Iterator[uvicorn.Server]:
-    """Serve APP on a free port of 127.0.0.1 in a thread, configured as `guatu serve` does; yield the server."""
+    """Serve APP on a free port of 127.0.0.1 in a thread, configured as `guatu serve` does; yield the server.
+
+    Requests to it are signed in as the administrator of APP's database (see :func:`sign_in_as`).
+    """
     settings = settings or ApiSettings()
+    engine = getattr(app.state, "engine", None)
+    if engine is not None:
+        sign_in_as(engine)
     config = server_config(app, settings, host="127.0.0.1", port=free_port(), log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -86,7 +92,6 @@ def live_server(engine: Engine, settings: ApiSettings | None = None) -> Iterator
     Pages opened by :func:`chromium` browsers are signed in as the database's administrator.
     """
     settings = settings or ApiSettings()
-    sign_in_as(engine)
     with running(create_app(settings, engine=engine), settings) as server:
         yield url_of(server)
 
@@ -94,7 +99,6 @@ def live_server(engine: Engine, settings: ApiSettings | None = None) -> Iterator
 @contextmanager
 def live_app(app: Any) -> Iterator[str]:
     """Serve APP (built by the test, with its own settings) on 127.0.0.1 in a thread; yield its base URL."""
-    sign_in_as(app.state.engine)
     with running(app, app.state.settings) as server:
         yield url_of(server)
 
@@ -184,3 +188,8 @@ def chromium(*, csp_violations_allowed: bool = False) -> Iterator[Any]:
             assert csp_violations_allowed or browser.violations == [], browser.violations
         finally:
             browser.close()
+
+
+def auth_line() -> str:
+    """Return the request header line that signs a raw socket request in as the current test user."""
+    return f"Authorization: Bearer {SIGNED_IN['token']}\r\n"

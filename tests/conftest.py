@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -198,3 +199,48 @@ def admin_sessions(engine: Engine) -> Callable[[], Session]:
         return session
 
     return opened
+
+
+@pytest.fixture(autouse=True, scope="session")
+def live_requests_signed_in() -> Iterator[None]:
+    """Requests from httpx to a live test server (127.0.0.1:port) carry the signed-in test user's token.
+
+    tests/browser.py's live_server signs in as the served database's administrator; the pages
+    opened in Chromium carry the same token. A request that sets its own Authorization (or
+    says ``Authorization: none``) is sent as it is; the in-process TestClient is untouched.
+    """
+    import httpx
+
+    from tests.browser import SIGNED_IN
+
+    def signed(request: httpx.Request) -> None:
+        token = SIGNED_IN.get("token")
+        if not token or request.url.host != "127.0.0.1" or request.url.port is None:
+            return
+        given = request.headers.get("authorization")
+        if given is None:
+            request.headers["Authorization"] = f"Bearer {token}"
+        elif given == "none":
+            del request.headers["authorization"]
+
+    real_send, real_async_send = httpx.Client.send, httpx.AsyncClient.send
+
+    def send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        signed(request)
+        return real_send(self, request, **kwargs)
+
+    async def async_send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        signed(request)
+        return await real_async_send(self, request, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:  # for the whole session: module fixtures serve pages too
+        patch.setattr(httpx.Client, "send", send)
+        patch.setattr(httpx.AsyncClient, "send", async_send)
+        yield
+
+
+def act_as_admin(conn: Any) -> None:
+    """State an administrator on CONN's transaction (a plain connection of a test sees nothing otherwise)."""
+    from sqlalchemy import text
+
+    conn.execute(text("SELECT set_config('guatu.role', 'admin', true), set_config('guatu.user', 'tests', true)"))

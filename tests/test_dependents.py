@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from layers import demo
 from layers.base import REGISTRY, references
 from tests.accounts import ANY_VERSION
-from tests.samples import COMMUNITY, GRID, sample
+from tests.samples import COMMUNITY, GRID, complete, sample
 
 DEMO_COMMUNITY = "370214001006"
 
@@ -49,11 +49,12 @@ def test_recoding_a_grid_that_parcels_name_is_refused(client: TestClient, sessio
     grid = fid(session, "grids", GRID)
     recoded = sample("grids")
     recoded["properties"]["code"] = COMMUNITY + "002"
-    response = client.put(f"/api/layers/grids/features/{grid}", json=recoded, headers=ANY_VERSION)
+    response = client.put(f"/api/layers/grids/features/{grid}", json=complete(recoded, "grids"), headers=ANY_VERSION)
     assert response.status_code == 409, response.text
     assert response.json()["details"]["dependents"] == {"parcels.grid_code": 1}
     renamed = sample("grids")
     renamed["properties"]["name"] = "改名不改码"
+    renamed = complete(renamed, "grids")
     assert client.put(f"/api/layers/grids/features/{grid}", json=renamed, headers=ANY_VERSION).status_code == 200
 
 

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from api.main import create_app
 from api.proxy import ProxyOptions, render_nginx_conf
 from api.settings import ApiSettings
-from tests.browser import free_port, running, url_of
+from tests.browser import auth_line, free_port, running, url_of
 from tests.conftest import demo_database
 from tests.sockets import wait_closed
 
@@ -184,7 +184,9 @@ def test_slow_clients_are_cut_by_nginx_and_never_reach_the_app(proxy: str, app_s
         raw_from("127.0.0.2", proxy, b"GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Slow: ") for _ in range(100)
     ]
     slow_body_head = (
-        b"POST /api/layers/parcels/uploads HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/geo+json\r\n"
+        b"POST /api/layers/parcels/uploads HTTP/1.1\r\nHost: {host}\r\n"
+        + auth_line().encode()
+        + b"Content-Type: application/geo+json\r\n"
         b'Content-Length: 5000\r\n\r\n{"type": "FeatureCollection"'
     )
     slow_bodies = [raw_from("127.0.0.2", proxy, slow_body_head) for _ in range(5)]  # within the burst of /api/
@@ -246,8 +248,10 @@ def test_an_upload_over_the_limit_is_refused_by_nginx_before_it_is_read(proxy: s
     sock = raw_from(
         "127.0.0.9",
         proxy,
-        b"POST /api/layers/parcels/uploads HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/geo+json\r\n"
-        b"Content-Length: %d\r\n\r\n" % (UPLOAD_LIMIT * 2),
+        b"POST /api/layers/parcels/uploads HTTP/1.1\r\nHost: {host}\r\n"
+        + auth_line().encode()
+        + b"Content-Type: application/geo+json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % (UPLOAD_LIMIT * 2),
     )
     sock.setblocking(True)
     sock.settimeout(10)
@@ -294,7 +298,7 @@ def test_json_and_tiles_come_gzipped_and_etags_still_revalidate(proxy: str, app_
         assert mapbox_vector_tile.decode(raw.content)["parcels"]["features"]  # decoded by httpx: a real tile
         etag = raw.headers["etag"]
         assert etag.startswith('W/"')  # nginx weakened it when it compressed the body
-        assert raw.headers["cache-control"] == "public, max-age=60, must-revalidate"
+        assert raw.headers["cache-control"] == "private, max-age=60, must-revalidate"  # what one user's area holds
         again = client.get(url, headers={"Accept-Encoding": "gzip", "If-None-Match": etag})
         assert again.status_code == 304 and again.content == b""
         assert again.headers["etag"] in (etag, etag.removeprefix("W/"))

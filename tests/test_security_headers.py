@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import nullcontext
 
 import httpx
 import pytest
@@ -15,11 +14,11 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from api.deps import get_session, get_sessions
 from api.main import create_app
 from api.settings import ApiSettings
+from tests.accounts import PASSWORD, bearer, tokens_for
 from tests.browser import chromium, live_app, live_server
-from tests.conftest import migrated_database
+from tests.conftest import migrated_database, owner_url, share_session
 from tests.samples import sample
 
 FORGED = "evil-guatu-forged.example"
@@ -39,14 +38,19 @@ SIGNED_IN = {"Cookie": "guatu_session=x; guatu_csrf=t0ken"}
 def secured(engine: Engine, session: Session, settings: ApiSettings = SETTINGS) -> FastAPI:
     """Return the app with SETTINGS, its requests in the test's rolled-back session."""
     app = create_app(settings, engine=engine)
-    app.dependency_overrides[get_session] = lambda: session
-    app.dependency_overrides[get_sessions] = lambda: lambda: nullcontext(session)
+    share_session(app, session)
     return app
 
 
 @pytest.fixture
-def web(engine: Engine, session: Session) -> Iterator[TestClient]:
-    with TestClient(secured(engine, session), raise_server_exceptions=False) as test_client:
+def admin(tokens: dict[str, str]) -> dict[str, str]:
+    """Return the header of an administrator's API token (the routes behind the checks want someone)."""
+    return bearer(tokens["admin"])
+
+
+@pytest.fixture
+def web(engine: Engine, session: Session, admin: dict[str, str]) -> Iterator[TestClient]:
+    with TestClient(secured(engine, session), raise_server_exceptions=False, headers=admin) as test_client:
         yield test_client
 
 
@@ -92,9 +96,9 @@ def test_a_forged_host_is_refused_everywhere_and_never_echoed(web: TestClient) -
     assert web.get("/healthz", headers={"Host": FORGED}).json() == {"status": "ok"}  # probes ask by address
 
 
-def test_allowed_hosts_ignore_the_port_and_the_case(engine: Engine, session: Session) -> None:
+def test_allowed_hosts_ignore_the_port_and_the_case(engine: Engine, session: Session, admin: dict[str, str]) -> None:
     settings = ApiSettings(allowed_hosts="Guatu.Local, 10.0.0.7,::1", public_url=PUBLIC)
-    with TestClient(secured(engine, session, settings)) as client:
+    with TestClient(secured(engine, session, settings), headers=admin) as client:
         for host in ("guatu.local", "GUATU.LOCAL:8080", "10.0.0.7:80", "[::1]:8000", "guatu.street.example"):
             assert client.get("/api/layers", headers={"Host": host}).status_code == 200, host
         for host in ("testserver", "localhost", "guatu.local.evil", "10.0.0.70", "[::2]:8000"):
@@ -114,14 +118,16 @@ def test_tilejson_builds_tile_urls_from_the_public_url_never_the_host(web: TestC
         assert doc["tiles"] == [PUBLIC + "/tiles/parcels/{z}/{x}/{y}.pbf"], (host, doc["tiles"])
 
 
-def test_every_kind_of_response_carries_the_security_headers(engine: Engine, session: Session) -> None:
+def test_every_kind_of_response_carries_the_security_headers(
+    engine: Engine, session: Session, admin: dict[str, str]
+) -> None:
     app = secured(engine, session)
 
     def broken() -> None:
         raise RuntimeError("a bug")
 
     app.add_api_route("/_test/broken", broken)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, headers=admin) as client:
         answers = {
             "json": client.get("/api/layers"),
             "html": client.get("/upload"),
@@ -189,7 +195,7 @@ def test_a_cookie_session_write_from_another_origin_is_refused(web: TestClient) 
         assert response.json()["code"] == "csrf_failed" and response.json()["where"] == {"field": "Origin"}
         assert origin not in response.text
     for origin in (PUBLIC, "http://testserver", "HTTP://TESTSERVER:80"):  # the public origin, or the request's own
-        response = web.delete(SHOPS + "/1", headers=SIGNED_IN | headers | {"Origin": origin})
+        response = web.delete(SHOPS + "/1", headers=SIGNED_IN | headers | {"Origin": origin, "If-Match": "*"})
         assert response.status_code == 404, origin  # through the CSRF check: there is no shop 1
 
 
@@ -199,7 +205,7 @@ def test_feature_writes_must_be_sent_as_json(web: TestClient) -> None:
         headers = {"Content-Type": media} if media else {}
         for response in (
             web.post(SHOPS, content=body, headers=headers),
-            web.put(SHOPS + "/1", content=body, headers=headers),
+            web.put(SHOPS + "/1", content=body, headers=headers | {"If-Match": "*"}),
         ):
             assert response.status_code == 415, (media, response.text)
             assert (
@@ -241,12 +247,15 @@ def test_the_csp_watch_sees_a_script_without_the_nonce_and_an_inline_handler(web
 @pytest.mark.browser
 def test_pages_write_with_a_cookie_session_under_the_csp(web_engine: Engine) -> None:
     """With a session cookie the upload page's POST and Swagger UI's DELETE carry X-CSRF-Token; no CSP violation."""
+    tokens_for(owner_url("guatu_test_security"), "guatu_test_security")  # the test users, with PASSWORD
     with live_server(web_engine) as base, chromium() as browser:
-        host = base.removeprefix("http://").split(":")[0]
-        page = browser.new_page()
-        page.context.add_cookies(
-            [{"name": name, "value": value, "domain": host, "path": "/"} for name, value in COOKIES.items()]
-        )
+        page = browser.new_page(signed_in=False)  # a cookie session only, as a browser has it
+        page.goto(base + "/login?next=/upload")
+        page.fill("#guatu-username", "admin")
+        page.fill("#guatu-password", PASSWORD)
+        page.click("#guatu-login-submit")
+        page.wait_for_url(base + "/upload")
+        csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "guatu_csrf")
         sent: list[dict[str, str]] = []
         page.on("request", lambda request: sent.append(request.headers) if request.method != "GET" else None)
         page.goto(base + "/upload")
@@ -259,7 +268,9 @@ def test_pages_write_with_a_cookie_session_under_the_csp(web_engine: Engine) -> 
         page.wait_for_selector(".guatu-report-table", timeout=15_000)
         status = page.locator(".guatu-upload-status").inner_text()
         assert "新增 1" in status, status  # the dry run passed the CSRF check
-        assert [headers.get("x-csrf-token") for headers in sent] == ["t0ken"]
+        assert [headers.get("x-csrf-token") for headers in sent if "/uploads" in headers.get(":path", "/uploads")] == [
+            csrf
+        ]
 
         page.goto(base + "/docs")
         page.wait_for_selector(".opblock-tag", timeout=15_000)  # Swagger UI ran: its scripts had the nonce
@@ -272,5 +283,5 @@ def test_pages_write_with_a_cookie_session_under_the_csp(web_engine: Engine) -> 
         delete.locator("button.execute").click()
         answered = delete.locator(".live-responses-table tr.response .response-col_status").first
         answered.wait_for(timeout=15_000)
-        assert answered.inner_text().split()[0] == "404"  # through the CSRF check: there is no shop 1
-        assert sent[-1].get("x-csrf-token") == "t0ken"
+        assert answered.inner_text().split()[0] == "412"  # through the CSRF check, to the If-Match the form left empty
+        assert sent[-1].get("x-csrf-token") == csrf

@@ -23,7 +23,7 @@ from api.main import create_app
 from layers.base import REGISTRY
 from tests.accounts import ANY_VERSION
 from tests.browser import live_app, live_server
-from tests.conftest import admin_url, app_url, libpq, migrated_database, owner_url
+from tests.conftest import act_as_admin, admin_url, app_url, libpq, migrated_database, owner_url
 from tests.samples import COMMUNITY, X0, Y0, polygon, sample
 from tests.test_cli import run
 
@@ -74,6 +74,7 @@ def clean(engine: Engine) -> Iterator[Engine]:
     """Leave no parcels behind (plain SQL, committed: that too raises the generation)."""
     yield engine
     with engine.begin() as conn:
+        act_as_admin(conn)
         conn.execute(text("DELETE FROM parcels"))
 
 

@@ -77,7 +77,7 @@ def test_all_or_nothing_writes_nothing_when_one_feature_is_bad(client: TestClien
 def test_valid_only_commits_the_rest_and_records_provenance(client: TestClient, session: Session) -> None:
     features = shops(3)
     features[2]["geometry"] = {"type": "Point", "coordinates": [120.3, None]}
-    response = upload(client, collection(features), mode="valid-only", uploader="王调查")
+    response = upload(client, collection(features), mode="valid-only", uploader="王调查")  # said, not believed
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["status"] == "committed" and body["report"]["summary"] == {
@@ -91,7 +91,7 @@ def test_valid_only_commits_the_rest_and_records_provenance(client: TestClient, 
     ids = session.execute(text("SELECT DISTINCT upload_id FROM shops")).scalars().all()
     assert ids == [body["id"]]
     listed = client.get("/api/uploads").json()
-    assert listed[0]["id"] == body["id"] and listed[0]["uploader"] == "王调查"
+    assert listed[0]["id"] == body["id"] and listed[0]["uploader"] == "admin"  # who signed in
     assert client.get(f"/api/uploads/{body['id']}").json()["report"]["features"][2]["status"] == "rejected"
 
 

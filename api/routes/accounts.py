@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import CSRF_COOKIE, SESSION_COOKIE, LoginLimiter, SignedInDep, resolved, rule
+from api.security import NONCE_STATE, with_nonce
 from api.work import client_of
 from layers import accounts, hierarchy
 from layers.access import ROLES, Actor
@@ -34,7 +35,8 @@ def _limiter(request: Request) -> LoginLimiter:
 def login_page(request: Request, next: str = Query("/", max_length=500)) -> HTMLResponse:  # noqa: A002 - the usual name
     """Return the sign-in page."""
     hint = request.app.state.settings.login_hint
-    return HTMLResponse(build_login_page(title=request.app.state.settings.site_title, next_url=next, demo_hint=hint))
+    html = build_login_page(title=request.app.state.settings.site_title, next_url=next, demo_hint=hint)
+    return HTMLResponse(with_nonce(html, getattr(request.state, NONCE_STATE)))
 
 
 async def _credentials(request: Request) -> tuple[str, str]:
