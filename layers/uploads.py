@@ -332,7 +332,8 @@ def commit_upload(
         archive.prune_now_and_then()
         return upload_json(upload, full=True)
     except (DBAPIError, psycopg.Error) as exc:  # the writer's COPY raises psycopg's own errors
-        log.warning("upload failed in the database: %s", exc)
+        orig = getattr(exc, "orig", None) or exc  # its SQLSTATE and first line: never the values sent
+        log.warning("upload failed in the database: %s %s", getattr(orig, "sqlstate", ""), str(orig).split("\n")[0])
         try:
             session.rollback()
         except (DBAPIError, psycopg.Error):

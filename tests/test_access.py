@@ -381,3 +381,16 @@ def test_uploads_record_the_signed_in_user(client: TestClient) -> None:
     answer = client.post("/api/layers/divisions/uploads", files=files, params={"uploader": "someone-else"})
     assert answer.status_code == 201, answer.text
     assert answer.json()["uploader"] == "admin"
+
+
+def test_twenty_five_sign_ins_at_once_are_answered_and_bounded(app_client: TestClient) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(i: int) -> int:
+        body = {"username": "viewer", "password": f"wrong-password-{i}"}
+        return app_client.post("/api/login", json=body).status_code
+
+    with ThreadPoolExecutor(25) as pool:
+        statuses = list(pool.map(attempt, range(25)))
+    assert sorted(set(statuses)) == [401, 429]  # no 500, no hang
+    assert statuses.count(401) == 10  # the per-address limit, whatever the order they came in

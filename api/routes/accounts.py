@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -28,6 +29,14 @@ def _limiter(request: Request) -> LoginLimiter:
     found: LoginLimiter | None = getattr(request.app.state, "login_limiter", None)
     if found is None:
         found = request.app.state.login_limiter = LoginLimiter()
+    return found
+
+
+def _hashing(request: Request) -> asyncio.Semaphore:
+    """Return the app's bound on password checks running at once (two: the other core keeps serving)."""
+    found: asyncio.Semaphore | None = getattr(request.app.state, "hashing", None)
+    if found is None:
+        found = request.app.state.hashing = asyncio.Semaphore(2)
     return found
 
 
@@ -102,7 +111,8 @@ async def login(request: Request) -> JSONResponse:
             session.commit()
             return result, opened, actor
 
-    result, opened, actor = await run_in_threadpool(attempt)
+    async with _hashing(request):  # argon2id costs ~50 ms of a core: a flood of sign-ins waits its turn
+        result, opened, actor = await run_in_threadpool(attempt)
     if result.refusal == "locked":
         until = result.locked_until.strftime("%H:%M") if result.locked_until else ""
         raise Unauthorized.one(
