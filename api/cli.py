@@ -383,6 +383,8 @@ def serve(
         raise typer.Exit(1) from None
     console.print(f"[dim]应用连接角色 app connects as: {role}[/dim]")
     host, port = host or settings.host, port or settings.port
+    os.environ["GUATU_HOST"], os.environ["GUATU_PORT"] = host, str(port)  # the app factory reads its settings again
+    settings = ApiSettings()
     server.raise_open_files_limit()
     server.prefer_the_event_loop(settings)
     config = server.server_config(
@@ -469,7 +471,8 @@ def demo_accounts() -> str:
     with Session(_owner_engine()) as session:
         present = {u["username"] for u in accounts.users(session)}
         created = []
-        for username, role, area, name in demo.demo_users(session):
+        resolved = demo.demo_users(session)
+        for username, role, area, name in resolved:
             if username in present and username in known:
                 continue
             secret = known.get(username) or secrets.token_urlsafe(12)
@@ -483,8 +486,8 @@ def demo_accounts() -> str:
             out.write("".join(f"{name}\t{secret}\n" for name, secret in known.items()))
         os.chmod(path, 0o600)
     console.print("演示账户 demo accounts (用户名 username / 角色 role / 辖区 area):")
-    for username, role, area, name in demo.DEMO_USERS:
-        console.print(f"  {username:<9} {role:<13} {area or '全部 all':<10} {name}")
+    for username, role, area, name in resolved:
+        console.print(f"  {username:<9} {role:<13} {area or '全部 all':<15} {name}")
     console.print(f"密码见 passwords in: {path}  (e.g. `grep admin {path}`)")
     return f"演示账户与密码见服务器上的 {path.name} 文件 (demo accounts: see {path.name} on the server)"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -65,13 +65,24 @@ class ApiSettings(BaseSettings):
     """Comma-separated proxy addresses whose X-Forwarded-For / X-Forwarded-Proto are believed."""
     allowed_hosts: str = "127.0.0.1,localhost,::1,testserver"
     """Comma-separated host names (no port) the app answers to; any other Host gets 400. public_url's is added."""
-    public_url: str = "http://127.0.0.1:8000"
-    """Where users reach the app (scheme://host[:port], the proxy's if any): absolute URLs are built from it."""
+    public_url: str = ""
+    """Where users reach the app (scheme://host[:port], the proxy's if any): absolute URLs are built from it.
+    Empty: http://GUATU_HOST:GUATU_PORT, where `guatu serve` listens."""
+
+    @model_validator(mode="after")
+    def _served_here(self) -> ApiSettings:
+        """Default the public URL to where the app itself listens."""
+        if not self.public_url:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            self.public_url = f"http://{host}:{self.port}"
+        return self
 
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:
         """Refuse a public URL that is not http(s)://host[:port][/path]; drop a trailing slash."""
+        if not value.strip():
+            return ""
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError(f"GUATU_PUBLIC_URL 须为 http(s)://主机[:端口] (must be http(s)://host[:port]): {value!r}")

@@ -26,7 +26,7 @@ from layers.access import ROLES, Actor
 from layers.base import REGISTRY
 from spatial.db import state
 from tests.accounts import USERS, bearer, tokens_for
-from tests.conftest import libpq, migrated_database, owner_url, share_session
+from tests.conftest import app_url, libpq, migrated_database, owner_url, share_session
 from tests.samples import GRID, X0, Y0, sample
 
 FRAMEWORK = {"/openapi.json", "/static"}
@@ -394,3 +394,34 @@ def test_twenty_five_sign_ins_at_once_are_answered_and_bounded(app_client: TestC
         statuses = list(pool.map(attempt, range(25)))
     assert sorted(set(statuses)) == [401, 429]  # no 500, no hang
     assert statuses.count(401) == 10  # the per-address limit, whatever the order they came in
+
+
+def test_the_first_administrator_comes_from_the_command_line(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    name = "guatu_test_first_admin"
+    with migrated_database(name) as eng:
+        guatu = str(Path(sys.executable).parent / "guatu")
+        env = os.environ | {"DATABASE_URL": app_url(name), "GUATU_OWNER_DATABASE_URL": owner_url(name)}
+        made = subprocess.run([guatu, "user", "add", "--admin"], capture_output=True, text=True, env=env, timeout=120)
+        assert made.returncode == 0, made.stderr
+        password = next(line.split(": ", 1)[1] for line in made.stdout.splitlines() if line.startswith("password: "))
+        refused = subprocess.run(
+            [guatu, "user", "add", "王规划", "--role", "planner"], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert refused.returncode == 2 and "area_required" in refused.stderr + refused.stdout
+        with TestClient(create_app(engine=eng), raise_server_exceptions=False) as plain:
+            signed = plain.post("/api/login", json={"username": "admin", "password": password})
+            assert signed.status_code == 200 and signed.json()["user"]["role"] == "admin"
+            token = subprocess.run(
+                [guatu, "user", "token", "admin", "--name", "qgis"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            ).stdout.strip()
+            assert token.startswith("gt_")
+            assert plain.get("/api/me", headers=bearer(token)).json()["user"]["username"] == "admin"
