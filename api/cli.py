@@ -509,6 +509,7 @@ def user_add(
         role, area = "admin", None
     secret = sys.stdin.readline().rstrip("\n") if password_stdin else secrets.token_urlsafe(12)
     with Session(_owner_engine()) as session:
+        existed = any(u["username"] == username for u in accounts.users(session))
         try:
             accounts.add_user(session, username, role, area, secret, name)
         except GuatuError as exc:
@@ -516,9 +517,28 @@ def user_add(
                 console.print(f"[red]{problem.code}[/red] {problem.message}")
             raise typer.Exit(2) from None
         session.commit()
-    console.print(f"已创建用户 user saved: {username} ({role}, {area or '全部 all'})")
+    if existed:
+        console.print(
+            f"已重设用户 user reset: {username} ({role}, {area or '全部 all'})；其登录会话已结束、接口令牌已吊销 "
+            "(their sessions ended, tokens revoked)"
+        )
+    else:
+        console.print(f"已创建用户 user created: {username} ({role}, {area or '全部 all'})")
     if not password_stdin:
         print(f"password: {secret}")  # noqa: T201 - shown once, for the operator to hand over
+
+
+@user_app.command("disable")
+def user_disable(username: Annotated[str, typer.Argument(help="用户名 username")]) -> None:
+    """Disable a user: no sign-in, sessions ended, tokens revoked (`guatu user add` again enables them)."""
+    from layers import accounts
+
+    with Session(_owner_engine()) as session:
+        if not accounts.disable_user(session, username):
+            console.print(f"[red]没有用户 no user[/red] {escape(username)}")
+            raise typer.Exit(2)
+        session.commit()
+    console.print(f"已停用 disabled: {username}（其他服务进程最多 15 秒后生效 other server processes within 15 s）")
 
 
 @user_app.command("list")

@@ -360,3 +360,78 @@ def outside_area_problem(layer: Layer, code: str | None, index: int | None) -> P
         f"this feature lies in {where}, outside your area: it cannot be written",
         Where(feature_index=index, field="geometry"),
     )
+
+
+def locate_function(layer_id: str, level: str | None) -> str:
+    """Return the name of the function that finds, for shapes, the unit of LEVEL in LAYER_ID holding each."""
+    return f"guatu_locate_{layer_id}" + (f"_{level}" if level else "")
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def locate_function_sql(layer_id: str, level: str | None) -> str:
+    """Return the function (run as the owner) giving, per shape, the code of the unit holding its largest share.
+
+    Run as the owner so that every unit counts, not only those of the acting user's area: a
+    shape mostly in another community is located there (and refused as outside the area),
+    never in the sliver of the user's own. It gives codes only, and only to a stated actor.
+    """
+    parent = REGISTRY[layer_id]
+    conditions = []
+    for field, value in parent.level_match(level) if level else ():
+        values = value if isinstance(value, tuple) else (value,)
+        conditions.append(f"p.{field} IN ({', '.join(_literal(str(v)) for v in values)})")
+    conditions.extend(parent.in_force("p"))
+    scope = " AND ".join(conditions) or "TRUE"
+    return f"""CREATE OR REPLACE FUNCTION {locate_function(layer_id, level)}(wkb text[])
+RETURNS TABLE (i integer, unit text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+  WITH input AS (
+    SELECT (t.n - 1)::integer AS i, CAST(t.w AS geometry) AS g FROM unnest(wkb) WITH ORDINALITY AS t(w, n)
+    WHERE guatu_actor_role() <> ''
+  ), hits AS (
+    SELECT input.i, p.{parent.key_field}::text AS unit, p.geom AS pgeom, input.g,
+           count(*) OVER (PARTITION BY input.i) AS n
+    FROM input JOIN {parent.table} p ON ST_Intersects(p.geom, input.g) AND {scope}
+  )
+  SELECT DISTINCT ON (hits.i) hits.i, hits.unit FROM hits
+  ORDER BY hits.i, CASE WHEN hits.n = 1 THEN 0 ELSE -ST_Area(ST_Intersection(hits.pgeom, hits.g)) END, hits.unit
+$$"""
+
+
+def locators_in_use() -> list[tuple[str, str | None]]:
+    """Return every (unit layer, level) some layer's locator names, once each, in a stable order."""
+    found = {(loc.layer, loc.level) for layer in REGISTRY.values() for loc in layer.locators}
+    return sorted(found, key=lambda pair: (pair[0], pair[1] or ""))
+
+
+def taken_function(layer: Layer) -> str:
+    """Return the name of the function telling which keys LAYER holds outside the acting user's area."""
+    return f"guatu_taken_{layer.table}"
+
+
+def taken_function_sql(layer: Layer) -> str:
+    """Return the function (run as the owner) giving which of some keys are held by rows the actor cannot see.
+
+    A key is unique in the whole layer: an upload that sends one held outside the uploader's
+    area is refused for that feature, by name, rather than reported new and dropped.
+    """
+    key = layer.key_field
+    return f"""CREATE OR REPLACE FUNCTION {taken_function(layer)}(keys text[]) RETURNS SETOF text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+  SELECT t.{key}::text FROM unnest(keys) AS k(v) JOIN {layer.table} t ON t.{key} = k.v
+  WHERE guatu_actor_role() <> '' AND NOT guatu_in_area({row_area_sql(layer, "t")})
+$$"""
+
+
+def key_taken_problem(layer: Layer, key: str, index: int | None) -> Problem:
+    """Return the problem of a feature whose code a feature outside the acting user's area already holds."""
+    label = layer.field(layer.key_field).zh
+    return Problem(
+        "key_taken",
+        f"{label} {key} 已被辖区以外的{layer.zh}使用，不能新增或修改：请核对编码",
+        f"{layer.key_field} {key} is held by a feature outside your area: check the code",
+        Where(feature_index=index, field=f"properties.{layer.key_field}"),
+    )

@@ -17,7 +17,20 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, func, insert, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    case,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -130,7 +143,10 @@ def check_new_user(username: str, role_id: str, area: str | None, password: str)
         )
     if area is None and role_id != "admin":
         raise _bad(
-            "area_required", "除管理员外，每个用户都要有辖区代码", "every role but admin needs an area code", "area"
+            "area_required",
+            "除管理员外，每个用户都要有辖区代码（用 --area 给出县、街道、社区或网格代码）",
+            "every role but admin needs an area code (give --area)",
+            "area",
         )
     if area is not None and hierarchy.level_of(area) is None:
         raise _bad(
@@ -157,11 +173,29 @@ def add_user(
     if user is None:
         user = User(username=username)
         session.add(user)
+    else:
+        end_access(session, user)  # a reset password (or role, or area) ends what the old one opened
     user.role, user.area, user.display_name = role_id, area, display_name or username
     user.password_hash = hash_password(password)
     user.failed_logins, user.locked_until, user.disabled = 0, None, False
     session.flush()
     return user
+
+
+def end_access(session: Session, user: User) -> None:
+    """End USER's web sessions and revoke their API tokens (a reset, a role change, a departure)."""
+    session.execute(text("DELETE FROM web_sessions WHERE user_id = :u"), {"u": user.id})
+    session.execute(update(ApiToken).where(ApiToken.user_id == user.id).values(revoked=True))
+
+
+def disable_user(session: Session, username: str) -> bool:
+    """Disable USERNAME (no sign-in, no token works); return whether the user exists."""
+    user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
+    if user is None:
+        return False
+    user.disabled = True
+    end_access(session, user)
+    return True
 
 
 def actor_of(user: User) -> Actor:
@@ -188,12 +222,21 @@ def authenticate(session: Session, username: str, password: str) -> LoginResult:
     if user.locked_until is not None and user.locked_until > now:
         return LoginResult(None, "locked", user.locked_until)
     if not _verify(user.password_hash, password):
-        failed = user.failed_logins + 1
-        locked = now + dt.timedelta(minutes=LOCK_MINUTES) if failed >= LOCK_AFTER else None
-        session.execute(
-            update(User).where(User.id == user.id).values(failed_logins=0 if locked else failed, locked_until=locked)
-        )
-        return LoginResult(None, "locked" if locked else "bad_credentials", locked)
+        # One statement counts the failure and locks at the limit: attempts sent at once all count.
+        until = now + dt.timedelta(minutes=LOCK_MINUTES)
+        reached = User.failed_logins + 1 >= LOCK_AFTER
+        locked = session.execute(
+            update(User)
+            .where(User.id == user.id)
+            .values(
+                failed_logins=case((reached, 0), else_=User.failed_logins + 1),
+                locked_until=case((reached, until), else_=User.locked_until),
+            )
+            .returning(User.locked_until)
+        ).scalar()
+        if locked is not None and locked > now:
+            return LoginResult(None, "locked", locked)
+        return LoginResult(None, "bad_credentials")
     session.execute(update(User).where(User.id == user.id).values(failed_logins=0, locked_until=None, last_login=now))
     return LoginResult(user)
 

@@ -23,7 +23,7 @@ from geoalchemy2.shape import from_shape
 from shapely.geometry.base import BaseGeometry
 
 from layers import changes
-from layers.access import SETTING_NOTE, Actor, area_of, shown_function
+from layers.access import SETTING_NOTE, Actor, area_of, locate_function, shown_function
 from layers.base import (
     READ_ONLY,
     REGISTRY,
@@ -279,49 +279,14 @@ def locator_scope(parent: Layer, where: Match) -> tuple[str, dict[str, Any]]:
     return scope or "TRUE", params
 
 
-def _located_units(
-    session: Session,
-    parent: Layer,
-    where: Match,
-    code_field: str,
-    hexes: Sequence[str],
-    extent: Sequence[float],
-) -> dict[int, str]:
-    """Return, per position in HEXES (geometries as hex EWKB), the code of the PARENT unit holding its largest share.
-
-    One statement for the whole list. Nothing is asked when no unit lies within EXTENT, the
-    geometries' bounds together.
-    """
+def _located_units(session: Session, parent: Layer, level: str | None, hexes: Sequence[str]) -> dict[int, str]:
+    """Return, per position in HEXES (geometries as hex EWKB), the code of the PARENT unit of LEVEL holding its
+    largest share (one statement for the whole list)."""
     if not len(hexes):
         return {}
-    table = parent.model.__tablename__
-    scope, params = locator_scope(parent, where)
-    x0, y0, x1, y1 = (float(v) for v in extent)
-    near = session.execute(
-        text(
-            f"SELECT EXISTS (SELECT 1 FROM {table} p WHERE p.geom && ST_MakeEnvelope(:x0, :y0, :x1, :y1) AND {scope})"
-        ),
-        params | {"x0": x0, "y0": y0, "x1": x1, "y1": y1},
-    ).scalar()
-    if not near:
-        return {}
-    params |= {"idx": list(range(len(hexes))), "wkb": list(hexes)}
-    rows = session.execute(
-        text(
-            f"""
-            WITH input AS (
-                SELECT i, CAST(w AS geometry) AS g
-                FROM unnest(CAST(:idx AS int[]), CAST(:wkb AS text[])) AS t(i, w)
-            ), hits AS (
-                SELECT i, p.{code_field} AS unit, p.geom AS pgeom, g, count(*) OVER (PARTITION BY i) AS n
-                FROM input JOIN {table} p ON ST_Intersects(p.geom, input.g) AND {scope}
-            )
-            SELECT DISTINCT ON (i) i, unit FROM hits
-            ORDER BY i, CASE WHEN n = 1 THEN 0 ELSE -ST_Area(ST_Intersection(pgeom, g)) END, unit
-            """
-        ),
-        params,
-    ).all()
+    # The owner's function (layers.access): every unit counts, not only those of the user's area.
+    function = locate_function(parent.id, level)
+    rows = session.execute(text(f"SELECT i, unit FROM {function}(CAST(:wkb AS text[]))"), {"wkb": list(hexes)}).all()
     return {int(i): str(found) for i, found in rows}
 
 
@@ -345,7 +310,7 @@ def locate_all(
         return problems
     for loc in layer.locators:
         parent = REGISTRY[loc.layer]
-        found_at = _located_units(session, parent, loc.where, loc.code_field, hexes, extent)
+        found_at = _located_units(session, parent, loc.level, hexes)
         frame_loaded: bool | None = None
         label = layer.field(loc.field).zh
         for position, (index, props) in enumerate(items):
@@ -893,7 +858,13 @@ def features_as_of(
 
 
 def restore_feature(
-    session: Session, layer: Layer, fid: int, change_id: int, actor: Actor | None, note: Any = None
+    session: Session,
+    layer: Layer,
+    fid: int,
+    change_id: int,
+    actor: Actor | None,
+    note: Any = None,
+    if_match: int | None = None,
 ) -> dict[str, Any]:
     """Bring feature FID back to how it stood after change CHANGE_ID (before it, for a delete); return it.
 
@@ -917,14 +888,23 @@ def restore_feature(
     check_area(layer, actor, props)
     table = layer.model.__table__
     geom = func.ST_GeomFromEWKB(func.decode(wkb.hex(), "hex"))
-    exists_now = session.execute(select(table.c.id).where(table.c.id == fid)).first() is not None
+    current = session.execute(select(table.c.version).where(table.c.id == fid)).scalar()
+    exists_now = current is not None
+    if exists_now and if_match is not None and current != if_match:
+        raise _stale(layer, session, fid, if_match)
     note_change(session, note or f"恢复到修改 {change_id} 后的版本 restored to change {change_id}")
     values = {name: value for name, value in props.items() if sees or name not in personal}
     with _guarded(session, layer):
         if exists_now:
-            session.execute(
-                update(table).where(table.c.id == fid).values(values | {"geom": geom, "updated_at": func.now()})
-            )
+            condition = [table.c.id == fid] + ([table.c.version == if_match] if if_match is not None else [])
+            done = session.execute(
+                update(table)
+                .where(*condition)
+                .values(values | {"geom": geom, "updated_at": func.now()})
+                .returning(table.c.id)
+            ).first()
+            if done is None:
+                raise _stale(layer, session, fid, if_match or 0)
         else:
             if not sees and personal:
                 raise Forbidden.one(

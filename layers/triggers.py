@@ -224,9 +224,12 @@ def access_functions() -> list[Routine]:
     out.append(Routine(changes.LOG_FUNCTION, changes.log_function_sql()))
     out.append(Routine(changes.VERSION_FUNCTION, changes.version_function_sql()))
     out.append(Routine("guatu_change_before", access.personal_keys_sql()))
+    for unit_layer, level in access.locators_in_use():
+        out.append(Routine(access.locate_function(unit_layer, level), access.locate_function_sql(unit_layer, level)))
     for layer in sorted(REGISTRY.values(), key=lambda x: x.order):
         if access.personal_fields(layer):
             out.append(Routine(access.shown_function(layer), access.shown_function_sql(layer)))
+        out.append(Routine(access.taken_function(layer), access.taken_function_sql(layer)))
     return out
 
 
@@ -268,7 +271,8 @@ def layer_statements(layer: Layer) -> list[str]:
     fields, the refreshed masking of logged rows, and its row-level security policies.
     ``guatu db revision`` writes the same from the drift it finds.
     """
-    out = [r.sql for r in access_functions() if r.name in (access.shown_function(layer), "guatu_change_before")]
+    own = (access.shown_function(layer), access.taken_function(layer), "guatu_change_before")
+    out = [r.sql for r in access_functions() if r.name in own]
     if layer.history:
         out.append(history_function(layer).sql)
     out.extend(t.sql for t in declared()[1] if t.table == layer.table and t.function != NOTE_FUNCTION)

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 import psycopg
 import pydantic
-from sqlalchemy import DateTime, Integer, String, func, inspect, select, text
+from sqlalchemy import DateTime, Integer, String, UniqueConstraint, func, inspect, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -41,7 +41,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from layers import archive, staging
-from layers.access import area_of, outside_area_problem, stated_allows
+from layers.access import area_of, key_taken_problem, outside_area_problem, stated_allows, taken_function
 from layers.base import READ_ONLY, Layer, declared_layer
 from layers.features import check_feature, locate_all, looks_masked, masked_problem
 from layers.settings import layer_settings
@@ -71,13 +71,17 @@ class Upload(Base):
     """One upload: who sent which file (by hash), declared how, and what came of it."""
 
     __tablename__ = "uploads"
-    __table_args__ = {"comment": "上传记录 uploads"}
+    __table_args__ = (
+        # an Idempotency-Key is the uploader's own: another's same key is another upload
+        UniqueConstraint("uploader", "idempotency_key", name="uq_uploads_uploader_idempotency_key"),
+        {"comment": "上传记录 uploads"},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     layer: Mapped[str] = mapped_column(String(40))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     options_key: Mapped[str] = mapped_column(String(64), index=True, comment="hash of the options")
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     filename: Mapped[str | None] = mapped_column(String(300))
     size_bytes: Mapped[int] = mapped_column(Integer)
     uploader: Mapped[str | None] = mapped_column(String(100))
@@ -374,7 +378,9 @@ def _replay(session: Session, layer: Layer, sha: str, options_key: str, options:
     """Return the earlier result of the same upload, or refuse a reused idempotency key."""
     if options.idempotency_key:
         earlier = session.execute(
-            select(Upload).where(Upload.idempotency_key == options.idempotency_key)
+            select(Upload).where(  # each uploader's keys are their own
+                Upload.idempotency_key == options.idempotency_key, Upload.uploader == options.uploader
+            )
         ).scalar_one_or_none()
         if earlier is not None:
             if (earlier.sha256, earlier.options_key) != (sha, options_key):
@@ -920,6 +926,15 @@ class _Writer(threading.Thread):
             code = area_of(layer, props)
             if index not in misplaced and not stated_allows(stated, code):
                 misplaced[index] = [outside_area_problem(layer, code, index)]
+        key = layer.key_field
+        taken = set(
+            session.execute(
+                text(f"SELECT {taken_function(layer)}(CAST(:keys AS text[]))"), {"keys": [p[key] for _, p in rows]}
+            ).scalars()
+        )
+        for index, props in rows:  # a key held outside the area: never reported new, never overwritten
+            if index not in misplaced and props[key] in taken:
+                misplaced[index] = [key_taken_problem(layer, props[key], index)]
         if misplaced:
             self.misplaced.update({i: p for i, p in misplaced.items() if i is not None})
             keep = [n for n, (index, _) in enumerate(rows) if index not in misplaced]

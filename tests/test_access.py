@@ -116,7 +116,7 @@ def _body(method: str, path: str, layer_id: str, fid: int, session: Session) -> 
         change = session.execute(
             text("SELECT max(id) FROM change_log WHERE layer = :l AND feature_id = :f"), {"l": layer_id, "f": fid}
         ).scalar()
-        return {"json": {"change": int(change or 0)}}
+        return {"json": {"change": int(change or 0)}, "headers": match}
     if path.endswith("/split"):
         line = {"type": "LineString", "coordinates": [[X0 + 0.0005, Y0 - 0.001], [X0 + 0.0005, Y0 + 0.002]]}
         return {"json": {"id": fid, "line": line, "codes": ["370214001009" + "0100002"]}, "headers": match}

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from tests.accounts import ANY_VERSION as ANY
 from tests.accounts import bearer
 from tests.conftest import demo_database, owner_url
 from tests.samples import X0, Y0, sample
@@ -65,7 +66,9 @@ def test_edit_then_restore_gives_back_exact_geometry_and_properties(client: Test
     assert update["after"]["properties"]["name"] == "改过的名字"
 
     insert_change = history["changes"][1]["id"]
-    restored = client.post(f"/api/layers/parcels/features/{fid}/restore", json={"change": insert_change})
+    restored = client.post(
+        f"/api/layers/parcels/features/{fid}/restore", json={"change": insert_change}, headers={"If-Match": '"2"'}
+    )
     assert restored.status_code == 200, restored.text
     assert _wkb(session, fid) == original_wkb  # byte for byte
     assert restored.json()["properties"] == first["properties"]
@@ -90,7 +93,7 @@ def test_delete_and_restore_keeps_id_and_links(client: TestClient, session: Sess
     assert history["deleted"] is True
     deletion = history["changes"][0]
     assert deletion["op"] == "delete" and deletion["note"] == "误录" and deletion["after"] is None
-    back = client.post(f"/api/layers/zones/features/{fid}/restore", json={"change": deletion["id"]})
+    back = client.post(f"/api/layers/zones/features/{fid}/restore", json={"change": deletion["id"]}, headers=ANY)
     assert back.status_code == 200, back.text
     assert back.json()["id"] == fid and back.json()["properties"] == zone["properties"]
     # the zone names its grid and its homestead again, under its old id, and the parcel is kept by it again

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import html
+import re
 
 from web import assets
+
+_LOCAL = re.compile(r"^/(?![/\\])[A-Za-z0-9/_.~!$&'()*+,;=:@%?-]*$")
+
+
+def is_local_path(url: str) -> bool:
+    """Return whether URL is a path on this site only (never another site, however a browser might read it).
+
+    >>> [is_local_path(u) for u in ("/checks?scope=370214001", "//evil.example", "/\\evil.example", "/\t/evil")]
+    [True, False, False, False]
+    """
+    return bool(_LOCAL.match(url))
 
 
 def build_login_page(*, title: str, next_url: str = "/", demo_hint: str = "") -> str:
     """Return the HTML of the sign-in page; NEXT_URL is where to go after (a path on this site only)."""
-    safe_next = next_url if next_url.startswith("/") and not next_url.startswith("//") else "/"
+    safe_next = next_url if is_local_path(next_url) else "/"
     hint = f'<p class="guatu-login-hint">{html.escape(demo_hint)}</p>' if demo_hint else ""
     return f"""<!DOCTYPE html>
 <html lang="zh-CN">

@@ -12,13 +12,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import CSRF_COOKIE, SESSION_COOKIE, LoginLimiter, SignedInDep, resolved, rule
-from api.security import NONCE_STATE, with_nonce
+from api.security import NONCE_STATE, CsrfGuard, origin_of, with_nonce
 from api.work import client_of
 from layers import accounts, hierarchy
 from layers.access import ROLES, Actor
 from layers.accounts import SESSION_HOURS
 from layers.base import REGISTRY
-from spatial.errors import InvalidInput, MalformedInput, TooMany, Unauthorized
+from spatial.errors import Forbidden, InvalidInput, MalformedInput, TooMany, Unauthorized
 from web.login import build_login_page
 
 router = APIRouter(tags=["accounts"])
@@ -49,8 +49,18 @@ def login_page(request: Request, next: str = Query("/", max_length=500)) -> HTML
 
 
 async def _credentials(request: Request) -> tuple[str, str]:
-    if "application/json" not in request.headers.get("content-type", ""):
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":  # no form or text/plain: what another site's page could send on its own
         raise MalformedInput.one("json_required", "请以 JSON 提交用户名和密码", "send username and password as JSON")
+    origin = request.headers.get("origin")
+    own = (origin_of(request.app.state.settings.public_url), CsrfGuard.own_origin(request.scope))
+    if origin is not None and origin_of(origin) not in own:  # another site signing the browser in as its user
+        raise Forbidden.one(
+            "csrf_failed",
+            "登录请求来自其他网站，已拒绝",
+            "sign-in from another origin refused",
+            field="Origin",
+        )
     body = b""
     async for chunk in request.stream():
         body += chunk

@@ -267,9 +267,13 @@ def feature_history(layer: LayerDep, session: SessionDep, fid: FeatureId, actor:
 
 @router.post("/{fid}/restore", summary="恢复到某一版本 Restore a version", **rule("edit"))
 async def restore_feature(
-    layer: LayerDep, session: SessionDep, fid: FeatureId, actor: SignedInDep, request: Request
+    layer: LayerDep, session: SessionDep, fid: FeatureId, actor: SignedInDep, request: Request, if_match: IfMatch = None
 ) -> GeoJSONResponse:
-    """Bring the feature back as it stood after the change named in ``{"change": id}`` (a deleted one too)."""
+    """Bring the feature back as it stood after the change named in ``{"change": id}`` (a deleted one too).
+
+    If-Match is required: the version it replaces (``*`` for a deleted feature).
+    """
+    version = features.parse_if_match(if_match)
     body = await _read_json(request)
     change = body.get("change")
     if not isinstance(change, int) or isinstance(change, bool):
@@ -277,7 +281,7 @@ async def restore_feature(
             "change_required", "请给出要恢复的修改记录编号 change", "give the change id", field="change"
         )
     restored = await run_in_threadpool(
-        _commit, session, features.restore_feature, layer, fid, change, actor, body.get("note")
+        _commit, session, features.restore_feature, layer, fid, change, actor, body.get("note"), version
     )
     return _geojson(restored, headers=_etag(restored))
 

@@ -110,6 +110,9 @@ def upgrade() -> None:
         comment="修改历史 every insert, update and delete of a feature",
     )
     op.create_index("ix_change_log_feature", "change_log", ["layer", "feature_id", "id"])
+    # An Idempotency-Key is its uploader's: another user's same key is another upload, not a clash.
+    op.drop_constraint("uq_uploads_idempotency_key", "uploads", type_="unique")
+    op.create_unique_constraint("uq_uploads_uploader_idempotency_key", "uploads", ["uploader", "idempotency_key"])
     op.create_index("ix_change_log_at", "change_log", ["layer", "at"])
     for layer_id in LAYERS:
         op.add_column(
@@ -123,8 +126,9 @@ def upgrade() -> None:
             ),
         )
     own = {access.shown_function(REGISTRY[layer_id]) for layer_id in LAYERS}
+    own |= {access.taken_function(REGISTRY[layer_id]) for layer_id in LAYERS}
     for routine in triggers.access_functions():
-        if routine.name.startswith("guatu_shown_") and routine.name not in own:
+        if routine.name.startswith(("guatu_shown_", "guatu_taken_")) and routine.name not in own:
             continue  # a layer declared after this revision: its own revision makes it
         op.execute(routine.sql)
     op.execute(triggers.dependents_function().sql)  # now SECURITY DEFINER: it counts dependents the actor cannot see
@@ -155,3 +159,5 @@ def downgrade() -> None:
         op.execute(f"DROP FUNCTION IF EXISTS {routine.name} CASCADE")
     for table in ("change_log", "personal_access_log", "api_tokens", "web_sessions", "users"):
         op.drop_table(table)
+    op.drop_constraint("uq_uploads_uploader_idempotency_key", "uploads", type_="unique")
+    op.create_unique_constraint("uq_uploads_idempotency_key", "uploads", ["idempotency_key"])
