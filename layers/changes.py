@@ -169,7 +169,7 @@ def changes_of(
         session.execute(
             text(
                 "SELECT id, op, at, actor, note, version, upload_id, guatu_change_before(id) AS before, "
-                "ST_AsGeoJSON(before_geom, 9)::jsonb AS before_geometry "
+                "ST_AsGeoJSON(before_geom, 9, 0)::jsonb AS before_geometry "
                 "FROM change_log WHERE layer = :layer AND feature_id = :fid ORDER BY id DESC LIMIT :limit"
             ),
             {"layer": layer.id, "fid": fid, "limit": limit},

@@ -839,7 +839,7 @@ def features_as_of(
         params |= dict(zip(("x0", "y0", "x1", "y1"), bbox, strict=True))
     rows = session.execute(
         text(
-            f"SELECT s.id, s.props, ST_AsGeoJSON(s.geom, 9)::jsonb AS geometry FROM ({inner}) s "
+            f"SELECT s.id, s.props, ST_AsGeoJSON(s.geom, 9, 0)::jsonb AS geometry FROM ({inner}) s "
             f"WHERE {where} ORDER BY s.id LIMIT :limit"
         ),
         params,

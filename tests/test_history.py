@@ -139,6 +139,8 @@ def test_put_needs_every_field_patch_keeps_the_rest(client: TestClient) -> None:
         k: v for k, v in parcel["properties"].items() if k != "name"
     }
     assert body["geometry"] == parcel["geometry"]
+    latest = client.get(url + "/history").json()["changes"][0]
+    assert latest["changed"] == ["name"]  # the shape was not sent, so it did not change
 
 
 def test_two_editors_of_one_parcel_exactly_one_412(tmp_path: Path) -> None:
