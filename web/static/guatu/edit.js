@@ -257,7 +257,9 @@
     if (panel.onClose) panel.onClose();
   }
 
+  /* A panel in place of the one open (whose onClose is not run: what it showed goes on here). */
   function openPanel(title, cls, onClose) {
+    if (state.panel) state.panel.onClose = null;
     closePanel();
     var box = el("div", "guatu-edit-panel " + cls);
     var head = el("div", "guatu-edit-head");
@@ -390,6 +392,7 @@
     if (!s) return;
     state.session = null;
     clearTimeout(s.timer);
+    state.map.getContainer().classList.remove("guatu-drawing");
     state.map.pm.disableDraw();
     if (s.near) s.near.stop();
     if (s.shape) s.shape.remove();
@@ -404,6 +407,7 @@
     state.map.closePopup();
     var s = {kind: kind, layer: layerId, desc: state.described[layerId], checks: 0, client: {}, server: {}, timer: null};
     state.session = s;
+    state.map.getContainer().classList.add("guatu-drawing");  // clicks reach the drawing, not the map's features
     return s;
   }
 
