@@ -117,10 +117,11 @@
   function start(map, opts) {
     state.map = map;
     state.opts = opts;
-    if (!map.pm) {  // opted in: the map folium made needs Geoman's handler given by hand
+    if (L.PM && !map.pm) {  // opted in: the map folium made needs Geoman's handler given by hand
       map.options.pmIgnore = false;
       L.PM.reInitLayer(map);
     }
+    if (map.pm) map.pm.setLang("zh");
     opts.layers.forEach(function (layer) { state.split[layer.id] = layer.split; });
     ["guatu-edit-near", "guatu-edit-shape"].forEach(function (name, i) {
       if (!map.getPane(name)) map.createPane(name).style.zIndex = String(560 + 10 * i);
@@ -138,7 +139,7 @@
         var rights = state.me.layers && state.me.layers[layer.id];
         return rights && rights.edit;
       });
-      if (!mine.length) { state.ready = true; return null; }
+      if (!mine.length || !map.pm) { state.ready = true; return null; }  // no rights, or Geoman not installed
       return call(opts.api + "/layers").then(function (d) {
         (d.ok && d.body ? d.body : []).forEach(function (desc) { state.described[desc.id] = desc; });
         toolbar();
@@ -424,7 +425,6 @@
     if (state.asOf) return;
     var s = begin("new", layerId);
     var map = state.map;
-    map.pm.setLang("zh");
     s.near = neighbours(layerId, null, null);
     var panel = openPanel("新增 New " + s.desc.title.zh + " " + s.desc.title.en, "guatu-draw-panel", endSession);
     panel.body.appendChild(el("p", "guatu-edit-hint",
