@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy.engine import Engine
+from tests.accounts import PASSWORD, tokens_for
 
 from shapely.geometry import Polygon, shape
 
 from tests.browser import chromium, live_server
-from tests.conftest import demo_database
+from tests.conftest import demo_database, owner_url
 
 pytestmark = pytest.mark.browser
 
@@ -41,37 +42,28 @@ def screenshot_folder() -> None:
 
 @pytest.fixture(scope="module")
 def base_url(web_engine: Engine) -> Iterator[str]:
+    name = web_engine.url.database or ""
+    tokens_for(owner_url(name), name)  # the test users, one per role
     with live_server(web_engine) as url:
         yield url
 
 
-# ---------- signing in (the server's accounts: users made by the CLI, logged in at /login) ----------
+# ---------- signing in: the test users of tests/accounts.py, with a cookie session as a person has ----------
 
 
-def credentials(role: str) -> tuple[str, str]:
-    """Return (username, password) of the demo user of ROLE."""
-    raise NotImplementedError("wired to the accounts fixture once main's server side is merged")
-
-
-def signed_in(base_url: str, role: str) -> httpx.Client:
-    """Return an API client logged in as ROLE, sending the CSRF token on writes."""
-    username, password = credentials(role)
+def signed_in(base_url: str, username: str) -> httpx.Client:
+    """Return an API client signed in as USERNAME (POST /api/login), sending the CSRF token on writes."""
     client = httpx.Client(base_url=base_url, timeout=30)
-    client.get("/login")
-    response = client.post(
-        "/login",
-        data={"username": username, "password": password},
-        headers={"X-CSRF-Token": client.cookies.get("guatu_csrf", "")},
-    )
-    assert response.status_code in (200, 303), response.text
-    client.headers["X-CSRF-Token"] = client.cookies.get("guatu_csrf", "")
+    response = client.post("/api/login", json={"username": username, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    client.headers["X-CSRF-Token"] = client.cookies["guatu_csrf"]
     return client
 
 
-def open_page(browser: Any, base_url: str, role: str, viewport: dict[str, int]) -> Any:
-    """Return a page of a fresh browser context logged in as ROLE, on the map, editing module ready."""
-    context = browser.new_context(viewport=viewport)
-    api = signed_in(base_url, role)
+def open_page(browser: Any, base_url: str, username: str, viewport: dict[str, int]) -> Any:
+    """Return a page of a fresh browser context signed in as USERNAME, on the map, editing module ready."""
+    context = browser.new_context(viewport=viewport, signed_in=False)  # the session cookie, not a token
+    api = signed_in(base_url, username)
     context.add_cookies([{"name": c.name, "value": c.value, "url": base_url} for c in api.cookies.jar])
     page = context.new_page()
     errors: list[str] = []
@@ -282,8 +274,8 @@ def test_a_surveyor_draws_a_snapped_parcel_is_refused_fixes_it_and_sees_its_hist
 
 def test_two_editors_of_one_parcel_the_second_sees_both_versions(base_url: str) -> None:
     planner = signed_in(base_url, "planner")
-    me = planner.get("/api/me").json()
-    parcel = parcels_of(planner, me["user"]["area"])[5]
+    surveyor_area = signed_in(base_url, "surveyor").get("/api/me").json()["user"]["area"]
+    parcel = parcels_of(planner, surveyor_area)[5]
     version = planner.get(f"/api/layers/parcels/features/{parcel['id']}").json()["version"]
     centre = shape(parcel["geometry"]).representative_point()
     with chromium() as browser:
@@ -321,8 +313,8 @@ def test_two_editors_of_one_parcel_the_second_sees_both_versions(base_url: str) 
 
 def test_on_a_phone_the_panels_fold_and_fit(base_url: str) -> None:
     planner = signed_in(base_url, "planner")
-    me = planner.get("/api/me").json()
-    parcel = parcels_of(planner, me["user"]["area"])[7]
+    surveyor_area = signed_in(base_url, "surveyor").get("/api/me").json()["user"]["area"]
+    parcel = parcels_of(planner, surveyor_area)[7]
     centre = shape(parcel["geometry"]).representative_point()
     with chromium() as browser:
         first = open_page(browser, base_url, "planner", PHONE)

@@ -163,7 +163,8 @@
         var who = el("div", "guatu-user-who");
         who.appendChild(el("span", "guatu-user-name", user.display_name || user.username));
         who.appendChild(el("span", "guatu-user-role", user.role_zh || user.role));
-        if (user.area_name) who.appendChild(el("span", "guatu-user-area", user.area_name));
+        var area = user.area_name || [user.area_level, user.area].filter(Boolean).join(" ");
+        if (area) who.appendChild(el("span", "guatu-user-area", area));
         var out = el("button", "guatu-button guatu-logout", "退出 Log out");
         out.type = "button";
         out.addEventListener("click", logout);
