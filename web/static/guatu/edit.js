@@ -966,7 +966,20 @@
     var s = begin("split", layerId);
     var map = state.map;
     var panel = openPanel("分割 Split " + s.desc.title.zh + " #" + feature.id, "guatu-split-panel", endSession);
-    var said = el("div", "guatu-edit-said", "画一条穿过它的线，双击或点最后一点结束 (draw a line across it; finish on the last point)");
+    panel.body.appendChild(el("div", "guatu-edit-hint",
+      "画一条穿过它的线，再点最后一点结束；最大的一块保留原编码，其余各块用下面的新编码 " +
+      "(draw a line across it, click the last point again to finish; the largest part keeps the code, " +
+      "the others take the new codes below)"));
+    var codesLabel = el("label", "guatu-edit-label");
+    codesLabel.appendChild(el("span", "guatu-edit-zh", "新块编码"));
+    codesLabel.appendChild(el("small", "guatu-edit-en", "codes of the new parts, one per line"));
+    codesLabel.htmlFor = "guatu-split-codes";
+    var codes = el("textarea", "guatu-input guatu-split-codes");
+    codes.id = "guatu-split-codes";
+    codes.rows = 2;
+    panel.body.appendChild(codesLabel);
+    panel.body.appendChild(codes);
+    var said = el("div", "guatu-edit-said");
     panel.body.appendChild(said);
     readFeature(layerId, feature.id).then(function (current) {
       if (state.session !== s) return;
@@ -980,7 +993,7 @@
         e.layer.remove();
         said.textContent = "分割中… splitting";
         send("POST", state.opts.api + "/layers/" + encodeURIComponent(layerId) + "/split",
-          {id: current.id, line: line}, s.version).then(function (r) {
+          {id: current.id, line: line, codes: codes.value.split(/[\s,，、]+/).filter(Boolean)}, s.version).then(function (r) {
           if (state.session !== s) return;
           if (r.ok) {
             var n = (r.body && r.body.features || []).length;
@@ -1031,8 +1044,12 @@
       });
       go.addEventListener("click", function () {
         var ids = [current.id].concat(Object.keys(picked).map(Number));
+        var versions = {};  // each as it was read: a merge over a newer version is refused
+        versions[current.id] = current.version;
+        Object.keys(picked).forEach(function (id) { versions[id] = picked[id].feature.version; });
         said.textContent = "合并中… merging";
-        send("POST", state.opts.api + "/layers/" + encodeURIComponent(layerId) + "/merge", {ids: ids, keep: current.id}).then(function (r) {
+        send("POST", state.opts.api + "/layers/" + encodeURIComponent(layerId) + "/merge",
+          {ids: ids, keep: current.id, versions: versions}).then(function (r) {
           if (state.session !== s) return;
           if (r.ok) {
             closePanel();
