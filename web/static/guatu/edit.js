@@ -628,7 +628,11 @@
   }
 
   function typed(s, f, input) {
-    s.values[f.name] = readValue(f, input);
+    var value = readValue(f, input);
+    // A blur's "change" after the keystrokes changes nothing: the problems shown stay put, and the
+    // button being clicked does not move away under the pointer.
+    if (value === s.values[f.name] && f.name in s.client) return;
+    s.values[f.name] = value;
     s.client[f.name] = clientProblem(f, s.values[f.name]);
     delete s.server[f.name];  // the server's word was on the old value: asked again below
     showProblem(s, f.name);
@@ -874,6 +878,8 @@
     buttons.appendChild(mineButton);
     box.appendChild(buttons);
     s.panel.body.insertBefore(box, s.panel.body.firstChild);
+    s.panel.body.scrollTop = 0;  // the Save button was at the bottom: the conflict is at the top
+    s.panel.box.classList.remove("guatu-folded");
   }
 
   /* ---------- history and restore ---------- */
@@ -931,8 +937,10 @@
     var zh = {};
     fieldsOf(desc).forEach(function (f) { zh[f.name] = f; });
     var diff = el("ul", "guatu-diff");
-    var shapeChanged = names.indexOf("geometry") >= 0 || (change.before && change.after &&
-      JSON.stringify(change.before.geometry) !== JSON.stringify(change.after.geometry));
+    // The shape changed when its coordinates did (a "crs" member present on one side only is no change).
+    var shapeChanged = change.before && change.after && change.before.geometry && change.after.geometry
+      ? JSON.stringify(change.before.geometry.coordinates) !== JSON.stringify(change.after.geometry.coordinates)
+      : names.indexOf("geometry") >= 0;
     names.forEach(function (name) {
       if (name === "geometry") return;
       var line = el("li", "guatu-diff-field");
@@ -1161,7 +1169,7 @@
   function session() {
     var s = state.session;
     return s ? {kind: s.kind, layer: s.layer, fid: s.fid, version: s.version, near: s.near ? s.near.count : 0,
-                geometry: s.leaf ? geometryOf(s) : null} : null;
+                geometry: s.leaf ? geometryOf(s) : null, shapeChanged: Boolean(s.shapeChanged)} : null;
   }
 
   window.guatu = window.guatu || {};
