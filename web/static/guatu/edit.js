@@ -361,10 +361,11 @@
       interactive: Boolean(pick),
       pmIgnore: true,
       snapIgnore: false,
-      style: function () { return NEAR; },
+      style: function (f) { return L.extend({className: "guatu-near guatu-near-" + f.id}, NEAR); },
       filter: function (f) { return f.id !== skip; },
       pointToLayer: function (f, latlng) {
-        return L.circleMarker(latlng, {pane: "guatu-edit-near", radius: 5, interactive: Boolean(pick), pmIgnore: true, snapIgnore: false});
+        return L.circleMarker(latlng, {pane: "guatu-edit-near", radius: 5, interactive: Boolean(pick), pmIgnore: true,
+                                       snapIgnore: false, className: "guatu-near guatu-near-" + f.id});
       },
       onEachFeature: function (f, layer) { if (pick) layer.on("click", function () { pick(f, layer); }); }
     }).addTo(map);
