@@ -344,6 +344,21 @@ def test_two_editors_of_one_parcel_the_second_sees_both_versions(base_url: str) 
         assert now["properties"]["name"] == "乙改的名称 second"
         assert now["properties"]["owner"] == "乙填的权利人"
         assert now["version"] == version + 2  # two saves, nothing lost
+
+        # The first editor's version, restored from the history (with a confirm).
+        open_popup(second, "parcels", parcel["id"]).locator(".guatu-history-open").dispatch_event("click")
+        rows = second.locator(".guatu-history .guatu-change")
+        rows.first.wait_for(timeout=10_000)
+        assert [rows.nth(i).get_attribute("data-op") for i in range(rows.count())] == ["update", "update", "insert"]
+        theirs = rows.nth(1)
+        assert theirs.locator(".guatu-diff-field[data-field=name] .guatu-diff-after").inner_text() == "甲改的名称 first"
+        assert theirs.locator(".guatu-diff-shape").count() == 0, "a name changed, not the shape"
+        theirs.locator(".guatu-restore").click()
+        theirs.locator(".guatu-confirm-yes").click()
+        second.locator(".guatu-history-panel .guatu-edit-said", has_text="已恢复").wait_for(timeout=10_000)
+        back = planner.get(f"/api/layers/parcels/features/{parcel['id']}").json()
+        assert back["properties"]["name"] == "甲改的名称 first"
+        assert back["properties"]["owner"] == parcel["properties"]["owner"]
         assert first.errors == [] and second.errors == []
 
 
@@ -378,3 +393,61 @@ def test_on_a_phone_the_panels_fold_and_fit(base_url: str) -> None:
         second.locator(".guatu-history .guatu-change[data-op=update]").first.wait_for(timeout=10_000)
         second.screenshot(path=str(SCREENSHOTS / "edit-history-phone.png"))
         assert json.dumps(first.errors + second.errors) == "[]"
+
+
+def test_a_surveyor_splits_a_parcel_along_a_line_and_merges_two_neighbours(base_url: str) -> None:
+    surveyor = signed_in(base_url, "surveyor")
+    area = surveyor.get("/api/me").json()["user"]["area"]
+    parcels = parcels_of(surveyor, area)
+    named = {  # parcels a courtyard zone names cannot be merged away
+        z["properties"].get("homestead_parcel_code")
+        for z in surveyor.get("/api/layers/zones/features", params={"scope": area, "limit": 5000}).json()["features"]
+    }
+    free = [p for p in parcels if p["properties"]["code"] not in named and len(p["geometry"]["coordinates"]) == 1]
+    by_size = sorted(free, key=lambda p: -p["properties"]["area_m2"])
+    big = next(p for p in by_size if p["properties"]["area_m2"] < 30_000)
+    outline = shape(big["geometry"])
+    new_code = big["properties"]["community_code"] + "1688888"
+    with chromium() as browser:
+        page = open_page(browser, base_url, "surveyor", WIDE)
+        fit_to(page, outline.bounds)
+        open_popup(page, "parcels", big["id"]).locator(".guatu-split-open").dispatch_event("click")
+        page.locator("#guatu-split-codes").fill(new_code)
+        page.wait_for_function("() => guatuEdit.session() && guatuEdit.session().near > 0 && guatuEdit.idle()")
+        x0, y0, x1, y1 = outline.bounds
+        middle = outline.centroid
+        a, b = pixel(page, [x0 - 0.02 * (x1 - x0), middle.y]), pixel(page, [x1 + 0.02 * (x1 - x0), middle.y])
+        click_at(page, *a)
+        click_at(page, *b)
+        click_at(page, *b)  # the last point again ends the line
+        page.locator(".guatu-edit-status", has_text="已分割为 2 块").wait_for(timeout=10_000)
+        kept = surveyor.get(f"/api/layers/parcels/features/{big['id']}").json()
+        assert kept["properties"]["area_m2"] < big["properties"]["area_m2"]
+        hits = surveyor.get("/api/search", params={"q": new_code}).json()
+        assert [h["code"] for h in hits if h["layer"] == "parcels"] == [new_code]
+
+        # Two parcels sharing an edge become one: the one whose Merge was pressed is kept.
+        pair = next(
+            (p, q)
+            for p in free
+            for q in free
+            if p["id"] < q["id"]
+            and big["id"] not in (p["id"], q["id"])
+            and shape(p["geometry"]).intersection(shape(q["geometry"])).length > 5 * METRE
+        )
+        keep, other = pair
+        both = shape(keep["geometry"]).union(shape(other["geometry"]))
+        page.locator(".guatu-edit-status").evaluate("e => e.textContent = ''")
+        fit_to(page, both.bounds)
+        open_popup(page, "parcels", keep["id"]).locator(".guatu-merge-open").dispatch_event("click")
+        page.wait_for_selector(f"path.guatu-near-{other['id']}", timeout=10_000)
+        page.locator(f"path.guatu-near-{other['id']}").dispatch_event("click")
+        assert f"#{other['id']}" in page.locator(".guatu-merge-picked").inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "edit-merge.png"))
+        page.click(".guatu-merge-go")
+        page.locator(".guatu-edit-status", has_text="已合并").wait_for(timeout=10_000)
+        merged = surveyor.get(f"/api/layers/parcels/features/{keep['id']}").json()
+        expected = keep["properties"]["area_m2"] + other["properties"]["area_m2"]
+        assert abs(merged["properties"]["area_m2"] - expected) < 0.01 * expected
+        assert surveyor.get(f"/api/layers/parcels/features/{other['id']}").status_code == 404
+        assert page.errors == []
