@@ -3,6 +3,7 @@ neighbour and refused then saved, its history, and two editors of one parcel mee
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from collections.abc import Iterator
@@ -458,4 +459,29 @@ def test_a_surveyor_splits_a_parcel_along_a_line_and_merges_two_neighbours(base_
         expected = keep["properties"]["area_m2"] + other["properties"]["area_m2"]
         assert abs(merged["properties"]["area_m2"] - expected) < 0.01 * expected
         assert surveyor.get(f"/api/layers/parcels/features/{other['id']}").status_code == 404
+        assert page.errors == []
+
+
+def test_the_map_as_of_a_past_date_is_drawn_from_the_history_and_read_only(base_url: str) -> None:
+    surveyor = signed_in(base_url, "surveyor")
+    area = surveyor.get("/api/me").json()["user"]["area"]
+    parcel = parcels_of(surveyor, area)[3]
+    centre = shape(parcel["geometry"]).representative_point()
+    yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()  # before the demo street was loaded
+    with chromium() as browser:
+        page = open_page(browser, base_url, "surveyor", WIDE)
+        move_to(page, centre.x, centre.y, 18)
+        assert page.locator("path.guatu-parcels").count() > 0
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "as_of=" in r.url else None)
+        page.fill(".guatu-asof-date", yesterday)
+        page.locator(".guatu-asof-banner", has_text=yesterday).wait_for(timeout=5_000)
+        page.wait_for_function("() => guatu.idle() && guatuEdit.idle()")
+        assert any("/layers/parcels/features?" in url for url in asked)
+        assert page.locator("path.guatu-parcels").count() == 0, "nothing stood there yet"
+        bar = page.evaluate("() => getComputedStyle(document.querySelector('.guatu-edit-bar')).pointerEvents")
+        assert bar == "none", "no adding to the past"
+        page.click(".guatu-asof-now")
+        page.wait_for_selector("path.guatu-parcels", timeout=15_000)
+        assert page.locator(".guatu-asof-banner").count() == 0
         assert page.errors == []
