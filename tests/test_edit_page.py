@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from shapely.geometry import Point, Polygon, shape
 
-from tests.accounts import PASSWORD, tokens_for
+from tests import accounts
 from tests.browser import chromium, live_server
 from tests.conftest import demo_database, owner_url
 
@@ -44,7 +44,7 @@ def screenshot_folder() -> None:
 @pytest.fixture(scope="module")
 def base_url(web_engine: Engine) -> Iterator[str]:
     name = web_engine.url.database or ""
-    tokens_for(owner_url(name), name)  # the test users, one per role
+    accounts.tokens_for(owner_url(name), name)  # the test users, one per role
     with live_server(web_engine) as url:
         yield url
 
@@ -64,7 +64,7 @@ def signed_in(base_url: str, username: str) -> httpx.Client:
     client = SIGNED_IN[base_url, username] = httpx.Client(
         base_url=base_url, timeout=30, headers={"Authorization": "none"}
     )
-    response = client.post("/api/login", json={"username": username, "password": PASSWORD})
+    response = client.post("/api/login", json={"username": username, "password": accounts.PASSWORD})
     assert response.status_code == 200, response.text
     client.headers["X-CSRF-Token"] = client.cookies["guatu_csrf"]
     return client
