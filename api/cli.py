@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from layers.base import REGISTRY
 from spatial import localpg, roles
-from spatial.db import make_engine, make_sessionmaker
+from spatial.db import make_engine
 from spatial.errors import GuatuError
 from spatial.settings import LocalPgSettings, db_settings
 
@@ -28,7 +31,9 @@ app = typer.Typer(help="guatu 挂图 — 集体资源一张图 (a GIS for grassr
 db_app = typer.Typer(help="数据库 Database: start the local PostGIS, migrate.", no_args_is_help=True)
 demo_app = typer.Typer(help="演示数据 Demo data: one street of 城阳区.", no_args_is_help=True)
 archive_app = typer.Typer(help="上传存档 Upload archive: kept files and full reports.", no_args_is_help=True)
+user_app = typer.Typer(help="用户 Users: accounts, roles, areas, API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
 app.add_typer(demo_app, name="demo")
 app.add_typer(archive_app, name="archive")
 console = Console(stderr=True)
@@ -60,6 +65,26 @@ def _engine() -> Engine:
     """Return the app's engine (guatu_app, or DATABASE_URL's own role), preparing the database first."""
     _prepare()
     return make_engine()
+
+
+def _cli_session(engine: Engine) -> Session:
+    """Return a session acting as the machine's operator: an administrator named cli:<login> in the change log.
+
+    Whoever runs the command line on the server holds the database passwords anyway; saying
+    so keeps every write it makes recorded under that name (and row-level security satisfied).
+    """
+    import getpass
+
+    from layers.access import ADMIN, Actor
+    from spatial.db import state
+
+    session = Session(engine)
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):
+        login = "unknown"
+    state(session, Actor(None, f"cli:{login}"[:60], ADMIN).settings())
+    return session
 
 
 def _owner_engine() -> Engine:
@@ -178,7 +203,7 @@ def demo_load(
     from layers import demo
 
     engine = _engine()
-    with Session(engine) as session:
+    with _cli_session(engine) as session:
         if if_empty:
             stored = sum(
                 session.execute(select(func.count()).select_from(layer.model)).scalar_one()
@@ -253,14 +278,14 @@ def import_file(
         crs=crs, axis=checked_axis, mode=checked_mode, dry_run=dry_run, repair=repair, filename=path.name
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Session(engine) as session, Progress(*columns, console=console, transient=True) as bar:
+    with _cli_session(engine) as session, Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(f"检查并写入 checking {path.name}", total=None)
 
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
         try:
-            record = commit_upload(session, make_sessionmaker(engine), layer_or_404(layer), path, options, advance)
+            record = commit_upload(session, lambda: _cli_session(engine), layer_or_404(layer), path, options, advance)
         except GuatuError as exc:
             for problem in exc.problems:
                 console.print(f"[red]{problem.code}[/red] {problem.message}")
@@ -305,7 +330,7 @@ def check(
         raise typer.Exit(2) from None
     tolerance = Tolerance(snap_m=snap_m, min_area_m2=min_area_m2)
     chosen = [r.strip() for r in rules.split(",") if r.strip()] if rules else None
-    with Session(_engine()) as session:
+    with _cli_session(_engine()) as session:
         try:
             with console.status("正在检查边界 checking boundaries …"):
                 found = run_checks(session, scope=scope, rules=chosen, as_of=day, tolerance=tolerance)
@@ -347,6 +372,10 @@ def serve(
     if prepare:
         db_upgrade("head")
         demo_load(if_empty=True)
+        hint = demo_accounts()
+        if hint and not settings.login_hint:
+            settings = settings.model_copy(update={"login_hint": hint})
+            os.environ["GUATU_LOGIN_HINT"] = hint  # the app factory reads its settings again
     try:
         role = roles.refuse_superuser(_engine())
     except roles.SuperuserRefused as exc:
@@ -354,6 +383,8 @@ def serve(
         raise typer.Exit(1) from None
     console.print(f"[dim]应用连接角色 app connects as: {role}[/dim]")
     host, port = host or settings.host, port or settings.port
+    os.environ["GUATU_HOST"], os.environ["GUATU_PORT"] = host, str(port)  # the app factory reads its settings again
+    settings = ApiSettings()
     server.raise_open_files_limit()
     server.prefer_the_event_loop(settings)
     config = server.server_config(
@@ -361,6 +392,20 @@ def serve(
     )
     console.print(f"guatu 挂图: http://{host}:{port}/  (API 文档 docs: http://{host}:{port}/docs)")
     console.print(f"[dim]{server.limits_line(config, settings)}[/dim]")
+    allowed = settings.host_names()
+    console.print(
+        f"只回答主机名 answers hosts: {', '.join(sorted(allowed))}；对外地址 public URL: {settings.public_url}"
+        "（GUATU_ALLOWED_HOSTS / GUATU_PUBLIC_URL）",
+        style="dim",
+        markup=False,
+    )
+    if host not in ("0.0.0.0", "::") and host.strip("[]").lower() not in allowed:
+        console.print(
+            f"注意：监听地址 {host} 不在允许的主机名中，按此地址访问将得到 400 (requests to {host} get 400:"
+            " add it to GUATU_ALLOWED_HOSTS)",
+            style="yellow",
+            markup=False,
+        )
     server.serve(config)
 
 
@@ -403,6 +448,110 @@ def proxy_config(
     target.write_text(text, encoding="utf-8")
     console.print(f"已写入 wrote {target}")
     console.print(f"运行 run (root, 前台 foreground): nginx -c {target}    检查 check: nginx -t -c {target}")
+
+
+def _users_file() -> Path:
+    """Return where the demo accounts' passwords are kept (beside the database password, mode 0600)."""
+    settings = db_settings()
+    base = LocalPgSettings().password_file.parent if not settings.external else Path.cwd()
+    return base / ".guatu-demo-users"
+
+
+def demo_accounts() -> str:
+    """Create the demo accounts once (passwords generated, kept in a 0600 file); print how to sign in."""
+    from layers import accounts, demo
+
+    path = _users_file()
+    known: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            name, _, secret = line.partition("\t")
+            if name and secret:
+                known[name] = secret
+    with Session(_owner_engine()) as session:
+        present = {u["username"] for u in accounts.users(session)}
+        created = []
+        resolved = demo.demo_users(session)
+        for username, role, area, name in resolved:
+            if username in present and username in known:
+                continue
+            secret = known.get(username) or secrets.token_urlsafe(12)
+            accounts.add_user(session, username, role, area, secret, name)
+            known[username] = secret
+            created.append(username)
+        session.commit()
+    if created:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write("".join(f"{name}\t{secret}\n" for name, secret in known.items()))
+        os.chmod(path, 0o600)
+    console.print("演示账户 demo accounts (用户名 username / 角色 role / 辖区 area):")
+    for username, role, area, name in resolved:
+        console.print(f"  {username:<9} {role:<13} {area or '全部 all':<15} {name}")
+    console.print(f"密码见 passwords in: {path}  (e.g. `grep admin {path}`)")
+    return f"演示账户与密码见服务器上的 {path.name} 文件 (demo accounts: see {path.name} on the server)"
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="用户名 username")] = "admin",
+    role: str = typer.Option("viewer", help="admin, planner, surveyor, grid_manager, leader or viewer"),
+    area: str | None = typer.Option(None, help="辖区 the area's code: county, street, community or grid"),
+    admin: bool = typer.Option(False, "--admin", help="an administrator of everything (no area)"),
+    name: str = typer.Option("", "--name", help="显示名 display name"),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="read the password from stdin"),
+) -> None:
+    """Create a user (or reset an existing one's role, area and password). Without --password-stdin a
+    password is generated and printed once."""
+    from layers import accounts
+
+    if admin:
+        role, area = "admin", None
+    secret = sys.stdin.readline().rstrip("\n") if password_stdin else secrets.token_urlsafe(12)
+    with Session(_owner_engine()) as session:
+        try:
+            accounts.add_user(session, username, role, area, secret, name)
+        except GuatuError as exc:
+            for problem in exc.problems:
+                console.print(f"[red]{problem.code}[/red] {problem.message}")
+            raise typer.Exit(2) from None
+        session.commit()
+    console.print(f"已创建用户 user saved: {username} ({role}, {area or '全部 all'})")
+    if not password_stdin:
+        print(f"password: {secret}")  # noqa: T201 - shown once, for the operator to hand over
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List the users (no passwords)."""
+    from layers import accounts
+
+    with Session(_owner_engine()) as session:
+        for u in accounts.users(session):
+            locked = f" 锁定至 locked until {u['locked_until']:%Y-%m-%d %H:%M}" if u["locked_until"] else ""
+            console.print(
+                f"{u['username']:<16} {u['role']:<13} {u['area'] or '全部 all':<16} {u['display_name']}{locked}"
+            )
+
+
+@user_app.command("token")
+def user_token(
+    username: Annotated[str, typer.Argument(help="用户名 username")],
+    name: str = typer.Option("api", "--name", help="what the token is for (e.g. qgis)"),
+) -> None:
+    """Create an API token acting as USERNAME (for scripts and QGIS); printed once."""
+    from sqlalchemy import select as sql_select
+
+    from layers import accounts
+
+    with Session(_owner_engine()) as session:
+        user = session.execute(sql_select(accounts.User).where(accounts.User.username == username)).scalar_one_or_none()
+        if user is None:
+            console.print(f"[red]没有用户 no user[/red] {escape(username)}")
+            raise typer.Exit(2)
+        token = accounts.add_token(session, user, name)
+        session.commit()
+    print(token)  # noqa: T201 - meant for a script: Authorization: Bearer <token>
 
 
 def main() -> None:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import OperationalError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from spatial.errors import Busy, GuatuError
+from api.auth import LoginRedirect
+from spatial.errors import Busy, GuatuError, PreconditionFailed, Unauthorized
 from spatial.work import Cancelled
 
 log = logging.getLogger("guatu.api")
@@ -28,6 +30,9 @@ STATUS = {
     "unavailable": 503,
     "busy": 503,
     "too_many": 429,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "precondition_failed": 412,
 }
 
 _HTTP_CODES = {
@@ -35,6 +40,11 @@ _HTTP_CODES = {
     404: ("not_found", "找不到该地址", "not found"),
     405: ("method_not_allowed", "不支持该请求方法", "method not allowed"),
     413: ("payload_too_large", "请求体过大", "payload too large"),
+    415: (
+        "unsupported_media_type",
+        "请求体类型不受支持，应为 Content-Type: application/json 或 application/geo+json",
+        "unsupported media type: send application/json or application/geo+json",
+    ),
 }
 
 
@@ -44,10 +54,30 @@ def error_body(problems: list[dict[str, Any]]) -> dict[str, Any]:
     return {**first, "errors": problems}
 
 
-def _guatu(_: Request, exc: Exception) -> JSONResponse:
+def _guatu(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GuatuError)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
-    return JSONResponse(error_body([p.as_dict() for p in exc.problems]), status_code=STATUS[exc.kind], headers=headers)
+    body = error_body([p.as_dict() for p in exc.problems])
+    if isinstance(exc, PreconditionFailed) and exc.current is not None:
+        body["current"] = exc.current  # what is stored now: the page shows it beside the user's version
+        headers = {"ETag": f'"{exc.current.get("version")}"'}
+    if isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": 'Bearer realm="guatu"'}
+    return JSONResponse(body, status_code=STATUS[exc.kind], headers=headers)
+
+
+def _refused_by_policy(request: Request, exc: Exception) -> JSONResponse:
+    """Answer 403 for a write PostgreSQL's row-level security refused (outside the user's area); else 500."""
+    assert isinstance(exc, ProgrammingError)
+    if getattr(exc.orig, "sqlstate", None) == "42501" and "row-level security" in str(exc.orig):
+        log.warning("refused by the database: %s", str(exc.orig).splitlines()[0])
+        return _answer(
+            "outside_area",
+            "超出您的辖区或权限，数据库拒绝了该写入，没有任何数据被修改"
+            " (outside your area: the database refused the write)",
+            403,
+        )
+    return _unexpected(request, exc)
 
 
 def _answer(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -97,6 +127,12 @@ def _client_gone(_: Request, exc: Exception) -> Response:
     return Response(status_code=499)  # nginx's "client closed request"; the server drops it unsent
 
 
+def _to_login(request: Request, exc: Exception) -> Response:
+    """Send a browser asking for a page while signed out to the sign-in page, and back after."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
     return _answer("internal_error", "服务器内部错误，已记录 (internal error, logged)", 500)
@@ -105,9 +141,11 @@ def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register every error handler on APP."""
     app.add_exception_handler(GuatuError, _guatu)
+    app.add_exception_handler(LoginRedirect, _to_login)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(OperationalError, _database)
+    app.add_exception_handler(ProgrammingError, _refused_by_policy)
     app.add_exception_handler(PoolTimeout, _pool_exhausted)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Cancelled, _client_gone)

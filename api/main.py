@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
+from starlette.types import ASGIApp
 
 from api import errors
 from api.guards import RefuseNul
-from api.routes import checks, features, health, layers, pages, printing, search, stats, tiles, uploads
+from api.routes import accounts, checks, features, health, layers, pages, printing, search, stats, tiles, uploads
+from api.security import CsrfGuard, SecurityHeaders, TrustedHosts
 from api.settings import ApiSettings
 from api.work import make_lanes
 from layers.base import REGISTRY
@@ -29,6 +31,14 @@ def _description() -> str:
     zh = "、".join(layer.zh for layer in declared)
     en = ", ".join(layer.en.lower() for layer in declared)
     return f"集体资源一张图：{zh}。One map of collective resources: {en}."
+
+
+class GuatuApp(FastAPI):
+    """FastAPI with `SecurityHeaders` around its whole stack: answers of the 500 handler get them too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """Return Starlette's stack (error handling outermost) inside SecurityHeaders."""
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -57,7 +67,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
         if own:
             bound.dispose()
 
-    app = FastAPI(
+    app = GuatuApp(
         title="guatu 挂图 API",
         description=_description(),
         version="0.1.0",
@@ -71,10 +81,14 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
     errors.install(app)
+    app.add_middleware(CsrfGuard, public_url=settings.public_url)  # the last added runs first
     app.add_middleware(RefuseNul)
+    app.add_middleware(TrustedHosts, hosts=settings.host_names())
     app.include_router(health.router)
     app.include_router(layers.router)
     app.include_router(features.router)
+    app.include_router(features.ops_router)
+    app.include_router(accounts.router)
     app.include_router(uploads.router)
     app.include_router(checks.router)
     app.include_router(tiles.router)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +25,10 @@ class ApiSettings(BaseSettings):
     basemap_url: str = ""
     """For basemap=xyz: a tile URL template with {z}/{x}/{y}."""
     basemap_attribution: str = ""
+    secure_cookies: bool = False
+    """Send the session cookies with Secure (set it when the site is served over HTTPS)."""
+    login_hint: str = ""
+    """A line shown under the sign-in form (`make run` says where the demo passwords are)."""
     tile_cache_size: int = 4096
     """Vector tiles kept in memory (0: none); a committed write to a layer, by anyone, retires its layer's."""
     print_workers: Annotated[int, Field(ge=1, le=32)] = 2
@@ -58,3 +63,33 @@ class ApiSettings(BaseSettings):
     """How soon the event loop gets the interpreter back from a busy thread (Python's switch interval, ms)."""
     forwarded_allow_ips: str = "127.0.0.1"
     """Comma-separated proxy addresses whose X-Forwarded-For / X-Forwarded-Proto are believed."""
+    allowed_hosts: str = "127.0.0.1,localhost,::1,testserver"
+    """Comma-separated host names (no port) the app answers to; any other Host gets 400. public_url's is added."""
+    public_url: str = ""
+    """Where users reach the app (scheme://host[:port], the proxy's if any): absolute URLs are built from it.
+    Empty: http://GUATU_HOST:GUATU_PORT, where `guatu serve` listens."""
+
+    @model_validator(mode="after")
+    def _served_here(self) -> ApiSettings:
+        """Default the public URL to where the app itself listens."""
+        if not self.public_url:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            self.public_url = f"http://{host}:{self.port}"
+        return self
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        """Refuse a public URL that is not http(s)://host[:port][/path]; drop a trailing slash."""
+        if not value.strip():
+            return ""
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"GUATU_PUBLIC_URL 须为 http(s)://主机[:端口] (must be http(s)://host[:port]): {value!r}")
+        return value.strip().rstrip("/")
+
+    def host_names(self) -> frozenset[str]:
+        """Return the host names the app answers to, lower-cased: allowed_hosts and public_url's host."""
+        listed = {name.strip().lower().strip("[]") for name in self.allowed_hosts.split(",") if name.strip()}
+        public = urlsplit(self.public_url).hostname
+        return frozenset(listed | ({public.lower()} if public else set()))

@@ -28,7 +28,13 @@ def make_lanes(settings: ApiSettings) -> dict[str, Lane]:
 
 
 def client_of(request: Request) -> str | None:
-    """Return the client's address (behind the trusted proxy, the real one) that its lane places are counted by."""
+    """Return who a lane's places are counted by: the signed-in user (a per-user quota), else the client's address.
+
+    The address is the real one behind the trusted proxy.
+    """
+    actor = getattr(request.state, "actor", None)
+    if actor is not None:
+        return f"user:{actor.username}"
     return request.client.host if request.client else None
 
 

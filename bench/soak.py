@@ -168,8 +168,14 @@ async def features(base: str, record: Recorder, stop: float, extent: list[float]
             x = random.uniform(extent[0], extent[2] - 0.005)
             y = random.uniform(extent[1], extent[3] - 0.005)
             bbox = f"{x},{y},{x + 0.005},{y + 0.005}"
-            listed = await timed(client, record, "features bbox", "GET", "/api/layers/parcels/features",
-                                 params={"bbox": bbox, "limit": 200})
+            listed = await timed(
+                client,
+                record,
+                "features bbox",
+                "GET",
+                "/api/layers/parcels/features",
+                params={"bbox": bbox, "limit": 200},
+            )
             if listed is not None and listed.status_code == 200 and listed.json()["features"]:
                 fid = random.choice(listed.json()["features"])["id"]
                 await timed(client, record, "feature by id", "GET", f"/api/layers/parcels/features/{fid}")
@@ -180,8 +186,15 @@ async def uploads(base: str, record: Recorder, stop: float, loop: int, committed
         round_ = 0
         while time.monotonic() < stop:
             body = await asyncio.to_thread(parcels_file, loop, round_, UPLOAD_MB)
-            response = await timed(client, record, "upload 20 MB", "POST", "/api/layers/parcels/uploads",
-                                   content=body, headers={"Content-Type": "application/geo+json"})
+            response = await timed(
+                client,
+                record,
+                "upload 20 MB",
+                "POST",
+                "/api/layers/parcels/uploads",
+                content=body,
+                headers={"Content-Type": "application/geo+json"},
+            )
             if response is not None and response.status_code == 201 and response.json()["status"] == "committed":
                 committed[loop] = round_
                 round_ += 1
@@ -362,32 +375,48 @@ def main() -> None:
         if args.server_log:
             args.server_log.write_text(log)
     tracebacks = log.count("Traceback")
-    print(f"# soak, {args.minutes:g} min, {mix['uploaders']} uploaders, {mix['printers']} printers, "
-          f"{mix['slow']} slow clients, {platform.node()} ({platform.machine()}, {os.cpu_count()} cores), "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    print(
+        f"# soak, {args.minutes:g} min, {mix['uploaders']} uploaders, {mix['printers']} printers, "
+        f"{mix['slow']} slow clients, {platform.node()} ({platform.machine()}, {os.cpu_count()} cores), "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )
     print("| route | requests | p50 ms | p95 ms | p99 ms | statuses |")
     print("|---|---|---|---|---|---|")
     for route in sorted(record.latency):
         values = [v * 1000 for v in record.latency[route]]
         statuses = ", ".join(f"{k}×{v}" for k, v in sorted(record.status[route].items()))
-        print(f"| {route} | {len(values)} | {percentile(values, .5):.0f} | {percentile(values, .95):.0f} "
-              f"| {percentile(values, .99):.0f} | {statuses} |")
+        print(
+            f"| {route} | {len(values)} | {percentile(values, 0.5):.0f} | {percentile(values, 0.95):.0f} "
+            f"| {percentile(values, 0.99):.0f} | {statuses} |"
+        )
     health_ms = [v * 1000 for v in health]
     idle_ms = [v * 1000 for v in idle]
-    print(f"| /healthz (probe, every 100 ms) | {len(health_ms)} | {percentile(health_ms, .5):.1f} "
-          f"| {percentile(health_ms, .95):.1f} | {percentile(health_ms, .99):.1f} | "
-          + ", ".join(f"{k}×{v}" for k, v in sorted(health_status.items())) + " |")
-    print(f"| /healthz idle, before the load (the peer) | {len(idle_ms)} | {percentile(idle_ms, .5):.1f} "
-          f"| {percentile(idle_ms, .95):.1f} | {percentile(idle_ms, .99):.1f} | |")
-    print(f"\n/healthz p99 under load / idle: {percentile(health_ms, .99) / percentile(idle_ms, .99):.1f}×")
-    print(f"peak RSS: server {peaks.get('rss_server', 0):.0f} MB, with print workers {peaks.get('rss_all', 0):.0f} MB; "
-          f"peak open files {peaks.get('files', 0):.0f}")
-    print(f"slow clients: {len(held)} connections, held median {statistics.median(held):.1f} s, "
-          f"max {max(held):.1f} s" if held else "slow clients: none")
+    print(
+        f"| /healthz (probe, every 100 ms) | {len(health_ms)} | {percentile(health_ms, 0.5):.1f} "
+        f"| {percentile(health_ms, 0.95):.1f} | {percentile(health_ms, 0.99):.1f} | "
+        + ", ".join(f"{k}×{v}" for k, v in sorted(health_status.items()))
+        + " |"
+    )
+    print(
+        f"| /healthz idle, before the load (the peer) | {len(idle_ms)} | {percentile(idle_ms, 0.5):.1f} "
+        f"| {percentile(idle_ms, 0.95):.1f} | {percentile(idle_ms, 0.99):.1f} | |"
+    )
+    print(f"\n/healthz p99 under load / idle: {percentile(health_ms, 0.99) / percentile(idle_ms, 0.99):.1f}×")
+    print(
+        f"peak RSS: server {peaks.get('rss_server', 0):.0f} MB, with print workers {peaks.get('rss_all', 0):.0f} MB; "
+        f"peak open files {peaks.get('files', 0):.0f}"
+    )
+    print(
+        f"slow clients: {len(held)} connections, held median {statistics.median(held):.1f} s, max {max(held):.1f} s"
+        if held
+        else "slow clients: none"
+    )
     five_hundreds = sum(c[500] for c in record.status.values()) + health_status.get(500, 0)
     print(f"500s: {five_hundreds}; tracebacks in the server log: {tracebacks}")
-    print(f"uploads committed per uploader: {dict(sorted(committed.items()))}; lost writes: "
-          + ("; ".join(missing) if missing else "0"))
+    print(
+        f"uploads committed per uploader: {dict(sorted(committed.items()))}; lost writes: "
+        + ("; ".join(missing) if missing else "0")
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import importlib
 import re
 from pathlib import Path
 
-from layers import generations, uploads  # noqa: F401 - register the generation counter's and the upload log's models
+from layers import accounts, changes, generations, uploads  # noqa: F401 - register the accounts, change log, generation counter and upload log models
 from layers.base import REGISTRY, Layer
 from layers.landuse import LandUseCode
 

@@ -47,7 +47,7 @@ FieldKind = Literal["text", "code", "enum", "int", "float", "date"]
 TILE_ZOOM_SLACK = 2
 """Vector tiles are served from this many zoom levels below a layer's own minimum zoom."""
 
-READ_ONLY = ("id", "area_m2", "area_mu", "created_at", "updated_at")
+READ_ONLY = ("id", "area_m2", "area_mu", "created_at", "updated_at", "version")
 
 VALID_FROM, VALID_TO = "valid_from", "valid_to"
 """The dates of a versioned layer's features (``Layer.history``): in force from, and until (excluded)."""
@@ -441,6 +441,9 @@ class Layer:
     counter_zh: str = "个"
     """The measure word of a count of its features (地块 块, 商铺 间)."""
     order: int = 0
+    editors: tuple[str, ...] = ("planner", "surveyor")
+    """The roles (layers.access.ROLES) that may create, change and delete its features within their area;
+    an administrator always may."""
     filtered: bool = False
     """The map's filter panel (status, land use, ownership, idle since) narrows this layer, and so does a print's."""
     description_zh: str = ""
@@ -625,6 +628,10 @@ class Layer:
                 index=True,
                 comment="上传批次 upload that last wrote it",
             ),
+            # Raised by one on every update, by a trigger (layers.changes): the ETag of optimistic concurrency.
+            "version": mapped_column(
+                Integer, nullable=False, server_default="1", comment="版本 version, raised on every update"
+            ),
         }
         attrs["__annotations__"].update({"id": Mapped[int]})
         for f in self.fields:
@@ -683,9 +690,15 @@ class Layer:
                     "required": f.required,
                     "choices": list(f.choices) or None,
                     "pattern": f.pattern,
+                    "pattern_zh": f.pattern_zh or None,
+                    "max_length": f.max_length,
+                    "personal": f.personal,
+                    "read_only": False,
                 }
                 for f in self.fields
             ],
+            "read_only": list(READ_ONLY),
+            "editors": list(self.editors),
         }
 
 

@@ -1418,3 +1418,30 @@ def load(
                 progress(layer_id, done, total)
         counts[layer_id] = done
     return counts
+
+
+DEMO_USERS = (
+    ("admin", "admin", None, "管理员"),
+    ("planner", "planner", STREET_CODE, "城阳街道规划员"),
+    ("surveyor", "surveyor", ZONE_DEFECT_COMMUNITY, "社区调查员"),
+    ("gridman", "grid_manager", "grid", "网格员"),
+    ("leader", "leader", STREET_CODE, "街道领导"),
+    ("viewer", "viewer", STREET_CODE, "查看者"),
+    ("planner2", "planner", "370214002", "流亭街道规划员（另一街道）"),
+)
+"""Demo accounts (username, role, area, name); area "grid": the first grid of the surveyor's community."""
+
+
+def demo_users(session: Session) -> list[tuple[str, str, str | None, str]]:
+    """Return the demo accounts with their areas resolved against the loaded demo street."""
+    from sqlalchemy import text as sql
+
+    grids = REGISTRY["grids"]
+    first_grid = session.execute(
+        sql(f"SELECT min({grids.key_field}) FROM {grids.table} WHERE {grids.key_field} LIKE :p"),
+        {"p": ZONE_DEFECT_COMMUNITY + "%"},
+    ).scalar()
+    out = []
+    for username, role, area, name in DEMO_USERS:
+        out.append((username, role, (first_grid or ZONE_DEFECT_COMMUNITY) if area == "grid" else area, name))
+    return out

@@ -77,5 +77,6 @@ DIVISIONS = register(
         units=Units(HELD, level_field="level", parent_field="parent_code"),
         name_field="name",
         order=10,
+        editors=("planner",),
     )
 )

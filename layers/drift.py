@@ -29,6 +29,7 @@ from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import CheckConstraint, Connection, MetaData, Table, text
 from sqlalchemy.sql.elements import conv
 
+from layers.access import ROW_SECURITY, declared_policies
 from layers.triggers import declared
 from spatial.db import Base
 
@@ -39,9 +40,9 @@ LIVE = "public"
 PLUGIN = "guatu.drift"
 """The name of the Alembic autogenerate plugin (see :func:`autogenerate_options`)."""
 
-Kind = Literal["table", "constraint", "trigger", "function"]
+Kind = Literal["table", "constraint", "trigger", "function", "policy"]
 K = TypeVar("K", str, tuple[str, str])
-_ORDER: dict[str, int] = {"table": 0, "constraint": 1, "function": 2, "trigger": 3}
+_ORDER: dict[str, int] = {"table": 0, "constraint": 1, "function": 2, "trigger": 3, "policy": 4}
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,32 @@ class _Catalog:
     constraints: dict[tuple[str, str], str] = field(default_factory=dict)
     triggers: dict[tuple[str, str], str] = field(default_factory=dict)
     functions: dict[str, str] = field(default_factory=dict)
+    policies: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+_POLICY_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
+
+
+def _read_policies(conn: Connection, schema: str, tables: list[str], found: _Catalog) -> None:
+    """Add to FOUND the row-level security switch and the policies of TABLES in SCHEMA."""
+    params = {"schema": schema, "tables": tables}
+    for table in conn.execute(
+        text(
+            "SELECT relname FROM pg_class WHERE relnamespace = CAST(:schema AS regnamespace) "
+            "AND relname = ANY(:tables) AND relrowsecurity"
+        ),
+        params,
+    ).scalars():
+        found.policies[(table, ROW_SECURITY)] = "ENABLE ROW LEVEL SECURITY"
+    for table, name, cmd, qual, check in conn.execute(
+        text(
+            "SELECT c.relname, p.polname, p.polcmd, pg_get_expr(p.polqual, p.polrelid), "
+            "pg_get_expr(p.polwithcheck, p.polrelid) FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid "
+            "WHERE c.relnamespace = CAST(:schema AS regnamespace) AND c.relname = ANY(:tables)"
+        ),
+        params,
+    ):
+        found.policies[(table, name)] = f"FOR {_POLICY_COMMANDS[cmd]} USING ({qual}) WITH CHECK ({check})"
 
 
 def _read(conn: Connection, schema: str, tables: list[str], functions: Iterable[str]) -> _Catalog:
@@ -122,6 +149,7 @@ def _read(conn: Connection, schema: str, tables: list[str], functions: Iterable[
         {"schema": schema, "names": sorted(wanted)},
     ):
         found.functions[name] = definition.replace(f" FUNCTION {schema}.", " FUNCTION ", 1).strip()
+    _read_policies(conn, schema, tables, found)
     return found
 
 
@@ -137,7 +165,7 @@ def _catalogs(conn: Connection) -> tuple[_Catalog, _Catalog]:
         conn.exec_driver_sql(f"CREATE SCHEMA {SCRATCH}")
         conn.exec_driver_sql(f"SET LOCAL search_path = {SCRATCH}, {LIVE}")
         Base.metadata.create_all(conn, checkfirst=False)
-        for statement in [r.sql for r in routines] + [t.sql for t in triggers]:
+        for statement in [r.sql for r in routines] + [t.sql for t in triggers] + [p.sql for p in declared_policies()]:
             conn.execute(text(statement))
         wanted = _read(conn, SCRATCH, tables, names)
     finally:
@@ -175,6 +203,11 @@ def drift(connection: Connection) -> list[Difference]:
     )
     found += _differ("function", live.functions, wanted.functions)
     found += _differ("trigger", live.triggers, wanted.triggers)
+    found += _differ(
+        "policy",
+        {k: v for k, v in live.policies.items() if k[0] in both},
+        {k: v for k, v in wanted.policies.items() if k[0] in both},
+    )
     return sorted(found, key=lambda d: (_ORDER[d.kind], d.table or "", d.name))
 
 
@@ -254,6 +287,22 @@ def operations(differences: Iterable[Difference]) -> list[ops.MigrateOperation]:
                     [*([drop] if d.declared else []), *([d.live] if d.live else [])],
                 )
             )
+    declared_sql = {(p.table, p.name): p.sql for p in declared_policies()}
+    for d in differences:
+        if d.kind != "policy" or d.table is None:
+            continue
+        if d.name == ROW_SECURITY:
+            on, off = (
+                f"ALTER TABLE {d.table} ENABLE ROW LEVEL SECURITY",
+                f"ALTER TABLE {d.table} DISABLE ROW LEVEL SECURITY",
+            )
+            out.append(SchemaSQLOp([on] if d.declared else [off], [off] if d.declared else [on]))
+            continue
+        drop = f"DROP POLICY {d.name} ON {d.table}"
+        create = declared_sql.get((d.table, d.name))
+        out.append(
+            SchemaSQLOp([*([drop] if d.live else []), *([create] if create else [])], [*([drop] if create else [])])
+        )
     for d in functions:
         if d.declared is None and d.live is not None:
             out.append(SchemaSQLOp([f"DROP FUNCTION {d.name}"], [d.live]))

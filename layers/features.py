@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pydantic
-from sqlalchemy import JSON, Text, cast, delete, exists, func, literal_column, select, text
+from sqlalchemy import JSON, Text, bindparam, cast, delete, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
@@ -22,6 +22,8 @@ import shapely
 from geoalchemy2.shape import from_shape
 from shapely.geometry.base import BaseGeometry
 
+from layers import changes
+from layers.access import SETTING_NOTE, Actor, area_of, shown_function
 from layers.base import (
     READ_ONLY,
     REGISTRY,
@@ -30,11 +32,22 @@ from layers.base import (
     as_shown_masked,
     looks_masked_text,
     mask_text,
-    masked_column,
     match_sql,
 )
-from spatial.errors import Conflict, InvalidInput, MalformedInput, NotFound, Problem, Where
+from layers.changes import VERSION
+from spatial.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MalformedInput,
+    NotFound,
+    PreconditionFailed,
+    Problem,
+    Where,
+)
 from spatial.geometry import STORAGE_SRID, parse_geojson_geometry, prepare_for_storage
+
+NOTE_CHARS = 500
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 1_000
@@ -371,16 +384,20 @@ def _feature_json_columns(layer: Layer) -> Any:
     model = layer.model
     names = [*layer.field_names, *(("area_m2", "area_mu") if layer.has_area else ()), "updated_at"]
     personal = {f.name for f in layer.fields if f.personal}
+    shown: Any = getattr(func, shown_function(layer))(model.id) if personal else None
     pairs: list[Any] = []
     for name in names:
-        column = getattr(model, name)
-        # Personal data (PIPL) leaves the database masked until there is an authorised view.
-        pairs.extend([literal_column(f"'{name}'"), masked_column(column) if name in personal else column])
+        # Personal data (PIPL): the app role cannot read it; the owner's function shows it, full or
+        # masked by the user's role and area (layers.access).
+        value = shown.op("->>")(literal_column(f"'{name}'")) if name in personal else getattr(model, name)
+        pairs.extend([literal_column(f"'{name}'"), value])
     feature = func.json_build_object(
         literal_column("'type'"),
         literal_column("'Feature'"),
         literal_column("'id'"),
         model.id,
+        literal_column("'version'"),
+        model.version,
         literal_column("'geometry'"),
         cast(func.ST_AsGeoJSON(model.geom, 9, 0), JSON),
         literal_column("'properties'"),
@@ -474,7 +491,7 @@ def _key_taken(session: Session, layer: Layer, props: Mapping[str, Any], fid: in
     cond = [getattr(model, k) == props[k] for k in layer.key]
     if fid is not None:
         cond.append(model.id != fid)
-    if session.execute(select(exists().where(*cond))).scalar():
+    if session.execute(select(select(model.id).where(*cond).exists())).scalar():
         key = ", ".join(f"{k}={props[k]}" for k in layer.key)
         raise Conflict.one(
             "duplicate_key",
@@ -568,59 +585,194 @@ def masked_problem(layer: Layer, name: str, index: int | None = None) -> Problem
     )
 
 
-def _keep_masked(layer: Layer, props: dict[str, Any], row: Any | None) -> None:
-    """Put ROW's stored value back where PROPS sends its masked form; refuse any other masked value."""
-    problems = []
+def _keep_masked(layer: Layer, props: dict[str, Any], stored: Mapping[str, Any] | None) -> set[str]:
+    """Return the personal fields PROPS sends back masked as they were shown: the stored value is kept.
+
+    Any other masked value is refused (it would overwrite a name with stars). STORED holds
+    the values as this user is shown them (masked, unless the role sees them in full); masking
+    is idempotent, so either compares.
+    """
+    problems, kept = [], set()
     for name in looks_masked(layer, props):
-        stored = getattr(row, name) if row is not None else None
-        if stored and as_shown_masked(props[name]) == mask_text(stored):
-            props[name] = stored  # the client sent back the masked value it was shown: keep the real one
+        shown = stored.get(name) if stored is not None else None
+        if shown and as_shown_masked(props[name]) == mask_text(shown):
+            kept.add(name)  # the client sent back the masked value it was shown: the stored one stays
         else:
             problems.append(masked_problem(layer, name))
     if problems:
         raise InvalidInput(problems)
+    return kept
 
 
-def create_feature(session: Session, layer: Layer, feature: Any) -> dict[str, Any]:
+def parse_if_match(header: str | None) -> int | None:
+    """Return the version an If-Match header names (None for ``*``), or raise 412 when absent or unreadable."""
+    if header is not None:
+        value = header.strip()
+        if value == "*":
+            return None
+        value = value.removeprefix("W/").strip('"')
+        if value.isdigit() and len(value) < 10:
+            return int(value)
+    raise PreconditionFailed.one(
+        "if_match_required",
+        "修改前请带上所读版本（If-Match 请求头，取自读取时的 ETag），以免覆盖他人的修改",
+        "send the version you read (If-Match, from the ETag) so that nobody's change is overwritten",
+        field="If-Match",
+    )
+
+
+def _stale(layer: Layer, session: Session, fid: int, sent: int) -> PreconditionFailed:
+    current = get_feature(session, layer, fid)
+    return PreconditionFailed(
+        Problem(
+            "version_conflict",
+            f"该{layer.zh}已被他人修改（您基于第 {sent} 版，当前为第 {current['version']} 版）：请对照两个版本后再保存",
+            f"this feature changed since you read it (you edited version {sent}, it is now {current['version']})",
+            Where(field="If-Match"),
+            details={"sent": sent, "current": current["version"]},
+        ),
+        current,
+    )
+
+
+def _outside_area(layer: Layer, actor: Actor, code: str | None) -> Forbidden:
+    where = code or "—"
+    return Forbidden(
+        Problem(
+            "outside_area",
+            f"该{layer.zh}位于 {where}，不在您的辖区 {actor.area or '—'} 内",
+            f"this feature lies in {where}, outside your area {actor.area or '—'}",
+            Where(field="geometry"),
+        )
+    )
+
+
+def check_area(layer: Layer, actor: Actor | None, props: Mapping[str, Any]) -> None:
+    """Refuse a feature that would lie outside ACTOR's area (the database would refuse it too)."""
+    if actor is None or actor.is_admin:
+        return
+    code = area_of(layer, dict(props))
+    if not actor.in_area(code):
+        raise _outside_area(layer, actor, code)
+
+
+def note_change(session: Session, note: Any) -> None:
+    """State why the transaction's changes are made (kept in the change log with each of them)."""
+    if isinstance(note, str) and note.strip():
+        text_value = _CONTROL.sub(" ", note.strip())[:NOTE_CHARS]
+        session.execute(text("SELECT set_config(:setting, :note, true)"), {"setting": SETTING_NOTE, "note": text_value})
+
+
+def _split_feature(feature: Any) -> tuple[Any, Any]:
+    """Return (FEATURE without the members guatu adds, the note it carries)."""
+    if isinstance(feature, Mapping):
+        note = feature.get("note")
+        return {k: v for k, v in feature.items() if k not in ("note", "version")}, note
+    return feature, None
+
+
+def _values(layer: Layer, props: Mapping[str, Any], kept: set[str]) -> dict[str, Any]:
+    return {name: props.get(name) for name in layer.field_names if name not in kept}
+
+
+def create_feature(session: Session, layer: Layer, feature: Any, actor: Actor | None = None) -> dict[str, Any]:
     """Insert FEATURE into LAYER and return it as stored."""
+    feature, note = _split_feature(feature)
     props, geom = check_feature(session, layer, feature)
     _keep_masked(layer, props, None)
+    check_area(layer, actor, props)
     _key_taken(session, layer, props, None)
-    row = layer.model(geom=from_shape(geom, srid=STORAGE_SRID), **props)
+    note_change(session, note)
+    table = layer.model.__table__
+    values = _values(layer, props, set()) | {"geom": from_shape(geom, srid=STORAGE_SRID)}
     with _guarded(session, layer):
-        session.add(row)
-    return get_feature(session, layer, row.id)
-
-
-def replace_feature(session: Session, layer: Layer, fid: int, feature: Any) -> dict[str, Any]:
-    """Replace feature FID's properties and geometry with FEATURE's."""
-    row = session.get(layer.model, fid)
-    if row is None:
-        raise _feature_not_found(layer, fid)
-    props, geom = check_feature(session, layer, feature)
-    _keep_masked(layer, props, row)
-    _key_taken(session, layer, props, fid)
-    with _guarded(session, layer):
-        row.geom = from_shape(geom, srid=STORAGE_SRID)
-        row.upload_id = None  # last changed by hand, not by an upload
-        for name in layer.field_names:
-            setattr(row, name, props.get(name))
-        row.updated_at = func.now()
-    session.expire(row)
+        fid = session.execute(insert(table).values(values).returning(table.c.id)).scalar_one()
     return get_feature(session, layer, fid)
 
 
-def delete_feature(session: Session, layer: Layer, fid: int) -> None:
-    """Delete feature FID of LAYER, or raise NotFound (Conflict when other features still name it)."""
+def stored_feature(session: Session, layer: Layer, fid: int) -> dict[str, Any]:
+    """Return feature FID as this session's user is shown it, or raise NotFound (also when outside the area)."""
+    return get_feature(session, layer, fid)
+
+
+def replace_feature(
+    session: Session,
+    layer: Layer,
+    fid: int,
+    feature: Any,
+    actor: Actor | None = None,
+    if_match: int | None = None,
+    *,
+    partial: bool = False,
+) -> dict[str, Any]:
+    """Replace (PUT: every field given) or change (PATCH: the fields given) feature FID; return it as stored.
+
+    IF_MATCH is the version the client read (None: ``If-Match: *``); a stale one is a 412 with
+    the stored version. The geometry is rewritten only when one is sent.
+    """
+    feature, note = _split_feature(feature)
+    stored = stored_feature(session, layer, fid)
+    if if_match is not None and stored["version"] != if_match:
+        raise _stale(layer, session, fid, if_match)
+    sent_props = feature.get("properties") if isinstance(feature, Mapping) else None
+    sent_geometry = isinstance(feature, Mapping) and feature.get("geometry") is not None
+    if not partial and isinstance(sent_props, Mapping):
+        missing = [name for name in layer.field_names if name not in sent_props]
+        if missing:
+            raise InvalidInput(
+                [
+                    Problem(
+                        "put_incomplete",
+                        f"替换（PUT）须给出全部字段，缺少“{layer.field(name).zh}”；只改部分字段请用 PATCH",
+                        f"PUT replaces the whole feature: {name} is missing (use PATCH to change some fields)",
+                        Where(field=f"properties.{name}"),
+                    )
+                    for name in missing
+                ]
+            )
+    if partial and isinstance(feature, Mapping):
+        merged = dict(stored["properties"])
+        for name in READ_ONLY:
+            merged.pop(name, None)
+        if isinstance(sent_props, Mapping):
+            merged.update(sent_props)
+        feature = {**feature, "properties": merged, "geometry": feature.get("geometry") or stored["geometry"]}
+    props, geom = check_feature(session, layer, feature)
+    kept = _keep_masked(layer, props, stored["properties"])
+    check_area(layer, actor, props)
+    _key_taken(session, layer, props, fid)
+    note_change(session, note)
+    table = layer.model.__table__
+    values = _values(layer, props, kept) | {"upload_id": None, "updated_at": func.now()}
+    if sent_geometry or not partial:
+        values["geom"] = from_shape(geom, srid=STORAGE_SRID)
+    condition = [table.c.id == fid]
+    if if_match is not None:
+        condition.append(table.c.version == if_match)  # compare and set: a change in between is never lost
+    with _guarded(session, layer):
+        done = session.execute(update(table).where(*condition).values(values).returning(table.c.id)).first()
+    if done is None:
+        raise _stale(layer, session, fid, if_match or 0)
+    return get_feature(session, layer, fid)
+
+
+def delete_feature(
+    session: Session, layer: Layer, fid: int, if_match: int | None = None, note: str | None = None
+) -> None:
+    """Delete feature FID of LAYER (kept in the change log, restorable), or raise NotFound / 409 / 412."""
+    table = layer.model.__table__
+    stored = stored_feature(session, layer, fid)
+    if if_match is not None and stored["version"] != if_match:
+        raise _stale(layer, session, fid, if_match)
+    note_change(session, note)
+    condition = [table.c.id == fid] + ([table.c.version == if_match] if if_match is not None else [])
     try:
         with session.begin_nested():
-            deleted = session.execute(
-                delete(layer.model).where(layer.model.id == fid).returning(layer.model.id)
-            ).first()
+            deleted = session.execute(delete(table).where(*condition).returning(table.c.id)).first()
     except IntegrityError as exc:
         raise constraint_error(layer, exc) from None
     if deleted is None:
-        raise _feature_not_found(layer, fid)
+        raise _stale(layer, session, fid, if_match or 0)
 
 
 def upsert_rows(
@@ -644,14 +796,27 @@ def upsert_rows(
         nonlocal written
         if not chunk:
             return
-        stmt = insert(table)  # one statement executed for many rows (psycopg pipelines them)
-        updates: dict[str, Any] = {
-            name: stmt.excluded[name] for name in [*layer.field_names, "geom"] if name not in layer.key
+        # Stored keys are updated, the others inserted. Not ON CONFLICT DO UPDATE: PostgreSQL wants
+        # SELECT on every column it sets, and the app role may not read personal fields.
+        key = layer.key_field
+        stored = {
+            str(k)
+            for k in session.execute(
+                select(table.c[key]).where(table.c[key].in_([row[key] for row in chunk]))
+            ).scalars()
         }
-        updates["updated_at"] = func.now()
-        updates["upload_id"] = stmt.excluded["upload_id"]
-        stmt = stmt.on_conflict_do_update(constraint=f"uq_{layer.table}_key", set_=updates)
-        session.execute(stmt, chunk)
+        fresh = [row for row in chunk if row[key] not in stored]
+        if fresh:  # one statement executed for many rows (psycopg pipelines them)
+            session.execute(insert(table).on_conflict_do_nothing(constraint=f"uq_{layer.table}_key"), fresh)
+        older = [row for row in chunk if row[key] in stored]
+        if older:
+            names = [n for n in [*layer.field_names, "geom", "upload_id"] if n not in layer.key]
+            session.execute(
+                update(table)
+                .where(table.c[key] == bindparam("_key"))
+                .values({n: bindparam(n) for n in names} | {"updated_at": func.now()}),
+                [{"_key": row[key]} | {n: row[n] for n in names} for row in older],
+            )
         written += len(chunk)
         chunk.clear()
 
@@ -677,3 +842,249 @@ def layer_summary(session: Session, layer: Layer) -> dict[str, Any]:
         inner = extent[extent.index("(") + 1 : extent.index(")")]
         bbox = [float(v) for pair in inner.split(",") for v in pair.split()]
     return {"count": count, "extent": bbox}
+
+
+def _props_jsonb_sql(layer: Layer, alias: str = "t") -> str:
+    """Return SQL building a stored row's declared properties as jsonb, personal ones as the user is shown them."""
+    personal = {f.name for f in layer.fields if f.personal}
+    pairs = []
+    for name in layer.field_names:
+        value = f"{shown_function(layer)}({alias}.id) ->> '{name}'" if name in personal else f"{alias}.{name}"
+        pairs.append(f"'{name}', {value}")
+    pairs.append(f"'{VERSION}', {alias}.{VERSION}")
+    return f"jsonb_build_object({', '.join(pairs)})"
+
+
+MAX_AS_OF = MAX_LIMIT
+
+
+def features_as_of(
+    session: Session,
+    layer: Layer,
+    as_of: Any,
+    bbox: tuple[float, float, float, float] | None,
+    limit: int = DEFAULT_LIMIT,
+) -> dict[str, Any]:
+    """Return LAYER's features as they stood at AS_OF (a timestamp), inside BBOX, as a FeatureCollection dict."""
+    inner = changes.as_of_sql(layer, _props_jsonb_sql(layer))
+    where = "TRUE"
+    params: dict[str, Any] = {"layer": layer.id, "as_of": as_of, "limit": min(limit, MAX_AS_OF)}
+    if bbox:
+        where = "s.geom && ST_MakeEnvelope(:x0, :y0, :x1, :y1, 4490)"
+        params |= dict(zip(("x0", "y0", "x1", "y1"), bbox, strict=True))
+    rows = session.execute(
+        text(
+            f"SELECT s.id, s.props, ST_AsGeoJSON(s.geom, 9)::jsonb AS geometry FROM ({inner}) s "
+            f"WHERE {where} ORDER BY s.id LIMIT :limit"
+        ),
+        params,
+    ).all()
+    features = [
+        {
+            "type": "Feature",
+            "id": fid,
+            "version": props.get(VERSION),
+            "geometry": geometry,
+            "properties": changes.declared_properties(layer, props),
+        }
+        for fid, props, geometry in rows
+    ]
+    return {"type": "FeatureCollection", "as_of": str(as_of), "features": features, "numberReturned": len(features)}
+
+
+def restore_feature(
+    session: Session, layer: Layer, fid: int, change_id: int, actor: Actor | None, note: Any = None
+) -> dict[str, Any]:
+    """Bring feature FID back to how it stood after change CHANGE_ID (before it, for a delete); return it.
+
+    The geometry comes back byte for byte (EWKB from the log), the properties as logged; a
+    deleted feature comes back with its id, so whatever named it names it again. Personal
+    fields are restored only by a role that sees them (others cannot know the stored value):
+    for the others they keep their current value, or the restore of a delete is refused.
+    """
+    state = changes.state_after(session, layer, fid, change_id)
+    if state is None:
+        raise NotFound.one(
+            "version_not_found",
+            f"没有可恢复的版本：修改记录 {change_id} 不属于该{layer.zh}，或它就是当前版本",
+            f"nothing to restore: change {change_id} is not this feature's, or it is the current version",
+            id=change_id,
+        )
+    logged, wkb = state
+    props = {name: logged.get(name) for name in layer.field_names}
+    personal = [f.name for f in layer.fields if f.personal]
+    sees = actor is None or actor.sees_personal()
+    check_area(layer, actor, props)
+    table = layer.model.__table__
+    geom = func.ST_GeomFromEWKB(func.decode(wkb.hex(), "hex"))
+    exists_now = session.execute(select(table.c.id).where(table.c.id == fid)).first() is not None
+    note_change(session, note or f"恢复到修改 {change_id} 后的版本 restored to change {change_id}")
+    values = {name: value for name, value in props.items() if sees or name not in personal}
+    with _guarded(session, layer):
+        if exists_now:
+            session.execute(
+                update(table).where(table.c.id == fid).values(values | {"geom": geom, "updated_at": func.now()})
+            )
+        else:
+            if not sees and personal:
+                raise Forbidden.one(
+                    "personal_restore_forbidden",
+                    f"该{layer.zh}含个人信息，只有可查看个人信息的角色能恢复已删除的要素",
+                    "only roles that see personal data can restore a deleted feature holding it",
+                )
+            _key_taken(session, layer, props, None)
+            session.execute(insert(table).values(values | {"id": fid, "geom": geom}))
+    return get_feature(session, layer, fid)
+
+
+def _geojson_of(geom: BaseGeometry) -> Any:
+    """Return GEOM as a GeoJSON geometry (plain lists, as a client would send it)."""
+    return orjson.loads(shapely.to_geojson(geom))
+
+
+def _polygonal(layer: Layer, what: str) -> None:
+    if not set(layer.accepts) & {"Polygon", "MultiPolygon"}:
+        raise InvalidInput.one(
+            "not_polygonal", f"{layer.zh}不是面图层，不能{what}", f"{layer.en} holds no polygons", field="layer"
+        )
+
+
+def split_feature(session: Session, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """Split a polygon (see :func:`_split`): all of it under one savepoint, so a refused part writes nothing."""
+    with session.begin_nested():
+        return _split(session, *args, **kwargs)
+
+
+def merge_features(session: Session, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Merge polygons (see :func:`_merge`): all of it under one savepoint, so a refusal writes nothing."""
+    with session.begin_nested():
+        return _merge(session, *args, **kwargs)
+
+
+def _split(
+    session: Session,
+    layer: Layer,
+    fid: int,
+    line: Any,
+    codes: Sequence[Any],
+    actor: Actor | None,
+    if_match: int | None,
+    note: Any = None,
+) -> list[dict[str, Any]]:
+    """Split polygon FID along LINE: the first part keeps the feature (and its id), the others become new
+    features with the same properties and the codes CODES (one per new part). Each is checked as any write."""
+    _polygonal(layer, "分割")
+    stored = stored_feature(session, layer, fid)
+    if if_match is not None and stored["version"] != if_match:
+        raise _stale(layer, session, fid, if_match)
+    cut = parse_geojson_geometry(line)
+    if cut.geom_type not in ("LineString", "MultiLineString"):
+        raise InvalidInput.one(
+            "split_line_invalid", "分割线应为线（LineString）", "the split line must be a LineString", field="line"
+        )
+    parts = [
+        shapely.from_wkb(bytes(wkb))
+        for wkb in session.execute(
+            text(
+                f"SELECT ST_AsEWKB((ST_Dump(ST_Split(t.geom, ST_GeomFromEWKB(decode(:cut, 'hex'))))).geom) "
+                f"FROM {layer.table} t WHERE t.id = :fid"
+            ),
+            {"cut": shapely.to_wkb(shapely.set_srid(cut, STORAGE_SRID), hex=True, include_srid=True), "fid": fid},
+        ).scalars()
+    ]
+    if len(parts) < 2:
+        raise InvalidInput.one(
+            "split_failed",
+            "分割线没有把该图形分成两块以上：线须完整穿过图形",
+            "the line does not cut the shape in two",
+            field="line",
+        )
+    if len(codes) != len(parts) - 1:
+        raise InvalidInput(
+            Problem(
+                "codes_required",
+                f"分割得到 {len(parts)} 块：除保留原编码的第一块外，请为其余 {len(parts) - 1} 块各给一个编码",
+                f"the cut gives {len(parts)} parts: give a code for each of the {len(parts) - 1} new ones",
+                Where(field="codes"),
+                details={"parts": len(parts)},
+            )
+        )
+    parts.sort(key=lambda g: -g.area)  # the largest part keeps the feature
+    base = {k: v for k, v in stored["properties"].items() if k in layer.field_names}
+    first = replace_feature(
+        session,
+        layer,
+        fid,
+        {"type": "Feature", "properties": {}, "geometry": _geojson_of(parts[0]), "note": note},
+        actor,
+        stored["version"],
+        partial=True,
+    )
+    out = [first]
+    for index, (part, code) in enumerate(zip(parts[1:], codes, strict=True), start=1):
+        props = {**base, layer.key_field: code}
+        for loc in layer.locators:  # located afresh from where the part lies
+            props.pop(loc.field, None)
+        try:
+            out.append(
+                create_feature(
+                    session,
+                    layer,
+                    {"type": "Feature", "properties": props, "geometry": _geojson_of(part), "note": note},
+                    actor,
+                )
+            )
+        except InvalidInput as exc:
+            for problem in exc.problems:
+                problem.where.feature_index = index
+            raise
+    return out
+
+
+def _merge(
+    session: Session,
+    layer: Layer,
+    ids: Sequence[int],
+    keep: int,
+    versions: Mapping[str, Any],
+    actor: Actor | None,
+    note: Any = None,
+) -> dict[str, Any]:
+    """Merge adjacent polygons IDS into KEEP (its properties and id stay; the others are deleted, kept in the log)."""
+    _polygonal(layer, "合并")
+    stored = {fid: stored_feature(session, layer, fid) for fid in dict.fromkeys(ids)}  # 404 for what is not seen
+    if keep not in ids or len(set(ids)) < 2:
+        raise InvalidInput.one(
+            "merge_ids_invalid",
+            "至少选择两个要素，且保留的要素须在其中",
+            "pick two or more, the kept one among them",
+            field="ids",
+        )
+    for fid, feature in stored.items():
+        sent = versions.get(str(fid))
+        if not isinstance(sent, int) or feature["version"] != sent:
+            raise _stale(layer, session, fid, sent if isinstance(sent, int) else 0)
+    merged = session.execute(
+        text(f"SELECT ST_AsEWKB(ST_Union(geom)) FROM {layer.table} WHERE id = ANY(:ids)"), {"ids": list(stored)}
+    ).scalar_one()
+    shape = shapely.from_wkb(bytes(merged))
+    if shape.geom_type != "Polygon" and len(getattr(shape, "geoms", [])) > 1:
+        raise InvalidInput.one(
+            "merge_not_adjacent",
+            "所选要素互不相邻，合并后不是一整块",
+            "the features do not touch: the union is not one piece",
+            field="ids",
+        )
+    note_change(session, note)
+    for fid in stored:
+        if fid != keep:
+            delete_feature(session, layer, fid, stored[fid]["version"])
+    return replace_feature(
+        session,
+        layer,
+        keep,
+        {"type": "Feature", "properties": {}, "geometry": _geojson_of(shape), "note": note},
+        actor,
+        stored[keep]["version"],
+        partial=True,
+    )

@@ -63,5 +63,6 @@ GRIDS = register(
         units=Units(("grid",), parent_field="community_code"),
         name_field="name",
         order=20,
+        editors=("planner",),
     )
 )

@@ -18,7 +18,10 @@ from sqlalchemy.engine import Engine
 
 from geoalchemy2 import alembic_helpers
 
+from layers.access import personal_fields, readable_columns
+from layers.accounts import ApiToken, PersonalAccess, User, WebSession
 from layers.base import REGISTRY
+from layers.changes import Change
 from layers.generations import LayerGeneration
 from layers.uploads import Upload
 
@@ -71,12 +74,23 @@ def app_privileges() -> dict[str, tuple[str, ...]]:
     """Return the table privileges the app needs, by table: nothing more is ever granted."""
     wanted: dict[str, tuple[str, ...]] = {}
     for layer in REGISTRY.values():
-        wanted[layer.table] = ("SELECT", "INSERT", "UPDATE", "DELETE")
-        if layer.history_table:  # old versions are kept, never changed
-            wanted[layer.history_table] = ("SELECT", "INSERT")
+        # personal fields are not readable by the app: a function run as the owner shows them (layers.access)
+        columns = readable_columns(layer)
+        select = "SELECT" if len(columns) == len(layer.model.__table__.columns) else f"SELECT ({', '.join(columns)})"
+        wanted[layer.table] = (select, "INSERT", "UPDATE", "DELETE")
+        if layer.history_table and layer.history_model is not None:  # kept, never changed; personal: unreadable
+            hidden = set(personal_fields(layer))
+            kept = [c.name for c in layer.history_model.__table__.columns if c.name not in hidden]
+            wanted[layer.history_table] = (f"SELECT ({', '.join(kept)})", "INSERT")
     wanted[Upload.__tablename__] = ("SELECT", "INSERT", "UPDATE")  # an append-only log: no DELETE
     wanted[LayerGeneration.__tablename__] = ("SELECT",)  # raised by a trigger running as the owner
     wanted[VERSION_TABLE] = ("SELECT",)
+    wanted[User.__tablename__] = ("SELECT", "UPDATE (failed_logins, locked_until, last_login)")
+    wanted[WebSession.__tablename__] = ("SELECT", "INSERT", "DELETE")
+    wanted[ApiToken.__tablename__] = ("SELECT", "INSERT", "UPDATE (last_used, revoked)")
+    wanted[PersonalAccess.__tablename__] = ("INSERT",)  # the app writes the log, never reads or changes it
+    logged = [c.name for c in Change.__table__.columns if c.name != "before"]  # the row before: guatu_change_before()
+    wanted[Change.__tablename__] = (f"SELECT ({', '.join(logged)})",)
     return wanted
 
 

@@ -13,14 +13,15 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-from sqlalchemy import literal_column, text
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from layers.base import MASK_CHARS, Layer, masked_column
+from layers.access import shown_function
+from layers.base import MASK_CHARS, Layer
 from spatial.geometry import STORAGE_SRID
 
 STAGE = "upload_stage"
@@ -28,6 +29,10 @@ METRES_PER_DEGREE = 111_320.0
 SAME_PLACE_M = 0.0005
 """Vertices closer than half a millimetre to the stored ones are the same geometry (float noise of a
 coordinate conversion), not a change."""
+
+
+DIRECT = "guatu_direct"
+"""The temporary table new rows are copied into before one INSERT puts them in their layer."""
 
 
 def _column_types(layer: Layer) -> list[tuple[str, str]]:
@@ -87,15 +92,30 @@ def stage_rows(session: Session, layer: Layer, rows: Sequence[tuple[int, dict[st
 def insert_rows(
     session: Session, layer: Layer, rows: Sequence[tuple[int, dict[str, Any]]], hexes: Any, upload_id: int
 ) -> None:
-    """COPY ROWS, known to be new, straight into LAYER's table as upload UPLOAD_ID."""
+    """Insert ROWS, known to be new, into LAYER's table as upload UPLOAD_ID.
+
+    COPY into a temporary table first, then one INSERT … SELECT: PostgreSQL does not COPY into
+    a table under row-level security, and the INSERT is checked by its policies row by row.
+    """
     names = layer.field_names
     values = itemgetter(*names)
+    ddl = ", ".join(f"{name} {kind}" for name, kind in _column_types(layer))
+    direct = f"{DIRECT}_{layer.table}"
+    session.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {direct} ({ddl}, geom geometry) ON COMMIT DROP"))
     copy_rows(
         session,
-        layer.table,
-        [*names, "geom", "upload_id"],
-        ((*values(props), wkb, upload_id) for (_, props), wkb in zip(rows, hexes, strict=True)),
+        direct,
+        [*names, "geom"],
+        ((*values(props), wkb) for (_, props), wkb in zip(rows, hexes, strict=True)),
     )
+    listed = ", ".join(names)
+    raw: Any = session.connection().connection.driver_connection  # psycopg's own errors, as COPY raises them
+    with raw.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {layer.table} ({listed}, geom, upload_id) SELECT {listed}, geom, %s FROM {direct}",
+            (upload_id,),
+        )
+        cursor.execute(f"TRUNCATE {direct}")
 
 
 def existing_keys(session: Session, layer: Layer, keys: Sequence[str]) -> set[str]:
@@ -110,11 +130,13 @@ def existing_keys(session: Session, layer: Layer, keys: Sequence[str]) -> set[st
     return {str(row[0]) for row in found}
 
 
-def _masked(name: str) -> str:
-    """Return the SQL of stored field NAME (alias t) as a masked viewer is shown it."""
-    column: Any = literal_column(f"t.{name}")
-    dialect: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
-    return str(masked_column(column).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+def _shown(layer: Layer, name: str, alias: str = "t") -> str:
+    """Return the SQL of stored personal field NAME (row ALIAS) as the acting user is shown it.
+
+    The app role cannot read personal columns: the owner's function shows them, in full or
+    masked by the user's role (layers.access).
+    """
+    return f"({shown_function(layer)}({alias}.id) ->> '{name}')"
 
 
 @dataclass
@@ -138,10 +160,10 @@ def keep_masked(session: Session, layer: Layer) -> Masked:
         rows = session.execute(
             text(
                 f"""
-                UPDATE {STAGE} s SET {name} = t.{name}, masked_kept = array_append(s.masked_kept, '{name}')
+                UPDATE {STAGE} s SET masked_kept = array_append(s.masked_kept, '{name}')
                 FROM {layer.table} t
                 WHERE t.{key} = s.{key} AND s.{name} IS NOT NULL
-                  AND translate(s.{name}, :alike, :stars) = {_masked(name)}
+                  AND translate(s.{name}, :alike, :stars) = guatu_mask({_shown(layer, name)})
                 RETURNING s.idx
                 """
             ),
@@ -180,7 +202,7 @@ def _differs(layer: Layer, name: str) -> str:
         return f"CASE WHEN s.{name} IS DISTINCT FROM t.{name} THEN '{name}' END"
     return (
         f"CASE WHEN '{name}' = ANY(s.masked_kept) THEN NULL WHEN s.{name} IS NOT NULL THEN '{name}' "
-        f"WHEN t.{name} IS NOT NULL THEN '{name}' END"
+        f"WHEN {_shown(layer, name)} IS NOT NULL THEN '{name}' END"
     )
 
 
@@ -225,22 +247,61 @@ def diff(session: Session, layer: Layer) -> Diff:
 
 
 def write(session: Session, layer: Layer, indexes: Iterable[int], upload_id: int) -> int:
-    """Insert or update the staged rows INDEXES into the layer; return how many were written."""
+    """Insert or update the staged rows INDEXES into the layer; return how many were written.
+
+    A row whose personal fields were sent back masked (kept) is updated without them: the
+    stored values stay (the app role could not even read them to copy them).
+    """
     chosen = list(indexes)
     if not chosen:
         return 0
+    groups = session.execute(
+        text(
+            f"SELECT masked_kept, array_agg(idx) FROM {STAGE} WHERE idx = ANY(:idx) "
+            "AND cardinality(masked_kept) > 0 GROUP BY masked_kept"
+        ),
+        {"idx": chosen},
+    ).all()
+    written = 0
+    key = layer.key[0]
+    for kept, members in groups:
+        names = [n for n in layer.field_names if n not in kept and n not in layer.key]
+        sets = ", ".join(f"{n} = s.{n}" for n in [*names, "geom"])
+        result = session.execute(
+            text(
+                f"UPDATE {layer.table} t SET {sets}, updated_at = now(), upload_id = :upload "
+                f"FROM {STAGE} s WHERE s.idx = ANY(:idx) AND t.{key} = s.{key}"
+            ),
+            {"upload": upload_id, "idx": list(members)},
+        )
+        written += int(getattr(result, "rowcount", 0) or 0)
+        done = set(members)
+        chosen = [i for i in chosen if i not in done]
+    if not chosen:
+        return written
+    # Stored keys are updated, the others inserted. Not ON CONFLICT DO UPDATE: PostgreSQL wants
+    # SELECT on every column it sets, and the app role may not read personal fields.
     names = layer.field_names
-    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in [*names, "geom"] if name not in layer.key)
+    sets = ", ".join(f"{n} = s.{n}" for n in [*names, "geom"] if n not in layer.key)
+    updated = session.execute(
+        text(
+            f"UPDATE {layer.table} t SET {sets}, updated_at = now(), upload_id = :upload "
+            f"FROM {STAGE} s WHERE s.idx = ANY(:idx) AND t.{key} = s.{key}"
+        ),
+        {"upload": upload_id, "idx": chosen},
+    )
+    written += int(getattr(updated, "rowcount", 0) or 0)
     result = session.execute(
         text(
             f"""
             INSERT INTO {layer.table} ({", ".join(names)}, geom, upload_id)
             SELECT {", ".join(f"s.{n}" for n in names)}, s.geom, :upload
-            FROM unnest(CAST(:idx AS int[])) AS chosen(i) JOIN {STAGE} s ON s.idx = chosen.i ORDER BY s.idx
-            ON CONFLICT ON CONSTRAINT uq_{layer.table}_key DO UPDATE
-            SET {updates}, updated_at = now(), upload_id = EXCLUDED.upload_id
+            FROM unnest(CAST(:idx AS int[])) AS chosen(i) JOIN {STAGE} s ON s.idx = chosen.i
+            WHERE NOT EXISTS (SELECT 1 FROM {layer.table} t WHERE t.{key} = s.{key})
+            ORDER BY s.idx
+            ON CONFLICT ON CONSTRAINT uq_{layer.table}_key DO NOTHING
             """
         ),
         {"upload": upload_id, "idx": chosen},
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return written + int(getattr(result, "rowcount", 0) or 0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from layers import access, changes
 from layers.base import REGISTRY, VALID_FROM, VALID_TO, Layer, references
 from layers.generations import NOTE_FUNCTION, track_writes
 
@@ -120,7 +121,7 @@ def dependents_function() -> Routine:
     Its arguments are (table, field) pairs naming the unit by its code; the refusal carries
     SQLSTATE 23503, constraint :data:`DEPENDENTS_CONSTRAINT` and the counts as JSON in its detail.
     """
-    sql = f"""CREATE OR REPLACE FUNCTION {DEPENDENTS_FUNCTION}() RETURNS trigger LANGUAGE plpgsql
+    sql = f"""CREATE OR REPLACE FUNCTION {DEPENDENTS_FUNCTION}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = {SEARCH_PATH} AS $$
 DECLARE
   i integer;
@@ -214,12 +215,41 @@ def generation_trigger(layer: Layer) -> Trigger:
     return Trigger(layer.table, f"{_ident(layer.table)}_generation", NOTE_FUNCTION, track_writes(layer.id)[0])
 
 
+def access_functions() -> list[Routine]:
+    """Return the functions row-level security, the change log and personal fields call (layers.access, .changes)."""
+    pieces = zip(access.FUNCTION_NAMES, access.FUNCTIONS.split(";;"), strict=True)
+    out = [Routine(name, sql.strip()) for name, sql in pieces]
+    out.append(Routine("guatu_mask", access.MASK_SQL))
+    out.append(Routine("guatu_first_code", changes.FIRST_CODE_SQL))
+    out.append(Routine(changes.LOG_FUNCTION, changes.log_function_sql()))
+    out.append(Routine(changes.VERSION_FUNCTION, changes.version_function_sql()))
+    out.append(Routine("guatu_change_before", access.personal_keys_sql()))
+    for layer in sorted(REGISTRY.values(), key=lambda x: x.order):
+        if access.personal_fields(layer):
+            out.append(Routine(access.shown_function(layer), access.shown_function_sql(layer)))
+    return out
+
+
+def change_triggers(layer: Layer) -> list[Trigger]:
+    """Return the triggers keeping LAYER's change log and version (layers.changes)."""
+    return [
+        Trigger(
+            layer.table,
+            name,
+            changes.VERSION_FUNCTION if name.endswith("_raise_version") else changes.LOG_FUNCTION,
+            sql,
+        )
+        for name, sql in changes.log_triggers(layer)
+    ]
+
+
 def declared() -> tuple[list[Routine], list[Trigger]]:
     """Return every trigger function and trigger the registered layers call for."""
-    routines: dict[str, Routine] = {r.name: r for r in generation_functions()}
+    routines: dict[str, Routine] = {r.name: r for r in generation_functions() + access_functions()}
     triggers: list[Trigger] = [generations_raise_trigger()]
     for layer in REGISTRY.values():
         triggers.append(generation_trigger(layer))
+        triggers.extend(change_triggers(layer))
         if layer.history:
             routine = history_function(layer)
             routines[routine.name] = routine
@@ -229,3 +259,18 @@ def declared() -> tuple[list[Routine], list[Trigger]]:
             routines.setdefault(DEPENDENTS_FUNCTION, dependents_function())
             triggers.append(found)
     return list(routines.values()), triggers
+
+
+def layer_statements(layer: Layer) -> list[str]:
+    """Return what a new layer's migration runs after creating its table and tracking its writes.
+
+    Its triggers (change log, version, history, dependents), the function showing its personal
+    fields, the refreshed masking of logged rows, and its row-level security policies.
+    ``guatu db revision`` writes the same from the drift it finds.
+    """
+    out = [r.sql for r in access_functions() if r.name in (access.shown_function(layer), "guatu_change_before")]
+    if layer.history:
+        out.append(history_function(layer).sql)
+    out.extend(t.sql for t in declared()[1] if t.table == layer.table and t.function != NOTE_FUNCTION)
+    out.extend(p.sql for p in access.declared_policies() if p.table == layer.table)
+    return out

@@ -13,6 +13,7 @@ import datetime as dt
 import gc
 import hashlib
 import json
+import logging
 import math
 import mmap
 import os
@@ -21,7 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from layers import archive, staging
+from layers.access import area_of, outside_area_problem, stated_allows
 from layers.base import READ_ONLY, Layer, declared_layer
 from layers.features import check_feature, locate_all, looks_masked, masked_problem
 from layers.settings import layer_settings
@@ -53,13 +55,16 @@ from spatial.crs import (
     to_storage,
     wgs84_to_gcj02,
 )
-from spatial.db import Base
+from spatial.db import SETTINGS_KEY, Base
 from spatial.errors import GuatuError, InvalidInput, NotFound, Problem, Unavailable, Where
 from spatial.geojson_in import Buffer, FeatureSource, member_count, open_geojson, repeated_members
 from spatial.geometry import Built, build_many, geodesic_area
 from spatial.work import submit
 
 Mode = Literal["all-or-nothing", "valid-only"]
+
+
+log = logging.getLogger("guatu.uploads")
 
 
 class Upload(Base):
@@ -308,7 +313,7 @@ def write_staged(session: Session, layer: Layer, indexes: list[int], upload_id: 
 
 def commit_upload(
     session: Session,
-    fresh: Callable[[], Session],
+    fresh: Callable[[], AbstractContextManager[Session]],
     layer: Layer,
     body: Body,
     options: UploadOptions,
@@ -327,6 +332,8 @@ def commit_upload(
         archive.prune_now_and_then()
         return upload_json(upload, full=True)
     except (DBAPIError, psycopg.Error) as exc:  # the writer's COPY raises psycopg's own errors
+        orig = getattr(exc, "orig", None) or exc  # its SQLSTATE and first line: never the values sent
+        log.warning("upload failed in the database: %s %s", getattr(orig, "sqlstate", ""), str(orig).split("\n")[0])
         try:
             session.rollback()
         except (DBAPIError, psycopg.Error):
@@ -340,7 +347,9 @@ def commit_upload(
         ) from None
 
 
-def _record_failure(fresh: Callable[[], Session], layer: Layer, body: Body, options: UploadOptions, why: str) -> int:
+def _record_failure(
+    fresh: Callable[[], AbstractContextManager[Session]], layer: Layer, body: Body, options: UploadOptions, why: str
+) -> int:
     """Store a failed upload record in its own transaction; return its id."""
     with _mapped(body) as file:
         sha, size = _sha256(file.data), len(file.data)
@@ -906,6 +915,11 @@ class _Writer(threading.Thread):
             return
         extent = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
         misplaced = locate_all(session, layer, rows, hexes, extent)
+        stated = session.info.get(SETTINGS_KEY)
+        for index, props in rows:  # outside the uploader's area: refused here, feature by feature
+            code = area_of(layer, props)
+            if index not in misplaced and not stated_allows(stated, code):
+                misplaced[index] = [outside_area_problem(layer, code, index)]
         if misplaced:
             self.misplaced.update({i: p for i, p in misplaced.items() if i is not None})
             keep = [n for n, (index, _) in enumerate(rows) if index not in misplaced]

@@ -78,5 +78,6 @@ ZONES = register(
         ),
         counter_zh="户",
         order=40,
+        editors=("planner", "surveyor", "grid_manager"),
     )
 )

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 import psycopg.sql
-from sqlalchemy import MetaData, create_engine, make_url
+from sqlalchemy import MetaData, create_engine, event, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -65,3 +65,35 @@ def query_canceller(session: Session) -> Callable[[], None]:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Return the session factory bound to ENGINE."""
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+SETTINGS_KEY = "guatu_settings"
+"""Where a session keeps the settings stated at the start of each of its transactions."""
+
+
+def _set_config_sql(settings: dict[str, str]) -> tuple[str, dict[str, str]]:
+    names = sorted(settings)
+    calls = ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(names)))
+    params = {f"n{i}": name for i, name in enumerate(names)} | {f"v{i}": settings[name] for i, name in enumerate(names)}
+    return f"SELECT {calls}", params
+
+
+def state(session: Session, settings: dict[str, str]) -> None:
+    """Make SETTINGS (custom ``a.b`` settings) hold in SESSION's current and every later transaction.
+
+    Transaction-local (``set_config(…, true)``): a pooled connection carries nothing over to
+    the next session. Row-level security policies read them (who acts, in which area).
+    """
+    session.info[SETTINGS_KEY] = dict(settings)
+    if session.in_transaction() and settings:
+        sql, params = _set_config_sql(settings)
+        session.execute(text(sql), params)
+
+
+@event.listens_for(Session, "after_begin")
+def _state_settings(session: Session, _transaction: Any, connection: Any) -> None:
+    """State the session's settings as each of its transactions begins."""
+    settings = session.info.get(SETTINGS_KEY)
+    if settings:
+        sql, params = _set_config_sql(settings)
+        connection.execute(text(sql), params)

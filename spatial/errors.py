@@ -116,3 +116,25 @@ class TooMany(Busy):
     """This client already holds its share of the places for this kind of work."""
 
     kind = "too_many"
+
+
+class Unauthorized(GuatuError):
+    """Nobody is signed in (or the token is not valid)."""
+
+    kind = "unauthorized"
+
+
+class Forbidden(GuatuError):
+    """The signed-in user may not do this, or not here."""
+
+    kind = "forbidden"
+
+
+class PreconditionFailed(GuatuError):
+    """The write was made against another version than the stored one (If-Match)."""
+
+    kind = "precondition_failed"
+
+    def __init__(self, problems: Problem | list[Problem], current: dict[str, Any] | None = None) -> None:
+        super().__init__(problems)
+        self.current = current

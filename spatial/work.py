@@ -141,8 +141,7 @@ class Lane:
         error = Busy.one(
             "busy",
             f"{self.zh}任务已满（同时 {self.running} 个，排队 {self.waiting} 个），请 {self.retry_after_s} 秒后重试",
-            f"too many {self.en} jobs ({self.running} running, {self.waiting} queued): "
-            f"retry in {self.retry_after_s} s",
+            f"too many {self.en} jobs ({self.running} running, {self.waiting} queued): retry in {self.retry_after_s} s",
             field=self.name,
         )
         error.retry_after = self.retry_after_s

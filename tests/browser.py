@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from api.main import create_app
 from api.server import server_config
 from api.settings import ApiSettings
+from tests.accounts import tokens_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -41,8 +42,14 @@ def free_port() -> int:
 
 @contextmanager
 def running(app: Any, settings: ApiSettings | None = None) -> Iterator[uvicorn.Server]:
-    """Serve APP on a free port of 127.0.0.1 in a thread, configured as `guatu serve` does; yield the server."""
+    """Serve APP on a free port of 127.0.0.1 in a thread, configured as `guatu serve` does; yield the server.
+
+    Requests to it are signed in as the administrator of APP's database (see :func:`sign_in_as`).
+    """
     settings = settings or ApiSettings()
+    engine = getattr(app.state, "engine", None)
+    if engine is not None:
+        sign_in_as(engine)
     config = server_config(app, settings, host="127.0.0.1", port=free_port(), log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -64,9 +71,26 @@ def url_of(server: uvicorn.Server) -> str:
     return f"http://{server.config.host}:{server.config.port}"
 
 
+SIGNED_IN: dict[str, str] = {}
+"""The token pages are opened with (an administrator of the database last served): see :func:`chromium`."""
+
+
+def sign_in_as(engine: Engine, username: str = "admin") -> str:
+    """Return USERNAME's API token in ENGINE's database (tests/accounts.py), and open pages as that user from now on."""
+    from tests.conftest import owner_url
+
+    name = engine.url.database or ""
+    token = tokens_for(owner_url(name), name)[username]
+    SIGNED_IN["token"] = token
+    return token
+
+
 @contextmanager
 def live_server(engine: Engine, settings: ApiSettings | None = None) -> Iterator[str]:
-    """Serve the app on 127.0.0.1 in a thread, as `guatu serve` does; yield its base URL."""
+    """Serve the app on 127.0.0.1 in a thread, as `guatu serve` does; yield its base URL.
+
+    Pages opened by :func:`chromium` browsers are signed in as the database's administrator.
+    """
     settings = settings or ApiSettings()
     with running(create_app(settings, engine=engine), settings) as server:
         yield url_of(server)
@@ -79,9 +103,78 @@ def live_app(app: Any) -> Iterator[str]:
         yield url_of(server)
 
 
+CSP_WATCH = """
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__guatuCspViolation([e.violatedDirective, e.blockedURI, e.sourceFile + ":" + e.lineNumber].join(" "));
+});
+"""
+"""Runs before any script of each page: every CSP violation is told to the test."""
+
+
+class WatchedPage:
+    """A Playwright page whose `wait_for_function` works under the app's CSP.
+
+    Playwright's own polls its expression with `eval` inside the page, which a policy without
+    'unsafe-eval' refuses (an EvalError, and a violation). This one asks the page from outside
+    (`page.evaluate`, which the policy does not govern) until the expression is truthy.
+    """
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+
+    def wait_for_function(self, expression: str, *, timeout: float = 30_000, polling: float = 100) -> Any:
+        """Return EXPRESSION's value once truthy; raise TimeoutError after TIMEOUT ms (as Page.wait_for_function)."""
+        deadline = time.monotonic() + timeout / 1000
+        while True:
+            value = self.page.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{expression!r} still false after {timeout:g} ms")
+            self.page.wait_for_timeout(polling)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.page, name)
+
+
+class WatchedBrowser:
+    """A Playwright browser whose pages report each Content-Security-Policy violation into `violations`."""
+
+    def __init__(self, browser: Any) -> None:
+        self.browser = browser
+        self.violations: list[str] = []
+
+    def _headers(self, options: dict[str, Any]) -> dict[str, Any]:
+        headers = dict(options.pop("extra_http_headers", None) or {})
+        if options.pop("signed_in", True) and SIGNED_IN.get("token"):
+            headers.setdefault("Authorization", f"Bearer {SIGNED_IN['token']}")
+        return options | ({"extra_http_headers": headers} if headers else {})
+
+    def new_page(self, **options: Any) -> Any:
+        """Return a new page (as Browser.new_page) watched for CSP violations, signed in unless ``signed_in=False``.
+
+        Signed in as the test user of the database last served (:func:`sign_in_as`), by its API token.
+        """
+        page = self.browser.new_page(**self._headers(options))
+        page.expose_function("__guatuCspViolation", lambda what: self.violations.append(f"{page.url}: {what}"))
+        page.add_init_script(CSP_WATCH)
+        return WatchedPage(page)
+
+    def new_context(self, **options: Any) -> Any:
+        """Return a new context, signed in unless ``signed_in=False`` (its pages are not watched)."""
+        return self.browser.new_context(**self._headers(options))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.browser, name)
+
+
 @contextmanager
-def chromium() -> Iterator[Any]:
-    """Yield a headless Chromium browser (Debian's, never a downloaded one)."""
+def chromium(*, csp_violations_allowed: bool = False) -> Iterator[Any]:
+    """Yield a headless Chromium browser (Debian's, never a downloaded one).
+
+    Its pages are watched: unless CSP_VIOLATIONS_ALLOWED, a test that ends with any page having
+    broken the Content-Security-Policy (a script without the nonce, an inline handler) fails.
+    """
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             raise RuntimeError("chromium is not installed: `make test` installs it")
@@ -89,8 +182,14 @@ def chromium() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as play:
-        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = WatchedBrowser(play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True))
         try:
             yield browser
+            assert csp_violations_allowed or browser.violations == [], browser.violations
         finally:
             browser.close()
+
+
+def auth_line() -> str:
+    """Return the request header line that signs a raw socket request in as the current test user."""
+    return f"Authorization: Bearer {SIGNED_IN['token']}\r\n"

@@ -7,24 +7,29 @@ lacks fails a test. Databases are made by the admin and migrated as guatu_owner.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from psycopg import sql
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
-from api.deps import get_session, get_sessions
+from api.auth import ActorDep
+from api.deps import actor_settings, get_session, get_sessions
 from api.main import create_app
 from layers import migrate
+from layers.access import Actor
 from spatial import localpg, roles
-from spatial.db import make_engine
+from spatial.db import make_engine, make_sessionmaker, state
 from spatial.settings import LocalPgSettings, db_settings
+from tests.accounts import bearer, tokens_for
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 
@@ -121,6 +126,7 @@ def demo_database(name: str) -> Iterator[Engine]:
 
     with migrated_database(name) as eng:
         with Session(eng) as session:
+            state(session, ADMIN.settings())
             demo.load(session)
             session.commit()
         yield eng
@@ -133,21 +139,108 @@ def engine() -> Iterator[Engine]:
         yield eng
 
 
+ADMIN = Actor(None, "tests", "admin")
+"""Who a test's own session acts as (row-level security needs someone): an administrator."""
+
+
 @pytest.fixture
 def session(engine: Engine) -> Iterator[Session]:
-    """Yield a session inside an outer transaction that is rolled back after the test."""
+    """Yield a session inside an outer transaction that is rolled back after the test, acting as an administrator."""
     with engine.connect() as conn:
         outer = conn.begin()
         with Session(bind=conn, join_transaction_mode="create_savepoint") as sess:
+            state(sess, ADMIN.settings())
             yield sess
         outer.rollback()
 
 
+@pytest.fixture(scope="session")
+def tokens(engine: Engine) -> dict[str, str]:
+    """Return {username: API token} of the test users (tests/accounts.py) in the test database."""
+    return tokens_for(owner_url("guatu_test"), "guatu_test")
+
+
+def share_session(app: FastAPI, session: Session) -> None:
+    """Make every request of APP use SESSION (rolled back after the test), acting as the request's user."""
+
+    def shared(actor: ActorDep) -> Session:
+        state(session, actor_settings(actor))
+        return session
+
+    async def shared_factory(actor: ActorDep) -> Callable[[], AbstractContextManager[Session]]:
+        settings = actor_settings(actor)
+
+        def opened() -> AbstractContextManager[Session]:
+            state(session, settings)
+            return nullcontext(session)
+
+        return opened
+
+    app.dependency_overrides[get_session] = shared
+    app.dependency_overrides[get_sessions] = shared_factory
+
+
 @pytest.fixture
-def client(engine: Engine, session: Session) -> Iterator[TestClient]:
-    """Return a test client whose requests all use the rolled-back session."""
+def client(engine: Engine, session: Session, tokens: dict[str, str]) -> Iterator[TestClient]:
+    """Return a test client signed in as an administrator (API token); its requests use the rolled-back session."""
     app = create_app(engine=engine)
-    app.dependency_overrides[get_session] = lambda: session
-    app.dependency_overrides[get_sessions] = lambda: lambda: nullcontext(session)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    share_session(app, session)
+    with TestClient(app, raise_server_exceptions=False, headers=bearer(tokens["admin"])) as test_client:
         yield test_client
+
+
+def admin_sessions(engine: Engine) -> Callable[[], Session]:
+    """Return a session factory on ENGINE whose sessions act as an administrator (row-level security)."""
+    factory = make_sessionmaker(engine)
+
+    def opened() -> Session:
+        session = factory()
+        state(session, ADMIN.settings())
+        return session
+
+    return opened
+
+
+@pytest.fixture(autouse=True, scope="session")
+def live_requests_signed_in() -> Iterator[None]:
+    """Requests from httpx to a live test server (127.0.0.1:port) carry the signed-in test user's token.
+
+    tests/browser.py's live_server signs in as the served database's administrator; the pages
+    opened in Chromium carry the same token. A request that sets its own Authorization (or
+    says ``Authorization: none``) is sent as it is; the in-process TestClient is untouched.
+    """
+    import httpx
+
+    from tests.browser import SIGNED_IN
+
+    def signed(request: httpx.Request) -> None:
+        token = SIGNED_IN.get("token")
+        if not token or request.url.host != "127.0.0.1" or request.url.port is None:
+            return
+        given = request.headers.get("authorization")
+        if given is None:
+            request.headers["Authorization"] = f"Bearer {token}"
+        elif given == "none":
+            del request.headers["authorization"]
+
+    real_send, real_async_send = httpx.Client.send, httpx.AsyncClient.send
+
+    def send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        signed(request)
+        return real_send(self, request, **kwargs)
+
+    async def async_send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        signed(request)
+        return await real_async_send(self, request, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:  # for the whole session: module fixtures serve pages too
+        patch.setattr(httpx.Client, "send", send)
+        patch.setattr(httpx.AsyncClient, "send", async_send)
+        yield
+
+
+def act_as_admin(conn: Any) -> None:
+    """State an administrator on CONN's transaction (a plain connection of a test sees nothing otherwise)."""
+    from sqlalchemy import text
+
+    conn.execute(text("SELECT set_config('guatu.role', 'admin', true), set_config('guatu.user', 'tests', true)"))

@@ -118,3 +118,11 @@ def sample(layer_id: str) -> dict[str, Any]:
     if layer_id not in SAMPLES:
         return _declared_sample(layer_id)
     return copy.deepcopy(SAMPLES[layer_id])
+
+
+def complete(feature: dict[str, Any], layer_id: str) -> dict[str, Any]:
+    """Return FEATURE with every declared field present (None where not given): what a PUT must send."""
+    from layers.base import REGISTRY
+
+    props = feature.get("properties") or {}
+    return {**feature, "properties": {name: props.get(name) for name in REGISTRY[layer_id].field_names}}

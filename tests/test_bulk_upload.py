@@ -28,7 +28,7 @@ from layers.features import check_feature
 from spatial.crs import DeclaredCrs, parse_crs
 from spatial.geojson_in import open_geojson, repeated_members
 from spatial.geometry import build_many
-from tests.conftest import admin_url, libpq, migrated_database
+from tests.conftest import admin_sessions, admin_url, libpq, migrated_database
 from tests.samples import COMMUNITY, GRID, X0, Y0, sample
 from tests.test_uploads import collection, upload
 
@@ -435,9 +435,8 @@ def test_two_uploads_writing_the_same_new_keys_at_once_both_commit(committed: En
     import psycopg
 
     from layers.uploads import UploadOptions, commit_upload
-    from spatial.db import make_sessionmaker
 
-    factory = make_sessionmaker(committed)
+    factory = admin_sessions(committed)
     real = staging.insert_rows
     first_wrote, second_writes = threading.Event(), threading.Event()
     collided: list[str] = []
@@ -484,12 +483,11 @@ def test_the_connection_killed_during_the_writers_copy_writes_nothing(
     import psycopg
 
     from layers.uploads import UploadOptions, commit_upload
-    from spatial.db import make_sessionmaker
     from spatial.errors import Unavailable
 
     monkeypatch.setattr(uploads, "CHUNK", 5)
     monkeypatch.setattr(uploads, "WRITE_BATCH", 5)
-    factory = make_sessionmaker(committed)
+    factory = admin_sessions(committed)
     real = staging.insert_rows
     calls = []
 

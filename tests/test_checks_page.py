@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from layers import demo
 from tests.browser import chromium, live_server
-from tests.conftest import demo_database
+from tests.conftest import act_as_admin, demo_database
 
 pytestmark = pytest.mark.browser
 SCREENSHOTS = Path(os.environ.get("GUATU_SCREENSHOTS", Path(__file__).resolve().parent.parent / "out" / "screenshots"))
@@ -64,6 +64,7 @@ def test_names_in_tooltips_stay_text() -> None:
     dialogs: list[str] = []
     with demo_database("guatu_test_checks_xss") as engine:
         with engine.begin() as conn:
+            act_as_admin(conn)
             code, x, y = conn.execute(
                 text(
                     "SELECT code, ST_X(ST_PointOnSurface(geom)), ST_Y(ST_PointOnSurface(geom)) FROM grids "
@@ -101,6 +102,7 @@ def test_findings_are_drawn_among_the_units_and_the_features_they_name_and_link_
     defect = next(d for d in demo.DEFECTS if d["kind"] == "zone_outside_grid")
     community = defect["community_code"]
     with demo_engine.connect() as conn:
+        act_as_admin(conn)
         grids = list(conn.execute(text("SELECT code FROM grids WHERE community_code = :c"), {"c": community}).scalars())
     zone = next(c for c in defect["codes"] if c not in grids)
     requests: list[str] = []

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from layers import migrate
 from layers.base import REGISTRY
-from spatial.db import make_engine
-from tests.conftest import admin_url, app_url, recreate_database, runs_as_roles
+from spatial.db import make_engine, state
+from tests.conftest import ADMIN, admin_url, app_url, recreate_database, runs_as_roles
 
 GUATU = Path(sys.executable).parent / "guatu"
 
@@ -30,6 +30,7 @@ def counts(url: str) -> dict[str, int]:
     engine = make_engine(url=url)
     try:
         with Session(engine) as session:
+            state(session, ADMIN.settings())
             return {
                 layer.id: session.execute(select(func.count()).select_from(layer.model)).scalar_one()
                 for layer in REGISTRY.values()

@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from layers import demo
 from layers.base import REGISTRY, references
-from tests.samples import COMMUNITY, GRID, sample
+from tests.accounts import ANY_VERSION
+from tests.samples import COMMUNITY, GRID, complete, sample
 
 DEMO_COMMUNITY = "370214001006"
 
@@ -33,7 +34,7 @@ def test_deleting_a_community_with_grids_and_parcels_is_refused_with_the_counts(
     expected = {k: v for k, v in counts.items() if v}
     assert expected["grids.community_code"] > 0 and expected["parcels.community_code"] > 0
     community = fid(session, "divisions", DEMO_COMMUNITY)
-    response = client.delete(f"/api/layers/divisions/features/{community}")
+    response = client.delete(f"/api/layers/divisions/features/{community}", headers=ANY_VERSION)
     assert response.status_code == 409, response.text
     body = response.json()
     assert body["code"] == "has_dependents"
@@ -48,25 +49,28 @@ def test_recoding_a_grid_that_parcels_name_is_refused(client: TestClient, sessio
     grid = fid(session, "grids", GRID)
     recoded = sample("grids")
     recoded["properties"]["code"] = COMMUNITY + "002"
-    response = client.put(f"/api/layers/grids/features/{grid}", json=recoded)
+    response = client.put(f"/api/layers/grids/features/{grid}", json=complete(recoded, "grids"), headers=ANY_VERSION)
     assert response.status_code == 409, response.text
     assert response.json()["details"]["dependents"] == {"parcels.grid_code": 1}
     renamed = sample("grids")
     renamed["properties"]["name"] = "改名不改码"
-    assert client.put(f"/api/layers/grids/features/{grid}", json=renamed).status_code == 200
+    renamed = complete(renamed, "grids")
+    assert client.put(f"/api/layers/grids/features/{grid}", json=renamed, headers=ANY_VERSION).status_code == 200
 
 
 def test_a_homestead_parcel_named_by_a_zone_is_kept_until_the_zone_goes(client: TestClient, session: Session) -> None:
     for layer_id in ("divisions", "grids", "parcels", "zones"):
         assert client.post(f"/api/layers/{layer_id}/features", json=sample(layer_id)).status_code == 201
     parcel = fid(session, "parcels", sample("parcels")["properties"]["code"])
-    refused = client.delete(f"/api/layers/parcels/features/{parcel}")
+    refused = client.delete(f"/api/layers/parcels/features/{parcel}", headers=ANY_VERSION)
     assert refused.status_code == 409 and refused.json()["details"]["dependents"] == {"zones.homestead_parcel_code": 1}
     zone = fid(session, "zones", sample("zones")["properties"]["code"])
-    assert client.delete(f"/api/layers/zones/features/{zone}").status_code == 204
-    assert client.delete(f"/api/layers/parcels/features/{parcel}").status_code == 204
+    assert client.delete(f"/api/layers/zones/features/{zone}", headers=ANY_VERSION).status_code == 204
+    assert client.delete(f"/api/layers/parcels/features/{parcel}", headers=ANY_VERSION).status_code == 204
     grid = fid(session, "grids", GRID)
-    assert client.delete(f"/api/layers/grids/features/{grid}").status_code == 204  # nothing names it now
+    assert (
+        client.delete(f"/api/layers/grids/features/{grid}", headers=ANY_VERSION).status_code == 204
+    )  # nothing names it now
 
 
 def test_plain_sql_cannot_orphan_either(session: Session) -> None:

@@ -18,7 +18,8 @@ from sqlalchemy.engine import Engine
 
 from api.main import create_app
 from api.settings import ApiSettings
-from tests.browser import live_app
+from tests.accounts import bearer
+from tests.browser import auth_line, live_app, sign_in_as
 from tests.conftest import demo_database
 
 COMMUNITY = "370214001006"
@@ -75,7 +76,7 @@ def raw_request(base: str, path: str) -> socket.socket:
     """Send a GET and return the socket without reading the answer (a client that will leave)."""
     url = urlsplit(base)
     sock = socket.create_connection((url.hostname, url.port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n{auth_line()}\r\n".encode())
     return sock
 
 
@@ -113,7 +114,11 @@ def test_one_client_holds_no_more_than_its_share_of_a_lane(demo: Engine) -> None
 def test_an_exhausted_connection_pool_is_a_503_not_a_500(demo: Engine) -> None:
     tight = create_engine(demo.url, pool_size=1, max_overflow=0, pool_timeout=0.5)
     try:
-        with tight.connect(), TestClient(create_app(engine=tight), raise_server_exceptions=False) as client:
+        signed = bearer(sign_in_as(demo))
+        with (
+            tight.connect(),
+            TestClient(create_app(engine=tight), raise_server_exceptions=False, headers=signed) as client,
+        ):
             response = client.get("/api/layers/parcels/features", params={"limit": 1})
             assert response.status_code == 503, response.text
             assert response.json()["code"] == "busy" and response.headers["retry-after"]
@@ -125,7 +130,7 @@ def test_an_exhausted_connection_pool_is_a_503_not_a_500(demo: Engine) -> None:
 def test_a_lane_refuses_beyond_its_queue_and_a_check_runs_in_it(demo: Engine) -> None:
     app = create_app(ApiSettings(check_workers=1, check_queue=0), engine=demo)
     lane = app.state.lanes["checks"]
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, headers=bearer(sign_in_as(demo))) as client:
         lane.admitted = 1  # as if a county's check were running
         refused = client.get("/api/checks", params={"scope": COMMUNITY})
         assert refused.status_code == 503 and refused.json()["code"] == "busy"

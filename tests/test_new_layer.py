@@ -23,9 +23,11 @@ from api.settings import ApiSettings
 from layers import migrate
 from layers.base import REGISTRY, Layer
 from layers.generations import track_writes
-from layers.triggers import declared
-from spatial.db import Base, make_engine
-from tests.conftest import demo_database, owner_url
+from layers.triggers import layer_statements
+from spatial.db import Base, make_engine, state
+from tests.accounts import bearer, tokens_for
+from tests.browser import sign_in_as
+from tests.conftest import ADMIN, demo_database, owner_url
 
 LAYER = "test_wells"
 COMMUNITY = "370214001006"
@@ -45,9 +47,8 @@ def wells() -> Iterator[tuple[Layer, Engine]]:
                     layer.model.__table__.create(conn)
                     for statement in track_writes(LAYER):
                         conn.execute(text(statement))
-                    for trigger in declared()[1]:
-                        if trigger.table == layer.table and not trigger.name.endswith("_generation"):
-                            conn.execute(text(trigger.sql))
+                    for statement in layer_statements(layer):
+                        conn.execute(text(statement))
                     migrate.grant_app(conn, engine.url.username or "")
             finally:
                 owner.dispose()
@@ -60,7 +61,7 @@ def wells() -> Iterator[tuple[Layer, Engine]]:
 @pytest.fixture(scope="module")
 def client(wells: tuple[Layer, Engine]) -> Iterator[TestClient]:
     _, engine = wells
-    with TestClient(create_app(ApiSettings(), engine=engine)) as test_client:
+    with TestClient(create_app(ApiSettings(), engine=engine), headers=bearer(sign_in_as(engine))) as test_client:
         yield test_client
 
 
@@ -90,7 +91,10 @@ def test_it_is_listed_described_and_takes_features(client: TestClient) -> None:
     assert created.status_code == 201, created.text
     props = created.json()["properties"]
     assert props["grid_code"] == grid and props["community_code"] == COMMUNITY  # located like any layer
-    assert props["keeper"] == "张*丰"  # personal, masked
+    assert props["keeper"] == "张三丰"  # personal: in full for an administrator
+    viewer = tokens_for(owner_url("guatu_test_new_layer"), "guatu_test_new_layer")["viewer"]
+    shown = client.get(f"/api/layers/{LAYER}/features/{created.json()['id']}", headers=bearer(viewer))
+    assert shown.json()["properties"]["keeper"] == "张*丰"  # masked for a viewer of the street
     bad = client.post(f"/api/layers/{LAYER}/features", json=_well("W0002", x, y, condition="坏了"))
     assert bad.status_code == 422 and "condition" in bad.text
 
@@ -123,6 +127,7 @@ def test_the_checks_hold_it_to_its_rules(client: TestClient, wells: tuple[Layer,
     x, y, grid = _inside(client, 2)
     created = client.post(f"/api/layers/{LAYER}/features", json=_well("W0201", x, y)).json()
     with Session(engine) as session:  # a surveyor typed the wrong grid in, straight into the database
+        state(session, ADMIN.settings())
         other = session.execute(
             text("SELECT code FROM grids WHERE community_code = :c AND code <> :g ORDER BY code LIMIT 1"),
             {"c": COMMUNITY, "g": grid},

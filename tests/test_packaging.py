@@ -267,10 +267,15 @@ class _StaticLinks(HTMLParser):
                 self.urls.add(value)
 
 
+SIGNED: dict[str, str] = {}
+"""The session cookie of the demo administrator, once signed in (see :func:`served`)."""
+
+
 def _get(url: str) -> tuple[int, str, bytes]:
-    """Return status, content type and body of a GET to URL."""
+    """Return status, content type and body of a GET to URL (signed in as the demo administrator, once known)."""
+    request = urllib.request.Request(url, headers={"Cookie": SIGNED["cookie"]} if SIGNED else {})
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.headers.get("content-type", ""), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers.get("content-type", ""), exc.read()
@@ -315,6 +320,7 @@ def served(installed: Installed) -> Iterator[Served]:
             except OSError:
                 pass
             time.sleep(0.2)
+        _sign_in(base, installed.work / ".guatu-demo-users", log_path)
         yield Served(base, log_path)
     finally:
         server.terminate()
@@ -323,6 +329,20 @@ def served(installed: Installed) -> Iterator[Served]:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(5)
+
+
+def _sign_in(base: str, users: Path, log: Path) -> None:
+    """Sign in as the demo administrator `serve --prepare` created, with the password it kept (mode 0600)."""
+    assert users.exists(), log.read_text(errors="replace")
+    assert users.stat().st_mode & 0o777 == 0o600
+    passwords = dict(line.split("\t", 1) for line in users.read_text(encoding="utf-8").splitlines())
+    assert set(passwords) >= {"admin", "planner", "surveyor", "gridman", "leader", "viewer"}
+    assert "演示账户" in log.read_text(errors="replace")  # it said how to sign in
+    body = json.dumps({"username": "admin", "password": passwords["admin"]}).encode()
+    request = urllib.request.Request(base + "/api/login", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        cookies = [c.split(";", 1)[0] for c in response.headers.get_all("Set-Cookie")]
+    SIGNED["cookie"] = "; ".join(cookies)
 
 
 PAGES = ("/", "/cockpit", "/upload", "/checks", "/docs")

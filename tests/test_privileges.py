@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from spatial.db import make_engine
 from spatial.settings import db_settings
-from tests.samples import COMMUNITY, X0, Y0, sample
+from tests.accounts import ANY_VERSION
+from tests.samples import COMMUNITY, X0, Y0, complete, sample
 
 SERVER_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -156,14 +157,16 @@ def test_the_app_role_reads_and_writes_through_its_own_code(client: TestClient, 
     assert created.status_code == 201, created.text
     fid = created.json()["id"]
     parcel["properties"]["use_status"] = "出租"
-    assert client.put(f"/api/layers/parcels/features/{fid}", json=parcel).status_code == 200
+    parcel = complete(parcel, "parcels")
+    assert client.put(f"/api/layers/parcels/features/{fid}", json=parcel, headers=ANY_VERSION).status_code == 200
     assert client.get(f"/api/layers/parcels/features/{fid}").json()["properties"]["use_status"] == "出租"
-    assert client.delete(f"/api/layers/parcels/features/{fid}").status_code == 204
+    assert client.delete(f"/api/layers/parcels/features/{fid}", headers=ANY_VERSION).status_code == 204
 
     grid = client.post("/api/layers/grids/features", json=sample("grids")).json()  # in force since 2024
     changed = sample("grids")
     changed["properties"]["manager"] = "赵新"
-    assert client.put(f"/api/layers/grids/features/{grid['id']}", json=changed).status_code == 200
+    changed = complete(changed, "grids")
+    assert client.put(f"/api/layers/grids/features/{grid['id']}", json=changed, headers=ANY_VERSION).status_code == 200
     kept = session.execute(
         text("SELECT manager FROM grids_versions WHERE code = :c"), {"c": grid["properties"]["code"]}
     )
@@ -342,12 +345,13 @@ def test_upgrade_hands_over_a_database_the_admin_owned(old_layout: str) -> None:
     try:
         with app.begin() as conn:
             assert conn.execute(text("SELECT current_user")).scalar() == "guatu_app"
+            conn.execute(text("SELECT set_config('guatu.role', 'admin', true), set_config('guatu.user', 'x', true)"))
             conn.execute(text("UPDATE grids SET manager = '新网格员' WHERE code = :c"), {"c": COMMUNITY + "001"})
             kept = conn.execute(text("SELECT name FROM grids_versions")).scalars().all()
             conn.execute(
                 text(
-                    "INSERT INTO uploads (layer, sha256, options_key, size_bytes, options, status, report) "
-                    "VALUES ('grids', 'x', 'y', 0, '{}', 'dry_run', '{}')"
+                    "INSERT INTO uploads (layer, sha256, options_key, size_bytes, options, status, report, uploader) "
+                    "VALUES ('grids', 'x', 'y', 0, '{}', 'dry_run', '{}', 'x')"
                 )
             )
         assert kept == ["旧网格"]

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from api.main import create_app
 from api.proxy import ProxyOptions, render_nginx_conf
 from api.settings import ApiSettings
-from tests.browser import free_port, running, url_of
+from tests.browser import auth_line, free_port, running, url_of
 from tests.conftest import demo_database
 from tests.sockets import wait_closed
 
@@ -68,12 +68,19 @@ async def wait(s: float) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def app_server(proxy_engine: Engine) -> Iterator[uvicorn.Server]:
-    """guatu as `guatu serve` runs it, with two test-only routes and a 1 MB upload limit."""
-    app = create_app(SETTINGS, engine=proxy_engine)
+def proxy_port() -> int:
+    """The port nginx will listen on: the app is told it is its public address."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def app_server(proxy_engine: Engine, proxy_port: int) -> Iterator[uvicorn.Server]:
+    """guatu as `guatu serve` runs it, with two test-only routes, a 1 MB upload limit and nginx's public URL."""
+    settings = SETTINGS.model_copy(update={"public_url": f"http://127.0.0.1:{proxy_port}"})
+    app = create_app(settings, engine=proxy_engine)
     app.add_api_route("/_test/client", client_seen)
     app.add_api_route("/_test/wait", wait)
-    with running(app, SETTINGS) as server:
+    with running(app, settings) as server:
         yield server
 
 
@@ -121,12 +128,12 @@ def nginx_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def proxy(app_server: uvicorn.Server, nginx_dir: Path) -> Iterator[str]:
+def proxy(app_server: uvicorn.Server, nginx_dir: Path, proxy_port: int) -> Iterator[str]:
     """nginx in front of the app, with one-second client timeouts and 1 r/s (burst 5) under /api/."""
     options = ProxyOptions.from_settings(
         SETTINGS,
         nginx_dir,
-        listen=f"127.0.0.1:{free_port()}",
+        listen=f"127.0.0.1:{proxy_port}",
         upstream=f"127.0.0.1:{app_server.config.port}",
         header_timeout_s=1,
         body_timeout_s=1,
@@ -156,11 +163,16 @@ def client_from(source: str) -> httpx.Client:
 
 
 def raw_from(source: str, url: str, first: bytes = b"") -> socket.socket:
-    """Open a socket from SOURCE to URL's host and port, send FIRST, and leave it non-blocking."""
-    host, port = url.removeprefix("http://").split(":")
+    """Open a socket from SOURCE to URL's host and port, send FIRST, and leave it non-blocking.
+
+    FIRST's `Host: {host}` becomes URL's host and port, as a browser sends it: nginx passes it
+    on, and the app answers only hosts it is allowed to.
+    """
+    address = url.removeprefix("http://")
+    host, port = address.split(":")
     sock = socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0))
     if first:
-        sock.sendall(first)
+        sock.sendall(first.replace(b"Host: {host}", b"Host: " + address.encode()))
     sock.setblocking(False)
     return sock
 
@@ -169,10 +181,12 @@ def test_slow_clients_are_cut_by_nginx_and_never_reach_the_app(proxy: str, app_s
     requests_before = requests_seen(app_server)
     opened_at = time.monotonic()
     half_headers = [
-        raw_from("127.0.0.2", proxy, b"GET /healthz HTTP/1.1\r\nHost: guatu\r\nX-Slow: ") for _ in range(100)
+        raw_from("127.0.0.2", proxy, b"GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Slow: ") for _ in range(100)
     ]
     slow_body_head = (
-        b"POST /api/layers/parcels/uploads HTTP/1.1\r\nHost: guatu\r\nContent-Type: application/geo+json\r\n"
+        b"POST /api/layers/parcels/uploads HTTP/1.1\r\nHost: {host}\r\n"
+        + auth_line().encode()
+        + b"Content-Type: application/geo+json\r\n"
         b'Content-Length: 5000\r\n\r\n{"type": "FeatureCollection"'
     )
     slow_bodies = [raw_from("127.0.0.2", proxy, slow_body_head) for _ in range(5)]  # within the burst of /api/
@@ -198,7 +212,7 @@ def test_slow_clients_are_cut_by_nginx_and_never_reach_the_app(proxy: str, app_s
 
 def test_more_requests_in_flight_than_allowed_from_one_client_get_429(proxy: str) -> None:
     held = [
-        raw_from("127.0.0.4", proxy, b"GET /_test/wait?s=4 HTTP/1.1\r\nHost: guatu\r\n\r\n")
+        raw_from("127.0.0.4", proxy, b"GET /_test/wait?s=4 HTTP/1.1\r\nHost: {host}\r\n\r\n")
         for _ in range(CONN_PER_CLIENT)
     ]
     time.sleep(0.5)  # nginx has read all their headers: CONN_PER_CLIENT requests in flight
@@ -234,8 +248,10 @@ def test_an_upload_over_the_limit_is_refused_by_nginx_before_it_is_read(proxy: s
     sock = raw_from(
         "127.0.0.9",
         proxy,
-        b"POST /api/layers/parcels/uploads HTTP/1.1\r\nHost: guatu\r\nContent-Type: application/geo+json\r\n"
-        b"Content-Length: %d\r\n\r\n" % (UPLOAD_LIMIT * 2),
+        b"POST /api/layers/parcels/uploads HTTP/1.1\r\nHost: {host}\r\n"
+        + auth_line().encode()
+        + b"Content-Type: application/geo+json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % (UPLOAD_LIMIT * 2),
     )
     sock.setblocking(True)
     sock.settimeout(10)
@@ -282,7 +298,7 @@ def test_json_and_tiles_come_gzipped_and_etags_still_revalidate(proxy: str, app_
         assert mapbox_vector_tile.decode(raw.content)["parcels"]["features"]  # decoded by httpx: a real tile
         etag = raw.headers["etag"]
         assert etag.startswith('W/"')  # nginx weakened it when it compressed the body
-        assert raw.headers["cache-control"] == "public, max-age=60, must-revalidate"
+        assert raw.headers["cache-control"] == "private, max-age=60, must-revalidate"  # what one user's area holds
         again = client.get(url, headers={"Accept-Encoding": "gzip", "If-None-Match": etag})
         assert again.status_code == 304 and again.content == b""
         assert again.headers["etag"] in (etag, etag.removeprefix("W/"))
@@ -305,7 +321,7 @@ def test_the_app_sees_the_real_client_its_scheme_and_the_proxy_s_address(
         seen = client.get(proxy + "/_test/client", headers={"X-Forwarded-For": "6.6.6.6"}).json()
         assert seen == {"client": "127.0.0.11", "scheme": "http"}  # nginx replaced the forged header
         tilejson = client.get(proxy + "/tiles/parcels.json").json()
-        assert tilejson["tiles"][0].startswith(proxy + "/tiles/parcels/")  # Host with nginx's port
+        assert tilejson["tiles"][0].startswith(proxy + "/tiles/parcels/")  # GUATU_PUBLIC_URL: nginx's address
         # straight to uvicorn: only a trusted proxy (GUATU_FORWARDED_ALLOW_IPS, 127.0.0.1) is believed
         direct = client.get(url_of(app_server) + "/_test/client", headers={"X-Forwarded-For": "6.6.6.6"}).json()
         assert direct["client"] == "127.0.0.11"
@@ -346,6 +362,7 @@ def test_guatu_proxy_config_writes_a_config_nginx_accepts(tmp_path: Path) -> Non
         "limit_req_status 429;",
         "limit_conn_status 429;",
         'proxy_set_header Connection "";',
+        "proxy_set_header Host $http_host;",  # the app answers only the hosts it is allowed
     ):
         assert line in text, line
     for long_location in ("location = /api/print {", "location ~ ^/api/layers/[^/]+/uploads$ {"):

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from api.main import create_app
 from api.settings import ApiSettings
 from layers import archive
-from tests.browser import live_app
+from tests.browser import auth_line, live_app
 from tests.conftest import migrated_database
 from tests.samples import COMMUNITY, X0, Y0, sample
 
@@ -64,7 +64,7 @@ def raw_upload(base: str, size: int, sent: bytes) -> socket.socket:
     """Start an upload of SIZE bytes, send SENT of it, and return the socket (the rest never comes)."""
     url = urlsplit(base)
     sock = socket.create_connection((url.hostname, url.port))
-    head = f"POST {UPLOAD} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Length: {size}\r\n\r\n"
+    head = f"POST {UPLOAD} HTTP/1.1\r\nHost: {url.netloc}\r\n{auth_line()}Content-Length: {size}\r\n\r\n"
     sock.sendall(head.encode() + sent)
     return sock
 
@@ -165,7 +165,7 @@ def test_a_multipart_body_without_length_is_cut_at_the_limit_not_spooled_whole(
         url = urlsplit(base)
         sock = socket.create_connection((url.hostname, url.port))
         head = (
-            f"POST {UPLOAD} HTTP/1.1\r\nHost: {url.netloc}\r\nTransfer-Encoding: chunked\r\n"
+            f"POST {UPLOAD} HTTP/1.1\r\nHost: {url.netloc}\r\n{auth_line()}Transfer-Encoding: chunked\r\n"
             "Content-Type: multipart/form-data; boundary=XYZ\r\n\r\n"
         )
         part = b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="big.geojson"\r\n\r\n' + b"x" * 300_000

@@ -20,7 +20,8 @@ from pyproj import Geod, Transformer
 from shapely.geometry import mapping, shape
 
 from spatial.crs import wgs84_to_gcj02
-from tests.conftest import admin_url, libpq, migrated_database
+from spatial.db import state
+from tests.conftest import ADMIN, admin_sessions, admin_url, libpq, migrated_database
 from tests.samples import COMMUNITY, X0, Y0, sample
 
 URL = "/api/layers/shops/features"
@@ -76,7 +77,7 @@ def test_all_or_nothing_writes_nothing_when_one_feature_is_bad(client: TestClien
 def test_valid_only_commits_the_rest_and_records_provenance(client: TestClient, session: Session) -> None:
     features = shops(3)
     features[2]["geometry"] = {"type": "Point", "coordinates": [120.3, None]}
-    response = upload(client, collection(features), mode="valid-only", uploader="王调查")
+    response = upload(client, collection(features), mode="valid-only", uploader="王调查")  # said, not believed
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["status"] == "committed" and body["report"]["summary"] == {
@@ -90,7 +91,7 @@ def test_valid_only_commits_the_rest_and_records_provenance(client: TestClient, 
     ids = session.execute(text("SELECT DISTINCT upload_id FROM shops")).scalars().all()
     assert ids == [body["id"]]
     listed = client.get("/api/uploads").json()
-    assert listed[0]["id"] == body["id"] and listed[0]["uploader"] == "王调查"
+    assert listed[0]["id"] == body["id"] and listed[0]["uploader"] == "admin"  # who signed in
     assert client.get(f"/api/uploads/{body['id']}").json()["report"]["features"][2]["status"] == "rejected"
 
 
@@ -214,6 +215,7 @@ def test_two_concurrent_uploads_of_one_survey_leave_one_set_of_rows(committed: E
 
     def send() -> None:
         with Session(engine) as own:
+            state(own, ADMIN.settings())
             barrier.wait()
             results.append(run_upload(own, REGISTRY["shops"], raw, UploadOptions()).id)
             own.commit()
@@ -224,6 +226,7 @@ def test_two_concurrent_uploads_of_one_survey_leave_one_set_of_rows(committed: E
     for thread in threads:
         thread.join(60)
     with Session(engine) as check:
+        state(check, ADMIN.settings())
         assert count(check) == 50
         assert check.execute(text("SELECT count(*) FROM uploads")).scalar_one() == 1
     assert len(results) == 2 and results[0] == results[1]
@@ -268,10 +271,9 @@ def test_connection_killed_mid_commit_writes_nothing_and_marks_the_upload_failed
     from layers import uploads as uploads_module
     from layers.base import REGISTRY
     from layers.uploads import UploadOptions, commit_upload
-    from spatial.db import make_sessionmaker
     from spatial.errors import Unavailable
 
-    factory = make_sessionmaker(committed)
+    factory = admin_sessions(committed)
     raw = collection(shops(30))
     real_upsert = uploads_module.write_staged
 

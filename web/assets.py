@@ -23,6 +23,8 @@ UPLOAD_JS = f"{STATIC_URL}/guatu/upload.js"
 CHECKS_JS = f"{STATIC_URL}/guatu/checks.js"
 EDIT_JS = f"{STATIC_URL}/guatu/edit.js"
 EDIT_CSS = f"{STATIC_URL}/guatu/edit.css"
+LOGIN_JS = f"{STATIC_URL}/guatu/login.js"
+DOCS_JS = f"{STATIC_URL}/guatu/docs.js"
 
 REQUIRED = (
     "leaflet/leaflet.js",

@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from api.auth import rule
 from api.deps import SessionsDep
 from api.work import heavy, lane
 from layers import hierarchy
@@ -45,7 +46,7 @@ def report(findings: list[Any], scope: str | None, as_of: dt.date, tolerance: To
     }
 
 
-@router.get("/api/checks", summary="边界检查 Boundary checks")
+@router.get("/api/checks", summary="边界检查 Boundary checks", **rule("checks"))
 async def checks(
     sessions: SessionsDep,
     request: Request,
@@ -80,7 +81,9 @@ async def checks(
     return Response(orjson.dumps(report(found, scope, day, tolerance)), media_type="application/json")
 
 
-@router.get("/api/checks/context", summary="检查结果的底图 What a findings map draws around the findings")
+@router.get(
+    "/api/checks/context", summary="检查结果的底图 What a findings map draws around the findings", **rule("checks")
+)
 async def checks_context_route(
     sessions: SessionsDep,
     request: Request,

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
+from api.auth import ActorDep, SignedInDep, rule
 from api.deps import LayerDep, SessionDep
 from api.routes.stats import FILTER_HELP, FilterDep
-from layers import features
-from layers.base import REGISTRY
+from layers import changes, features
+from layers.access import Actor, personal_fields
+from layers.accounts import log_personal
+from layers.base import REGISTRY, Layer
 from layers.stats import filter_conditions
-from spatial.errors import MalformedInput, TooLarge
+from spatial.errors import InvalidInput, MalformedInput, NotFound, TooLarge
 
 GEOJSON = "application/geo+json"
+JSON_TYPES = ("application/json", GEOJSON)
+"""What a feature write must say it sends: a form or text/plain (what another site can post) is refused."""
 router = APIRouter(prefix="/api/layers/{layer_id}/features", tags=["features"])
+
 
 def _example() -> dict[str, Any]:
     """Return an example feature for the API docs: the first layer's declared example, as a point."""
@@ -57,7 +67,10 @@ def _too_large(limit: int) -> TooLarge:
 
 
 async def _read_feature(request: Request) -> Any:
-    """Return the parsed JSON body, or raise a clear error naming line and column."""
+    """Return the parsed JSON body, or raise a clear error naming line and column (415 if not sent as JSON)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in JSON_TYPES:
+        raise HTTPException(415)
     limit = request.app.state.settings.max_feature_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -80,9 +93,9 @@ async def _read_feature(request: Request) -> Any:
         ) from None
 
 
-def _commit(session: Session, write: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+def _commit(session: Session, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run WRITE and commit (in a worker thread: the event loop never waits on the database)."""
-    result = write(session, *args)
+    result = write(session, *args, **kwargs)
     session.commit()
     return result
 
@@ -91,52 +104,226 @@ def _geojson(data: Any, status_code: int = 200, headers: dict[str, str] | None =
     return GeoJSONResponse(orjson.dumps(data), status_code=status_code, headers=headers)
 
 
+def _etag(feature: dict[str, Any]) -> dict[str, str]:
+    return {"ETag": f'"{feature["version"]}"'}
+
+
+def _log_personal(session: Session, layer: Layer, actor: Actor | None, ids: list[int], route: str) -> None:
+    """Record that ACTOR was shown LAYER's personal fields of IDS in full (when the role sees them)."""
+    fields = personal_fields(layer)
+    if actor is not None and fields and ids and actor.sees_personal():
+        log_personal(session, actor, layer.id, ids, fields, route)
+        session.commit()
+
+
 @router.get(
-    "", summary="按范围查询要素 Features in a bounding box", response_class=GeoJSONResponse, description=FILTER_HELP
+    "",
+    summary="按范围查询要素 Features in a bounding box",
+    response_class=GeoJSONResponse,
+    description=FILTER_HELP,
+    **rule("user"),
 )
 def list_features(
     layer: LayerDep,
     session: SessionDep,
     flt: FilterDep,
+    actor: ActorDep,
+    request: Request,
     bbox: str | None = Query(None, description="minlon,minlat,maxlon,maxlat (CGCS2000)"),
     limit: int = Query(features.DEFAULT_LIMIT, ge=1, le=features.MAX_LIMIT),
     offset: int = Query(0, ge=0, le=10**9),
+    as_of: Annotated[
+        dt.datetime | None, Query(description="历史地图：该时刻的要素 the features as they stood then (ISO 8601)")
+    ] = None,
 ) -> GeoJSONResponse:
     """Return the layer's features intersecting BBOX (and kept by the map's filter) as a GeoJSON FeatureCollection."""
-    narrowed = filter_conditions(layer, flt) if flt else None
     box = features.parse_bbox(bbox)
+    if as_of is not None:
+        if as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=dt.UTC)
+        past = features.features_as_of(session, layer, as_of, box, limit)
+        _log_personal(session, layer, actor, [f["id"] for f in past["features"]], request.url.path)
+        return _geojson(past)
+    narrowed = filter_conditions(layer, flt) if flt else None
     result = features.list_features(session, layer, bbox=box, limit=limit, offset=offset, narrowed=narrowed)
-    body = features.feature_collection_bytes(result)
-    return GeoJSONResponse(body)
+    if personal_fields(layer) and actor is not None and actor.sees_personal() and result["features"]:
+        ids = [int(orjson.loads(f)["id"]) for f in result["features"]]
+        _log_personal(session, layer, actor, ids, request.url.path)
+    return GeoJSONResponse(features.feature_collection_bytes(result))
 
 
 @router.post(
-    "", summary="新增要素 Create a feature", status_code=201, openapi_extra=FEATURE_BODY, response_class=GeoJSONResponse
+    "",
+    summary="新增要素 Create a feature",
+    status_code=201,
+    response_class=GeoJSONResponse,
+    **rule("edit", **FEATURE_BODY),
 )
-async def create_feature(layer: LayerDep, session: SessionDep, request: Request) -> GeoJSONResponse:
-    """Validate and store a GeoJSON Feature; answer with it as stored."""
+async def create_feature(layer: LayerDep, session: SessionDep, actor: SignedInDep, request: Request) -> GeoJSONResponse:
+    """Validate and store a GeoJSON Feature (an optional top-level ``note`` says why); answer with it as stored."""
     body = await _read_feature(request)
-    created = await run_in_threadpool(_commit, session, features.create_feature, layer, body)
-    return _geojson(created, 201, {"Location": f"/api/layers/{layer.id}/features/{created['id']}"})
+    created = await run_in_threadpool(_commit, session, features.create_feature, layer, body, actor)
+    headers = {"Location": f"/api/layers/{layer.id}/features/{created['id']}"} | _etag(created)
+    return _geojson(created, 201, headers)
 
 
-@router.get("/{fid}", summary="读取要素 Read a feature", response_class=GeoJSONResponse)
-def get_feature(layer: LayerDep, session: SessionDep, fid: FeatureId) -> GeoJSONResponse:
-    """Return one feature."""
-    return _geojson(features.get_feature(session, layer, fid))
-
-
-@router.put("/{fid}", summary="替换要素 Replace a feature", openapi_extra=FEATURE_BODY, response_class=GeoJSONResponse)
-async def replace_feature(layer: LayerDep, session: SessionDep, fid: FeatureId, request: Request) -> GeoJSONResponse:
-    """Replace a feature's properties and geometry."""
+@router.post(
+    "/check",
+    summary="检查要素（不保存） Check a feature without saving it",
+    response_class=JSONResponse,
+    **rule("edit", **FEATURE_BODY),
+)
+async def check_feature(layer: LayerDep, session: SessionDep, actor: SignedInDep, request: Request) -> JSONResponse:
+    """Run every check a save would (codes, rules, location, area) and answer the completed properties, or 422."""
     body = await _read_feature(request)
-    updated = await run_in_threadpool(_commit, session, features.replace_feature, layer, fid, body)
-    return _geojson(updated)
+
+    def check() -> dict[str, Any]:
+        clean = {k: v for k, v in body.items() if k not in ("note", "version")} if isinstance(body, dict) else body
+        props, _ = features.check_feature(session, layer, clean)
+        features.check_area(layer, actor, props)
+        return {"ok": True, "properties": jsonable_encoder(props)}
+
+    return JSONResponse(await run_in_threadpool(check))
 
 
-@router.delete("/{fid}", summary="删除要素 Delete a feature", status_code=204)
-def delete_feature(layer: LayerDep, session: SessionDep, fid: FeatureId) -> Response:
-    """Delete a feature."""
-    features.delete_feature(session, layer, fid)
+@router.get("/{fid}", summary="读取要素 Read a feature", response_class=GeoJSONResponse, **rule("user"))
+def get_feature(
+    layer: LayerDep, session: SessionDep, fid: FeatureId, actor: ActorDep, request: Request
+) -> GeoJSONResponse:
+    """Return one feature; its ETag is its version (send it back as If-Match to change it)."""
+    found = features.get_feature(session, layer, fid)
+    _log_personal(session, layer, actor, [fid], request.url.path)
+    return _geojson(found, headers=_etag(found))
+
+
+IfMatch = Annotated[
+    str | None, Header(alias="If-Match", description="所读版本的 ETag the ETag of the version read (or *)")
+]
+
+
+@router.put(
+    "/{fid}",
+    summary="替换要素 Replace a feature (every field)",
+    response_class=GeoJSONResponse,
+    **rule("edit", **FEATURE_BODY),
+)
+async def replace_feature(
+    layer: LayerDep, session: SessionDep, fid: FeatureId, actor: SignedInDep, request: Request, if_match: IfMatch = None
+) -> GeoJSONResponse:
+    """Replace a feature's properties (every field given) and geometry; If-Match is required."""
+    version = features.parse_if_match(if_match)
+    body = await _read_feature(request)
+    updated = await run_in_threadpool(_commit, session, features.replace_feature, layer, fid, body, actor, version)
+    return _geojson(updated, headers=_etag(updated))
+
+
+@router.patch(
+    "/{fid}",
+    summary="修改要素 Change some fields or the shape",
+    response_class=GeoJSONResponse,
+    **rule("edit", **FEATURE_BODY),
+)
+async def patch_feature(
+    layer: LayerDep, session: SessionDep, fid: FeatureId, actor: SignedInDep, request: Request, if_match: IfMatch = None
+) -> GeoJSONResponse:
+    """Change the properties given (the others stay) and, when sent, the geometry; If-Match is required."""
+    version = features.parse_if_match(if_match)
+    body = await _read_feature(request)
+    updated = await run_in_threadpool(
+        _commit, session, features.replace_feature, layer, fid, body, actor, version, partial=True
+    )
+    return _geojson(updated, headers=_etag(updated))
+
+
+@router.delete("/{fid}", summary="删除要素 Delete a feature", status_code=204, **rule("edit"))
+def delete_feature(
+    layer: LayerDep,
+    session: SessionDep,
+    fid: FeatureId,
+    if_match: IfMatch = None,
+    note: str | None = Query(None, max_length=500, description="删除原因 why (kept in the history)"),
+) -> Response:
+    """Delete a feature (kept in its history: it can be restored with its id); If-Match is required."""
+    version = features.parse_if_match(if_match)
+    features.delete_feature(session, layer, fid, version, note)
     session.commit()
     return Response(status_code=204)
+
+
+@router.get("/{fid}/history", summary="修改历史 A feature's history", **rule("user"))
+def feature_history(layer: LayerDep, session: SessionDep, fid: FeatureId, actor: ActorDep) -> dict[str, Any]:
+    """Return every change of the feature, newest first: who, when, why, and the versions before and after."""
+    try:
+        current: dict[str, Any] | None = features.get_feature(session, layer, fid)
+    except NotFound:
+        current = None
+    found = changes.changes_of(session, layer, fid, current)
+    if not found:
+        raise NotFound.one(
+            "feature_not_found", f"{layer.zh}中没有编号为 {fid} 的要素", f"no feature {fid} in {layer.en}", id=fid
+        )
+    return {"layer": layer.id, "feature_id": fid, "deleted": current is None, "changes": found}
+
+
+@router.post("/{fid}/restore", summary="恢复到某一版本 Restore a version", **rule("edit"))
+async def restore_feature(
+    layer: LayerDep, session: SessionDep, fid: FeatureId, actor: SignedInDep, request: Request
+) -> GeoJSONResponse:
+    """Bring the feature back as it stood after the change named in ``{"change": id}`` (a deleted one too)."""
+    body = await _read_json(request)
+    change = body.get("change")
+    if not isinstance(change, int) or isinstance(change, bool):
+        raise InvalidInput.one(
+            "change_required", "请给出要恢复的修改记录编号 change", "give the change id", field="change"
+        )
+    restored = await run_in_threadpool(
+        _commit, session, features.restore_feature, layer, fid, change, actor, body.get("note")
+    )
+    return _geojson(restored, headers=_etag(restored))
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    body = await _read_feature(request)
+    if not isinstance(body, dict):
+        raise MalformedInput.one("body_not_object", "请求体应为 JSON 对象", "body must be a JSON object")
+    return body
+
+
+ops_router = APIRouter(prefix="/api/layers/{layer_id}", tags=["features"])
+
+
+@ops_router.post("/split", summary="分割 Split a polygon along a line", **rule("edit"))
+async def split_feature(
+    layer: LayerDep, session: SessionDep, actor: SignedInDep, request: Request, if_match: IfMatch = None
+) -> GeoJSONResponse:
+    """Split ``{"id", "line", "codes"}``: the largest part keeps the feature, each other part becomes a new one."""
+    version = features.parse_if_match(if_match)
+    body = await _read_json(request)
+    fid, codes = body.get("id"), body.get("codes") or []
+    if not isinstance(fid, int) or isinstance(fid, bool) or not isinstance(codes, list):
+        raise InvalidInput.one(
+            "split_invalid", "请给出 id（整数）、line 与 codes（列表）", "give id, line and codes", field="id"
+        )
+    parts = await run_in_threadpool(
+        _commit, session, features.split_feature, layer, fid, body.get("line"), codes, actor, version, body.get("note")
+    )
+    return _geojson({"type": "FeatureCollection", "features": parts})
+
+
+@ops_router.post("/merge", summary="合并 Merge adjacent polygons", **rule("edit"))
+async def merge_features(layer: LayerDep, session: SessionDep, actor: SignedInDep, request: Request) -> GeoJSONResponse:
+    """Merge ``{"ids", "keep", "versions": {id: version}}`` into the kept feature; the others are deleted."""
+    body = await _read_json(request)
+    ids, keep, versions = body.get("ids"), body.get("keep"), body.get("versions")
+    valid = isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    if not valid or not isinstance(keep, int) or not isinstance(versions, dict) or len(ids or []) > 50:
+        raise InvalidInput.one(
+            "merge_invalid",
+            "请给出 ids（至多50个）、keep 与 versions",
+            "give ids (up to 50), keep and versions",
+            field="ids",
+        )
+    merged = await run_in_threadpool(
+        _commit, session, features.merge_features, layer, ids, keep, versions, actor, body.get("note")
+    )
+    return _geojson(merged, headers=_etag(merged))

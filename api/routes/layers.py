@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
+from api.auth import rule
 from api.deps import LayerDep, SessionDep
 from layers.base import REGISTRY, Layer
 from layers.features import layer_summary
@@ -24,13 +25,13 @@ def _describe(session: Session, layer: Layer) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="图层列表 List layers")
+@router.get("", summary="图层列表 List layers", **rule("user"))
 def list_layers(session: SessionDep) -> list[dict[str, Any]]:
     """Return every layer with its geometry type, feature count and extent."""
     return [_describe(session, layer) for layer in sorted(REGISTRY.values(), key=lambda x: x.order)]
 
 
-@router.get("/{layer_id}", summary="图层信息 Describe a layer")
+@router.get("/{layer_id}", summary="图层信息 Describe a layer", **rule("user"))
 def get_layer(layer: LayerDep, session: SessionDep) -> dict[str, Any]:
     """Return one layer's description, count and extent."""
     return _describe(session, layer)

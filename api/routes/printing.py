@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from api.auth import rule
 from api.deps import SessionsDep
 from api.routes.stats import FilterDep
 from api.work import heavy, lane
@@ -92,7 +93,7 @@ def _narrowing(request: Request, chosen: list[Layer], plain: Filter) -> dict[str
     return out
 
 
-@router.get("/api/print", summary="挂图导出 Wall map (PDF/PNG)")
+@router.get("/api/print", summary="挂图导出 Wall map (PDF/PNG)", **rule("print"))
 async def print_map(
     sessions: SessionsDep,
     request: Request,

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from api.auth import rule
 from api.deps import SessionDep
 from api.routes.stats import FilterDep
 from layers.features import layer_or_404
@@ -14,7 +15,7 @@ from layers.search import search
 router = APIRouter(tags=["search"])
 
 
-@router.get("/api/search", summary="搜索 Search by code, name or address")
+@router.get("/api/search", summary="搜索 Search by code, name or address", **rule("user"))
 def search_features(
     session: SessionDep,
     flt: FilterDep,

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from api.auth import rule
 from api.deps import LayerDep, SessionDep
 from layers.features import parse_bbox
 from layers.stats import Filter, filter_description, parse_filter, statistics
@@ -34,7 +35,7 @@ map_filter.__doc__ = f"{map_filter.__doc__}\n\n{FILTER_HELP}"
 FilterDep = Annotated[Filter, Depends(map_filter)]
 
 
-@router.get("/api/layers/{layer_id}/stats", summary="统计 Statistics", description=FILTER_HELP)
+@router.get("/api/layers/{layer_id}/stats", summary="统计 Statistics", description=FILTER_HELP, **rule("user"))
 def layer_statistics(
     layer: LayerDep,
     session: SessionDep,
@@ -49,7 +50,7 @@ def layer_statistics(
     return statistics(session, layer, flt, by=by)
 
 
-@router.get("/api/layers/{layer_id}/filters", summary="筛选项 Filters and figures the layer offers")
+@router.get("/api/layers/{layer_id}/filters", summary="筛选项 Filters and figures the layer offers", **rule("user"))
 def layer_filters(layer: LayerDep) -> dict[str, Any]:
     """Return the filters (query parameter, field, values or classes) and the figures the layer's statistics give."""
     return filter_description(layer)

@@ -21,9 +21,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import ActorDep, rule
 from api.deps import LayerDep, SessionDep, SessionsDep
 from api.routes.stats import FilterDep
 from layers import generations
+from layers.access import Actor
 from layers.base import Layer
 from layers.features import layer_or_404, layer_summary
 from layers.stats import Filter, filter_conditions
@@ -108,6 +110,13 @@ async def generation_reader(request: Request) -> Callable[[str], int]:
 GenerationsDep = Annotated[Callable[[str], int], Depends(generation_reader)]
 
 
+def visibility(actor: Actor | None) -> str:
+    """Return the key of what ACTOR sees (the area's prefix; ``*`` for everything): caches are kept per key."""
+    if actor is None:
+        return "-"
+    return "*" if actor.is_admin else actor.prefix
+
+
 def _generation(cache: TileCache, read: Callable[[str], int], layer: Layer) -> int:
     """Return LAYER's generation now, dropping what the cache kept of older ones."""
     generation = read(layer.id)
@@ -115,15 +124,16 @@ def _generation(cache: TileCache, read: Callable[[str], int], layer: Layer) -> i
     return generation
 
 
-def _extent(cache: TileCache, session: Session, layer: Layer, generation: int) -> list[float] | None:
-    """Return LAYER's extent at GENERATION (read after it), from the cache when it was made at that one."""
-    known = cache.extents.get(layer.id)
+def _extent(cache: TileCache, session: Session, layer: Layer, generation: int, who: str) -> list[float] | None:
+    """Return LAYER's extent at GENERATION (read after it) as WHO sees it, cached per generation and visibility."""
+    slot = f"{layer.id}|{who}"
+    known = cache.extents.get(slot)
     if known is not None and known[0] == generation:
         return known[1]
     extent: list[float] | None = layer_summary(session, layer)["extent"]
     with cache.lock:
         if generation >= cache.seen.get(layer.id, 0):
-            cache.extents[layer.id] = (generation, extent)
+            cache.extents[slot] = (generation, extent)
     return extent
 
 
@@ -157,6 +167,7 @@ def _tile(
     address: Tile,
     flt: Filter,
     key: tuple[str, int, int, int, str],
+    who: str,
 ) -> tuple[bytes, str]:
     """Return the tile's (bytes, ETag): cached if made at the layer's current generation, else rendered."""
     generation = _generation(cache, read, layer)  # before the tile's query sees the data
@@ -164,14 +175,14 @@ def _tile(
     if cached is not None:
         return cached
     with sessions() as session:
-        data = render_tile(session, layer, address, _extent(cache, session, layer, generation), flt)
+        data = render_tile(session, layer, address, _extent(cache, session, layer, generation, who), flt)
     # the generation in the ETag: a client never gets 304 for a tile made before a write
     etag = f'"{generation}-{hashlib.sha1(data, usedforsecurity=False).hexdigest()[:20]}"'
     cache.put(key, generation, (data, etag))
     return data, etag
 
 
-@router.get("/tiles/{layer_id}/{z}/{x}/{y}.pbf", summary="矢量瓦片 Vector tile (MVT)")
+@router.get("/tiles/{layer_id}/{z}/{x}/{y}.pbf", summary="矢量瓦片 Vector tile (MVT)", **rule("user"))
 async def vector_tile(
     layer_id: str,
     request: Request,
@@ -181,6 +192,7 @@ async def vector_tile(
     flt: FilterDep,
     sessions: SessionsDep,
     read: GenerationsDep,
+    actor: ActorDep,
 ) -> Response:
     """Return one tile of the layer: id, code, name and the styled field of each feature.
 
@@ -191,9 +203,10 @@ async def vector_tile(
     layer = layer_or_404(layer_id)
     address = tile_of_layer(layer, z, x, y)
     _, params = filter_conditions(layer, flt)  # refuses a filter the layer cannot take
-    key = (layer.id, z, x, y, _filter_key(params))
-    data, etag = await run_in_threadpool(_tile, read, sessions, tile_cache(request), layer, address, flt, key)
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=60, must-revalidate"}
+    who = visibility(actor)
+    key = (layer.id, z, x, y, _filter_key(params) + "|" + who)  # what one area sees is never served to another
+    data, etag = await run_in_threadpool(_tile, read, sessions, tile_cache(request), layer, address, flt, key, who)
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=60, must-revalidate", "Vary": "Cookie, Authorization"}
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     if not data:
@@ -201,9 +214,12 @@ async def vector_tile(
     return Response(data, media_type=MVT, headers=headers)
 
 
-@router.get("/tiles/{layer_id}.json", summary="TileJSON")
-def layer_tilejson(layer: LayerDep, session: SessionDep, read: GenerationsDep, request: Request) -> JSONResponse:
-    """Return the TileJSON document of LAYER's vector tiles."""
-    base = str(request.base_url).rstrip("/")
+@router.get("/tiles/{layer_id}.json", summary="TileJSON", **rule("user"))
+def layer_tilejson(
+    layer: LayerDep, session: SessionDep, read: GenerationsDep, request: Request, actor: ActorDep
+) -> JSONResponse:
+    """Return the TileJSON document of LAYER's vector tiles; tile URLs start with GUATU_PUBLIC_URL, never the Host."""
+    base = request.app.state.settings.public_url
     cache = tile_cache(request)
-    return JSONResponse(tilejson(layer, base, _extent(cache, session, layer, _generation(cache, read, layer))))
+    extent = _extent(cache, session, layer, _generation(cache, read, layer), visibility(actor))
+    return JSONResponse(tilejson(layer, base, extent))

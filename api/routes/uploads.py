@@ -13,7 +13,8 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message
 
-from api.deps import LayerDep, SessionDep
+from api.auth import SignedInDep, rule
+from api.deps import LayerDep, SessionDep, SessionsDep
 from api.work import client_of, lane, watched
 from layers.archive import load_report, spool_file
 from layers.uploads import Upload, UploadOptions, commit_upload, get_upload, upload_json
@@ -138,11 +139,13 @@ def _text(value: str | None, limit: int) -> str | None:
     "/api/layers/{layer_id}/uploads",
     summary="上传 GeoJSON 文件 Upload a GeoJSON file",
     status_code=201,
-    openapi_extra=UPLOAD_BODY,
+    **rule("upload", **UPLOAD_BODY),
 )
 async def create_upload(
     layer: LayerDep,
     session: SessionDep,
+    sessions: SessionsDep,
+    actor: SignedInDep,
     request: Request,
     crs: str | None = Query(
         None, description="WGS84, CGCS2000, GCJ-02, BD-09 or EPSG:<code>; default: the file's crs member, else CGCS2000"
@@ -151,7 +154,6 @@ async def create_upload(
     mode: str = Query("all-or-nothing", pattern="^(all-or-nothing|valid-only)$"),
     dry_run: bool = Query(False, description="check and diff only; write nothing"),
     repair: bool = Query(False, description="make invalid polygons valid, reporting the area change"),
-    uploader: str | None = Query(None, max_length=100),
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     """Check every feature, diff against the database, and commit in one transaction.
@@ -171,7 +173,7 @@ async def create_upload(
                 mode=mode,  # type: ignore[arg-type]  # checked by the pattern above
                 dry_run=dry_run,
                 repair=repair,
-                uploader=uploader,
+                uploader=actor.username,  # who signed in: never what the client says
                 filename=_text(filename, 300),
                 idempotency_key=idempotency_key,
             )
@@ -180,7 +182,7 @@ async def create_upload(
                 def progress(done: int, total: int) -> None:
                     token.check()  # the client left: stop here, write nothing
 
-                fresh = request.app.state.sessions
+                fresh = sessions  # a failure is recorded in a session of its own, as the same user
                 check = functools.partial(commit_upload, workers=request.app.state.settings.upload_workers)
                 result = await uploads.run(check, session, fresh, layer, path, options, progress)
         finally:
@@ -189,7 +191,7 @@ async def create_upload(
     return JSONResponse(result, status_code=status)
 
 
-@router.get("/api/uploads", summary="上传记录 List uploads")
+@router.get("/api/uploads", summary="上传记录 List uploads", **rule("user"))
 def list_uploads(session: SessionDep, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
     """Return the latest uploads, newest first, without their per-feature reports."""
     uploads = session.execute(select(Upload).order_by(Upload.id.desc()).limit(limit)).scalars()
@@ -199,13 +201,13 @@ def list_uploads(session: SessionDep, limit: int = Query(50, ge=1, le=500)) -> l
     ]
 
 
-@router.get("/api/uploads/{uid}", summary="上传结果 Upload status and report")
+@router.get("/api/uploads/{uid}", summary="上传结果 Upload status and report", **rule("user"))
 def read_upload(session: SessionDep, uid: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> dict[str, Any]:
     """Return one upload with its report as stored (capped: `full_report` links to the whole of it)."""
     return upload_json(get_upload(session, uid))
 
 
-@router.get("/api/uploads/{uid}/report", summary="完整报告 Full upload report")
+@router.get("/api/uploads/{uid}/report", summary="完整报告 Full upload report", **rule("user"))
 def read_full_report(session: SessionDep, uid: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> Response:
     """Return the whole per-feature report of one upload (kept as a file while the archive keeps it)."""
     upload = get_upload(session, uid)

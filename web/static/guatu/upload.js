@@ -73,7 +73,8 @@
           body.append("file", file.files[0]);
           status.textContent = dryRun ? "正在检查… (checking)" : "正在提交… (committing)";
           check.disabled = commit.disabled = true;
-          fetch(opts.api + "/layers/" + layer.value + "/uploads?" + params.toString(), {method: "POST", body: body})
+          fetch(opts.api + "/layers/" + layer.value + "/uploads?" + params.toString(),
+                {method: "POST", body: body, headers: guatuDom.csrfHeaders()})
             .then(function (r) { return r.json().then(function (data) { return {ok: r.ok, status: r.status, data: data}; }); })
             .then(function (res) { show(res, dryRun); })
             .catch(function (err) { status.textContent = "失败 (failed): " + err.message; })
