@@ -474,7 +474,7 @@ def test_the_map_as_of_a_past_date_is_drawn_from_the_history_and_read_only(base_
         assert page.locator("path.guatu-parcels").count() > 0
         asked: list[str] = []
         page.on("request", lambda r: asked.append(r.url) if "as_of=" in r.url else None)
-        page.fill(".guatu-asof-date", yesterday)
+        page.fill(".guatu-asof-date", yesterday + "T12:00")
         page.locator(".guatu-asof-banner", has_text=yesterday).wait_for(timeout=5_000)
         page.wait_for_function("() => guatu.idle() && guatuEdit.idle()")
         assert any("/layers/parcels/features?" in url for url in asked)
@@ -484,4 +484,35 @@ def test_the_map_as_of_a_past_date_is_drawn_from_the_history_and_read_only(base_
         page.click(".guatu-asof-now")
         page.wait_for_selector("path.guatu-parcels", timeout=15_000)
         assert page.locator(".guatu-asof-banner").count() == 0
+        assert page.errors == []
+
+
+def test_a_deleted_parcel_comes_back_with_its_id_from_its_history(base_url: str) -> None:
+    planner = signed_in(base_url, "planner")
+    area = signed_in(base_url, "surveyor").get("/api/me").json()["user"]["area"]
+    named = {
+        z["properties"].get("homestead_parcel_code")
+        for z in planner.get("/api/layers/zones/features", params={"scope": area, "limit": 5000}).json()["features"]
+    }
+    parcel = next(p for p in parcels_of(planner, area)[40:] if p["properties"]["code"] not in named)
+    centre = shape(parcel["geometry"]).representative_point()
+    with chromium() as browser:
+        page = open_page(browser, base_url, "planner", WIDE)
+        move_to(page, centre.x, centre.y, 18)
+        popup = open_popup(page, "parcels", parcel["id"])
+        popup.locator(".guatu-delete").dispatch_event("click")
+        popup.locator(".guatu-confirm-yes").dispatch_event("click")  # asked once more before it goes
+        page.locator(".guatu-edit-status", has_text="已删除").wait_for(timeout=10_000)
+        assert planner.get(f"/api/layers/parcels/features/{parcel['id']}").status_code == 404
+        page.click(".guatu-deleted-history")
+        deleted = page.locator(".guatu-history .guatu-change").first
+        deleted.wait_for(timeout=10_000)
+        assert deleted.get_attribute("data-op") == "delete"
+        deleted.locator(".guatu-restore").click()
+        deleted.locator(".guatu-confirm-yes").click()
+        page.locator(".guatu-history-panel .guatu-edit-said", has_text="已恢复").wait_for(timeout=10_000)
+        back = planner.get(f"/api/layers/parcels/features/{parcel['id']}")
+        assert back.status_code == 200, "the same id"
+        assert back.json()["geometry"]["coordinates"] == parcel["geometry"]["coordinates"]
+        assert back.json()["properties"]["code"] == parcel["properties"]["code"]
         assert page.errors == []

@@ -113,6 +113,10 @@
     return Boolean(rights && rights.edit && state.described[id] && window.guatu.options(id));
   }
   function canEdit(id) { return !state.asOf && editable(id); }
+  function seesPersonal(id) {
+    var rights = state.me && state.me.layers && state.me.layers[id];
+    return Boolean(rights && rights.personal);
+  }
 
   function start(map, opts) {
     state.map = map;
@@ -344,7 +348,11 @@
       if (!r.ok) throw new Error(r.status === 412 ? "他人刚修改过此要素，请重新打开 (changed meanwhile: open it again)" : messageOf(r));
       state.map.closePopup();
       window.guatu.reload(layerId);
-      say("已删除 Deleted #" + feature.id + "（可在历史中恢复 restorable from its history）");
+      say("已删除 Deleted #" + feature.id + " ");
+      var undo = el("button", "guatu-button guatu-deleted-history", "历史与恢复 History, restore");
+      undo.type = "button";
+      undo.addEventListener("click", function () { history(layerId, feature); });
+      if (state.bar) state.bar.appendChild(undo);
     }).catch(function (err) {
       said.textContent = err.message;
       said.className = "guatu-edit-said guatu-bad";
@@ -589,6 +597,10 @@
         input.disabled = true;
         row.classList.add("guatu-read-only");
         input.title = "由系统填写 filled in by the system";
+      } else if (f.personal && s.fid && !seesPersonal(s.layer)) {
+        input.disabled = true;  // shown masked: what is not seen is not overwritten
+        row.classList.add("guatu-read-only");
+        input.title = "个人信息已打码，无权修改 masked personal data: not yours to change";
       }
       input.addEventListener("input", function () { typed(s, f, input); });
       input.addEventListener("change", function () { typed(s, f, input); });
@@ -749,7 +761,7 @@
   function changedFields(s) {
     var out = {};
     fieldsOf(s.desc).forEach(function (f) {
-      if (f.read_only) return;
+      if (f.read_only || s.inputs[f.name].disabled) return;
       var before = s.original[f.name] === undefined ? null : s.original[f.name];
       if (asText(before) !== asText(s.values[f.name])) out[f.name] = s.values[f.name];
     });
@@ -1079,8 +1091,8 @@
     var row = el("label", "guatu-asof");
     row.appendChild(el("span", "guatu-asof-name", "历史地图 Map as of"));
     var date = el("input", "guatu-asof-date");
-    date.type = "date";
-    date.max = new Date().toISOString().slice(0, 10);
+    date.type = "datetime-local";  // a moment, as the history keeps them
+    date.title = "选择日期与时间 pick a date and time";
     row.appendChild(date);
     var now = el("button", "guatu-button guatu-asof-now", "现在 Now");
     now.type = "button";
@@ -1113,9 +1125,10 @@
     var banner = map.getContainer().querySelector(".guatu-asof-banner");
     if (banner) banner.remove();
     if (!date) { say(""); return; }
-    banner = el("div", "guatu-asof-banner", "正在查看 " + date + " 的地图（只读） Viewing the map as of " + date + " (read-only)");
+    var said = date.replace("T", " ");
+    banner = el("div", "guatu-asof-banner", "正在查看 " + said + " 的地图（只读） Viewing the map as of " + said + " (read-only)");
     map.getContainer().appendChild(banner);
-    var at = new Date(date + "T23:59:59").toISOString();  // the end of that day, here
+    var at = new Date(date).toISOString();  // the moment picked, in this browser's time zone
     state.opts.layers.forEach(function (layer) { past(layer.id, at); });
   }
 
