@@ -516,3 +516,28 @@ def test_a_deleted_parcel_comes_back_with_its_id_from_its_history(base_url: str)
         assert back.json()["geometry"]["coordinates"] == parcel["geometry"]["coordinates"]
         assert back.json()["properties"]["code"] == parcel["properties"]["code"]
         assert page.errors == []
+
+
+def test_a_shape_the_server_refuses_is_outlined_in_red_with_its_message(base_url: str) -> None:
+    surveyor = signed_in(base_url, "surveyor")
+    area = surveyor.get("/api/me").json()["user"]["area"]
+    centre = shape(parcels_of(surveyor, area)[10]["geometry"]).representative_point()
+    with chromium() as browser:
+        page = open_page(browser, base_url, "surveyor", WIDE)
+        move_to(page, centre.x, centre.y, 19)
+        page.click(".guatu-add-polygon")
+        page.wait_for_function("() => guatuEdit.session() && guatuEdit.idle()")
+        x, y = pixel(page, [centre.x, centre.y])
+        bow_tie = [(x - 70, y - 70), (x + 70, y + 70), (x + 70, y - 70), (x - 70, y + 70), (x - 70, y - 70)]
+        for corner in bow_tie:
+            click_at(page, *corner)
+        page.locator(".guatu-edit-form").wait_for(timeout=5_000)
+        tip = page.locator(".guatu-geometry-tip")
+        tip.wait_for(timeout=10_000)
+        assert "Self-intersection" in tip.inner_text()
+        assert page.locator(".guatu-edit-panel.guatu-shape-bad").count() == 1
+        assert page.locator(".guatu-edit-panel .guatu-problem-shape").is_visible()
+        red = page.evaluate("() => guatuEdit.session() && getComputedStyle(document.querySelector("
+                            "'.leaflet-guatu-edit-shape-pane path')).stroke")
+        assert red == "rgb(220, 38, 38)", red
+        assert page.errors == []
