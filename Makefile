@@ -91,7 +91,7 @@ assets: $(ASSET_DIR)/.installed
 
 $(ASSET_DIR)/.installed: web/package.json web/package-lock.json
 	@echo "==> 前端资源 front-end assets (npm ci)"
-	mkdir -p $(NPM_DIR) $(ASSET_DIR)/leaflet $(ASSET_DIR)/swagger-ui $(ASSET_DIR)/vectorgrid
+	mkdir -p $(NPM_DIR) $(ASSET_DIR)/leaflet $(ASSET_DIR)/swagger-ui $(ASSET_DIR)/vectorgrid $(ASSET_DIR)/geoman
 	cp web/package.json web/package-lock.json $(NPM_DIR)/
 	cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	cp -r $(NPM_DIR)/node_modules/leaflet/dist/leaflet.js $(NPM_DIR)/node_modules/leaflet/dist/leaflet.css \
@@ -100,6 +100,9 @@ $(ASSET_DIR)/.installed: web/package.json web/package-lock.json
 	   $(NPM_DIR)/node_modules/swagger-ui-dist/LICENSE $(ASSET_DIR)/swagger-ui/
 	cp $(NPM_DIR)/node_modules/leaflet.vectorgrid/dist/Leaflet.VectorGrid.bundled.min.js \
 	   $(NPM_DIR)/node_modules/leaflet.vectorgrid/package.json $(ASSET_DIR)/vectorgrid/
+	cp $(NPM_DIR)/node_modules/@geoman-io/leaflet-geoman-free/dist/leaflet-geoman.min.js \
+	   $(NPM_DIR)/node_modules/@geoman-io/leaflet-geoman-free/dist/leaflet-geoman.css \
+	   $(NPM_DIR)/node_modules/@geoman-io/leaflet-geoman-free/LICENSE $(ASSET_DIR)/geoman/
 	touch $@
 
 database: venv ## start the local PostGIS (unless DATABASE_URL is set) and migrate
@@ -109,7 +112,7 @@ demo: database ## (re)load the demo street; idempotent
 	$(BIN)/guatu demo load
 
 screenshots: system system-test venv assets database ## refresh docs/screenshots from the browser tests
-	GUATU_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_map_page.py tests/test_upload_page.py tests/test_checks_page.py
+	GUATU_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_map_page.py tests/test_upload_page.py tests/test_checks_page.py tests/test_edit_page.py
 
 bench: system system-test database ## benchmarks in bench/ (guatu beside its peer in one run)
 	@command -v ogr2ogr >/dev/null || { $(SUDO) apt-get update -q && \

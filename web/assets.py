@@ -11,6 +11,8 @@ STATIC_URL = "/static"
 LEAFLET_JS = f"{STATIC_URL}/vendor/leaflet/leaflet.js"
 LEAFLET_CSS = f"{STATIC_URL}/vendor/leaflet/leaflet.css"
 VECTORGRID_JS = f"{STATIC_URL}/vendor/vectorgrid/Leaflet.VectorGrid.bundled.min.js"
+GEOMAN_JS = f"{STATIC_URL}/vendor/geoman/leaflet-geoman.min.js"
+GEOMAN_CSS = f"{STATIC_URL}/vendor/geoman/leaflet-geoman.css"
 SWAGGER_JS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui-bundle.js"
 SWAGGER_CSS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui.css"
 GUATU_JS = f"{STATIC_URL}/guatu/map.js"
@@ -19,6 +21,8 @@ GUATU_CSS = f"{STATIC_URL}/guatu/map.css"
 FAVICON = f"{STATIC_URL}/guatu/favicon.svg"
 UPLOAD_JS = f"{STATIC_URL}/guatu/upload.js"
 CHECKS_JS = f"{STATIC_URL}/guatu/checks.js"
+EDIT_JS = f"{STATIC_URL}/guatu/edit.js"
+EDIT_CSS = f"{STATIC_URL}/guatu/edit.css"
 LOGIN_JS = f"{STATIC_URL}/guatu/login.js"
 DOCS_JS = f"{STATIC_URL}/guatu/docs.js"
 
@@ -26,6 +30,8 @@ REQUIRED = (
     "leaflet/leaflet.js",
     "leaflet/leaflet.css",
     "vectorgrid/Leaflet.VectorGrid.bundled.min.js",
+    "geoman/leaflet-geoman.min.js",
+    "geoman/leaflet-geoman.css",
     "swagger-ui/swagger-ui-bundle.js",
     "swagger-ui/swagger-ui.css",
 )

@@ -85,6 +85,26 @@ def popup_fields(layer: Layer) -> list[dict[str, Any]]:
     return out
 
 
+def edit_options(views: Sequence[LayerView], api_base: str) -> dict[str, Any]:
+    """Return what edit.js needs besides the server's answers: where to ask, and which layers split and merge.
+
+    Whether the user may edit, and each field's rules, come from ``/api/me`` and ``/api/layers``
+    at run time. Shapes that tile an area without being units of the hierarchy (polygons only)
+    can be split by a line and merged with neighbours.
+    """
+    return {
+        "api": api_base,
+        "login": "/login",
+        "layers": [
+            {
+                "id": v.layer.id,
+                "split": v.layer.units is None and all(t.endswith("Polygon") for t in v.layer.accepts),
+            }
+            for v in sorted(views, key=lambda v: v.layer.order)
+        ],
+    }
+
+
 def _bounds(views: Sequence[LayerView]) -> list[list[float]] | None:
     boxes = [v.extent for v in views if v.extent]
     if not boxes:
@@ -156,7 +176,13 @@ def build_map_page(
     fmap.default_js = [("leaflet", assets.LEAFLET_JS)]
     if any(view.layer.style.tiled for view in views):  # the big layers come as vector tiles
         fmap.default_js.append(("vectorgrid", assets.VECTORGRID_JS))
-    fmap.default_css = [("leaflet_css", assets.LEAFLET_CSS)]
+    # Editing (shown only to those the server lets edit): Leaflet-Geoman, then guatu's edit module.
+    fmap.default_js += [("geoman", assets.GEOMAN_JS), ("guatu_edit", assets.EDIT_JS)]
+    fmap.default_css = [
+        ("leaflet_css", assets.LEAFLET_CSS),
+        ("geoman_css", assets.GEOMAN_CSS),
+        ("guatu_edit_css", assets.EDIT_CSS),
+    ]
     fig.add_child(fmap)
     for tiles in (basemap or Basemap()).tile_layers():
         tiles.add_to(fmap)
@@ -191,6 +217,7 @@ def build_map_page(
         ],
     }
     fmap.add_child(JsCall("guatu.chrome", chrome))
+    fmap.add_child(JsCall("guatu.edit", edit_options(views, api_base)))
     filtered = [v.layer for v in sorted(views, key=lambda v: v.layer.order) if v.layer.filter_fields]
     counted = [layer for layer in filtered if layer.counts]
     if filtered:

@@ -10,6 +10,9 @@
   var refilter = {};    // layer id -> function(query): draw only what the map's filter keeps
   var drawnBy = {};     // layer id -> function(): properties of the features drawn now (tests, screenshots)
   var unitsBy = {};     // unit layer id -> function(): its Leaflet layers drawn now (for the unit labels)
+  var reloaders = {};   // layer id -> function(): fetch what is drawn again (after an edit)
+  var groups = {};      // layer id -> its layer group on the map
+  var popupHooks = [];  // function(opts, feature, box): what other modules add to a popup (edit buttons)
   var levels = [];      // the hierarchy (layers.hierarchy.describe()): id, zh, en, digits, names
   var NARROW = window.matchMedia("(max-width: 640px)").matches;  // a phone: panels start folded
   var mapQuery = "";    // the print's filters (narrow_<layer>=…): the print button prints what is shown
@@ -42,6 +45,7 @@
       table.appendChild(row);
     });
     box.appendChild(table);
+    popupHooks.forEach(function (hook) { hook(opts, feature, box); });
     return box;
   }
 
@@ -98,6 +102,7 @@
 
   function bboxLayer(group, map, opts) {
     layers[opts.id] = opts;
+    groups[opts.id] = group;
     var paneName = pane(map, opts);
     var style = opts.style;
     var query = "";   // the map's filter of this layer
@@ -209,6 +214,11 @@
       query = q;
       refresh();
     };
+    reloaders[opts.id] = function () {
+      map.closePopup();
+      clear();
+      refresh();
+    };
     group.on("add", refresh);
     group.on("remove", function () { delete status[opts.id]; showStatus(); });
     loaders.push(group);
@@ -221,6 +231,7 @@
      as the statistics), so what is drawn is what is counted. */
   function tileLayer(group, map, opts) {
     layers[opts.id] = opts;
+    groups[opts.id] = group;
     var paneName = pane(map, opts);
     var style = opts.style;
     var query = "";
@@ -322,6 +333,12 @@
       return out;
     }
     drawnBy[opts.id] = drawn;
+    /* After an edit: every tile again, past the browser's cache (tiles may be kept a minute). */
+    reloaders[opts.id] = function () {
+      map.closePopup(popup);
+      tiles.options.fetchOptions = L.extend({}, tiles.options.fetchOptions, {cache: "no-cache"});
+      if (map.hasLayer(tiles)) tiles.redraw();
+    };
     refilter[opts.id] = function (q) {
       if (q === query) return;
       query = q;
@@ -1006,8 +1023,16 @@
   /* The properties of LAYER's features drawn now (page tests and screenshots). */
   function drawn(layer) { return drawnBy[layer] ? drawnBy[layer]() : []; }
 
+  /* What the editing module (edit.js) reads and calls: a layer's options and group, a reload after
+     a save, and a hook adding its buttons to every popup. */
+  function onPopup(hook) { popupHooks.push(hook); }
+  function reload(layer) { if (reloaders[layer]) reloaders[layer](); }
+  function options(layer) { return layers[layer]; }
+  function group(layer) { return groups[layer]; }
+
   window.guatu = {
     bboxLayer: bboxLayer, tileLayer: tileLayer, chrome: chrome, panel: panel, cockpit: cockpit,
-    idle: idle, drawn: drawn
+    idle: idle, drawn: drawn, onPopup: onPopup, reload: reload, options: options, group: group,
+    look: look, formatValue: formatValue
   };
 })();
