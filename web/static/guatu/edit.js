@@ -78,7 +78,8 @@
   }
 
   function send(method, url, data, version) {
-    var headers = version === null || version === undefined ? {} : {"If-Match": "\"" + version + "\""};
+    var headers = version === null || version === undefined ? {}
+      : {"If-Match": version === "*" ? "*" : "\"" + version + "\""};
     return call(url, {method: method, headers: headers, body: data === undefined ? undefined : JSON.stringify(data)});
   }
 
@@ -920,8 +921,12 @@
         delete list.dataset.loading;
         if (!r.ok) { list.appendChild(el("div", "guatu-bad", messageOf(r))); return; }
         var changes = r.body.changes || [];
+        /* the version a restore replaces (If-Match): the newest change's, or any for a deleted feature */
+        var current = r.body.deleted ? "*" : (changes.length ? changes[0].version : feature.version);
         if (!changes.length) list.appendChild(el("div", null, "没有记录 no changes recorded"));
-        changes.forEach(function (change) { list.appendChild(changeRow(layerId, desc, feature.id, change, restored)); });
+        changes.forEach(function (change) {
+          list.appendChild(changeRow(layerId, desc, feature.id, change, restored, current));
+        });
       });
     }
     function restored(version) {
@@ -932,7 +937,7 @@
     load();
   }
 
-  function changeRow(layerId, desc, fid, change, restored) {
+  function changeRow(layerId, desc, fid, change, restored, current) {
     var row = el("div", "guatu-change guatu-change-" + change.op);
     row.dataset.change = String(change.id);
     row.dataset.op = change.op;
@@ -971,7 +976,7 @@
     if (editable(layerId)) {
       var holder = el("div", "guatu-change-actions");
       confirmIn(holder, ["恢复此版本 Restore", "guatu-restore"], "确定恢复到此版本？", "确定恢复 Restore", function () {
-        send("POST", featuresUrl(layerId) + "/" + fid + "/restore", {change: change.id}).then(function (r) {
+        send("POST", featuresUrl(layerId) + "/" + fid + "/restore", {change: change.id}, current).then(function (r) {
           if (r.ok) restored(r.body && r.body.version);
           else holder.appendChild(el("div", "guatu-bad", "未恢复 not restored: " + messageOf(r)));
         });
