@@ -122,3 +122,31 @@ Promise.allSettled([
     }
     assert shop["properties"]["code"] not in codes
     context.close()
+
+
+def test_the_sign_in_page_says_what_went_wrong_and_fits_a_phone() -> None:
+    import os
+    from pathlib import Path
+
+    shots = Path(os.environ.get("GUATU_SCREENSHOTS", Path(__file__).resolve().parent.parent / "out" / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    sizes = (("login", {"width": 1440, "height": 900}), ("login-phone", {"width": 390, "height": 844}))
+    with demo_database(DB + "_login") as eng, live_server(eng) as base, chromium() as browser:
+        tokens_for(owner_url(DB + "_login"), DB + "_login")
+        for name, viewport in sizes:
+            page = browser.new_page(viewport=viewport, signed_in=False)
+            page.goto(f"{base}/upload")  # a page: sent to sign in first, and back after
+            assert "/login?next=%2Fupload" in page.url
+            page.fill("#guatu-username", "surveyor")
+            page.fill("#guatu-password", "not-the-password")
+            page.click("#guatu-login-submit")
+            status = page.locator("#guatu-login-status")
+            status.filter(has_text="用户名或密码错误").wait_for(timeout=10_000)
+            assert "wrong username or password" in status.inner_text()
+            page.screenshot(path=str(shots / f"{name}.png"))
+            box = page.locator(".guatu-login").bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"]
+            page.fill("#guatu-password", PASSWORD)
+            page.click("#guatu-login-submit")
+            page.wait_for_url(f"{base}/upload")
+            page.close()

@@ -212,6 +212,30 @@ def test_a_viewer_sees_no_edit_controls(base_url: str) -> None:
         assert page.errors == []
 
 
+def test_a_planner_of_another_street_cannot_open_the_form_and_the_api_refuses_it(base_url: str) -> None:
+    here = signed_in(base_url, "planner")  # the demo street's planner
+    parcel = here.get("/api/layers/parcels/features", params={"limit": 1}).json()["features"][0]
+    centre = shape(parcel["geometry"]).representative_point()
+    other = signed_in(base_url, "planner2")  # a planner of 370214002: may edit parcels, but not these
+    assert other.get("/api/me").json()["layers"]["parcels"]["edit"] is True
+    url = f"/api/layers/parcels/features/{parcel['id']}"
+    assert other.get(url).status_code == 404  # not even seen
+    csrf = other.cookies.get("guatu_csrf") or ""
+    patch = {"type": "Feature", "properties": {"name": "越界修改"}}
+    refused = other.patch(url, json=patch, headers={"If-Match": f'"{parcel["version"]}"', "X-CSRF-Token": csrf})
+    assert refused.status_code == 404, refused.text
+    assert here.get(url).json()["properties"]["name"] == parcel["properties"]["name"]
+    with chromium() as browser:
+        page = open_page(browser, base_url, "planner2", WIDE)
+        assert page.locator(".guatu-edit-bar").count() == 1  # a planner: the tools are there, for their own street
+        move_to(page, centre.x, centre.y, 18)
+        click_at(page, centre.x, centre.y)
+        page.wait_for_timeout(800)
+        assert page.locator(".leaflet-popup").count() == 0  # nothing drawn there for them, nothing to open
+        assert page.locator(".guatu-edit-open, .guatu-edit-panel").count() == 0
+        assert page.errors == []
+
+
 def test_a_surveyor_draws_a_snapped_parcel_is_refused_fixes_it_and_sees_its_history(base_url: str) -> None:
     surveyor = signed_in(base_url, "surveyor")
     me = surveyor.get("/api/me").json()
@@ -537,7 +561,9 @@ def test_a_shape_the_server_refuses_is_outlined_in_red_with_its_message(base_url
         assert "Self-intersection" in tip.inner_text()
         assert page.locator(".guatu-edit-panel.guatu-shape-bad").count() == 1
         assert page.locator(".guatu-edit-panel .guatu-problem-shape").is_visible()
-        red = page.evaluate("() => guatuEdit.session() && getComputedStyle(document.querySelector("
-                            "'.leaflet-guatu-edit-shape-pane path')).stroke")
+        red = page.evaluate(
+            "() => guatuEdit.session() && getComputedStyle(document.querySelector("
+            "'.leaflet-guatu-edit-shape-pane path')).stroke"
+        )
         assert red == "rgb(220, 38, 38)", red
         assert page.errors == []
