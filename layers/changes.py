@@ -218,35 +218,30 @@ def state_after(session: Session, layer: Layer, fid: int, change_id: int) -> tup
     For a delete: as it stood before it. None when the change is not FID's, or when the state
     is the stored row itself (the latest change, not a delete): nothing to restore.
     """
-    change = (
-        session.execute(
-            text(
-                "SELECT op, guatu_change_before(id) AS before, ST_AsEWKB(before_geom) AS wkb FROM change_log "
-                "WHERE id = :c AND layer = :l AND feature_id = :f"
-            ),
-            {"c": change_id, "l": layer.id, "f": fid},
-        )
-        .mappings()
-        .first()
-    )
+    change = _logged(session, layer, fid, change_id, "id = :c")
     if change is None:
         return None
     if change["op"] == "delete":
         return dict(change["before"]), bytes(change["wkb"])
-    later = (
+    later = _logged(session, layer, fid, change_id, "id > :c ORDER BY id LIMIT 1")
+    if later is None or later["before"] is None:
+        return None
+    return dict(later["before"]), bytes(later["wkb"])
+
+
+def _logged(session: Session, layer: Layer, fid: int, change_id: int, which: str) -> Any:
+    """Return the change of FID chosen by WHICH (SQL after WHERE, :c being CHANGE_ID): op, row before, EWKB."""
+    return (
         session.execute(
             text(
-                "SELECT guatu_change_before(id) AS before, ST_AsEWKB(before_geom) AS wkb FROM change_log "
-                "WHERE layer = :l AND feature_id = :f AND id > :c ORDER BY id LIMIT 1"
+                "SELECT op, guatu_change_before(id) AS before, ST_AsEWKB(before_geom) AS wkb FROM change_log "
+                f"WHERE layer = :l AND feature_id = :f AND {which}"
             ),
             {"c": change_id, "l": layer.id, "f": fid},
         )
         .mappings()
         .first()
     )
-    if later is None or later["before"] is None:
-        return None
-    return dict(later["before"]), bytes(later["wkb"])
 
 
 def as_of_sql(layer: Layer, columns: str) -> str:

@@ -211,9 +211,25 @@ async def replace_feature(
     layer: LayerDep, session: SessionDep, fid: FeatureId, actor: SignedInDep, request: Request, if_match: IfMatch = None
 ) -> GeoJSONResponse:
     """Replace a feature's properties (every field given) and geometry; If-Match is required."""
+    return await _change(layer, session, fid, actor, request, if_match, partial=False)
+
+
+async def _change(
+    layer: Layer,
+    session: Session,
+    fid: int,
+    actor: Actor,
+    request: Request,
+    if_match: str | None,
+    *,
+    partial: bool,
+) -> GeoJSONResponse:
+    """Replace (PUT) or change (PATCH) feature FID as the version If-Match names; answer it with its new ETag."""
     version = features.parse_if_match(if_match)
     body = await _read_feature(request)
-    updated = await run_in_threadpool(_commit, session, features.replace_feature, layer, fid, body, actor, version)
+    updated = await run_in_threadpool(
+        _commit, session, features.replace_feature, layer, fid, body, actor, version, partial=partial
+    )
     return _geojson(updated, headers=_etag(updated))
 
 
@@ -227,12 +243,7 @@ async def patch_feature(
     layer: LayerDep, session: SessionDep, fid: FeatureId, actor: SignedInDep, request: Request, if_match: IfMatch = None
 ) -> GeoJSONResponse:
     """Change the properties given (the others stay) and, when sent, the geometry; If-Match is required."""
-    version = features.parse_if_match(if_match)
-    body = await _read_feature(request)
-    updated = await run_in_threadpool(
-        _commit, session, features.replace_feature, layer, fid, body, actor, version, partial=True
-    )
-    return _geojson(updated, headers=_etag(updated))
+    return await _change(layer, session, fid, actor, request, if_match, partial=True)
 
 
 @router.delete("/{fid}", summary="删除要素 Delete a feature", status_code=204, **rule("edit"))
