@@ -22,14 +22,13 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from geoalchemy2 import Geometry
 
-from layers.access import SETTING_NOTE, SETTING_USER, area_fields
+from layers.access import SETTING_NOTE, SETTING_USER, row_area_sql
 from layers.base import Layer
 from spatial.db import Base
 from spatial.geometry import STORAGE_SRID
 
 VERSION = "version"
 """The column every layer table has: raised by one on each update (the ETag)."""
-LOG_FUNCTION = "guatu_log_changes"
 VERSION_FUNCTION = "guatu_raise_version"
 OPS = ("insert", "update", "delete")
 NOTE_CHARS = 500
@@ -60,11 +59,30 @@ class Change(Base):
     before_geom: Mapped[Any] = mapped_column(Geometry(srid=STORAGE_SRID, spatial_index=False), nullable=True)
 
 
-def log_function_sql() -> str:
-    """Return the statement-trigger function writing the change log (runs as the owner: the app only reads)."""
-    area = "guatu_first_code(to_jsonb({row}), string_to_array(TG_ARGV[1], ','))"
+def log_function(layer: Layer) -> str:
+    """Return the name of LAYER's change-log trigger function."""
+    return f"guatu_log_{layer.table}"
+
+
+def _row_json(layer: Layer, alias: str) -> str:
+    """Return SQL building a logged row's declared fields and version as jsonb (never its geometry as JSON)."""
+    names = [*layer.field_names, VERSION]
+    parts = []
+    for start in range(0, len(names), 40):  # a function takes at most 100 arguments
+        pairs = ", ".join(f"'{n}', {alias}.{n}" for n in names[start : start + 40])
+        parts.append(f"jsonb_build_object({pairs})")
+    return " || ".join(parts)
+
+
+def log_function_sql(layer: Layer) -> str:
+    """Return LAYER's statement-trigger function writing the change log (runs as the owner: the app only reads).
+
+    Its columns are written out (not ``to_jsonb(row)``, which would turn every geometry into
+    JSON): an import of 100,000 parcels costs one small row each.
+    """
     cols = "layer, feature_id, op, actor, db_role, note, version, area, upload_id"
-    return f"""CREATE OR REPLACE FUNCTION {LOG_FUNCTION}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+    area_n, area_o = row_area_sql(layer, "n"), row_area_sql(layer, "o")
+    return f"""CREATE OR REPLACE FUNCTION {log_function(layer)}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
   who text := left(coalesce(nullif(current_setting('{SETTING_USER}', true), ''), session_user::text), 100);
@@ -72,27 +90,21 @@ DECLARE
 BEGIN
   IF TG_OP = 'INSERT' THEN
     INSERT INTO change_log ({cols})
-      SELECT TG_ARGV[0], n.id, 'insert', who, session_user, why, n.version, {area.format(row="n")}, n.upload_id
+      SELECT '{layer.id}', n.id, 'insert', who, session_user, why, n.{VERSION}, {area_n}, n.upload_id
       FROM new_rows n;
   ELSIF TG_OP = 'UPDATE' THEN
     INSERT INTO change_log ({cols}, before, before_geom)
-      SELECT TG_ARGV[0], n.id, 'update', who, session_user, why, n.version, {area.format(row="n")}, n.upload_id,
-             to_jsonb(o) - 'geom', o.geom
+      SELECT '{layer.id}', n.id, 'update', who, session_user, why, n.{VERSION}, {area_n}, n.upload_id,
+             {_row_json(layer, "o")}, o.geom
       FROM new_rows n JOIN old_rows o ON o.id = n.id;
   ELSE
     INSERT INTO change_log ({cols}, before, before_geom)
-      SELECT TG_ARGV[0], o.id, 'delete', who, session_user, why, o.version, {area.format(row="o")}, o.upload_id,
-             to_jsonb(o) - 'geom', o.geom
+      SELECT '{layer.id}', o.id, 'delete', who, session_user, why, o.{VERSION}, {area_o}, o.upload_id,
+             {_row_json(layer, "o")}, o.geom
       FROM old_rows o;
   END IF;
   RETURN NULL;
 END
-$$"""
-
-
-FIRST_CODE_SQL = """CREATE OR REPLACE FUNCTION guatu_first_code(j jsonb, fields text[]) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT j ->> f FROM unnest(fields) WITH ORDINALITY AS t(f, i) WHERE j ->> f IS NOT NULL ORDER BY i LIMIT 1
 $$"""
 
 
@@ -110,8 +122,7 @@ $$"""
 def log_triggers(layer: Layer) -> list[tuple[str, str]]:
     """Return (name, SQL) of the triggers keeping LAYER's change log and version."""
     table = layer.table
-    args = f"'{layer.id}', '{','.join(area_fields(layer))}'"
-    run = f"FOR EACH STATEMENT EXECUTE FUNCTION {LOG_FUNCTION}({args})"
+    run = f"FOR EACH STATEMENT EXECUTE FUNCTION {log_function(layer)}()"
     return [
         (
             f"{table}_log_insert",

@@ -220,8 +220,6 @@ def access_functions() -> list[Routine]:
     pieces = zip(access.FUNCTION_NAMES, access.FUNCTIONS.split(";;"), strict=True)
     out = [Routine(name, sql.strip()) for name, sql in pieces]
     out.append(Routine("guatu_mask", access.MASK_SQL))
-    out.append(Routine("guatu_first_code", changes.FIRST_CODE_SQL))
-    out.append(Routine(changes.LOG_FUNCTION, changes.log_function_sql()))
     out.append(Routine(changes.VERSION_FUNCTION, changes.version_function_sql()))
     out.append(Routine("guatu_change_before", access.personal_keys_sql()))
     for unit_layer, level in access.locators_in_use():
@@ -230,6 +228,7 @@ def access_functions() -> list[Routine]:
         if access.personal_fields(layer):
             out.append(Routine(access.shown_function(layer), access.shown_function_sql(layer)))
         out.append(Routine(access.taken_function(layer), access.taken_function_sql(layer)))
+        out.append(Routine(changes.log_function(layer), changes.log_function_sql(layer)))
     return out
 
 
@@ -239,7 +238,7 @@ def change_triggers(layer: Layer) -> list[Trigger]:
         Trigger(
             layer.table,
             name,
-            changes.VERSION_FUNCTION if name.endswith("_raise_version") else changes.LOG_FUNCTION,
+            changes.VERSION_FUNCTION if name.endswith("_raise_version") else changes.log_function(layer),
             sql,
         )
         for name, sql in changes.log_triggers(layer)
@@ -271,7 +270,12 @@ def layer_statements(layer: Layer) -> list[str]:
     fields, the refreshed masking of logged rows, and its row-level security policies.
     ``guatu db revision`` writes the same from the drift it finds.
     """
-    own = (access.shown_function(layer), access.taken_function(layer), "guatu_change_before")
+    own = (
+        access.shown_function(layer),
+        access.taken_function(layer),
+        changes.log_function(layer),
+        "guatu_change_before",
+    )
     out = [r.sql for r in access_functions() if r.name in own]
     if layer.history:
         out.append(history_function(layer).sql)

@@ -22,7 +22,7 @@ from alembic import op
 from geoalchemy2 import Geometry
 from sqlalchemy.dialects import postgresql
 
-from layers import access, triggers
+from layers import access, changes, triggers
 from layers.base import REGISTRY
 
 revision: str = "0011"
@@ -127,8 +127,9 @@ def upgrade() -> None:
         )
     own = {access.shown_function(REGISTRY[layer_id]) for layer_id in LAYERS}
     own |= {access.taken_function(REGISTRY[layer_id]) for layer_id in LAYERS}
+    own |= {changes.log_function(REGISTRY[layer_id]) for layer_id in LAYERS}
     for routine in triggers.access_functions():
-        if routine.name.startswith(("guatu_shown_", "guatu_taken_")) and routine.name not in own:
+        if routine.name.startswith(("guatu_shown_", "guatu_taken_", "guatu_log_")) and routine.name not in own:
             continue  # a layer declared after this revision: its own revision makes it
         op.execute(routine.sql)
     op.execute(triggers.dependents_function().sql)  # now SECURITY DEFINER: it counts dependents the actor cannot see
