@@ -211,10 +211,23 @@ def _current_user(conn: Conn) -> str:
     return str(row[0]) if row else ""
 
 
+INDEXED_OPERATORS = ("geometry_overlaps(geometry, geometry)",)
+"""The function of PostGIS's ``&&``, the spatial index's operator, declared LEAKPROOF.
+
+Under row-level security PostgreSQL evaluates a condition that is not leakproof only after the
+policy, so ``geom && box`` could not use the GiST index: every tile and bounding-box read became
+a scan of the whole table (a county's tile 3.6 ms → 220 ms). The function compares two bounding
+boxes and tells nothing else; its one error (mixed SRIDs) cannot happen on stored rows, which a
+CHECK constraint keeps in one SRID. Only a superuser may say so, so it is said here.
+"""
+
+
 def _ensure_postgis(db: Conn) -> None:
-    """Create the postgis extension (a superuser's job: it is not a trusted extension)."""
+    """Create the postgis extension (a superuser's job: it is not a trusted extension); mark its index operator."""
     if not db.execute("SELECT 1 FROM pg_extension WHERE extname = 'postgis'").fetchone():
         db.execute("CREATE EXTENSION postgis")
+    for function in INDEXED_OPERATORS:
+        db.execute(f"ALTER FUNCTION {function} LEAKPROOF")
 
 
 def _hand_over(db: Conn) -> None:

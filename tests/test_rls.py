@@ -128,3 +128,17 @@ def test_the_change_log_is_written_by_the_database_for_any_write(stored: dict[st
         ]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM change_log")  # nobody rewrites history through the app role
+
+
+def test_a_box_read_under_row_level_security_still_uses_the_spatial_index(stored: dict[str, int]) -> None:
+    """PostGIS's && is declared LEAKPROOF at provisioning: else the policy comes first and every read scans."""
+    with _connect() as conn:
+        _act(conn, "surveyor", SAMPLE_COMMUNITY)
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN SELECT id FROM parcels WHERE geom && ST_MakeEnvelope(120.39, 36.30, 120.40, 36.31, 4490)"
+            ).fetchall()
+        )
+    assert "ix_parcels_geom" in plan, plan
