@@ -164,6 +164,7 @@ def reset(engine: Engine, sha: str, mark: int) -> None:
     keys would slow the next run's unique-index checks.
     """
     with engine.begin() as conn:
+        conn.execute(text("SET LOCAL statement_timeout = 0"))  # 600,000 deletes, each logged whole
         conn.execute(text("DROP TABLE IF EXISTS bench_ogr_parcels"))
         conn.execute(text("DELETE FROM parcels WHERE code LIKE :p"), {"p": COMMUNITY + "%"})
         conn.execute(text("DELETE FROM uploads WHERE sha256 = :s"), {"s": sha})
@@ -237,6 +238,7 @@ def main() -> None:
             reset(engine, big_sha, mark)  # not a replay: the same bytes again are answered from the record
             served.append(server_memory(roomy, token, [big, other]))
             with engine.begin() as conn:
+                conn.execute(text("SET LOCAL statement_timeout = 0"))
                 conn.execute(text("DELETE FROM parcels WHERE code LIKE :p"), {"p": OTHER + "%"})
                 other_sha = hashlib.sha256(other.read_bytes()).hexdigest()
                 conn.execute(text("DELETE FROM uploads WHERE sha256 = :s"), {"s": other_sha})

@@ -336,6 +336,7 @@ def reset(env: dict[str, str]) -> None:
     """
     engine = _engine(env, owner=True)
     with engine.begin() as conn:
+        conn.execute(text("SET LOCAL statement_timeout = 0"))  # each delete is logged whole
         conn.execute(text("DELETE FROM parcels WHERE code LIKE '37021409900%'"))
         conn.execute(text("DELETE FROM change_log WHERE upload_id IS NOT NULL OR before->>'code' LIKE '37021409900%'"))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
