@@ -3,12 +3,15 @@
 Usage: `make bench` (or `.venv/bin/python bench/bbox_features.py [--requests 300]`) against
 the database `make run` uses (the demo street; loaded if empty). Prints p50/p95 per path
 and guatu's ratio to the raw query, which builds the same FeatureCollection in PostGIS and
-fetches it through psycopg with no HTTP and no Python in between.
+fetches it through psycopg with no HTTP and no Python in between. Both sides act as the same
+administrator (bench/signin.py): guatu by its API token, the raw query's connection by stating
+that actor, so both read the same rows through the same row-level security policies.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import random
 import statistics
@@ -25,6 +28,7 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.signin import act, admin_token, bearer, options  # noqa: E402
 from layers import demo  # noqa: E402
 from layers.base import REGISTRY  # noqa: E402
 from spatial.db import make_engine  # noqa: E402
@@ -78,16 +82,17 @@ def main() -> None:
 
     url = db_settings().url()
     engine = make_engine()
-    with Session(engine) as session:
+    with act(Session(engine)) as session:
         if not session.execute(REGISTRY["parcels"].model.__table__.select().limit(1)).first():
             demo.load(session)
             session.commit()
     from layers.features import layer_summary
 
-    with Session(engine) as session:
+    with act(Session(engine)) as session:
         summary = layer_summary(session, REGISTRY[args.layer])
     boxes = bboxes(summary["extent"], args.requests)
 
+    token = admin_token(db_settings().owner_url())
     port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "guatu"), "serve", "--port", str(port)],
@@ -104,7 +109,10 @@ def main() -> None:
                 time.sleep(0.1)
         api, raw, sizes = [], [], []
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        with httpx.Client(base_url=base) as client, psycopg.connect(dsn) as conn:
+        with (
+            httpx.Client(base_url=base, headers=bearer(token)) as client,
+            psycopg.connect(dsn, options=options()) as conn,
+        ):
             conn.execute("SET jit = off")
             sql = raw_sql(args.layer)
             for box in boxes[:20]:  # warm both paths
@@ -122,6 +130,8 @@ def main() -> None:
                 response.raise_for_status()
                 sizes.append(response.json()["numberReturned"])
                 assert body is not None
+                if len(json.loads(body[0])["features"]) != sizes[-1]:  # both must see the same rows
+                    raise SystemExit(f"raw SQL and guatu disagree on {box}: {sizes[-1]} features from guatu")
     finally:
         server.terminate()
         server.wait(10)

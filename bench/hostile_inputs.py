@@ -5,7 +5,8 @@ Three shapes an adversary (or a broken exporter) sends, each at four sizes doubl
 - N tiny features of ~80 bytes (125,000 … 1,000,000), every one refused (no properties);
 - 2,000 features nested N deep inside a property (100 … 800, under the 1,000 limit).
 For each, guatu's dry run (everything an upload does but the final write, in-process, rolled
-back) beside the raw parse of the same bytes by orjson and by GDAL's `ogrinfo -so`, in one run.
+back, as the bench's administrator: bench/signin.py) beside the raw parse of the same bytes by
+orjson and by GDAL's `ogrinfo -so`, in one run.
 Linear work shows as a doubling ratio of about 2 from one size to the next.
 
 Usage: `make bench` or `.venv/bin/python bench/hostile_inputs.py [--quick]`.
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.signin import act  # noqa: E402
 from layers import REGISTRY  # noqa: E402
 from layers.uploads import UploadOptions, run_upload  # noqa: E402
 from spatial.db import make_engine  # noqa: E402
@@ -66,7 +68,7 @@ SHAPES: dict[str, tuple[Callable[[int], bytes], list[int]]] = {
 def guatu_dry_run(engine, raw: bytes) -> float:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         outer = conn.begin()
-        with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
+        with act(Session(bind=conn, join_transaction_mode="create_savepoint")) as session:
             started = time.perf_counter()
             upload = run_upload(session, REGISTRY["shops"], raw, UploadOptions(dry_run=True))
             elapsed = time.perf_counter() - started

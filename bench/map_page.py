@@ -2,7 +2,8 @@
 
 Usage: `.venv/bin/python bench/map_page.py [--views 12]` after `bench/tile_serving.py` has
 made its county (database `guatu_bench_tiles`, 1,000,000 parcels). Serves guatu on that
-database (tile cache off) and opens its map page twice, one run:
+database (tile cache off) and opens its map page twice, one run, both signed in as the bench's
+administrator (bench/signin.py; its API token on every request the pages make):
 
 - tiles: the page as it is, parcels from `/tiles/parcels/{z}/{x}/{y}.pbf` (Leaflet.VectorGrid);
 - GeoJSON (the peer, what the page did before vector tiles): the same page with the tile layer
@@ -33,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from tile_serving import COUNTY, bench_url, libpq_dsn, parcel_count  # noqa: E402
+from tile_serving import COUNTY, bench_url, libpq_dsn, owner_url, parcel_count  # noqa: E402
 
+from bench.signin import admin_token  # noqa: E402
 from spatial.db import make_engine  # noqa: E402
-from tests.browser import chromium, free_port  # noqa: E402
+from tests.browser import SIGNED_IN, chromium, free_port  # noqa: E402
 
 ZOOMS = (15, 16, 17)
 SEED = 4490
@@ -97,6 +99,7 @@ def main() -> None:
         raise SystemExit(f"the bench county holds {held:,} parcels: run bench/tile_serving.py first")
 
     os.environ["GUATU_TILE_CACHE_SIZE"] = "0"
+    SIGNED_IN["token"] = admin_token(owner_url())  # both pages send it: signed in as the bench's administrator
     from api.main import create_app
     from api.server import server_config
     from api.settings import ApiSettings

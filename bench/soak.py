@@ -14,7 +14,9 @@ committed upload is in the database exactly (0 lost writes). The peer here is th
 idle self: the same probe before the load starts.
 
 Usage: `make bench` or `.venv/bin/python bench/soak.py [--minutes 10]`. It uses its own
-database (`guatu_bench_soak`) in the local cluster, or the DATABASE_URL server's.
+database (`guatu_bench_soak`) in the local cluster, or the DATABASE_URL server's. Every client
+but the probe and the slow ones signs in as the bench's administrator (bench/signin.py: its
+API token); the reset before the run (rows and change log of earlier soaks) is the owner's.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.procs import descendants, status_mb  # noqa: E402
+from bench.signin import act, admin_token, bearer  # noqa: E402
 from tests.browser import free_port  # noqa: E402
 
 DATABASE = "guatu_bench_soak"
@@ -55,6 +58,8 @@ UPLOADERS = 2
 GUATU = str(Path(sys.executable).parent / "guatu")
 mix = {"uploaders": UPLOADERS, "printers": PRINTERS, "slow": SLOW_CLIENTS}
 """The traffic of this run (the defaults, or fewer to see what each part costs)."""
+HEADERS: dict[str, str] = {}
+"""What every signed-in client sends: the bench administrator's token (set once the database is ready)."""
 
 
 def environment(folder: Path) -> dict[str, str]:
@@ -153,7 +158,7 @@ def tile_of(lon: float, lat: float, z: int) -> tuple[int, int]:
 
 async def tiles(base: str, record: Recorder, stop: float, extent: list[float]) -> None:
     """Read random parcel tiles of the demo street at z14–17, back to back, with the map's filters."""
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=60, headers=HEADERS) as client:
         while time.monotonic() < stop:
             z = random.randint(14, 17)
             x, y = tile_of(random.uniform(extent[0], extent[2]), random.uniform(extent[1], extent[3]), z)
@@ -163,7 +168,7 @@ async def tiles(base: str, record: Recorder, stop: float, extent: list[float]) -
 
 
 async def features(base: str, record: Recorder, stop: float, extent: list[float]) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=60, headers=HEADERS) as client:
         while time.monotonic() < stop:
             x = random.uniform(extent[0], extent[2] - 0.005)
             y = random.uniform(extent[1], extent[3] - 0.005)
@@ -182,7 +187,7 @@ async def features(base: str, record: Recorder, stop: float, extent: list[float]
 
 
 async def uploads(base: str, record: Recorder, stop: float, loop: int, committed: dict[int, int]) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=900) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=900, headers=HEADERS) as client:
         round_ = 0
         while time.monotonic() < stop:
             body = await asyncio.to_thread(parcels_file, loop, round_, UPLOAD_MB)
@@ -203,7 +208,7 @@ async def uploads(base: str, record: Recorder, stop: float, loop: int, committed
 
 
 async def prints(base: str, record: Recorder, stop: float) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=900) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=900, headers=HEADERS) as client:
         while time.monotonic() < stop:
             response = await timed(client, record, "print A3", "GET", "/api/print", params={"scope": STREET})
             if response is not None and response.status_code == 503:
@@ -293,7 +298,7 @@ async def soak(base: str, pid: int, seconds: float) -> tuple[Recorder, dict[int,
     committed: dict[int, int] = {}
     held: list[float] = []
     peaks: dict[str, float] = {}
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=HEADERS) as client:
         extent = (await client.get("/api/layers/divisions")).json()["extent"]  # the demo street, not the soak's rows
     stop = time.monotonic() + seconds
     port = int(base.rsplit(":", 1)[1])
@@ -305,21 +310,38 @@ async def soak(base: str, pid: int, seconds: float) -> tuple[Recorder, dict[int,
     return record, committed, held, peaks
 
 
-def _engine(env: dict[str, str]) -> Any:
-    """Return an engine of the app's role on the soak's database."""
+def _engine(env: dict[str, str], *, owner: bool = False) -> Any:
+    """Return an engine on the soak's database: of the app's role, or of the owner's (OWNER)."""
     from spatial.db import make_engine
     from spatial.settings import db_settings
 
     os.environ.update({k: env[k] for k in ("GUATU_PG_DATABASE", "DATABASE_URL") if k in env})
     db_settings.cache_clear()
-    return make_engine()
+    return make_engine(url=db_settings().owner_url()) if owner else make_engine()
+
+
+def sign_in(env: dict[str, str]) -> None:
+    """Make the bench's administrator in the soak's database; every signed-in client sends its token."""
+    from spatial.settings import db_settings
+
+    _engine(env, owner=True).dispose()  # points db_settings at the soak's database
+    HEADERS.update(bearer(admin_token(db_settings().owner_url())))
 
 
 def reset(env: dict[str, str]) -> None:
-    """Remove the rows an earlier soak uploaded: every run starts from the demo street alone."""
-    engine = _engine(env)
+    """Remove the rows earlier soaks uploaded, and their change log, as the owner: each run starts from the demo street.
+
+    The demo street is loaded by `guatu demo load`, not uploaded: every change-log entry with an
+    upload is a soak's.
+    """
+    engine = _engine(env, owner=True)
     with engine.begin() as conn:
+        conn.execute(text("SET LOCAL statement_timeout = 0"))  # each delete is logged whole
         conn.execute(text("DELETE FROM parcels WHERE code LIKE '37021409900%'"))
+        conn.execute(text("DELETE FROM change_log WHERE upload_id IS NOT NULL OR before->>'code' LIKE '37021409900%'"))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE parcels"))
+        conn.execute(text("VACUUM ANALYZE change_log"))
     engine.dispose()
 
 
@@ -327,7 +349,9 @@ def lost_writes(env: dict[str, str], committed: dict[int, int]) -> list[str]:
     """Return what the database lacks of the committed uploads (empty: nothing lost)."""
     engine = _engine(env)
     problems = []
-    with engine.connect() as conn:
+    from sqlalchemy.orm import Session
+
+    with act(Session(engine)) as conn:  # the bench's administrator: the app role alone sees nothing
         for loop, round_ in committed.items():
             prefix = f"37021409900{loop}%"
             total, named = conn.execute(
@@ -355,6 +379,7 @@ def main() -> None:
         for step in (["db", "upgrade"], ["demo", "load", "--if-empty"]):
             subprocess.run([GUATU, *step], env=env, check=True, capture_output=True)
         reset(env)
+        sign_in(env)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         server = start_server(env, port)

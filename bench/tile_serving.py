@@ -53,6 +53,7 @@ from sqlalchemy import create_engine, make_url, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import signin  # noqa: E402
 from layers import migrate  # noqa: E402
 from layers.base import REGISTRY  # noqa: E402
 from layers.tiles import BUFFER, EXTENT, SESSION_SETTINGS, tile_params, tile_properties, tile_statement  # noqa: E402
@@ -94,7 +95,9 @@ Tile = tuple[int, int, int]
 def bench_url() -> str:
     """Return the app's SQLAlchemy URL of the bench database, on the server guatu is configured for.
 
-    Every contender reads as the app role (guatu_app on the local cluster): the role guatu serves as.
+    Every contender reads as the app role (guatu_app on the local cluster): the role guatu serves as,
+    and as the same administrator (bench/signin.py): guatu by an API token, raw and tipg by
+    stating that actor when they connect, so all see the same rows through the same policies.
     """
     return db_settings().url(DATABASE)
 
@@ -184,8 +187,8 @@ def generation_sql(n: int) -> str:
 
 
 def parcel_count(dsn: str) -> int:
-    """Return the number of parcels in the bench database."""
-    with psycopg.connect(dsn) as conn:
+    """Return the number of parcels in the bench database (as the bench's administrator)."""
+    with psycopg.connect(dsn, options=signin.options()) as conn:
         row = conn.execute("SELECT count(*) FROM parcels").fetchone()
         return int(row[0]) if row else 0
 
@@ -221,7 +224,7 @@ def generate(dsn: str, n: int) -> float:
 
 def data_extent(dsn: str) -> list[float]:
     """Return the extent of the bench parcels (west, south, east, north)."""
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(dsn, options=signin.options()) as conn:
         row = conn.execute(
             "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM (SELECT ST_Extent(geom) AS e FROM parcels) s"
         ).fetchone()
@@ -341,6 +344,7 @@ class RawClient:
         settings = db_settings()
         options = f"-c jit=off -c statement_timeout={settings.statement_timeout_ms}"
         options += "".join(f" -c {name}={value}" for name, value in SESSION_SETTINGS)  # as guatu sets per tile
+        options += " " + signin.options()  # the actor guatu states per request
         self.conn = psycopg.connect(dsn, autocommit=True, options=options, prepare_threshold=None)
         self.statement = raw_statement()
 
@@ -355,9 +359,10 @@ class RawClient:
 class HttpClient:
     """One keep-alive HTTP connection to a tile server, asking for uncompressed tiles."""
 
-    def __init__(self, base: str, template: str) -> None:
+    def __init__(self, base: str, template: str, headers: dict[str, str] | None = None) -> None:
         self.template = template
-        self.client = httpx.Client(base_url=base, headers={"Accept-Encoding": "identity"}, timeout=300)
+        headers = {"Accept-Encoding": "identity"} | (headers or {})
+        self.client = httpx.Client(base_url=base, headers=headers, timeout=300)
         self.client.get("/healthz").raise_for_status()  # connect now, not in the first timed fetch
 
     def fetch(self, tile: Tile) -> bytes:
@@ -423,10 +428,15 @@ def tipg_python() -> Path:
 
 
 def tipg_env(dsn: str) -> dict[str, str]:
-    """Return tipg's environment: the bench database, public.parcels only, guatu's tile buffer, no cap."""
+    """Return tipg's environment: the bench database, public.parcels only, guatu's tile buffer, no cap.
+
+    The actor is stated by the URL's query: asyncpg sends the parameters it does not know as
+    the connection's server settings.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GUATU_", "TIPG_")) and k != "DATABASE_URL"}
+    actor = "&".join(f"{name}={value}" for name, value in signin.server_settings().items())
     return env | {
-        "DATABASE_URL": dsn,
+        "DATABASE_URL": dsn + ("&" if "?" in dsn else "?") + actor,
         "TIPG_DB_SCHEMAS": '["public"]',
         "TIPG_DB_TABLES": '["public.parcels"]',
         "TIPG_TILE_BUFFER": str(BUFFER),
@@ -551,9 +561,12 @@ def contenders(url: str, dsn: str, wanted: set[str]) -> Iterator[list[Contender]
     guatu_path = f"/tiles/{LAYER.id}/{{z}}/{{x}}/{{y}}.pbf"
     empty = tempfile.TemporaryDirectory()  # tipg's working folder: it would read a .env there
 
-    def http(key: str, label: str, server: Server, path: str) -> None:
+    token = signin.admin_token(owner_url())
+
+    def http(key: str, label: str, server: Server, path: str, signed: bool = True) -> None:
         started[key] = server
-        out.append(Contender(key, label, lambda: HttpClient(server.base, path)))
+        headers = signin.bearer(token) if signed else None
+        out.append(Contender(key, label, lambda: HttpClient(server.base, path, headers)))
 
     try:
         if "raw" in wanted:
@@ -566,7 +579,7 @@ def contenders(url: str, dsn: str, wanted: set[str]) -> Iterator[list[Contender]
             server = Server("tipg", tipg_python(), ["tipg.main:app"], tipg_env(dsn), Path(empty.name))
             properties = ",".join(["id", *tile_properties(LAYER)])
             path = f"/collections/public.parcels/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}?properties={properties}"
-            http("tipg", f"tipg {TIPG_VERSION}", server, path)
+            http("tipg", f"tipg {TIPG_VERSION}", server, path, signed=False)  # tipg has no accounts
         if "guatu-cached" in wanted:
             env = guatu_env | {"GUATU_TILE_CACHE_SIZE": "4096"}
             server = Server("guatu (tile cache on)", Path(sys.executable), guatu_app, env, ROOT)
