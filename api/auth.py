@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from threading import Lock
 from typing import Annotated, Any
 
@@ -263,6 +263,3 @@ def iter_rules(app: Any) -> Iterator[tuple[str, set[str], str | None]]:
             methods = set(getattr(route, "methods", None) or ())
             extra = getattr(route, "openapi_extra", None) or {}
             yield getattr(route, "path", ""), methods, extra.get(ACCESS_KEY)
-
-
-Checker = Callable[[Request], None]

@@ -2,7 +2,7 @@
 
 A user has one role and one area (a unit code: a county, a street or township, a community
 or village, a grid; an administrator may have none). The app states, per transaction, who
-acts (:func:`context_sql`): ``guatu.user``, ``guatu.role`` and ``guatu.area`` (the area's
+acts (:meth:`Actor.settings`): ``guatu.user``, ``guatu.role`` and ``guatu.area`` (the area's
 code prefix). Row-level security policies, generated here from the layer declarations, keep
 every read and write of the app role inside that area: a bug in a route cannot widen access.
 Without a user set the app role sees nothing.
@@ -59,14 +59,6 @@ ROLES: dict[str, Role] = {
 }
 
 
-def role(role_id: str) -> Role:
-    """Return the role ROLE_ID, or raise ValueError naming the known ones."""
-    try:
-        return ROLES[role_id]
-    except KeyError:
-        raise ValueError(f"unknown role {role_id!r} (known: {', '.join(ROLES)})") from None
-
-
 @dataclass(frozen=True)
 class Actor:
     """Who acts in a request: a user with a role and an area (None: everywhere, administrators only)."""
@@ -108,14 +100,6 @@ class Actor:
     def settings(self) -> dict[str, str]:
         """Return the transaction settings that state this actor to PostgreSQL."""
         return {SETTING_USER: self.username, SETTING_ROLE: self.role, SETTING_AREA: self.prefix}
-
-
-def context_sql() -> str:
-    """Return the statement that states the actor for the current transaction (bind :user, :role, :area)."""
-    return (
-        f"SELECT set_config('{SETTING_USER}', :user, true), set_config('{SETTING_ROLE}', :role, true), "
-        f"set_config('{SETTING_AREA}', :area, true)"
-    )
 
 
 def area_fields(layer: Layer) -> tuple[str, ...]:

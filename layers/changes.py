@@ -13,7 +13,6 @@ client must send back (If-Match) to change it.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Index, Integer, String, func, text
@@ -30,7 +29,6 @@ from spatial.geometry import STORAGE_SRID
 VERSION = "version"
 """The column every layer table has: raised by one on each update (the ETag)."""
 VERSION_FUNCTION = "guatu_raise_version"
-OPS = ("insert", "update", "delete")
 NOTE_CHARS = 500
 
 
@@ -143,22 +141,6 @@ def log_triggers(layer: Layer) -> list[tuple[str, str]]:
             f"FOR EACH ROW EXECUTE FUNCTION {VERSION_FUNCTION}()",
         ),
     ]
-
-
-CHANGE_LOG_POLICY = [
-    "ALTER TABLE change_log ENABLE ROW LEVEL SECURITY",
-    "DROP POLICY IF EXISTS guatu_read ON change_log",
-    "CREATE POLICY guatu_read ON change_log FOR SELECT USING (guatu_in_area(area))",
-]
-
-
-@dataclass(frozen=True)
-class State:
-    """A feature as it stood: its properties (declared fields) and geometry (WKB), its version."""
-
-    properties: dict[str, Any]
-    geom_wkb: bytes | None
-    version: int
 
 
 def declared_properties(layer: Layer, row: dict[str, Any] | None) -> dict[str, Any]:

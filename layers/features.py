@@ -28,11 +28,9 @@ from layers.base import (
     READ_ONLY,
     REGISTRY,
     Layer,
-    Match,
     as_shown_masked,
     looks_masked_text,
     mask_text,
-    match_sql,
 )
 from layers.changes import VERSION
 from spatial.errors import (
@@ -267,16 +265,6 @@ def check_feature(
     if problems or geom is None:
         raise InvalidInput(problems)
     return props, geom
-
-
-def locator_scope(parent: Layer, where: Match) -> tuple[str, dict[str, Any]]:
-    """Return the SQL condition (on alias p) and parameters choosing the PARENT units that count.
-
-    Only the units matching WHERE, and of a versioned frame only those in force today.
-    """
-    conditions, params = match_sql(where, "p")
-    scope = " AND ".join(conditions + parent.in_force("p"))
-    return scope or "TRUE", params
 
 
 def _located_units(session: Session, parent: Layer, level: str | None, hexes: Sequence[str]) -> dict[int, str]:
@@ -655,11 +643,6 @@ def create_feature(session: Session, layer: Layer, feature: Any, actor: Actor | 
     return get_feature(session, layer, fid)
 
 
-def stored_feature(session: Session, layer: Layer, fid: int) -> dict[str, Any]:
-    """Return feature FID as this session's user is shown it, or raise NotFound (also when outside the area)."""
-    return get_feature(session, layer, fid)
-
-
 def replace_feature(
     session: Session,
     layer: Layer,
@@ -676,7 +659,7 @@ def replace_feature(
     the stored version. The geometry is rewritten only when one is sent.
     """
     feature, note = _split_feature(feature)
-    stored = stored_feature(session, layer, fid)
+    stored = get_feature(session, layer, fid)
     if if_match is not None and stored["version"] != if_match:
         raise _stale(layer, session, fid, if_match)
     sent_props = feature.get("properties") if isinstance(feature, Mapping) else None
@@ -726,7 +709,7 @@ def delete_feature(
 ) -> None:
     """Delete feature FID of LAYER (kept in the change log, restorable), or raise NotFound / 409 / 412."""
     table = layer.model.__table__
-    stored = stored_feature(session, layer, fid)
+    stored = get_feature(session, layer, fid)
     if if_match is not None and stored["version"] != if_match:
         raise _stale(layer, session, fid, if_match)
     note_change(session, note)
@@ -820,9 +803,6 @@ def _props_jsonb_sql(layer: Layer, alias: str = "t") -> str:
     return f"jsonb_build_object({', '.join(pairs)})"
 
 
-MAX_AS_OF = MAX_LIMIT
-
-
 def features_as_of(
     session: Session,
     layer: Layer,
@@ -833,7 +813,7 @@ def features_as_of(
     """Return LAYER's features as they stood at AS_OF (a timestamp), inside BBOX, as a FeatureCollection dict."""
     inner = changes.as_of_sql(layer, _props_jsonb_sql(layer))
     where = "TRUE"
-    params: dict[str, Any] = {"layer": layer.id, "as_of": as_of, "limit": min(limit, MAX_AS_OF)}
+    params: dict[str, Any] = {"layer": layer.id, "as_of": as_of, "limit": min(limit, MAX_LIMIT)}
     if bbox:
         where = "s.geom && ST_MakeEnvelope(:x0, :y0, :x1, :y1, 4490)"
         params |= dict(zip(("x0", "y0", "x1", "y1"), bbox, strict=True))
@@ -954,7 +934,7 @@ def _split(
     """Split polygon FID along LINE: the first part keeps the feature (and its id), the others become new
     features with the same properties and the codes CODES (one per new part). Each is checked as any write."""
     _polygonal(layer, "分割")
-    stored = stored_feature(session, layer, fid)
+    stored = get_feature(session, layer, fid)
     if if_match is not None and stored["version"] != if_match:
         raise _stale(layer, session, fid, if_match)
     cut = parse_geojson_geometry(line)
@@ -1032,7 +1012,7 @@ def _merge(
 ) -> dict[str, Any]:
     """Merge adjacent polygons IDS into KEEP (its properties and id stay; the others are deleted, kept in the log)."""
     _polygonal(layer, "合并")
-    stored = {fid: stored_feature(session, layer, fid) for fid in dict.fromkeys(ids)}  # 404 for what is not seen
+    stored = {fid: get_feature(session, layer, fid) for fid in dict.fromkeys(ids)}  # 404 for what is not seen
     if keep not in ids or len(set(ids)) < 2:
         raise InvalidInput.one(
             "merge_ids_invalid",

@@ -270,3 +270,19 @@ def test_split_and_merge_through_the_same_checks(client: TestClient, session: Se
     assert merged.status_code == 200, merged.text
     assert merged.json()["properties"]["area_m2"] == pytest.approx(parcel["properties"]["area_m2"], rel=1e-6)
     assert client.get(f"/api/layers/parcels/features/{parts[1]['id']}").status_code == 404
+
+
+def test_numbers_beyond_an_id_are_refused_not_a_500(client: TestClient) -> None:
+    _frame(client)
+    parcel = _post(client, "parcels", sample("parcels"))
+    url = f"/api/layers/parcels/features/{parcel['id']}/restore"
+    assert client.post(url, json={"change": 2**70}, headers={"If-Match": "*"}).json()["code"] == "change_required"
+    line = {"type": "LineString", "coordinates": [[X0, Y0], [X0 + 0.001, Y0 + 0.001]]}
+    split = client.post(
+        "/api/layers/parcels/split", json={"id": 2**40, "line": line, "codes": []}, headers={"If-Match": "*"}
+    )
+    assert split.status_code == 422 and split.json()["code"] == "split_invalid"
+    merge = client.post(
+        "/api/layers/parcels/merge", json={"ids": [2**40, parcel["id"]], "keep": parcel["id"], "versions": {}}
+    )
+    assert merge.status_code == 422 and merge.json()["code"] == "merge_invalid"

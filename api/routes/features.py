@@ -287,7 +287,7 @@ async def restore_feature(
     version = features.parse_if_match(if_match)
     body = await _read_json(request)
     change = body.get("change")
-    if not isinstance(change, int) or isinstance(change, bool):
+    if not _whole(change, 2**63 - 1):
         raise InvalidInput.one(
             "change_required", "请给出要恢复的修改记录编号 change", "give the change id", field="change"
         )
@@ -295,6 +295,15 @@ async def restore_feature(
         _commit, session, features.restore_feature, layer, fid, change, actor, body.get("note"), version
     )
     return _geojson(restored, headers=_etag(restored))
+
+
+MAX_PARTS = 50
+"""Features merged, or new parts of a split, at most in one request."""
+
+
+def _whole(value: Any, top: int = 2**31 - 1) -> bool:
+    """Return whether VALUE is a whole number an id column can hold (JSON true is no number)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= top
 
 
 async def _read_json(request: Request) -> dict[str, Any]:
@@ -315,7 +324,7 @@ async def split_feature(
     version = features.parse_if_match(if_match)
     body = await _read_json(request)
     fid, codes = body.get("id"), body.get("codes") or []
-    if not isinstance(fid, int) or isinstance(fid, bool) or not isinstance(codes, list):
+    if not _whole(fid) or not isinstance(codes, list) or len(codes) > MAX_PARTS:
         raise InvalidInput.one(
             "split_invalid", "请给出 id（整数）、line 与 codes（列表）", "give id, line and codes", field="id"
         )
@@ -330,8 +339,8 @@ async def merge_features(layer: LayerDep, session: SessionDep, actor: SignedInDe
     """Merge ``{"ids", "keep", "versions": {id: version}}`` into the kept feature; the others are deleted."""
     body = await _read_json(request)
     ids, keep, versions = body.get("ids"), body.get("keep"), body.get("versions")
-    valid = isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
-    if not valid or not isinstance(keep, int) or not isinstance(versions, dict) or len(ids or []) > 50:
+    valid = isinstance(ids, list) and len(ids) <= MAX_PARTS and all(_whole(i) for i in ids)
+    if not valid or not _whole(keep) or not isinstance(versions, dict):
         raise InvalidInput.one(
             "merge_invalid",
             "请给出 ids（至多50个）、keep 与 versions",
