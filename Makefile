@@ -91,7 +91,8 @@ assets: $(ASSET_DIR)/.installed
 
 $(ASSET_DIR)/.installed: web/package.json web/package-lock.json
 	@echo "==> 前端资源 front-end assets (npm ci)"
-	mkdir -p $(NPM_DIR) $(ASSET_DIR)/leaflet $(ASSET_DIR)/swagger-ui $(ASSET_DIR)/vectorgrid $(ASSET_DIR)/geoman
+	mkdir -p $(NPM_DIR) $(ASSET_DIR)/leaflet $(ASSET_DIR)/swagger-ui $(ASSET_DIR)/vectorgrid $(ASSET_DIR)/geoman \
+	         $(ASSET_DIR)/tabulator
 	cp web/package.json web/package-lock.json $(NPM_DIR)/
 	cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	cp -r $(NPM_DIR)/node_modules/leaflet/dist/leaflet.js $(NPM_DIR)/node_modules/leaflet/dist/leaflet.css \
@@ -103,6 +104,9 @@ $(ASSET_DIR)/.installed: web/package.json web/package-lock.json
 	cp $(NPM_DIR)/node_modules/@geoman-io/leaflet-geoman-free/dist/leaflet-geoman.min.js \
 	   $(NPM_DIR)/node_modules/@geoman-io/leaflet-geoman-free/dist/leaflet-geoman.css \
 	   $(NPM_DIR)/node_modules/@geoman-io/leaflet-geoman-free/LICENSE $(ASSET_DIR)/geoman/
+	cp $(NPM_DIR)/node_modules/tabulator-tables/dist/js/tabulator.min.js \
+	   $(NPM_DIR)/node_modules/tabulator-tables/dist/css/tabulator.min.css \
+	   $(NPM_DIR)/node_modules/tabulator-tables/LICENSE $(ASSET_DIR)/tabulator/
 	touch $@
 
 database: venv ## start the local PostGIS (unless DATABASE_URL is set) and migrate

@@ -13,6 +13,8 @@ LEAFLET_CSS = f"{STATIC_URL}/vendor/leaflet/leaflet.css"
 VECTORGRID_JS = f"{STATIC_URL}/vendor/vectorgrid/Leaflet.VectorGrid.bundled.min.js"
 GEOMAN_JS = f"{STATIC_URL}/vendor/geoman/leaflet-geoman.min.js"
 GEOMAN_CSS = f"{STATIC_URL}/vendor/geoman/leaflet-geoman.css"
+TABULATOR_JS = f"{STATIC_URL}/vendor/tabulator/tabulator.min.js"
+TABULATOR_CSS = f"{STATIC_URL}/vendor/tabulator/tabulator.min.css"
 SWAGGER_JS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui-bundle.js"
 SWAGGER_CSS = f"{STATIC_URL}/vendor/swagger-ui/swagger-ui.css"
 GUATU_JS = f"{STATIC_URL}/guatu/map.js"
@@ -34,6 +36,8 @@ REQUIRED = (
     "geoman/leaflet-geoman.css",
     "swagger-ui/swagger-ui-bundle.js",
     "swagger-ui/swagger-ui.css",
+    "tabulator/tabulator.min.js",
+    "tabulator/tabulator.min.css",
 )
 
 
