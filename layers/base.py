@@ -404,6 +404,8 @@ class Count:
     values: tuple[str, ...]
     rate: bool = False
     """Also given as a share of all the features counted (the idle rate)."""
+    result: bool = False
+    """Reaching it is what the campaign is for (盘活: revitalised, let, earning); the cockpit counts when."""
 
 
 STATUS_PARAM = "status"
@@ -436,6 +438,8 @@ class Layer:
     """An example feature's properties (templates, the guides, tests): valid as they stand."""
     counts: tuple[Count, ...] = ()
     """What the statistics count besides features and area (idle, revitalised…)."""
+    campaign: str | None = None
+    """The field holding the campaign stage an asset has reached (排查摸底 → 建章立制), if it takes part."""
     name_field: str | None = None
     """The field that names a feature (search hits, unit labels), if any."""
     counter_zh: str = "个"
@@ -458,7 +462,7 @@ class Layer:
             raise ValueError(f"versioned layer {self.id} must declare {VALID_FROM} and {VALID_TO}")
         names = {f.name for f in self.fields}
         unknown = [c.field for c in self.counts if c.field not in names] + [
-            n for n in (self.name_field,) if n and n not in names
+            n for n in (self.name_field, self.campaign) if n and n not in names
         ]
         if unknown:
             raise ValueError(f"layer {self.id} counts or names by undeclared fields {unknown}")

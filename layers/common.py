@@ -18,6 +18,23 @@ ASSET_CODE = f"^[0-9]{{{COMMUNITY_DIGITS}}}([GJZ][A-Z][0-9]{{5}}|[0-9]{{7}})$"
 IDLE = "闲置"
 IDLE_COLOR = "#e11d48"
 
+CAMPAIGN_STAGES = ("排查摸底", "清理回收", "盘活利用", "建章立制")
+"""The four steps of the campaign an asset goes through, in order (城阳街道's 四步工作法)."""
+
+
+def campaign_field() -> Field:
+    """Return the field holding which step of the campaign an asset has reached (empty: not yet surveyed)."""
+    return Field(
+        "campaign_stage",
+        "工作阶段",
+        "Campaign stage",
+        "enum",
+        choices=CAMPAIGN_STAGES,
+        filter=True,
+        count=True,
+        filter_zh="阶段",
+    )
+
 
 def community_field(*, required: bool = False) -> Field:
     """Return the 12-digit community/village code field."""

@@ -412,6 +412,7 @@ class _Builder:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
         self.points_rng = random.Random(seed * 7 + 1)  # its own stream: the older layers stay as they were
+        self.campaign_rng = random.Random(seed * 11 + 3)  # the same for the campaign steps
         self.to_metric = Transformer.from_crs(4490, METRIC_EPSG, always_xy=True)
         self.to_lonlat = Transformer.from_crs(METRIC_EPSG, 4490, always_xy=True)
         self.e0, self.n0 = self.to_metric.transform(*ORIGIN)
@@ -1136,7 +1137,46 @@ class _Builder:
         self._plant_zone_defect(self._grid(designated))
         self._shops()
         self._revenue_points()
+        self._campaign_stages()
         return self._finish()
+
+    # ----------------------------------------------------------------- the campaign
+
+    def _campaign_stages(self) -> None:
+        """Give every asset the campaign step it has reached, drawn to fit its ledger (its own stream).
+
+        Idle assets are being surveyed or cleaned up; those being let or signed are being put
+        to use; revitalised ones have mostly reached 建章立制. Assets in use were surveyed, some
+        not yet (the campaign is under way).
+        """
+        rng = self.campaign_rng
+        early = (("排查摸底", 60), ("清理回收", 40))
+        for claim in self.parcels:
+            props = claim.props
+            stage = props.get("stage")
+            if stage == "已盘活":
+                props["campaign_stage"] = _weighted(rng, (("建章立制", 60), ("盘活利用", 40)))
+            elif stage in ("招商中", "已签约"):
+                props["campaign_stage"] = _weighted(rng, (("清理回收", 30), ("盘活利用", 70)))
+            elif props["use_status"] == "闲置":
+                props["campaign_stage"] = _weighted(rng, early)
+            elif rng.random() < 0.7:
+                props["campaign_stage"] = "排查摸底"
+        for claim in self.shops:
+            props = claim.props
+            if props["status"] == "闲置":
+                signed = props.get("letting_status") == "已签约"
+                props["campaign_stage"] = "盘活利用" if signed else _weighted(rng, early)
+            elif rng.random() < 0.8:
+                props["campaign_stage"] = _weighted(rng, (("排查摸底", 50), ("建章立制", 50)))
+        for claim in self.points:
+            props = claim.props
+            if props["status"] == "在营":
+                props["campaign_stage"] = _weighted(rng, (("盘活利用", 40), ("建章立制", 60)))
+            elif props["status"] == "待招租":
+                props["campaign_stage"] = "清理回收"
+            elif rng.random() < 0.6:
+                props["campaign_stage"] = "排查摸底"
 
     def _designated_grid(self) -> str:
         """Return a grid whose southern edge is a nearly east-west edge shared with a neighbour.

@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from layers.base import Count, Field, Layer, Style, Within, register
-from layers.common import ASSET_CODE, IDLE, IN_COMMUNITY, IN_GRID, community_field, grid_code_rules, grid_field
+from layers.common import (
+    ASSET_CODE,
+    IDLE,
+    IN_COMMUNITY,
+    IN_GRID,
+    campaign_field,
+    community_field,
+    grid_code_rules,
+    grid_field,
+)
 
 KINDS = ("停车位", "广告位", "公共用房", "电梯广告", "售货亭", "充电桩")
 STATUS = (IDLE, "待招租", "在营")
@@ -53,6 +62,7 @@ REVENUE_POINTS = register(
             Field("status", "状态", "Status", "enum", required=True, choices=STATUS, filter=True, count=True),
             Field("annual_income", "年收益(元)", "Yearly income CNY", "float", minimum=0, maximum=1e10),
             Field("address", "位置", "Location", max_length=200, searched=True),
+            campaign_field(),
             community_field(),
             grid_field(),
         ],
@@ -74,8 +84,9 @@ REVENUE_POINTS = register(
         rules=(Within("grids", "grid_code"),),
         counts=(
             Count("idle", "闲置", "idle", "status", (IDLE,), rate=True),
-            Count("earning", "在营", "earning", "status", ("在营",)),
+            Count("earning", "在营", "earning", "status", ("在营",), result=True),
         ),
+        campaign="campaign_stage",
         name_field="name",
         counter_zh="处",
         order=55,

@@ -30,6 +30,9 @@ class LayerSettings(BaseSettings):
     extent: tuple[float, float, float, float] = (73.0, 3.0, 136.0, 54.0)
     """Where this deployment's data can lie (minlon, minlat, maxlon, maxlat); default: China."""
 
+    timezone: str = "Asia/Shanghai"
+    """The time zone the deployment's days, months and years are counted in (deadlines, this month, this year)."""
+
     archive_dir: Path = PROJECT_ROOT / ".archive"
     """Where uploaded files are kept, by SHA-256 (content-addressed, never rewritten)."""
 

@@ -1,0 +1,103 @@
+"""The leader's screen (驾驶舱): the campaign's figures in one answer, for what the actor may see.
+
+Totals and idle rates per asset layer, what was revitalised this year and per month, the
+campaign's progress per unit and a ranking of the units, rent receivable / received / in
+arrears, and the problem ledger's open / overdue / closed counts. Everything is read under the
+actor's row-level security: a community's leader sees their community's screen.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from layers import campaign, hierarchy
+from layers.stats import Filter, statistics
+
+
+def ranking_level(area: str | None) -> hierarchy.Level:
+    """Return the level the ranking compares: communities, or grids for a community's own screen."""
+    own = hierarchy.level_of(area) if area else None
+    community = hierarchy.level("community")
+    if own is not None and own.digits >= community.digits:
+        return hierarchy.below(own) or own
+    return community
+
+
+def assets(session: Session) -> dict[str, Any]:
+    """Return the totals of every campaign layer (count, 亩, idle and result counts) and the idle rate of all."""
+    rows = []
+    count = idle = 0
+    for layer in campaign.campaign_layers():
+        total = statistics(session, layer, Filter())["total"]
+        idle_count = next((c for c in layer.counts if c.rate), None)
+        result = campaign.result_count(layer)
+        row = {
+            "layer": layer.id,
+            "zh": layer.zh,
+            "en": layer.en,
+            "counter": layer.counter_zh,
+            "count": total["count"],
+            "area_mu": total["area_mu"] if layer.has_area else None,
+            "idle": total.get(idle_count.name, 0) if idle_count else 0,
+            "idle_rate": total.get(f"{idle_count.name}_rate", 0.0) if idle_count else 0.0,
+            "result": total.get(result.name, 0) if result else 0,
+            "result_zh": result.zh if result else "",
+        }
+        rows.append(row)
+        count += row["count"]
+        idle += row["idle"]
+    return {"layers": rows, "count": count, "idle": idle, "idle_rate": round(idle / count, 4) if count else 0.0}
+
+
+def ranking(session: Session, level: hierarchy.Level) -> list[dict[str, Any]]:
+    """Return the units of LEVEL ranked by campaign progress, with their idle counts and rate."""
+    progress = campaign.progress(session, level.id)
+    idle: dict[str | None, list[int]] = {}
+    for layer in campaign.campaign_layers():
+        rate = next((c for c in layer.counts if c.rate), None)
+        if rate is None:
+            continue
+        for row in statistics(session, layer, Filter(), by=level.id)["rows"]:
+            tally = idle.setdefault(row["code"], [0, 0])
+            tally[0] += row.get(rate.name, 0)
+            tally[1] += row["count"]
+    out = []
+    for row in progress["rows"]:
+        if row["code"] is None:
+            continue
+        n_idle, n = idle.get(row["code"], [0, 0])
+        out.append(
+            {
+                "code": row["code"],
+                "name": row["name"],
+                "count": row["count"],
+                "progress": row["progress"],
+                "stages": row["stages"],
+                "idle": n_idle,
+                "idle_rate": round(n_idle / n, 4) if n else 0.0,
+            }
+        )
+    out.sort(key=lambda r: (-r["progress"], r["idle_rate"], r["code"]))
+    for rank, row in enumerate(out, 1):
+        row["rank"] = rank
+    return out
+
+
+def figures(session: Session, area: str | None, today: dt.date) -> dict[str, Any]:
+    """Return every figure of the cockpit for the actor's AREA as of TODAY (their own rows only, by RLS)."""
+    level = ranking_level(area)
+    results = campaign.results_by_month(session, today)
+    return {
+        "today": today.isoformat(),
+        "area": area,
+        "assets": assets(session),
+        "results": results,
+        "campaign": campaign.progress(session, level.id),
+        "ranking": {
+            "level": {"id": level.id, "zh": level.label(), "en": level.label_en()},
+            "rows": ranking(session, level),
+        },
+    }
