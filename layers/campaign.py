@@ -215,13 +215,15 @@ def results_by_month(session: Session, today: dt.date, months: int = MONTHS) -> 
                 "tz": layer_settings().timezone,
             },
         ).all()
-        mine = {"layer": layer.id, "zh": layer.zh, "en": layer.en, "result_zh": count.zh, "this_year": 0}
-        for month, n, in_year in rows:
+        in_year = 0
+        for month, n, counted in rows:
             if month in per_month:
                 per_month[month] += int(n)
-            mine["this_year"] += int(in_year)
-        this_year += mine["this_year"]
-        per_layer.append(mine)
+            in_year += int(counted)
+        this_year += in_year
+        per_layer.append(
+            {"layer": layer.id, "zh": layer.zh, "en": layer.en, "result_zh": count.zh, "this_year": in_year}
+        )
     return {
         "this_year": this_year,
         "layers": per_layer,

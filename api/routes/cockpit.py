@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from api.auth import rule
-from api.deps import ActorDep, SessionDep
+from api.auth import ActorDep, rule
+from api.deps import SessionDep
 from api.routes.stats import FilterDep
 from layers import campaign, cockpit, hierarchy
 from spatial.errors import InvalidInput
