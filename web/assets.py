@@ -27,6 +27,8 @@ EDIT_JS = f"{STATIC_URL}/guatu/edit.js"
 EDIT_CSS = f"{STATIC_URL}/guatu/edit.css"
 LOGIN_JS = f"{STATIC_URL}/guatu/login.js"
 DOCS_JS = f"{STATIC_URL}/guatu/docs.js"
+COCKPIT_JS = f"{STATIC_URL}/guatu/cockpit.js"
+COCKPIT_CSS = f"{STATIC_URL}/guatu/cockpit.css"
 
 REQUIRED = (
     "leaflet/leaflet.js",

@@ -176,13 +176,10 @@ def build_map_page(
     fmap.default_js = [("leaflet", assets.LEAFLET_JS)]
     if any(view.layer.style.tiled for view in views):  # the big layers come as vector tiles
         fmap.default_js.append(("vectorgrid", assets.VECTORGRID_JS))
-    # Editing (shown only to those the server lets edit): Leaflet-Geoman, then guatu's edit module.
-    fmap.default_js += [("geoman", assets.GEOMAN_JS), ("guatu_edit", assets.EDIT_JS)]
-    fmap.default_css = [
-        ("leaflet_css", assets.LEAFLET_CSS),
-        ("geoman_css", assets.GEOMAN_CSS),
-        ("guatu_edit_css", assets.EDIT_CSS),
-    ]
+    fmap.default_css = [("leaflet_css", assets.LEAFLET_CSS)]
+    if not cockpit:  # editing (shown only to those the server lets edit): Leaflet-Geoman, then guatu's edit module
+        fmap.default_js += [("geoman", assets.GEOMAN_JS), ("guatu_edit", assets.EDIT_JS)]
+        fmap.default_css += [("geoman_css", assets.GEOMAN_CSS), ("guatu_edit_css", assets.EDIT_CSS)]
     fig.add_child(fmap)
     for tiles in (basemap or Basemap()).tile_layers():
         tiles.add_to(fmap)
@@ -193,12 +190,16 @@ def build_map_page(
     root.header.add_child(CssLink(assets.GUATU_CSS))
     root.header.add_child(JavascriptLink(assets.DOM_JS))
     root.header.add_child(JavascriptLink(assets.GUATU_JS))
+    if cockpit:
+        root.header.add_child(CssLink(assets.COCKPIT_CSS))
+        root.header.add_child(JavascriptLink(assets.COCKPIT_JS))
     for view in sorted(views, key=lambda v: v.layer.order):
         group = folium.FeatureGroup(name=f"{view.layer.zh} {view.layer.en}", show=view.layer.id not in hidden)
         entry = "guatu.tileLayer" if view.layer.style.tiled else "guatu.bboxLayer"
         group.add_child(JsCall(entry, layer_options(view, api_base), names=[fmap.get_name()]))
         fmap.add_child(group)
-    folium.LayerControl(collapsed=False, position="topright").add_to(fmap)
+    if not cockpit:
+        folium.LayerControl(collapsed=False, position="topright").add_to(fmap)
     bounds = _bounds(views)
     if bounds:
         fmap.fit_bounds(bounds)
@@ -217,6 +218,9 @@ def build_map_page(
         ],
     }
     fmap.add_child(JsCall("guatu.chrome", chrome))
+    if cockpit:  # the leader's screen: the map and the campaign's figures, no working panels, refreshed each minute
+        fmap.add_child(JsCall("guatuCockpit.start", {"api": api_base, "title": title, "refresh_s": 60}))
+        return str(fig.render())
     fmap.add_child(JsCall("guatu.edit", edit_options(views, api_base)))
     filtered = [v.layer for v in sorted(views, key=lambda v: v.layer.order) if v.layer.filter_fields]
     counted = [layer for layer in filtered if layer.counts]
@@ -228,8 +232,5 @@ def build_map_page(
             "levels": hierarchy.describe(),
         }
         fmap.add_child(JsCall("guatu.panel", panel))
-        if cockpit:  # the big screen of a street office: the map and the roll-up, refreshed every minute
-            below_street = hierarchy.below(hierarchy.levels()[1]) or hierarchy.levels()[-1]
-            fmap.add_child(JsCall("guatu.cockpit", {**panel, "by": below_street.id, "refresh_s": 60}))
     page: str = fig.render()
     return page
