@@ -277,6 +277,8 @@ class Style:
     """On the wall map unless the print names its layers (a layer too fine for a street's sheet: only when asked)."""
     label: tuple[str, ...] = ()
     """Fields printed inside each feature on the wall map, a line each (a grid's name and code)."""
+    numbered: bool = False
+    """At large scales the wall map prints each feature's number (its key's last five characters) inside it."""
 
 
 @dataclass(frozen=True)

@@ -101,3 +101,47 @@ def figures(session: Session, area: str | None, today: dt.date) -> dict[str, Any
             "rows": ranking(session, level),
         },
     }
+
+
+def print_tables(session: Session, scope: str | None) -> list[dict[str, Any]]:
+    """Return the tables a wall map of SCOPE may carry beside it: the assets' figures and progress per unit.
+
+    Plain text, ready to set: each a title, a header, rows (and a share of the width per column).
+    """
+    flt = Filter(scope=scope)
+    figures_rows = []
+    for layer in campaign.campaign_layers():
+        total = statistics(session, layer, flt)["total"]
+        idle = next((c for c in layer.counts if c.rate), None)
+        result = campaign.result_count(layer)
+        figures_rows.append(
+            (
+                layer.zh,
+                f"{total['count']} {layer.counter_zh}",
+                f"{total['area_mu']:.2f}" if layer.has_area else "—",
+                f"{total[idle.name]}（{100 * total[f'{idle.name}_rate']:.1f}%）" if idle else "—",
+                f"{result.zh} {total[result.name]}" if result else "—",
+            )
+        )
+    own = hierarchy.level_of(scope) if scope else None
+    level = (hierarchy.below(own) if own else None) or hierarchy.level("community")
+    progress = campaign.progress(session, level.id, flt)
+    unit_rows = tuple(
+        (row["name"], str(row["count"]), *(str(row["stages"][s]) for s in progress["stages"]), f"{row['progress']:.0%}")
+        for row in progress["rows"]
+        if row["code"] is not None
+    )
+    return [
+        {
+            "title": "统计表 Statistics",
+            "header": ("类型", "数量", "面积(亩)", "闲置(率)", "盘活"),
+            "rows": tuple(figures_rows),
+            "widths": (0.24, 0.16, 0.18, 0.24, 0.18),
+        },
+        {
+            "title": f"各{level.label()}工作进度 Campaign progress per {level.label_en().lower()}",
+            "header": (level.label(), "资产", *(s[:2] for s in progress["stages"]), "进度"),
+            "rows": unit_rows,
+            "widths": (0.28, 0.12, 0.12, 0.12, 0.12, 0.12, 0.12),
+        },
+    ]

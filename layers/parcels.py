@@ -113,6 +113,7 @@ PARCELS = register(
             weight=0.6,
             min_zoom=14,
             tiled=True,
+            numbered=True,
         ),
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(_known_land_use, grid_code_rules("grid_code")),

@@ -199,7 +199,10 @@ def gathered(session: Session, scope: str, layer_ids: Sequence[str]) -> tuple[li
     from spatial.work import CancelToken
 
     chosen = sorted((REGISTRY[i] for i in layer_ids), key=lambda layer: layer.order)
-    return _gather(lambda: nullcontext(session), CancelToken(), scope, None, chosen, {}, dt.date(2026, 1, 5))
+    printed, label, frame, _ = _gather(
+        lambda: nullcontext(session), CancelToken(), scope, None, chosen, {}, dt.date(2026, 1, 5)
+    )
+    return printed, label, frame
 
 
 def sc_face(path: str, family: str) -> Any:
@@ -371,3 +374,45 @@ def test_the_printing_code_names_no_layer_and_no_field() -> None:
         said |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
         said |= {node.arg for node in ast.walk(tree) if isinstance(node, ast.arg | ast.keyword) and node.arg}
         assert not (said & names) - allowed, (module, sorted((said & names) - allowed))
+
+
+def test_a_wall_map_at_a_numeric_scale_with_parcel_numbers_and_figures_beside_it(
+    client: TestClient, session: Session, tmp_path: Path
+) -> None:
+    from api.routes.printing import _gather
+    from spatial.work import CancelToken
+    from web.printing import MAP_BOX_TABLES, PAPER_MM, SideTable, compose
+
+    demo.load(session)
+    session.flush()
+    chosen = sorted((REGISTRY[i] for i in ("grids", "parcels")), key=lambda layer: layer.order)
+    printed, label, frame, tables = _gather(
+        lambda: nullcontext(session), CancelToken(), COMMUNITY, None, chosen, {}, dt.date(2026, 1, 5), True
+    )
+    assert [t.title for t in tables][:2] == ["统计表 Statistics", "各网格工作进度 Campaign progress per grid"]
+    parcels = next(p for p in printed if p.layer_id == "parcels")
+    numbers = {str(props["code"])[-5:] for _, props in parcels.features}
+    for at, numbered in ((2000, True), (50000, False)):
+        wall = compose(printed, title="t", scope_label=label, size="A3", frame=frame, tables=tables, at_scale=at)
+        assert wall.scale == at
+        ax = wall.figure.axes[0]
+        (x0, x1), width_mm = ax.get_xlim(), MAP_BOX_TABLES[2] * PAPER_MM["A3"][0]
+        assert (x1 - x0) / width_mm * 1000 == pytest.approx(at, rel=1e-6)  # the printed scale is the true one
+        texts = [t.get_text() for a in wall.figure.axes for t in a.texts]
+        assert f"比例尺 1:{at:,}".replace(",", " ") in texts
+        shown = numbers & set(texts)
+        assert (len(shown) > 10) if numbered else not shown, at
+        assert "统计表 Statistics" in texts and "古庙头社区第1网格" in texts  # the progress table names its grids
+    fitted = compose(printed, title="t", scope_label=label, size="A3", frame=frame)
+    assert fitted.scale in {m * 10**k for m in (1000, 1250, 1500, 2000, 2500, 5000) for k in range(4)}
+    # a long table is cut with its remainder said, never drawn over the sheet's edge
+    long = SideTable("问题清单 Problems", ("编号", "问题"), tuple((f"WT-{i}", "占道") for i in range(200)))
+    wall = compose(printed, title="t", scope_label=label, size="A4", frame=frame, tables=[long])
+    said = [t.get_text() for a in wall.figure.axes for t in a.texts if "more" in t.get_text()]
+    assert said and said[0].startswith("…另有")
+    answer = client.get("/api/print", params={"scope": COMMUNITY, "size": "A4", "figures": "true", "scale": "2000"})
+    assert answer.status_code == 200
+    words = pdf_text(answer.content, tmp_path)
+    assert "比例尺 1:2 000" in words and "统计表" in words
+    refused = client.get("/api/print", params={"scope": COMMUNITY, "scale": "5"})
+    assert refused.status_code == 422

@@ -123,6 +123,54 @@ class WallMap:
     """Title block, legend, scale bar and north arrow: their boxes in millimetres (x0, y0, x1, y1)."""
     reach_mm: float = 0.0
     """How far ink reaches beyond a drawn shape: half the widest line, or a marker's radius and outline."""
+    scale: int = 0
+    """The denominator of the numeric scale the map is drawn at (2000: 1:2 000)."""
+
+
+@dataclass(frozen=True)
+class SideTable:
+    """A table printed beside the map (the statistics, the open problems): plain text, a colour mark per row."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    marks: tuple[str | None, ...] = ()
+    """A colour per row drawn as a dot before it (a problem's light), or None."""
+    widths: tuple[float, ...] = ()
+    """The share of the table's width each column takes (equal when not given)."""
+
+
+NICE_SCALES = (1, 1.25, 1.5, 2, 2.5, 5)
+"""The leading digits of a printed numeric scale (1:2 000, 1:2 500, 1:5 000 …)."""
+NUMBERS_AT = 5000
+"""At 1:NUMBERS_AT or larger, each feature of a layer whose style says ``numbered`` carries its number."""
+
+
+def nice_scale(denominator: float) -> int:
+    """Return the round scale denominator at or just above DENOMINATOR (the map only ever gets smaller).
+
+    Examples
+    --------
+    >>> nice_scale(1830), nice_scale(2000), nice_scale(2137), nice_scale(44_000)
+    (2000, 2000, 2500, 50000)
+    """
+    exponent = math.floor(math.log10(max(denominator, 1)))
+    for lead in (*NICE_SCALES, 10):
+        value = round(lead * 10**exponent)
+        if value >= denominator - 1e-6:
+            return int(value)
+    return int(10 ** (exponent + 1))
+
+
+def scale_text(denominator: int) -> str:
+    """Return a numeric scale as a Chinese map prints it (比例尺 1:2 000).
+
+    Examples
+    --------
+    >>> scale_text(2000), scale_text(250000)
+    ('比例尺 1:2 000', '比例尺 1:250 000')
+    """
+    return "比例尺 1:" + f"{denominator:,}".replace(",", " ")
 
 
 @dataclass(frozen=True)
@@ -197,8 +245,14 @@ def _value_order(style: Style, value: str) -> tuple[int, str]:
     return (declared.index(value), "") if value in declared else (len(declared), value)
 
 
-def _draw_layer(ax: Any, pl: PrintLayer, metric: LocalMetric, scale: float) -> tuple[list[BaseGeometry], list[Any]]:
-    """Draw PL's features on AX; return them in metres as drawn (outlines for an unfilled layer) and their labels."""
+def _draw_layer(
+    ax: Any, pl: PrintLayer, metric: LocalMetric, scale: float, numbers: bool = False
+) -> tuple[list[BaseGeometry], list[Any]]:
+    """Draw PL's features on AX; return them in metres as drawn (outlines for an unfilled layer) and their labels.
+
+    With NUMBERS (a large scale) a layer whose style is ``numbered`` labels each feature with its number:
+    the last five characters of its key (the 宗地 or asset sequence).
+    """
     layer, style = pl.layer, pl.layer.style
     if not pl.features:
         return [], []
@@ -224,6 +278,8 @@ def _draw_layer(ax: Any, pl: PrintLayer, metric: LocalMetric, scale: float) -> t
         widths.append(look.width * PT_PER_PX * scale)
         drawn.append(geom if style.fill else geom.boundary)
         text = "\n".join(str(props[f]) for f in style.label if props.get(f) not in (None, ""))
+        if numbers and style.numbered and props.get(layer.key_field):
+            text = str(props[layer.key_field])[-5:]
         if text:
             centre = geom.representative_point()
             labels.append((centre.x, centre.y, _plain(text)))
@@ -265,9 +321,93 @@ def _legend_rows(layers: Sequence[PrintLayer]) -> list[LegendRow]:
     return rows
 
 
-def _draw_legend(fig: Figure, rows: Sequence[LegendRow], scale: float) -> Any:
+MAP_BOX = (0.03, 0.05, 0.72, 0.82)
+LEGEND_BOX = (0.78, 0.05, 0.2, 0.82)
+"""Where the map and the legend lie on the sheet (left, bottom, width, height as shares of it)."""
+MAP_BOX_TABLES = (0.03, 0.05, 0.6, 0.82)
+LEGEND_BOX_TABLES = (0.66, 0.5, 0.32, 0.37)
+TABLES_BOX = (0.66, 0.05, 0.32, 0.43)
+"""The same with tables beside the map: the map narrower, the legend above the tables."""
+
+
+def _extent(
+    metric: LocalMetric,
+    everything: Sequence[BaseGeometry],
+    frame: BaseGeometry | None,
+    ax: Any,
+    sheet_mm: tuple[float, float],
+    at_scale: int | None,
+) -> tuple[int, tuple[float, float, float, float]]:
+    """Return the scale denominator the map is drawn at and its limits in metres (x0, y0, x1, y1).
+
+    The frame (the scope, with a 5 % margin) or else every feature is fitted into the map's
+    box at the largest round scale that holds it, or shown at AT_SCALE around its centre.
+    """
+    if frame is not None and not frame.is_empty:
+        fx0, fy0, fx1, fy1 = metric.to_m(frame).bounds
+        pad = 0.05 * max(fx1 - fx0, fy1 - fy0)
+        fx0, fy0, fx1, fy1 = fx0 - pad, fy0 - pad, fx1 + pad, fy1 + pad
+    elif everything:
+        fx0, fy0, fx1, fy1 = shapely.total_bounds(metric.to_m(np.asarray(everything, dtype=object)))
+    else:
+        fx0, fy0, fx1, fy1 = -50.0, -50.0, 50.0, 50.0
+    box = ax.get_position(original=True)  # the box as laid out (the active one is squeezed to the aspect)
+    w_mm, h_mm = box.width * sheet_mm[0], box.height * sheet_mm[1]
+    fitted = max((fx1 - fx0) / w_mm, (fy1 - fy0) / h_mm, 0.1) * 1000  # ground millimetres per paper millimetre
+    denominator = at_scale or nice_scale(fitted)
+    cx, cy = (fx0 + fx1) / 2, (fy0 + fy1) / 2
+    half_w, half_h = denominator * w_mm / 2000, denominator * h_mm / 2000
+    return denominator, (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+
+
+def _draw_tables(fig: Figure, tables: Sequence[SideTable], scale: float) -> Any:
+    """Set TABLES one under the other beside the map; rows that do not fit are left out, and that is said."""
+    side = fig.add_axes(TABLES_BOX)
+    side.set_axis_off()
+    side.set_xlim(0, 1)
+    side.set_ylim(0, 1)
+    lines = sum(len(t.rows) + 2 for t in tables)
+    height_pt = TABLES_BOX[3] * fig.get_figheight() * 72
+    line_pt = 6.5 * scale * 1.5  # a line of the table's text, with its leading: rows never overprint
+    step = min(0.045, max(line_pt / height_pt, 0.98 / max(lines, 1)))
+    top = 1.0
+    for table in tables:
+        side.text(0.0, top, _plain(table.title), fontsize=10 * scale, fontproperties=_font(True), va="top")
+        top -= step * 1.2
+        widths = table.widths or tuple(1 / len(table.header) for _ in table.header)
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+        for x, heading in zip(starts, table.header, strict=True):
+            side.text(x + 0.03, top, _plain(heading), fontsize=6.5 * scale, fontproperties=_font(True), va="top")
+        top -= step
+        side.plot([0, 1], [top + step * 0.1] * 2, color=OUTLINE, linewidth=0.4 * scale)
+        for n, row in enumerate(table.rows):
+            if top - step < 0 and n < len(table.rows):
+                left = len(table.rows) - n
+                side.text(
+                    0.03, top, f"…另有 {left} 行 {left} more", fontsize=6 * scale, fontproperties=_font(), va="top"
+                )
+                top -= step
+                break
+            mark = table.marks[n] if n < len(table.marks) else None
+            if mark:
+                side.plot(
+                    [0.012], [top - step * 0.35], marker="o", markersize=3.5 * scale, color=mark, linestyle="none"
+                )
+            for x, cell, w in zip(starts, row, widths, strict=True):
+                text = _plain(cell)
+                room = max(2, int(w * 40))  # characters a column holds at this size
+                text = text if len(text) <= room else text[: room - 1] + "…"
+                side.text(x + 0.03, top, text, fontsize=6.5 * scale, fontproperties=_font(), va="top")
+            top -= step
+        top -= step * 0.6
+    return side
+
+
+def _draw_legend(
+    fig: Figure, rows: Sequence[LegendRow], scale: float, where: tuple[float, float, float, float] = LEGEND_BOX
+) -> Any:
     """Draw the legend on the right: each row's symbol drawn as its features are."""
-    side = fig.add_axes((0.78, 0.05, 0.2, 0.82))
+    side = fig.add_axes(where)
     side.set_axis_off()
     side.set_xlim(0, 1)
     side.set_ylim(0, 1)
@@ -307,22 +447,31 @@ def compose(
     size: str = "A3",
     day: dt.date | None = None,
     frame: BaseGeometry | None = None,
+    tables: Sequence[SideTable] = (),
+    at_scale: int | None = None,
 ) -> WallMap:
-    """Return the wall map of LAYERS (drawn in their declared order) showing FRAME (the scope) when given."""
+    """Return the wall map of LAYERS (drawn in their declared order) showing FRAME (the scope) when given.
+
+    The map is drawn at a round numeric scale (1:2 000, 1:2 500 …) printed under the scale bar:
+    AT_SCALE when given (centred on the scope), else the largest round one the scope fits in. At
+    1:NUMBERS_AT or larger, numbered layers carry each feature's number. TABLES (the statistics,
+    the open problems) are set beside the map, under the legend.
+    """
     width_mm, height_mm = PAPER_MM[size]
     fig = Figure(figsize=(width_mm / 25.4, height_mm / 25.4))
     FigureCanvasAgg(fig)  # a renderer: where text lands is measured before the sheet is saved
     scale = width_mm / 420  # text sizes follow the sheet (A3 is 1)
     everything = [g for pl in layers for g, _ in pl.features]
     metric = LocalMetric.around(everything or [shapely.Point(120.4, 36.3)])
-    ax = fig.add_axes((0.03, 0.05, 0.72, 0.82))
+    ax = fig.add_axes(MAP_BOX_TABLES if tables else MAP_BOX)
     ax.set_aspect("equal")
     ax.set_axis_off()
+    denominator, limits = _extent(metric, everything, frame, ax, (width_mm, height_mm), at_scale)
     drawn: list[BaseGeometry] = []
     labels = []
     reach_pt = 0.0
     for pl in sorted(layers, key=lambda pl: pl.layer.order):
-        shapes, texts = _draw_layer(ax, pl, metric, scale)
+        shapes, texts = _draw_layer(ax, pl, metric, scale, numbers=denominator <= NUMBERS_AT)
         drawn.extend(shapes)
         labels.extend(texts)
         if shapes:
@@ -345,12 +494,8 @@ def compose(
             clip_on=True,
             bbox=backing,
         )
-    ax.autoscale_view()
-    if frame is not None and not frame.is_empty:  # the scope, with a margin; neighbours give context
-        fx0, fy0, fx1, fy1 = metric.to_m(frame).bounds
-        pad = 0.05 * max(fx1 - fx0, fy1 - fy0)
-        ax.set_xlim(fx0 - pad, fx1 + pad)
-        ax.set_ylim(fy0 - pad, fy1 + pad)
+    ax.set_xlim(limits[0], limits[2])
+    ax.set_ylim(limits[1], limits[3])
     ax.apply_aspect()
     x0, x1 = ax.get_xlim()
     y0, y1 = ax.get_ylim()
@@ -361,6 +506,8 @@ def compose(
     furniture.append(ax.add_patch(Rectangle((bx, by), bar, (y1 - y0) * 0.008, color=INK, zorder=300)))
     shown = f"{bar / 1000:g} 公里 km" if bar >= 1000 else f"{bar:g} 米 m"
     furniture.append(ax.text(bx, by + (y1 - y0) * 0.015, shown, fontsize=7 * scale, fontproperties=_font(), zorder=300))
+    numeric = scale_text(denominator)
+    furniture.append(ax.text(bx, by - (y1 - y0) * 0.008, numeric, fontsize=7 * scale, fontproperties=_font(), va="top"))
     # north arrow (the map is drawn with north up: a transverse Mercator around the scope), its label above the tip
     nx, ny, length = x1 - (x1 - x0) * 0.05, y1 - (y1 - y0) * 0.14, (y1 - y0) * 0.08
     arrow = FancyArrow(nx, ny, 0, length, width=(x1 - x0) * 0.006, length_includes_head=True, color=INK, zorder=300)
@@ -384,9 +531,12 @@ def compose(
     subtitle = _plain(f"{scope_label}    制图日期 {day.isoformat()}    guatu 挂图")
     furniture.append(fig.text(0.03, 0.895, subtitle, fontsize=9 * scale, fontproperties=_font()))
     legend = _legend_rows(layers)
-    side = _draw_legend(fig, legend, scale)
+    side = _draw_legend(fig, legend, scale, LEGEND_BOX_TABLES if tables else LEGEND_BOX)
     furniture += [*side.texts, *side.patches, *side.lines]
-    wall = WallMap(fig, size, title, legend, (north, arrow), reach_mm=reach_pt * 25.4 / 72)
+    if tables:
+        beside = _draw_tables(fig, tables, scale)
+        furniture += [*beside.texts, *beside.lines]
+    wall = WallMap(fig, size, title, legend, (north, arrow), reach_mm=reach_pt * 25.4 / 72, scale=denominator)
     # where things lie on the sheet, in millimetres: what a cut into sheets keeps
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
     per_px = 25.4 / fig.dpi
@@ -544,9 +694,20 @@ def draw(
     day: dt.date,
     frame: BaseGeometry | None,
     sheets: str | None,
+    tables: Sequence[SideTable] = (),
+    at_scale: int | None = None,
 ) -> Printed:
     """Return the finished wall map: drawn, and cut into SHEETS when asked (run in a worker process)."""
-    wall = compose(layers, title=_plain(title), scope_label=scope_label, size=size, day=day, frame=frame)
+    wall = compose(
+        layers,
+        title=_plain(title),
+        scope_label=scope_label,
+        size=size,
+        day=day,
+        frame=frame,
+        tables=tables,
+        at_scale=at_scale,
+    )
     data = save(wall, fmt)
     if sheets is None:
         return Printed(data)

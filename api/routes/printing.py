@@ -20,6 +20,7 @@ from api.auth import rule
 from api.deps import SessionsDep
 from api.routes.stats import FilterDep
 from api.work import heavy, lane
+from layers import cockpit
 from layers.base import REGISTRY, Layer
 from layers.features import layer_or_404, parse_bbox
 from layers.scopes import features_in, scope_unit
@@ -27,7 +28,7 @@ from layers.stats import Filter, filter_conditions, parse_filter
 from spatial.db import query_canceller
 from spatial.errors import InvalidInput
 from spatial.work import CancelToken, in_process
-from web.printing import PAPER_MM, Printed, PrintLayer, draw
+from web.printing import PAPER_MM, Printed, PrintLayer, SideTable, draw
 
 router = APIRouter(tags=["print"])
 MAX_PRINTED = 200_000
@@ -45,8 +46,9 @@ def _gather(
     chosen: list[Layer],
     narrowing: dict[str, Filter],
     day: dt.date,
-) -> tuple[list[PrintLayer], str, BaseGeometry | None]:
-    """Read what the sheet shows: the scope's shape and label, and each layer's features in it."""
+    figures: bool = False,
+) -> tuple[list[PrintLayer], str, BaseGeometry | None, list[SideTable]]:
+    """Read what the sheet shows: the scope's shape and label, each layer's features in it, the tables beside."""
     with sessions() as session, token.hook(query_canceller(session)):
         shape, label = scope_unit(session, scope, day) if scope else (None, "")
         label = f"{label}（{scope}）" if scope else "全部 everything"
@@ -66,7 +68,8 @@ def _gather(
             features = features_in(session, layer, shape, names, room, narrowing.get(layer.id))
             room -= len(features)
             printed.append(PrintLayer(layer.id, features, layer.module))
-    return printed, label, shape
+        tables = [SideTable(**table) for table in cockpit.print_tables(session, scope)] if figures else []
+    return printed, label, shape, tables
 
 
 NARROW = "narrow_"
@@ -109,6 +112,18 @@ async def print_map(
     sheets: Annotated[
         Literal["A4", "A3"] | None, Query(description="cut the big sheet into small ones (PDF): an office printer's")
     ] = None,
+    figures: Annotated[
+        bool, Query(description="set a statistics table, the progress per unit and the open problems beside the map")
+    ] = False,
+    scale: Annotated[
+        int | None,
+        Query(
+            ge=100,
+            le=5_000_000,
+            description="draw at 1:SCALE (e.g. 2000) around the scope; default: the largest "
+            "round scale the scope fits in",
+        ),
+    ] = None,
 ) -> Response:
     """Return the wall map of SCOPE: title block, legend, scale bar, north arrow, grid labels.
 
@@ -141,7 +156,9 @@ async def print_map(
 
     async def job(token: CancelToken) -> Printed:
         gather = lane(request, "print").run
-        printed, label, shape = await gather(_gather, sessions, token, scope, view, chosen, narrowing, day)
+        printed, label, shape, tables = await gather(
+            _gather, sessions, token, scope, view, chosen, narrowing, day, figures
+        )
         return await in_process(
             draw,
             printed,
@@ -152,6 +169,8 @@ async def print_map(
             day=day,
             frame=shape,
             sheets=sheets,
+            tables=tables,
+            at_scale=scale,
             workers=settings.print_workers,
             timeout_s=settings.print_timeout_s,
             token=token,
