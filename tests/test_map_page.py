@@ -191,8 +191,11 @@ def test_the_print_button_returns_the_wall_map_of_the_view(base_url: str, tmp_pa
         page.locator(".guatu-choice input[value='自用']").uncheck()  # the wall map prints what is shown
         assert "narrow_parcels=status%3D" in (link.get_attribute("href") or "")  # the parcels' own filter
         page.locator(".guatu-choice input[value='自用']").check()
+        page.select_option("select.guatu-print-scale", "2000")  # at 1:2 000, the figures beside the map
+        page.locator(".guatu-print-figures input").check()
         href = link.get_attribute("href")
         assert href is not None and "narrow_" not in href
+        assert "scale=2000" in href and "figures=true" in href
         with page.expect_download(timeout=90_000) as download:
             link.click()
             assert "正在绘制" in page.locator(".guatu-print-status").inner_text()  # said while it is drawn
@@ -205,6 +208,7 @@ def test_the_print_button_returns_the_wall_map_of_the_view(base_url: str, tmp_pa
     assert response.status_code == 200 and response.content.startswith(b"%PDF")
     words = pdf_text(response.content, tmp_path)
     assert "城阳街道 集体资源一张图" in words and "图例" in words and "地块 闲置" in words
+    assert "比例尺 1:2 000" in words and "统计表" in words
     image = first_page(response.content, tmp_path)
     image.save(SCREENSHOTS / "wall-map.png")
     assert image.width > image.height  # A3 landscape

@@ -468,16 +468,34 @@
           option.value = choice[0];
           size.appendChild(option);
         });
+        var ratio = el("select", "guatu-print-scale");
+        ratio.title = "比例尺 scale";
+        [["", "比例尺 自动 auto"], ["1000", "1:1 000"], ["2000", "1:2 000"], ["5000", "1:5 000"],
+         ["10000", "1:10 000"]].forEach(function (choice) {
+          var option = el("option", null, choice[1]);
+          option.value = choice[0];
+          ratio.appendChild(option);
+        });
+        var withFigures = el("label", "guatu-print-figures");
+        var figuresBox = el("input");
+        figuresBox.type = "checkbox";
+        withFigures.appendChild(figuresBox);
+        withFigures.appendChild(document.createTextNode("附统计表 figures"));
+        withFigures.title = "在图旁附统计表、各单元进度和待办问题 (tables beside the map)";
         function aim() {  // the wall map of what is on screen, on the chosen paper
           var b = map.getBounds();
           var parts = size.value.split("/");
           var extra = parts[1] === "png" ? "&format=png" : "&format=pdf" + (parts[1] ? "&sheets=" + parts[1] : "");
+          if (ratio.value) extra += "&scale=" + ratio.value;
+          if (figuresBox.checked) extra += "&figures=true";
           print.href = "/api/print?size=" + parts[0] + extra + "&bbox=" +
             [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) { return v.toFixed(6); }).join(",") +
             (mapQuery ? "&" + mapQuery : "");
         }
         map.on("moveend guatu:filter", aim);
         size.addEventListener("change", aim);
+        ratio.addEventListener("change", aim);
+        figuresBox.addEventListener("change", aim);
         aim();
         /* Drawn on the server in seconds (an A0 in tens): say so, then save the file; a busy
            server's answer (503, retry later) is shown here, not as a page of JSON. */
@@ -508,6 +526,9 @@
         sub.appendChild(print);
         sub.appendChild(document.createTextNode(" "));
         sub.appendChild(size);
+        sub.appendChild(document.createTextNode(" "));
+        sub.appendChild(ratio);
+        sub.appendChild(withFigures);
         sub.appendChild(printing);
         box.appendChild(sub);
         L.DomEvent.disableClickPropagation(box);
