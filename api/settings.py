@@ -31,6 +31,8 @@ class ApiSettings(BaseSettings):
     """A line shown under the sign-in form (`make run` says where the demo passwords are)."""
     tile_cache_size: int = 4096
     """Vector tiles kept in memory (0: none); a committed write to a layer, by anyone, retires its layer's."""
+    cockpit_cache_s: Annotated[float, Field(ge=0, le=3600)] = 10
+    """The cockpit's figures are computed once per visibility this often, however many screens ask (0: every time)."""
     print_workers: Annotated[int, Field(ge=1, le=32)] = 2
     """Wall maps drawn at once (each in its own worker process)."""
     print_queue: Annotated[int, Field(ge=0, le=1000)] = 6

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,6 +25,8 @@ LAYERS = [layer.id for layer in campaign_layers()]
 def demo_client(client: TestClient, session: Session) -> TestClient:
     demo.load(session)
     session.flush()
+    app: Any = client.app
+    app.state.settings = app.state.settings.model_copy(update={"cockpit_cache_s": 0})  # each answer fresh
     return client
 
 
@@ -115,3 +121,23 @@ def test_month_starts_cross_the_year() -> None:
 
     starts = month_starts(dt.date(2026, 1, 31), 12)
     assert starts[0] == dt.date(2025, 2, 1) and starts[-1] == dt.date(2026, 1, 1) and len(set(starts)) == 12
+
+
+def test_25_screens_at_once_cost_one_computation_per_area() -> None:
+    from api.routes.cockpit import FiguresCache
+
+    cache = FiguresCache()
+    calls: list[str] = []
+    guard = threading.Lock()
+
+    def compute(who: str) -> dict[str, Any]:
+        with guard:
+            calls.append(who)
+        time.sleep(0.2)
+        return {"who": who}
+
+    with ThreadPoolExecutor(25) as pool:
+        answers = list(pool.map(lambda i: cache.get(f"a{i % 2}", 60, lambda: compute(f"a{i % 2}")), range(25)))
+    assert sorted(calls) == ["a0", "a1"]  # one per area, the others waited for it
+    assert all(a["who"] == f"a{i % 2}" for i, a in enumerate(answers))
+    assert cache.get("a0", 0, lambda: compute("again"))["who"] == "again"  # too old: computed anew

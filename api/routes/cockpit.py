@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from api.auth import ActorDep, rule
 from api.deps import SessionDep
 from api.routes.stats import FilterDep
+from api.routes.tiles import visibility
 from layers import campaign, cockpit, hierarchy
 from spatial.errors import InvalidInput
 
@@ -27,7 +31,43 @@ def campaign_progress(
     return campaign.progress(session, by, flt)
 
 
+class FiguresCache:
+    """The cockpit's figures per visibility, computed once however many screens ask at the same moment."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.kept: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.computing: dict[str, threading.Lock] = {}
+
+    def get(self, who: str, max_age_s: float, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Return WHO's figures no older than MAX_AGE_S, computing them (once, the others waiting) if need be."""
+        with self.lock:
+            slot = self.computing.setdefault(who, threading.Lock())
+        with slot:  # one computation per visibility at a time: 25 screens cost one set of queries
+            kept = self.kept.get(who)
+            if kept is not None and time.monotonic() - kept[0] < max_age_s:
+                return kept[1]
+            figures = compute()
+            with self.lock:
+                self.kept[who] = (time.monotonic(), figures)
+            return figures
+
+
+def _cache(request: Request) -> FiguresCache:
+    state = request.app.state
+    if not hasattr(state, "cockpit_cache"):
+        state.cockpit_cache = FiguresCache()
+    cache: FiguresCache = state.cockpit_cache
+    return cache
+
+
 @router.get("/api/cockpit", summary="驾驶舱数据 The cockpit's figures", **rule("user"))
-def cockpit_figures(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
-    """Return every figure of the leader's screen for the signed-in user's area, as of today."""
-    return cockpit.figures(session, actor.area if actor else None, campaign.today())
+def cockpit_figures(request: Request, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+    """Return every figure of the leader's screen for the signed-in user's area, as of today.
+
+    Computed at most every ``GUATU_COCKPIT_CACHE_S`` seconds per area seen (the screens refresh each minute).
+    """
+    area = actor.area if actor else None
+    who = f"{visibility(actor)}|{actor.role if actor else '-'}"  # personal values differ by role: never shared
+    max_age = request.app.state.settings.cockpit_cache_s
+    return _cache(request).get(who, max_age, lambda: cockpit.figures(session, area, campaign.today()))
