@@ -588,7 +588,7 @@
   }
 
   /* Keep panel BOX inside the map: between the top corner's controls (title, zoom) and its own
-     bottom, or above the legend (the cockpit); scrolled inside when its content is longer. */
+     bottom; scrolled inside when its content is longer. */
   function fitBelowTop(map, box) {
     var frame = map.getContainer().getBoundingClientRect();
     var corner = map.getContainer().querySelector(".leaflet-top.leaflet-left");
@@ -597,11 +597,6 @@
     var room = bottom - top - 10;
     if (NARROW) room = Math.min(room, frame.height * 0.45);  // a phone keeps half its map in sight
     box.style.maxHeight = Math.max(120, Math.floor(room)) + "px";
-  }
-  function fitAboveLegend(map, box) {
-    var legend = map.getContainer().querySelector(".guatu-legend");
-    var limit = legend ? legend.getBoundingClientRect().top : map.getContainer().getBoundingClientRect().bottom;
-    box.style.maxHeight = Math.max(160, Math.floor(limit - box.getBoundingClientRect().top - 10)) + "px";
   }
 
   /* Bars per value of a counted field: count and share, in the map's colours where it is the styled field. */
@@ -984,63 +979,6 @@
     new Box().addTo(map);
   }
 
-  /* The cockpit (驾驶舱) for a street office's big screen: totals and a roll-up per unit of a level. */
-  function cockpit(map, opts) {
-    document.body.classList.add("guatu-cockpit");
-    levels = opts.levels;
-    var lay = layers[opts.layer], filter = lay.filter;
-    var level = levels.filter(function (lv) { return lv.id === opts.by; })[0];
-    var Box = L.Control.extend({
-      options: {position: "topright"},
-      onAdd: function () {
-        var box = el("div", "guatu-cockpit-panel");
-        box.appendChild(el("div", "guatu-title-main", "挂图作战 驾驶舱 Cockpit"));
-        var totals = el("div", "guatu-cockpit-totals", "…");
-        box.appendChild(totals);
-        var chart = el("div", "guatu-chart guatu-cockpit-chart");
-        box.appendChild(chart);
-        var table = el("table", "guatu-cockpit-table");
-        box.appendChild(table);
-        var stamp = el("div", "guatu-finding-id");
-        box.appendChild(stamp);
-        function fit() { fitAboveLegend(map, box); }
-        window.addEventListener("resize", fit);
-        function load() {
-          fetch(opts.api + "/layers/" + opts.layer + "/stats?by=" + opts.by).then(function (r) { return r.json(); }).then(function (s) {
-            var t = s.total;
-            totals.textContent = lay.title.zh + " " + t.count + " " + filter.counter +
-              (filter.area ? " · " + t.area_mu.toFixed(1) + " 亩" : "") + " · " + figuresText(filter, t).replace(/；/g, " · ");
-            valueChart(chart, s.by_status || [], t.count, lay.style.colors);
-            table.textContent = "";
-            var head = el("tr");
-            var names = [level.zh + " " + level.en, lay.title.zh];
-            if (filter.area) names.push("亩");
-            filter.counts.forEach(function (c) { names.push(c.zh); if (c.rate) names.push(c.zh + "率"); });
-            names.forEach(function (h) { head.appendChild(el("th", null, h)); });
-            table.appendChild(head);
-            s.rows.forEach(function (row) {
-              var tr = el("tr", "guatu-cockpit-row");
-              var cells = [row.name || row.code, row.count];
-              if (filter.area) cells.push(row.area_mu.toFixed(1));
-              filter.counts.forEach(function (c) {
-                cells.push(row[c.name]);
-                if (c.rate) cells.push((row[c.name + "_rate"] * 100).toFixed(1) + "%");
-              });
-              cells.forEach(function (v) { tr.appendChild(el("td", null, v)); });
-              table.appendChild(tr);
-            });
-            stamp.textContent = "更新 updated " + new Date().toLocaleTimeString();
-            fit();
-          });
-        }
-        load();
-        setInterval(load, opts.refresh_s * 1000);
-        return box;
-      }
-    });
-    new Box().addTo(map);
-  }
-
   /* The properties of LAYER's features drawn now (page tests and screenshots). */
   function drawn(layer) { return drawnBy[layer] ? drawnBy[layer]() : []; }
 
@@ -1052,7 +990,7 @@
   function group(layer) { return groups[layer]; }
 
   window.guatu = {
-    bboxLayer: bboxLayer, tileLayer: tileLayer, chrome: chrome, panel: panel, cockpit: cockpit,
+    bboxLayer: bboxLayer, tileLayer: tileLayer, chrome: chrome, panel: panel,
     idle: idle, drawn: drawn, onPopup: onPopup, reload: reload, options: options, group: group,
     look: look, formatValue: formatValue
   };
