@@ -67,3 +67,17 @@ def test_the_cockpit_is_a_leaders_screen_at_wall_sizes(base_url: str) -> None:
             assert page.locator(".gc-trend[data-trend=revitalised] rect").count() == 12
             page.screenshot(path=str(SCREENSHOTS / f"cockpit-{width}.png"))
             page.close()
+
+
+def test_the_cockpit_reads_on_a_phone(base_url: str) -> None:
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        page.goto(base_url + "/cockpit")
+        page.wait_for_selector(".gc-shell[data-loaded]", timeout=20_000)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390  # one column: nothing runs off the side
+        boxes = page.evaluate(BOXES)
+        for a, b in combinations(boxes, 2):
+            apart = a["x1"] <= b["x0"] or b["x1"] <= a["x0"] or a["y1"] <= b["y0"] or b["y1"] <= a["y0"]
+            assert apart, (a["name"], b["name"])
+        page.screenshot(path=str(SCREENSHOTS / "cockpit-phone.png"), full_page=True)
