@@ -45,7 +45,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from layers import hierarchy, rent
 from layers.access import ROLES, Actor, area_of, sees_personal_sql, taken_function
-from layers.base import REGISTRY, Layer, looks_masked_text
+from layers.base import REGISTRY, Layer, as_shown_masked, looks_masked_text, mask_text
 from layers.settings import layer_settings
 from spatial.db import Base
 from spatial.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed, Problem, Where
@@ -532,7 +532,8 @@ def _kept_personal(session: Session, cid: int, values: dict[str, Any]) -> None:
     for name, was in zip(PERSONAL, shown, strict=True):
         sent = values.get(name)
         if isinstance(sent, str) and looks_masked_text(sent):
-            if sent != was:
+            masked = was if was is None or looks_masked_text(was) else mask_text(was)
+            if as_shown_masked(sent) != masked:
                 raise _invalid(
                     "masked_value_changed",
                     "带 * 的值是脱敏显示，不能作为新值保存",

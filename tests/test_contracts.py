@@ -170,3 +170,163 @@ def test_a_whole_term_paid_on_time_sums_to_the_rent_of_the_term(cycle: str) -> N
     assert sum(i.amount for i in plan) == Decimal("36000.00")
     at = position(contract, [(i.due, i.amount) for i in plan], D(2026, 12, 31))
     assert at.arrears == 0 and at.days_overdue == 0 and at.receivable == at.total == Decimal("36000.00")
+
+
+# --- the API: area rules, masking, errors, figures ------------------------------------------
+
+from typing import Any  # noqa: E402
+
+from fastapi.testclient import TestClient  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from layers import contracts, features  # noqa: E402
+from layers.access import Actor  # noqa: E402
+from layers.base import REGISTRY  # noqa: E402
+from spatial.db import state  # noqa: E402
+from tests.accounts import bearer  # noqa: E402
+from tests.samples import sample  # noqa: E402
+
+ADMIN = Actor(None, "tests", "admin")
+
+
+def _frame(session: Session, **changes: Any) -> dict[str, Any]:
+    """Store the sample street's frame and its parcel (let out, unless CHANGES say otherwise); return the parcel."""
+    state(session, ADMIN.settings())
+    for layer_id in ("divisions", "grids"):
+        features.create_feature(session, REGISTRY[layer_id], sample(layer_id))
+    parcel = sample("parcels")
+    let_field, let_values = REGISTRY["parcels"].let[0]
+    parcel["properties"][let_field] = let_values[0] if isinstance(let_values, tuple) else let_values
+    parcel["properties"].pop("idle_since", None)
+    parcel["properties"].update(changes)
+    made = features.create_feature(session, REGISTRY["parcels"], parcel)
+    session.flush()
+    return made
+
+
+def _contract(**changes: Any) -> dict[str, Any]:
+    body = contracts.example()
+    body.update(changes)
+    return body
+
+
+def test_create_read_and_figures_on_a_fixed_date(client: TestClient, session: Session) -> None:
+    parcel = _frame(session)
+    made = client.post("/api/contracts", json=_contract(), params={"as_of": "2025-03-01"})
+    assert made.status_code == 201, made.text
+    body = made.json()
+    # 800 元/亩·年 × 9 亩 = 7200 a year, paid yearly from 2024-01-01: two instalments due by 2025-03-01
+    assert body["area_code"] == parcel["properties"]["community_code"]
+    assert body["position"]["receivable"] == 14400.0 and body["position"]["arrears"] == 14400.0
+    assert body["position"]["days_overdue"] == (dt.date(2025, 3, 1) - dt.date(2024, 1, 1)).days
+    assert made.headers["ETag"] == '"1"'
+    cid = body["id"]
+    paid = client.post(f"/api/contracts/{cid}/payments", json={"paid_on": "2024-01-10", "amount": "7200"})
+    assert paid.status_code == 201, paid.text
+    at = client.get(f"/api/contracts/{cid}", params={"as_of": "2025-03-01"}).json()["position"]
+    assert (
+        at["received"] == 7200.0
+        and at["arrears"] == 7200.0
+        and at["days_overdue"] == (dt.date(2025, 3, 1) - dt.date(2025, 1, 1)).days == 59
+    )
+    assert at["last_payment"] == "2024-01-10" and at["light"] == "red"
+    summary = client.get("/api/contracts/summary", params={"as_of": "2025-03-01"}).json()
+    assert summary["receivable"] == 14400.0 and summary["arrears"] == 7200.0 and summary["warnings"]["overdue"] == 1
+    assert summary["statuses"]["履行中"] == 1 and summary["units"][0]["code"] == body["area_code"]
+    lights = client.get("/api/contracts/assets", params={"layer": "parcels", "as_of": "2025-03-01"}).json()
+    assert lights["lights"][parcel["properties"]["code"]]["light"] == "red"
+    paid_up = client.get("/api/contracts/assets", params={"layer": "parcels", "as_of": "2024-06-01"}).json()
+    assert paid_up["lights"][parcel["properties"]["code"]]["light"] == "green"
+    state(session, ADMIN.settings())
+    assert contracts.summary(session, dt.date(2025, 3, 1)) == {
+        "receivable": 14400.0,
+        "received": 7200.0,
+        "arrears": 7200.0,
+        "contracts": 1,
+        "overdue": 1,
+        "expiring": 0,
+        "no_contract": 0,
+    }
+    assert contracts.by_unit(session, dt.date(2025, 3, 1))[0]["arrears"] == 7200.0
+
+
+def test_a_let_asset_without_a_contract_is_red_and_counted(client: TestClient, session: Session) -> None:
+    parcel = _frame(session)
+    lights = client.get("/api/contracts/assets", params={"layer": "parcels"}).json()["lights"]
+    assert lights[parcel["properties"]["code"]] == {"light": "red", "warnings": ["no_contract"], "contracts": []}
+    assert client.get("/api/contracts/summary").json()["warnings"]["no_contract"] == 1
+
+
+def test_bad_input_has_stable_codes_and_writes_nothing(client: TestClient, session: Session) -> None:
+    _frame(session)
+    count = "SELECT count(*) FROM contracts"
+    before = session.execute(text(count)).scalar()
+    cases = {
+        "contract_dates": _contract(start_date="2025-01-01", end_date="2024-12-31"),
+        "contract_area": _contract(area_m2=None),
+        "unknown_asset": _contract(assets=[{"layer": "parcels", "code": "3702140010090100099"}]),
+        "parameter_invalid": _contract(rent="-5"),
+    }
+    for code, body in cases.items():
+        answer = client.post("/api/contracts", json=body)
+        assert answer.status_code == 422 and answer.json()["code"] == code, (code, answer.text)
+    wrong_layer = client.post("/api/contracts", json=_contract(assets=[{"layer": "grids", "code": "1"}]))
+    assert wrong_layer.status_code == 422 and wrong_layer.json()["code"] == "unknown_asset"
+    assert client.post("/api/contracts", json=_contract()).status_code == 201
+    again = client.post("/api/contracts", json=_contract())
+    assert again.status_code == 409 and again.json()["code"] == "contract_number_taken"
+    assert session.execute(text(count)).scalar() == before + 1
+    assert client.get("/api/contracts", params={"as_of": "2024-13-01"}).status_code == 422
+    assert client.get("/api/contracts", params={"status": "bogus"}).json()["code"] == "parameter_invalid"
+    assert client.get("/api/contracts/999999").status_code == 404
+
+
+def test_area_rules_and_masked_lessee(
+    engine: Any, client: TestClient, session: Session, tokens: dict[str, str]
+) -> None:
+    _frame(session)
+    cid = client.post("/api/contracts", json=_contract()).json()["id"]
+    # another street's planner: cannot read it, nor pay into it, nor contract the asset
+    other = bearer(tokens["planner2"])
+    assert client.get(f"/api/contracts/{cid}", headers=other).status_code == 404
+    assert client.get("/api/contracts", headers=other).json()["total"] == 0
+    paid = client.post(f"/api/contracts/{cid}/payments", json={"paid_on": "2024-01-01", "amount": "1"}, headers=other)
+    assert paid.status_code == 404
+    taken = client.post("/api/contracts", json=_contract(number="X-1"), headers=other)
+    assert taken.status_code == 403 and taken.json()["code"] == "asset_outside_area"
+    state(session, ADMIN.settings())
+    assert session.execute(text("SELECT count(*) FROM contract_payments")).scalar() == 0
+    # the street's planner sees the lessee; a viewer sees it masked and may not write
+    planner = client.get(f"/api/contracts/{cid}", headers=bearer(tokens["planner"])).json()
+    assert planner["lessee_name"] == "李明华" and planner["lessee_id"] == "370214198001011234"
+    viewer = client.get(f"/api/contracts/{cid}", headers=bearer(tokens["viewer"])).json()
+    assert viewer["lessee_name"] == "李*华" and viewer["lessee_id"] == "3****************4"
+    refused = client.post(
+        f"/api/contracts/{cid}/payments",
+        json={"paid_on": "2024-01-01", "amount": "1"},
+        headers=bearer(tokens["viewer"]),
+    )
+    assert refused.status_code == 403
+    # the database itself keeps the lessee from the app role
+    with engine.connect() as conn:
+        conn.execute(text("SELECT set_config('guatu.role', 'admin', true)"))
+        with pytest.raises(Exception, match="permission denied"):
+            conn.execute(text("SELECT lessee_name FROM contracts"))
+
+
+def test_replace_needs_the_version_and_keeps_a_masked_lessee(
+    client: TestClient, session: Session, tokens: dict[str, str]
+) -> None:
+    _frame(session)
+    cid = client.post("/api/contracts", json=_contract()).json()["id"]
+    body = _contract(rent="900", lessee_name="李*华", lessee_id="3****************4")
+    assert client.put(f"/api/contracts/{cid}", json=body).status_code == 412
+    stale = client.put(f"/api/contracts/{cid}", json=body, headers={"If-Match": '"7"'})
+    assert stale.status_code == 412 and stale.json()["code"] == "version_conflict"
+    done = client.put(f"/api/contracts/{cid}", json=body, headers={"If-Match": '"1"'})
+    assert done.status_code == 200, done.text
+    assert done.headers["ETag"] == '"2"' and done.json()["rent"] == 900.0
+    assert done.json()["lessee_name"] == "李明华"  # the masked value sent back kept the stored one
+    wrong = client.put(f"/api/contracts/{cid}", json=_contract(lessee_name="王*"), headers={"If-Match": '"2"'})
+    assert wrong.status_code == 422 and wrong.json()["code"] == "masked_value_changed"
