@@ -27,6 +27,8 @@ EDIT_JS = f"{STATIC_URL}/guatu/edit.js"
 EDIT_CSS = f"{STATIC_URL}/guatu/edit.css"
 LOGIN_JS = f"{STATIC_URL}/guatu/login.js"
 DOCS_JS = f"{STATIC_URL}/guatu/docs.js"
+CONTRACTS_JS = f"{STATIC_URL}/guatu/contracts.js"
+CONTRACTS_CSS = f"{STATIC_URL}/guatu/contracts.css"
 
 REQUIRED = (
     "leaflet/leaflet.js",

@@ -117,7 +117,7 @@ def _let_layer(layer: str) -> Layer:
 @router.get("/assets", summary="资产合同状态 Each asset's contract light", **rule("user"))
 def contract_assets(
     session: SessionDep,
-    layer: Annotated[str, Query(max_length=40, description="a layer whose assets are let (parcels, shops…)")],
+    layer: Annotated[str, Query(max_length=40, description="a layer whose assets are let out (its Layer.let)")],
     as_of: AsOf = None,
     scope: Scope = None,
     bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (the map's view)")] = None,
