@@ -44,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from layers import hierarchy, rent
-from layers.access import ROLES, Actor, area_of, sees_personal_sql, taken_function
+from layers.access import ROLES, Actor, area_fields, area_of, sees_personal_sql, taken_function
 from layers.base import REGISTRY, Layer, as_shown_masked, looks_masked_text, mask_text
 from layers.settings import layer_settings
 from spatial.db import Base
@@ -361,7 +361,7 @@ def _locate_assets(session: Session, assets: list[AssetRef]) -> str:
                 "unknown_asset", f"合同标的只能是：{names}", f"an asset is one of: {names}", field + ".layer"
             )
         model = layer.model
-        columns = [getattr(model, name) for name in (*access_names(layer),)]
+        columns = [getattr(model, name) for name in area_fields(layer)]
         row = session.execute(select(*columns).where(getattr(model, layer.key_field) == ref.code)).first()
         if row is None:
             taken = session.execute(
@@ -382,7 +382,7 @@ def _locate_assets(session: Session, assets: list[AssetRef]) -> str:
                 f"no {layer.en.lower()} coded {ref.code}",
                 field + ".code",
             )
-        code = area_of(layer, dict(zip(access_names(layer), row, strict=True)))
+        code = area_of(layer, dict(zip(area_fields(layer), row, strict=True)))
         if code is None or len(code) < hierarchy.COMMUNITY_DIGITS:
             raise _invalid(
                 "asset_unlocated",
@@ -399,13 +399,6 @@ def _locate_assets(session: Session, assets: list[AssetRef]) -> str:
             "assets",
         )
     return found[0]
-
-
-def access_names(layer: Layer) -> tuple[str, ...]:
-    """Return the fields giving a feature's area code (layers.access.area_fields)."""
-    from layers.access import area_fields
-
-    return area_fields(layer)
 
 
 # --- reading --------------------------------------------------------------------------------

@@ -330,3 +330,60 @@ def test_replace_needs_the_version_and_keeps_a_masked_lessee(
     assert done.json()["lessee_name"] == "李明华"  # the masked value sent back kept the stored one
     wrong = client.put(f"/api/contracts/{cid}", json=_contract(lessee_name="王*"), headers={"If-Match": '"2"'})
     assert wrong.status_code == 422 and wrong.json()["code"] == "masked_value_changed"
+
+
+def test_row_level_security_keeps_contracts_assets_and_payments_in_the_area(
+    client: TestClient, session: Session
+) -> None:
+    from sqlalchemy.exc import ProgrammingError
+
+    from tests.accounts import USERS
+
+    _frame(session)
+    cid = client.post("/api/contracts", json=_contract()).json()["id"]
+    assert (
+        client.post(f"/api/contracts/{cid}/payments", json={"paid_on": "2024-01-02", "amount": "10"}).status_code == 201
+    )
+    tables = ("contracts", "contract_assets", "contract_payments")
+
+    def seen(username: str) -> list[int]:
+        role, area = USERS[username]
+        state(session, Actor(1, username, role, area).settings())
+        return [session.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables]
+
+    assert seen("planner") == [1, 1, 1] and seen("viewer") == [1, 1, 1]
+    assert seen("planner2") == [0, 0, 0] and seen("surveyor") == [0, 0, 0]  # another street; another community
+    role, area = USERS["planner2"]
+    state(session, Actor(1, "planner2", role, area).settings())
+    with pytest.raises(ProgrammingError, match="row-level security"), session.begin_nested():
+        session.execute(
+            text(
+                "INSERT INTO contract_payments (contract_id, paid_on, amount, recorded_by) VALUES (:c, now(), 1, 'x')"
+            ),
+            {"c": cid},
+        )
+    role, area = USERS["viewer"]  # inside the area, but not a role that keeps contracts
+    state(session, Actor(1, "viewer", role, area).settings())
+    with pytest.raises(ProgrammingError, match="row-level security"), session.begin_nested():
+        session.execute(
+            text(
+                "INSERT INTO contract_payments (contract_id, paid_on, amount, recorded_by) VALUES (:c, now(), 1, 'x')"
+            ),
+            {"c": cid},
+        )
+    state(session, ADMIN.settings())
+    assert session.execute(text("SELECT count(*) FROM contract_payments")).scalar_one() == 1
+
+
+def test_scope_narrows_figures_and_lights(client: TestClient, session: Session) -> None:
+    parcel = _frame(session)
+    assert client.post("/api/contracts", json=_contract()).status_code == 201
+    community = parcel["properties"]["community_code"]
+    other = community[:-3] + "001"
+    for scope, expected in ((community, 1), (community[:9], 1), (other, 0)):
+        summary = client.get("/api/contracts/summary", params={"scope": scope}).json()
+        assert summary["contracts"] == expected, scope
+        lights = client.get("/api/contracts/assets", params={"layer": "parcels", "scope": scope}).json()["lights"]
+        assert (parcel["properties"]["code"] in lights) == bool(expected), scope
+    assert client.get("/api/contracts", params={"scope": other}).json()["total"] == 0
+    assert client.get("/api/contracts/assets", params={"layer": "zones"}).json()["code"] == "unknown_layer"
