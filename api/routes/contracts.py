@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from api.auth import ActorDep, SignedInDep, rule
 from api.deps import SessionDep
@@ -37,7 +38,7 @@ def _answer(row: dict[str, Any], status_code: int = 200) -> JSONResponse:
     return JSONResponse(contracts.public(row), status_code=status_code, headers={"ETag": f'"{row["version"]}"'})
 
 
-def _log_shown(session: SessionDep, actor: Actor | None, ids: list[int], route: str) -> None:
+def _log_shown(session: Session, actor: Actor | None, ids: list[int], route: str) -> None:
     """Record that ACTOR was shown the lessees of contracts IDS in full (when the role sees them)."""
     if actor is not None and ids and actor.sees_personal():
         log_personal(session, actor, contracts.CONTRACTS, ids, list(contracts.PERSONAL), route)
@@ -69,7 +70,7 @@ def list_contracts(
 ) -> dict[str, Any]:
     """Return the contracts in the user's area (and SCOPE) with their position on AS_OF, filtered, a page of them."""
     _one_of(status, rent.STATUSES, "status")
-    _one_of(warning, tuple(rent.WARNINGS), "warning")
+    _one_of(warning, tuple(c for c in rent.WARNINGS if c != "no_contract"), "warning")  # an asset's, not a contract's
     day = _today(as_of)
     rows = contracts.load(session, day, scope=scope)
     rows = [

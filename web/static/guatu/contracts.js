@@ -33,6 +33,8 @@
       var mine = ++seq;
       box.classList.add("guatu-contracts-loading");
       var asked = opts.layers.map(function (id) {
+        var layer = guatu.options(id);
+        if (layer && map.getZoom() < layer.style.minZoom) return Promise.resolve([id, {}]);  // not drawn here
         var url = opts.api + "/contracts/assets?layer=" + encodeURIComponent(id) + "&bbox=" + view();
         return fetch(url, {credentials: "same-origin"})
           .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
