@@ -40,6 +40,7 @@ RULES = {
     "checks": "可做边界检查的角色 roles that run boundary checks",
     "print": "可打印挂图的角色 roles that print wall maps",
     "admin": "管理员 administrators",
+    "contracts": "管理经济合同的角色 roles that keep lease contracts (planners), inside their area",
 }
 
 
@@ -181,6 +182,8 @@ def _check(kind: str, request: Request, actor: Actor | None) -> None:
                 f"角色“{role.zh}”不能{verb[0]}{layer.zh}", f"role {role.en} may not {verb[1]} {layer.en.lower()}"
             )
         return
+    if kind == "contracts" and not role.contracts:
+        raise forbidden(f"角色“{role.zh}”不能管理经济合同", f"role {role.en} may not keep lease contracts")
     if kind == "checks" and not role.checks:
         raise forbidden(f"角色“{role.zh}”不能做边界检查", f"role {role.en} may not run boundary checks")
     if kind == "print" and not role.prints:

@@ -17,6 +17,7 @@ from api.routes import (
     accounts,
     checks,
     cockpit,
+    contracts,
     features,
     health,
     layers,
@@ -109,6 +110,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(cockpit.router)
     app.include_router(printing.router)
     app.include_router(search.router)
+    app.include_router(contracts.router)
     app.include_router(pages.router)
     app.mount(assets.STATIC_URL, StaticFiles(directory=assets.STATIC_DIR), name="static")
     return app

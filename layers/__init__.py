@@ -25,4 +25,6 @@ def _layer_modules() -> list[str]:
 for _name in _layer_modules():
     importlib.import_module(f"layers.{_name}")
 
+from layers import contracts  # noqa: E402, F401 - the lease contracts' models (they name the declared layers)
+
 __all__ = ["REGISTRY", "LandUseCode", "Layer"]

@@ -44,13 +44,15 @@ class Role:
     """May run boundary checks of its area."""
     prints: bool = True
     """May print wall maps of its area."""
+    contracts: bool = False
+    """Keeps lease contracts (layers.contracts) of its area: creates, changes, records payments."""
 
 
 ROLES: dict[str, Role] = {
     r.id: r
     for r in (
-        Role(ADMIN, "管理员", "Administrator", edits=True, personal=True, uploads=True),
-        Role("planner", "规划员", "Planner", edits=True, personal=True, uploads=True),
+        Role(ADMIN, "管理员", "Administrator", edits=True, personal=True, uploads=True, contracts=True),
+        Role("planner", "规划员", "Planner", edits=True, personal=True, uploads=True, contracts=True),
         Role("surveyor", "调查员", "Surveyor", edits=True, uploads=True),
         Role("grid_manager", "网格员", "Grid manager", edits=True, personal=True),
         Role("leader", "领导", "Leader"),
@@ -233,6 +235,9 @@ def declared_policies() -> list[Policy]:
             ],
         )
     )
+    from layers import contracts  # imports this module: asked for here, once both are loaded
+
+    tables.extend(contracts.policies())
     for table, statements in tables:
         for sql in statements:
             if sql.startswith("ALTER TABLE"):

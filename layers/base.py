@@ -453,6 +453,9 @@ class Layer:
     filtered: bool = False
     """The map's filter panel (status, land use, ownership, idle since) narrows this layer, and so does a print's."""
     description_zh: str = ""
+    let: Match = ()
+    """The field values meaning a feature is let out (出租, 承包…): it then needs a lease contract in force
+    (layers.contracts; none: ``no_contract``). Empty: the layer holds no assets that are let."""
     model: Any = field(init=False)
     schema: type[BaseModel] = field(init=False)
     module: str = field(init=False, default="")
@@ -466,6 +469,7 @@ class Layer:
         unknown = [c.field for c in self.counts if c.field not in names] + [
             n for n in (self.name_field, self.campaign) if n and n not in names
         ]
+        unknown += [name for name, _ in self.let if name not in names]
         if unknown:
             raise ValueError(f"layer {self.id} counts or names by undeclared fields {unknown}")
         self.model = self._build_model()

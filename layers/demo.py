@@ -1457,7 +1457,96 @@ def load(
             if progress:
                 progress(layer_id, done, total)
         counts[layer_id] = done
+    load_contracts(session, dt.date.today(), seed=seed)
     return counts
+
+
+def _let_assets(session: Session, layer_id: str, limit: int) -> list[dict[str, Any]]:
+    """Return up to LIMIT features of LAYER_ID that are let out (its ``let``), in code order, with their sizes."""
+    from sqlalchemy import and_, select
+
+    layer = REGISTRY[layer_id]
+    model = layer.model
+    conditions = [
+        getattr(model, name).in_(value) if isinstance(value, tuple) else getattr(model, name) == value
+        for name, value in layer.let
+    ]
+    size = {"parcels": "area_m2", "shops": "floor_area", "revenue_points": "size_m2"}[layer_id]
+    query = (
+        select(getattr(model, layer.key_field), getattr(model, size))
+        .where(and_(*conditions))
+        .order_by(getattr(model, layer.key_field))
+        .limit(limit)
+    )
+    return [{"layer": layer_id, "code": code, "size": size_m2} for code, size_m2 in session.execute(query)]
+
+
+def load_contracts(session: Session, today: dt.date, *, seed: int = DEMO_SEED) -> int:
+    """Store demo lease contracts on let-out demo assets, dated around TODAY; return how many were new.
+
+    Among them: contracts in arrears, contracts expiring within the warning window, one with a
+    rent below the floor, paid-up ones; one let parcel is left without a contract. Contracts
+    already stored (by number) are left as they are.
+    """
+    from decimal import Decimal
+
+    from sqlalchemy import text as sql
+
+    from layers import contracts, rent
+    from layers.access import Actor
+
+    rng = random.Random(seed + 13)
+    actor = Actor(None, "demo", "admin")
+    assets = _let_assets(session, "parcels", 9)[:-1] + _let_assets(session, "shops", 3)
+    assets += _let_assets(session, "revenue_points", 3)
+    made = 0
+    for n, asset in enumerate(assets):
+        number = f"HT-{asset['code'][-9:]}"
+        if session.execute(sql("SELECT 1 FROM contracts WHERE number = :n"), {"n": number}).first():
+            continue
+        kind = n % 4  # 0 arrears, 1 expiring, 2 paid up, 3 paid up (a parcel's: below the floor)
+        years = 3 if kind == 1 else 5
+        start = today - dt.timedelta(days=years * 365 - 60) if kind == 1 else today - dt.timedelta(days=400 + 30 * n)
+        end = rent.add_months(start, 12 * years) - dt.timedelta(days=1)
+        area = Decimal(str(round(asset["size"] or 50.0, 2)))
+        if asset["layer"] == "parcels":
+            unit, amount, cycle = "元/亩·年", Decimal(200 if kind == 3 else 600 + 50 * n), "年"
+        elif asset["layer"] == "shops":
+            unit, amount, cycle = "元/m²·月", Decimal(35), "季"
+        else:
+            unit, amount, cycle = "元/年", Decimal(12000), "半年"
+        body = contracts.ContractIn(
+            number=number,
+            title=f"演示租赁合同 {number}",
+            lessor="城阳街道演示社区股份经济合作社",
+            lessee_name=_person(rng),
+            lessee_id=f"370214{1960 + n}0101{n:03d}{rng.randint(0, 9)}",
+            trade_mode=rent.MODES[n % len(rent.MODES)],
+            deliberation_ref=f"演示〔{start.year}〕{n + 1}号",
+            signed_on=start - dt.timedelta(days=10),
+            start_date=start,
+            end_date=end,
+            area_m2=area,
+            rent=amount,
+            rent_unit=unit,
+            cycle=cycle,
+            deposit=Decimal(2000),
+            assets=[contracts.AssetRef(layer=asset["layer"], code=asset["code"])],
+        )
+        stored = contracts.create(session, actor, body, today)
+        plan = rent.schedule(rent.Terms.of(stored))
+        due = [i for i in plan if i.due <= today]
+        paid = due[:1] if kind == 0 else due  # the arrears contract paid its first instalment only
+        for instalment in paid:
+            contracts.add_payment(
+                session,
+                actor,
+                stored["id"],
+                contracts.PaymentIn(paid_on=instalment.due + dt.timedelta(days=3), amount=instalment.amount),
+                today,
+            )
+        made += 1
+    return made
 
 
 DEMO_USERS = (

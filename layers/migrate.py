@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from geoalchemy2 import alembic_helpers
 
+from layers import contracts
 from layers.access import personal_fields, readable_columns
 from layers.accounts import ApiToken, PersonalAccess, User, WebSession
 from layers.base import REGISTRY
@@ -91,6 +92,7 @@ def app_privileges() -> dict[str, tuple[str, ...]]:
     wanted[PersonalAccess.__tablename__] = ("INSERT",)  # the app writes the log, never reads or changes it
     logged = [c.name for c in Change.__table__.columns if c.name != "before"]  # the row before: guatu_change_before()
     wanted[Change.__tablename__] = (f"SELECT ({', '.join(logged)})",)
+    wanted.update(contracts.privileges())  # the lessee's name and ID: guatu_shown_contracts()
     return wanted
 
 

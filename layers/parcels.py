@@ -23,6 +23,8 @@ USE_STATUS = ("自用", "出租", "出借", "承包", "入股", IDLE, "在建", 
 REVITALISED = "已盘活"
 STAGES = ("未盘活", "招商中", "已签约", REVITALISED)
 MODES = ("出租", "入股", "合作经营", "自营", "调整用途", "拆除复垦")
+LET = ("出租", "承包", "入股", "出借")
+"""Use statuses under which someone else uses the parcel: each needs a lease contract."""
 
 
 def _known_land_use(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
@@ -127,5 +129,6 @@ PARCELS = register(
         counter_zh="块",
         order=30,
         filtered=True,
+        let=(("use_status", LET),),
     )
 )

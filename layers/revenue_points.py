@@ -90,6 +90,7 @@ REVENUE_POINTS = register(
         name_field="name",
         counter_zh="处",
         order=55,
+        let=(("status", "在营"),),  # earning: someone runs it under a contract
         example={
             "code": "3702140010092200001",
             "name": "南疃社区停车位01",

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from layers.rent import UNITS
 from spatial.settings import PROJECT_ROOT
 
 
@@ -41,6 +42,24 @@ class LayerSettings(BaseSettings):
 
     archive_max_mb: int = Field(10_000, ge=0)
     """The archive's size cap in MB: beyond it the oldest files go first (0: no cap)."""
+
+    lease_max_years: int = Field(20, ge=1, le=100)
+    """The longest term a lease may have (collective land: 20 years); a longer one is warned of (term_too_long)."""
+
+    expiry_warning_days: int = Field(90, ge=0, le=3650)
+    """A contract ending within this many days is 即将到期 (expiring_soon)."""
+
+    rent_floors: dict[str, float] = {"元/亩·年": 300.0, "元/m²·月": 5.0, "元/年": 0.0, "元/月": 0.0}
+    """The lowest rent per rent unit (layers.rent.UNITS); a rent below it is warned of (rent_below_floor).
+    0: no floor. Set as JSON, e.g. ``GUATU_RENT_FLOORS='{"元/亩·年": 500}'`` (units left out: no floor)."""
+
+    @field_validator("rent_floors")
+    @classmethod
+    def _floors(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(UNITS))
+        if unknown or any(v < 0 for v in value.values()):
+            raise ValueError(f"rent_floors takes non-negative floors for the units {UNITS}, not {unknown}")
+        return value
 
     @field_validator("micro_grid_width")
     @classmethod

@@ -78,5 +78,8 @@ SHOPS = register(
         name_field="name",
         counter_zh="间",
         order=50,
+        # Let out: trading under a signed letting. A shop trading without one is its owner's own
+        # business (a private or company shop), not an asset the collective lets.
+        let=(("status", "在营"), ("letting_status", SIGNED)),
     )
 )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from layers import access, changes
+from layers import access, changes, contracts
 from layers.base import REGISTRY, VALID_FROM, VALID_TO, Layer, references
 from layers.generations import NOTE_FUNCTION, track_writes
 
@@ -229,6 +229,7 @@ def access_functions() -> list[Routine]:
             out.append(Routine(access.shown_function(layer), access.shown_function_sql(layer)))
         out.append(Routine(access.taken_function(layer), access.taken_function_sql(layer)))
         out.append(Routine(changes.log_function(layer), changes.log_function_sql(layer)))
+    out.append(Routine(contracts.PARTIES_FUNCTION, contracts.parties_function_sql()))
     return out
 
 

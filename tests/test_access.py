@@ -76,6 +76,9 @@ def _versions(session: Session, ids: dict[str, int]) -> dict[str, Any]:
         row = session.execute(text(f"SELECT version, ST_AsEWKB(geom) FROM {table} WHERE id = :i"), {"i": fid}).first()
         out[layer_id] = None if row is None else (row[0], bytes(row[1]))
         out[layer_id + "#"] = session.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+    out["contracts"] = session.execute(
+        text("SELECT count(*), sum(version), (SELECT count(*) FROM contract_payments) FROM contracts")
+    ).one()
     return out
 
 
@@ -122,6 +125,8 @@ def _body(method: str, path: str, layer_id: str, fid: int, session: Session) -> 
         return {"json": {"id": fid, "line": line, "codes": ["370214001009" + "0100002"]}, "headers": match}
     if path.endswith("/merge"):
         return {"json": {"ids": [fid], "keep": fid, "versions": {str(fid): version}}}
+    if path.startswith("/api/contracts"):
+        return _contract_args(method, path, session)
     if path == "/api/login":
         return {"json": {"username": "nobody", "password": "wrong-password"}}
     if path == "/api/print":
@@ -131,6 +136,29 @@ def _body(method: str, path: str, layer_id: str, fid: int, session: Session) -> 
     if path == "/api/search":
         return {"params": {"q": "南疃"}}
     return {}
+
+
+def _contract_args(method: str, path: str, session: Session) -> dict[str, Any]:
+    """Return the arguments of a contract route, with the id ("cid") of a contract over the sample parcel."""
+    import datetime as dt
+
+    from layers import contracts
+
+    state(session, Actor(None, "tests", "admin").settings())
+    body = contracts.example() | {"number": "ACCESS-1"}
+    cid = session.execute(text("SELECT id FROM contracts WHERE number = 'ACCESS-1'")).scalar()
+    if cid is None:
+        made = contracts.create(session, Actor(None, "tests", "admin"), contracts.ContractIn(**body), dt.date.today())
+        cid = made["id"]
+    if method == "post" and path == "/api/contracts":
+        return {"cid": cid, "json": body | {"number": "ACCESS-2"}}
+    if path.endswith("/payments"):
+        return {"cid": cid, "json": {"paid_on": "2024-01-01", "amount": "100"}}
+    if method == "put":
+        return {"cid": cid, "json": body, "headers": {"If-Match": "*"}}
+    if path.endswith("/assets"):
+        return {"cid": cid, "params": {"layer": contracts.let_layers()[0].id}}
+    return {"cid": cid}
 
 
 def _url(path: str, layer_id: str, fid: int) -> str:
@@ -173,6 +201,10 @@ def _expect(rule: str, username: str | None, layer_id: str, inside: bool) -> str
         return "allowed" if role.checks else "forbidden"
     if rule == "print":
         return "allowed" if role.prints else "forbidden"
+    if rule == "contracts":
+        if not role.contracts:
+            return "forbidden"
+        return "allowed" if inside else "hidden"
     if rule in ("edit", "upload"):
         layer = REGISTRY[layer_id]
         may = actor.may_edit(layer) if rule == "edit" else actor.may_upload(layer)
@@ -199,9 +231,11 @@ def test_role_route_matrix(app_client: TestClient, session: Session, tokens: dic
             before = _versions(session, ids)
             args = _body(method, path, layer_id, fid, session)
             headers = dict(args.pop("headers", {}))
+            cid = str(args.pop("cid", 0))
             if username is not None:
                 headers |= bearer(tokens[username])
-            answer = app_client.request(method.upper(), _url(path, layer_id, fid), headers=headers, **args)
+            url = _url(path, layer_id, fid).replace("{cid}", cid)
+            answer = app_client.request(method.upper(), url, headers=headers, **args)
             after = _versions(session, ids)
             if after != before:  # an allowed write: start the next call from the same frame
                 ids = _reset(session)
@@ -246,6 +280,8 @@ def _leaks(answer: Any, fid: int, layer_id: str, path: str) -> bool:
         return _counted(body) > 0
     if path == "/api/search":
         return bool(body)
+    if path.startswith("/api/contracts") and isinstance(body, dict):  # a list, the figures, the lights
+        return bool(body.get("contracts")) or bool(body.get("lights"))
     if path.endswith(".json"):  # TileJSON: no extent of what the user cannot see
         return body.get("bounds") not in (None, [-180, -85.0511, 180, 85.0511], [-180.0, -85.0511, 180.0, 85.0511])
     return False

@@ -29,6 +29,8 @@ LOGIN_JS = f"{STATIC_URL}/guatu/login.js"
 DOCS_JS = f"{STATIC_URL}/guatu/docs.js"
 COCKPIT_JS = f"{STATIC_URL}/guatu/cockpit.js"
 COCKPIT_CSS = f"{STATIC_URL}/guatu/cockpit.css"
+CONTRACTS_JS = f"{STATIC_URL}/guatu/contracts.js"
+CONTRACTS_CSS = f"{STATIC_URL}/guatu/contracts.css"
 
 REQUIRED = (
     "leaflet/leaflet.js",

@@ -105,6 +105,25 @@ def edit_options(views: Sequence[LayerView], api_base: str) -> dict[str, Any]:
     }
 
 
+CONTRACT_LIGHTS = {"red": "#dc2626", "yellow": "#f59e0b", "green": "#16a34a", "none": "#9ca3af"}
+"""The colours of an asset's contract light (layers.rent.LIGHTS)."""
+
+
+def contract_options(layer_ids: Sequence[str], api_base: str) -> dict[str, Any]:
+    """Return what contracts.js needs: the layers it recolours, where to ask, the colours and their legend."""
+    return {
+        "api": api_base,
+        "layers": list(layer_ids),
+        "colors": CONTRACT_LIGHTS,
+        "legend": [
+            {"light": "red", "zh": "欠租/无合同", "en": "arrears, no contract"},
+            {"light": "yellow", "zh": "预警", "en": "warning"},
+            {"light": "green", "zh": "正常", "en": "in order"},
+            {"light": "none", "zh": "未出租", "en": "not let"},
+        ],
+    }
+
+
 def _bounds(views: Sequence[LayerView]) -> list[list[float]] | None:
     boxes = [v.extent for v in views if v.extent]
     if not boxes:
@@ -221,6 +240,11 @@ def build_map_page(
     if cockpit:  # the leader's screen: the map and the campaign's figures, no working panels, refreshed each minute
         fmap.add_child(JsCall("guatuCockpit.start", {"api": api_base, "title": title, "refresh_s": 60}))
         return str(fig.render())
+    let_out = [v.layer.id for v in sorted(views, key=lambda v: v.layer.order) if v.layer.let]
+    if let_out:  # the toggle colouring assets by their contracts (contracts.js)
+        root.header.add_child(CssLink(assets.CONTRACTS_CSS))
+        root.header.add_child(JavascriptLink(assets.CONTRACTS_JS))
+        fmap.add_child(JsCall("guatuContracts", contract_options(let_out, api_base)))
     fmap.add_child(JsCall("guatu.edit", edit_options(views, api_base)))
     filtered = [v.layer for v in sorted(views, key=lambda v: v.layer.order) if v.layer.filter_fields]
     counted = [layer for layer in filtered if layer.counts]

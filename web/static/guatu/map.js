@@ -13,6 +13,8 @@
   var reloaders = {};   // layer id -> function(): fetch what is drawn again (after an edit)
   var groups = {};      // layer id -> its layer group on the map
   var popupHooks = [];  // function(opts, feature, box): what other modules add to a popup (edit buttons)
+  var paints = [];      // function(opts, props, style): another colouring of a layer (contracts.js), or null
+  var restylers = {};   // layer id -> function(): draw what is shown again with look() (after a paint changed)
   var levels = [];      // the hierarchy (layers.hierarchy.describe()): id, zh, en, digits, names
   var NARROW = window.matchMedia("(max-width: 640px)").matches;  // a phone: panels start folded
   var mapQuery = "";    // the print's filters (narrow_<layer>=…): the print button prints what is shown
@@ -56,7 +58,7 @@
     var colour = style.by && Object.prototype.hasOwnProperty.call(style.colors, props[style.by])
       ? style.colors[props[style.by]] : style.default;
     var loud = Boolean(style.emphasis) && props[style.by] === style.emphasis;
-    return {
+    var drawn = {
       // Filled shapes get a neutral outline; outlines-only layers (grids) show their colour.
       color: loud || !style.fill || style.fillOpacity < 0.2 ? colour : "#374151",
       weight: loud ? Math.max(2, style.weight * 2.5) : style.weight,
@@ -65,6 +67,8 @@
       fill: style.fill, dashArray: style.dash, radius: style.radius,
       className: "guatu-f guatu-" + opts.id + " guatu-" + opts.id + "-" + props.id + (loud ? " guatu-emphasis" : "")
     };
+    paints.forEach(function (paint) { drawn = paint(opts, props, drawn) || drawn; });
+    return drawn;
   }
 
   function showStatus() {
@@ -200,6 +204,9 @@
     }
 
     map.on("moveend", refresh);
+    restylers[opts.id] = function () {
+      Object.keys(shown).forEach(function (id) { if (!shown[id].layer.isPopupOpen()) geo.resetStyle(shown[id].layer); });
+    };
     drawnBy[opts.id] = function () {
       return map.hasLayer(group) ? Object.keys(shown).map(function (id) { return shown[id].layer.feature.properties; }) : [];
     };
@@ -333,6 +340,9 @@
       return out;
     }
     drawnBy[opts.id] = drawn;
+    restylers[opts.id] = function () {  // VectorGrid's per-feature style: each feature drawn now, as look() says
+      drawn().forEach(function (props) { if (props.id !== lit) tiles.setFeatureStyle(props.id, look(opts, props)); });
+    };
     /* After an edit: every tile again, past the browser's cache (tiles may be kept a minute). */
     reloaders[opts.id] = function () {
       map.closePopup(popup);
@@ -988,10 +998,13 @@
   function reload(layer) { if (reloaders[layer]) reloaders[layer](); }
   function options(layer) { return layers[layer]; }
   function group(layer) { return groups[layer]; }
+  /* Another colouring (contracts.js): PAINT(opts, props, style) returns the style to draw, or null. */
+  function paint(fn) { paints.push(fn); }
+  function restyle(layer) { if (restylers[layer]) restylers[layer](); }
 
   window.guatu = {
     bboxLayer: bboxLayer, tileLayer: tileLayer, chrome: chrome, panel: panel,
     idle: idle, drawn: drawn, onPopup: onPopup, reload: reload, options: options, group: group,
-    look: look, formatValue: formatValue
+    look: look, formatValue: formatValue, paint: paint, restyle: restyle
   };
 })();
