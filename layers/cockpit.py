@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from layers import campaign, hierarchy
+from layers import campaign, contracts, hierarchy
 from layers.stats import Filter, statistics
 
 
@@ -86,11 +87,26 @@ def ranking(session: Session, level: hierarchy.Level) -> list[dict[str, Any]]:
     return out
 
 
+def rent(session: Session, today: dt.date) -> dict[str, Any]:
+    """Return the contracts' figures as of TODAY and the rent received in each of the last months."""
+    starts = campaign.month_starts(today)
+    paid = contracts.ContractPayment
+    month = func.to_char(paid.paid_on, "YYYY-MM")
+    received: dict[str, Any] = dict(
+        session.execute(
+            select(month, func.sum(paid.amount)).where(paid.paid_on >= starts[0], paid.paid_on <= today).group_by(month)
+        ).all()
+    )
+    months = [{"month": m, "received": float(received.get(m, 0))} for m in (d.strftime("%Y-%m") for d in starts)]
+    return {**contracts.summary(session, today), "months": months}
+
+
 def figures(session: Session, area: str | None, today: dt.date) -> dict[str, Any]:
     """Return every figure of the cockpit for the actor's AREA as of TODAY (their own rows only, by RLS)."""
     level = ranking_level(area)
     results = campaign.results_by_month(session, today)
     return {
+        "rent": rent(session, today),
         "today": today.isoformat(),
         "area": area,
         "assets": assets(session),

@@ -141,3 +141,18 @@ def test_25_screens_at_once_cost_one_computation_per_area() -> None:
     assert sorted(calls) == ["a0", "a1"]  # one per area, the others waited for it
     assert all(a["who"] == f"a{i % 2}" for i, a in enumerate(answers))
     assert cache.get("a0", 0, lambda: compute("again"))["who"] == "again"  # too old: computed anew
+
+
+def test_the_cockpit_states_the_rent_of_the_contracts(demo_client: TestClient) -> None:
+    from layers.campaign import today as deployment_today
+
+    body = demo_client.get("/api/cockpit").json()
+    rent = body["rent"]
+    summary = demo_client.get("/api/contracts/summary", params={"as_of": deployment_today().isoformat()}).json()
+    for key in ("receivable", "received", "arrears"):
+        assert rent[key] == pytest.approx(summary[key], abs=0.01), key
+    assert rent["contracts"] > 0 and rent["arrears"] > 0  # the demo has contracts in arrears
+    assert [m["month"] for m in rent["months"]] == [m["month"] for m in body["results"]["months"]]
+    listed = demo_client.get("/api/contracts", params={"limit": 500}).json()
+    paid = sum(p["amount"] for c in listed["contracts"] for p in c.get("payments", []))
+    assert 0 < sum(m["received"] for m in rent["months"]) <= paid + 0.01  # the demo was paid in recent months
