@@ -522,6 +522,7 @@ class Ledger:
                 entry["changes"] = changes
         report["sheet"] = self.sheet
         report["import_mode"] = self.mode
+        report["labels"] = {f.name: f.zh for f in layer.fields}
         if self.unmatched:
             report["unmatched_rows"] = self.unmatched
         if self.warnings:
