@@ -222,7 +222,7 @@ def _run(
     else:
         source = open_geojson(raw)
     file.release()  # read through once: the chunks fault back in what they need, a few at a time
-    archive.keep(body, sha)  # only a file that parses is kept
+    archive.keep(body, sha, ".xlsx" if ledger else ".geojson")  # only a file that parses is kept
     declared = _declared(options, source.crs_name)
     upload = Upload(
         layer=layer.id,

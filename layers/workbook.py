@@ -11,6 +11,7 @@ same per-row report, dry run, all-or-nothing and idempotency as a GeoJSON upload
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import re
 import tempfile
@@ -27,14 +28,14 @@ from openpyxl.comments import Comment
 from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.datavalidation import DataValidation
-from python_calamine import CalamineWorkbook
+from python_calamine import CalamineError, CalamineWorkbook
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 import shapely
 
 from layers.access import Actor, personal_fields, shown_function
-from layers.base import Field, Layer, looks_masked_text, mask_text
+from layers.base import Field, Layer, declared_layer, looks_masked_text, mask_text
 from layers.stats import Filter, filter_conditions
 from spatial.errors import InvalidInput, MalformedInput, Problem, Where
 
@@ -99,6 +100,11 @@ def _bare(label: str) -> str:
 def address_field(layer: Layer) -> Field | None:
     """Return the field holding a feature's address (a text field labelled 坐落, 位置, 地址…), if any."""
     return next((f for f in layer.fields if f.kind == "text" and f.zh in ADDRESS_LABELS), None)
+
+
+def sheet_name(layer: Layer) -> str:
+    """Return the name of LAYER's sheet: its Chinese name, without what Excel refuses in one, at most 31 characters."""
+    return re.sub(r"[\\/?*\[\]:]", "-", layer.zh)[:31]
 
 
 def header_labels(layer: Layer) -> dict[str, str]:
@@ -290,7 +296,7 @@ def write_export(
 def _write_sheet(session: Session, wb: Any, sheet: Sheet, actor: Actor | None) -> list[int]:
     """Write one layer's rows; return the ids shown with personal values in full."""
     layer = sheet.layer
-    ws = wb.create_sheet(layer.zh[:31])
+    ws = wb.create_sheet(sheet_name(layer))
     cols = _columns(layer)
     for n, (_, zh, _, f) in enumerate(cols, start=1):
         ws.column_dimensions[get_column_letter(n)].width = _width(zh, f)
@@ -352,9 +358,16 @@ def _export_cell(
 
 def write_template(layer: Layer) -> bytes:
     """Return LAYER's template: headers (required ones starred and coloured), dropdowns, an example row, rules."""
+    return _template(layer.id, layer.module)
+
+
+@functools.lru_cache(maxsize=32)
+def _template(layer_id: str, module: str) -> bytes:
+    """Return the template of layer LAYER_ID (the same bytes every time: made once per process)."""
+    layer = declared_layer(layer_id, module)
     wb = Workbook()
     ws = wb.active
-    ws.title = layer.zh[:31]
+    ws.title = sheet_name(layer)
     point = layer.accepts == ("Point",)
     fields = list(layer.fields)
     geo = [(LON_LABEL, "Longitude (CGCS2000)"), (LAT_LABEL, "Latitude (CGCS2000)")] if point else []
@@ -616,7 +629,9 @@ def _pick_sheet(book: CalamineWorkbook, layer: Layer, labels: dict[str, str]) ->
         header = _find_header(rows, labels)
         if header is None:
             continue
-        score = sum(1 for m in header.columns.values() if not m.startswith("@")) + (100 if meta.name == layer.zh else 0)
+        score = sum(1 for m in header.columns.values() if not m.startswith("@")) + (
+            100 if meta.name == sheet_name(layer) else 0
+        )
         if best is None or score > best[0]:
             best = (score, meta.name, rows, header)
     if best is None:
@@ -637,12 +652,16 @@ def _open(body: bytes | Path) -> CalamineWorkbook:
         with zipfile.ZipFile(io.BytesIO(body)) as zf:
             _check_parts(zf)
         return CalamineWorkbook.from_filelike(io.BytesIO(body))
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise MalformedInput.one(
-            "not_xlsx",
-            "文件不是有效的 Excel 工作簿（.xlsx）",
-            f"not a readable .xlsx workbook ({type(exc).__name__})",
-        ) from None
+    except (zipfile.BadZipFile, ValueError, OSError, CalamineError) as exc:
+        raise _unreadable(exc) from None
+
+
+def _unreadable(exc: Exception) -> MalformedInput:
+    return MalformedInput.one(
+        "not_xlsx",
+        "文件不是有效的 Excel 工作簿（.xlsx）：请用 Excel 或 WPS 另存为 .xlsx 后重试",
+        f"not a readable .xlsx workbook ({type(exc).__name__}): save it as .xlsx and try again",
+    )
 
 
 def _check_parts(zf: zipfile.ZipFile) -> None:
@@ -797,6 +816,8 @@ def read_ledger(session: Session, layer: Layer, body: bytes | Path, mode: Import
     book = _open(body)
     try:
         name, rows, header = _pick_sheet(book, layer, labels)
+    except CalamineError as exc:
+        raise _unreadable(exc) from None
     finally:
         book.close()
     present = set(header.columns.values())

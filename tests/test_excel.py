@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 import io
+from pathlib import Path
 from typing import Any
 
 import openpyxl
@@ -249,7 +251,7 @@ def test_a_bad_row_is_reported_and_nothing_written_unless_valid_only(
 
 
 def test_the_same_ledger_with_the_same_idempotency_key_gives_the_same_result(
-    client: TestClient, session: Session, three: list[dict[str, Any]]
+    client: TestClient, session: Session, three: list[dict[str, Any]], archive_in_tmp: Path
 ) -> None:
     wb = _exported(client)
     ws = wb[PARCELS.zh]
@@ -264,6 +266,8 @@ def test_the_same_ledger_with_the_same_idempotency_key_gives_the_same_result(
     again = _upload(client, body, headers={"Idempotency-Key": "ledger-1"})
     assert again.json()["id"] == first.json()["id"] and again.json()["report"] == first.json()["report"]
     assert len(_stored(session, "name")) == 3
+    sha = hashlib.sha256(body).hexdigest()
+    assert (archive_in_tmp / sha[:2] / f"{sha}.xlsx").read_bytes() == body  # the ledger is archived as sent
 
 
 def _community_ledger(stored: list[dict[str, Any]]) -> bytes:
@@ -333,3 +337,31 @@ def test_missing_required_column_and_a_non_workbook_zip_are_clear_errors(client:
         zf.writestr("a.txt", "hello")
     broken = _upload(client, buffer.getvalue())
     assert broken.status_code == 400 and broken.json()["code"] == "not_xlsx"
+
+
+def test_masked_personal_values_sent_back_keep_the_stored_ones(
+    client: TestClient, session: Session, tokens: dict[str, str]
+) -> None:
+    zones = REGISTRY["zones"]
+    for layer_id in ("divisions", "grids", "parcels", "zones"):
+        features.create_feature(session, REGISTRY[layer_id], sample(layer_id))
+    personal = next(f for f in zones.fields if f.personal)
+    full = sample("zones")["properties"][personal.name]
+    unchanged = _upload(client, client.get("/api/layers/zones/export.xlsx").content, "zones", import_mode="update")
+    summary = unchanged.json()["report"]["summary"]
+    assert summary["unchanged"] == 1 and summary["changed"] == 0, unchanged.text  # full values sent back: no change
+
+    surveyor = bearer(tokens["surveyor9"])  # edits zones, sees personal values masked
+    wb = _book(client.get("/api/layers/zones/export.xlsx", headers=surveyor))
+    ws = wb[zones.zh]
+    assert ws.cell(row=3, column=_column(ws, personal.zh)).value != full
+    other = next(f for f in zones.fields if f.choices and not f.personal)
+    value = next(c for c in other.choices if c != ws.cell(row=3, column=_column(ws, other.zh)).value)
+    ws.cell(row=3, column=_column(ws, other.zh), value=value)
+    answer = _upload(client, _bytes(wb), "zones", import_mode="update", headers=surveyor)
+    assert answer.status_code == 201, answer.text
+    entry = answer.json()["report"]["features"][0]
+    assert entry["status"] == "changed" and list(entry["changes"]) == [other.name]
+    again = _book(client.get("/api/layers/zones/export.xlsx"))[zones.zh]
+    assert again.cell(row=3, column=_column(again, personal.zh)).value == full  # kept
+    assert again.cell(row=3, column=_column(again, other.zh)).value == value
