@@ -365,3 +365,19 @@ def test_masked_personal_values_sent_back_keep_the_stored_ones(
     again = _book(client.get("/api/layers/zones/export.xlsx"))[zones.zh]
     assert again.cell(row=3, column=_column(again, personal.zh)).value == full  # kept
     assert again.cell(row=3, column=_column(again, other.zh)).value == value
+
+
+def test_several_layers_each_narrowed_as_on_the_map(
+    client: TestClient, session: Session, three: list[dict[str, Any]]
+) -> None:
+    shops = REGISTRY["shops"]
+    shop = sample("shops")
+    features.create_feature(session, shops, shop)
+    status = shops.field(shops.style.by or "")
+    other = next(c for c in status.choices if c != shop["properties"][status.name])
+    params = {"layers": "parcels,shops", "status": "出租", f"narrow_{shops.id}": f"status={other}"}
+    wb = _book(client.get("/api/export.xlsx", params=params))
+    assert wb[PARCELS.zh].max_row == 3  # the one let parcel
+    assert wb[shops.zh].max_row == 2  # no shop of the other status: headers only
+    cover = [[c.value for c in row] for row in wb["说明"].iter_rows()]
+    assert any(row[0] == shops.zh and other in str(row[1]) and row[2] == 0 for row in cover)

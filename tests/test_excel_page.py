@@ -87,3 +87,18 @@ def test_upload_page_takes_a_ledger_in_update_mode_dry_run_then_commit(engine_wi
             names = session.execute(text(f"SELECT name FROM {PARCELS.table} ORDER BY {PARCELS.key_field}")).scalars()
             assert list(names) == ["地块0", "地块1（更名）", "地块2"]
     assert [url for url in requests if not url.startswith(base) and not url.startswith("data:")] == []
+
+
+def test_the_map_offers_the_ledgers_shown_as_excel(engine_with_parcels: Engine) -> None:
+    with live_server(engine_with_parcels) as base, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(base + f"/?scope={COMMUNITY}")
+        link = page.locator("a.guatu-export")
+        page.wait_for_function("document.querySelector('a.guatu-export').href.includes('parcels')", timeout=15_000)
+        href = link.get_attribute("href") or ""
+        assert href.startswith("/api/export.xlsx?layers=") and "&bbox=" in href, href
+        answer = httpx.get(base + href)
+        assert answer.status_code == 200, answer.text
+        wb = openpyxl.load_workbook(io.BytesIO(answer.content))
+        assert wb.sheetnames[0] == "说明" and PARCELS.zh in wb.sheetnames
+        assert wb[PARCELS.zh].max_row >= 3  # the parcels in view

@@ -6,6 +6,7 @@ an .xlsx file and ``import_mode``): the same checks, report, dry run and idempot
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from starlette.background import BackgroundTask
 
 from api.auth import ActorDep, rule
 from api.deps import LayerDep, SessionsDep
+from api.routes.printing import _narrowing
 from api.routes.stats import FILTER_HELP, FilterDep
 from api.work import heavy, lane
 from layers.access import Actor, personal_fields
@@ -113,14 +115,22 @@ async def export_layers(
     layers: Annotated[str, Query(max_length=400, description="comma-separated layer ids: one sheet each")],
     bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (the map's view)")] = None,
 ) -> Response:
-    """Return several layers, one sheet each, in map order; the filter's values narrow the layers that offer them."""
+    """Return several layers, one sheet each, in map order.
+
+    Each layer may be narrowed as on the map and in a print: ``narrow_<layer id>=<its filter as
+    a query string>``; filter parameters given plainly narrow the layers that offer them.
+    """
     asked = list(dict.fromkeys(x.strip() for x in layers.split(",") if x.strip()))
     chosen = sorted((layer_or_404(layer_id) for layer_id in asked), key=lambda layer: layer.order)
     box = parse_bbox(bbox)
+    narrowed = _narrowing(request, chosen, dataclasses.replace(flt, scope=None))
     sheets = []
     for layer in chosen:
         own = {p: v for p, v in flt.values.items() if layer.filter_field(p) is not None}
         before = {p: d for p, d in flt.before.items() if layer.filter_field(p) is not None}
+        given = narrowed.get(layer.id)
+        if given is not None and given:
+            own, before = given.values, given.before
         sheets.append(Sheet(layer, Filter(scope=flt.scope, bbox=box, values=own, before=before)))
     return await _send(request, sessions, actor, sheets)
 
