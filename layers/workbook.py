@@ -139,6 +139,9 @@ def header_labels(layer: Layer) -> dict[str, str]:
     for f in layer.fields:
         if f.labels is not None:
             add(f"{f.zh}{NAMES_SUFFIX}", "@ignored")
+            add(f"{f.en} name", "@ignored")
+    for label in ("Area m²", "Area mu", "WKT geometry (CGCS2000)", "Longitude (CGCS2000)", "Latitude (CGCS2000)"):
+        add(label, {"Lo": "@lon", "La": "@lat", "WK": "@wkt"}.get(label[:2], "@ignored"))
     for aliases, meaning in (
         (WKT_ALIASES, "@wkt"),
         (LON_ALIASES, "@lon"),

@@ -381,3 +381,13 @@ def test_several_layers_each_narrowed_as_on_the_map(
     assert wb[shops.zh].max_row == 2  # no shop of the other status: headers only
     cover = [[c.value for c in row] for row in wb["说明"].iter_rows()]
     assert any(row[0] == shops.zh and other in str(row[1]) and row[2] == 0 for row in cover)
+
+
+def test_an_export_beyond_the_row_cap_is_refused_saying_the_cap(
+    client: TestClient, three: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("layers.workbook.MAX_EXPORT_ROWS", 2)
+    refused = client.get("/api/layers/parcels/export.xlsx")
+    assert refused.status_code == 422 and refused.json()["code"] == "export_too_large"
+    assert "3" in refused.json()["message"] and "2" in refused.json()["message"]
+    assert client.get("/api/layers/parcels/export.xlsx", params={"status": "出租"}).status_code == 200
