@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import io
+import os
 import re
 import tempfile
 import zipfile
@@ -266,7 +267,7 @@ def write_export(
     Rows are read in batches and written as they come (openpyxl write-only): memory holds a
     batch, never the ledger. The caller deletes the file once sent.
     """
-    counts = count_rows(session, sheets)
+    count_rows(session, sheets)
     now = now or dt.datetime.now(dt.UTC)
     wb = Workbook(write_only=True)
     cover = wb.create_sheet(COVER)
@@ -281,23 +282,30 @@ def write_export(
     cover.append(
         ["个人信息 personal", "完整显示 shown in full" if actor and actor.sees_personal() else "已打码 masked"]
     )
+    written = {}
+    shown_full = {}
+    for sheet in sheets:
+        shown_full[sheet.layer.id], written[sheet.layer.id] = _write_sheet(session, wb, sheet, actor)
     cover.append([])
     cover.append([_cell(cover, h, font=BOLD) for h in ("工作表 sheet", "筛选 filter", "行数 rows")])
     for sheet in sheets:
-        cover.append([sheet.layer.zh, filter_words(sheet), counts[sheet.layer.id]])
+        cover.append([sheet_name(sheet.layer), filter_words(sheet), written[sheet.layer.id]])
     cover.append([])
     cover.append(
         ["更新导入 update", "改动后可按编码更新导入；系统编号、版本、面积列只读 (edit and import back by code)"]
     )
-    out = Exported(Path(tempfile.mkstemp(prefix="guatu-export-", suffix=".xlsx")[1]), counts)
-    for sheet in sheets:
-        out.shown_full[sheet.layer.id] = _write_sheet(session, wb, sheet, actor)
-    wb.save(out.path)
-    return out
+    fd, name = tempfile.mkstemp(prefix="guatu-export-", suffix=".xlsx")
+    os.close(fd)
+    try:
+        wb.save(name)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Exported(Path(name), written, shown_full)  # the rows as written: the count only held it to its cap
 
 
-def _write_sheet(session: Session, wb: Any, sheet: Sheet, actor: Actor | None) -> list[int]:
-    """Write one layer's rows; return the ids shown with personal values in full."""
+def _write_sheet(session: Session, wb: Any, sheet: Sheet, actor: Actor | None) -> tuple[list[int], int]:
+    """Write one layer's rows; return the ids shown with personal values in full, and how many rows."""
     layer = sheet.layer
     ws = wb.create_sheet(sheet_name(layer))
     cols = _columns(layer)
@@ -311,6 +319,7 @@ def _write_sheet(session: Session, wb: Any, sheet: Sheet, actor: Actor | None) -
     personal = bool(personal_fields(layer))
     full = personal and actor is not None and actor.sees_personal()
     ids: list[int] = []
+    rows = 0
     result = session.execute(text(sql).execution_options(yield_per=2000), params)
     names = layer.field_names
     for row in result:
@@ -321,9 +330,10 @@ def _write_sheet(session: Session, wb: Any, sheet: Sheet, actor: Actor | None) -
         for key, _, _, f in cols:
             cells.append(_export_cell(ws, layer, key, f, props, rest, fid, version))
         ws.append(cells)
+        rows += 1
         if full:
             ids.append(int(fid))
-    return ids
+    return ids, rows
 
 
 def _export_cell(
