@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -322,13 +322,14 @@ def _write_sheet(session: Session, wb: Any, sheet: Sheet, actor: Actor | None) -
     rows = 0
     result = session.execute(text(sql).execution_options(yield_per=2000), params)
     names = layer.field_names
+    labels = {f.name: f.labels() for f in layer.fields if f.labels is not None}  # once, not per row
     for row in result:
         fid, version, *values = row
         props = dict(zip(names, values[: len(names)], strict=True))
         rest = values[len(names) :]
         cells: list[Any] = []
         for key, _, _, f in cols:
-            cells.append(_export_cell(ws, layer, key, f, props, rest, fid, version))
+            cells.append(_export_cell(ws, labels, key, f, props, rest, fid, version))
         ws.append(cells)
         rows += 1
         if full:
@@ -337,7 +338,14 @@ def _write_sheet(session: Session, wb: Any, sheet: Sheet, actor: Actor | None) -
 
 
 def _export_cell(
-    ws: Any, layer: Layer, key: str, f: Field | None, props: dict[str, Any], rest: list[Any], fid: int, version: int
+    ws: Any,
+    labels: dict[str, Mapping[str, str]],
+    key: str,
+    f: Field | None,
+    props: dict[str, Any],
+    rest: list[Any],
+    fid: int,
+    version: int,
 ) -> Any:
     if f is not None:
         value = props[f.name]
@@ -351,9 +359,9 @@ def _export_cell(
             return _cell(ws, value, "0.00")
         return value
     if key.startswith("@names:"):
-        source = layer.field(key.split(":", 1)[1])
-        code = props[source.name]
-        return source.labels().get(code) if code and source.labels is not None else None
+        name = key.split(":", 1)[1]
+        code = props[name]
+        return labels[name].get(code) if code else None
     if key == "@area_m2":
         return _cell(ws, rest[0], "0.00") if rest[0] is not None else None
     if key == "@area_mu":
@@ -688,9 +696,8 @@ def _check_parts(zf: zipfile.ZipFile) -> None:
         raise MalformedInput.one("xlsx_too_big", "工作簿解压后过大", "the workbook unpacks to more than 1 GB")
 
 
-def _fixed_width(f: Field, digits: str) -> str | None:
-    """Return DIGITS with the leading zeros Excel dropped, when only one width makes a code F takes."""
-    known = set(f.known()) if f.known is not None else None
+def _fixed_width(f: Field, digits: str, known: set[str] | None) -> str | None:
+    """Return DIGITS with the zeros Excel dropped, when only one width makes a code F takes (KNOWN: its list)."""
     if known is not None and digits in known:
         return None
     if known is None and f.pattern and re.search(f.pattern, digits):
@@ -717,8 +724,8 @@ def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-def _value(f: Field, raw: Any, notes: list[dict[str, Any]]) -> Any:
-    """Return cell RAW as field F's value (None for blank), or raise _CellError."""
+def _value(f: Field, raw: Any, notes: list[dict[str, Any]], known: set[str] | None = None) -> Any:
+    """Return cell RAW as field F's value (None for blank), or raise _CellError (KNOWN: F's code list)."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
     if isinstance(raw, bool):
@@ -735,7 +742,7 @@ def _value(f: Field, raw: Any, notes: list[dict[str, Any]]) -> Any:
                     "format the column as text and type it again",
                 )
             digits = str(int(raw))
-            restored = _fixed_width(f, digits)
+            restored = _fixed_width(f, digits, known)
             if restored is not None:
                 notes.append(
                     {
@@ -863,8 +870,9 @@ def read_ledger(session: Session, layer: Layer, body: bytes | Path, mode: Import
             }
         )
     parsed: list[tuple[int, dict[str, Any], dict[str, Any] | None, Any]] = []
+    known = {f.name: set(f.known()) for f in layer.fields if f.known is not None and f.name in present}
     for index, (sheet_row, row) in enumerate(data):
-        props, geometry, version = _parse_row(layer, header, row, index, sheet_row, ledger)
+        props, geometry, version = _parse_row(layer, header, row, index, sheet_row, ledger, known)
         if props is not None:
             parsed.append((index, props, geometry, version))
     shapes = _match(session, layer, parsed, present, ledger)
@@ -884,7 +892,13 @@ def _filled(row: Sequence[Any]) -> bool:
 
 
 def _parse_row(
-    layer: Layer, header: _Header, row: list[Any], index: int, sheet_row: int, ledger: Ledger
+    layer: Layer,
+    header: _Header,
+    row: list[Any],
+    index: int,
+    sheet_row: int,
+    ledger: Ledger,
+    known: dict[str, set[str]],
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, Any]:
     """Return one row's (properties, geometry, version), or Nones with the row refused in LEDGER."""
     props: dict[str, Any] = {}
@@ -899,7 +913,7 @@ def _parse_row(
             continue
         f = layer.field(meaning)
         try:
-            props[f.name] = _value(f, raw, notes)
+            props[f.name] = _value(f, raw, notes, known.get(f.name))
         except _CellError as exc:
             problems.append(_problem(exc.code, exc.zh, exc.en, index, f.name, sheet_row))
     geometry, unreadable = _geometry(header, row)
