@@ -27,6 +27,7 @@ from api.routes import (
     stats,
     tiles,
     uploads,
+    workbooks,
 )
 from api.security import CsrfGuard, SecurityHeaders, TrustedHosts
 from api.settings import ApiSettings
@@ -109,6 +110,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(stats.router)
     app.include_router(cockpit.router)
     app.include_router(printing.router)
+    app.include_router(workbooks.router)
     app.include_router(search.router)
     app.include_router(contracts.router)
     app.include_router(pages.router)

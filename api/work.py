@@ -24,6 +24,7 @@ def make_lanes(settings: ApiSettings) -> dict[str, Lane]:
         "print": Lane("print", "挂图打印", "print", settings.print_workers, settings.print_queue, 15, each),
         "checks": Lane("checks", "边界检查", "boundary check", settings.check_workers, settings.check_queue, 10, each),
         "uploads": Lane("uploads", "上传", "upload", settings.upload_workers, settings.upload_queue, 30, each),
+        "exports": Lane("exports", "表格导出", "export", settings.print_workers, settings.print_queue, 15, each),
     }
 
 

@@ -57,15 +57,17 @@ def owned(path: Path) -> bool:
     return path.parent.resolve() == spool_dir().resolve()
 
 
-def keep(body: bytes | Path, sha: str) -> Path:
+def keep(body: bytes | Path, sha: str, suffix: str = ".geojson") -> Path:
     """Keep BODY under its SHA-256 (once; a file already kept just has its retention renewed).
+
+    SUFFIX says what it is (.geojson, or .xlsx for a ledger).
 
     Concurrent uploads of the same bytes each write a private temporary name and move it
     into place atomically: nobody ever sees or renames someone else's partial file.
     """
     folder = root() / sha[:2]
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{sha}.geojson"
+    path = folder / f"{sha}{suffix}"
     if path.exists():
         os.utime(path)
         return path
@@ -167,7 +169,7 @@ def prune(*, days: float | None = None, max_bytes: int | None = None, now: float
     return out
 
 
-_KEPT = re.compile(r"[0-9a-f]{64}\.geojson|\.[0-9a-f]{16}-\w+\.part")
+_KEPT = re.compile(r"[0-9a-f]{64}\.(geojson|xlsx)|\.[0-9a-f]{16}-\w+\.part")
 _REPORT = re.compile(r"[0-9]+\.json\.gz|\.[0-9]+-\w+\.part")
 _SPOOLED = re.compile(r"upload-\w+\.part")
 

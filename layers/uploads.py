@@ -40,7 +40,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from layers import archive, staging
+from layers import archive, staging, workbook
 from layers.access import area_of, key_taken_problem, outside_area_problem, stated_allows, taken_function
 from layers.base import READ_ONLY, Layer, declared_layer
 from layers.features import check_feature, locate_all, looks_masked, masked_problem
@@ -103,13 +103,21 @@ class UploadOptions:
     uploader: str | None = None
     filename: str | None = None
     idempotency_key: str | None = None
+    import_mode: workbook.ImportMode | None = None
+    """For a workbook: add (新增导入) or update (更新导入); None: add if it has geometry, else update."""
 
     def key(self, layer: Layer) -> str:
         """Return the hash of what changes the outcome (not who or under which name)."""
-        canon = orjson.dumps(
-            {"layer": layer.id, "crs": self.crs, "axis": self.axis, "mode": self.mode, "repair": self.repair},
-            option=orjson.OPT_SORT_KEYS,
-        )
+        outcome: dict[str, Any] = {
+            "layer": layer.id,
+            "crs": self.crs,
+            "axis": self.axis,
+            "mode": self.mode,
+            "repair": self.repair,
+        }
+        if self.import_mode is not None:  # absent otherwise: earlier uploads keep their keys
+            outcome["import_mode"] = self.import_mode
+        canon = orjson.dumps(outcome, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canon).hexdigest()
 
 
@@ -206,9 +214,15 @@ def _run(
     replay = _replay(session, layer, sha, options_key, options)
     if replay is not None:
         return replay
-    source = open_geojson(raw)
+    ledger = None
+    if workbook.is_workbook(bytes(raw[:4])):
+        ledger = workbook.read_ledger(session, layer, body, options.import_mode)
+        source = open_geojson(ledger.geojson)
+        workers = 0  # a ledger is a few thousand rows, read and matched here: checked in this thread
+    else:
+        source = open_geojson(raw)
     file.release()  # read through once: the chunks fault back in what they need, a few at a time
-    archive.keep(body, sha)  # only a file that parses is kept
+    archive.keep(body, sha, ".xlsx" if ledger else ".geojson")  # only a file that parses is kept
     declared = _declared(options, source.crs_name)
     upload = Upload(
         layer=layer.id,
@@ -224,6 +238,7 @@ def _run(
             "mode": options.mode,
             "dry_run": options.dry_run,
             "repair": options.repair,
+            **({"format": "xlsx", "import_mode": ledger.mode, "sheet": ledger.sheet} if ledger else {}),
         },
         status="running",
         report={},
@@ -244,7 +259,10 @@ def _run(
                 progress=progress,
                 workers=workers,
                 release=file.release,
+                prejudged=ledger.rejected if ledger else None,
             )
+        if ledger is not None:
+            ledger.annotate(layer, report)
         summary = report["summary"]
         if options.dry_run:
             status = "dry_run"
@@ -582,6 +600,8 @@ class _Checker:
         """Worker processes that check the chunks (0: this thread checks them)."""
         self.preview = False
         """Whether every accepted feature's geometry goes into the report (a small upload, drawn on its page)."""
+        self.prejudged: dict[int, dict[str, Any]] = {}
+        """Report entries of features refused before the checks (a workbook's rows): passed on, never checked."""
 
     def chunks(self, source: FeatureSource) -> Iterator[tuple[int, int, _Checked]]:
         """Yield (first, stop, outcome) for every chunk of SOURCE, in order.
@@ -652,8 +672,12 @@ class _Checker:
         groups: dict[str, list[int]] = {}
         slow: list[int] = []
         unlisted = 0
+        rejected: list[dict[str, Any]] = []
         for offset, feature in enumerate(typed):
             index = first + offset
+            if index in self.prejudged:
+                rejected.append(dict(self.prejudged[index]))
+                continue
             if source.repeated:  # a held file repeating a member: only the one-by-one checks can say so
                 slow.append(index)
                 continue
@@ -687,7 +711,6 @@ class _Checker:
                 geoms.append(geom)
         self.fast += len(ok)
         self.slow += len(slow)
-        rejected: list[dict[str, Any]] = []
         for index in sorted(slow):
             outcome = self._one(source, index)
             if isinstance(outcome, dict):
@@ -984,15 +1007,18 @@ def _check_all(
     progress: Progress | None = None,
     workers: int = 0,
     release: Callable[[], None] | None = None,
+    prejudged: dict[int, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], list[int]]:
     """Check every feature and write or stage the valid ones; diff the staged ones by natural key.
 
     With UPLOAD_ID, new features are written as they come (the caller rolls back when the
     upload ends rejected); without, everything is staged (a dry run). STOP_ON_REJECT stops
-    writing at the first rejected feature (all-or-nothing). Returns the report and the
-    staged features still to write (new or changed).
+    writing at the first rejected feature (all-or-nothing). PREJUDGED: report entries of
+    features refused before the checks (a workbook's rows), never checked. Returns the report
+    and the staged features still to write (new or changed).
     """
     checker = _Checker(session, layer, declared, repair)
+    checker.prejudged = prejudged or {}
     checker.workers = workers if source.raws is not None else 0
     checker.preview = source.count <= PREVIEW_LIMIT
     report = _Report(checker, source.count)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -26,9 +26,13 @@ router = APIRouter(tags=["uploads"])
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "GeoJSON 文件：FeatureCollection、单个 Feature 或几何对象（请求体或 multipart 的 file）",
+        "description": "GeoJSON 文件：FeatureCollection、单个 Feature 或几何对象；或 Excel 台账 .xlsx"
+        "（请求体或 multipart 的 file）",
         "content": {
             "application/geo+json": {"schema": {"type": "object"}},
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
+                "schema": {"type": "string", "format": "binary"}
+            },
             "multipart/form-data": {
                 "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
             },
@@ -137,7 +141,7 @@ def _text(value: str | None, limit: int) -> str | None:
 
 @router.post(
     "/api/layers/{layer_id}/uploads",
-    summary="上传 GeoJSON 文件 Upload a GeoJSON file",
+    summary="上传 GeoJSON 文件或 Excel 台账 Upload a GeoJSON file or an Excel ledger",
     status_code=201,
     **rule("upload", **UPLOAD_BODY),
 )
@@ -154,6 +158,13 @@ async def create_upload(
     mode: str = Query("all-or-nothing", pattern="^(all-or-nothing|valid-only)$"),
     dry_run: bool = Query(False, description="check and diff only; write nothing"),
     repair: bool = Query(False, description="make invalid polygons valid, reporting the area change"),
+    import_mode: Annotated[
+        Literal["add", "update"] | None,
+        Query(
+            description="Excel 台账：add 新增导入（编码已存在则报错）/ update 更新导入（按编码只改不同的单元格）；"
+            "默认：有图形列为 add，否则 update. Ignored for GeoJSON."
+        ),
+    ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     """Check every feature, diff against the database, and commit in one transaction.
@@ -176,6 +187,7 @@ async def create_upload(
                 uploader=actor.username,  # who signed in: never what the client says
                 filename=_text(filename, 300),
                 idempotency_key=idempotency_key,
+                import_mode=import_mode,
             )
             async with watched(request) as token, uploads.turn():
 

@@ -501,8 +501,14 @@
           print.href = "/api/print?size=" + parts[0] + extra + "&bbox=" +
             [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) { return v.toFixed(6); }).join(",") +
             (mapQuery ? "&" + mapQuery : "");
+          var shown = Object.keys(groups).filter(function (id) { return map.hasLayer(groups[id]); });
+          excel.href = "/api/export.xlsx?layers=" + encodeURIComponent(shown.join(",")) +
+            print.href.slice(print.href.indexOf("&bbox="));  // the same view and filters as the print
         }
-        map.on("moveend guatu:filter", aim);
+        var excel = el("a", "guatu-link guatu-export", "导出 Excel");
+        excel.title = "按当前视野和筛选导出所显示图层的台账 (export the ledgers shown, as filtered)";
+        excel.setAttribute("download", "");
+        map.on("moveend guatu:filter overlayadd overlayremove", aim);
         size.addEventListener("change", aim);
         ratio.addEventListener("change", aim);
         figuresBox.addEventListener("change", aim);
@@ -540,6 +546,8 @@
         sub.appendChild(ratio);
         sub.appendChild(withFigures);
         sub.appendChild(printing);
+        sub.appendChild(document.createTextNode(" · "));
+        sub.appendChild(excel);
         box.appendChild(sub);
         L.DomEvent.disableClickPropagation(box);
         return box;

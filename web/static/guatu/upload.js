@@ -42,9 +42,29 @@
         var file = el("input");
         file.type = "file";
         file.name = "file";
-        file.accept = ".geojson,.json,application/geo+json,application/json";
-        [labelled("图层 Layer", layer), labelled("坐标系 CRS", crs), labelled("轴顺序 Axis", axis),
-         labelled("提交方式 Mode", mode), labelled("文件 File", file)].forEach(function (n) { form.appendChild(n); });
+        file.accept = ".geojson,.json,.xlsx,application/geo+json,application/json," +
+          "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+        var importMode = select("import_mode", [
+          {value: "", label: "自动：有图形列为新增，否则更新 (auto)"},
+          {value: "add", label: "新增导入 (add: new codes only)"},
+          {value: "update", label: "更新导入 (update by code)"}]);
+        var asked = new URLSearchParams(window.location.search).get("layer");
+        if (asked && opts.layers.some(function (l) { return l.id === asked; })) layer.value = asked;
+        var links = el("div", "guatu-upload-links");
+        var template = el("a", "guatu-link guatu-template-link", "下载 Excel 模板 (template)");
+        var exported = el("a", "guatu-link guatu-export-link", "导出现有台账 (export the ledger)");
+        function relink() {
+          template.href = opts.api + "/layers/" + encodeURIComponent(layer.value) + "/template.xlsx";
+          exported.href = opts.api + "/layers/" + encodeURIComponent(layer.value) + "/export.xlsx";
+        }
+        relink();
+        layer.addEventListener("change", relink);
+        links.appendChild(template);
+        links.appendChild(text(" · "));
+        links.appendChild(exported);
+        [labelled("图层 Layer", layer), links, labelled("坐标系 CRS", crs), labelled("轴顺序 Axis", axis),
+         labelled("提交方式 Mode", mode), labelled("Excel 导入方式 Import", importMode),
+         labelled("文件 File（GeoJSON 或 .xlsx）", file)].forEach(function (n) { form.appendChild(n); });
         var check = el("button", "guatu-button", "检查（试运行）Check (dry run)");
         check.type = "button";
         check.name = "check";
@@ -69,6 +89,7 @@
           }
           var params = new URLSearchParams({axis: axis.value, mode: mode.value, dry_run: String(dryRun)});
           if (crs.value) params.set("crs", crs.value);
+          if (importMode.value) params.set("import_mode", importMode.value);
           var body = new FormData();
           body.append("file", file.files[0]);
           status.textContent = dryRun ? "正在检查… (checking)" : "正在提交… (committing)";
@@ -103,9 +124,15 @@
           data.report.features.forEach(function (f) {
             var why = (f.problems || []).map(function (p) { return p.code + "：" + p.message; }).join("；");
             if (f.changed_fields) why = "改动 " + f.changed_fields.join("、") + (f.moved_m ? "，位移 " + f.moved_m + " m" : "");
+            if (f.changes) {  // a ledger's row: each changed cell, old → new
+              why = Object.keys(f.changes).map(function (k) {
+                var c = f.changes[k];
+                return ((data.report.labels || {})[k] || k) + "：" + (c[0] === null ? "（空）" : c[0]) + " → " + (c[1] === null ? "（空）" : c[1]);
+              }).join("；");
+            }
             if (f.status !== "unchanged") {  // the table lists what will change or is refused
               var row = el("tr", "guatu-row-" + f.status);
-              row.appendChild(el("td", null, "#" + f.index));
+              row.appendChild(el("td", null, f.row ? "第 " + f.row + " 行" : "#" + f.index));
               row.appendChild(el("td", null, f.key || f.id || ""));
               row.appendChild(el("td", null, LABELS[f.status] || f.status));
               row.appendChild(el("td", "guatu-why", why));
