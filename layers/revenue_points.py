@@ -100,6 +100,7 @@ REVENUE_POINTS = register(
             "status": "在营",
             "annual_income": 28800.0,
             "address": "南疃路12号东侧",
+            "campaign_stage": "盘活利用",
             "community_code": "370214001009",
             "grid_code": "370214001009001",
         },

@@ -156,3 +156,15 @@ def test_the_cockpit_states_the_rent_of_the_contracts(demo_client: TestClient) -
     listed = demo_client.get("/api/contracts", params={"limit": 500}).json()
     paid = sum(p["amount"] for c in listed["contracts"] for p in c.get("payments", []))
     assert 0 < sum(m["received"] for m in rent["months"]) <= paid + 0.01  # the demo was paid in recent months
+
+
+def test_every_asset_layer_declares_a_valid_example_for_its_template() -> None:
+    from layers.base import REGISTRY
+
+    for layer in campaign_layers():
+        assert layer.example, layer.id
+        layer.schema.model_validate(layer.example)  # valid as it stands
+        assert layer.example.get(layer.campaign or "") in CAMPAIGN_STAGES
+        for rule in layer.cross_rules:
+            assert rule(dict(layer.example)) is None, (layer.id, rule(dict(layer.example)))
+    assert all(REGISTRY[i].example for i in LAYERS)
