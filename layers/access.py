@@ -233,6 +233,9 @@ def declared_policies() -> list[Policy]:
             ],
         )
     )
+    from layers import problems  # the problem ledger: by area, like the layers
+
+    tables.extend(problems.policies())
     for table, statements in tables:
         for sql in statements:
             if sql.startswith("ALTER TABLE"):
