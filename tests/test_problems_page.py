@@ -130,3 +130,32 @@ def test_a_phone_report_with_photo_and_location_survives_a_dropped_connection(
             text("SELECT cardinality(photos), reporter FROM problems WHERE description = :d"), {"d": description}
         ).one()
     assert photos == (1, "gridman")
+
+
+def test_the_ledger_page_and_the_pins_show_the_reported_problem(demo_engine: Engine) -> None:
+    lon, lat = _inside(demo_engine, GRID)
+    with Session(demo_engine) as session:
+        state(session, ADMIN.settings())
+        session.execute(
+            text(
+                "INSERT INTO problems (number, source, type, description, geom, area, reporter) VALUES "
+                "('', '巡查', '设施损坏', '井盖缺失', ST_SetSRID(ST_MakePoint(:x, :y), 4490), :g, '')"
+            ),
+            {"x": lon, "y": lat, "g": GRID},
+        )
+        session.commit()
+    with live_server(demo_engine) as base, chromium() as browser:
+        sign_in_as(demo_engine, "planner")
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(base + "/problems")
+        page.wait_for_selector(".tabulator-row", timeout=15_000)
+        page.wait_for_selector(".guatu-problems-count-row", timeout=10_000)
+        assert "井盖缺失" in page.locator(".tabulator-table").inner_text()
+        page.locator(".tabulator-row", has_text="井盖缺失").click()
+        page.wait_for_selector("button[name=action-交办]", timeout=10_000)  # a planner may assign it
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "problems-1440.png"))
+        page.goto(base + f"/#18/{lat}/{lon}")
+        page.wait_for_selector(".guatu-problem-pin", timeout=20_000)
+        assert page.locator(".guatu-problem-pin").count() >= 1
+        page.screenshot(path=str(SCREENSHOTS / "problems-map-pins-1440.png"))

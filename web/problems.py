@@ -9,7 +9,8 @@ from typing import Any
 from layers import hierarchy, problems
 from web import assets
 
-PROBLEMS_JS = f"{assets.STATIC_URL}/guatu/problems.js"
+PINS_JS = f"{assets.STATIC_URL}/guatu/problems.js"
+PAGE_JS = f"{assets.STATIC_URL}/guatu/problems-page.js"
 REPORT_JS = f"{assets.STATIC_URL}/guatu/report.js"
 PROBLEMS_CSS = f"{assets.STATIC_URL}/guatu/problems.css"
 
@@ -65,8 +66,8 @@ def build_problems_page(*, title: str, api_base: str = "/api") -> str:
     return _page(
         f"问题台账 Problem ledger · {title}",
         "guatu-problems-page",
-        [assets.DOM_JS, assets.TABULATOR_JS, PROBLEMS_JS],
+        [assets.DOM_JS, assets.TABULATOR_JS],
         [assets.TABULATOR_CSS, PROBLEMS_CSS],
-        f"{assets.STATIC_URL}/guatu/problems-page.js",
+        PAGE_JS,
         options(api_base) | {"title": title},
     )
