@@ -111,6 +111,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("number", name="uq_problems_number"),
         sa.UniqueConstraint("reporter", "idempotency_key", name="uq_problems_reporter_idempotency_key"),
     )
+    op.create_table_comment("problems", "问题台账 problem ledger")  # create_geospatial_table leaves it out
     op.create_geospatial_index(
         "idx_problems_geom", "problems", ["geom"], unique=False, postgresql_using="gist", postgresql_ops={}
     )
