@@ -3,6 +3,7 @@ arrives exactly once."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import struct
 import zlib
@@ -15,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from layers import demo
 from spatial.db import state
 from tests.accounts import GRID
 from tests.browser import chromium, live_server, sign_in_as
@@ -78,12 +80,12 @@ def test_a_phone_report_with_photo_and_location_survives_a_dropped_connection(
     creates: list[str] = []
     with live_server(demo_engine) as base, chromium() as browser:
         sign_in_as(demo_engine, "gridman")
-        context = browser.new_context(
+        page = browser.new_page(  # watched: a CSP violation fails the test
             viewport={"width": 390, "height": 844},
             geolocation={"longitude": lon, "latitude": lat, "accuracy": 8},
             permissions=["geolocation"],
         )
-        page = context.new_page()
+        context = page.context
         page.goto(base + "/report")
         page.wait_for_selector(".guatu-report-where.guatu-good", timeout=15_000)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
@@ -121,7 +123,6 @@ def test_a_phone_report_with_photo_and_location_survives_a_dropped_connection(
         text_ = page.locator(".guatu-report-item").first.inner_text()
         assert "已发送" in text_ and "WT-" in text_
         page.screenshot(path=str(SCREENSHOTS / "report-390-sent.png"), full_page=True)
-        context.close()
     assert len(creates) >= 2 and len(set(creates)) == 1  # resent with the same key
     assert _count(demo_engine, description) == 1  # exactly once
     with Session(demo_engine) as session:
@@ -159,3 +160,98 @@ def test_the_ledger_page_and_the_pins_show_the_reported_problem(demo_engine: Eng
         page.wait_for_selector(".guatu-problem-pin", timeout=20_000)
         assert page.locator(".guatu-problem-pin").count() >= 1
         page.screenshot(path=str(SCREENSHOTS / "problems-map-pins-1440.png"))
+
+
+def _open(browser: Any, engine: Engine, username: str, url: str) -> Any:
+    """Return a new watched page at URL, signed in as USERNAME."""
+    sign_in_as(engine, username)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url)
+    return page
+
+
+def _act(page: Any, number: str, action: str, fill: dict[str, str] | None = None, photo: Any = None) -> None:
+    """On the ledger page: open problem NUMBER, fill the action's form, press it, wait for the new state."""
+    page.wait_for_selector(".tabulator-row", timeout=15_000)
+    shown = "(document.querySelector('.guatu-problem-detail h2') || {}).innerText || ''"
+    if number not in page.evaluate(shown):  # a click re-renders the detail: only when another is shown
+        page.locator(".tabulator-row", has_text=number).click()
+        page.wait_for_function(f"({shown}).indexOf('{number}') >= 0", timeout=10_000)
+    button = page.locator(f"button[name=action-{action}]")
+    button.wait_for(timeout=10_000)
+    form = page.locator(".guatu-problem-action", has=button)
+    for name, value in (fill or {}).items():
+        form.locator(f"[name={name}]").fill(value)
+    if photo is not None:
+        form.locator("input[name=photo]").set_input_files(str(photo))
+    events = page.locator(".guatu-problem-event").count()
+    button.click()
+    try:
+        page.wait_for_function(f"document.querySelectorAll('.guatu-problem-event').length > {events}", timeout=15_000)
+    except TimeoutError:
+        raise AssertionError(form.locator(".guatu-upload-status").inner_text()) from None
+
+
+def _pin_class(page: Any) -> str:
+    page.wait_for_selector(".guatu-problem-pin", timeout=20_000)
+    return str(page.locator(".guatu-problem-pin").first.get_attribute("class"))
+
+
+def test_from_a_finding_to_closed_by_another_user(demo_engine: Engine, tmp_path: Any) -> None:
+    gap = next(d for d in demo.DEFECTS if d["kind"] == "gap")
+    x, y = gap["centroid"]
+    photo = tmp_path / "after.png"
+    photo.write_bytes(png(60, 40))
+    with live_server(demo_engine) as base, chromium() as browser:
+        checks = _open(browser, demo_engine, "planner", base + "/checks")
+        checks.select_option("select[name=scope]", gap["community_code"])
+        checks.click("button[name=check]")
+        checks.wait_for_selector(".guatu-register-problem", timeout=30_000)
+        checks.locator(".guatu-register-problem").first.click()
+        registered = checks.wait_for_selector(".guatu-registered", timeout=15_000).inner_text()
+        number = registered.split()[2]
+        assert number.startswith("WT-") and "已登记" in registered
+        checks.click("button[name=check]")  # checked again: the finding shows it is registered
+        checks.wait_for_selector(".guatu-registered", timeout=30_000)
+        assert checks.locator(".guatu-register-problem").count() == 0
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        checks.screenshot(path=str(SCREENSHOTS / "problems-from-finding-1440.png"))
+
+        ledger = _open(browser, demo_engine, "planner", base + "/problems")
+        deadline = (dt.date.today() + dt.timedelta(days=10)).isoformat()
+        _act(ledger, number, "交办", {"assignee": "gridman", "unit": "城管中队", "deadline": deadline})
+        assert "已交办" in ledger.locator(".guatu-problem-detail h2").inner_text()
+        community = ledger.locator(".guatu-problems-count-row", has_text=gap["community_code"])
+        assert community.inner_text().split() == [gap["community_code"], "1", "0", "0"]  # open, overdue, closed
+        pins = _open(browser, demo_engine, "planner", base + f"/#18/{y}/{x}")
+        assert "guatu-problem-green" in _pin_class(pins)
+
+        rectifier = _open(browser, demo_engine, "gridman", base + "/problems")
+        _act(rectifier, number, "整改")
+        _act(rectifier, number, "提交验收", {"note": "已补划网格"}, photo)
+        assert "待验收" in rectifier.locator(".guatu-problem-detail h2").inner_text()
+        rectifier.wait_for_selector(".guatu-problem-photos img", timeout=10_000)
+        assert rectifier.evaluate("document.querySelector('.guatu-problem-photos img').naturalWidth") == 60
+
+        verifier = _open(browser, demo_engine, "planner", base + "/problems")
+        _act(verifier, number, "销号", {"note": "现场核实"})
+        assert "已销号" in verifier.locator(".guatu-problem-detail h2").inner_text()
+        row = verifier.locator(".guatu-problems-count-row", has_text=gap["community_code"])
+        verifier.wait_for_function(
+            "[...document.querySelectorAll('.guatu-problems-count-row')].some(r => r.innerText.split(/\\s+/)"
+            f".join(' ') === '{gap['community_code']} 0 0 1')",
+            timeout=10_000,
+        )
+        assert row.inner_text().split() == [gap["community_code"], "0", "0", "1"]  # closed this month
+        log = verifier.locator(".guatu-problem-event").all_inner_texts()
+        assert [line.split()[2:4] for line in log] == [
+            ["planner", "登记：—"],
+            ["planner", "交办：已登记"],
+            ["gridman", "整改：已交办"],
+            ["gridman", "提交验收：整改中"],
+            ["planner", "销号：待验收"],
+        ]
+        verifier.screenshot(path=str(SCREENSHOTS / "problems-closed-1440.png"))
+        pins.reload()
+        assert "guatu-problem-grey" in _pin_class(pins)
+        pins.screenshot(path=str(SCREENSHOTS / "problems-pin-closed-1440.png"))
