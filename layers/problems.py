@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,8 +101,6 @@ PHASES = (BEFORE, AFTER)
 MAX_PHOTO_BYTES = 8_000_000
 """The largest photo taken (a phone's camera JPEG is 2–5 MB)."""
 PHOTO_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
-WARN_DAYS = 3
-"""A deadline this many days away or nearer shows yellow (see :func:`light`)."""
 DESCRIPTION_CHARS = 2000
 NOTE_CHARS = 1000
 
@@ -475,15 +474,23 @@ def database_error(exc: DBAPIError) -> Exception | None:
 # --------------------------------------------------------------------------------------------- lights
 
 
-def light(state: str, deadline: dt.date | None, today: dt.date, warn_days: int = WARN_DAYS) -> str:
-    """Return the overdue light: grey closed, red past the deadline, yellow within WARN_DAYS of it, else green."""
+def warn_days() -> int:
+    """Return how many days before its deadline a problem shows yellow (``GUATU_PROBLEM_WARN_DAYS``, default 3)."""
+    from layers.settings import layer_settings
+
+    return layer_settings().problem_warn_days
+
+
+def light(state: str, deadline: dt.date | None, today: dt.date, warn: int | None = None) -> str:
+    """Return the overdue light: grey closed, red past the deadline, yellow within WARN days of it, else green."""
+    warn = warn_days() if warn is None else warn
     if state == CLOSED:
         return "grey"
     if deadline is None:
         return "green"
     if today > deadline:
         return "red"
-    if (deadline - today).days <= warn_days:
+    if (deadline - today).days <= warn:
         return "yellow"
     return "green"
 
@@ -562,6 +569,7 @@ def photo(session: Session, sha: str) -> tuple[bytes, str]:
     path = archive.root() / sha[:2] / f"{sha}.geojson"  # the archive's one naming scheme (layers.archive.keep)
     try:
         body = path.read_bytes()
+        os.utime(path)  # a photo in use renews its retention in the archive (layers.archive.prune)
     except FileNotFoundError:
         raise NotFound.one(
             "photo_pruned", "照片文件已不在存档中", "the photo file is no longer archived", id=sha
@@ -665,7 +673,7 @@ def create(session: Session, actor: Actor, new: NewProblem) -> tuple[dict[str, A
     if new.idempotency_key:
         found = _by_key(session, actor, new.idempotency_key)
         if found is not None:
-            return found, False
+            return _same_report(found, new), False
     if new.type not in TYPES:
         raise InvalidInput.one(
             "type_invalid", "问题类型不在列表中", f"type must be one of {', '.join(TYPES)}", field="type"
@@ -741,8 +749,24 @@ def create(session: Session, actor: Actor, new: NewProblem) -> tuple[dict[str, A
     if pid is None:  # the same key committed meanwhile by a concurrent copy of this report
         found = _by_key(session, actor, str(new.idempotency_key))
         assert found is not None
-        return found, False
+        return _same_report(found, new), False
     return read(session, actor, int(pid)), True
+
+
+def _same_report(found: dict[str, Any], new: NewProblem) -> dict[str, Any]:
+    """Return FOUND, the problem stored under NEW's Idempotency-Key, if NEW is the same report; else refuse the key."""
+    if (found["type"], found["description"], found["finding_id"]) != (
+        new.type,
+        new.description.strip()[:DESCRIPTION_CHARS],
+        new.finding_id,
+    ):
+        raise Conflict.one(
+            "idempotency_key_reused",
+            f"该 Idempotency-Key 已用于另一份上报（{found['number']}）",
+            f"this Idempotency-Key was used for another report ({found['number']})",
+            field="Idempotency-Key",
+        )
+    return found
 
 
 def _by_key(session: Session, actor: Actor, key: str) -> dict[str, Any] | None:

@@ -39,6 +39,9 @@ class LayerSettings(BaseSettings):
     archive_max_mb: int = Field(10_000, ge=0)
     """The archive's size cap in MB: beyond it the oldest files go first (0: no cap)."""
 
+    problem_warn_days: int = Field(3, ge=0, le=365)
+    """A problem whose deadline is this many days away or nearer shows yellow (red once past it)."""
+
     @field_validator("micro_grid_width")
     @classmethod
     def _micro(cls, value: int) -> int:

@@ -306,6 +306,8 @@ def test_a_retried_report_is_stored_once(
         "/api/problems", json=body, headers=as_user(tokens, "surveyor9") | {"Idempotency-Key": "phone-report-1"}
     )
     assert other.status_code == 201 and other.json()["id"] != first.json()["id"]  # a key is its reporter's own
+    reused = client.post("/api/problems", json=body | {"description": "另一件事"}, headers=headers)
+    assert reused.status_code == 409 and reused.json()["code"] == "idempotency_key_reused"
 
 
 def test_from_a_feature_and_from_a_finding(client: TestClient, tokens: dict[str, str], frame: None) -> None:
@@ -340,15 +342,21 @@ def test_from_a_feature_and_from_a_finding(client: TestClient, tokens: dict[str,
     assert made.json()["id"] in [p["id"] for p in state_["items"]]
 
 
-def test_lights_on_fixed_dates() -> None:
+def test_lights_on_fixed_dates(monkeypatch: pytest.MonkeyPatch) -> None:
     deadline = dt.date(2026, 6, 10)
     assert problems.light("整改中", deadline, dt.date(2026, 6, 11)) == "red"
     assert problems.light("整改中", deadline, dt.date(2026, 6, 10)) == "yellow"
     assert problems.light("整改中", deadline, dt.date(2026, 6, 7)) == "yellow"
     assert problems.light("整改中", deadline, dt.date(2026, 6, 6)) == "green"
-    assert problems.light("整改中", deadline, dt.date(2026, 6, 6), warn_days=5) == "yellow"
+    assert problems.light("整改中", deadline, dt.date(2026, 6, 5), warn=5) == "yellow"
+    assert problems.light("整改中", deadline, dt.date(2026, 6, 4), warn=5) == "green"
     assert problems.light("已销号", deadline, dt.date(2030, 1, 1)) == "grey"
     assert problems.light("已登记", None, dt.date(2030, 1, 1)) == "green"
+    from layers.settings import layer_settings
+
+    monkeypatch.setattr(layer_settings(), "problem_warn_days", 0)  # GUATU_PROBLEM_WARN_DAYS
+    assert problems.light("整改中", deadline, dt.date(2026, 6, 9)) == "green"
+    assert problems.light("整改中", deadline, dt.date(2026, 6, 10)) == "yellow"
 
 
 def test_counts_per_unit_and_the_printed_list(

@@ -158,8 +158,23 @@ def test_the_ledger_page_and_the_pins_show_the_reported_problem(demo_engine: Eng
         page.screenshot(path=str(SCREENSHOTS / "problems-1440.png"))
         page.goto(base + f"/#18/{lat}/{lon}")
         page.wait_for_selector(".guatu-problem-pin", timeout=20_000)
-        assert page.locator(".guatu-problem-pin").count() >= 1
+        before = page.locator(".guatu-problem-pin").count()
+        assert before >= 1
+        page.wait_for_timeout(500)
+        size = page.viewport_size
+        page.mouse.click(size["width"] / 2 + 60, size["height"] / 2 + 40, button="right")  # 登记问题 here
+        page.wait_for_selector("textarea[name=problem-description]", timeout=10_000)
+        page.select_option("select[name=problem-type]", "安全隐患")
+        page.fill("textarea[name=problem-description]", "电线裸露")
+        page.locator(".guatu-problem-popup button", has_text="登记").click()
+        page.wait_for_selector(".guatu-problem-popup .guatu-good", timeout=10_000)
+        assert "WT-" in page.locator(".guatu-problem-popup .guatu-good").inner_text()
+        page.wait_for_function(f"document.querySelectorAll('.guatu-problem-pin').length > {before}", timeout=10_000)
         page.screenshot(path=str(SCREENSHOTS / "problems-map-pins-1440.png"))
+    with Session(demo_engine) as session:
+        state(session, ADMIN.settings())
+        row = session.execute(text("SELECT reporter, source FROM problems WHERE description = '电线裸露'")).one()
+    assert tuple(row) == ("planner", "巡查")
 
 
 def _open(browser: Any, engine: Engine, username: str, url: str) -> Any:

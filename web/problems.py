@@ -24,7 +24,7 @@ def options(api_base: str = "/api") -> dict[str, Any]:
         "states": [{"zh": s, "en": problems.STATES_EN[s]} for s in problems.STATES],
         "actions": [{"zh": a, "en": e} for a, e in problems.ACTIONS_EN.items()],
         "lights": dict(problems.LIGHTS_ZH),
-        "warnDays": problems.WARN_DAYS,
+        "warnDays": problems.warn_days(),
         "communityDigits": hierarchy.COMMUNITY_DIGITS,
     }
 
