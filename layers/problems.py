@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,7 +272,6 @@ DECLARE
   who text := {WHO};
   acting text := guatu_actor_role();
   target text;
-  rectifier text;
 BEGIN
   SELECT * INTO p FROM problems WHERE id = NEW.problem_id FOR UPDATE;
   IF NOT FOUND THEN
@@ -318,9 +318,8 @@ BEGIN
   ELSIF NEW.action = '{SUBMIT}' AND cardinality(NEW.photos) = 0 THEN
     {_raise("GT422", "after_photo_required")};
   ELSIF NEW.action IN ('{CLOSE}', '{RETURN}') THEN
-    SELECT e.actor INTO rectifier FROM problem_events e
-      WHERE e.problem_id = p.id AND e.action = '{SUBMIT}' ORDER BY e.id DESC LIMIT 1;
-    IF rectifier = who THEN
+    IF EXISTS (SELECT 1 FROM problem_events e
+               WHERE e.problem_id = p.id AND e.action IN ('{RECTIFY}', '{SUBMIT}') AND e.actor = who) THEN
       {_raise("GT409", "verifier_is_rectifier", "who")};
     END IF;
   END IF;
@@ -498,8 +497,12 @@ def light(state: str, deadline: dt.date | None, today: dt.date, warn: int | None
 LIGHTS_ZH = {"red": "逾期", "yellow": "临期", "green": "正常", "grey": "已销号"}
 
 
-def actions_for(actor: Actor, row: LedgerProblem | dict[str, Any], rectifier: str | None = None) -> list[str]:
-    """Return the actions ACTOR may take on a problem now (as the database would allow them)."""
+def actions_for(actor: Actor, row: LedgerProblem | dict[str, Any], rectifiers: Collection[str] = ()) -> list[str]:
+    """Return the actions ACTOR may take on a problem now (as the database would allow them).
+
+    RECTIFIERS: who rectified it (整改, 提交验收): never its verifier. Unknown (a list's rows), the
+    database still refuses them.
+    """
     state = row["state"] if isinstance(row, dict) else row.state
     assignee = row["assignee"] if isinstance(row, dict) else row.assignee
     out = []
@@ -509,7 +512,7 @@ def actions_for(actor: Actor, row: LedgerProblem | dict[str, Any], rectifier: st
         if action in (ASSIGN, CLOSE, RETURN):
             if actor.role not in VERIFIERS:
                 continue
-            if action in (CLOSE, RETURN) and rectifier == actor.username:
+            if action in (CLOSE, RETURN) and actor.username in rectifiers:
                 continue
         elif actor.role not in RECTIFIERS and assignee != actor.username:
             continue
@@ -875,16 +878,6 @@ def _columns() -> list[Any]:
     ]
 
 
-def _rectifier(session: Session, pid: int) -> str | None:
-    found = session.execute(
-        select(ProblemEvent.actor)
-        .where(ProblemEvent.problem_id == pid, ProblemEvent.action == SUBMIT)
-        .order_by(ProblemEvent.id.desc())
-        .limit(1)
-    ).scalar()
-    return None if found is None else str(found)
-
-
 def read(session: Session, actor: Actor, pid: int, today: dt.date | None = None) -> dict[str, Any]:
     """Return problem PID with its transitions and the actions ACTOR may take, or raise NotFound."""
     row = session.execute(select(*_columns()).where(LedgerProblem.id == pid)).first()
@@ -912,9 +905,9 @@ def read(session: Session, actor: Actor, pid: int, today: dt.date | None = None)
         }
         for e in events
     ]
-    rectifier = next((e["actor"] for e in reversed(out["events"]) if e["action"] == SUBMIT), None)
-    out["rectifier"] = rectifier
-    out["actions"] = actions_for(actor, {"state": row.state, "assignee": row.assignee}, rectifier)
+    out["rectifier"] = next((e["actor"] for e in reversed(out["events"]) if e["action"] == SUBMIT), None)
+    rectifiers = {e["actor"] for e in out["events"] if e["action"] in (RECTIFY, SUBMIT)}
+    out["actions"] = actions_for(actor, {"state": row.state, "assignee": row.assignee}, rectifiers)
     return out
 
 

@@ -395,3 +395,18 @@ def test_registered_findings_are_looked_up(
     state(session, ADMIN.settings())
     found = problems.registered(session, ["fedcba9876543210", "0000000000000000"])
     assert found == {"fedcba9876543210": (made["number"], "已登记")}
+
+
+def test_whoever_took_part_in_the_rectification_may_not_verify_it(
+    client: TestClient, tokens: dict[str, str], frame: None
+) -> None:
+    pid = report(client, tokens).json()["id"]
+    move(client, tokens, "admin", pid, "交办", assignee="planner", deadline="2030-01-01")
+    assert move(client, tokens, "admin", pid, "整改").json()["status"] == "整改中"  # the administrator started it
+    after = photo(client, tokens, "planner", 3, "整改后")
+    assert move(client, tokens, "planner", pid, "提交验收", photos=[after]).json()["status"] == "待验收"
+    for who in ("admin", "planner"):
+        refused = move(client, tokens, who, pid, "销号")
+        assert refused.status_code == 409 and refused.json()["code"] == "verifier_is_rectifier", who
+        shown = client.get(f"/api/problems/{pid}", headers=as_user(tokens, who)).json()
+        assert shown["actions"] == []  # the page offers neither 销号 nor 退回
