@@ -261,6 +261,7 @@ def test_photos_are_content_addressed_checked_and_shown_only_to_who_may_see_them
         headers=as_user(tokens, "gridman9"),
     )
     assert multipart.status_code == 201 and multipart.json()["content_type"] == "image/png"
+    assert photo(client, tokens, "planner", 7) == first  # the same photo from someone else: kept once
     url = f"/api/problems/photos/{first}"
     assert client.get(url, headers=as_user(tokens, "gridman9")).content == png(7)
     assert client.get(url, headers=as_user(tokens, "planner")).status_code == 404  # not yet in any problem

@@ -35,6 +35,13 @@
     return new Blob([out], {type: type});
   }
 
+  /* Whether an answer refuses the report for good (bad input, outside the area) rather than for now:
+     signed out (401), a stale CSRF token, a busy or slow server keep it waiting. */
+  function refusal(status, body) {
+    if (status === 401 || status === 408 || status === 429 || status >= 500) return false;
+    return !(status === 403 && body && body.code === "csrf_failed");
+  }
+
   /* Send one report: its photo first (if not yet), then the report itself, with its own Idempotency-Key. */
   function send(report) {
     var headers = guatuDom.csrfHeaders({});
@@ -46,7 +53,7 @@
         });
       }).then(function (r) {
         return r.json().then(function (body) {
-          if (!r.ok) throw {refused: true, body: body};
+          if (!r.ok) throw {refused: refusal(r.status, body), body: body};
           update(report.id, {photoId: body.id});
           return body.id;
         });
@@ -61,7 +68,7 @@
       });
     }).then(function (r) {
       return r.json().then(function (body) {
-        if (!r.ok) throw {refused: r.status < 500 && r.status !== 408 && r.status !== 429, body: body};
+        if (!r.ok) throw {refused: refusal(r.status, body), body: body};
         update(report.id, {state: "sent", number: body.number, status: body.status, photo: null, error: null});
       });
     });
@@ -79,6 +86,8 @@
         return send(report).catch(function (err) {
           if (err && err.refused) {
             update(report.id, {state: "refused", error: (err.body && err.body.message) || "refused"});
+          } else if (err && err.body && err.body.code === "login_required") {
+            update(report.id, {error: "请重新登录后重发 (sign in again, then retry)"});
           } else {
             update(report.id, {error: "网络中断，稍后自动重发 (offline: will retry)"});
           }
