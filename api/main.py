@@ -23,6 +23,7 @@ from api.routes import (
     layers,
     pages,
     printing,
+    problems,
     search,
     stats,
     tiles,
@@ -113,6 +114,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(workbooks.router)
     app.include_router(search.router)
     app.include_router(contracts.router)
+    app.include_router(problems.router)
     app.include_router(pages.router)
     app.mount(assets.STATIC_URL, StaticFiles(directory=assets.STATIC_DIR), name="static")
     return app

@@ -238,6 +238,9 @@ def declared_policies() -> list[Policy]:
     from layers import contracts  # imports this module: asked for here, once both are loaded
 
     tables.extend(contracts.policies())
+    from layers import problems  # the problem ledger: by area, like the layers
+
+    tables.extend(problems.policies())
     for table, statements in tables:
         for sql in statements:
             if sql.startswith("ALTER TABLE"):

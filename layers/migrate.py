@@ -24,6 +24,7 @@ from layers.accounts import ApiToken, PersonalAccess, User, WebSession
 from layers.base import REGISTRY
 from layers.changes import Change
 from layers.generations import LayerGeneration
+from layers.problems import APP_PRIVILEGES as PROBLEM_PRIVILEGES
 from layers.uploads import Upload
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -93,6 +94,7 @@ def app_privileges() -> dict[str, tuple[str, ...]]:
     logged = [c.name for c in Change.__table__.columns if c.name != "before"]  # the row before: guatu_change_before()
     wanted[Change.__tablename__] = (f"SELECT ({', '.join(logged)})",)
     wanted.update(contracts.privileges())  # the lessee's name and ID: guatu_shown_contracts()
+    wanted.update(PROBLEM_PRIVILEGES)  # the problem ledger: read and appended to; its trigger moves problems
     return wanted
 
 

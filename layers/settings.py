@@ -61,6 +61,9 @@ class LayerSettings(BaseSettings):
             raise ValueError(f"rent_floors takes non-negative floors for the units {UNITS}, not {unknown}")
         return value
 
+    problem_warn_days: int = Field(3, ge=0, le=365)
+    """A problem whose deadline is this many days away or nearer shows yellow (red once past it)."""
+
     @field_validator("micro_grid_width")
     @classmethod
     def _micro(cls, value: int) -> int:

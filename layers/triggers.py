@@ -261,6 +261,10 @@ def declared() -> tuple[list[Routine], list[Trigger]]:
         if found is not None:
             routines.setdefault(DEPENDENTS_FUNCTION, dependents_function())
             triggers.append(found)
+    from layers import problems  # the problem ledger's workflow and immutable log (not a map layer)
+
+    routines.update((name, Routine(name, sql)) for name, sql in problems.routines())
+    triggers.extend(Trigger(*found) for found in problems.triggers())
     return list(routines.values()), triggers
 
 

@@ -19,6 +19,7 @@ from layers import hierarchy
 from layers.base import Layer
 from layers.stats import filter_description
 from web import assets
+from web import problems as problem_pages
 from web.elements import JsCall
 
 DEFAULT_CENTER = (36.30, 120.38)
@@ -246,6 +247,9 @@ def build_map_page(
         root.header.add_child(JavascriptLink(assets.CONTRACTS_JS))
         fmap.add_child(JsCall("guatuContracts", contract_options(let_out, api_base)))
     fmap.add_child(JsCall("guatu.edit", edit_options(views, api_base)))
+    root.header.add_child(CssLink(problem_pages.PROBLEMS_CSS))  # the problem ledger's pins (web/problems.py)
+    root.header.add_child(JavascriptLink(problem_pages.PINS_JS))
+    fmap.add_child(JsCall("guatuProblemPins.start", problem_pages.options(api_base)))
     filtered = [v.layer for v in sorted(views, key=lambda v: v.layer.order) if v.layer.filter_fields]
     counted = [layer for layer in filtered if layer.counts]
     if filtered:

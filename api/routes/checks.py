@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from api.auth import rule
 from api.deps import SessionsDep
 from api.work import heavy, lane
-from layers import hierarchy
+from layers import hierarchy, problems
 from layers.checks import RULES, checks_context, findings_geojson, run_checks
 from spatial.db import query_canceller
 from spatial.errors import InvalidInput
@@ -68,17 +68,30 @@ async def checks(
     chosen = [r.strip() for r in rules.split(",") if r.strip()] if rules else None
     day = as_of or dt.date.today()
 
-    def check(token: CancelToken) -> list[Any]:
+    def check(token: CancelToken) -> tuple[list[Any], dict[str, tuple[str, str]]]:
         with sessions() as session, token.hook(query_canceller(session)):
-            return run_checks(session, scope=scope, rules=chosen, as_of=day, tolerance=tolerance)
+            found = run_checks(session, scope=scope, rules=chosen, as_of=day, tolerance=tolerance)
+            return found, problems.registered(session, [f.id for f in found])  # "已登记" beside each
 
-    async def job(token: CancelToken) -> list[Any]:
+    async def job(token: CancelToken) -> tuple[list[Any], dict[str, tuple[str, str]]]:
         return await lane(request, "checks").run(check, token)
 
-    found = await heavy(request, "checks", job)
+    found, registered = await heavy(request, "checks", job)
     if format == "geojson":
-        return Response(orjson.dumps(findings_geojson(found)), media_type="application/geo+json")
-    return Response(orjson.dumps(report(found, scope, day, tolerance)), media_type="application/json")
+        collection = findings_geojson(found)
+        for feature in collection["features"]:
+            feature["properties"]["registered"] = _registered(registered, feature["id"])
+        return Response(orjson.dumps(collection), media_type="application/geo+json")
+    body = report(found, scope, day, tolerance)
+    for finding in body["findings"]:
+        finding["registered"] = _registered(registered, finding["id"])
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _registered(registered: dict[str, tuple[str, str]], finding_id: str) -> dict[str, str] | None:
+    """Return the problem a finding is registered as ({number, status}), or None."""
+    found = registered.get(finding_id)
+    return None if found is None else {"number": found[0], "status": found[1]}
 
 
 @router.get(

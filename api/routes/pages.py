@@ -15,6 +15,7 @@ from layers.scopes import scope_choices
 from web import assets
 from web.checks import build_checks_page
 from web.maps import Basemap, LayerView, build_map_page
+from web.problems import build_problems_page, build_report_page
 from web.uploads import build_upload_page
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -59,6 +60,18 @@ def checks_page(request: Request, session: SessionDep) -> HTMLResponse:
     """Return the checks page: pick a street, community or grid; findings listed and drawn."""
     title = request.app.state.settings.site_title
     return _page(request, build_checks_page(scope_choices(session), title=title))
+
+
+@router.get("/report", response_class=HTMLResponse, **rule("page"))
+def report_page(request: Request) -> HTMLResponse:
+    """Return the phone page for reporting a problem (photo, location; kept until sent)."""
+    return _page(request, build_report_page(title=request.app.state.settings.site_title))
+
+
+@router.get("/problems", response_class=HTMLResponse, **rule("page"))
+def problems_page(request: Request) -> HTMLResponse:
+    """Return the problem ledger: counts per community, the list, one problem's log and actions."""
+    return _page(request, build_problems_page(title=request.app.state.settings.site_title))
 
 
 @router.get("/docs", response_class=HTMLResponse, **rule("public"))

@@ -213,7 +213,36 @@
       }
     }
 
-    function findingRow(p, bounds) {
+    /* "登记问题" (register the finding as a problem of the ledger) or "已登记" with its number and status. */
+    function problemSlot(p, feature) {
+      var slot = el("div", "guatu-finding-problem");
+      function shown(reg) {
+        slot.textContent = "";
+        var tag = el("a", "guatu-link guatu-registered", "已登记 Registered " + reg.number + " · " + reg.status);
+        tag.href = "/problems";
+        slot.appendChild(tag);
+      }
+      if (p.registered) { shown(p.registered); return slot; }
+      var add = el("button", "guatu-secondary guatu-register-problem", "登记问题 Register a problem");
+      add.type = "button";
+      add.addEventListener("click", function (e) {
+        e.stopPropagation();
+        add.disabled = true;
+        var body = {type: "边界问题", source: "边界检查", description: p.message_zh + "（" + p.codes.join("、") + "）",
+                    finding_id: p.id, finding_geometry: feature.geometry};
+        fetch(opts.api + "/problems", {method: "POST", body: JSON.stringify(body), credentials: "same-origin",
+                                       headers: guatuDom.csrfHeaders({"Content-Type": "application/json"})})
+          .then(function (r) { return r.json().then(function (d) { return {ok: r.ok, data: d}; }); })
+          .then(function (out) {
+            if (out.ok) shown({number: out.data.number, status: out.data.status});
+            else { add.disabled = false; slot.appendChild(el("div", "guatu-bad", out.data.message)); }
+          });
+      });
+      slot.appendChild(add);
+      return slot;
+    }
+
+    function findingRow(p, bounds, feature) {
       var row = el("div", "guatu-finding guatu-" + p.severity);
       row.dataset.id = p.id;
       row.appendChild(el("div", "guatu-finding-head", (RULES[p.rule] || p.rule) +
@@ -227,6 +256,7 @@
         go.addEventListener("click", function (e) { e.stopPropagation(); });
         row.appendChild(go);
       }
+      row.appendChild(problemSlot(p, feature));
       row.addEventListener("click", function () { highlight(p.id); });
       return row;
     }
@@ -331,7 +361,7 @@
                 shape.bindTooltip(text((RULES[p.rule] || p.rule) + (p.area_m2 != null ? " " + p.area_m2.toFixed(2) + " m²" : "")));
                 found.addLayer(shape);
                 shapes[p.id] = shape;
-                list.appendChild(findingRow(p, shape.getBounds()));
+                list.appendChild(findingRow(p, shape.getBounds(), f));
               });
               var all = L.featureGroup([units, involved, found]);
               if (all.getLayers().length) fit(all.getBounds(), MAX_ZOOM);
