@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from layers import campaign, contracts, hierarchy
+from layers import campaign, contracts, hierarchy, problems
+from layers.settings import layer_settings
 from layers.stats import Filter, statistics
 
 
@@ -101,12 +102,31 @@ def rent(session: Session, today: dt.date) -> dict[str, Any]:
     return {**contracts.summary(session, today), "months": months}
 
 
+LIGHT_COLOURS = {"red": "#dc2626", "yellow": "#f59e0b", "green": "#16a34a", "grey": "#9ca3af"}
+"""How a problem's overdue light is printed."""
+
+
+def problem_figures(session: Session, today: dt.date) -> dict[str, Any]:
+    """Return the problem ledger's counts (open, overdue, closed this month) and those closed in each last month."""
+    starts = campaign.month_starts(today)
+    closed_at = problems.LedgerProblem.closed_at
+    month = func.to_char(func.timezone(layer_settings().timezone, closed_at), "YYYY-MM")
+    closed: dict[str, Any] = dict(
+        session.execute(
+            select(month, func.count()).where(closed_at.is_not(None), closed_at >= starts[0]).group_by(month)
+        ).all()
+    )
+    months = [{"month": m, "closed": int(closed.get(m, 0))} for m in (d.strftime("%Y-%m") for d in starts)]
+    return {**problems.counts(session, today), "months": months}
+
+
 def figures(session: Session, area: str | None, today: dt.date) -> dict[str, Any]:
     """Return every figure of the cockpit for the actor's AREA as of TODAY (their own rows only, by RLS)."""
     level = ranking_level(area)
     results = campaign.results_by_month(session, today)
     return {
         "rent": rent(session, today),
+        "problems": problem_figures(session, today),
         "today": today.isoformat(),
         "area": area,
         "assets": assets(session),
@@ -120,7 +140,7 @@ def figures(session: Session, area: str | None, today: dt.date) -> dict[str, Any
 
 
 def print_tables(session: Session, scope: str | None) -> list[dict[str, Any]]:
-    """Return the tables a wall map of SCOPE may carry beside it: the assets' figures and progress per unit.
+    """Return the tables a wall map of SCOPE may carry beside it: the assets' figures, progress per unit, open problems.
 
     Plain text, ready to set: each a title, a header, rows (and a share of the width per column).
     """
@@ -147,6 +167,14 @@ def print_tables(session: Session, scope: str | None) -> list[dict[str, Any]]:
         for row in progress["rows"]
         if row["code"] is not None
     )
+    listed = problems.open_list(session, scope, limit=40)
+    open_problems = {
+        "title": "待办问题 Open problems",
+        "header": ("编号", "类型", "问题", "期限", "状态"),
+        "rows": tuple((p["number"], p["type"], p["description"], p["deadline"] or "—", p["status"]) for p in listed),
+        "marks": tuple(LIGHT_COLOURS.get(p["light"]) for p in listed),
+        "widths": (0.22, 0.14, 0.34, 0.16, 0.14),
+    }
     return [
         {
             "title": "统计表 Statistics",
@@ -160,4 +188,5 @@ def print_tables(session: Session, scope: str | None) -> list[dict[str, Any]]:
             "rows": unit_rows,
             "widths": (0.28, 0.12, 0.12, 0.12, 0.12, 0.12, 0.12),
         },
+        open_problems,
     ]

@@ -168,3 +168,24 @@ def test_every_asset_layer_declares_a_valid_example_for_its_template() -> None:
         for rule in layer.cross_rules:
             assert rule(dict(layer.example)) is None, (layer.id, rule(dict(layer.example)))
     assert all(REGISTRY[i].example for i in LAYERS)
+
+
+def test_the_cockpit_counts_the_problems_and_the_wall_map_lists_them(demo_client: TestClient, tmp_path: Any) -> None:
+    from shapely.geometry import shape
+
+    from tests.test_print import pdf_text
+
+    before = demo_client.get("/api/cockpit").json()["problems"]
+    feature = demo_client.get("/api/layers/parcels/features", params={"limit": 1}).json()["features"][0]
+    spot = shape(feature["geometry"]).representative_point()
+    body = {"type": "环境卫生", "description": "驾驶舱测试问题", "lon": spot.x, "lat": spot.y}
+    made = demo_client.post("/api/problems", json=body)
+    assert made.status_code == 201, made.text
+    after = demo_client.get("/api/cockpit").json()["problems"]
+    assert (after["open"], after["total"]) == (before["open"] + 1, before["total"] + 1)
+    assert len(after["months"]) == 12
+    scope = feature["properties"]["community_code"]
+    printed = demo_client.get("/api/print", params={"scope": scope, "size": "A3", "figures": "true"})
+    assert printed.status_code == 200
+    words = pdf_text(printed.content, tmp_path)
+    assert "待办问题" in words and made.json()["number"] in words

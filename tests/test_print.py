@@ -389,7 +389,11 @@ def test_a_wall_map_at_a_numeric_scale_with_parcel_numbers_and_figures_beside_it
     printed, label, frame, tables = _gather(
         lambda: nullcontext(session), CancelToken(), COMMUNITY, None, chosen, {}, dt.date(2026, 1, 5), True
     )
-    assert [t.title for t in tables][:2] == ["统计表 Statistics", "各网格工作进度 Campaign progress per grid"]
+    assert [t.title for t in tables] == [
+        "统计表 Statistics",
+        "各网格工作进度 Campaign progress per grid",
+        "待办问题 Open problems",
+    ]
     parcels = next(p for p in printed if p.layer_id == "parcels")
     numbers = {str(props["code"])[-5:] for _, props in parcels.features}
     for at, numbered in ((2000, True), (50000, False)):

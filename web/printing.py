@@ -360,6 +360,22 @@ def _extent(
     return denominator, (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
 
 
+def _fit(text: str, room: int) -> str:
+    """Return TEXT cut to ROOM half-width characters (a Chinese character takes two), an ellipsis marking a cut.
+
+    Examples
+    --------
+    >>> _fit("WT-2026-000001", 22), _fit("驾驶舱测试问题说明", 10)
+    ('WT-2026-000001', '驾驶舱测…')
+    """
+    used = 0
+    for i, c in enumerate(text):
+        used += 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+        if used > room:
+            return text[: max(i - 1, 0)] + "…" if i else "…"
+    return text
+
+
 def _draw_tables(fig: Figure, tables: Sequence[SideTable], scale: float) -> Any:
     """Set TABLES one under the other beside the map; rows that do not fit are left out, and that is said."""
     side = fig.add_axes(TABLES_BOX)
@@ -394,9 +410,7 @@ def _draw_tables(fig: Figure, tables: Sequence[SideTable], scale: float) -> Any:
                     [0.012], [top - step * 0.35], marker="o", markersize=3.5 * scale, color=mark, linestyle="none"
                 )
             for x, cell, w in zip(starts, row, widths, strict=True):
-                text = _plain(cell)
-                room = max(2, int(w * 40))  # characters a column holds at this size
-                text = text if len(text) <= room else text[: room - 1] + "…"
+                text = _fit(_plain(cell), max(4, int(w * 100)))  # half-width characters a column holds
                 side.text(x + 0.03, top, text, fontsize=6.5 * scale, fontproperties=_font(), va="top")
             top -= step
         top -= step * 0.6
