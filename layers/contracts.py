@@ -47,6 +47,7 @@ from layers import hierarchy, rent
 from layers.access import ROLES, Actor, area_fields, area_of, sees_personal_sql, taken_function
 from layers.base import REGISTRY, Layer, as_shown_masked, looks_masked_text, mask_text
 from layers.settings import layer_settings
+from layers.workbook import Column, Table
 from spatial.db import Base
 from spatial.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed, Problem, Where
 from spatial.geometry import STORAGE_SRID
@@ -803,3 +804,163 @@ def by_unit(session: Session, as_of: dt.date) -> list[dict[str, Any]]:
         {k: u.get(k, 0) for k in ("code", "name", "receivable", "received", "arrears", "contracts", "overdue")}
         for u in report(session, as_of)["units"]
     ]
+
+
+# --- the ledger: filtered, each contract's schedule, and its Excel export ------------------
+
+
+def listed(
+    session: Session,
+    as_of: dt.date,
+    *,
+    scope: str | None = None,
+    status: str | None = None,
+    warning: str | None = None,
+) -> list[dict[str, Any]]:
+    """Return the contracts the stated actor sees in SCOPE on AS_OF, kept to STATUS and WARNING when given."""
+    return [
+        r
+        for r in load(session, as_of, scope=scope)
+        if (status is None or r["position"].status == status) and (warning is None or warning in r["position"].codes)
+    ]
+
+
+def schedule_of(row: dict[str, Any], as_of: dt.date) -> list[dict[str, Any]]:
+    """Return the instalments of a loaded contract: due date, period, amount, paid and still owing by AS_OF."""
+    payments = [(p["paid_on"], p["amount"]) for p in row["payments"]]
+    return [
+        {
+            "due": i.due.isoformat(),
+            "start": i.start.isoformat(),
+            "end": i.end.isoformat(),
+            "amount": float(i.amount),
+            "partial": i.partial,
+            "paid": float(paid),
+            "owing": float(left),
+            "overdue": bool(left) and i.due < as_of,
+        }
+        for i, paid, left in rent.owing(rent.Terms.of(row), payments, as_of)
+    ]
+
+
+def _assets_words(assets: list[dict[str, str]]) -> str:
+    named = {lay.id: lay.zh for lay in let_layers()}
+    return "；".join(f"{named.get(a['layer'], a['layer'])} {a['code']}" for a in assets)
+
+
+CONTRACT_COLUMNS = (
+    Column("合同编号", "number", "code"),
+    Column("合同名称", "title", "text"),
+    Column("出租方", "lessor", "text"),
+    Column("承租方", "lessee", "text"),
+    Column("承租方证件号码", "lessee ID", "code"),
+    Column("标的", "assets", "text"),
+    Column("所在社区/村代码", "community code", "code"),
+    Column("交易方式", "trade mode", "text"),
+    Column("签订日期", "signed on", "date"),
+    Column("起始日期", "start", "date"),
+    Column("终止日期", "end", "date"),
+    Column("提前解除日期", "terminated on", "date"),
+    Column("租金", "rent", "money"),
+    Column("租金单位", "rent unit", "text"),
+    Column("缴费周期", "cycle", "text"),
+    Column("年租金(元)", "annual rent", "money"),
+    Column("合同总额(元)", "total rent", "money"),
+    Column("应收(元)", "receivable", "money"),
+    Column("实收(元)", "received", "money"),
+    Column("欠缴(元)", "arrears", "money"),
+    Column("预收(元)", "credit", "money"),
+    Column("逾期天数", "days overdue", "int"),
+    Column("最近收款日期", "last payment", "date"),
+    Column("状态", "status", "text"),
+    Column("预警", "warnings", "text"),
+    Column("保证金(元)", "deposit", "money"),
+    Column("四议两公开决议", "resolution", "text"),
+    Column("备注", "note", "text"),
+)
+PAYMENT_COLUMNS = (
+    Column("合同编号", "contract number", "code"),
+    Column("收款日期", "paid on", "date"),
+    Column("金额(元)", "amount", "money"),
+    Column("备注", "note", "text"),
+    Column("登记人", "recorded by", "text"),
+    Column("登记时间", "recorded at", "datetime"),
+)
+
+
+def _contract_cells(r: dict[str, Any]) -> list[Any]:
+    p: rent.Position = r["position"]
+    return [
+        r["number"],
+        r["title"],
+        r["lessor"],
+        r["lessee_name"],
+        r["lessee_id"],
+        _assets_words(r["assets"]),
+        r["area_code"],
+        r["trade_mode"],
+        r["signed_on"],
+        r["start_date"],
+        r["end_date"],
+        r["terminated_on"],
+        r["rent"],
+        r["rent_unit"],
+        r["cycle"],
+        p.annual_rent,
+        p.total,
+        p.receivable,
+        p.received,
+        p.arrears,
+        p.credit,
+        p.days_overdue,
+        p.last_payment,
+        p.status,
+        "、".join(w.zh for w in p.warnings),
+        r["deposit"],
+        r["deliberation_ref"],
+        r["note"],
+    ]
+
+
+def export(
+    session: Session,
+    as_of: dt.date,
+    *,
+    scope: str | None = None,
+    status: str | None = None,
+    warning: str | None = None,
+) -> tuple[list[Table], list[tuple[str, str]], list[int]]:
+    """Return the export's sheets (合同, 收款), the cover's lines, and the ids of the contracts in it.
+
+    The lessee is as :func:`load` gives it: masked unless the stated role sees personal values.
+    Payments are those made by AS_OF, as the figures count them.
+    """
+    rows = listed(session, as_of, scope=scope, status=status, warning=warning)
+    payments = [
+        [r["number"], p["paid_on"], p["amount"], p["note"], p["recorded_by"], p["recorded_at"]]
+        for r in rows
+        for p in r["payments"]
+        if p["paid_on"] <= as_of
+    ]
+    sheets = [
+        Table("合同", CONTRACT_COLUMNS, [_contract_cells(r) for r in rows]),
+        Table("收款", PAYMENT_COLUMNS, payments),
+    ]
+    said = [f"状态 {status}" if status else "", f"预警 {rent.WARNINGS[warning][0]}" if warning else ""]
+    said.append(f"范围 {scope}" if scope else "")
+    totals = {
+        k: sum((getattr(r["position"], k) for r in rows), Decimal(0)) for k in ("receivable", "received", "arrears")
+    }
+    about = [
+        ("截至日期 as of", as_of.isoformat()),
+        ("筛选 filter", "；".join(s for s in said if s) or "全部 all"),
+        ("合同数 contracts", str(len(rows))),
+        ("收款笔数 payments", f"{len(payments)}（截至日期前 made by the date）"),
+        ("应收 receivable", f"{totals['receivable']:.2f} 元"),
+        ("实收 received", f"{totals['received']:.2f} 元"),
+        ("欠缴 arrears", f"{totals['arrears']:.2f} 元"),
+    ]
+    for code, (zh, _) in rent.WARNINGS.items():
+        if code != "no_contract":
+            about.append((f"预警 {zh}", str(sum(code in r["position"].codes for r in rows))))
+    return sheets, about, [r["id"] for r in rows]

@@ -55,6 +55,7 @@ from geoalchemy2 import Geometry
 from layers import access, archive, hierarchy
 from layers.access import ADMIN, SETTING_USER, Actor
 from layers.base import REGISTRY
+from layers.workbook import Column, Table
 from spatial.db import Base
 from spatial.errors import Conflict, Forbidden, InvalidInput, NotFound, Problem, Where
 from spatial.geometry import STORAGE_SRID
@@ -1073,3 +1074,90 @@ def registered(session: Session, finding_ids: list[str]) -> dict[str, tuple[str,
         .order_by(case((LedgerProblem.state == CLOSED, 0), else_=1), LedgerProblem.id)
     ).all()
     return {str(r.finding_id): (str(r.number), str(r.state)) for r in rows}
+
+
+# ----------------------------------------------------------------------------------------- Excel export
+
+PROBLEM_COLUMNS = (
+    Column("编号", "number", "code"),
+    Column("来源", "source"),
+    Column("类型", "type"),
+    Column("描述", "description"),
+    Column("所在网格/社区编码", "area code", "code"),
+    Column("责任单位", "responsible unit"),
+    Column("责任人", "responsible person"),
+    Column("整改期限", "deadline", "date"),
+    Column("状态", "status"),
+    Column("亮灯", "light"),
+    Column("登记人", "reporter"),
+    Column("登记时间", "created at", "datetime"),
+    Column("销号时间", "closed at", "datetime"),
+)
+LOG_COLUMNS = (
+    Column("编号", "number", "code"),
+    Column("动作", "action"),
+    Column("原状态", "from"),
+    Column("新状态", "to"),
+    Column("操作人", "who"),
+    Column("时间", "when", "datetime"),
+    Column("说明", "note"),
+)
+
+
+def export(
+    session: Session,
+    *,
+    status: str | None = None,
+    overdue: bool | None = None,
+    scope: str | None = None,
+    today: dt.date | None = None,
+) -> tuple[list[Table], list[tuple[str, str]]]:
+    """Return the problems the stated actor sees (filtered) as sheets 问题台账 and 流转记录, and the cover's lines."""
+    today = today or _today()
+    where = _filtered(status, overdue, None, scope, today)
+    rows = session.execute(select(*_columns()).where(*where).order_by(LedgerProblem.id)).all()
+    warn = warn_days()
+    problems = [
+        [
+            r.number,
+            r.source,
+            r.type,
+            r.description,
+            r.area,
+            r.unit,
+            r.assignee,
+            r.deadline,
+            r.state,
+            LIGHTS_ZH[light(r.state, r.deadline, today, warn)],
+            r.reporter,
+            r.created_at,
+            r.closed_at,
+        ]
+        for r in rows
+    ]
+    numbers = {r.id: r.number for r in rows}
+    log = []
+    if numbers:
+        events = session.execute(
+            select(ProblemEvent)
+            .where(ProblemEvent.problem_id.in_(list(numbers)))
+            .order_by(ProblemEvent.problem_id, ProblemEvent.id)
+        ).scalars()
+        log = [[numbers[e.problem_id], e.action, e.from_state, e.to_state, e.actor, e.at, e.note] for e in events]
+    said = []
+    if status:
+        said.append("状态 未销号 open" if status == "open" else f"状态 {status}")
+    if overdue is not None:
+        said.append("逾期 overdue" if overdue else "未逾期 not overdue")
+    if scope:
+        said.append(f"范围 {scope}")
+    lights = [p[9] for p in problems]
+    about = [
+        ("日期 on", today.isoformat()),
+        ("筛选 filter", "；".join(said) or "全部 all"),
+        ("问题数 problems", str(len(problems))),
+        ("流转记录 transitions", str(len(log))),
+    ]
+    about += [(f"亮灯 {zh}", str(lights.count(zh))) for zh in LIGHTS_ZH.values()]
+    sheets = [Table("问题台账", PROBLEM_COLUMNS, problems), Table("流转记录", LOG_COLUMNS, log)]
+    return sheets, about

@@ -338,3 +338,27 @@ def asset_light(let: bool, positions: Iterable[Position]) -> tuple[str, tuple[st
     if any(c in YELLOW_WARNINGS for c in codes):
         return YELLOW, tuple(codes)
     return (GREEN if live else NONE), tuple(codes)
+
+
+def owing(
+    terms: Terms, payments: Iterable[tuple[dt.date, Decimal]], as_of: dt.date
+) -> list[tuple[Instalment, Decimal, Decimal]]:
+    """Return each instalment with what the payments made by AS_OF paid of it and what it still owes.
+
+    Payments pay the oldest instalment first (as in :func:`position`); an instalment not yet
+    due may be paid in advance by a surplus. Owing is never negative.
+
+    Examples
+    --------
+    >>> t = Terms(dt.date(2024, 1, 1), dt.date(2024, 12, 31), Decimal(1200), "元/年", "半年")
+    >>> [(i.due.isoformat(), str(paid), str(left)) for i, paid, left in owing(t, [(dt.date(2024, 1, 5), Decimal(800))],
+    ...     dt.date(2024, 7, 1))]
+    [('2024-01-01', '600.00', '0.00'), ('2024-07-01', '200.00', '400.00')]
+    """
+    left = sum((Decimal(amount) for day, amount in payments if day <= as_of), Decimal(0))
+    out = []
+    for instalment in schedule(terms):
+        paid = min(left, instalment.amount)
+        left -= paid
+        out.append((instalment, paid, instalment.amount - paid))
+    return out

@@ -268,20 +268,8 @@ def write_export(
     batch, never the ledger. The caller deletes the file once sent.
     """
     count_rows(session, sheets)
-    now = now or dt.datetime.now(dt.UTC)
     wb = Workbook(write_only=True)
-    cover = wb.create_sheet(COVER)
-    cover.column_dimensions["A"].width = 18
-    cover.column_dimensions["B"].width = 60
-    who = f"{actor.username}（{actor.role}）" if actor is not None else "—"
-    cover.append([_cell(cover, title, font=Font(bold=True, size=14))])
-    cover.append(["导出人 exported by", who])
-    cover.append(
-        ["导出时间 exported at", now.astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%Y-%m-%d %H:%M")]
-    )
-    cover.append(
-        ["个人信息 personal", "完整显示 shown in full" if actor and actor.sees_personal() else "已打码 masked"]
-    )
+    cover = _cover(wb, actor, title, now)
     written = {}
     shown_full = {}
     for sheet in sheets:
@@ -294,6 +282,29 @@ def write_export(
     cover.append(
         ["更新导入 update", "改动后可按编码更新导入；系统编号、版本、面积列只读 (edit and import back by code)"]
     )
+    return Exported(_save(wb), written, shown_full)  # the rows as written: the count only held it to its cap
+
+
+def _cover(wb: Any, actor: Actor | None, title: str, now: dt.datetime | None) -> Any:
+    """Start the cover sheet 说明 of an export: the title, who exported it, when, whether personal values show."""
+    now = now or dt.datetime.now(dt.UTC)
+    cover = wb.create_sheet(COVER)
+    cover.column_dimensions["A"].width = 18
+    cover.column_dimensions["B"].width = 60
+    who = f"{actor.username}（{actor.role}）" if actor is not None else "—"
+    cover.append([_cell(cover, title, font=Font(bold=True, size=14))])
+    cover.append(["导出人 exported by", who])
+    cover.append(
+        ["导出时间 exported at", now.astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%Y-%m-%d %H:%M")]
+    )
+    cover.append(
+        ["个人信息 personal", "完整显示 shown in full" if actor and actor.sees_personal() else "已打码 masked"]
+    )
+    return cover
+
+
+def _save(wb: Any) -> Path:
+    """Save WB into a temporary XLSX file (the caller deletes it once sent); return its path."""
     fd, name = tempfile.mkstemp(prefix="guatu-export-", suffix=".xlsx")
     os.close(fd)
     try:
@@ -301,7 +312,91 @@ def write_export(
     except BaseException:
         os.unlink(name)
         raise
-    return Exported(Path(name), written, shown_full)  # the rows as written: the count only held it to its cap
+    return Path(name)
+
+
+# ---------------------------------------------------------------- ledgers that are not layers
+
+ColumnKind = Literal["text", "code", "date", "datetime", "money", "int"]
+FORMATS: dict[str, str | None] = {
+    "text": None,
+    "code": "@",
+    "date": "yyyy-mm-dd",
+    "datetime": "yyyy-mm-dd hh:mm",
+    "money": "#,##0.00",
+    "int": "0",
+}
+"""The number format of each kind of column: codes as text, money with two decimals, dates as dates."""
+WIDTHS = {"text": 24, "code": 22, "date": 12, "datetime": 17, "money": 14, "int": 10}
+CHINA = dt.timezone(dt.timedelta(hours=8))
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a ledger table: its Chinese and English headers and its kind (how cells are written)."""
+
+    zh: str
+    en: str
+    kind: ColumnKind = "text"
+
+
+@dataclass
+class Table:
+    """A sheet of a ledger that is not a layer (contracts, payments, problems, their log): columns and rows."""
+
+    name: str
+    columns: Sequence[Column]
+    rows: Iterable[Sequence[Any]]
+
+
+def _table_cell(ws: Any, column: Column, value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if column.kind == "datetime" and isinstance(value, dt.datetime):
+        value = value.astimezone(CHINA).replace(tzinfo=None)  # Excel has no time zones: shown in Beijing time
+    elif column.kind == "money":
+        value = round(float(value), 2)
+    elif column.kind in ("code", "text"):
+        value = str(value)
+    return _cell(ws, value, FORMATS[column.kind])
+
+
+def write_tables(
+    tables: Sequence[Table],
+    actor: Actor | None,
+    *,
+    title: str,
+    about: Sequence[tuple[str, str]] = (),
+    now: dt.datetime | None = None,
+) -> Exported:
+    """Write TABLES after a cover sheet (who, when, then ABOUT's lines and each sheet's rows); return the file.
+
+    As :func:`write_export`, for ledgers that are not map layers: headers in Chinese with the
+    English below, frozen, filtered; each cell written by its column's kind.
+    """
+    wb = Workbook(write_only=True)
+    cover = _cover(wb, actor, title, now)
+    for label, value in about:
+        cover.append([label, value])
+    counts: dict[str, int] = {}
+    for table in tables:
+        ws = wb.create_sheet(table.name)
+        for n, column in enumerate(table.columns, start=1):
+            ws.column_dimensions[get_column_letter(n)].width = max(WIDTHS[column.kind], len(column.zh) * 2 + 2)
+        ws.freeze_panes = "A3"
+        ws.auto_filter.ref = f"A2:{get_column_letter(len(table.columns))}2"
+        ws.append([_cell(ws, c.zh, font=BOLD) for c in table.columns])
+        ws.append([_cell(ws, c.en, font=EXAMPLE_FONT) for c in table.columns])
+        rows = 0
+        for row in table.rows:
+            ws.append([_table_cell(ws, c, v) for c, v in zip(table.columns, row, strict=True)])
+            rows += 1
+        counts[table.name] = rows
+    cover.append([])
+    cover.append([_cell(cover, h, font=BOLD) for h in ("工作表 sheet", "行数 rows")])
+    for name, rows in counts.items():
+        cover.append([name, rows])
+    return Exported(_save(wb), counts)
 
 
 def _write_sheet(session: Session, wb: Any, sheet: Sheet, actor: Actor | None) -> tuple[list[int], int]:

@@ -6,11 +6,12 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from api.auth import ActorDep, SignedInDep, rule
-from api.deps import SessionDep
+from api.deps import SessionDep, SessionsDep
+from api.routes.workbooks import Built, send_tables
 from layers import contracts, rent
 from layers.access import Actor
 from layers.accounts import log_personal
@@ -72,12 +73,7 @@ def list_contracts(
     _one_of(status, rent.STATUSES, "status")
     _one_of(warning, tuple(c for c in rent.WARNINGS if c != "no_contract"), "warning")  # an asset's, not a contract's
     day = _today(as_of)
-    rows = contracts.load(session, day, scope=scope)
-    rows = [
-        r
-        for r in rows
-        if (status is None or r["position"].status == status) and (warning is None or warning in r["position"].codes)
-    ]
+    rows = contracts.listed(session, day, scope=scope, status=status, warning=warning)
     page = rows[offset : offset + limit]
     _log_shown(session, actor, [r["id"] for r in page], request.url.path)
     return {"as_of": day.isoformat(), "total": len(rows), "contracts": [contracts.public(r) for r in page]}
@@ -135,14 +131,54 @@ def contract_assets(
     return {"layer": found.id, "as_of": day.isoformat(), "lights": lights}
 
 
+@router.get(
+    "/export.xlsx",
+    summary="导出合同台账 Export the contracts as XLSX",
+    response_class=Response,
+    **rule("user"),
+)
+async def export_contracts(
+    sessions: SessionsDep,
+    actor: ActorDep,
+    request: Request,
+    as_of: AsOf = None,
+    scope: Scope = None,
+    status: Annotated[str | None, Query(description="履行中 / 即将到期 / 已到期 / 已终止 / 纠纷")] = None,
+    warning: Annotated[str | None, Query(description="expiring_soon, overdue, rent_below_floor, term_too_long")] = None,
+) -> Response:
+    """Return the contracts in the user's area kept by the filter, with their figures on AS_OF, and their payments.
+
+    Sheets: 说明 (who, when, the date, the filter, counts and totals), 合同 (one row per
+    contract), 收款 (the payments made by AS_OF). The lessee is masked unless the role sees
+    personal values (a full showing is logged).
+    """
+    _one_of(status, rent.STATUSES, "status")
+    _one_of(warning, tuple(c for c in rent.WARNINGS if c != "no_contract"), "warning")
+    day = _today(as_of)
+    route = request.url.path
+
+    def build(session: Session) -> Built:
+        tables, about, ids = contracts.export(session, day, scope=scope, status=status, warning=warning)
+        if actor is not None and ids and actor.sees_personal():
+            log_personal(session, actor, contracts.CONTRACTS, ids, list(contracts.PERSONAL), route)
+        return tables, about
+
+    return await send_tables(request, sessions, actor, "合同台账", build)
+
+
 @router.get("/{cid}", summary="读取合同 Read a contract", **rule("user"))
 def get_contract(
     session: SessionDep, cid: ContractId, actor: ActorDep, request: Request, as_of: AsOf = None
 ) -> JSONResponse:
-    """Return a contract with its assets, payments and position; its ETag is its version."""
-    found = contracts.get(session, cid, _today(as_of))
+    """Return a contract with its assets, payments, position and schedule (each instalment paid and owing on AS_OF).
+
+    Its ETag is its version.
+    """
+    day = _today(as_of)
+    found = contracts.get(session, cid, day)
     _log_shown(session, actor, [cid], request.url.path)
-    return _answer(found)
+    body = contracts.public(found) | {"schedule": contracts.schedule_of(found, day)}
+    return JSONResponse(body, headers={"ETag": f'"{found["version"]}"'})
 
 
 @router.put("/{cid}", summary="修改合同 Replace a contract (every field)", **rule("contracts"))

@@ -9,10 +9,12 @@ import orjson
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import SignedInDep, rule
-from api.deps import SessionDep
+from api.auth import ActorDep, SignedInDep, rule
+from api.deps import SessionDep, SessionsDep
+from api.routes.workbooks import Built, send_tables
 from layers import hierarchy, problems
 from layers.features import parse_bbox
 from spatial.errors import InvalidInput, TooLarge
@@ -195,6 +197,32 @@ def read_photo(session: SessionDep, sha: Annotated[str, Path(pattern=SHA)]) -> R
     """Return a photo to whoever may see a problem it belongs to (or who sent it)."""
     body, kind = problems.photo(session, sha)
     return Response(body, media_type=kind, headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.get(
+    "/api/problems/export.xlsx",
+    summary="导出问题台账 Export the problem ledger as XLSX",
+    response_class=Response,
+    **rule("user"),
+)
+async def export_problems(
+    sessions: SessionsDep,
+    actor: ActorDep,
+    request: Request,
+    status: Annotated[
+        str | None, Query(max_length=8, description="open, or one of " + "、".join(problems.STATES))
+    ] = None,
+    overdue: bool | None = None,
+    scope: Annotated[str | None, Query(pattern=SCOPE_PATTERN)] = None,
+) -> Response:
+    """Return the problems in the user's area kept by the filter: sheets 说明, 问题台账 (lights) and 流转记录 (log)."""
+    if status and status != "open" and status not in problems.STATES:
+        raise InvalidInput.one("status_invalid", "状态不在列表中", "unknown status", field="status")
+
+    def build(session: Session) -> Built:
+        return problems.export(session, status=status, overdue=overdue, scope=scope)
+
+    return await send_tables(request, sessions, actor, "问题台账", build)
 
 
 @router.get("/api/problems/{pid}", summary="问题详情 A problem and its log", **rule("user"))

@@ -29,7 +29,7 @@ from layers.access import Actor, personal_fields
 from layers.accounts import log_personal
 from layers.features import layer_or_404, parse_bbox
 from layers.stats import Filter, filter_conditions
-from layers.workbook import Exported, Sheet, write_export, write_template
+from layers.workbook import Exported, Sheet, Table, write_export, write_tables, write_template
 from spatial.db import query_canceller
 from spatial.work import CancelToken
 
@@ -76,6 +76,46 @@ async def _send(request: Request, sessions: SessionsDep, actor: Actor | None, sh
         done.path,
         media_type=XLSX,
         headers=_attachment(filename),
+        background=BackgroundTask(os.unlink, Path(done.path)),
+    )
+
+
+Built = tuple[list[Table], list[tuple[str, str]]]
+
+
+def _tables(
+    sessions: Callable[[], AbstractContextManager[Session]],
+    token: CancelToken,
+    build: Callable[[Session], Built],
+    actor: Actor | None,
+    title: str,
+) -> Exported:
+    """Build and write a ledger that is not a layer in a lane thread (BUILD may log who was shown what)."""
+    with sessions() as session, token.hook(query_canceller(session)):
+        tables, about = build(session)
+        done = write_tables(tables, actor, title=title, about=about)
+        session.commit()
+    return done
+
+
+async def send_tables(
+    request: Request,
+    sessions: SessionsDep,
+    actor: Actor | None,
+    name: str,
+    build: Callable[[Session], Built],
+) -> Response:
+    """Answer the workbook BUILD gives (its sheets and cover lines), written in the exports lane, off the event loop."""
+    title = f"{request.app.state.settings.site_title} {name}导出"
+
+    async def job(token: CancelToken) -> Exported:
+        return await lane(request, "exports").run(_tables, sessions, token, build, actor, title)
+
+    done = await heavy(request, "exports", job)
+    return FileResponse(
+        done.path,
+        media_type=XLSX,
+        headers=_attachment(f"{name}-{dt.date.today().isoformat()}.xlsx"),
         background=BackgroundTask(os.unlink, Path(done.path)),
     )
 
