@@ -93,7 +93,7 @@ def me_json(actor: Actor) -> dict[str, Any]:
             "area": actor.area,
             "area_level": area_level.label() if area_level else ("全部" if actor.is_admin else None),
         },
-        "may": {"upload": role.uploads, "checks": role.checks, "print": role.prints},
+        "may": {"upload": role.uploads, "checks": role.checks, "print": role.prints, "contracts": role.contracts},
         "layers": {
             layer.id: {"read": True, "edit": actor.may_edit(layer), "personal": actor.sees_personal()}
             for layer in sorted(REGISTRY.values(), key=lambda x: x.order)

@@ -14,6 +14,7 @@ from layers.features import layer_summary
 from layers.scopes import scope_choices
 from web import assets
 from web.checks import build_checks_page
+from web.contracts import build_contracts_page
 from web.maps import Basemap, LayerView, build_map_page
 from web.problems import build_problems_page, build_report_page
 from web.uploads import build_upload_page
@@ -72,6 +73,12 @@ def report_page(request: Request) -> HTMLResponse:
 def problems_page(request: Request) -> HTMLResponse:
     """Return the problem ledger: counts per community, the list, one problem's log and actions."""
     return _page(request, build_problems_page(title=request.app.state.settings.site_title))
+
+
+@router.get("/contracts", response_class=HTMLResponse, **rule("page"))
+def contracts_page(request: Request) -> HTMLResponse:
+    """Return the contracts ledger: figures on a date, the list, a contract's schedule and payments, the forms."""
+    return _page(request, build_contracts_page(title=request.app.state.settings.site_title))
 
 
 @router.get("/docs", response_class=HTMLResponse, **rule("public"))

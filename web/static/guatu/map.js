@@ -468,6 +468,12 @@
         checks.href = "/checks";
         sub.appendChild(checks);
         sub.appendChild(document.createTextNode(" · "));
+        [["/problems", "问题 Problems"], ["/contracts", "合同 Contracts"]].forEach(function (l) {
+          var a = el("a", "guatu-link", l[1]);
+          a.href = l[0];
+          sub.appendChild(a);
+          sub.appendChild(document.createTextNode(" · "));
+        });
         var print = el("a", "guatu-link guatu-print", "打印挂图 Print");
         var printing = el("span", "guatu-print-status");
         var size = el("select", "guatu-print-size");

@@ -149,11 +149,16 @@
   function build() {
     var head = el("div", "guatu-problems-head");
     head.appendChild(el("h1", null, "问题台账 Problem ledger"));
-    [["/", "地图 Map"], ["/report", "上报 Report"], ["/checks", "边界检查 Checks"]].forEach(function (l) {
-      var a = el("a", "guatu-link", l[1]);
-      a.href = l[0];
-      head.appendChild(a);
-    });
+    [["/", "地图 Map"], ["/report", "上报 Report"], ["/checks", "边界检查 Checks"], ["/contracts", "合同 Contracts"]]
+      .forEach(function (l) {
+        var a = el("a", "guatu-link", l[1]);
+        a.href = l[0];
+        head.appendChild(a);
+      });
+    var xlsx = el("a", "guatu-link guatu-export", "导出 Excel");
+    xlsx.href = opts.api + "/problems/export.xlsx";
+    xlsx.title = "问题台账与流转记录 The ledger and its log";
+    head.appendChild(xlsx);
     root.appendChild(head);
     counts = el("table", "guatu-problems-counts");
     root.appendChild(counts);
