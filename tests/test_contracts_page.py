@@ -177,9 +177,30 @@ def test_contracts_page_lists_figures_creates_a_contract_and_records_a_payment(
         assert after["position"]["arrears"] == 0 and after["payments"][0]["note"] == "收据 0001"
         assert after["payments"][0]["recorded_by"] == "planner"
         page.screenshot(path=str(SCREENSHOTS / "contracts-page-paid.png"))
+        # an edit while someone else changed it: 412, then a retry on the latest version saves it
+        page.click(".guatu-contract-edit")
+        page.locator(".guatu-contract-form [name=title]").fill("页面修改")
+        body = {k: after[k] for k in contracts.ContractIn.model_fields if k in after} | {"note": "他人修改"}
+        body["assets"] = after["assets"]
+        meanwhile = httpx.put(
+            f"{base_url}/api/contracts/{mine['id']}", json=body, headers=headers | {"If-Match": f'"{after["version"]}"'}
+        )
+        assert meanwhile.status_code == 200, meanwhile.text
+        page.click(".guatu-contract-save")
+        page.wait_for_selector(".guatu-contract-retry", timeout=15_000)
+        page.click(".guatu-contract-retry")
+        page.wait_for_function("(document.querySelector('.guatu-contract-detail h2') || {}).textContent")
+        page.wait_for_selector(".guatu-contract-edit", timeout=15_000)
+        saved = httpx.get(f"{base_url}/api/contracts/{mine['id']}", headers=headers).json()
+        assert saved["title"] == "页面修改" and saved["version"] == after["version"] + 2
         # the export link carries the filters
         page.select_option("select[name=status]", "履行中")
         page.wait_for_function("document.querySelector('.guatu-export').href.includes('status=')")
+        href = page.get_attribute(".guatu-export", "href") or ""
+        got = httpx.get(base_url + href, headers=headers)
+        assert got.status_code == 200 and got.content[:2] == b"PK"
+        page.goto(base_url + "/problems")
+        assert page.locator("a[href='/contracts']").count() == 1
         href = page.get_attribute(".guatu-export", "href") or ""
         got = httpx.get(base_url + href, headers=headers)
         assert got.status_code == 200 and got.content[:2] == b"PK"
