@@ -389,6 +389,13 @@ def write_tables(
         ws.append([_cell(ws, c.en, font=EXAMPLE_FONT) for c in table.columns])
         rows = 0
         for row in table.rows:
+            if rows + sum(counts.values()) >= MAX_EXPORT_ROWS:
+                raise InvalidInput.one(
+                    "export_too_large",
+                    f"导出超过上限 {MAX_EXPORT_ROWS} 行：请缩小范围或增加筛选条件",
+                    f"the export would hold more than {MAX_EXPORT_ROWS} rows: narrow the scope or the filter",
+                    field="scope",
+                )
             ws.append([_table_cell(ws, c, v) for c, v in zip(table.columns, row, strict=True)])
             rows += 1
         counts[table.name] = rows

@@ -157,3 +157,18 @@ def test_problems_export_has_the_ledger_its_lights_and_every_transition(
     other = _book(client.get("/api/problems/export.xlsx", headers=bearer(tokens["planner2"])))
     assert _rows(other["问题台账"]) == [] and _rows(other["流转记录"]) == []
     assert client.get("/api/problems/export.xlsx", params={"status": "bogus"}).json()["code"] == "status_invalid"
+
+
+def test_a_ledger_export_beyond_the_cap_is_refused_with_a_code(
+    client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layers import workbook
+
+    _frame(session)
+    client.post("/api/contracts", json=_contract())
+    client.post("/api/contracts", json=_contract(number="NT-2024-002"))
+    monkeypatch.setattr(workbook, "MAX_EXPORT_ROWS", 1)
+    refused = client.get("/api/contracts/export.xlsx")
+    assert refused.status_code == 422 and refused.json()["code"] == "export_too_large"
+    monkeypatch.setattr(workbook, "MAX_EXPORT_ROWS", 2)
+    assert len(_rows(_book(client.get("/api/contracts/export.xlsx"))["合同"])) == 2
