@@ -177,6 +177,16 @@ def test_contracts_page_lists_figures_creates_a_contract_and_records_a_payment(
         assert after["position"]["arrears"] == 0 and after["payments"][0]["note"] == "收据 0001"
         assert after["payments"][0]["recorded_by"] == "planner"
         page.screenshot(path=str(SCREENSHOTS / "contracts-page-paid.png"))
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        phone.goto(base_url + "/contracts")
+        phone.wait_for_selector("#guatu-root[data-loaded] .guatu-contract-new", timeout=15_000)
+        phone.click(".guatu-contract-new")
+        phone.click(".guatu-contract-save")  # nothing filled: each error at its field
+        phone.wait_for_selector(".guatu-field-error[data-field=number]", timeout=15_000)
+        assert phone.locator(".guatu-field-error").count() >= 4
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        phone.locator(".guatu-contract-form").screenshot(path=str(SCREENSHOTS / "contracts-form-390.png"))
+        phone.close()
         # an edit while someone else changed it: 412, then a retry on the latest version saves it
         page.click(".guatu-contract-edit")
         page.locator(".guatu-contract-form [name=title]").fill("页面修改")

@@ -200,10 +200,10 @@
 
   function fieldError(form, name, message) {
     var input = form.querySelector('[name="' + name + '"]');
-    var holder = input ? input.closest(".guatu-field") : null;
+    var holder = input ? input.closest(".guatu-field") : form.querySelector('[data-box="' + name + '"]');
     var box = el("div", "guatu-field-error", message);
     box.dataset.field = name;
-    if (holder) { holder.appendChild(box); input.classList.add("guatu-invalid"); return true; }
+    if (holder) { holder.appendChild(box); (input || holder).classList.add("guatu-invalid"); return true; }
     return false;
   }
 
@@ -278,6 +278,7 @@
     disputed.checked = !!v.disputed;
     input(form, "note", "备注 Note", "textarea", v.note);
     var assets = el("fieldset", "guatu-contract-assets-form");
+    assets.dataset.box = "assets";  // where an error about the assets together (assets_apart) is shown
     assets.appendChild(el("legend", null, "标的 Assets *（图层 + 编码 layer + code）"));
     var list = el("div");
     assets.appendChild(list);
