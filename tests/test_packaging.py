@@ -345,7 +345,7 @@ def _sign_in(base: str, users: Path, log: Path) -> None:
     SIGNED["cookie"] = "; ".join(cookies)
 
 
-PAGES = ("/", "/cockpit", "/upload", "/checks", "/docs")
+PAGES = ("/", "/cockpit", "/upload", "/checks", "/report", "/problems", "/docs")
 
 
 @pytest.mark.parametrize("page", PAGES)
