@@ -13,7 +13,20 @@ from starlette.types import ASGIApp
 
 from api import errors
 from api.guards import RefuseNul
-from api.routes import accounts, checks, features, health, layers, pages, printing, search, stats, tiles, uploads
+from api.routes import (
+    accounts,
+    checks,
+    features,
+    health,
+    layers,
+    ledger,
+    pages,
+    printing,
+    search,
+    stats,
+    tiles,
+    uploads,
+)
 from api.security import CsrfGuard, SecurityHeaders, TrustedHosts
 from api.settings import ApiSettings
 from api.work import make_lanes
@@ -95,6 +108,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(stats.router)
     app.include_router(printing.router)
     app.include_router(search.router)
+    app.include_router(ledger.router)
     app.include_router(pages.router)
     app.mount(assets.STATIC_URL, StaticFiles(directory=assets.STATIC_DIR), name="static")
     return app

@@ -9,7 +9,7 @@ import importlib
 import re
 from pathlib import Path
 
-from layers import accounts, changes, generations, uploads  # noqa: F401 - register the accounts, change log, generation counter and upload log models
+from layers import accounts, changes, generations, preferences, uploads  # noqa: F401 - register the accounts, change log, generation counter, preference and upload log models
 from layers.base import REGISTRY, Layer
 from layers.landuse import LandUseCode
 
