@@ -109,6 +109,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(printing.router)
     app.include_router(search.router)
     app.include_router(ledger.router)
+    app.include_router(ledger.pages)
     app.include_router(pages.router)
     app.mount(assets.STATIC_URL, StaticFiles(directory=assets.STATIC_DIR), name="static")
     return app

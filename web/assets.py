@@ -27,6 +27,8 @@ EDIT_JS = f"{STATIC_URL}/guatu/edit.js"
 EDIT_CSS = f"{STATIC_URL}/guatu/edit.css"
 LOGIN_JS = f"{STATIC_URL}/guatu/login.js"
 DOCS_JS = f"{STATIC_URL}/guatu/docs.js"
+LEDGER_JS = f"{STATIC_URL}/guatu/ledger.js"
+LEDGER_CSS = f"{STATIC_URL}/guatu/ledger.css"
 
 REQUIRED = (
     "leaflet/leaflet.js",

@@ -183,6 +183,9 @@ def build_map_page(
         ("geoman_css", assets.GEOMAN_CSS),
         ("guatu_edit_css", assets.EDIT_CSS),
     ]
+    if not cockpit:  # the ledger docked under the map (web/ledger.py)
+        fmap.default_js += [("tabulator", assets.TABULATOR_JS), ("guatu_ledger", assets.LEDGER_JS)]
+        fmap.default_css += [("tabulator_css", assets.TABULATOR_CSS), ("guatu_ledger_css", assets.LEDGER_CSS)]
     fig.add_child(fmap)
     for tiles in (basemap or Basemap()).tile_layers():
         tiles.add_to(fmap)
@@ -231,5 +234,9 @@ def build_map_page(
         if cockpit:  # the big screen of a street office: the map and the roll-up, refreshed every minute
             below_street = hierarchy.below(hierarchy.levels()[1]) or hierarchy.levels()[-1]
             fmap.add_child(JsCall("guatu.cockpit", {**panel, "by": below_street.id, "refresh_s": 60}))
+    if not cockpit:
+        from web.ledger import dock_options  # web.ledger builds on this module's helpers
+
+        fmap.add_child(JsCall("guatuLedger.dock", dock_options([v.layer for v in views], api_base)))
     page: str = fig.render()
     return page

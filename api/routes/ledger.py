@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -14,10 +14,13 @@ from api.auth import ActorDep, SignedInDep, rule
 from api.deps import LayerDep, SessionDep
 from api.routes.features import _log_personal
 from api.routes.stats import FILTER_HELP, FilterDep
+from api.security import NONCE_STATE, with_nonce
 from layers import ledger, preferences
 from layers.access import Actor
+from layers.base import REGISTRY
 from layers.features import parse_bbox
 from spatial.errors import MalformedInput, TooLarge
+from web.ledger import build_ledger_page
 
 router = APIRouter(tags=["ledger"])
 
@@ -41,6 +44,9 @@ def ledger_rows(
     dir: Annotated[str | None, Query(max_length=4, description="asc | desc")] = None,  # noqa: A002 - the usual name
     page: Annotated[int, Query(ge=1, le=10**7, description="页码 page, from 1")] = 1,
     size: Annotated[int, Query(ge=1, le=ledger.MAX_SIZE, description="每页行数 rows per page")] = ledger.DEFAULT_SIZE,
+    at: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="给出含此要素的那一页 the page holding this feature id")
+    ] = None,
 ) -> Response:
     """Return a page of the layer's rows (id, version, bbox, properties as the features API shows them).
 
@@ -49,6 +55,8 @@ def ledger_rows(
     """
     flt.bbox = parse_bbox(bbox)
     order = ledger.check_order(layer, sort, dir, sees_personal=actor is not None and actor.sees_personal())
+    if at is not None:
+        page = ledger.page_of(session, layer, flt, order, at, size)
     found = ledger.rows(session, layer, flt, order, page=page, size=size)
     _log_personal(session, layer, actor, [row["id"] for row in found["data"]], request.url.path)
     return Response(orjson.dumps(found), media_type="application/json")
@@ -106,3 +114,20 @@ async def write_preference(key: PreferenceKey, session: SessionDep, actor: Signe
         raise MalformedInput.one("invalid_json", "请求体不是有效的 JSON", "body is not valid JSON") from None
     await run_in_threadpool(_store, session, actor, key, value)
     return Response(status_code=204)
+
+
+pages = APIRouter(tags=["pages"], include_in_schema=False)
+
+
+@pages.get("/ledger", **rule("page"))
+def ledger_home() -> RedirectResponse:
+    """Send to the ledger of the first layer."""
+    first = min(REGISTRY.values(), key=lambda layer: layer.order)
+    return RedirectResponse(f"/ledger/{first.id}", status_code=303)
+
+
+@pages.get("/ledger/{layer_id}", response_class=HTMLResponse, **rule("page"))
+def ledger_page(layer: LayerDep, request: Request) -> HTMLResponse:
+    """Return the ledger page (台账) of the layer: its rows in a grid, paged and sorted on the server."""
+    html = build_ledger_page(list(REGISTRY.values()), layer, title=request.app.state.settings.site_title)
+    return HTMLResponse(with_nonce(html, getattr(request.state, NONCE_STATE)))
