@@ -175,3 +175,14 @@ def test_preferences_table_shows_no_other_users_rows(demo_client: TestClient, se
     assert session.execute(text("SELECT count(*) FROM user_preferences")).scalar() == 0
     state(session, Actor(None, "planner", "planner", "370214001").settings())
     assert session.execute(text("SELECT count(*) FROM user_preferences")).scalar() == 1
+
+
+def test_at_gives_the_page_holding_a_row(demo_client: TestClient) -> None:
+    rows = _all_rows(demo_client, "parcels", 40, sort="name", dir="desc")
+    target = rows[130]
+    found = demo_client.get(
+        ROWS.format("parcels"), params={"at": target["id"], "size": 40, "sort": "name", "dir": "desc"}
+    ).json()
+    assert found["page"] == 130 // 40 + 1 and target["id"] in [r["id"] for r in found["data"]]
+    idle = demo_client.get(ROWS.format("parcels"), params={"at": target["id"], "status": "-"})
+    assert idle.status_code == 404 and idle.json()["code"] == "row_not_found"

@@ -94,3 +94,85 @@ def test_the_ledger_page_sorts_and_pages_on_the_server(demo_engine: Engine) -> N
         phone.screenshot(path=str(SCREENSHOTS / "ledger-page-phone.png"))
         assert phone.locator(".ledger-panel").bounding_box()["width"] <= 390
     assert [u for u in requests if not u.startswith(base) and not u.startswith("data:")] == []
+
+
+def _edit(page: Any, fid: int, field: str, value: str) -> Any:
+    """Type VALUE into the FIELD cell of row FID (on the page shown) and press Enter; return the cell."""
+    cell = page.locator(f'{ROWS}[data-fid="{fid}"] .tabulator-cell[tabulator-field="{field}"]')
+    cell.click()
+    editor = cell.locator("input")
+    editor.fill(value)
+    editor.press("Enter")
+    return cell
+
+
+def test_inline_edit_saves_and_a_concurrent_change_is_shown(demo_engine: Engine) -> None:
+    with live_server(demo_engine) as base, chromium() as browser:
+        sign_in_as(demo_engine, "planner")  # after the server has signed pages in as its administrator
+        page = browser.new_page(viewport=WIDE)
+        page.goto(base + "/ledger/parcels")
+        _loaded(page)
+        page.evaluate(
+            "guatuLedger.current.table.getRows().forEach(function (r) {"
+            " r.getElement().dataset.fid = String(r.getData().id); })"
+        )
+        ids = page.evaluate("guatuLedger.current.table.getData().map(function (d) { return d.id; })")
+        first, second, third = ids[3], ids[4], ids[5]
+        cell = _edit(page, first, "name", "台账改名一")
+        page.wait_for_function(
+            f"document.querySelector('{ROWS}[data-fid=\"{first}\"] .ledger-cell-saved') !== null", timeout=10_000
+        )
+        name, version = _db(demo_engine, "SELECT name, version FROM parcels WHERE id = :i", i=first)[0]
+        assert name == "台账改名一" and version >= 2
+        assert page.evaluate(f"guatuLedger.current.table.getRow({first}).getData().__version") == version
+        # someone else changes the next row after the page read it: the save answers 412
+        _db(demo_engine, "UPDATE parcels SET name = '别人改的' WHERE id = :i RETURNING id", i=second)
+        cell = _edit(page, second, "name", "我的改名")
+        page.wait_for_selector(".ledger-notice:not([hidden]) .ledger-retry", timeout=10_000)
+        assert "别人改的" in page.locator(".ledger-notice").inner_text()
+        assert "ledger-cell-conflict" in (cell.get_attribute("class") or "")
+        assert _db(demo_engine, "SELECT name FROM parcels WHERE id = :i", i=second)[0][0] == "别人改的"
+        page.click(".ledger-retry")
+        page.wait_for_function(
+            f"document.querySelector('{ROWS}[data-fid=\"{second}\"] .ledger-cell-saved') !== null", timeout=10_000
+        )
+        assert _db(demo_engine, "SELECT name FROM parcels WHERE id = :i", i=second)[0][0] == "我的改名"
+        # a value the rules refuse: the message on the cell, the value back as it was
+        before = _db(demo_engine, "SELECT code FROM parcels WHERE id = :i", i=third)[0][0]
+        cell = _edit(page, third, "code", "not-a-code")
+        page.wait_for_selector(".ledger-notice:not([hidden])", timeout=10_000)
+        assert "编码" in page.locator(".ledger-notice").inner_text()
+        page.wait_for_function(
+            f"document.querySelector('{ROWS}[data-fid=\"{third}\"] .ledger-cell-error') !== null", timeout=10_000
+        )
+        assert cell.inner_text() == before
+        assert _db(demo_engine, "SELECT code FROM parcels WHERE id = :i", i=third)[0][0] == before
+        page.screenshot(path=str(SCREENSHOTS / "ledger-edit-refused.png"))
+
+
+def test_a_viewer_edits_nothing_and_column_choice_survives_a_reload(demo_engine: Engine) -> None:
+    with live_server(demo_engine) as base, chromium() as browser:
+        sign_in_as(demo_engine, "viewer")  # after the server has signed pages in as its administrator
+        page = browser.new_page(viewport=WIDE)
+        page.goto(base + "/ledger/zones")
+        _loaded(page)
+        assert page.locator(".ledger-editable").count() == 0
+        heads = _column(page, "household_head")
+        assert heads and all("*" in h for h in heads)
+        sortable = page.evaluate("guatuLedger.current.table.getColumn('household_head').getDefinition().headerSort")
+        assert sortable is False
+        page.click(".ledger-columns-button")
+        page.uncheck(".ledger-chooser input[data-field=household_head]")
+        page.wait_for_function("document.querySelector('.ledger-body').dataset.saved === '1'", timeout=10_000)
+        with demo_engine.begin() as conn:  # each user reads only their own preferences: as the viewer
+            conn.execute(
+                text("SELECT set_config('guatu.role', 'viewer', true), set_config('guatu.user', 'viewer', true)")
+            )
+            stored = conn.execute(text("SELECT value FROM user_preferences WHERE key = 'ledger.columns.zones'")).all()
+        assert stored and "household_head" in stored[0][0]["hidden"]
+        assert _db(demo_engine, "SELECT value FROM user_preferences") == []  # not even an administrator sees them
+        page.reload()
+        _loaded(page)
+        assert page.evaluate("guatuLedger.current.table.getColumn('household_head').isVisible()") is False
+        assert page.evaluate("guatuLedger.current.table.getColumn('code').isVisible()") is True
+        assert page.locator('.tabulator-col[tabulator-field="household_head"]').is_hidden()

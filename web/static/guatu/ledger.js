@@ -227,6 +227,7 @@
         call(cfg.api + "/me/preferences/" + prefKey, {method: "PUT", body: JSON.stringify({order: order, hidden: hidden})})
           .then(function (r) {
             delete container.dataset.saving;
+            if (r.ok) container.dataset.saved = String((Number(container.dataset.saved) || 0) + 1);
             if (!r.ok) say("列设置未保存 (columns not saved)：" + problemText(r.body));
           });
       }, 300);
