@@ -176,3 +176,81 @@ def test_a_viewer_edits_nothing_and_column_choice_survives_a_reload(demo_engine:
         assert page.evaluate("guatuLedger.current.table.getColumn('household_head').isVisible()") is False
         assert page.evaluate("guatuLedger.current.table.getColumn('code').isVisible()") is True
         assert page.locator('.tabulator-col[tabulator-field="household_head"]').is_hidden()
+
+
+MAP = "window[document.querySelector('.folium-map').id]"
+
+
+def test_the_dock_under_the_map_follows_rows_and_shapes(demo_engine: Engine) -> None:
+    with live_server(demo_engine) as base, chromium() as browser:
+        sign_in_as(demo_engine, "planner")
+        page = browser.new_page(viewport=WIDE)
+        page.goto(base + "/")
+        page.wait_for_function("window.guatu && guatu.idle()", timeout=20_000)
+        for name in ("一户一区 Courtyard zones", "商铺 Shops", "公共收益"):
+            box = page.locator(".leaflet-control-layers-overlays label", has_text=name).locator("input")
+            if box.count():
+                box.uncheck()
+        page.click(".ledger-toggle")
+        _loaded(page)
+        assert "地块" in page.locator(".ledger-dock-title").inner_text()  # the filter panel's layer
+        in_view = page.evaluate(f"{MAP}.getBounds().toBBoxString()")
+        asked = page.evaluate("guatuLedger.current.query ? guatuLedger.current.query() : ''")
+        assert "bbox=" in asked  # the rows in view
+        rows = page.evaluate("guatuLedger.current.table.getData().map(function (d) { return [d.id, d.__bbox]; })")
+        assert rows and in_view
+        fid, bbox = rows[5]
+        page.evaluate(f"guatuLedger.current.table.getRow({fid}).getElement().dataset.fid = '{fid}'")
+        page.locator(
+            f'.ledger-grid .tabulator-row[data-fid="{fid}"] .tabulator-cell[tabulator-field="use_status"]'
+        ).click()
+        page.wait_for_function(f"{MAP}.getContainer().dataset.framed === 'parcels/{fid}'", timeout=10_000)
+        cx, cy = (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
+        assert page.evaluate(f"{MAP}.getBounds().contains([{cy}, {cx}])")
+        assert page.evaluate(f"{MAP}.getZoom()") >= 16
+        page.keyboard.press("Escape")  # the cell clicked opened its list: leave it
+        page.wait_for_function("guatu.idle()", timeout=20_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(SCREENSHOTS / "ledger-dock.png"))
+        # click another parcel on the map: its row is selected (its page loaded if need be)
+        west, south, east, north = page.evaluate(
+            f"(function (b) {{ return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]; }})({MAP}.getBounds())"
+        )
+        candidates = _db(
+            demo_engine,
+            "SELECT id, ST_X(p), ST_Y(p) FROM (SELECT id, ST_PointOnSurface(geom) p FROM parcels) s "
+            "WHERE id <> :i AND ST_Intersects(p, ST_MakeEnvelope(:w, :s, :e, :n, 4490)) ORDER BY id",
+            i=fid,
+            w=west,
+            s=south,
+            e=east,
+            n=north,
+        )
+        frame = page.locator(".folium-map").bounding_box()
+        clear = (
+            "(function (x, y) { var e = document.elementFromPoint(x, y);"
+            " return !!e && !e.closest('.leaflet-control') && !!e.closest('.leaflet-pane'); })"
+        )
+        target = None
+        for other, x, y in candidates:  # one whose inside is not under a panel or a courtyard zone
+            point = page.evaluate(f"{MAP}.latLngToContainerPoint([{y}, {x}])")
+            at = (frame["x"] + point["x"], frame["y"] + point["y"])
+            if page.evaluate(f"{clear}({at[0]}, {at[1]})"):
+                target = (other, at)
+                break
+        assert target is not None, candidates
+        other, (px, py) = target
+        page.mouse.click(px, py)
+        page.wait_for_function(
+            f"(guatuLedger.current.table.getSelectedData()[0] || {{}}).id === {other}", timeout=15_000
+        )
+        assert page.locator(".leaflet-popup-content").inner_text()
+        phone = browser.new_page(viewport=PHONE)
+        phone.goto(base + "/")
+        phone.wait_for_function("window.guatu && guatu.idle()", timeout=20_000)
+        phone.click(".ledger-toggle")
+        _loaded(phone)
+        dock = phone.locator(".ledger-dock").bounding_box()
+        assert dock["width"] <= 390 and dock["height"] < 844
+        phone.wait_for_timeout(300)
+        phone.screenshot(path=str(SCREENSHOTS / "ledger-dock-phone.png"))

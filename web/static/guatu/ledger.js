@@ -335,6 +335,14 @@
         if (e.target && e.target.closest && e.target.closest("a")) return;  // the map link goes to the map page
         if (cfg.onSelect) cfg.onSelect(row.getData());
       });
+      self.table.on("cellEditing", function (cell) {  // a list editor keeps the click from the row: select here too
+        var row = cell.getRow();
+        if (!row.isSelected()) {
+          self.table.deselectRow();
+          row.select();
+          if (cfg.onSelect) cfg.onSelect(row.getData());
+        }
+      });
       self.table.on("cellEdited", save);
       self.table.on("columnMoved", saveColumns);
       self.table.on("dataLoaded", function () {
@@ -389,7 +397,9 @@
     return call(api + "/layers/" + layerId + "/features/" + row.id).then(function (r) {
       if (!r.ok) return;
       if (state.outline) map.removeLayer(state.outline);
+      if (!map.getPane("guatuLedgerOutline")) map.createPane("guatuLedgerOutline").style.zIndex = 640;  // above the tiles
       state.outline = L.geoJSON(r.body, {
+        pane: "guatuLedgerOutline",
         style: function () { return OUTLINE; },
         pointToLayer: function (f, latlng) { return L.circleMarker(latlng, L.extend({radius: 10}, OUTLINE)); },
         interactive: false
