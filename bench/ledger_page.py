@@ -67,7 +67,8 @@ def cases(count: int) -> list[dict[str, Any]]:
         "ownership, use_status, stage, mode, idle_since, idle_reason, owner, address, community_code, grid_code, "
         "area_m2, updated_at"
     )
-    box = f"ST_Intersects(geom, ST_MakeEnvelope({view[0]}, {view[1]}, {view[2]}, {view[3]}, 4490))"
+    env = f"ST_MakeEnvelope({view[0]}, {view[1]}, {view[2]}, {view[3]}, 4490)"
+    box = f"geom && {env} AND ST_Intersects(geom, {env})"  # as guatu writes it (layers.stats.bbox_condition)
 
     def raw(where: str = "", order: str = "id", offset: int = 0) -> str:
         cond = f" WHERE {where}" if where else ""

@@ -23,7 +23,7 @@ from spatial.errors import InvalidInput, NotFound
 MAX_BYTES = 8_192
 """The largest value kept, as compact JSON: column lists, never documents."""
 KEY = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,59}$")
-"""What a key looks like (ledger.columns.parcels)."""
+"""What a key looks like (ledger.columns.<layer id>)."""
 
 
 class UserPreference(Base):

@@ -186,3 +186,18 @@ def test_at_gives_the_page_holding_a_row(demo_client: TestClient) -> None:
     assert found["page"] == 130 // 40 + 1 and target["id"] in [r["id"] for r in found["data"]]
     idle = demo_client.get(ROWS.format("parcels"), params={"at": target["id"], "status": "-"})
     assert idle.status_code == 404 and idle.json()["code"] == "row_not_found"
+
+
+def test_a_big_count_is_capped_and_asked_for_apart(demo_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from layers import ledger
+
+    total = len(_features(demo_client, "parcels"))
+    monkeypatch.setattr(ledger, "COUNT_CAP", 300)
+    first = demo_client.get(ROWS.format("parcels"), params={"size": 100}).json()
+    assert first["count"] is None and first["count_capped"] is True and first["more"] is True
+    assert first["last_page"] >= 3  # the pages the cap shows: the page buttons go that far
+    exact = demo_client.get(ROWS.format("parcels") + "/count", params={"size": 100}).json()
+    assert exact["count"] == total and exact["last_page"] == -(-total // 100)
+    small = demo_client.get(ROWS.format("parcels"), params={"size": 100, "status": "闲置"}).json()
+    idle = demo_client.get("/api/layers/parcels/stats", params={"status": "闲置"}).json()["total"]["count"]
+    assert 0 < idle <= 300 and small["count"] == idle

@@ -50,7 +50,7 @@ def ledger_rows(
 ) -> Response:
     """Return a page of the layer's rows (id, version, bbox, properties as the features API shows them).
 
-    ``more`` says whether a next page exists; ``count`` is exact up to 10,000 rows, else null
+    ``more`` says whether a next page exists; ``count`` is exact up to ``count_cap`` rows, else null
     (``count_capped``): GET …/rows/count gives it then.
     """
     flt.bbox = parse_bbox(bbox)
@@ -81,7 +81,7 @@ def ledger_count(
     return {"layer": layer.id, "count": n, "last_page": max(1, -(-n // size))}
 
 
-PreferenceKey = Annotated[str, Path(max_length=60, description="偏好名称 key, e.g. ledger.columns.parcels")]
+PreferenceKey = Annotated[str, Path(max_length=60, description="偏好名称 key, e.g. ledger.columns.<layer>")]
 
 
 @router.get("/api/me/preferences/{key}", summary="读取偏好 Read one of my preferences", **rule("user"))

@@ -157,7 +157,7 @@
           countedFor = q;
           counter.textContent = "共 " + body.count + " " + layer.counter + " (rows)";
         } else if (exact === null) {
-          counter.textContent = "10000+ " + layer.counter + "，计数中… (counting)";
+          counter.textContent = body.count_cap + "+ " + layer.counter + "，计数中… (counting)";
           setTimeout(countAll, 0);
         }
         holder.dataset.page = String(body.page);
