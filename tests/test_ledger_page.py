@@ -248,7 +248,9 @@ def test_the_dock_under_the_map_follows_rows_and_shapes(demo_engine: Engine) -> 
         phone = browser.new_page(viewport=PHONE)
         phone.goto(base + "/")
         phone.wait_for_function("window.guatu && guatu.idle()", timeout=20_000)
-        phone.click(".ledger-toggle")
+        phone.wait_for_timeout(300)
+        phone.screenshot(path=str(SCREENSHOTS / "ledger-dock-phone-closed.png"))
+        phone.click(".ledger-toggle")  # fails if a panel covers it
         _loaded(phone)
         dock = phone.locator(".ledger-dock").bounding_box()
         assert dock["width"] <= 390 and dock["height"] < 844
