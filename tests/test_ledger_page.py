@@ -245,6 +245,17 @@ def test_the_dock_under_the_map_follows_rows_and_shapes(demo_engine: Engine) -> 
             f"(guatuLedger.current.table.getSelectedData()[0] || {{}}).id === {other}", timeout=15_000
         )
         assert page.locator(".leaflet-popup-content").inner_text()
+        # the map's filter narrows the dock; picking another layer in the filter panel switches it
+        page.evaluate(f"{MAP}.closePopup()")
+        done = int(page.evaluate("document.querySelector('.ledger-grid').dataset.loaded"))
+        page.locator(".guatu-choice input[value='自用']").uncheck()
+        _loaded(page, done + 1)
+        assert "status=" in page.evaluate("guatuLedger.current.query()")
+        statuses = page.evaluate("guatuLedger.current.table.getData().map(d => d.use_status)")
+        assert statuses and "自用" not in statuses
+        page.select_option("select.guatu-f-layer", "shops")
+        page.wait_for_function("guatuLedger.current && guatuLedger.current.layer.id === 'shops'", timeout=15_000)
+        assert "商铺" in page.locator(".ledger-dock-title").inner_text()
         phone = browser.new_page(viewport=PHONE)
         phone.goto(base + "/")
         phone.wait_for_function("window.guatu && guatu.idle()", timeout=20_000)
