@@ -13,20 +13,8 @@ from starlette.types import ASGIApp
 
 from api import errors
 from api.guards import RefuseNul
-from api.routes import (
-    accounts,
-    checks,
-    features,
-    health,
-    layers,
-    ledger,
-    pages,
-    printing,
-    search,
-    stats,
-    tiles,
-    uploads,
-)
+from api.routes import accounts, checks, features, health, layers, pages, printing, search, stats, tiles, uploads
+from api.routes import ledger as ledger_routes
 from api.security import CsrfGuard, SecurityHeaders, TrustedHosts
 from api.settings import ApiSettings
 from api.work import make_lanes
@@ -108,8 +96,8 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(stats.router)
     app.include_router(printing.router)
     app.include_router(search.router)
-    app.include_router(ledger.router)
-    app.include_router(ledger.pages)
+    app.include_router(ledger_routes.router)
+    app.include_router(ledger_routes.pages)
     app.include_router(pages.router)
     app.mount(assets.STATIC_URL, StaticFiles(directory=assets.STATIC_DIR), name="static")
     return app
