@@ -54,21 +54,23 @@ SIZE = 50
 STREET = "370214100"
 """The street the generated county's villages (370214100xxx) lie in: its planner sees every parcel."""
 PLANNER = "bench_planner"
+_X, _Y = (COUNTY[0] + COUNTY[2]) / 2, (COUNTY[1] + COUNTY[3]) / 2
+VIEW = (_X, _Y, _X + 0.012, _Y + 0.008)
+"""About a street-level map view (z16 at 1440×900) in the middle of the county."""
+_ENV = f"ST_MakeEnvelope({VIEW[0]}, {VIEW[1]}, {VIEW[2]}, {VIEW[3]}, 4490)"
+VIEW_BOX = f"geom && {_ENV} AND ST_Intersects(geom, {_ENV})"
 
 
 def cases(count: int) -> list[dict[str, Any]]:
     """Return the requests timed: query parameters of /rows and the raw SQL of the same rows."""
-    west, south, east, north = COUNTY
-    x, y = (west + east) / 2, (south + north) / 2
-    view = (x, y, x + 0.012, y + 0.008)  # about a street-level map view (z16 at 1440×900)
+    view = VIEW
     deep = max(1, min(10_000, count // SIZE // 2))
     cols = (
         "id, version, ST_XMin(geom), ST_YMin(geom), ST_XMax(geom), ST_YMax(geom), code, name, land_use_code, "
         "ownership, use_status, stage, mode, idle_since, idle_reason, owner, address, community_code, grid_code, "
         "area_m2, updated_at"
     )
-    env = f"ST_MakeEnvelope({view[0]}, {view[1]}, {view[2]}, {view[3]}, 4490)"
-    box = f"geom && {env} AND ST_Intersects(geom, {env})"  # as guatu writes it (layers.stats.bbox_condition)
+    box = VIEW_BOX  # as guatu writes it (layers.stats.bbox_condition)
 
     def raw(where: str = "", order: str = "id", offset: int = 0) -> str:
         cond = f" WHERE {where}" if where else ""
@@ -92,6 +94,18 @@ def cases(count: int) -> list[dict[str, Any]]:
         {"name": f"deep page {deep}", "params": {"page": deep}, "raw": raw(offset=(deep - 1) * SIZE)},
         {"name": "map view (dock)", "params": {"bbox": ",".join(map(str, view))}, "raw": raw(box)},
         {"name": "exact count (apart)", "path": "/rows/count", "params": {}, "raw": "SELECT count(*) FROM parcels"},
+        {
+            "name": "row's page, view (?at)",
+            "params": {"bbox": ",".join(map(str, view)), "at": "{in_view}"},
+            "raw": f"SELECT n FROM (SELECT id, row_number() OVER (ORDER BY id) n FROM parcels WHERE {box}) s "
+            "WHERE id = {in_view}",
+        },
+        {
+            "name": "row's page, county (?at)",
+            "params": {"sort": "area_mu", "dir": "desc", "at": str(count // 2)},
+            "raw": "SELECT n FROM (SELECT id, row_number() OVER (ORDER BY area_m2 DESC, id DESC) n FROM parcels) s "
+            f"WHERE id = {count // 2}",
+        },
     ]
 
 
@@ -183,12 +197,18 @@ def main() -> None:
                 httpx.Client(headers=signin.bearer(token), timeout=120) as client,
                 psycopg.connect(libpq_dsn(url), options=actors[who]) as conn,
             ):
+                in_view = conn.execute(f"SELECT max(id) FROM parcels WHERE {VIEW_BOX}".encode()).fetchone()
                 for case in cases(held):
+                    if case["params"].get("at") == "{in_view}":  # a parcel of the view: the last in its order
+                        case["params"]["at"] = str(in_view[0] if in_view else 1)
+                        case["raw"] = case["raw"].replace("{in_view}", case["params"]["at"])
                     samples, body = time_http(client, base + case.get("path", "/rows"), case["params"], args.repeat)
                     raw, raw_rows = time_raw(conn, case["raw"], args.repeat)
                     g50, g95 = p50_p95(samples)
                     r50, r95 = p50_p95(raw)
                     rows = len(body["data"]) if "data" in body else body["count"]
+                    if "at" in case["params"]:
+                        rows = body["page"]  # the page found
                     results.append(
                         {
                             "user": who,
