@@ -18,6 +18,7 @@
   var levels = [];      // the hierarchy (layers.hierarchy.describe()): id, zh, en, digits, names
   var NARROW = window.matchMedia("(max-width: 640px)").matches;  // a phone: panels start folded
   var mapQuery = "";    // the print's filters (narrow_<layer>=…): the print button prints what is shown
+  var shownFilter = null;  // the filter panel's layer and query (panel), for the docked ledger
   var HIGHLIGHT = {weight: 4, color: "#f59e0b", dashArray: null};  // the feature whose ledger is open
   var POPUP = {maxWidth: 360, autoPanPaddingTopLeft: [60, 150], autoPanPaddingBottomRight: [40, 40]};
 
@@ -687,6 +688,10 @@
       return q.toString();
     }
     function narrowed(id) { return queryOf(id, false) !== ""; }
+    shownFilter = {  // what the docked ledger (ledger.js) follows: the layer picked and its filter
+      layer: function () { return current; },
+      query: function (id) { return state[id] && filterOf(id) ? queryOf(id, true) : ""; }
+    };
 
     var Box = L.Control.extend({
       options: {position: "bottomleft"},
@@ -939,6 +944,7 @@
           current = pick.value;
           buildControls();
           count();
+          map.fire("guatu:filter");
         });
         chartPick.addEventListener("change", drawChart);
         map.on("moveend", count);
@@ -1013,6 +1019,7 @@
   window.guatu = {
     bboxLayer: bboxLayer, tileLayer: tileLayer, chrome: chrome, panel: panel,
     idle: idle, drawn: drawn, onPopup: onPopup, reload: reload, options: options, group: group,
-    look: look, formatValue: formatValue, paint: paint, restyle: restyle
+    look: look, formatValue: formatValue, paint: paint, restyle: restyle,
+    shownFilter: function () { return shownFilter; }
   };
 })();
