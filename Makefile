@@ -116,7 +116,7 @@ demo: database ## (re)load the demo street; idempotent
 	$(BIN)/guatu demo load
 
 screenshots: system system-test venv assets database ## refresh docs/screenshots from the browser tests
-	GUATU_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_map_page.py tests/test_upload_page.py tests/test_checks_page.py tests/test_edit_page.py tests/test_csrf_page.py tests/test_cockpit_page.py
+	GUATU_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_map_page.py tests/test_upload_page.py tests/test_checks_page.py tests/test_edit_page.py tests/test_csrf_page.py tests/test_cockpit_page.py tests/test_ledger_page.py
 
 bench: system system-test database ## benchmarks in bench/ (guatu beside its peer in one run)
 	@command -v ogr2ogr >/dev/null || { $(SUDO) apt-get update -q && \
@@ -126,6 +126,7 @@ bench: system system-test database ## benchmarks in bench/ (guatu beside its pee
 	$(BIN)/python bench/check_coverage.py
 	$(BIN)/python bench/tile_serving.py --parcels $${BENCH_TILE_PARCELS:-1000000}
 	$(BIN)/python bench/map_page.py
+	$(BIN)/python bench/ledger_page.py
 	$(BIN)/python bench/hostile_inputs.py
 	$(BIN)/python bench/soak.py --minutes $${BENCH_SOAK_MINUTES:-10}
 

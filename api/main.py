@@ -30,6 +30,7 @@ from api.routes import (
     uploads,
     workbooks,
 )
+from api.routes import ledger as ledger_routes
 from api.security import CsrfGuard, SecurityHeaders, TrustedHosts
 from api.settings import ApiSettings
 from api.work import make_lanes
@@ -115,6 +116,8 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(search.router)
     app.include_router(contracts.router)
     app.include_router(problems.router)
+    app.include_router(ledger_routes.router)
+    app.include_router(ledger_routes.pages)
     app.include_router(pages.router)
     app.mount(assets.STATIC_URL, StaticFiles(directory=assets.STATIC_DIR), name="static")
     return app

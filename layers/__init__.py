@@ -9,7 +9,7 @@ import importlib
 import re
 from pathlib import Path
 
-from layers import accounts, changes, generations, problems, uploads  # noqa: F401 - register the accounts, change log, generation counter, upload log and problem ledger models
+from layers import accounts, changes, generations, preferences, problems, uploads  # noqa: F401 - register the accounts, change log, generation counter, preference, upload log and problem ledger models
 from layers.base import REGISTRY, Layer
 from layers.landuse import LandUseCode
 

@@ -208,6 +208,8 @@ ROW_SECURITY = "(row level security)"
 CHANGE_LOG = "change_log"
 UPLOADS = "uploads"
 """The upload log: each user sees their own uploads (an administrator every one)."""
+PREFERENCES = "user_preferences"
+"""Per-user preferences (layers.preferences): each user reads and writes their own, nobody else's."""
 
 
 def declared_policies() -> list[Policy]:
@@ -241,6 +243,19 @@ def declared_policies() -> list[Policy]:
     from layers import problems  # the problem ledger: by area, like the layers
 
     tables.extend(problems.policies())
+    mine = f"(user_id = (SELECT u.id FROM users u WHERE u.username = current_setting('{SETTING_USER}', true)))"
+    tables.append(
+        (
+            PREFERENCES,
+            [
+                f"ALTER TABLE {PREFERENCES} ENABLE ROW LEVEL SECURITY",
+                f"CREATE POLICY guatu_read ON {PREFERENCES} FOR SELECT USING {mine}",
+                f"CREATE POLICY guatu_insert ON {PREFERENCES} FOR INSERT WITH CHECK {mine}",
+                f"CREATE POLICY guatu_update ON {PREFERENCES} FOR UPDATE USING {mine} WITH CHECK {mine}",
+                f"CREATE POLICY guatu_delete ON {PREFERENCES} FOR DELETE USING {mine}",
+            ],
+        )
+    )
     for table, statements in tables:
         for sql in statements:
             if sql.startswith("ALTER TABLE"):

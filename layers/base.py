@@ -615,6 +615,10 @@ class Layer:
             checks.extend(f.checks(table))
             if f.index:
                 checks.append(Index(f"ix_{table}_{f.name}", f.name))
+            elif f.filter:  # the ledger sorts and pages by it: (value, id) is its order, tie-break included
+                checks.append(Index(f"ix_{table}_{f.name}_id", f.name, "id"))
+        if self.has_area:
+            checks.append(Index(f"ix_{table}_area_m2_id", "area_m2", "id"))
         attrs: dict[str, Any] = {
             "__tablename__": table,
             "__table_args__": (

@@ -332,18 +332,28 @@ def locate_all(
     return problems
 
 
+def shown_value(layer: Layer, name: str) -> Any:
+    """Return the SQL expression of field NAME of a row as this user is shown it (a personal one full or masked)."""
+    model = layer.model
+    if name in {f.name for f in layer.fields if f.personal}:
+        # Personal data (PIPL): the app role cannot read it; the owner's function shows it, full or
+        # masked by the user's role and area (layers.access).
+        return getattr(func, shown_function(layer))(model.id).op("->>")(literal_column(f"'{name}'"))
+    return getattr(model, name)
+
+
+def properties_json(layer: Layer) -> Any:
+    """Return a SQL expression building each row's properties (as shown to this user) as a JSON object."""
+    names = [*layer.field_names, *(("area_m2", "area_mu") if layer.has_area else ()), "updated_at"]
+    pairs: list[Any] = []
+    for name in names:
+        pairs.extend([literal_column(f"'{name}'"), shown_value(layer, name)])
+    return func.json_build_object(*pairs)
+
+
 def _feature_json_columns(layer: Layer) -> Any:
     """Return a SQL expression building each row's GeoJSON Feature as text."""
     model = layer.model
-    names = [*layer.field_names, *(("area_m2", "area_mu") if layer.has_area else ()), "updated_at"]
-    personal = {f.name for f in layer.fields if f.personal}
-    shown: Any = getattr(func, shown_function(layer))(model.id) if personal else None
-    pairs: list[Any] = []
-    for name in names:
-        # Personal data (PIPL): the app role cannot read it; the owner's function shows it, full or
-        # masked by the user's role and area (layers.access).
-        value = shown.op("->>")(literal_column(f"'{name}'")) if name in personal else getattr(model, name)
-        pairs.extend([literal_column(f"'{name}'"), value])
     feature = func.json_build_object(
         literal_column("'type'"),
         literal_column("'Feature'"),
@@ -354,7 +364,7 @@ def _feature_json_columns(layer: Layer) -> Any:
         literal_column("'geometry'"),
         cast(func.ST_AsGeoJSON(model.geom, 9, 0), JSON),
         literal_column("'properties'"),
-        func.json_build_object(*pairs),
+        properties_json(layer),
     )
     return cast(feature, Text)
 

@@ -24,6 +24,7 @@ from layers.accounts import ApiToken, PersonalAccess, User, WebSession
 from layers.base import REGISTRY
 from layers.changes import Change
 from layers.generations import LayerGeneration
+from layers.preferences import UserPreference
 from layers.problems import APP_PRIVILEGES as PROBLEM_PRIVILEGES
 from layers.uploads import Upload
 
@@ -90,6 +91,7 @@ def app_privileges() -> dict[str, tuple[str, ...]]:
     wanted[User.__tablename__] = ("SELECT", "UPDATE (failed_logins, locked_until, last_login)")
     wanted[WebSession.__tablename__] = ("SELECT", "INSERT", "DELETE")
     wanted[ApiToken.__tablename__] = ("SELECT", "INSERT", "UPDATE (last_used, revoked)")
+    wanted[UserPreference.__tablename__] = ("SELECT", "INSERT", "UPDATE", "DELETE")  # own rows only (RLS)
     wanted[PersonalAccess.__tablename__] = ("INSERT",)  # the app writes the log, never reads or changes it
     logged = [c.name for c in Change.__table__.columns if c.name != "before"]  # the row before: guatu_change_before()
     wanted[Change.__tablename__] = (f"SELECT ({', '.join(logged)})",)

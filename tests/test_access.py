@@ -276,7 +276,9 @@ def _leaks(answer: Any, fid: int, layer_id: str, path: str) -> bool:
     body = answer.json()
     if isinstance(body, dict) and isinstance(body.get("features"), list):
         return any(f.get("id") == fid for f in body["features"])
-    if path.endswith("/stats"):
+    if isinstance(body, dict) and isinstance(body.get("data"), list):  # ledger rows
+        return any(row.get("id") == fid for row in body["data"])
+    if path.endswith(("/stats", "/rows/count")):
         return _counted(body) > 0
     if path == "/api/search":
         return bool(body)

@@ -416,7 +416,9 @@ def test_panels_leave_the_title_and_the_map_in_sight(base_url: str) -> None:
 
         phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
         phone.goto(base_url + "/")
-        phone.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
+        phone.wait_for_selector(".guatu-figures[data-count]", state="attached", timeout=15_000)
+        assert not phone.locator(".guatu-figures").is_visible()  # a phone shows the map first, the panel folded
+        assert not phone.locator(".leaflet-control-layers-expanded").count()  # and the layer switcher a button
         phone.click(".guatu-panel-head")  # open the panel on a phone
         phone.wait_for_timeout(300)
         free = phone.evaluate(

@@ -345,7 +345,7 @@ def _sign_in(base: str, users: Path, log: Path) -> None:
     SIGNED["cookie"] = "; ".join(cookies)
 
 
-PAGES = ("/", "/cockpit", "/upload", "/checks", "/contracts", "/docs")
+PAGES = ("/", "/cockpit", "/upload", "/checks", "/report", "/problems", "/contracts", "/ledger/parcels", "/docs")
 
 
 @pytest.mark.parametrize("page", PAGES)

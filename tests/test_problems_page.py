@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from api.settings import ApiSettings
 from layers import demo
 from spatial.db import state
 from tests.accounts import GRID
@@ -207,6 +208,13 @@ def _act(page: Any, number: str, action: str, fill: dict[str, str] | None = None
         raise AssertionError(form.locator(".guatu-upload-status").inner_text()) from None
 
 
+def _cockpit_problems(page: Any) -> dict[str, int]:
+    """Return the problem figures the cockpit page shows (open, overdue, closed this month)."""
+    page.wait_for_selector(".gc-shell[data-loaded]", timeout=20_000)
+    names = ("problems_open", "problems_overdue", "problems_closed")
+    return {name: int(page.locator(f"[data-figure={name}]").inner_text()) for name in names}
+
+
 def _pin_class(page: Any) -> str:
     page.wait_for_selector(".guatu-problem-pin", timeout=20_000)
     return str(page.locator(".guatu-problem-pin").first.get_attribute("class"))
@@ -217,7 +225,10 @@ def test_from_a_finding_to_closed_by_another_user(demo_engine: Engine, tmp_path:
     x, y = gap["centroid"]
     photo = tmp_path / "after.png"
     photo.write_bytes(png(60, 40))
-    with live_server(demo_engine) as base, chromium() as browser:
+    fresh = ApiSettings(cockpit_cache_s=0)  # the cockpit's figures read anew on each load
+    with live_server(demo_engine, fresh) as base, chromium() as browser:
+        cockpit = _open(browser, demo_engine, "planner", base + "/cockpit")
+        before = _cockpit_problems(cockpit)
         checks = _open(browser, demo_engine, "planner", base + "/checks")
         checks.select_option("select[name=scope]", gap["community_code"])
         checks.click("button[name=check]")
@@ -270,3 +281,6 @@ def test_from_a_finding_to_closed_by_another_user(demo_engine: Engine, tmp_path:
         pins.reload()
         assert "guatu-problem-grey" in _pin_class(pins)
         pins.screenshot(path=str(SCREENSHOTS / "problems-pin-closed-1440.png"))
+        cockpit.reload()  # the leader's screen: one more closed this month, none more open
+        after = _cockpit_problems(cockpit)
+        assert after == {**before, "problems_closed": before["problems_closed"] + 1}

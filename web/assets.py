@@ -31,6 +31,8 @@ COCKPIT_JS = f"{STATIC_URL}/guatu/cockpit.js"
 COCKPIT_CSS = f"{STATIC_URL}/guatu/cockpit.css"
 CONTRACTS_JS = f"{STATIC_URL}/guatu/contracts.js"
 CONTRACTS_CSS = f"{STATIC_URL}/guatu/contracts.css"
+LEDGER_JS = f"{STATIC_URL}/guatu/ledger.js"
+LEDGER_CSS = f"{STATIC_URL}/guatu/ledger.css"
 
 REQUIRED = (
     "leaflet/leaflet.js",

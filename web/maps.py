@@ -200,6 +200,9 @@ def build_map_page(
     if not cockpit:  # editing (shown only to those the server lets edit): Leaflet-Geoman, then guatu's edit module
         fmap.default_js += [("geoman", assets.GEOMAN_JS), ("guatu_edit", assets.EDIT_JS)]
         fmap.default_css += [("geoman_css", assets.GEOMAN_CSS), ("guatu_edit_css", assets.EDIT_CSS)]
+    if not cockpit:  # the ledger docked under the map (web/ledger.py)
+        fmap.default_js += [("tabulator", assets.TABULATOR_JS), ("guatu_ledger", assets.LEDGER_JS)]
+        fmap.default_css += [("tabulator_css", assets.TABULATOR_CSS), ("guatu_ledger_css", assets.LEDGER_CSS)]
     fig.add_child(fmap)
     for tiles in (basemap or Basemap()).tile_layers():
         tiles.add_to(fmap)
@@ -260,5 +263,8 @@ def build_map_page(
             "levels": hierarchy.describe(),
         }
         fmap.add_child(JsCall("guatu.panel", panel))
+    from web.ledger import dock_options  # web.ledger builds on this module's helpers
+
+    fmap.add_child(JsCall("guatuLedger.dock", dock_options([v.layer for v in views], api_base)))
     page: str = fig.render()
     return page

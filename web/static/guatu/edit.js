@@ -11,7 +11,7 @@
   if (window.L && L.PM) L.PM.setOptIn(true);
 
   var el = guatuDom.el;
-  var NARROW = window.matchMedia("(max-width: 640px)").matches;
+  function narrow() { return window.matchMedia("(max-width: 640px)").matches; }  // asked when built (see map.js)
   var SNAP = {snappable: true, snapDistance: 20, snapVertex: true, snapSegment: true};
   var SHAPE = {color: "#1d4ed8", weight: 3, fillColor: "#60a5fa", fillOpacity: 0.25, dashArray: null};
   var BAD = {color: "#dc2626", weight: 4, dashArray: "6 4"};
@@ -233,7 +233,7 @@
         fill();
         state.bar = el("div", "guatu-edit-status");
         box.appendChild(state.bar);
-        if (NARROW) {
+        if (narrow()) {
           box.classList.add("guatu-folded");
           head.textContent = "编辑 Edit ▸";
         }

@@ -16,8 +16,11 @@
   var paints = [];      // function(opts, props, style): another colouring of a layer (contracts.js), or null
   var restylers = {};   // layer id -> function(): draw what is shown again with look() (after a paint changed)
   var levels = [];      // the hierarchy (layers.hierarchy.describe()): id, zh, en, digits, names
-  var NARROW = window.matchMedia("(max-width: 640px)").matches;  // a phone: panels start folded
+  /* A phone: panels start folded. Asked when the map is built, not when this script is read: the page's
+     viewport meta comes later in its head, and until it is read a phone lays the page out 980 px wide. */
+  function narrow() { return window.matchMedia("(max-width: 640px)").matches; }
   var mapQuery = "";    // the print's filters (narrow_<layer>=…): the print button prints what is shown
+  var shownFilter = null;  // the filter panel's layer and query (panel), for the docked ledger
   var HIGHLIGHT = {weight: 4, color: "#f59e0b", dashArray: null};  // the feature whose ledger is open
   var POPUP = {maxWidth: 360, autoPanPaddingTopLeft: [60, 150], autoPanPaddingBottomRight: [40, 40]};
 
@@ -448,7 +451,7 @@
     window.addEventListener("hashchange", function () { goToHash(map); });
     levels = opts.levels;
     unitLabels(map);
-    if (NARROW) {  // a phone: the layer switcher is a button until tapped, folded again by a tap on the map
+    if (narrow()) {  // a phone: the layer switcher is a button until tapped, folded again by a tap on the map
       var switcher = map.getContainer().querySelector(".leaflet-control-layers");
       var fold = function () { if (switcher) switcher.classList.remove("leaflet-control-layers-expanded"); };
       setTimeout(fold, 0);
@@ -571,7 +574,7 @@
           var folded = box.classList.toggle("guatu-folded");
           title.textContent = folded ? "图例 Legend ▸" : "图例 Legend ▾";
         });
-        if (NARROW) title.click();  // a phone shows the map first; panels open on a tap
+        if (narrow()) title.click();  // a phone shows the map first; panels open on a tap
         box.appendChild(title);
         opts.legend.forEach(function (layer) {
           var section = el("div", "guatu-legend-layer");
@@ -619,7 +622,7 @@
     var top = corner ? corner.getBoundingClientRect().bottom : frame.top;
     var bottom = box.getBoundingClientRect().bottom;
     var room = bottom - top - 10;
-    if (NARROW) room = Math.min(room, frame.height * 0.45);  // a phone keeps half its map in sight
+    if (narrow()) room = Math.min(room, frame.height * 0.45);  // a phone keeps half its map in sight
     box.style.maxHeight = Math.max(120, Math.floor(room)) + "px";
   }
 
@@ -693,6 +696,10 @@
       return q.toString();
     }
     function narrowed(id) { return queryOf(id, false) !== ""; }
+    shownFilter = {  // what the docked ledger (ledger.js) follows: the layer picked and its filter
+      layer: function () { return current; },
+      query: function (id) { return state[id] && filterOf(id) ? queryOf(id, true) : ""; }
+    };
 
     var Box = L.Control.extend({
       options: {position: "bottomleft"},
@@ -705,7 +712,7 @@
           head.textContent = "筛选与统计 Filter & statistics " + (folded ? "▸" : "▾");
           fit();
         });
-        if (NARROW) head.click();
+        if (narrow()) head.click();
         box.appendChild(head);
         var body = el("div", "guatu-panel-body");
         box.appendChild(body);
@@ -945,6 +952,7 @@
           current = pick.value;
           buildControls();
           count();
+          map.fire("guatu:filter");
         });
         chartPick.addEventListener("change", drawChart);
         map.on("moveend", count);
@@ -1019,6 +1027,7 @@
   window.guatu = {
     bboxLayer: bboxLayer, tileLayer: tileLayer, chrome: chrome, panel: panel,
     idle: idle, drawn: drawn, onPopup: onPopup, reload: reload, options: options, group: group,
-    look: look, formatValue: formatValue, paint: paint, restyle: restyle
+    look: look, formatValue: formatValue, paint: paint, restyle: restyle,
+    shownFilter: function () { return shownFilter; }
   };
 })();
