@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import zipfile
+from typing import Any
 
 import openpyxl
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from layers.base import REGISTRY
+from tests.test_contracts import _contract, _frame
 from tests.test_excel import _book, _bytes, _column, _parcel, _store, _upload
 
 PARCELS = REGISTRY["parcels"]
@@ -65,3 +68,37 @@ def test_exported_text_starting_with_equals_stays_text_not_a_formula(client: Tes
     address = ws.cell(row=3, column=_column(ws, PARCELS.field("address").zh))
     assert (name.value, name.data_type) == (hostile, "s")
     assert (address.value, address.data_type) == ("=1+1", "s")
+
+
+def _contract_answer(client: TestClient, **changes: Any) -> Any:
+    return client.post("/api/contracts", json=_contract(**changes), params={"as_of": "2025-03-01"})
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"start_date": "9990-01-01", "end_date": "9999-12-31"},  # a date past the calendar's end: was a 500
+        {"start_date": "0001-01-01", "end_date": "9000-12-31", "cycle": "月"},  # 108 000 instalments per read
+        {"terminated_on": "9999-12-31"},
+        {"signed_on": "0001-01-01"},
+    ],
+)
+def test_absurd_contract_dates_are_refused_with_a_field(
+    client: TestClient, session: Session, changes: dict[str, str]
+) -> None:
+    _frame(session)
+    before = session.execute(text("SELECT count(*) FROM contracts")).scalar()
+    answer = _contract_answer(client, **changes)
+    assert answer.status_code == 422, answer.text
+    problem = answer.json()
+    assert problem["code"] == "contract_dates"
+    assert {p["where"]["field"] for p in problem["errors"]} & set(changes)
+    assert session.execute(text("SELECT count(*) FROM contracts")).scalar() == before
+
+
+def test_a_payment_on_an_absurd_date_is_refused(client: TestClient, session: Session) -> None:
+    _frame(session)
+    cid = _contract_answer(client).json()["id"]
+    for day in ("0001-01-01", "9999-12-31"):
+        answer = client.post(f"/api/contracts/{cid}/payments", json={"paid_on": day, "amount": "10"})
+        assert answer.status_code == 422 and answer.json()["code"] == "payment_date", answer.text
