@@ -27,7 +27,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from psycopg import errors as pg_errors
 from sqlalchemy import (
     BigInteger,
@@ -50,6 +49,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+import shapely
 from geoalchemy2 import Geometry
 
 from layers import access, archive, hierarchy
@@ -57,7 +57,7 @@ from layers.access import ADMIN, SETTING_USER, Actor
 from layers.base import REGISTRY
 from spatial.db import Base
 from spatial.errors import Conflict, Forbidden, InvalidInput, NotFound, Problem, Where
-from spatial.geometry import STORAGE_SRID
+from spatial.geometry import STORAGE_SRID, check_lonlat_range, parse_geojson_geometry
 
 # ---------------------------------------------------------------------------------------------- vocabulary
 
@@ -661,6 +661,27 @@ def _check_lonlat(lon: float, lat: float) -> None:
         )
 
 
+def _finding_point(geometry: dict[str, Any]) -> tuple[float, float]:
+    """Return a point on a finding's GeoJSON geometry (lon/lat in the deployment's extent), or refuse it with a code."""
+    try:
+        shape = parse_geojson_geometry(geometry)
+        check_lonlat_range(shape)
+        point = shape.representative_point()
+    except InvalidInput as exc:
+        first = exc.problems[0]
+        raise InvalidInput.one(first.code, first.message_zh, first.message_en, field="finding_geometry") from None
+    except shapely.errors.GEOSException:
+        raise InvalidInput.one(
+            "geometry_invalid", "检查发现的图形无效", "the finding's geometry is invalid", field="finding_geometry"
+        ) from None
+    try:
+        _check_lonlat(point.x, point.y)
+    except InvalidInput as exc:
+        first = exc.problems[0]
+        raise InvalidInput.one(first.code, first.message_zh, first.message_en, field="finding_geometry") from None
+    return point.x, point.y
+
+
 def create(session: Session, actor: Actor, new: NewProblem) -> tuple[dict[str, Any], bool]:
     """Register a problem; return (the problem, whether it is new). A repeated Idempotency-Key returns the first.
 
@@ -694,12 +715,8 @@ def create(session: Session, actor: Actor, new: NewProblem) -> tuple[dict[str, A
         linked.append({"layer": str(link["layer"]), "code": str(link["code"])})
         point_hex, area = point_hex or hex_point, area or code
     if new.finding_geometry is not None:
-        point_hex = str(
-            session.execute(
-                text("SELECT encode(ST_AsEWKB(ST_PointOnSurface(ST_SetSRID(ST_GeomFromGeoJSON(:g), :srid))), 'hex')"),
-                {"g": orjson.dumps(new.finding_geometry).decode(), "srid": STORAGE_SRID},
-            ).scalar()
-        )
+        x, y = _finding_point(new.finding_geometry)
+        point_hex = _point_hex(session, x, y)
     if new.lon is not None and new.lat is not None:
         _check_lonlat(new.lon, new.lat)
         point_hex = _point_hex(session, new.lon, new.lat)

@@ -13,10 +13,13 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from layers.base import REGISTRY
+from tests import test_problems
 from tests.test_contracts import _contract, _frame
 from tests.test_excel import _book, _bytes, _column, _parcel, _store, _upload
 
 PARCELS = REGISTRY["parcels"]
+frame = test_problems.frame  # the sample community, grid and parcel (a fixture)
+report = test_problems.report
 
 
 def _sparse(last_cell: str) -> bytes:
@@ -102,3 +105,24 @@ def test_a_payment_on_an_absurd_date_is_refused(client: TestClient, session: Ses
     for day in ("0001-01-01", "9999-12-31"):
         answer = client.post(f"/api/contracts/{cid}/payments", json={"paid_on": day, "amount": "10"})
         assert answer.status_code == 422 and answer.json()["code"] == "payment_date", answer.text
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        {"type": "Foo"},
+        {"type": "Point", "coordinates": []},
+        {"type": "Point", "coordinates": [1e308, 1]},
+        {"type": "Polygon", "coordinates": [[[0, 0], [1, 1]]]},
+        {"type": "Point", "coordinates": [0.5, 0.5]},  # a real place, far outside the deployment
+    ],
+)
+def test_a_finding_with_a_broken_geometry_is_a_422_naming_the_field_not_a_500(
+    client: TestClient, tokens: dict[str, str], frame: None, session: Session, geometry: dict[str, Any]
+) -> None:
+    before = session.execute(text("SELECT count(*) FROM problems")).scalar()
+    answer = report(client, tokens, finding_id="0123456789abcdef", finding_geometry=geometry, lon=None, lat=None)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["where"]["field"] == "finding_geometry"
+    assert session.execute(text("SELECT count(*) FROM problems")).scalar() == before
+    assert report(client, tokens).status_code == 201  # the session is still usable: nothing was left aborted
