@@ -1024,6 +1024,12 @@ def _figures(today: dt.date) -> list[Any]:
     ]
 
 
+def assigned_to(session: Session, username: str) -> bool:
+    """Return whether USERNAME is the responsible person of a problem (seen outside their area too: RLS)."""
+    found = session.execute(select(LedgerProblem.id).where(LedgerProblem.assignee == username).limit(1)).first()
+    return found is not None
+
+
 def counts(session: Session, today: dt.date) -> dict[str, int]:
     """Return how many problems the stated actor sees: open, overdue, closed this month, total."""
     row = session.execute(select(*_figures(today)).select_from(LedgerProblem)).one()

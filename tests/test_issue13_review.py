@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from layers.base import REGISTRY
 from tests import test_problems
+from tests.accounts import bearer
 from tests.test_contracts import _contract, _frame
 from tests.test_excel import _book, _bytes, _column, _parcel, _store, _upload
 
@@ -181,3 +182,48 @@ def test_a_finding_with_a_broken_geometry_is_a_422_naming_the_field_not_a_500(
     assert answer.json()["where"]["field"] == "finding_geometry"
     assert session.execute(text("SELECT count(*) FROM problems")).scalar() == before
     assert report(client, tokens).status_code == 201  # the session is still usable: nothing was left aborted
+
+
+@pytest.fixture
+def twin(tokens: dict[str, str]) -> Any:
+    """Yield the token of planner2's twin (same role, same street), committed for the test and removed after."""
+    from sqlalchemy.orm import Session as PlainSession
+
+    from layers import accounts
+    from spatial.db import make_engine
+    from tests.accounts import USERS
+    from tests.conftest import owner_url
+
+    role, area = USERS["planner2"]
+    engine = make_engine(url=owner_url("guatu_test"))
+    with PlainSession(engine) as s:
+        token = accounts.add_token(s, accounts.add_user(s, "planner2twin", role, area, "x" * 12), "review")
+        s.commit()
+    yield token
+    with engine.begin() as conn:
+        conn.execute(
+            text("DELETE FROM api_tokens WHERE user_id = (SELECT id FROM users WHERE username = 'planner2twin')")
+        )
+        conn.execute(text("DELETE FROM users WHERE username = 'planner2twin'"))
+    engine.dispose()
+
+
+def test_the_cockpit_never_shows_one_users_assigned_problems_to_another_of_the_same_area(
+    client: TestClient, tokens: dict[str, str], frame: None, twin: str
+) -> None:
+    # planner2 (another street) is assigned a problem of this street: the database lets them see it,
+    # and their twin (same role, same street) must not see it counted, whoever asked first
+    pid = report(client, tokens).json()["id"]
+    assigned = client.post(
+        f"/api/problems/{pid}/events",
+        json={"action": "交办", "assignee": "planner2", "deadline": "2030-01-01"},
+        headers=bearer(tokens["planner"]),
+    )
+    assert assigned.status_code == 201, assigned.text
+
+    def open_for(token: str) -> int:
+        return int(client.get("/api/cockpit", headers=bearer(token)).json()["problems"]["open"])
+
+    assert open_for(twin) == 0
+    assert open_for(tokens["planner2"]) == 1
+    assert open_for(twin) == 0
