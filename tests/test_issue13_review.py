@@ -227,3 +227,31 @@ def test_the_cockpit_never_shows_one_users_assigned_problems_to_another_of_the_s
     assert open_for(twin) == 0
     assert open_for(tokens["planner2"]) == 1
     assert open_for(twin) == 0
+
+
+def test_an_xlsx_dry_run_never_confirms_a_guessed_personal_value(
+    client: TestClient, session: Session, tokens: dict[str, str]
+) -> None:
+    from layers import features
+    from layers.base import mask_text
+    from tests.samples import sample
+
+    zones = REGISTRY["zones"]
+    for layer_id in ("divisions", "grids", "parcels", "zones"):
+        features.create_feature(session, REGISTRY[layer_id], sample(layer_id))
+    personal = next(f for f in zones.fields if f.personal)
+    real = sample("zones")["properties"][personal.name]
+    surveyor = bearer(tokens["surveyor9"])  # may upload zones, sees personal values masked
+    answers = {}
+    for guess in (real, real + "甲"):
+        wb = _book(client.get("/api/layers/zones/export.xlsx", headers=surveyor))
+        ws = wb[zones.zh]
+        ws.cell(row=3, column=_column(ws, personal.zh), value=guess)
+        answer = _upload(client, _bytes(wb), "zones", import_mode="update", dry_run="true", headers=surveyor)
+        assert answer.status_code in (200, 201), answer.text
+        entry = answer.json()["report"]["features"][0]
+        before, after = entry["changes"][personal.name]
+        assert after == mask_text(guess)  # what was sent, masked: nothing the sender did not know
+        answers[guess] = (entry["status"], entry.get("changed_fields"), before)
+        assert real not in answer.text
+    assert answers[real] == answers[real + "甲"]  # the right guess is said exactly as a wrong one
