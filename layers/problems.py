@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
 from psycopg import errors as pg_errors
 from sqlalchemy import (
     BigInteger,
@@ -534,6 +536,23 @@ def photo_type(body: bytes) -> str | None:
     return None
 
 
+MAX_PHOTO_PIXELS = 60_000_000
+"""The most pixels a photo may have (a phone's is 12–50 M): a small file claiming more is not decoded."""
+
+
+def _decodes(body: bytes, kind: str) -> bool:
+    """Return whether BODY is a whole picture of type KIND (decoded to its last pixel), not just its first bytes."""
+    try:
+        with Image.open(io.BytesIO(body), formats=[PHOTO_TYPES[kind].replace("jpg", "jpeg").upper()]) as picture:
+            width, height = picture.size
+            if width * height > MAX_PHOTO_PIXELS:
+                return False
+            picture.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
 def add_photo(session: Session, actor: Actor, body: bytes, phase: str) -> dict[str, Any]:
     """Keep a photo (JPEG, PNG or WebP, at most MAX_PHOTO_BYTES) by its SHA-256; return its id and type."""
     if phase not in PHASES:
@@ -550,7 +569,7 @@ def add_photo(session: Session, actor: Actor, body: bytes, phase: str) -> dict[s
             field="file",
         )
     kind = photo_type(body)
-    if kind is None:
+    if kind is None or not _decodes(body, kind):
         raise InvalidInput.one(
             "photo_type", "只接受 JPEG、PNG 或 WebP 照片", "only JPEG, PNG or WebP photos are taken", field="file"
         )

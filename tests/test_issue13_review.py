@@ -255,3 +255,37 @@ def test_an_xlsx_dry_run_never_confirms_a_guessed_personal_value(
         answers[guess] = (entry["status"], entry.get("changed_fields"), before)
         assert real not in answer.text
     assert answers[real] == answers[real + "甲"]  # the right guess is said exactly as a wrong one
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xd8\xff<html><script>alert(document.cookie)</script></html>",  # a JPEG's first bytes, then a page
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,  # a PNG signature and nothing of a picture
+        b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 16,
+    ],
+)
+def test_a_photo_that_only_starts_like_an_image_is_refused(
+    client: TestClient, tokens: dict[str, str], session: Session, body: bytes
+) -> None:
+    before = session.execute(text("SELECT count(*) FROM problem_photos")).scalar()
+    sent = client.post(
+        "/api/problems/photos", content=body, headers=bearer(tokens["gridman9"]) | {"Content-Type": "image/jpeg"}
+    )
+    assert sent.status_code == 422, sent.text
+    assert sent.json()["code"] == "photo_type"
+    assert session.execute(text("SELECT count(*) FROM problem_photos")).scalar() == before
+
+
+def test_a_real_photo_is_still_taken(client: TestClient, tokens: dict[str, str]) -> None:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(out, "JPEG")
+    sent = client.post(
+        "/api/problems/photos",
+        content=out.getvalue(),
+        headers=bearer(tokens["gridman9"]) | {"Content-Type": "image/jpeg"},
+    )
+    assert sent.status_code == 201, sent.text
+    assert sent.json()["content_type"] == "image/jpeg"
