@@ -104,6 +104,8 @@ PHASES = (BEFORE, AFTER)
 MAX_PHOTO_BYTES = 8_000_000
 """The largest photo taken (a phone's camera JPEG is 2–5 MB)."""
 PHOTO_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+DEADLINES = (dt.date(2000, 1, 1), dt.date(2199, 12, 31))
+"""The deadlines taken (a typo's year 0001 would show a problem late by 739 000 days)."""
 DESCRIPTION_CHARS = 2000
 NOTE_CHARS = 1000
 
@@ -837,6 +839,13 @@ def transition(
             f"操作应为 {'、'.join(a for a in ACTIONS_EN if a != REGISTER)} 之一",
             "action must be one of " + ", ".join(ACTIONS_EN[a] for a in ACTIONS_EN if a != REGISTER),
             field="action",
+        )
+    if deadline is not None and not DEADLINES[0] <= deadline <= DEADLINES[1]:
+        raise InvalidInput.one(
+            "deadline_invalid",
+            f"整改期限 {deadline.isoformat()} 不在 {DEADLINES[0].year}–{DEADLINES[1].year} 年之间",
+            f"the deadline {deadline.isoformat()} is not between {DEADLINES[0].year} and {DEADLINES[1].year}",
+            field="deadline",
         )
     if session.execute(select(LedgerProblem.id).where(LedgerProblem.id == pid)).scalar() is None:
         raise NotFound.one("problem_not_found", "找不到该问题", "no such problem", id=pid)

@@ -289,3 +289,18 @@ def test_a_real_photo_is_still_taken(client: TestClient, tokens: dict[str, str])
     )
     assert sent.status_code == 201, sent.text
     assert sent.json()["content_type"] == "image/jpeg"
+
+
+@pytest.mark.parametrize("deadline", ["0001-01-01", "9999-12-31"])
+def test_an_absurd_deadline_is_refused_and_the_problem_stays_registered(
+    client: TestClient, tokens: dict[str, str], frame: None, deadline: str
+) -> None:
+    pid = report(client, tokens).json()["id"]
+    answer = client.post(
+        f"/api/problems/{pid}/events",
+        json={"action": "交办", "assignee": "gridman9", "deadline": deadline},
+        headers=bearer(tokens["planner"]),
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["code"] == "deadline_invalid" and answer.json()["where"]["field"] == "deadline"
+    assert client.get(f"/api/problems/{pid}").json()["status"] == "已登记"
