@@ -60,6 +60,10 @@ PERSONAL = ("lessee_name", "lessee_id")
 """Columns of a contract that name a private person: masked unless the role sees personal values."""
 MONEY = Numeric(14, 2)
 MAX_ASSETS = 50
+EARLIEST, LATEST = dt.date(1900, 1, 1), dt.date(2199, 12, 31)
+"""The dates a contract or a payment may carry: year 0001 or 9999 (a typo) is refused; 9999 broke the arithmetic."""
+MAX_TERM_YEARS = 100
+"""The longest term taken at all (the legal limit, ``lease_max_years``, only warns): it bounds the instalments."""
 
 
 def _listed(values: Iterable[str]) -> str:
@@ -315,6 +319,28 @@ def _invalid(code: str, zh: str, en: str, field: str) -> InvalidInput:
 def _check_terms(data: ContractIn) -> None:
     """Refuse terms the arithmetic cannot hold (every problem at once)."""
     problems = []
+    for name in ("signed_on", "start_date", "end_date", "terminated_on"):
+        day = getattr(data, name)
+        if day is not None and not EARLIEST <= day <= LATEST:
+            problems.append(
+                Problem(
+                    "contract_dates",
+                    f"日期 {day.isoformat()} 不在 {EARLIEST.year}–{LATEST.year} 年之间",
+                    f"the date {day.isoformat()} is not between {EARLIEST.year} and {LATEST.year}",
+                    Where(field=name),
+                )
+            )
+    if problems:
+        raise InvalidInput(problems)
+    if data.end_date >= rent.add_months(data.start_date, 12 * MAX_TERM_YEARS):
+        problems.append(
+            Problem(
+                "contract_dates",
+                f"合同期限超过 {MAX_TERM_YEARS} 年",
+                f"the term is longer than {MAX_TERM_YEARS} years",
+                Where(field="end_date"),
+            )
+        )
     if data.end_date < data.start_date:
         problems.append(
             Problem(
@@ -628,6 +654,13 @@ def add_payment(session: Session, actor: Actor, cid: int, data: PaymentIn, as_of
     """Record a payment received under contract CID (not committed); return the contract."""
     _refuse_writer(actor)
     get(session, cid, as_of)  # 404 when not visible
+    if not EARLIEST <= data.paid_on <= LATEST:
+        raise _invalid(
+            "payment_date",
+            f"收款日期 {data.paid_on.isoformat()} 不在 {EARLIEST.year}–{LATEST.year} 年之间",
+            f"the payment date {data.paid_on.isoformat()} is not between {EARLIEST.year} and {LATEST.year}",
+            "paid_on",
+        )
     session.execute(
         insert(ContractPayment).values(
             contract_id=cid, paid_on=data.paid_on, amount=data.amount, note=data.note, recorded_by=actor.username

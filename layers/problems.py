@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from PIL import Image
 from psycopg import errors as pg_errors
 from sqlalchemy import (
     BigInteger,
@@ -50,6 +51,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+import shapely
 from geoalchemy2 import Geometry
 
 from layers import access, archive, hierarchy
@@ -58,7 +60,7 @@ from layers.base import REGISTRY
 from layers.workbook import Column, Table
 from spatial.db import Base
 from spatial.errors import Conflict, Forbidden, InvalidInput, NotFound, Problem, Where
-from spatial.geometry import STORAGE_SRID
+from spatial.geometry import STORAGE_SRID, check_lonlat_range, parse_geojson_geometry
 
 # ---------------------------------------------------------------------------------------------- vocabulary
 
@@ -103,6 +105,8 @@ PHASES = (BEFORE, AFTER)
 MAX_PHOTO_BYTES = 8_000_000
 """The largest photo taken (a phone's camera JPEG is 2–5 MB)."""
 PHOTO_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+DEADLINES = (dt.date(2000, 1, 1), dt.date(2199, 12, 31))
+"""The deadlines taken (a typo's year 0001 would show a problem late by 739 000 days)."""
 DESCRIPTION_CHARS = 2000
 NOTE_CHARS = 1000
 
@@ -535,6 +539,23 @@ def photo_type(body: bytes) -> str | None:
     return None
 
 
+MAX_PHOTO_PIXELS = 60_000_000
+"""The most pixels a photo may have (a phone's is 12–50 M): a small file claiming more is not decoded."""
+
+
+def _decodes(body: bytes, kind: str) -> bool:
+    """Return whether BODY is a whole picture of type KIND (decoded to its last pixel), not just its first bytes."""
+    try:
+        with Image.open(io.BytesIO(body), formats=[PHOTO_TYPES[kind].replace("jpg", "jpeg").upper()]) as picture:
+            width, height = picture.size
+            if width * height > MAX_PHOTO_PIXELS:
+                return False
+            picture.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
 def add_photo(session: Session, actor: Actor, body: bytes, phase: str) -> dict[str, Any]:
     """Keep a photo (JPEG, PNG or WebP, at most MAX_PHOTO_BYTES) by its SHA-256; return its id and type."""
     if phase not in PHASES:
@@ -551,7 +572,7 @@ def add_photo(session: Session, actor: Actor, body: bytes, phase: str) -> dict[s
             field="file",
         )
     kind = photo_type(body)
-    if kind is None:
+    if kind is None or not _decodes(body, kind):
         raise InvalidInput.one(
             "photo_type", "只接受 JPEG、PNG 或 WebP 照片", "only JPEG, PNG or WebP photos are taken", field="file"
         )
@@ -662,6 +683,27 @@ def _check_lonlat(lon: float, lat: float) -> None:
         )
 
 
+def _finding_point(geometry: dict[str, Any]) -> tuple[float, float]:
+    """Return a point on a finding's GeoJSON geometry (lon/lat in the deployment's extent), or refuse it with a code."""
+    try:
+        shape = parse_geojson_geometry(geometry)
+        check_lonlat_range(shape)
+        point = shape.representative_point()
+    except InvalidInput as exc:
+        first = exc.problems[0]
+        raise InvalidInput.one(first.code, first.message_zh, first.message_en, field="finding_geometry") from None
+    except shapely.errors.GEOSException:
+        raise InvalidInput.one(
+            "geometry_invalid", "检查发现的图形无效", "the finding's geometry is invalid", field="finding_geometry"
+        ) from None
+    try:
+        _check_lonlat(point.x, point.y)
+    except InvalidInput as exc:
+        first = exc.problems[0]
+        raise InvalidInput.one(first.code, first.message_zh, first.message_en, field="finding_geometry") from None
+    return point.x, point.y
+
+
 def create(session: Session, actor: Actor, new: NewProblem) -> tuple[dict[str, Any], bool]:
     """Register a problem; return (the problem, whether it is new). A repeated Idempotency-Key returns the first.
 
@@ -695,12 +737,8 @@ def create(session: Session, actor: Actor, new: NewProblem) -> tuple[dict[str, A
         linked.append({"layer": str(link["layer"]), "code": str(link["code"])})
         point_hex, area = point_hex or hex_point, area or code
     if new.finding_geometry is not None:
-        point_hex = str(
-            session.execute(
-                text("SELECT encode(ST_AsEWKB(ST_PointOnSurface(ST_SetSRID(ST_GeomFromGeoJSON(:g), :srid))), 'hex')"),
-                {"g": orjson.dumps(new.finding_geometry).decode(), "srid": STORAGE_SRID},
-            ).scalar()
-        )
+        x, y = _finding_point(new.finding_geometry)
+        point_hex = _point_hex(session, x, y)
     if new.lon is not None and new.lat is not None:
         _check_lonlat(new.lon, new.lat)
         point_hex = _point_hex(session, new.lon, new.lat)
@@ -802,6 +840,13 @@ def transition(
             f"操作应为 {'、'.join(a for a in ACTIONS_EN if a != REGISTER)} 之一",
             "action must be one of " + ", ".join(ACTIONS_EN[a] for a in ACTIONS_EN if a != REGISTER),
             field="action",
+        )
+    if deadline is not None and not DEADLINES[0] <= deadline <= DEADLINES[1]:
+        raise InvalidInput.one(
+            "deadline_invalid",
+            f"整改期限 {deadline.isoformat()} 不在 {DEADLINES[0].year}–{DEADLINES[1].year} 年之间",
+            f"the deadline {deadline.isoformat()} is not between {DEADLINES[0].year} and {DEADLINES[1].year}",
+            field="deadline",
         )
     if session.execute(select(LedgerProblem.id).where(LedgerProblem.id == pid)).scalar() is None:
         raise NotFound.one("problem_not_found", "找不到该问题", "no such problem", id=pid)
@@ -1006,6 +1051,12 @@ def _figures(today: dt.date) -> list[Any]:
         func.count().filter(and_(LedgerProblem.closed_at >= _month_start(today))).label("closed_this_month"),
         func.count().label("total"),
     ]
+
+
+def assigned_to(session: Session, username: str) -> bool:
+    """Return whether USERNAME is the responsible person of a problem (seen outside their area too: RLS)."""
+    found = session.execute(select(LedgerProblem.id).where(LedgerProblem.assignee == username).limit(1)).first()
+    return found is not None
 
 
 def counts(session: Session, today: dt.date) -> dict[str, int]:

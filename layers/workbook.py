@@ -14,13 +14,16 @@ import datetime as dt
 import functools
 import io
 import os
+import posixpath
 import re
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
+from xml.etree import ElementTree
+from xml.parsers import expat
 
 import orjson
 from openpyxl import Workbook
@@ -49,10 +52,23 @@ MAX_IMPORT_ROWS = 50_000
 """Data rows a ledger may hold: a community's ledger is a few thousand."""
 HEADER_SCAN = 15
 """Rows looked at for the header (title rows, a banner, group headers come first)."""
+MAX_SHEET_ROWS = 2 * MAX_IMPORT_ROWS
+"""Rows a sheet may reach (its last value): blank rows between ledger rows are fine, a stray cell far down is not."""
+MAX_MERGED = 10_000
+"""Merged ranges a sheet may have (the reader keeps every one)."""
+MAX_MERGED_FILL = 200_000
+"""Header cells the merged ranges may fill in all (a header's merges cover a few hundred)."""
+MAX_SHEET_CELLS = 5_000_000
+"""Cells a sheet's used range may span (last row × last column holding a value): the reader makes
+every one of them, so one stray value in XFD1048576 of a 5 KB file would be 17 billion."""
 TEMPLATE_ROWS = 2000
 """Rows of a template the dropdowns cover."""
 WKT_MAX = 32_767
 """Characters an Excel cell holds: a longer outline is left out (re-imported by its code)."""
+
+MAIN_NS = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+RELS = "xl/_rels/workbook.xml.rels"
 
 COVER = "说明"
 GUIDE = "填写说明"
@@ -252,6 +268,8 @@ def filter_words(sheet: Sheet) -> str:
 
 def _cell(ws: Any, value: Any, number_format: str | None = None, font: Font | None = None) -> WriteOnlyCell:
     cell = WriteOnlyCell(ws, value=value)
+    if isinstance(value, str) and value.startswith("="):
+        cell.data_type = "s"  # text a user typed, never a formula when a clerk opens the export (=HYPERLINK…)
     if number_format:
         cell.number_format = number_format
     if font is not None:
@@ -277,7 +295,7 @@ def write_export(
     cover.append([])
     cover.append([_cell(cover, h, font=BOLD) for h in ("工作表 sheet", "筛选 filter", "行数 rows")])
     for sheet in sheets:
-        cover.append([sheet_name(sheet.layer), filter_words(sheet), written[sheet.layer.id]])
+        cover.append([sheet_name(sheet.layer), _cell(cover, filter_words(sheet)), written[sheet.layer.id]])
     cover.append([])
     cover.append(
         ["更新导入 update", "改动后可按编码更新导入；系统编号、版本、面积列只读 (edit and import back by code)"]
@@ -686,14 +704,28 @@ class _Header:
 
 
 def _fill_merged(rows: list[list[Any]], merged: Iterable[tuple[tuple[int, int], tuple[int, int]]]) -> None:
-    """Copy each merged range's value into every cell of the range within the header rows."""
+    """Copy each merged range's value into every cell of the range within the header rows.
+
+    Refuses ranges that would make it fill more than MAX_MERGED_FILL cells (a header merges a
+    few dozen; a crafted sheet, thousands of full-width ranges: minutes of CPU for the server).
+    """
+    spans = []
     for (r0, c0), (r1, c1) in merged:
         if r0 >= len(rows):
             continue
+        width = len(rows[r0])
+        spans.append((r0, c0, min(r1, len(rows) - 1), min(c1, width - 1)))
+    if sum((r1 - r0 + 1) * max(c1 - c0 + 1, 0) for r0, c0, r1, c1 in spans) > MAX_MERGED_FILL:
+        raise MalformedInput.one(
+            "sheet_too_many_merged",
+            f"表头的合并单元格共覆盖超过 {MAX_MERGED_FILL} 格：请取消多余的合并后另存重试",
+            f"the header's merged ranges cover more than {MAX_MERGED_FILL} cells: unmerge them and save again",
+        )
+    for r0, c0, r1, c1 in spans:
         value = rows[r0][c0] if c0 < len(rows[r0]) else ""
-        for r in range(r0, min(r1, len(rows) - 1) + 1):
-            for c in range(c0, c1 + 1):
-                if c < len(rows[r]) and rows[r][c] in ("", None):
+        for r in range(r0, r1 + 1):
+            for c in range(c0, min(c1, len(rows[r]) - 1) + 1):
+                if rows[r][c] in ("", None):
                     rows[r][c] = value
 
 
@@ -796,6 +828,90 @@ def _check_parts(zf: zipfile.ZipFile) -> None:
     total = sum(i.file_size for i in zf.infolist())
     if total > 1_000_000_000:  # a zip bomb: a few MB unpacking to gigabytes
         raise MalformedInput.one("xlsx_too_big", "工作簿解压后过大", "the workbook unpacks to more than 1 GB")
+    for part, sheet in _worksheets(zf).items():
+        with zf.open(part) as stream:
+            _scan_sheet(stream, sheet)
+
+
+def _worksheets(zf: zipfile.ZipFile) -> dict[str, str]:
+    """Return {part: sheet name} of every worksheet in the package (a part no sheet names: its path)."""
+    names: dict[str, str] = {}
+    try:
+        targets = {r.get("Id"): r.get("Target", "") for r in ElementTree.fromstring(zf.read(RELS))}
+        for sheet in ElementTree.fromstring(zf.read("xl/workbook.xml")).iter(f"{{{MAIN_NS}}}sheet"):
+            target = targets.get(sheet.get(f"{{{REL_NS}}}id"), "")
+            part = target.lstrip("/") if target.startswith("/") else posixpath.normpath("xl/" + target)
+            names[part] = sheet.get("name", part)
+    except (KeyError, ElementTree.ParseError):
+        pass  # unnamed: every worksheet part is still looked at below
+    parts = {n for n in zf.namelist() if n.startswith("xl/worksheets/") and n.endswith(".xml")}
+    return {part: names.get(part, part) for part in sorted(parts)}
+
+
+_REF = re.compile(r"([A-Z]{1,3})([0-9]{1,7})")
+
+
+def _column_number(letters: str) -> int:
+    n = 0
+    for ch in letters:
+        n = n * 26 + ord(ch) - 64
+    return n
+
+
+class _Refused(Exception):
+    """Stops the scan of a sheet at the first thing too large in it."""
+
+
+def _scan_sheet(stream: IO[bytes], sheet: str) -> None:
+    """Refuse a sheet whose used range passes MAX_SHEET_ROWS or MAX_SHEET_CELLS, or with over MAX_MERGED ranges.
+
+    Streamed through expat from the sheet's XML, before the reader makes a cell: nothing of the
+    sheet is kept, and the scan stops at the first cell too far.
+    """
+    at = {"row": 0, "col": 0, "rows": 0, "cols": 0, "open": 0, "merged": 0}
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        tag = name.rsplit(":", 1)[-1]
+        if tag == "row":
+            r = attrs.get("r", "")
+            at["row"], at["col"] = (int(r) if r.isdigit() else at["row"] + 1), 0
+        elif tag == "c":
+            ref = _REF.fullmatch(attrs.get("r", ""))
+            at["col"] = _column_number(ref.group(1)) if ref else at["col"] + 1
+            at["row"] = int(ref.group(2)) if ref else at["row"]
+            at["open"] = 1
+        elif tag in ("v", "is", "f") and at["open"]:  # the cell holds a value, an inline string or a formula
+            at["open"] = 0
+            rows, cols = max(at["rows"], at["row"]), max(at["cols"], at["col"])
+            if rows > MAX_SHEET_ROWS or rows * cols > MAX_SHEET_CELLS:
+                raise _Refused(f"{get_column_letter(min(at['col'], 18_278))}{at['row']}")
+            at["rows"], at["cols"] = rows, cols
+        elif tag == "mergeCell":
+            at["merged"] += 1
+            if at["merged"] > MAX_MERGED:
+                raise _Refused("")
+
+    parser = expat.ParserCreate()
+    parser.StartElementHandler = start
+    try:
+        parser.ParseFile(stream)
+    except _Refused as refused:
+        far = str(refused)
+        if not far:
+            raise MalformedInput.one(
+                "sheet_too_many_merged",
+                f"工作表“{sheet}”的合并单元格超过 {MAX_MERGED} 处：请取消多余的合并后另存重试",
+                f"sheet {sheet!r} has more than {MAX_MERGED} merged ranges: unmerge them and save again",
+            ) from None
+        raise MalformedInput.one(
+            "sheet_too_large",
+            f"工作表“{sheet}”的 {far} 单元格有内容，使用范围过大（至多 {MAX_SHEET_ROWS} 行、"
+            f"{MAX_SHEET_CELLS} 个单元格）：请删除多余的行列后另存重试",
+            f"sheet {sheet!r} holds a value in {far}: its used range is too large "
+            f"(at most {MAX_SHEET_ROWS} rows, {MAX_SHEET_CELLS} cells); delete the stray rows and columns",
+        ) from None
+    except expat.ExpatError:
+        pass  # not well-formed: the reader says so
 
 
 def _fixed_width(f: Field, digits: str, known: set[str] | None) -> str | None:

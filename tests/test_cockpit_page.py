@@ -81,3 +81,18 @@ def test_the_cockpit_reads_on_a_phone(base_url: str) -> None:
             apart = a["x1"] <= b["x0"] or b["x1"] <= a["x0"] or a["y1"] <= b["y0"] or b["y1"] <= a["y0"]
             assert apart, (a["name"], b["name"])
         page.screenshot(path=str(SCREENSHOTS / "cockpit-phone.png"), full_page=True)
+
+
+def test_every_big_figure_reads_in_full_on_a_laptop(base_url: str) -> None:
+    # 1440×900 (a laptop, a meeting-room projector): the rent figures were cut to “51.…” by the ellipsis
+    cut = """() => Array.from(document.querySelectorAll('.gc-big-value, .gc-big-label'))
+        .filter(n => n.scrollWidth > n.clientWidth + 1).map(n => n.textContent)"""
+    with chromium() as browser:
+        for width, height in ((1440, 900), (1280, 800), (390, 844)):
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(base_url + "/cockpit")
+            page.wait_for_selector(".gc-shell[data-loaded]", timeout=20_000)
+            assert page.locator("[data-figure=receivable]").inner_text().strip()
+            assert page.evaluate(cut) == [], width
+            page.screenshot(path=str(SCREENSHOTS / f"cockpit-{width}.png"))
+            page.close()

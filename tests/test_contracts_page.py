@@ -237,3 +237,32 @@ def test_a_viewer_sees_masked_lessees_and_no_write_controls(
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways at 390 px ({width})"
         page.screenshot(path=str(SCREENSHOTS / "contracts-page-390.png"), full_page=True)
+
+
+def test_on_a_phone_the_contract_switch_covers_not_the_status(base_url: str) -> None:
+    # at 390 px the switch (bottom right) covered the end of the status lines (bottom left)
+    boxes = """() => Array.from(document.querySelectorAll('.leaflet-control'))
+        .filter(n => n.offsetParent !== null).map(n => {
+            const r = n.getBoundingClientRect();
+            return {name: n.className, x0: r.left, y0: r.top, x1: r.right, y1: r.bottom};
+        })"""
+    with chromium() as browser:
+        for mobile in (True, False):  # a phone, and a narrow window on a desktop
+            page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=mobile, has_touch=mobile)
+            page.goto(base_url + "/")
+            page.wait_for_function("window.guatu && guatu.idle()", timeout=15_000)
+            for checked in (False, True):
+                if checked:
+                    page.check("input.guatu-contracts-check")
+                    page.wait_for_selector(".guatu-contracts[data-loaded]", timeout=15_000)
+                found = page.evaluate(boxes)
+                switch = next(b for b in found if "guatu-contracts" in b["name"])
+                assert switch["x1"] <= 390 and switch["x0"] >= 0
+                for other in found:  # the open panel and legend cover each other on a phone already: not the switch's
+                    if other is switch or "guatu-panel" in other["name"] or "guatu-legend" in other["name"]:
+                        continue
+                    apart = switch["x1"] <= other["x0"] or other["x1"] <= switch["x0"]
+                    apart = apart or switch["y1"] <= other["y0"] or other["y1"] <= switch["y0"]
+                    assert apart, (mobile, checked, switch, other)
+            page.screenshot(path=str(SCREENSHOTS / f"contracts-map-390{'-mobile' if mobile else ''}.png"))
+            page.close()

@@ -13,7 +13,7 @@ from api.auth import ActorDep, rule
 from api.deps import SessionDep
 from api.routes.stats import FilterDep
 from api.routes.tiles import visibility
-from layers import campaign, cockpit, hierarchy
+from layers import campaign, cockpit, hierarchy, problems
 from spatial.errors import InvalidInput
 
 router = APIRouter(tags=["cockpit"])
@@ -69,5 +69,7 @@ def cockpit_figures(request: Request, session: SessionDep, actor: ActorDep) -> d
     """
     area = actor.area if actor else None
     who = f"{visibility(actor)}|{actor.role if actor else '-'}"  # personal values differ by role: never shared
+    if actor is not None and problems.assigned_to(session, actor.username):
+        who += f"|{actor.username}"  # their problems are seen outside the area too: figures of their own
     max_age = request.app.state.settings.cockpit_cache_s
     return _cache(request).get(who, max_age, lambda: cockpit.figures(session, area, campaign.today()))

@@ -24,7 +24,9 @@
 
   function big(parent, label, value, cls, name) {
     var item = el("div", "gc-big " + (cls || ""));
-    var number = el("div", "gc-big-value", value);
+    var unit = /^(.*\d)\s*(万元|元)$/.exec(value);  /* money: the unit small, so the number keeps its room */
+    var number = el("div", "gc-big-value", unit ? unit[1] : value);
+    if (unit) number.appendChild(el("span", "gc-unit", unit[2]));
     if (name) number.dataset.figure = name;
     item.appendChild(number);
     item.appendChild(el("div", "gc-big-label", label));
