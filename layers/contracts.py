@@ -17,6 +17,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
 from decimal import Decimal
+from functools import lru_cache
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
@@ -504,10 +505,31 @@ def load(
         r["lessee_name"], r["lessee_id"] = parties.get(r["id"], (None, None))
         r["assets"] = assets.get(r["id"], [])
         r["payments"] = payments.get(r["id"], [])
-        r["position"] = rent.position(
-            rent.Terms.of(r), [(p["paid_on"], p["amount"]) for p in r["payments"]], as_of, limits
-        )
+        paid = tuple((p["paid_on"], p["amount"]) for p in r["payments"])
+        r["position"] = _position(rent.Terms.of(r), paid, as_of, _rules_key(limits))
     return rows
+
+
+def _rules_key(limits: rent.Rules) -> tuple[int, int, tuple[tuple[str, Decimal], ...]]:
+    """Return LIMITS as a key (its floors a sorted tuple): positions are remembered per rules in force."""
+    return limits.expiry_days, limits.max_years, tuple(sorted(limits.floors.items()))
+
+
+@lru_cache(maxsize=65_536)
+def _position(
+    terms: rent.Terms,
+    paid: tuple[tuple[dt.date, Decimal], ...],
+    as_of: dt.date,
+    limits: tuple[int, int, tuple[tuple[str, Decimal], ...]],
+) -> rent.Position:
+    """Return the position of a contract with TERMS and PAYMENTS PAID on AS_OF, remembered.
+
+    A position follows from the terms, the payments and the date alone (a Position cannot be
+    changed), so a list of thousands of contracts read again — the map's lights, the cockpit,
+    the next page — recomputes only those whose terms or payments changed.
+    """
+    expiry, years, floors = limits
+    return rent.position(terms, paid, as_of, rent.Rules(expiry, years, dict(floors)))
 
 
 def public(row: dict[str, Any]) -> dict[str, Any]:

@@ -387,3 +387,17 @@ def test_scope_narrows_figures_and_lights(client: TestClient, session: Session) 
         assert (parcel["properties"]["code"] in lights) == bool(expected), scope
     assert client.get("/api/contracts", params={"scope": other}).json()["total"] == 0
     assert client.get("/api/contracts/assets", params={"layer": "zones"}).json()["code"] == "unknown_layer"
+
+
+def test_a_position_is_computed_once_for_the_same_terms_payments_and_date() -> None:
+    from layers.contracts import _position, _rules_key
+
+    terms = rent.Terms(dt.date(2025, 1, 1), dt.date(2029, 12, 31), Decimal(1200), "元/年", "月")
+    key = _rules_key(rent.Rules())
+    paid = ((dt.date(2025, 1, 3), Decimal(100)),)
+    first = _position(terms, paid, dt.date(2025, 3, 1), key)
+    hits = _position.cache_info().hits
+    assert _position(terms, paid, dt.date(2025, 3, 1), key) is first and _position.cache_info().hits == hits + 1
+    more = _position(terms, (*paid, (dt.date(2025, 2, 2), Decimal(100))), dt.date(2025, 3, 1), key)
+    assert (first.arrears, more.arrears) == (Decimal(200), Decimal(100))  # a new payment: a new position
+    assert first == rent.position(terms, paid, dt.date(2025, 3, 1))

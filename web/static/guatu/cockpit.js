@@ -190,6 +190,8 @@
     document.body.appendChild(shell);
     middle.appendChild(map.getContainer());
     map.invalidateSize();
+    var legend = document.querySelector(".guatu-legend");  // folded: the map is what the screen shows; a tap opens it
+    if (legend && !legend.classList.contains("guatu-folded")) legend.querySelector(".guatu-legend-title").click();
     function load() {
       fetch(opts.api + "/cockpit", {headers: {Accept: "application/json"}}).then(function (r) {
         if (!r.ok) throw new Error(String(r.status));
