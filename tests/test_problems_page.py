@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -281,6 +282,18 @@ def test_from_a_finding_to_closed_by_another_user(demo_engine: Engine, tmp_path:
         pins.reload()
         assert "guatu-problem-grey" in _pin_class(pins)
         pins.screenshot(path=str(SCREENSHOTS / "problems-pin-closed-1440.png"))
+        with verifier.expect_download(timeout=60_000) as download:  # the ledger's export says it too
+            verifier.locator("a.guatu-export").click()
+        saved = tmp_path / "problems.xlsx"
+        download.value.save_as(saved)
+        book = openpyxl.load_workbook(saved)
+        sheet = book["问题台账"]
+        header = [c.value for c in sheet[1]]
+        exported = {r[header.index("编号")]: r for r in sheet.iter_rows(min_row=3, values_only=True)}  # 2 header rows
+        assert exported[number][header.index("状态")] == "已销号"
+        assert exported[number][header.index("责任单位")] == "城管中队"
+        actions = [r[1] for r in book["流转记录"].iter_rows(min_row=3, values_only=True) if r[0] == number]
+        assert actions == ["登记", "交办", "整改", "提交验收", "销号"]
         cockpit.reload()  # the leader's screen: one more closed this month, none more open
         after = _cockpit_problems(cockpit)
         assert after == {**before, "problems_closed": before["problems_closed"] + 1}
