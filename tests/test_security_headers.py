@@ -153,7 +153,10 @@ def test_every_kind_of_response_carries_the_security_headers(
     assert len(set(nonces)) == len(nonces)  # one nonce per response
 
 
-@pytest.mark.parametrize("path", ["/", "/cockpit", "/upload", "/checks", "/report", "/problems", "/contracts", "/ledger/parcels", "/docs"])
+PAGES = ["/", "/cockpit", "/upload", "/checks", "/report", "/problems", "/contracts", "/ledger/parcels", "/docs"]
+
+
+@pytest.mark.parametrize("path", PAGES)
 def test_every_script_of_a_page_carries_its_response_s_nonce(web: TestClient, path: str) -> None:
     response = web.get(path)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
