@@ -19,6 +19,7 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -290,8 +291,12 @@ def write_export(
     cover = _cover(wb, actor, title, now)
     written = {}
     shown_full = {}
-    for sheet in sheets:
-        shown_full[sheet.layer.id], written[sheet.layer.id] = _write_sheet(session, wb, sheet, actor)
+    try:
+        for sheet in sheets:
+            shown_full[sheet.layer.id], written[sheet.layer.id] = _write_sheet(session, wb, sheet, actor)
+    except BaseException:
+        _discard(wb)
+        raise
     cover.append([])
     cover.append([_cell(cover, h, font=BOLD) for h in ("工作表 sheet", "筛选 filter", "行数 rows")])
     for sheet in sheets:
@@ -319,6 +324,17 @@ def _cover(wb: Any, actor: Actor | None, title: str, now: dt.datetime | None) ->
         ["个人信息 personal", "完整显示 shown in full" if actor and actor.sees_personal() else "已打码 masked"]
     )
     return cover
+
+
+def _discard(wb: Any) -> None:
+    """Close and remove the temporary files of a write-only workbook given up half written (an export refused)."""
+    for ws in wb.worksheets:
+        with suppress(Exception):
+            ws.close()
+        writer = getattr(ws, "_writer", None)  # openpyxl keeps each sheet in a temporary file until saved
+        if writer is not None:
+            with suppress(Exception):
+                writer.cleanup()
 
 
 def _save(wb: Any) -> Path:
@@ -397,26 +413,30 @@ def write_tables(
     for label, value in about:
         cover.append([label, value])
     counts: dict[str, int] = {}
-    for table in tables:
-        ws = wb.create_sheet(table.name)
-        for n, column in enumerate(table.columns, start=1):
-            ws.column_dimensions[get_column_letter(n)].width = max(WIDTHS[column.kind], len(column.zh) * 2 + 2)
-        ws.freeze_panes = "A3"
-        ws.auto_filter.ref = f"A2:{get_column_letter(len(table.columns))}2"
-        ws.append([_cell(ws, c.zh, font=BOLD) for c in table.columns])
-        ws.append([_cell(ws, c.en, font=EXAMPLE_FONT) for c in table.columns])
-        rows = 0
-        for row in table.rows:
-            if rows + sum(counts.values()) >= MAX_EXPORT_ROWS:
-                raise InvalidInput.one(
-                    "export_too_large",
-                    f"导出超过上限 {MAX_EXPORT_ROWS} 行：请缩小范围或增加筛选条件",
-                    f"the export would hold more than {MAX_EXPORT_ROWS} rows: narrow the scope or the filter",
-                    field="scope",
-                )
-            ws.append([_table_cell(ws, c, v) for c, v in zip(table.columns, row, strict=True)])
-            rows += 1
-        counts[table.name] = rows
+    try:
+        for table in tables:
+            ws = wb.create_sheet(table.name)
+            for n, column in enumerate(table.columns, start=1):
+                ws.column_dimensions[get_column_letter(n)].width = max(WIDTHS[column.kind], len(column.zh) * 2 + 2)
+            ws.freeze_panes = "A3"
+            ws.auto_filter.ref = f"A2:{get_column_letter(len(table.columns))}2"
+            ws.append([_cell(ws, c.zh, font=BOLD) for c in table.columns])
+            ws.append([_cell(ws, c.en, font=EXAMPLE_FONT) for c in table.columns])
+            rows = 0
+            for row in table.rows:
+                if rows + sum(counts.values()) >= MAX_EXPORT_ROWS:
+                    raise InvalidInput.one(
+                        "export_too_large",
+                        f"导出超过上限 {MAX_EXPORT_ROWS} 行：请缩小范围或增加筛选条件",
+                        f"the export would hold more than {MAX_EXPORT_ROWS} rows: narrow the scope or the filter",
+                        field="scope",
+                    )
+                ws.append([_table_cell(ws, c, v) for c, v in zip(table.columns, row, strict=True)])
+                rows += 1
+            counts[table.name] = rows
+    except BaseException:
+        _discard(wb)
+        raise
     cover.append([])
     cover.append([_cell(cover, h, font=BOLD) for h in ("工作表 sheet", "行数 rows")])
     for name, rows in counts.items():

@@ -167,8 +167,12 @@ def test_a_ledger_export_beyond_the_cap_is_refused_with_a_code(
     _frame(session)
     client.post("/api/contracts", json=_contract())
     client.post("/api/contracts", json=_contract(number="NT-2024-002"))
+    from openpyxl.worksheet._writer import ALL_TEMP_FILES
+
     monkeypatch.setattr(workbook, "MAX_EXPORT_ROWS", 1)
+    before = set(ALL_TEMP_FILES)
     refused = client.get("/api/contracts/export.xlsx")
     assert refused.status_code == 422 and refused.json()["code"] == "export_too_large"
+    assert set(ALL_TEMP_FILES) == before  # the sheets written before the refusal leave no temporary file
     monkeypatch.setattr(workbook, "MAX_EXPORT_ROWS", 2)
     assert len(_rows(_book(client.get("/api/contracts/export.xlsx"))["合同"])) == 2

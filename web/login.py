@@ -11,7 +11,7 @@ _LOCAL = re.compile(r"^/(?![/\\])[A-Za-z0-9/_.~!$&'()*+,;=:@%?-]*$")
 
 
 def is_local_path(url: str) -> bool:
-    """Return whether URL is a path on this site only (never another site, however a browser might read it).
+    r"""Return whether URL is a path on this site only (never another site, however a browser might read it).
 
     >>> [is_local_path(u) for u in ("/checks?scope=370214001", "//evil.example", "/\\evil.example", "/\t/evil")]
     [True, False, False, False]
