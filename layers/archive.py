@@ -170,6 +170,8 @@ def prune(*, days: float | None = None, max_bytes: int | None = None, now: float
 
 
 _KEPT = re.compile(r"[0-9a-f]{64}\.(geojson|xlsx)|\.[0-9a-f]{16}-\w+\.part")
+"""Uploaded files (and partial writes). Problem photos (``<sha>.photo.jpg`` …, layers.problems) are kept
+beside them but are evidence of a rectification: no retention or size cap removes them."""
 _REPORT = re.compile(r"[0-9]+\.json\.gz|\.[0-9]+-\w+\.part")
 _SPOOLED = re.compile(r"upload-\w+\.part")
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +104,17 @@ PHASES = (BEFORE, AFTER)
 MAX_PHOTO_BYTES = 8_000_000
 """The largest photo taken (a phone's camera JPEG is 2–5 MB)."""
 PHOTO_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+
+
+def photo_suffix(content_type: str) -> str:
+    """Return the archive suffix of a photo of CONTENT_TYPE (.photo.jpg …).
+
+    The archive's pruning (layers.archive.prune) never touches these: a photo is the evidence
+    of a problem's rectification and is kept as long as the problem, whatever its age.
+    """
+    return f".photo.{PHOTO_TYPES[content_type]}"
+
+
 DEADLINES = (dt.date(2000, 1, 1), dt.date(2199, 12, 31))
 """The deadlines taken (a typo's year 0001 would show a problem late by 739 000 days)."""
 DESCRIPTION_CHARS = 2000
@@ -577,7 +587,7 @@ def add_photo(session: Session, actor: Actor, body: bytes, phase: str) -> dict[s
             "photo_type", "只接受 JPEG、PNG 或 WebP 照片", "only JPEG, PNG or WebP photos are taken", field="file"
         )
     sha = hashlib.sha256(body).hexdigest()
-    archive.keep(body, sha)  # content-addressed: the same photo is kept once, whoever sends it
+    archive.keep(body, sha, photo_suffix(kind))  # content-addressed: the same photo is kept once, whoever sends it
     session.execute(
         insert(ProblemPhoto)
         .values(sha256=sha, phase=phase, content_type=kind, size_bytes=len(body), uploader=actor.username)
@@ -591,10 +601,9 @@ def photo(session: Session, sha: str) -> tuple[bytes, str]:
     row = session.execute(select(ProblemPhoto.content_type).where(ProblemPhoto.sha256 == sha)).scalar()
     if row is None:
         raise NotFound.one("photo_not_found", "找不到该照片", "no such photo", id=sha)
-    path = archive.root() / sha[:2] / f"{sha}.geojson"  # the archive's one naming scheme (layers.archive.keep)
+    path = archive.root() / sha[:2] / f"{sha}{photo_suffix(row)}"  # named as layers.archive.keep names it
     try:
         body = path.read_bytes()
-        os.utime(path)  # a photo in use renews its retention in the archive (layers.archive.prune)
     except FileNotFoundError:
         raise NotFound.one(
             "photo_pruned", "照片文件已不在存档中", "the photo file is no longer archived", id=sha

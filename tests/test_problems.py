@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from layers import features, problems
+from layers import archive, features, problems
 from layers.access import Actor
 from layers.base import REGISTRY
 from spatial.db import make_engine, state
@@ -271,6 +272,10 @@ def test_photos_are_content_addressed_checked_and_shown_only_to_who_may_see_them
     assert client.get(url, headers=as_user(tokens, "planner2")).status_code == 404  # another street
     unknown = report(client, tokens, photos=["cd" * 32])
     assert unknown.status_code == 422 and unknown.json()["code"] == "photo_unknown"
+    # evidence outlives the archive's retention and size cap: a prune years later keeps every photo
+    assert kept[0].name == f"{first}.photo.png"
+    archive.prune(days=1, max_bytes=1, now=time.time() + 10 * 365 * 86400)
+    assert kept[0].exists() and client.get(url, headers=as_user(tokens, "planner")).content == png(7)
 
 
 def test_rows_are_kept_to_the_users_area(client: TestClient, tokens: dict[str, str], frame: None) -> None:
