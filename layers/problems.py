@@ -324,6 +324,10 @@ BEGIN
     IF NEW.assignee IS NULL OR NOT EXISTS (SELECT 1 FROM users u WHERE u.username = NEW.assignee) THEN
       {_raise("GT422", "assignee_required")};
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM users u WHERE u.username = NEW.assignee AND NOT u.disabled
+                   AND (u.area IS NULL OR p.area LIKE u.area || '%' OR u.area LIKE p.area || '%')) THEN
+      {_raise("GT422", "assignee_outside_area", "NEW.assignee")};
+    END IF;
     IF NEW.deadline IS NULL THEN
       {_raise("GT422", "deadline_required")};
     END IF;
@@ -455,6 +459,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "only the person assigned or the area's grid manager may rectify",
     ),
     "assignee_required": ("交办须指定已有账号的责任人", "assigning needs a responsible person with an account"),
+    "assignee_outside_area": (
+        "责任人不在该问题所在的辖区（或已停用），请交办给本辖区的人员",
+        "the person assigned works elsewhere (or is disabled): assign someone of the problem's area",
+    ),
     "deadline_required": ("交办须设定整改期限", "assigning needs a deadline"),
     "after_photo_required": ("提交验收须附整改后照片", "submitting for verification needs an after photo"),
     "photo_unknown": ("照片未上传或编号不对", "a photo id is unknown: upload the photo first"),

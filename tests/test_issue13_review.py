@@ -211,21 +211,25 @@ def twin(tokens: dict[str, str]) -> Any:
 def test_the_cockpit_never_shows_one_users_assigned_problems_to_another_of_the_same_area(
     client: TestClient, tokens: dict[str, str], frame: None, twin: str
 ) -> None:
-    # planner2 (another street) is assigned a problem of this street: the database lets them see it,
-    # and their twin (same role, same street) must not see it counted, whoever asked first
+    # an assignee sees their problem even outside their area; planner2 (another street) may no longer be
+    # assigned one of this street at all, and whoever has an assignment gets cockpit figures of their own
     pid = report(client, tokens).json()["id"]
-    assigned = client.post(
-        f"/api/problems/{pid}/events",
-        json={"action": "交办", "assignee": "planner2", "deadline": "2030-01-01"},
-        headers=bearer(tokens["planner"]),
-    )
-    assert assigned.status_code == 201, assigned.text
+
+    def assign(username: str) -> Any:
+        body = {"action": "交办", "assignee": username, "deadline": "2030-01-01"}
+        return client.post(f"/api/problems/{pid}/events", json=body, headers=bearer(tokens["planner"]))
+
+    refused = assign("planner2")
+    assert refused.status_code == 422 and refused.json()["code"] == "assignee_outside_area"
 
     def open_for(token: str) -> int:
         return int(client.get("/api/cockpit", headers=bearer(token)).json()["problems"]["open"])
 
-    assert open_for(twin) == 0
-    assert open_for(tokens["planner2"]) == 1
+    assert open_for(twin) == 0 and open_for(tokens["planner2"]) == 0
+    assert assign("gridman9").status_code == 201
+    assert open_for(tokens["gridman9"]) == 1
+    kept = client.app.state.cockpit_cache.kept  # type: ignore[attr-defined]
+    assert any(key.endswith("|gridman9") for key in kept)  # keyed by the person, never shared by area alone
     assert open_for(twin) == 0
 
 

@@ -99,6 +99,9 @@ def test_the_whole_cycle_with_verifier_not_rectifier(
         "role_not_permitted"
     )
     deadline = (dt.date.today() + dt.timedelta(days=10)).isoformat()
+    elsewhere = move(client, tokens, "planner", pid, "交办", assignee="planner2", deadline=deadline)  # another street
+    assert elsewhere.status_code == 422 and elsewhere.json()["code"] == "assignee_outside_area"
+    assert client.get(f"/api/problems/{pid}", headers=as_user(tokens, "planner2")).status_code == 404  # still unseen
     assigned = move(client, tokens, "planner", pid, "交办", assignee="planner", unit="城管中队", deadline=deadline)
     assert assigned.status_code == 201, assigned.text
     assert assigned.json()["status"] == "已交办" and assigned.json()["unit"] == "城管中队"
