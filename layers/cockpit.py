@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from layers import campaign, contracts, hierarchy, problems
+from layers.base import REGISTRY, Count, Layer
 from layers.settings import layer_settings
 from layers.stats import Filter, statistics
 
@@ -28,13 +29,26 @@ def ranking_level(area: str | None) -> hierarchy.Level:
     return community
 
 
-def assets(session: Session) -> dict[str, Any]:
-    """Return the totals of every campaign layer (count, 亩, idle and result counts) and the idle rate of all."""
+def _idle_count(layer: Layer) -> Count | None:
+    """Return the count of LAYER given as a rate too (its idle ones), if declared."""
+    return next((c for c in layer.counts if c.rate), None)
+
+
+def layer_statistics(session: Session, flt: Filter, by: str | None = None) -> dict[str, dict[str, Any]]:
+    """Return each campaign layer's statistics under FLT (rolled up BY a level when given): one read for every use."""
+    return {layer.id: statistics(session, layer, flt, by=by) for layer in campaign.campaign_layers()}
+
+
+def assets(per_layer: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Return the totals of every campaign layer (count, 亩, idle and result counts) and the idle rate of all.
+
+    PER_LAYER: each layer's statistics (:func:`layer_statistics`).
+    """
     rows = []
     count = idle = 0
     for layer in campaign.campaign_layers():
-        total = statistics(session, layer, Filter())["total"]
-        idle_count = next((c for c in layer.counts if c.rate), None)
+        total = per_layer[layer.id]["total"]
+        idle_count = _idle_count(layer)
         result = campaign.result_count(layer)
         row = {
             "layer": layer.id,
@@ -54,15 +68,17 @@ def assets(session: Session) -> dict[str, Any]:
     return {"layers": rows, "count": count, "idle": idle, "idle_rate": round(idle / count, 4) if count else 0.0}
 
 
-def ranking(session: Session, level: hierarchy.Level) -> list[dict[str, Any]]:
-    """Return the units of LEVEL ranked by campaign progress, with their idle counts and rate."""
-    progress = campaign.progress(session, level.id)
+def ranking(progress: dict[str, Any], per_layer: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the units of PROGRESS (campaign.progress) ranked by it, with their idle counts and rate.
+
+    PER_LAYER: each layer's statistics rolled up by the same level (:func:`layer_statistics`).
+    """
     idle: dict[str | None, list[int]] = {}
     for layer in campaign.campaign_layers():
-        rate = next((c for c in layer.counts if c.rate), None)
+        rate = _idle_count(layer)
         if rate is None:
             continue
-        for row in statistics(session, layer, Filter(), by=level.id)["rows"]:
+        for row in per_layer[layer.id]["rows"]:
             tally = idle.setdefault(row["code"], [0, 0])
             tally[0] += row.get(rate.name, 0)
             tally[1] += row["count"]
@@ -123,18 +139,19 @@ def problem_figures(session: Session, today: dt.date) -> dict[str, Any]:
 def figures(session: Session, area: str | None, today: dt.date) -> dict[str, Any]:
     """Return every figure of the cockpit for the actor's AREA as of TODAY (their own rows only, by RLS)."""
     level = ranking_level(area)
-    results = campaign.results_by_month(session, today)
+    per_layer = layer_statistics(session, Filter(), by=level.id)  # the totals and the roll-up in one read
+    progress = campaign.progress(session, level.id)
     return {
         "rent": rent(session, today),
         "problems": problem_figures(session, today),
         "today": today.isoformat(),
         "area": area,
-        "assets": assets(session),
-        "results": results,
-        "campaign": campaign.progress(session, level.id),
+        "assets": assets(per_layer),
+        "results": campaign.results_by_month(session, today),
+        "campaign": progress,
         "ranking": {
             "level": {"id": level.id, "zh": level.label(), "en": level.label_en()},
-            "rows": ranking(session, level),
+            "rows": ranking(progress, per_layer),
         },
     }
 
@@ -146,17 +163,15 @@ def print_tables(session: Session, scope: str | None) -> list[dict[str, Any]]:
     """
     flt = Filter(scope=scope)
     figures_rows = []
-    for layer in campaign.campaign_layers():
-        total = statistics(session, layer, flt)["total"]
-        idle = next((c for c in layer.counts if c.rate), None)
-        result = campaign.result_count(layer)
+    for row in assets(layer_statistics(session, flt))["layers"]:
+        layer = REGISTRY[row["layer"]]
         figures_rows.append(
             (
-                layer.zh,
-                f"{total['count']} {layer.counter_zh}",
-                f"{total['area_mu']:.2f}" if layer.has_area else "—",
-                f"{total[idle.name]}（{100 * total[f'{idle.name}_rate']:.1f}%）" if idle else "—",
-                f"{result.zh} {total[result.name]}" if result else "—",
+                row["zh"],
+                f"{row['count']} {row['counter']}",
+                f"{row['area_mu']:.2f}" if row["area_mu"] is not None else "—",
+                f"{row['idle']}（{100 * row['idle_rate']:.1f}%）" if _idle_count(layer) else "—",
+                f"{row['result_zh']} {row['result']}" if campaign.result_count(layer) else "—",
             )
         )
     own = hierarchy.level_of(scope) if scope else None

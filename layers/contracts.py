@@ -611,9 +611,8 @@ def _refuse_writer(actor: Actor) -> None:
         raise Forbidden.one("forbidden", f"角色“{role.zh}”不能管理合同", f"role {role.en} may not keep contracts")
 
 
-def create(session: Session, actor: Actor, data: ContractIn, as_of: dt.date) -> dict[str, Any]:
-    """Store a new contract (not committed) and return it."""
-    _refuse_writer(actor)
+def _checked_area(session: Session, actor: Actor, data: ContractIn) -> str:
+    """Check DATA's terms and return the community its assets lie in, refused unless it is in ACTOR's area."""
     _check_terms(data)
     area = _locate_assets(session, data.assets)
     if not actor.in_area(area):
@@ -623,6 +622,13 @@ def create(session: Session, actor: Actor, data: ContractIn, as_of: dt.date) -> 
             "the contract's assets lie outside your area",
             field="assets",
         )
+    return area
+
+
+def create(session: Session, actor: Actor, data: ContractIn, as_of: dt.date) -> dict[str, Any]:
+    """Store a new contract (not committed) and return it."""
+    _refuse_writer(actor)
+    area = _checked_area(session, actor, data)
     try:
         with session.begin_nested():
             cid = session.execute(insert(Contract).values(**_values(data, area)).returning(Contract.id)).scalar_one()
@@ -648,15 +654,7 @@ def replace(
             ),
             current=public(current),
         )
-    _check_terms(data)
-    area = _locate_assets(session, data.assets)
-    if not actor.in_area(area):
-        raise Forbidden.one(
-            "asset_outside_area",
-            "合同标的不在您的辖区内",
-            "the contract's assets lie outside your area",
-            field="assets",
-        )
+    area = _checked_area(session, actor, data)
     values = _values(data, area)
     _kept_personal(session, cid, values)
     try:
