@@ -26,6 +26,7 @@ import io
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from PIL import Image
 from psycopg import errors as pg_errors
@@ -1057,7 +1058,9 @@ def pins(
 
 
 def _month_start(today: dt.date) -> dt.datetime:
-    return dt.datetime.combine(today.replace(day=1), dt.time(), tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    from layers.settings import layer_settings
+
+    return dt.datetime.combine(today.replace(day=1), dt.time(), tzinfo=ZoneInfo(layer_settings().timezone))
 
 
 def _figures(today: dt.date) -> list[Any]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 from xml.etree import ElementTree
 from xml.parsers import expat
+from zoneinfo import ZoneInfo
 
 import orjson
 from openpyxl import Workbook
@@ -317,9 +318,7 @@ def _cover(wb: Any, actor: Actor | None, title: str, now: dt.datetime | None) ->
     who = f"{actor.username}（{actor.role}）" if actor is not None else "—"
     cover.append([_cell(cover, title, font=Font(bold=True, size=14))])
     cover.append(["导出人 exported by", who])
-    cover.append(
-        ["导出时间 exported at", now.astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%Y-%m-%d %H:%M")]
-    )
+    cover.append(["导出时间 exported at", now.astimezone(_local()).strftime("%Y-%m-%d %H:%M")])
     cover.append(
         ["个人信息 personal", "完整显示 shown in full" if actor and actor.sees_personal() else "已打码 masked"]
     )
@@ -362,7 +361,13 @@ FORMATS: dict[str, str | None] = {
 }
 """The number format of each kind of column: codes as text, money with two decimals, dates as dates."""
 WIDTHS = {"text": 24, "code": 22, "date": 12, "datetime": 17, "money": 14, "int": 10}
-CHINA = dt.timezone(dt.timedelta(hours=8))
+
+
+def _local() -> ZoneInfo:
+    """Return the deployment's time zone (GUATU_TIMEZONE): times in a workbook are written in it."""
+    from layers.settings import layer_settings
+
+    return ZoneInfo(layer_settings().timezone)
 
 
 @dataclass(frozen=True)
@@ -387,7 +392,7 @@ def _table_cell(ws: Any, column: Column, value: Any) -> Any:
     if value is None or value == "":
         return None
     if column.kind == "datetime" and isinstance(value, dt.datetime):
-        value = value.astimezone(CHINA).replace(tzinfo=None)  # Excel has no time zones: shown in Beijing time
+        value = value.astimezone(_local()).replace(tzinfo=None)  # Excel has no time zones: the deployment's
     elif column.kind == "money":
         value = round(float(value), 2)
     elif column.kind in ("code", "text"):
