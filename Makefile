@@ -61,6 +61,7 @@ system-test:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v pdftoppm >/dev/null || missing="$$missing poppler-utils"; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v ogrinfo >/dev/null || missing="$$missing gdal-bin"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> 安装测试用软件包 installing test packages:$$missing"; \
 	  $(SUDO) apt-get update -q; \
