@@ -46,6 +46,7 @@ from layers.base import READ_ONLY, Layer, declared_layer
 from layers.features import check_feature, locate_all, looks_masked, masked_problem
 from layers.settings import layer_settings
 from layers.staging import METRES_PER_DEGREE
+from spatial import formats
 from spatial.crs import (
     Axis,
     DeclaredCrs,
@@ -105,6 +106,10 @@ class UploadOptions:
     idempotency_key: str | None = None
     import_mode: workbook.ImportMode | None = None
     """For a workbook: add (新增导入) or update (更新导入); None: add if it has geometry, else update."""
+    source_layer: str | None = None
+    """The layer of a file holding several (a GeoPackage's table, a zip's Shapefile, a KML folder)."""
+    encoding: str | None = None
+    """The text encoding of a Shapefile or CSV, overriding its .cpg and the detection."""
 
     def key(self, layer: Layer) -> str:
         """Return the hash of what changes the outcome (not who or under which name)."""
@@ -117,6 +122,10 @@ class UploadOptions:
         }
         if self.import_mode is not None:  # absent otherwise: earlier uploads keep their keys
             outcome["import_mode"] = self.import_mode
+        if self.source_layer is not None:
+            outcome["source_layer"] = self.source_layer
+        if self.encoding is not None:
+            outcome["encoding"] = self.encoding
         canon = orjson.dumps(outcome, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canon).hexdigest()
 
@@ -177,6 +186,70 @@ def _declared(options: UploadOptions, crs_member: str | None) -> DeclaredCrs:
     return declared
 
 
+def _read_file(body: Body, fmt: str, options: UploadOptions) -> formats.ReadFile:
+    """Read an upload of format FMT (neither GeoJSON nor a ledger) into GeoJSON, from a file of the server's own."""
+    if isinstance(body, Path):
+        return formats.read_vector(body, fmt, layer=options.source_layer, encoding=options.encoding)
+    spooled = archive.spool_file()  # GDAL reads files: the bytes are written to one of the spool's
+    try:
+        spooled.write_bytes(body)
+        return formats.read_vector(spooled, fmt, layer=options.source_layer, encoding=options.encoding)
+    finally:
+        spooled.unlink(missing_ok=True)
+
+
+TEXT_FORMATS = ("csv", "kml", "kmz")
+"""Formats whose values are all text: a value is read as a number where the layer's field is one."""
+
+
+def _fit_types(layer: Layer, read: formats.ReadFile) -> bytes:
+    """Return READ's features with text read as numbers for the layer's number fields (of the same name).
+
+    A CSV or KML holds text only; "1201" is a land-use code in one field and a count in
+    another, which only the layer knows. Text that is no number is left for the checks to refuse.
+    """
+    numbers = {f.name: f.kind for f in layer.fields if f.kind in ("int", "float")}
+    collection = orjson.loads(read.geojson)
+    for feature in collection["features"]:
+        props = feature["properties"]
+        for name in numbers.keys() & props.keys():
+            value = props[name]
+            if isinstance(value, str):
+                with suppress(ValueError):
+                    number = float(value)
+                    props[name] = int(number) if numbers[name] == "int" and number.is_integer() else number
+    fitted: bytes = orjson.dumps(collection)
+    return fitted
+
+
+def _file_options(read: formats.ReadFile) -> dict[str, Any]:
+    """Return what the upload record keeps of how a file was read: format, layer, encoding and its source."""
+    out: dict[str, Any] = {"format": read.format}
+    if read.layer is not None:
+        out["layer"] = read.layer
+    if read.encoding is not None:
+        out["encoding"], out["encoding_source"] = read.encoding, read.encoding_source
+    return out
+
+
+def _crs_conflict(options: UploadOptions, stated: str | None, declared: DeclaredCrs) -> list[dict[str, Any]]:
+    """Note that the user's crs= overrides a different CRS the file states (the user wins, but is told)."""
+    if not options.crs or stated is None:
+        return []
+    in_file = parse_crs(stated)
+    if isinstance(in_file, Problem) or (in_file.kind, in_file.epsg) == (declared.kind, declared.epsg):
+        return []
+    return [
+        formats.note(
+            "crs_conflict",
+            f"文件声明坐标系为 {stated}，但上传时指定了 {declared.label}：已按指定的 {declared.label} 读取",
+            f"the file states {stated} but {declared.label} was declared: read as {declared.label}",
+            file_crs=stated,
+            declared=declared.label,
+        )
+    ]
+
+
 def run_upload(
     session: Session,
     layer: Layer,
@@ -214,16 +287,24 @@ def _run(
     replay = _replay(session, layer, sha, options_key, options)
     if replay is not None:
         return replay
-    ledger = None
-    if workbook.is_workbook(bytes(raw[:4])):
+    ledger = read = None
+    fmt = formats.sniff(bytes(raw[: formats.HEAD]), options.filename)
+    if fmt == "zip":
+        fmt = formats.zip_format(body if isinstance(body, Path) else bytes(raw))
+    if fmt == "xlsx":
         ledger = workbook.read_ledger(session, layer, body, options.import_mode)
         source = open_geojson(ledger.geojson)
         workers = 0  # a ledger is a few thousand rows, read and matched here: checked in this thread
-    else:
+    elif fmt == "geojson":
         source = open_geojson(raw)
+    else:
+        read = _read_file(body, fmt, options)
+        source = open_geojson(_fit_types(layer, read) if read.format in TEXT_FORMATS else read.geojson)
     file.release()  # read through once: the chunks fault back in what they need, a few at a time
-    archive.keep(body, sha, ".xlsx" if ledger else ".geojson")  # only a file that parses is kept
+    archive.keep(body, sha, formats.SUFFIXES.get(read.format if read else fmt, ".geojson"))  # only a file that parses
     declared = _declared(options, source.crs_name)
+    if read is not None:
+        read.notes.extend(_crs_conflict(options, read.crs, declared))
     upload = Upload(
         layer=layer.id,
         sha256=sha,
@@ -239,6 +320,7 @@ def _run(
             "dry_run": options.dry_run,
             "repair": options.repair,
             **({"format": "xlsx", "import_mode": ledger.mode, "sheet": ledger.sheet} if ledger else {}),
+            **(_file_options(read) if read else {}),
         },
         status="running",
         report={},
@@ -263,6 +345,8 @@ def _run(
             )
         if ledger is not None:
             ledger.annotate(layer, report)
+        if read is not None:
+            report["file"] = read.describe()
         summary = report["summary"]
         if options.dry_run:
             status = "dry_run"

@@ -1,4 +1,4 @@
-"""Uploads of GeoJSON files: check, diff, commit atomically, replay idempotently."""
+"""Uploads of vector files (GeoJSON, GeoPackage, Shapefile, KML, CSV …) and ledgers: check, diff, commit, replay."""
 
 from __future__ import annotations
 
@@ -26,12 +26,27 @@ router = APIRouter(tags=["uploads"])
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "GeoJSON 文件：FeatureCollection、单个 Feature 或几何对象；或 Excel 台账 .xlsx"
-        "（请求体或 multipart 的 file）",
+        "description": "GeoJSON 文件：FeatureCollection、单个 Feature 或几何对象；Excel 台账 .xlsx；"
+        "GeoPackage、Shapefile（.zip：.shp/.shx/.dbf，可含 .prj/.cpg）、KML/KMZ、CSV（经度/纬度列或 WKT 列）、"
+        "GML、GPX、FlatGeobuf、DXF（请求体或 multipart 的 file；格式按文件内容识别，其次按文件名后缀）",
         "content": {
             "application/geo+json": {"schema": {"type": "object"}},
             "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
                 "schema": {"type": "string", "format": "binary"}
+            },
+            **{
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in (
+                    "application/geopackage+sqlite3",
+                    "application/zip",
+                    "application/vnd.google-earth.kml+xml",
+                    "application/vnd.google-earth.kmz",
+                    "text/csv",
+                    "application/gml+xml",
+                    "application/gpx+xml",
+                    "application/flatgeobuf",
+                    "image/vnd.dxf",
+                )
             },
             "multipart/form-data": {
                 "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
@@ -141,7 +156,7 @@ def _text(value: str | None, limit: int) -> str | None:
 
 @router.post(
     "/api/layers/{layer_id}/uploads",
-    summary="上传 GeoJSON 文件或 Excel 台账 Upload a GeoJSON file or an Excel ledger",
+    summary="上传 GeoJSON、GeoPackage、Shapefile、KML、CSV 等文件或 Excel 台账 Upload a vector file or an Excel ledger",
     status_code=201,
     **rule("upload", **UPLOAD_BODY),
 )
@@ -163,6 +178,24 @@ async def create_upload(
         Query(
             description="Excel 台账：add 新增导入（编码已存在则报错）/ update 更新导入（按编码只改不同的单元格）；"
             "默认：有图形列为 add，否则 update. Ignored for GeoJSON."
+        ),
+    ] = None,
+    source_layer: Annotated[
+        str | None,
+        Query(
+            alias="layer",
+            max_length=200,
+            description="文件中有多个图层时选择其一（GeoPackage 的表、压缩包中的 Shapefile、KML 文件夹） "
+            "the layer of a file holding several",
+        ),
+    ] = None,
+    encoding: Annotated[
+        str | None,
+        Query(
+            max_length=40,
+            pattern=r"^[A-Za-z0-9_ -]+$",
+            description="Shapefile / CSV 的文字编码（如 GBK、UTF-8），优先于 .cpg 和自动判断 "
+            "the text encoding, overriding the .cpg and the detection",
         ),
     ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
@@ -188,6 +221,8 @@ async def create_upload(
                 filename=_text(filename, 300),
                 idempotency_key=idempotency_key,
                 import_mode=import_mode,
+                source_layer=source_layer,
+                encoding=encoding,
             )
             async with watched(request) as token, uploads.turn():
 
