@@ -336,7 +336,7 @@ def test_missing_required_column_and_a_non_workbook_zip_are_clear_errors(client:
     with zipfile.ZipFile(buffer, "w") as zf:
         zf.writestr("a.txt", "hello")
     broken = _upload(client, buffer.getvalue())
-    assert broken.status_code == 400 and broken.json()["code"] == "unsupported_format"  # a zip, but of nothing known
+    assert broken.status_code == 400 and broken.json()["code"] == "not_xlsx"
 
 
 def test_masked_personal_values_sent_back_keep_the_stored_ones(
