@@ -254,7 +254,12 @@ def archive_prune(
 
 @app.command("import")
 def import_file(
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="GeoJSON file")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, help="GeoJSON, Excel, GeoPackage, Shapefile (.zip), KML/KMZ, CSV … file"
+        ),
+    ],
     layer: str = typer.Option(..., "--layer", "-l", help="layer id: " + ", ".join(REGISTRY)),
     crs: str = typer.Option(None, help="WGS84, CGCS2000, GCJ-02, BD-09 or EPSG:<code> (default: the file's crs)"),
     axis: str = typer.Option("xy", help="xy: easting/lon first; yx: northing/lat first (X = 北)"),
@@ -262,8 +267,10 @@ def import_file(
     dry_run: bool = typer.Option(False, "--dry-run", help="check and diff only; write nothing"),
     repair: bool = typer.Option(False, "--repair", help="make invalid polygons valid, reporting the area change"),
     json_out: bool = typer.Option(False, "--json", help="print the whole upload record as JSON"),
+    source_layer: str = typer.Option(None, "--source-layer", help="the file's layer (GeoPackage table, KML folder …)"),
+    encoding: str = typer.Option(None, help="a Shapefile's or CSV's text encoding (GBK, UTF-8 …)"),
 ) -> None:
-    """Import a GeoJSON file into a layer: checked, converted, diffed, committed atomically."""
+    """Import a file into a layer: checked, converted, diffed, committed atomically."""
     from layers.features import layer_or_404
     from layers.uploads import Mode, UploadOptions, commit_upload
     from spatial.crs import Axis
@@ -275,7 +282,14 @@ def import_file(
     checked_axis: Axis = "yx" if axis == "yx" else "xy"
     checked_mode: Mode = "valid-only" if mode == "valid-only" else "all-or-nothing"
     options = UploadOptions(
-        crs=crs, axis=checked_axis, mode=checked_mode, dry_run=dry_run, repair=repair, filename=path.name
+        crs=crs,
+        axis=checked_axis,
+        mode=checked_mode,
+        dry_run=dry_run,
+        repair=repair,
+        filename=path.name,
+        source_layer=source_layer,
+        encoding=encoding,
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with _cli_session(engine) as session, Progress(*columns, console=console, transient=True) as bar:

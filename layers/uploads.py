@@ -10,6 +10,7 @@ when asked. The upload record keeps a capped report; the full one is kept as a f
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gc
 import hashlib
 import json
@@ -188,12 +189,16 @@ def _declared(options: UploadOptions, crs_member: str | None) -> DeclaredCrs:
 
 def _read_file(body: Body, fmt: str, options: UploadOptions) -> formats.ReadFile:
     """Read an upload of format FMT (neither GeoJSON nor a ledger) into GeoJSON, from a file of the server's own."""
+    scratch = archive.spool_dir()  # the spooled upload's own disk: GDAL's copy of it is a link
+    read = functools.partial(
+        formats.read_vector, fmt=fmt, layer=options.source_layer, encoding=options.encoding, scratch=scratch
+    )
     if isinstance(body, Path):
-        return formats.read_vector(body, fmt, layer=options.source_layer, encoding=options.encoding)
+        return read(body)
     spooled = archive.spool_file()  # GDAL reads files: the bytes are written to one of the spool's
     try:
         spooled.write_bytes(body)
-        return formats.read_vector(spooled, fmt, layer=options.source_layer, encoding=options.encoding)
+        return read(spooled)
     finally:
         spooled.unlink(missing_ok=True)
 
@@ -217,7 +222,8 @@ def _fit_types(layer: Layer, read: formats.ReadFile) -> bytes:
             if isinstance(value, str):
                 with suppress(ValueError):
                     number = float(value)
-                    props[name] = int(number) if numbers[name] == "int" and number.is_integer() else number
+                    if math.isfinite(number):
+                        props[name] = int(number) if numbers[name] == "int" and number.is_integer() else number
     fitted: bytes = orjson.dumps(collection)
     return fitted
 

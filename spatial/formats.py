@@ -316,11 +316,14 @@ def _gdal_reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def read_vector(path: Path, fmt: str, *, layer: str | None = None, encoding: str | None = None) -> ReadFile:
+def read_vector(
+    path: Path, fmt: str, *, layer: str | None = None, encoding: str | None = None, scratch: Path | None = None
+) -> ReadFile:
     """Read the file at PATH (of format FMT, as sniffed) into a GeoJSON FeatureCollection.
 
     LAYER picks a GeoPackage's table, a zip's Shapefile, a KML folder or a GPX layer;
-    ENCODING overrides the text encoding of a Shapefile or CSV. Raises MalformedInput
+    ENCODING overrides the text encoding of a Shapefile or CSV. SCRATCH: the folder where
+    GDAL's private copy is made (on PATH's disk, it is a link). Raises MalformedInput
     (unsupported_format, unreadable_file, zip_unsafe, …) or InvalidInput
     (source_layer_required, source_layer_unknown, encoding_unknown).
     """
@@ -335,7 +338,7 @@ def read_vector(path: Path, fmt: str, *, layer: str | None = None, encoding: str
         return _read_kml(_kml_bytes(path), "kml", layer)
     if fmt not in DRIVERS and fmt != "kmz":
         raise unsupported(fmt)
-    with _workdir(path) as work:
+    with _workdir(scratch) as work:
         if fmt == "kmz":
             return _read_kml(_unpack_kmz(path), "kmz", layer)
         if fmt == "shp-zip":
@@ -352,10 +355,10 @@ def read_vector(path: Path, fmt: str, *, layer: str | None = None, encoding: str
 
 
 @contextlib.contextmanager
-def _workdir(path: Path) -> Iterator[Path]:
-    """Yield a private folder beside PATH (the same disk: linked, not copied), removed afterwards."""
+def _workdir(scratch: Path | None) -> Iterator[Path]:
+    """Yield a private folder in SCRATCH (else the system's temporary folder), removed afterwards."""
     try:
-        folder = tempfile.mkdtemp(prefix=".read-", dir=path.parent)
+        folder = tempfile.mkdtemp(prefix=".read-", dir=scratch)
     except OSError:
         folder = tempfile.mkdtemp(prefix="guatu-read-")
     try:
