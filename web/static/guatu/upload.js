@@ -42,8 +42,17 @@
         var file = el("input");
         file.type = "file";
         file.name = "file";
-        file.accept = ".geojson,.json,.xlsx,application/geo+json,application/json," +
+        file.accept = ".geojson,.json,.xlsx,.gpkg,.zip,.kml,.kmz,.csv,.txt,.gml,.gpx,.fgb,.dxf," +
+          "application/geo+json,application/json," +
           "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+        var sourceLayer = select("source_layer", [{value: "", label: "（文件只有一个图层时不用选）(only one)"}]);
+        var encoding = select("encoding", [{value: "", label: "自动判断 (detect)"},
+                                           {value: "GBK", label: "GBK"}, {value: "UTF-8", label: "UTF-8"},
+                                           {value: "GB18030", label: "GB18030"}, {value: "BIG5", label: "BIG5"}]);
+        file.addEventListener("change", function () {  // another file: its layers are asked afresh
+          sourceLayer.length = 1;
+          sourceLayer.value = "";
+        });
         var importMode = select("import_mode", [
           {value: "", label: "自动：有图形列为新增，否则更新 (auto)"},
           {value: "add", label: "新增导入 (add: new codes only)"},
@@ -64,7 +73,9 @@
         links.appendChild(exported);
         [labelled("图层 Layer", layer), links, labelled("坐标系 CRS", crs), labelled("轴顺序 Axis", axis),
          labelled("提交方式 Mode", mode), labelled("Excel 导入方式 Import", importMode),
-         labelled("文件 File（GeoJSON 或 .xlsx）", file)].forEach(function (n) { form.appendChild(n); });
+         labelled("文件 File（GeoJSON、.xlsx、GeoPackage、Shapefile .zip、KML/KMZ、CSV …）", file),
+         labelled("文件中的图层 Layer in the file", sourceLayer),
+         labelled("文字编码 Encoding（Shapefile/CSV）", encoding)].forEach(function (n) { form.appendChild(n); });
         var check = el("button", "guatu-button", "检查（试运行）Check (dry run)");
         check.type = "button";
         check.name = "check";
@@ -90,6 +101,8 @@
           var params = new URLSearchParams({axis: axis.value, mode: mode.value, dry_run: String(dryRun)});
           if (crs.value) params.set("crs", crs.value);
           if (importMode.value) params.set("import_mode", importMode.value);
+          if (sourceLayer.value) params.set("layer", sourceLayer.value);
+          if (encoding.value) params.set("encoding", encoding.value);
           var body = new FormData();
           body.append("file", file.files[0]);
           status.textContent = dryRun ? "正在检查… (checking)" : "正在提交… (committing)";
@@ -109,6 +122,15 @@
           var data = res.data;
           report.textContent = "";
           drawn.clearLayers();
+          var asked = data.code === "source_layer_required" && (data.errors || [])[0];
+          if (asked && asked.details && asked.details.layers) {  // a file of several layers: offer them
+            sourceLayer.length = 1;
+            asked.details.layers.forEach(function (name) {
+              var option = el("option", null, name);
+              option.value = name;
+              sourceLayer.appendChild(option);
+            });
+          }
           if (!data.report) {  // the whole file was refused, or the server is busy
             status.textContent = (res.status === 503 ? "服务器繁忙，请稍后重试 (server busy): " :
               "文件未通过 (file refused): ") + data.code + " — " + data.message;
@@ -120,6 +142,14 @@
           status.textContent = (dryRun ? "试运行 Dry run" : "上传 #" + data.id + " " + data.status) +
             "：共 " + s.total + "，新增 " + s.new + "，修改 " + s.changed + "，未变 " + s.unchanged + "，拒绝 " + s.rejected;
           (data.report.warnings || []).forEach(function (w) { report.appendChild(el("div", "guatu-warning", w.message)); });
+          var read = data.report.file;  // a GeoPackage, Shapefile, KML, CSV …: how it was read
+          if (read) {
+            report.appendChild(el("div", "guatu-file-read", "文件 File：" + read.format +
+              (read.layer ? "，图层 " + read.layer : "") + "，" + read.count + " 个要素" +
+              (read.encoding ? "，编码 " + read.encoding + "（" + read.encoding_source + "）" : "") +
+              (read.crs ? "，坐标系 " + read.crs : "")));
+            (read.notes || []).forEach(function (n) { report.appendChild(el("div", "guatu-warning", n.message)); });
+          }
           var table = el("table", "guatu-report-table");
           data.report.features.forEach(function (f) {
             var why = (f.problems || []).map(function (p) { return p.code + "：" + p.message; }).join("；");
