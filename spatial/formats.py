@@ -750,7 +750,8 @@ def _candidates(target: Path, fmt: str, listed: Any) -> list[str]:
     spatial = [str(row[0]) for row in listed if row[1] is not None] or names
     if fmt == "gpx":
         spatial = [n for n in spatial if n not in ("route_points", "track_points")]
-        spatial = [n for n in spatial if int(pyogrio.read_info(target, layer=n).get("features") or 0)] or spatial
+        counted = {n: pyogrio.read_info(target, layer=n, force_feature_count=True).get("features") for n in spatial}
+        spatial = [n for n in spatial if int(counted[n] or 0) > 0] or spatial
     return spatial
 
 

@@ -567,3 +567,36 @@ def test_the_harbin_grids_and_taiwan_villages_get_their_verdicts(client: TestCli
         assert again.status_code in (200, 422), again.text
         assert again.json()["report"]["file"]["count"] == response.json()["report"]["summary"]["total"]
         assert "unknown_field" in codes(again.json()["report"]["features"])
+
+
+# --------------------------------------------------------------------------- the rest GDAL reads
+
+
+@needs_gdal
+def test_flatgeobuf_and_gpx_through_gdal(client: TestClient, session: Session, tmp_path: Path) -> None:
+    fgb = tmp_path / "shops.fgb"
+    ogr2ogr("-f", "FlatGeobuf", fgb, geojson_file(tmp_path, [shop(1), shop(2)]), "-a_srs", "EPSG:4490")
+    assert formats.sniff(fgb.read_bytes()[: formats.HEAD]) == "fgb"
+    response = post(client, "shops.fgb", fgb.read_bytes())
+    assert response.status_code == 201, response.text
+    assert response.json()["options"]["format"] == "fgb" and len(stored(session, "shops", "name")) == 2
+    points = [
+        {"type": "Feature", "properties": {"name": "井"}, "geometry": {"type": "Point", "coordinates": [X0, Y0]}}
+    ]
+    gpx = tmp_path / "walk.gpx"
+    ogr2ogr("-f", "GPX", gpx, geojson_file(tmp_path, points, "w.geojson"), "-nln", "waypoints")
+    response = post(client, "walk.gpx", gpx.read_bytes(), dry_run="true")
+    assert response.status_code == 200, response.text
+    described = response.json()["report"]["file"]
+    assert described["format"] == "gpx" and described["layer"] == "waypoints" and described["count"] == 1
+    assert "name" in {f["name"] for f in described["fields"]}
+
+
+def test_layer_and_encoding_enter_the_options_key_only_when_set() -> None:
+    from layers.uploads import UploadOptions
+
+    shops = REGISTRY["shops"]
+    plain = UploadOptions().key(shops)
+    assert plain == UploadOptions(filename="a.gpkg").key(shops)  # the name is no option
+    assert UploadOptions(source_layer="地块").key(shops) != plain
+    assert UploadOptions(encoding="GBK").key(shops) not in (plain, UploadOptions(source_layer="GBK").key(shops))
