@@ -340,7 +340,7 @@ def read_vector(
         raise unsupported(fmt)
     with _workdir(scratch) as work:
         if fmt == "kmz":
-            return _read_kml(_unpack_kmz(path), "kmz", layer)
+            return _read_kml(_utf8_xml(_unpack_kmz(path)), "kmz", layer)
         if fmt == "shp-zip":
             target, layers, chosen = _unpack_shapefile(path, work, layer)
             enc, source, notes = _dbf_encoding(work, codec)
@@ -538,8 +538,26 @@ def _unpack_kmz(path: Path) -> bytes:
         return out.getvalue()
 
 
+_XML_ENCODING = re.compile(rb"""^(\s*<\?xml[^>]*?encoding\s*=\s*["'])([A-Za-z0-9_.:-]+)(["'])""")
+
+
 def _kml_bytes(path: Path) -> bytes:
-    return path.read_bytes()
+    return _utf8_xml(path.read_bytes())
+
+
+def _utf8_xml(raw: bytes) -> bytes:
+    """Return the XML RAW in UTF-8: a KML declared GBK (which the XML parser cannot read) is recoded."""
+    found = _XML_ENCODING.match(raw[:200])
+    if found is None:
+        return raw
+    declared = found.group(2).decode("ascii").lower().replace("_", "-")
+    if declared in ("utf-8", "utf8", "us-ascii", "ascii", "utf-16", "iso-8859-1", "latin-1"):
+        return raw
+    try:
+        text = raw.decode(_codec(declared))
+    except (InvalidInput, UnicodeDecodeError):
+        raise unreadable("kml", f"not {declared[:20]}") from None
+    return found.group(1) + b"UTF-8" + found.group(3) + text.encode("utf-8")[len(found.group(0)) :]
 
 
 # ------------------------------------------------------------------ Shapefile encodings

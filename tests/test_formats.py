@@ -429,6 +429,14 @@ def test_a_kmz_is_read_from_its_doc_kml(client: TestClient, session: Session) ->
     assert stored(session, "shops", "name")[f"{COMMUNITY}2100002"] == "二号商铺"
 
 
+def test_a_kml_declared_gbk_is_recoded(client: TestClient) -> None:
+    raw = _phone_kml().decode().replace('encoding="UTF-8"', 'encoding="GBK"').encode("gbk")
+    response = post(client, "gbk.kml", raw, dry_run="true", layer="商铺")
+    assert response.status_code == 200, response.text
+    names = {f["name"]: f["samples"] for f in response.json()["report"]["file"]["fields"]}
+    assert names["name"] == ["南疃路12号商铺", "二号商铺"]
+
+
 def test_a_broken_kml_is_unreadable() -> None:
     with pytest.raises(Exception) as caught:
         formats._read_kml(b"<kml><Document><Placemark>", "kml", None)
@@ -580,9 +588,7 @@ def test_flatgeobuf_and_gpx_through_gdal(client: TestClient, session: Session, t
     response = post(client, "shops.fgb", fgb.read_bytes())
     assert response.status_code == 201, response.text
     assert response.json()["options"]["format"] == "fgb" and len(stored(session, "shops", "name")) == 2
-    points = [
-        {"type": "Feature", "properties": {"name": "井"}, "geometry": {"type": "Point", "coordinates": [X0, Y0]}}
-    ]
+    points = [{"type": "Feature", "properties": {"name": "井"}, "geometry": {"type": "Point", "coordinates": [X0, Y0]}}]
     gpx = tmp_path / "walk.gpx"
     ogr2ogr("-f", "GPX", gpx, geojson_file(tmp_path, points, "w.geojson"), "-nln", "waypoints")
     response = post(client, "walk.gpx", gpx.read_bytes(), dry_run="true")
