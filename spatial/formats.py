@@ -46,6 +46,7 @@ NAMES = {
     "xlsx": "Excel (.xlsx)",
     "gpkg": "GeoPackage (.gpkg)",
     "shp-zip": "Shapefile (.zip)",
+    "gpkg-zip": "GeoPackage (.zip)",
     "kml": "KML",
     "kmz": "KMZ",
     "csv": "CSV",
@@ -63,6 +64,7 @@ SUFFIXES = {
     "xlsx": ".xlsx",
     "gpkg": ".gpkg",
     "shp-zip": ".zip",
+    "gpkg-zip": ".zip",
     "kml": ".kml",
     "kmz": ".kmz",
     "csv": ".csv",
@@ -252,7 +254,7 @@ def _listed(names: list[str]) -> list[str]:
 
 
 def zip_kind(names: list[str]) -> str | None:
-    """Return what a zip holding member NAMES is: shp-zip, xlsx, kmz, or None (nothing known)."""
+    """Return what a zip holding member NAMES is: shp-zip, xlsx, kmz, gpkg-zip, or None (nothing known)."""
     listed = [n.lower() for n in _listed(names)]
     if any(n.endswith(ext) for n in listed for ext in (".shp", ".dbf", ".shx")):
         return "shp-zip"
@@ -260,6 +262,8 @@ def zip_kind(names: list[str]) -> str | None:
         return "xlsx"
     if any(n.endswith(".kml") for n in listed):
         return "kmz"
+    if any(n.endswith(".gpkg") for n in listed):
+        return "gpkg-zip"
     return None
 
 
@@ -336,7 +340,7 @@ def read_vector(
         return _read_csv(path, codec)
     if fmt == "kml":
         return _read_kml(_kml_bytes(path), "kml", layer)
-    if fmt not in DRIVERS and fmt != "kmz":
+    if fmt not in DRIVERS and fmt not in ("kmz", "gpkg-zip"):
         raise unsupported(fmt)
     with _workdir(scratch) as work:
         if fmt == "kmz":
@@ -348,6 +352,10 @@ def read_vector(
             read.layers, read.layer = layers, chosen
             read.encoding, read.encoding_source = enc, source
             read.notes[:0] = notes
+            return read
+        if fmt == "gpkg-zip":  # a GeoPackage zipped to be mailed
+            read = _read_ogr(_unpack_geopackage(path, work), "gpkg", layer, None)
+            read.format = fmt
             return read
         target = work / f"upload{SUFFIXES[fmt]}"
         _link(path, target)
@@ -524,6 +532,19 @@ def _incomplete(name: str, missing: list[str]) -> MalformedInput:
         f"the Shapefile {posixpath.basename(name)[:80]} lacks its {', '.join(missing)}: zip the .shp, .shx, .dbf "
         f"(and .prj, .cpg) of the same name together",
     )
+
+
+def _unpack_geopackage(path: Path, work: Path) -> Path:
+    """Extract the one GeoPackage of the zip at PATH as WORK/upload.gpkg."""
+    with _open_zip(path, "gpkg-zip") as zf:
+        listed = set(_listed(zf.namelist()))
+        found = [i for i in _members(zf) if i.filename.lower().endswith(".gpkg") and i.filename in listed]
+        if len(found) != 1:
+            raise unsupported("gpkg-zip", f"{len(found)} 个 .gpkg / {len(found)} .gpkg files: zip one")
+        target = work / "upload.gpkg"
+        with target.open("wb") as out:
+            _extract(zf, found[0], out)
+    return target
 
 
 def _unpack_kmz(path: Path) -> bytes:

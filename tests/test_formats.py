@@ -152,6 +152,13 @@ def test_geopackage_commits_with_its_layer_and_format_recorded(
     assert list(archive_in_tmp.rglob(f"{result['sha256']}.gpkg")), "the file is kept under its own suffix"
     again = post(client, "survey.gpkg", body, into="parcels")
     assert again.json()["id"] == result["id"]  # the same bytes and options: the first result
+    mailed = io.BytesIO()
+    with zipfile.ZipFile(mailed, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(gpkg, "调查/survey.gpkg")
+    zipped_gpkg = post(client, "survey.zip", mailed.getvalue(), into="parcels", dry_run="true")
+    assert zipped_gpkg.status_code == 200, zipped_gpkg.text
+    assert zipped_gpkg.json()["options"]["format"] == "gpkg-zip"
+    assert zipped_gpkg.json()["report"]["summary"]["unchanged"] == 2
 
 
 @needs_gdal
