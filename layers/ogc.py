@@ -926,7 +926,9 @@ def items(
     where = list(conditions)
     if after is not None:
         where.append(model.id > after)
-    query = select(model.id, _feature_sql(layer, crs)).where(*where).order_by(model.id).limit(limit).offset(offset)
+    # The page's ids first: rows skipped by OFFSET are never built into JSON (the outer query builds LIMIT rows).
+    page = select(model.id).where(*where).order_by(model.id).limit(limit).offset(offset).subquery()
+    query = select(model.id, _feature_sql(layer, crs)).join(page, model.id == page.c.id).order_by(model.id)
     rows = session.execute(query).all()
     return Page([row[1] for row in rows], count(session, layer, conditions), [int(row[0]) for row in rows])
 
