@@ -514,3 +514,23 @@ def test_the_translation_binds_every_value() -> None:
     )
     compiled = str(condition.compile())
     assert "DROP" not in compiled and "x; DROP" in str(condition.compile().params)
+
+
+def test_reads_keep_to_the_users_area_and_mask_personal_fields(server: tuple[str, dict[str, str]]) -> None:
+    base, tokens = server
+    outside = {"Authorization": f"Bearer {tokens['planner2']}"}  # a planner of another street
+    elsewhere = httpx.get(f"{base}/ogc/collections/parcels/items", headers=outside).json()
+    assert elsewhere["numberMatched"] == 0 and elsewhere["features"] == []
+    assert "bbox" not in httpx.get(f"{base}/ogc/collections/parcels", headers=outside).json()["extent"]["spatial"]
+    viewer = {"Authorization": f"Bearer {tokens['viewer']}"}  # sees the street, personal fields masked
+    zones = httpx.get(f"{base}/ogc/collections/zones/items", params={"limit": "2000"}, headers=viewer).json()
+    heads = [f["properties"]["household_head"] for f in zones["features"]]
+    assert heads and all("*" in head for head in heads)
+    assert zones["numberMatched"] == sql("SELECT count(*) FROM zones")[0][0]
+
+
+def test_a_large_page_is_read_in_the_exports_lane(base: str) -> None:
+    """A 10,000-feature page (read in the exports lane) answers the whole demo layer in one page."""
+    body = matched(base, "parcels", limit="10000")
+    assert body["numberReturned"] == sql("SELECT count(*) FROM parcels")[0][0]
+    assert not [link for link in body["links"] if link["rel"] == "next"]

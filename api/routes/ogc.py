@@ -26,10 +26,12 @@ from api.auth import ActorDep, SignedInDep, rule
 from api.deps import LayerDep, SessionDep
 from api.routes.features import FEATURE_BODY, GEOJSON, JSON_TYPES, _commit, _log_personal, _read_feature
 from api.routes.tiles import GenerationsDep, _extent, _generation, tile_cache, visibility
+from api.work import heavy, lane
 from layers import features, ogc
 from layers.access import Actor
 from layers.base import Layer
 from spatial.errors import MalformedInput, NotFound
+from spatial.work import CancelToken
 
 router = APIRouter(prefix="/ogc", tags=["ogc"])
 
@@ -38,6 +40,8 @@ SCHEMA_JSON = "application/schema+json"
 MERGE_PATCH = "application/merge-patch+json"
 FeatureId = Annotated[int, Path(ge=1, le=2**31 - 1, description="要素编号 feature id")]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description="所读版本的 ETag the ETag read (or *)")]
+LANE_ABOVE = 1_000
+"""A page of more features than this is read in the exports lane (api.work): a county's 10,000-feature pages queue."""
 RESERVED = frozenset(
     {"bbox", "bbox-crs", "crs", "limit", "offset", "cursor", "datetime", "filter", "filter-lang", "filter-crs", "f"}
 )
@@ -174,8 +178,12 @@ def _link(base: str, rel: str, params: dict[str, str], title: str) -> dict[str, 
     ),
     **rule("user"),
 )
-def items(layer: LayerDep, request: Request, session: SessionDep, actor: ActorDep) -> Response:
-    """Return a page of the layer's features as GeoJSON, with paging links and the count matched."""
+async def items(layer: LayerDep, request: Request, session: SessionDep, actor: ActorDep) -> Response:
+    """Return a page of the layer's features as GeoJSON, with paging links and the count matched.
+
+    The parameters are read and the filter translated first (a bad one is refused at once);
+    a page of more than LANE_ABOVE features is read in the exports lane (bounded, per user).
+    """
     params = request.query_params
     crs = ogc.parse_crs_uri(_one(params, "crs"), "crs")
     conditions: list[Any] = ogc.property_conditions(layer, {k: v for k, v in params.items() if k not in RESERVED})
@@ -192,8 +200,21 @@ def items(layer: LayerDep, request: Request, session: SessionDep, actor: ActorDe
     offset = _whole(_one(params, "offset"), "offset", 0, 10**9, 0)
     raw_cursor = _one(params, "cursor")
     cursor = _whole(raw_cursor, "cursor", 0, 2**31 - 1, 0) if raw_cursor else None
-    page = ogc.items(session, layer, conditions, crs, limit=limit, offset=offset, after=cursor)
-    _log_personal(session, layer, actor, page.ids, request.url.path)
+    route = request.url.path
+
+    def read() -> ogc.Page:
+        found = ogc.items(session, layer, conditions, crs, limit=limit, offset=offset, after=cursor)
+        _log_personal(session, layer, actor, found.ids, route)
+        return found
+
+    if limit > LANE_ABOVE:
+
+        async def job(token: CancelToken) -> ogc.Page:
+            return await lane(request, "exports").run(read)
+
+        page = await heavy(request, "exports", job)
+    else:
+        page = await run_in_threadpool(read)
     here = f"{_base(request)}/collections/{layer.id}/items"
     kept = {k: v for k, v in params.items() if k not in ("offset", "cursor")}
     same = dict(params.items())
