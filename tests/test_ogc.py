@@ -534,3 +534,17 @@ def test_a_large_page_is_read_in_the_exports_lane(base: str) -> None:
     body = matched(base, "parcels", limit="10000")
     assert body["numberReturned"] == sql("SELECT count(*) FROM parcels")[0][0]
     assert not [link for link in body["links"] if link["rel"] == "next"]
+
+
+def test_temporal_operators_on_a_date_field_in_cql2_json(base: str) -> None:
+    import json
+
+    after = {"op": "t_after", "args": [{"property": "idle_since"}, {"date": "2022-01-01"}]}
+    expected = sql("SELECT count(*) FROM parcels WHERE idle_since > DATE '2022-01-01'")[0][0]
+    got = matched(base, "parcels", filter=json.dumps(after), **{"filter-lang": "cql2-json"})
+    assert got["numberMatched"] == expected > 0
+    on_text = {"op": "t_after", "args": [{"property": "name"}, {"date": "2022-01-01"}]}
+    refused = httpx.get(
+        f"{base}/ogc/collections/parcels/items", params={"filter": json.dumps(on_text), "filter-lang": "cql2-json"}
+    )
+    assert refused.status_code == 400 and refused.json()["code"] == "filter_unsupported"
