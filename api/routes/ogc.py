@@ -4,7 +4,7 @@ GDAL (``ogrinfo OAPIF:https://host/ogc``), QGIS and any OGC client read the laye
 collections, CRS, queryables, schemas and the CQL2 translation come from ``layers.ogc``; the
 writes are the features API's own (``layers.features``): the same checks, roles, area, ETag
 and history. Reads need a signed-in user (rule "user"; the database keeps them to the area);
-the landing page, the conformance and the API document are public. Links are absolute, built
+the landing page and the conformance are public (the API document names the layers: signed in). Links are absolute, built
 from the request's own address (its Host is one of GUATU_ALLOWED_HOSTS: ``api.security``):
 GDAL follows them as given.
 """
@@ -406,7 +406,7 @@ def openapi(base: str) -> dict[str, Any]:
     }
 
 
-@router.get("/api", summary="OpenAPI 文档 API definition", **rule("public"))
+@router.get("/api", summary="OpenAPI 文档 API definition", **rule("user"))
 def api_document(request: Request) -> JSONResponse:
     """Return the OpenAPI 3.0 document of the OGC API."""
     return JSONResponse(openapi(_base(request)), media_type=OPENAPI)
