@@ -4,9 +4,9 @@ GDAL (``ogrinfo OAPIF:https://host/ogc``), QGIS and any OGC client read the laye
 collections, CRS, queryables, schemas and the CQL2 translation come from ``layers.ogc``; the
 writes are the features API's own (``layers.features``): the same checks, roles, area, ETag
 and history. Reads need a signed-in user (rule "user"; the database keeps them to the area);
-the landing page and the conformance are public (the API document names the layers: signed in). Links are absolute, built
-from the request's own address (its Host is one of GUATU_ALLOWED_HOSTS: ``api.security``):
-GDAL follows them as given.
+the landing page and the conformance are public (the API document names the layers: signed
+in). Links are absolute, built from the request's own address (its Host is one of
+GUATU_ALLOWED_HOSTS: ``api.security``): GDAL follows them as given.
 """
 
 from __future__ import annotations
