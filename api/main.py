@@ -21,6 +21,7 @@ from api.routes import (
     features,
     health,
     layers,
+    ogc,
     pages,
     printing,
     problems,
@@ -109,6 +110,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(uploads.router)
     app.include_router(checks.router)
     app.include_router(tiles.router)
+    app.include_router(ogc.router)
     app.include_router(stats.router)
     app.include_router(cockpit.router)
     app.include_router(printing.router)

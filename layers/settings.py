@@ -31,6 +31,10 @@ class LayerSettings(BaseSettings):
     extent: tuple[float, float, float, float] = (73.0, 3.0, 136.0, 54.0)
     """Where this deployment's data can lie (minlon, minlat, maxlon, maxlat); default: China."""
 
+    projected_epsg: int | None = Field(None, ge=4491, le=4554)
+    """The deployment's CGCS2000 Gauss-Kruger CRS (EPSG:4491–4554) the OGC API offers besides CRS84 and
+    CGCS2000; unset: the 3° zone whose central meridian is nearest the middle of the layer's data."""
+
     timezone: str = "Asia/Shanghai"
     """The time zone the deployment's days, months and years are counted in (deadlines, this month, this year)."""
 

@@ -103,7 +103,7 @@ def _body(method: str, path: str, layer_id: str, fid: int, session: Session) -> 
         collection = {"type": "FeatureCollection", "features": [sample(layer_id)]}
         files = {"file": ("a.geojson", io.BytesIO(json.dumps(collection).encode()), "application/geo+json")}
         return {"files": files, "params": {"dry_run": "true"}}
-    if path.endswith("/features") and method == "post" or path.endswith("/check"):
+    if path.endswith(("/features", "/items")) and method == "post" or path.endswith("/check"):
         moved = sample(layer_id)
         key = REGISTRY[layer_id].key_field
         moved["properties"][key] = moved["properties"][key][:-1] + "9"

@@ -66,10 +66,10 @@ def _too_large(limit: int) -> TooLarge:
     return TooLarge.one("payload_too_large", f"要素过大（上限 {limit} 字节）", f"feature larger than {limit} bytes")
 
 
-async def _read_feature(request: Request) -> Any:
-    """Return the parsed JSON body, or raise a clear error naming line and column (415 if not sent as JSON)."""
+async def _read_feature(request: Request, types: tuple[str, ...] = JSON_TYPES) -> Any:
+    """Return the parsed JSON body, or raise a clear error naming line and column (415 if not sent as one of TYPES)."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media not in JSON_TYPES:
+    if media not in types:
         raise HTTPException(415)
     limit = request.app.state.settings.max_feature_bytes
     declared = request.headers.get("content-length", "")
