@@ -428,14 +428,16 @@ def _pairs(session: Session, layer: Layer, upload_id: int | None, in_file: bool,
         """
     params = {"cap": cap, "upload": upload_id}
     # The candidates stream through the filter (no sort, no materialised pairs): LIMIT bounds the work.
+    # OFFSET 0 keeps each intersection computed once (a flattened subquery repeats it in every use);
+    # interiors meet: intersects and does not only touch (twice as fast as ST_Relate with a pattern).
     rows = session.execute(
         text(
             f"""
             SELECT ai, ak, bi, bk, m2, ST_AsGeoJSON(x, 7) FROM (
               SELECT ai, ak, bi, bk, x, ST_Area(x::geography) AS m2, ST_Perimeter(x::geography) AS p FROM (
                 SELECT ai, ak, bi, bk, ST_CollectionExtract(ST_Intersection(ag, bg), 3) AS x
-                FROM ({candidates} LIMIT :cap) c WHERE ST_Relate(ag, bg, '2********')
-              ) o
+                FROM ({candidates} LIMIT :cap) c WHERE ST_Intersects(ag, bg) AND NOT ST_Touches(ag, bg) OFFSET 0
+              ) o OFFSET 0
             ) m
             WHERE m2 >= :min_m2 AND 2 * m2 / NULLIF(p, 0) >= :snap
             ORDER BY m2 DESC, ak, bk
