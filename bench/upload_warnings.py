@@ -3,7 +3,8 @@
 Usage: `.venv/bin/guatu demo load && .venv/bin/python bench/upload_warnings.py --n 20000`.
 The parcels are 20 m squares laid over the demo's extent every 20 m (a tiling: each touches
 its neighbours in the file, and overlaps the stored demo parcels under it), as declared and
-GCJ-02-shifted; `--step-m 18` makes them overlap their neighbours too. Prints the whole dry run's time and the warnings' share of it.
+GCJ-02-shifted; `--step-m 18` makes them overlap their neighbours too. Prints the whole dry
+run's time and the warnings' share of it.
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ def generate(n: int, *, gcj02: bool, side_m: float = 20.0, step_m: float = 18.0)
             {
                 "type": "Feature",
                 "geometry": {"type": "Polygon", "coordinates": [ring.round(8).tolist()]},
-                "properties": {"code": f"{COMMUNITY}9{i:06d}", "land_use_code": "0103", "ownership": "集体",
-                               "use_status": "承包"},
+                "properties": {
+                    "code": f"{COMMUNITY}9{i:06d}",
+                    "land_use_code": "0103",
+                    "ownership": "集体",
+                    "use_status": "承包",
+                },
             }
         )
     return json.dumps({"type": "FeatureCollection", "features": features}, ensure_ascii=False).encode()
