@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -286,3 +287,30 @@ def test_the_demo_parcels_do_not_overlap(demo: Session) -> None:
     from layers.checks import run_checks
 
     assert [f.message_en for f in run_checks(demo, rules=["overlap"])] == []
+
+
+MOMEPY = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "momepy-bubenec" / "bubenec.gpkg"
+
+
+@pytest.mark.skipif(not MOMEPY.exists(), reason="../shared/data is not beside this checkout")
+def test_real_plots_micro_overlaps_are_not_listed(client: TestClient, session: Session) -> None:
+    """momepy's Bubenec plots (EPSG:3857) touch with micro-overlaps under 0.03 m²: none is an overlap."""
+    import pyogrio
+
+    plots = pyogrio.read_dataframe(MOMEPY, layer="plots")
+    shapes = np.array(plots.geometry.values)
+    middle = shapely.centroid(shapely.union_all(shapes))
+    scale = math.cos(math.radians(50.1))  # Web Mercator metres at Prague's latitude, as ground metres
+    x, y = ORIGIN
+
+    def moved(c: Any) -> Any:
+        return np.column_stack(FROM_GK.transform(x + (c[:, 0] - middle.x) * scale, y + (c[:, 1] - middle.y) * scale))
+
+    tree = shapely.STRtree(shapes)
+    left, right = tree.query(shapes, predicate="intersects")
+    areas = shapely.area(shapely.intersection(shapes[left[left < right]], shapes[right[left < right]])) * scale**2
+    assert 0 < int((areas > 0).sum()) and float(areas.max()) < 1  # the data has micro-overlaps, all under 1 m²
+    features = [parcel(f"{COMMUNITY}07{i:05d}", shapely.transform(g, moved)) for i, g in enumerate(shapes)]
+    body = upload(client, features, dry_run="true", mode="valid-only", repair="true")
+    assert body["report"]["summary"]["new"] > 300
+    assert "overlaps_in_file" not in json.dumps(body["report"], ensure_ascii=False)
