@@ -56,7 +56,9 @@ CANDIDATES_BASE = 10_000
 LISTED_PAIRS = 5_000
 """At most this many overlapping pairs are listed per kind (all are counted up to the candidates' cap)."""
 DRAWN_PAIRS = 500
-"""At most this many overlaps carry their geometry (for the upload page to draw)."""
+"""At most this many overlaps carry their geometry (for the upload page to draw)…"""
+DRAWN_BYTES = 6_000
+"""…each only if its GeoJSON is at most this long (the report stays a few MB at most)."""
 NOTES_PER_FEATURE = 10
 """At most this many overlap notes per feature (the count says how many more)."""
 
@@ -492,7 +494,7 @@ def overlaps(
         total_m2 = sum(float(r[4]) for r in rows)
         for n, (ai, ak, bi, bk, m2, shape) in enumerate(rows[:LISTED_PAIRS]):
             zh_area, en_area = _area_text(float(m2))
-            drawn = orjson.loads(shape) if n < DRAWN_PAIRS and shape else None
+            drawn = orjson.loads(shape) if n < DRAWN_PAIRS and shape and len(shape) <= DRAWN_BYTES else None
             area = {"area_m2": round(float(m2), 2), "area_mu": round(mu_from_m2(float(m2)), 4)}
             a = index(ai, ak)
             if in_file:

@@ -56,9 +56,9 @@ def upload(client: TestClient, features: list[dict[str, Any]], **params: object)
 
 def parcel(code: str, geom: Any, **props: Any) -> dict[str, Any]:
     feature = sample("parcels")
-    feature["properties"].update(code=code, **props)
-    for name in ("community_code", "grid_code"):  # located from the geometry
+    for name in ("community_code", "grid_code"):  # located from the geometry, unless given
         feature["properties"].pop(name, None)
+    feature["properties"].update(code=code, **props)
     feature["geometry"] = json.loads(json.dumps(mapping(geom)))
     return feature
 
@@ -88,11 +88,11 @@ def grid_shaped(session: Session, shift: Any = None, n: int = 24) -> tuple[list[
     """Return N new parcels shaped as the demo's grids (shrunk by ~5 m), shifted by SHIFT; and their shapes."""
     rows = session.execute(text("SELECT code, ST_AsBinary(geom) FROM grids ORDER BY code LIMIT :n"), {"n": n}).all()
     features, shapes = [], []
-    for number, (_, wkb) in enumerate(rows):
+    for number, (grid, wkb) in enumerate(rows):
         geom = shapely.from_wkb(wkb).buffer(-0.00005)
         shapes.append(geom)
         moved = shapely.transform(geom, shift) if shift is not None else geom
-        features.append(parcel(f"{COMMUNITY}09{number:05d}", moved))
+        features.append(parcel(f"{grid[:12]}09{number:05d}", moved))
     return features, shapes
 
 
@@ -135,6 +135,22 @@ def test_new_features_shifted_by_gcj02_get_likely_gcj02_with_the_evidence(client
     assert 45 < found["bearing_deg"] < 135  # GCJ-02 moves Qingdao east (and a little north)
     assert f"{found['offset_m']:.0f} 米" in found["message"] and "GCJ-02" in found["message"]
     assert "网格" in found["message"] and "%" in found["message"]
+
+
+def test_coded_features_refused_as_misplaced_still_get_the_warning(client: TestClient, demo: Session) -> None:
+    rows = demo.execute(
+        text("SELECT grid_code, ST_AsBinary(geom) FROM parcels WHERE grid_code IS NOT NULL ORDER BY code LIMIT 200")
+    ).all()
+    features = [
+        parcel(f"{g[:12]}08{i:05d}", shapely.transform(shapely.from_wkb(w), _gcj), grid_code=g, community_code=g[:12])
+        for i, (g, w) in enumerate(rows)
+    ]
+    body = upload(client, features, crs="WGS84", dry_run="true")
+    refused = [e for e in body["report"]["features"] if e["status"] == "rejected"]
+    assert refused and all(e["problems"][0]["code"].startswith("location_") for e in refused)
+    assert warning(body, "likely_gcj02") is not None  # the warning says why they are misplaced
+    body = upload(client, features, crs="GCJ-02", dry_run="true")
+    assert body["report"]["summary"]["rejected"] == 0 and warning(body, "likely_gcj02") is None
 
 
 def test_the_same_file_declared_gcj02_or_unshifted_gets_no_crs_warning(client: TestClient, demo: Session) -> None:
