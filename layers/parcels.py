@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layers.base import Count, Field, Layer, Style, Within, register
+from layers.base import Count, Field, Layer, NoOverlap, Style, Within, register
 from layers.common import (
     ASSET_CODE,
     IDLE,
@@ -119,7 +119,7 @@ PARCELS = register(
         ),
         locators=(IN_COMMUNITY, IN_GRID),
         cross_rules=(_known_land_use, grid_code_rules("grid_code")),
-        rules=(Within("grids", "grid_code"),),
+        rules=(Within("grids", "grid_code"), NoOverlap()),
         counts=(
             Count("idle", "闲置", "idle", "use_status", (IDLE,), rate=True),
             Count("revitalised", "已盘活", "revitalised", "stage", (REVITALISED,), result=True),

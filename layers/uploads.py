@@ -41,12 +41,11 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from layers import archive, staging, workbook
+from layers import archive, staging, upload_warnings, workbook
 from layers.access import area_of, key_taken_problem, outside_area_problem, stated_allows, taken_function
 from layers.base import READ_ONLY, Layer, declared_layer
 from layers.features import check_feature, locate_all, looks_masked, masked_problem
 from layers.settings import layer_settings
-from layers.staging import METRES_PER_DEGREE
 from spatial import formats
 from spatial.crs import (
     Axis,
@@ -55,7 +54,6 @@ from spatial.crs import (
     crs_problems,
     parse_crs,
     to_storage,
-    wgs84_to_gcj02,
 )
 from spatial.db import SETTINGS_KEY, Base
 from spatial.errors import GuatuError, InvalidInput, NotFound, Problem, Unavailable, Where
@@ -1118,6 +1116,7 @@ def _check_all(
     key_field = checker.key_field
     staging.create_stage(session, layer)
     writer = _Writer(session, layer, upload_id)
+    watch = upload_warnings.Watch(session, layer, declared, source.count, upload_id)
     writer.start()
     try:
         for first, stop, checked in checker.chunks(source):
@@ -1163,6 +1162,7 @@ def _check_all(
             if stop_on_reject and report.rejected:
                 writer.direct = False  # all-or-nothing and something is rejected: nothing will be written
             writer.put(rows, checked.hexes[kept], checked.boxes[kept])
+            watch.add(rows, checked.hexes[kept])
             if release is not None:
                 release()
             if progress is not None:
@@ -1178,8 +1178,9 @@ def _check_all(
     for index, names in masked.kept.items():
         report.note(index, [_kept_note(layer, names)])
     found = staging.diff(session, layer)
+    warnings = watch.finish(found.shifts, report.keys, report.note)  # likely GCJ-02/BD-09, overlaps
     out = report.build(set(writer.new) | set(found.new), found)
-    warnings = [w for w in (_gcj02_suspicion(declared, found.shifts), _personal_warning(layer, found)) if w]
+    warnings += [w for w in (_personal_warning(layer, found),) if w]
     if warnings:
         out["warnings"] = warnings
     return out, sorted([*found.new, *found.changed])
@@ -1350,30 +1351,6 @@ def _outside_extent(bounds: Any, index: int) -> Problem | None:
     problem.where.feature_index, problem.where.field = index, "geometry"
     problem.where.location = [round(x0, 7), round(y0, 7)]
     return problem
-
-
-def _gcj02_suspicion(declared: DeclaredCrs, moves: Any) -> dict[str, Any] | None:
-    """Warn when features declared WGS84/CGCS2000 all sit a GCJ-02 offset from their stored selves.
-
-    MOVES holds, per feature matched by key, its centroid's shift (dx, dy) and the stored
-    centroid (x, y), in degrees.
-    """
-    if declared.kind != "epsg" or declared.epsg not in (4326, 4490):
-        return None
-    if len(moves) < 3:
-        return None
-    expected_lon, expected_lat = wgs84_to_gcj02(moves[:, 2], moves[:, 3])
-    expected = np.column_stack([expected_lon - moves[:, 2], expected_lat - moves[:, 3]])
-    error = np.hypot(*(moves[:, :2] - expected).T) * METRES_PER_DEGREE
-    offset = float(np.median(np.hypot(*expected.T)) * METRES_PER_DEGREE)
-    if float(np.median(error)) > 0.1 * offset:
-        return None
-    return {
-        "code": "likely_gcj02",
-        "message": f"这些要素整体偏离已有数据约 {offset:.0f} 米，方向与 GCJ-02（火星坐标）偏移一致："
-        f"数据可能来自高德/腾讯地图，请声明坐标系为 GCJ-02 "
-        f"(features sit ~{offset:.0f} m off their stored selves, as GCJ-02 does: declare GCJ-02)",
-    }
 
 
 def get_upload(session: Session, uid: int) -> Upload:

@@ -75,3 +75,36 @@ def test_upload_page_lists_and_draws_rejects_and_the_rest_then_commits_them(engi
         uploads = httpx.get(f"{base}/api/uploads").json()
         assert [u["status"] for u in uploads[:2]] == ["committed", "dry_run"]
     assert [url for url in requests if not url.startswith(base) and not url.startswith("data:")] == []
+
+
+def test_upload_page_lists_and_draws_overlaps_with_stored_parcels(engine_with_nothing: Engine) -> None:
+    def one(code: str, x: float) -> bytes:
+        parcel = sample("parcels")
+        parcel["properties"]["code"] = code
+        parcel["geometry"] = polygon(x, Y0 + 0.003, x + 0.001, Y0 + 0.0038)
+        return json.dumps({"type": "FeatureCollection", "features": [parcel]}, ensure_ascii=False).encode()
+
+    with live_server(engine_with_nothing) as base, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(base + "/upload")
+        page.select_option("select[name=layer]", "parcels")
+        for name, body, button in (
+            ("stored.geojson", one(COMMUNITY + "0500001", X0), "check"),
+            ("stored.geojson", one(COMMUNITY + "0500001", X0), "commit"),
+            ("overlapping.geojson", one(COMMUNITY + "0500002", X0 + 0.0006), "check"),
+        ):
+            page.set_input_files(
+                "input[name=file]", files=[{"name": name, "mimeType": "application/geo+json", "buffer": body}]
+            )
+            page.click(f"button[name={button}]")
+            page.wait_for_function(
+                "document.querySelector('.guatu-upload-status').textContent.includes("
+                + ("'committed')" if button == "commit" else "'Dry run')"),
+                timeout=15_000,
+            )
+        warnings = " ".join(page.locator(".guatu-warning").all_inner_texts())
+        assert "重叠" in warnings and "亩" in warnings, warnings
+        row = page.locator("tr.guatu-row-new").inner_text()
+        assert COMMUNITY + "0500001" in row and "平方米" in row, row  # the stored parcel it overlaps, and by how much
+        assert page.locator("path.guatu-overlap").count() == 1  # the overlap drawn
+        page.screenshot(path=str(SCREENSHOTS / "upload-overlaps.png"))

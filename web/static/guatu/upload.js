@@ -151,6 +151,7 @@
             (read.notes || []).forEach(function (n) { report.appendChild(el("div", "guatu-warning", n.message)); });
           }
           var table = el("table", "guatu-report-table");
+          var overlaps = [];
           data.report.features.forEach(function (f) {
             var why = (f.problems || []).map(function (p) { return p.code + "：" + p.message; }).join("；");
             if (f.changed_fields) why = "改动 " + f.changed_fields.join("、") + (f.moved_m ? "，位移 " + f.moved_m + " m" : "");
@@ -160,7 +161,18 @@
                 return ((data.report.labels || {})[k] || k) + "：" + (c[0] === null ? "（空）" : c[0]) + " → " + (c[1] === null ? "（空）" : c[1]);
               }).join("；");
             }
-            if (f.status !== "unchanged") {  // the table lists what will change or is refused
+            var noted = (f.notes || []).map(function (n) { return n.message; }).join("；");
+            if (noted) why = why ? why + "；" + noted : noted;  // overlaps, kept masked values, repairs…
+            (f.notes || []).forEach(function (n) {  // an overlap with a stored feature or another of the file
+              if (!n.geometry || n.code.indexOf("overlaps_") !== 0) return;
+              var overlap = L.geoJSON(n.geometry, {
+                style: {color: "#7c3aed", weight: 2, dashArray: "4 3", fillColor: "#7c3aed", fillOpacity: 0.45,
+                        className: "guatu-overlap guatu-overlap-" + f.index}
+              });
+              overlap.bindTooltip(text("#" + f.index + " " + (f.key || "") + "：" + n.message));  // the file's text, never markup
+              overlaps.push(overlap);
+            });
+            if (f.status !== "unchanged" || noted) {  // the table lists what will change, is refused or has notes
               var row = el("tr", "guatu-row-" + f.status);
               row.appendChild(el("td", null, f.row ? "第 " + f.row + " 行" : "#" + f.index));
               row.appendChild(el("td", null, f.key || f.id || ""));
@@ -183,6 +195,7 @@
             }
           });
           report.appendChild(table);
+          overlaps.forEach(function (o) { drawn.addLayer(o); o.bringToFront(); });  // above the features
           if (drawn.getLayers().length) {
             map.fitBounds(drawn.getBounds(), {maxZoom: 18, paddingTopLeft: [500, 60], paddingBottomRight: [60, 60]});
           }
