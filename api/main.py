@@ -18,6 +18,7 @@ from api.routes import (
     checks,
     cockpit,
     contracts,
+    exports,
     features,
     health,
     layers,
@@ -113,6 +114,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(cockpit.router)
     app.include_router(printing.router)
     app.include_router(workbooks.router)
+    app.include_router(exports.router)
     app.include_router(search.router)
     app.include_router(contracts.router)
     app.include_router(problems.router)
