@@ -22,9 +22,11 @@ from api.routes import (
     features,
     health,
     layers,
+    ogc_tiles,
     pages,
     printing,
     problems,
+    qgis,
     search,
     stats,
     tiles,
@@ -115,6 +117,8 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(printing.router)
     app.include_router(workbooks.router)
     app.include_router(exports.router)
+    app.include_router(ogc_tiles.router)
+    app.include_router(qgis.router)
     app.include_router(search.router)
     app.include_router(contracts.router)
     app.include_router(problems.router)
