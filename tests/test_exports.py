@@ -374,3 +374,78 @@ def test_a_big_export_streams_in_bounded_memory(
                 f"\n{fmt} {'half' if query else 'all'}: {n} features, {size / 1e6:.1f} MB in {chunks} chunks, "
                 f"peak Python allocations {peak / 1e6:.1f} MB, peak RSS rise {rss / 1024:.1f} MB"
             )
+
+
+def test_a_layer_of_points_and_polygons_is_two_shapefiles_and_one_geopackage(
+    client: TestClient, session: Session, tmp_path: Path
+) -> None:
+    shops = REGISTRY["shops"]
+    point = sample("shops")
+    outline = copy.deepcopy(point)
+    outline["properties"]["code"] = point["properties"]["code"][:-1] + "2"
+    outline["geometry"] = {
+        "type": "MultiPolygon",
+        "coordinates": [polygon(X0, Y0, X0 + 0.0002, Y0 + 0.0001)["coordinates"]],
+    }
+    for feature in (point, outline):
+        features.create_feature(session, shops, feature)
+    path = _save(client.get("/api/layers/shops/export.shp.zip"), tmp_path, "s.zip")
+    with zipfile.ZipFile(path) as zf:
+        zf.extractall(tmp_path / "s")
+        assert {n.rsplit(".", 1)[0] for n in zf.namelist() if not n.endswith(".csv")} == {
+            "shops_point",
+            "shops_polygon",
+        }
+    key = short_names(shops)[shops.key_field]
+    points = pyogrio.read_dataframe(tmp_path / "s/shops_point.shp")
+    polygons = pyogrio.read_dataframe(tmp_path / "s/shops_polygon.shp")
+    assert list(points[key]) == [point["properties"]["code"]] and list(polygons[key]) == [outline["properties"]["code"]]
+    assert points.geometry[0].geom_type == "Point" and polygons.geometry[0].geom_type in ("Polygon", "MultiPolygon")
+    gpkg = pyogrio.read_dataframe(_save(client.get("/api/layers/shops/export.gpkg"), tmp_path, "s.gpkg"))
+    assert sorted(g.geom_type for g in gpkg.geometry) == ["MultiPolygon", "Point"]
+
+
+@pytest.mark.parametrize("fmt", ["geojson", "gpkg", "shp.zip"])
+def test_a_download_cut_short_leaves_no_file_and_frees_its_place(
+    client: TestClient,
+    stored: list[dict[str, Any]],
+    tokens: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    sent: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            sent.append(message["body"])
+            raise OSError("the client went away")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    path = f"/api/layers/parcels/export.{fmt}"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {tokens['admin']}".encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    assert client.portal is not None
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the server makes of a broken connection
+        client.portal.call(client.app, scope, receive, send)
+    assert sent  # it had started sending
+    assert list(tmp_path.glob("guatu-export-*")) == []  # the file removed, the cursor closed
+    assert client.app.state.lanes["exports"].admitted == 0  # and its place in the lane freed
+    assert client.get(path).status_code == 200  # the next one is served
