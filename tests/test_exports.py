@@ -88,9 +88,7 @@ def _save(response: Any, tmp_path: Path, name: str) -> Path:
 
 def _plain(value: Any) -> Any:
     """Return VALUE as compared: dates and date-times as YYYY-MM-DD, empty as None, numbers as float."""
-    import pandas as pd
-
-    if value is None or value == "" or (not isinstance(value, str) and pd.isna(value)):
+    if value is None or value == "" or str(value) in ("NaT", "nan", "<NA>"):  # GDAL's empties, as pandas says them
         return None
     if hasattr(value, "isoformat"):
         return value.isoformat()[:10]
