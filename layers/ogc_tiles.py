@@ -43,6 +43,8 @@ def tile_matrix(z: int) -> dict[str, Any]:
     cell = 2 * WEB_MERCATOR_HALF / TILE_SIZE / 2**z
     return {
         "id": str(z),
+        "identifier": str(z),  # the TMS 1.0 (17-083r2) names, beside 2.0's: GDAL 3.6 reads those
+        "topLeftCorner": [-WEB_MERCATOR_HALF, WEB_MERCATOR_HALF],
         "scaleDenominator": cell / PIXEL_M,
         "cellSize": cell,
         "cornerOfOrigin": "topLeft",
@@ -58,10 +60,19 @@ def tile_matrix_set(base_url: str) -> dict[str, Any]:
     """Return the WebMercatorQuad tile matrix set, zoom 0 to the tiles' highest."""
     return {
         "id": TMS_ID,
+        "identifier": TMS_ID,
         "title": "Google Maps Compatible for the World (Web Mercator)",
         "uri": TMS_URI,
         "crs": CRS_3857,
+        "supportedCRS": CRS_3857,
         "orderedAxes": ["X", "Y"],
+        "boundingBox": {
+            "crs": CRS_3857,
+            "lowerLeft": [-WEB_MERCATOR_HALF, -WEB_MERCATOR_HALF],
+            "upperRight": [WEB_MERCATOR_HALF, WEB_MERCATOR_HALF],
+            "lowerCorner": [-WEB_MERCATOR_HALF, -WEB_MERCATOR_HALF],  # TMS 1.0's names of the same corners
+            "upperCorner": [WEB_MERCATOR_HALF, WEB_MERCATOR_HALF],
+        },
         "wellKnownScaleSet": "http://www.opengis.net/def/wkss/OGC/1.0/GoogleMapsCompatible",
         "tileMatrices": [tile_matrix(z) for z in range(MAX_ZOOM + 1)],
         "links": [{"rel": "self", "type": "application/json", "href": f"{base_url}/ogc/tileMatrixSets/{TMS_ID}"}],
