@@ -12,6 +12,7 @@ client leaves half way.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, AsyncExitStack, ExitStack, suppress
@@ -39,6 +40,7 @@ from spatial.db import query_canceller
 from spatial.work import CancelToken
 
 router = APIRouter(tags=["exports"])
+log = logging.getLogger(__name__)
 
 
 def attachment(filename: str, fallback: str) -> dict[str, str]:
@@ -102,11 +104,15 @@ async def _streamed(
         return chunks
 
     def _finish(session: Session, chunks: Iterator[bytes]) -> None:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()  # the cursor closed, the batches shown so far counted
-        _log(session, export, actor, route)
-        session.commit()
+        try:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # the cursor closed, the batches shown so far counted
+            _log(session, export, actor, route)
+            session.commit()
+        except Exception:  # a failed query left the transaction aborted: nothing to log, the session is closed next
+            log.exception("export of %s ended with an error", export.layer.id)
+            session.rollback()
 
     async def release() -> None:
         try:
