@@ -18,13 +18,16 @@ from api.routes import (
     checks,
     cockpit,
     contracts,
+    exports,
     features,
     health,
     layers,
     ogc,
+    ogc_tiles,
     pages,
     printing,
     problems,
+    qgis,
     search,
     stats,
     tiles,
@@ -115,6 +118,9 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.include_router(cockpit.router)
     app.include_router(printing.router)
     app.include_router(workbooks.router)
+    app.include_router(exports.router)
+    app.include_router(ogc_tiles.router)
+    app.include_router(qgis.router)
     app.include_router(search.router)
     app.include_router(contracts.router)
     app.include_router(problems.router)

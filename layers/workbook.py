@@ -218,8 +218,12 @@ def _width(label: str, f: Field | None) -> float:
     return max(wide, len(label) * 2 + 2, 8)
 
 
-def _select(layer: Layer, flt: Filter) -> tuple[str, dict[str, Any]]:
-    """Return the SQL reading LAYER's rows kept by FLT (personal fields as this user is shown them)."""
+def select_sql(layer: Layer, flt: Filter, geometry: Sequence[str] = ("ST_AsText(geom)",)) -> tuple[str, dict[str, Any]]:
+    """Return the SQL reading LAYER's rows kept by FLT (personal fields as this user is shown them).
+
+    Each row: id, version, the fields, the area (a layer with one), then the GEOMETRY expressions
+    (the outline as WKT by default; :mod:`layers.exports` asks for GeoJSON, KML or WKB).
+    """
     personal = set(personal_fields(layer))
     values = []
     for name in layer.field_names:
@@ -229,14 +233,15 @@ def _select(layer: Layer, flt: Filter) -> tuple[str, dict[str, Any]]:
     conditions, params = filter_conditions(layer, flt)
     where = " AND ".join(f"({c})" for c in conditions) or "true"
     sql = (
-        f"SELECT id, version, {', '.join(values)}, ST_AsText(geom) FROM {layer.table} "
+        f"SELECT id, version, {', '.join(values)}, {', '.join(geometry)} FROM {layer.table} "
         f"WHERE {where} ORDER BY {layer.key_field}"
     )
     return sql, params
 
 
-def count_rows(session: Session, sheets: Sequence[Sheet]) -> dict[str, int]:
-    """Return how many rows each sheet will hold; refuse an export beyond MAX_EXPORT_ROWS."""
+def count_rows(session: Session, sheets: Sequence[Sheet], cap: int | None = None) -> dict[str, int]:
+    """Return how many rows each sheet will hold; refuse an export beyond CAP (MAX_EXPORT_ROWS by default)."""
+    cap = MAX_EXPORT_ROWS if cap is None else cap
     counts = {}
     for sheet in sheets:
         conditions, params = filter_conditions(sheet.layer, sheet.flt)
@@ -245,11 +250,11 @@ def count_rows(session: Session, sheets: Sequence[Sheet]) -> dict[str, int]:
             session.execute(text(f"SELECT count(*) FROM {sheet.layer.table} WHERE {where}"), params).scalar_one()
         )
     total = sum(counts.values())
-    if total > MAX_EXPORT_ROWS:
+    if total > cap:
         raise InvalidInput.one(
             "export_too_large",
-            f"导出共 {total} 行，超过上限 {MAX_EXPORT_ROWS} 行：请缩小范围或增加筛选条件",
-            f"the export would hold {total} rows, more than {MAX_EXPORT_ROWS}: narrow the scope or the filter",
+            f"导出共 {total} 行，超过上限 {cap} 行：请缩小范围或增加筛选条件",
+            f"the export would hold {total} rows, more than {cap}: narrow the scope or the filter",
             field="scope",
         )
     return counts
@@ -460,7 +465,7 @@ def _write_sheet(session: Session, wb: Any, sheet: Sheet, actor: Actor | None) -
     ws.auto_filter.ref = f"A2:{get_column_letter(len(cols))}2"
     ws.append([_cell(ws, zh, font=REQUIRED_FONT if f and f.required else BOLD) for _, zh, _, f in cols])
     ws.append([_cell(ws, en, font=EXAMPLE_FONT) for _, _, en, _ in cols])
-    sql, params = _select(layer, sheet.flt)
+    sql, params = select_sql(layer, sheet.flt)
     personal = bool(personal_fields(layer))
     full = personal and actor is not None and actor.sees_personal()
     ids: list[int] = []

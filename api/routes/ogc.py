@@ -25,11 +25,12 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import ActorDep, SignedInDep, rule
 from api.deps import LayerDep, SessionDep
 from api.routes.features import FEATURE_BODY, GEOJSON, JSON_TYPES, _commit, _log_personal, _read_feature
-from api.routes.tiles import GenerationsDep, _extent, _generation, tile_cache, visibility
+from api.routes.tiles import GenerationsDep, extent_of, tile_cache
 from api.work import heavy, lane
 from layers import features, ogc
 from layers.access import Actor
 from layers.base import Layer
+from layers.ogc_tiles import TILES_CONFORMANCE, tiles_links
 from spatial.errors import MalformedInput, NotFound
 from spatial.work import CancelToken
 
@@ -48,16 +49,31 @@ RESERVED = frozenset(
 
 
 def more_conformance() -> list[str]:
-    """Return the conformance classes other OGC APIs served here add (the lead adds TILES_CONFORMANCE here)."""
-    return []
+    """Return the conformance classes the other OGC APIs served here add (Tiles: api/routes/ogc_tiles.py)."""
+    return list(TILES_CONFORMANCE)
 
 
 def more_links(base: str, layer: Layer | None) -> list[dict[str, Any]]:
     """Return the links other OGC APIs add to the landing page (LAYER None) or to LAYER's collection.
 
-    The single place where the lead adds ``tiles_links(...)``.
+    The landing page links the tile matrix sets and the map's style; a collection its tilesets and style.
     """
-    return []
+    if layer is not None:
+        return tiles_links(base, layer)
+    return [
+        {
+            "rel": "http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes",
+            "type": "application/json",
+            "title": "瓦片矩阵集 Tile matrix sets",
+            "href": f"{base}/ogc/tileMatrixSets",
+        },
+        {
+            "rel": "http://www.opengis.net/def/rel/ogc/1.0/styles",
+            "type": "application/vnd.mapbox.style+json",
+            "title": "地图样式 Map style (MapLibre GL)",
+            "href": f"{base}/ogc/styles/guatu",
+        },
+    ]
 
 
 def _base(request: Request) -> str:
@@ -108,7 +124,7 @@ def _collection(
     request: Request, session: Session, layer: Layer, read: Callable[[str], int], actor: Actor | None
 ) -> dict[str, Any]:
     cache = tile_cache(request)
-    extent = _extent(cache, session, layer, _generation(cache, read, layer), visibility(actor))
+    extent = extent_of(cache, session, layer, read, actor)
     base = _base(request)
     return ogc.collection(layer, base, extent, ogc.temporal_extent(session, layer), more_links(base, layer))
 

@@ -214,12 +214,18 @@ async def vector_tile(
     return Response(data, media_type=MVT, headers=headers)
 
 
+def extent_of(
+    cache: TileCache, session: Session, layer: Layer, read: Callable[[str], int], actor: Actor | None
+) -> list[float] | None:
+    """Return LAYER's extent as ACTOR sees it (cached per generation and visibility)."""
+    return _extent(cache, session, layer, _generation(cache, read, layer), visibility(actor))
+
+
 @router.get("/tiles/{layer_id}.json", summary="TileJSON", **rule("user"))
 def layer_tilejson(
     layer: LayerDep, session: SessionDep, read: GenerationsDep, request: Request, actor: ActorDep
 ) -> JSONResponse:
     """Return the TileJSON document of LAYER's vector tiles; tile URLs start with GUATU_PUBLIC_URL, never the Host."""
     base = request.app.state.settings.public_url
-    cache = tile_cache(request)
-    extent = _extent(cache, session, layer, _generation(cache, read, layer), visibility(actor))
+    extent = extent_of(tile_cache(request), session, layer, read, actor)
     return JSONResponse(tilejson(layer, base, extent))

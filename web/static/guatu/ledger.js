@@ -420,6 +420,38 @@
     return a;
   }
 
+  /* The GIS formats a layer's ledger is also exported in (api/routes/exports.py), and the QGIS project. */
+  var FORMATS = [
+    ["geojson", "", "GeoJSON"], ["csv", "", "CSV (WKT, 经纬度)"], ["kml", "", "KML (奥维/Google 地球)"],
+    ["gpkg", "", "GeoPackage"], ["shp.zip", "", "Shapefile (UTF-8)"], ["shp.zip", "encoding=gbk", "Shapefile (GBK, ArcGIS 旧版)"]
+  ];
+
+  /* A small menu of the other formats beside 导出 Excel; set(query) points every link at the filter. */
+  function formatsMenu(api, layerId) {
+    var menu = el("details", "ledger-formats");
+    menu.appendChild(el("summary", "guatu-button ledger-link", "其他格式 More formats ▾"));
+    var list = el("div", "ledger-formats-list");
+    menu.appendChild(list);
+    var links = FORMATS.map(function (f) {
+      var a = el("a", "ledger-format ledger-format-" + f[0].replace(".", "-") + (f[1] ? "-gbk" : ""), f[2]);
+      a.setAttribute("download", "");
+      list.appendChild(a);
+      return [a, f];
+    });
+    var qgis = el("a", "ledger-format ledger-format-qgis", "QGIS 工程 project (.qgz)");
+    qgis.href = api + "/qgis/project.qgz";
+    qgis.title = "在 QGIS 中打开：图层经 OGC API 读取，需在 QGIS 认证中设置 API 令牌 (needs your API token in QGIS)";
+    list.appendChild(qgis);
+    function set(query) {
+      links.forEach(function (pair) {
+        var q = [pair[1][1], query].filter(Boolean).join("&");
+        pair[0].href = api + "/layers/" + layerId + "/export." + pair[1][0] + (q ? "?" + q : "");
+      });
+    }
+    set("");
+    return {element: menu, set: set};
+  }
+
   /* The filter bar of the ledger page: one control per filter the layer declares (as the map's panel). */
   function filterBar(box, layer, onChange) {
     var state = {};
@@ -482,6 +514,8 @@
     var actions = el("div", "ledger-actions");
     var exportLink = link("导出 Excel Export", "#", "ledger-export");
     actions.appendChild(exportLink);
+    var formats = formatsMenu(opts.api, layer.id);
+    actions.appendChild(formats.element);
     actions.appendChild(link("下载模板 Template", opts.api + "/layers/" + layer.id + "/template.xlsx", "ledger-template"));
     actions.appendChild(link("导入 Excel Import", "/upload?layer=" + encodeURIComponent(layer.id), "ledger-import"));
     box.appendChild(actions);
@@ -490,6 +524,7 @@
     var holder = null;
     var query = filterBar(filters, layer, function () {
       exportLink.href = opts.api + "/layers/" + layer.id + "/export.xlsx" + (query() ? "?" + query() : "");
+      formats.set(query());
       if (holder) holder.reload();
     });
     exportLink.href = opts.api + "/layers/" + layer.id + "/export.xlsx";

@@ -513,6 +513,39 @@
           var shown = Object.keys(groups).filter(function (id) { return map.hasLayer(groups[id]); });
           excel.href = "/api/export.xlsx?layers=" + encodeURIComponent(shown.join(",")) +
             print.href.slice(print.href.indexOf("&bbox="));  // the same view and filters as the print
+          aimFormats(shown, b);
+        }
+        /* The other formats, a layer at a time: each shown layer in the view, as filtered on the map. */
+        var formats = el("details", "guatu-formats");
+        formats.appendChild(el("summary", "guatu-link", "其他格式 ▾"));
+        var formatList = el("div", "guatu-formats-list");
+        var titles = {};
+        (opts.legend || []).forEach(function (l) { titles[l.id] = l.title.zh; });
+        formats.appendChild(formatList);
+        var FORMATS = [["geojson", "", "GeoJSON"], ["csv", "", "CSV"], ["kml", "", "KML"], ["gpkg", "", "GPKG"],
+                       ["shp.zip", "", "SHP"], ["shp.zip", "encoding=gbk", "SHP(GBK)"]];
+        function aimFormats(shown, b) {
+          formatList.textContent = "";
+          var view = "bbox=" + [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map(function (v) {
+            return v.toFixed(6);
+          }).join(",");
+          var narrowing = new URLSearchParams(mapQuery);
+          shown.forEach(function (id) {
+            var row = el("div", "guatu-formats-row");
+            row.appendChild(el("span", "guatu-formats-layer", (titles[id] || id) + "："));
+            FORMATS.forEach(function (f) {
+              var a = el("a", "guatu-link guatu-format", f[2]);
+              a.href = "/api/layers/" + encodeURIComponent(id) + "/export." + f[0] + "?" +
+                [f[1], view, narrowing.get("narrow_" + id) || ""].filter(Boolean).join("&");
+              a.setAttribute("download", "");
+              row.appendChild(a);
+              row.appendChild(document.createTextNode(" "));
+            });
+            formatList.appendChild(row);
+          });
+          var qgis = el("a", "guatu-link guatu-format-qgis", "QGIS 工程 project (.qgz)");
+          qgis.href = "/api/qgis/project.qgz";
+          formatList.appendChild(qgis);
         }
         var excel = el("a", "guatu-link guatu-export", "导出 Excel");
         excel.title = "按当前视野和筛选导出所显示图层的台账 (export the ledgers shown, as filtered)";
@@ -557,6 +590,8 @@
         sub.appendChild(printing);
         sub.appendChild(document.createTextNode(" · "));
         sub.appendChild(excel);
+        sub.appendChild(document.createTextNode(" "));
+        sub.appendChild(formats);
         box.appendChild(sub);
         L.DomEvent.disableClickPropagation(box);
         return box;
