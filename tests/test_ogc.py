@@ -27,6 +27,7 @@ from pyproj import Transformer
 
 from layers import ogc
 from layers.base import REGISTRY
+from layers.ogc_tiles import TILES_CONFORMANCE
 from tests.accounts import ANY_VERSION, tokens_for
 from tests.browser import live_server
 from tests.conftest import admin_url, demo_database, libpq, owner_url
@@ -84,7 +85,8 @@ def test_landing_conformance_and_api_document(base: str) -> None:
     assert {"self", "service-desc", "conformance", "data"} <= rels.keys()
     assert rels["data"]["href"] == f"{base}/ogc/collections"
     classes = httpx.get(rels["conformance"]["href"]).json()["conformsTo"]
-    assert classes == ogc.CONFORMANCE
+    assert classes == [*ogc.CONFORMANCE, *TILES_CONFORMANCE]  # Tiles: tests/test_ogc_tiles.py
+    assert {"http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes"} <= rels.keys()
     assert not any("html" in c for c in classes)  # no HTML encoding, none claimed
     doc = httpx.get(rels["service-desc"]["href"])
     assert doc.headers["content-type"].startswith("application/vnd.oai.openapi+json")
