@@ -140,6 +140,9 @@ def header_labels(layer: Layer) -> dict[str, str]:
     for f in layer.fields:
         for label in (f.name, f.zh, f.en, f"{f.zh} {f.en}", f"{f.zh}({f.en})", f"{f.zh}{f.en}"):
             add(label, f.name)
+    for f in layer.fields:  # the declared other names (三调 DKBM), then the filter's short label (not 闲置: a date)
+        for label in (*f.aliases, *((f.filter_zh,) if f.filter_zh and f.kind != "date" else ())):
+            add(label, f.name)
     for f in layer.fields:
         add(_bare(_norm(f.zh)), f.name)
         if f.zh.endswith("编码"):
