@@ -86,6 +86,7 @@ DIVISIONS = register(
         ),
         units=Units(HELD, level_field="level", parent_field="parent_code"),
         name_field="name",
+        example={"code": "370214001009", "name": "南疃社区", "level": "社区", "parent_code": "370214001"},
         order=10,
         editors=("planner",),
     )

@@ -71,6 +71,15 @@ GRIDS = register(
         rules=(Coverage("divisions", "community_code", parent_level="community", numbered=True),),  # 无缝拼接
         units=Units(("grid",), parent_field="community_code"),
         name_field="name",
+        example={
+            "code": "370214001009001",
+            "name": "南疃社区第1网格",
+            "kind": "基础网格",
+            "community_code": "370214001009",
+            "manager": "王网格",
+            "households": 320,
+            "valid_from": "2024-01-01",
+        },
         order=20,
         editors=("planner",),
     )

@@ -40,6 +40,8 @@ MAX_NAME = 100
 """Characters of a file field's name a mapping may hold."""
 MAX_VALUE = 500
 """Characters of an other attribute's text value kept (cut beyond)."""
+MAX_LISTED = 200
+"""File fields an upload's report names at most (a file of 100,000 property names is counted, not listed)."""
 PREFERENCE = "upload.mapping.{layer}"
 """The preference key of a user's confirmed mapping for a layer (layers.preferences)."""
 
@@ -233,6 +235,8 @@ class Mapper:
     dropped: dict[str, str] = field(default_factory=dict)
     """File field: why it was dropped (chosen, unmapped, personal_name, personal_value, not_scalar, capped, taken)."""
     translated: dict[str, int] = field(default_factory=dict)
+    unlisted: int = 0
+    """File fields met beyond the first MAX_LISTED: handled alike, counted only (the report stays small)."""
 
     @classmethod
     def of(
@@ -301,7 +305,7 @@ class Mapper:
                         self.translated[target] = self.translated.get(target, 0) + 1
                 out[target] = value
                 if name not in READ_ONLY:
-                    self.seen.setdefault(name, target)
+                    self._saw(name, target)
                 continue
             explicit_drop = name in self.explicit and self.explicit[name] is None
             if explicit_drop or (target is None and name in self.remembered):
@@ -314,11 +318,14 @@ class Mapper:
         for name, value in later:
             if name in self.dropped:
                 continue
+            if _CONTROL.search(name) or len(name) > MAX_NAME:
+                self._drop(name, "invalid_name")
+                continue
             if looks_personal_name(name):
                 self._drop(name, "personal_name")
                 continue
             if value is None or value == "":
-                self.seen.setdefault(name, KEEP)
+                self._saw(name, KEEP)
                 continue
             if not (isinstance(value, str | bool | int) or (isinstance(value, float) and math.isfinite(value))):
                 self._drop(name, "not_scalar")
@@ -329,40 +336,51 @@ class Mapper:
                 continue
             if isinstance(value, str):
                 value = _CONTROL.sub("", value)[:MAX_VALUE]
-            key = _CONTROL.sub("", name)[:MAX_NAME]
-            grown = len(orjson.dumps({key: value})) - 1
+            grown = len(orjson.dumps({name: value})) - 1
             if len(extra) >= EXTRA_MAX_KEYS or size + grown > EXTRA_MAX_BYTES:
-                self.dropped.setdefault(name, "capped")
+                self._drop(name, "capped")
                 continue
             size += grown
-            extra[key] = value
-            self.seen.setdefault(name, KEEP)
+            extra[name] = value
+            self._saw(name, KEEP)
         return out, (orjson.dumps(extra).decode() if extra else None)
 
     def _drop(self, name: str, why: str) -> None:
-        if name not in self.dropped:
+        if name not in self.dropped and self._room(name):
             self.dropped[name] = why
-        self.seen[name] = None
+            self.seen[name] = None
+
+    def _room(self, name: str) -> bool:
+        """Tell whether NAME is (or may yet be) listed; count it otherwise."""
+        if name in self.seen or len(self.seen) < MAX_LISTED:
+            return True
+        self.unlisted += 1
+        return False
+
+    def _saw(self, name: str, target: str | None) -> None:
+        if name not in self.seen and self._room(name):
+            self.seen[name] = target
 
     def merge(self, other: Mapper) -> None:
         """Take in what another copy of this mapper (a worker's) saw."""
         for name, target in other.seen.items():
-            self.seen.setdefault(name, target)
+            if name not in other.dropped:
+                self._saw(name, target)
         for name, why in other.dropped.items():
-            self.dropped.setdefault(name, why)
-            self.seen[name] = None
+            self._drop(name, why)
+        self.unlisted += other.unlisted
         for name, n in other.translated.items():
             self.translated[name] = self.translated.get(name, 0) + n
 
-    def observed(self) -> tuple[dict[str, Any], dict[str, str], dict[str, int]]:
-        """Return what it saw: (seen, dropped, translated), plain data for a worker to hand back."""
-        return dict(self.seen), dict(self.dropped), dict(self.translated)
+    def observed(self) -> tuple[dict[str, Any], dict[str, str], dict[str, int], int]:
+        """Return what it saw: (seen, dropped, translated, unlisted), plain data for a worker to hand back."""
+        return dict(self.seen), dict(self.dropped), dict(self.translated), self.unlisted
 
-    def take(self, observed: tuple[dict[str, Any], dict[str, str], dict[str, int]]) -> None:
+    def take(self, observed: tuple[dict[str, Any], dict[str, str], dict[str, int], int]) -> None:
         """Take in what a worker's copy saw (from :meth:`observed`)."""
-        seen, dropped, translated = observed
+        seen, dropped, translated, unlisted = observed
         other = Mapper(self.fields, {}, {}, self.unmapped, {}, {}, frozenset(), seen=seen, dropped=dropped)
-        other.translated = translated
+        other.translated, other.unlisted = translated, unlisted
         self.merge(other)
 
     def report(self, layer: Layer) -> dict[str, Any] | None:
@@ -370,7 +388,7 @@ class Mapper:
         renamed = {n: t for n, t in self.seen.items() if t not in (None, KEEP) and t != n}
         kept = sorted(n for n, t in self.seen.items() if t == KEEP and n not in self.dropped)
         dropped = dict(sorted(self.dropped.items()))
-        if not (renamed or kept or dropped or self.translated):
+        if not (renamed or kept or dropped or self.translated or self.unlisted):
             return None
         notes = []
         if renamed:
@@ -389,11 +407,14 @@ class Mapper:
             notes.append(f"未导入：{'、'.join(other)} (dropped)")
         for name, n in self.translated.items():
             notes.append(f"{layer.field(name).zh}：{n} 个值按三调代码转换（如 30→集体） ({n} coded values translated)")
+        if self.unlisted:
+            notes.append(f"另有 {self.unlisted} 个字段值未逐一列出 ({self.unlisted} more field values not listed)")
         return {
             "mapped": renamed,
             "extra": kept,
             "dropped": dropped,
             "translated": dict(self.translated),
+            "unlisted": self.unlisted,
             "notes": notes,
         }
 

@@ -79,13 +79,13 @@ def copy_rows(session: Session, table: str, columns: Sequence[str], rows: Iterab
 
 def stage_rows(session: Session, layer: Layer, rows: Sequence[tuple[int, dict[str, Any]]], hexes: Any) -> None:
     """Stage ROWS (feature index, properties holding every field and `extra`) with their geometries as hex EWKB."""
-    names = layer.stored_names
+    names = layer.field_names
     values = itemgetter(*names)
     copy_rows(
         session,
         STAGE,
-        ["idx", *names, "geom"],
-        ((index, *values(props), wkb) for (index, props), wkb in zip(rows, hexes, strict=True)),
+        ["idx", *names, EXTRA, "geom"],
+        ((index, *values(props), props.get(EXTRA), wkb) for (index, props), wkb in zip(rows, hexes, strict=True)),
     )
 
 
@@ -97,8 +97,8 @@ def insert_rows(
     COPY into a temporary table first, then one INSERT … SELECT: PostgreSQL does not COPY into
     a table under row-level security, and the INSERT is checked by its policies row by row.
     """
-    names = layer.stored_names
-    values = itemgetter(*names)
+    values = itemgetter(*layer.field_names)
+    names = layer.stored_names  # the fields, then EXTRA
     ddl = ", ".join(f"{name} {kind}" for name, kind in _column_types(layer))
     direct = f"{DIRECT}_{layer.table}"
     session.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {direct} ({ddl}, geom geometry) ON COMMIT DROP"))
@@ -106,7 +106,7 @@ def insert_rows(
         session,
         direct,
         [*names, "geom"],
-        ((*values(props), wkb) for (_, props), wkb in zip(rows, hexes, strict=True)),
+        ((*values(props), props.get(EXTRA), wkb) for (_, props), wkb in zip(rows, hexes, strict=True)),
     )
     listed = ", ".join(names)
     raw: Any = session.connection().connection.driver_connection  # psycopg's own errors, as COPY raises them

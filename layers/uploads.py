@@ -788,7 +788,8 @@ class _Checker:
         for rule in self.layer.cross_rules:
             if rule(props):
                 return None, True
-        props[EXTRA] = extra
+        if extra is not None:
+            props[EXTRA] = extra
         return props, False
 
     def _build(self, gtype: str, raws: list[msgspec.Raw]) -> Built | None:
@@ -847,7 +848,8 @@ class _Checker:
         notes = [self.repairer.note] if self.repairer.note else []
         if _has_z(feature):
             notes.append(Z_DROPPED)
-        props[EXTRA] = extra
+        if extra is not None:
+            props[EXTRA] = extra
         return props, geom, notes
 
 
