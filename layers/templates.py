@@ -141,3 +141,47 @@ def _gpkg(layer_id: str, module: str) -> bytes:
         )
         write(str(path), None, table, names, layer="fields", driver="GPKG", append=True)
         return path.read_bytes()
+
+
+GUIDE_BEGIN = "<!-- fields:begin (generated: python -m layers.templates docs/surveyor-guide.md) -->"
+GUIDE_END = "<!-- fields:end -->"
+_KINDS = {"text": "文本", "code": "编码", "enum": "选项", "int": "整数", "float": "数字", "date": "日期"}
+
+
+def guide_fields(layers: list[Layer]) -> str:
+    """Return the surveyor guide's tables of every field of LAYERS (between its markers), from the declarations."""
+    out = [GUIDE_BEGIN, ""]
+    for layer in layers:
+        out.append(f"### {layer.zh} {layer.en}（`{layer.id}`）")
+        out.append("")
+        out.append("| 字段 Field | 中文名 | English | 类型 | 必填 | 规则与取值 | 别名 Aliases |")
+        out.append("|---|---|---|---|---|---|---|")
+        for f in layer.fields:
+            aliases = "、".join(f"`{a}`" for a in f.aliases)
+            rules = field_rules(f).replace("|", "\\|")
+            required = "是" if f.required else ""
+            out.append(f"| `{f.name}` | {f.zh} | {f.en} | {_KINDS[f.kind]} | {required} | {rules} | {aliases} |")
+        out.append("")
+    out.append(GUIDE_END)
+    return "\n".join(out)
+
+
+def rewrite_guide(path: Path, layers: list[Layer]) -> bool:
+    """Put the generated field tables into the guide at PATH (between its markers); return whether it changed."""
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(GUIDE_BEGIN), text.index(GUIDE_END) + len(GUIDE_END)
+    fresh = text[:start] + guide_fields(layers) + text[end:]
+    if fresh != text:
+        path.write_text(fresh, encoding="utf-8")
+    return fresh != text
+
+
+if __name__ == "__main__":  # python -m layers.templates docs/surveyor-guide.md
+    import sys
+
+    import layers  # noqa: F401 - every layer registered
+    from layers.base import REGISTRY
+
+    ordered = sorted((x for x in REGISTRY.values() if x.module.startswith("layers.")), key=lambda x: (x.order, x.id))
+    changed = rewrite_guide(Path(sys.argv[1]), ordered)
+    sys.stdout.write("updated\n" if changed else "up to date\n")

@@ -308,3 +308,62 @@ def test_a_rejected_upload_does_not_remember(client: TestClient, session: Sessio
 def test_grid_code_is_a_grid_alias() -> None:
     assert propose(REGISTRY["parcels"], ["所属网格"], None) == {"所属网格": "grid_code"}
     assert GRID.startswith(COMMUNITY)
+
+
+# ---------------------------------------------------------------- templates and the guide
+
+
+@pytest.mark.parametrize("layer_id", ["divisions", "grids", "parcels", "zones", "shops", "revenue_points"])
+def test_the_geojson_template_describes_every_field(client: TestClient, layer_id: str) -> None:
+    response = client.get(f"/api/layers/{layer_id}/template.geojson")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/geo+json")
+    body = response.json()
+    layer = REGISTRY[layer_id]
+    assert [f["name"] for f in body["fields"]] == layer.field_names
+    for described in body["fields"]:
+        declared = layer.field(described["name"])
+        assert (described["kind"], described["required"]) == (declared.kind, declared.required)
+        assert described["choices"] == (list(declared.choices) or None)
+    assert list(body["features"][0]["properties"]) == layer.field_names
+    assert body["features"][0]["geometry"]["type"] in layer.accepts
+
+
+@pytest.mark.parametrize("layer_id", ["divisions", "grids", "shops"])
+def test_the_filled_in_geojson_template_uploads(client: TestClient, layer_id: str) -> None:
+    template = client.get(f"/api/layers/{layer_id}/template.geojson").content
+    response = upload(client, template, layer=layer_id, dry_run="true")
+    assert response.status_code == 200, response.text
+    report = response.json()["report"]
+    assert report["summary"]["rejected"] == 0 and report["summary"]["new"] == 1, report
+    assert "fields" not in report  # every field is the layer's own: nothing mapped, kept or dropped
+
+
+def test_the_gpkg_template_has_typed_fields_the_example_and_a_fields_table(client: TestClient, tmp_path: Any) -> None:
+    import pyogrio
+
+    response = client.get("/api/layers/grids/template.gpkg")
+    assert response.status_code == 200
+    path = tmp_path / "grids.gpkg"
+    path.write_bytes(response.content)
+    assert [name for name, _ in pyogrio.list_layers(path)] == ["grids", "fields"]
+    info = pyogrio.read_info(path, layer="grids")
+    types = dict(zip(info["fields"], info["dtypes"], strict=True))
+    assert list(types) == REGISTRY["grids"].field_names
+    assert types["households"] == "int32" and types["name"] == "object"
+    assert info["features"] == 1 and info["geometry_type"] == "MultiPolygon" and "4490" in info["crs"]
+    _, _, _, values = pyogrio.raw.read(path, layer="fields")
+    assert list(values[0]) == REGISTRY["grids"].field_names and "基础网格" in "".join(values[5])
+
+
+def test_the_surveyor_guide_lists_every_field_of_every_layer() -> None:
+    from pathlib import Path
+
+    from layers.templates import GUIDE_BEGIN, GUIDE_END, guide_fields
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "surveyor-guide.md").read_text(encoding="utf-8")
+    block = guide[guide.index(GUIDE_BEGIN) : guide.index(GUIDE_END) + len(GUIDE_END)]
+    ordered = sorted((x for x in REGISTRY.values() if x.module.startswith("layers.")), key=lambda x: (x.order, x.id))
+    assert block == guide_fields(ordered), "run: python -m layers.templates docs/surveyor-guide.md"
+    for layer in ordered:
+        for f in layer.fields:
+            assert f"| `{f.name}` | {f.zh} |" in block, (layer.id, f.name)
