@@ -367,3 +367,17 @@ def test_the_surveyor_guide_lists_every_field_of_every_layer() -> None:
     for layer in ordered:
         for f in layer.fields:
             assert f"| `{f.name}` | {f.zh} |" in block, (layer.id, f.name)
+
+
+def test_renames_alone_take_the_remembered_plan_and_still_translate() -> None:
+    parcels = REGISTRY["parcels"]
+    mapper = Mapper.of(parcels, {"说明": None})
+    feature = {"DKBM": "1", "QSXZ": "20", "说明": "x", "id": 7}
+    for _ in range(3):
+        assert mapper.apply(dict(feature)) == ({"code": "1", "ownership": "国有"}, None)
+    assert list(mapper.plans.values()) == [(("DKBM", "code"), ("QSXZ", "ownership"))]
+    assert mapper.translated == {"ownership": 3} and mapper.dropped == {"说明": "chosen"}
+    slow = Mapper.of(parcels, {"说明": None})
+    slow.plans = {tuple(feature): None}  # the field-by-field path gives the same
+    props, extra = slow.apply(dict(feature))
+    assert extra is None and {k: v for k, v in props.items() if k != "id"} == {"code": "1", "ownership": "国有"}
