@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from tests.browser import chromium, live_server
 from tests.conftest import migrated_database
 from tests.samples import COMMUNITY, X0, Y0
+from tests.test_map_page import move_to
 
 pytestmark = pytest.mark.browser
 SCREENSHOTS = Path(os.environ.get("GUATU_SCREENSHOTS", Path(__file__).resolve().parent.parent / "out" / "screenshots"))
@@ -96,6 +97,22 @@ def test_a_chinese_labelled_file_is_mapped_on_the_page_and_remembered(engine_wit
             '{"备注": "临街1"}',
         ]
         assert "13812345678" not in json.dumps(shops)
+
+        # the map's popup shows the other attributes under their own heading
+        shop = next(f for f in shops if f["extra"] == {"备注": "临街0"})
+        page.goto(base + "/")
+        page.wait_for_function("window.guatu && guatu.idle()", timeout=15_000)
+        move_to(page, *shop["geometry"]["coordinates"], 18)
+        marker = f"path.guatu-shops-{shop['id']}"
+        page.wait_for_selector(marker, timeout=15_000)
+        page.click(marker)
+        popup = page.locator(".leaflet-popup-content", has_text="其他属性")
+        popup.wait_for(timeout=5_000)
+        assert "Other attributes" in popup.inner_text()
+        assert popup.locator(".guatu-popup-extra-table th").all_inner_texts() == ["备注"]
+        assert popup.locator(".guatu-popup-extra-table td").all_inner_texts() == ["临街0"]
+        page.wait_for_timeout(400)
+        page.screenshot(path=str(SCREENSHOTS / "map-popup-extra.png"))
 
         phone = browser.new_page(viewport={"width": 390, "height": 844})
         phone.on("request", lambda request: requests.append(request.url))
