@@ -14,7 +14,10 @@ among the other attributes, which anyone who sees the feature sees.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -562,15 +565,24 @@ def describe_file(path: Path, filename: str | None = None) -> dict[str, Any]:
     if workbook.is_workbook(head[:4]):
         return {"format": "xlsx", "fields": [], "count": None}
     # (spatial.formats) here: fmt = sniff(head, filename); if fmt != "geojson": read_vector(path, fmt).fields
-    source = open_geojson(path.read_bytes())
-    stop = min(source.count, SAMPLED_FEATURES)
     rows: list[dict[str, Any]] = []
-    for raw in source.raw_features(0, stop):
-        try:
-            feature = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        props = feature.get("properties") if isinstance(feature, dict) else None
-        if isinstance(props, dict):
-            rows.append(props)
-    return {"format": "geojson", "fields": describe_properties(rows), "count": source.count}
+    with path.open("rb") as handle:
+        if not os.fstat(handle.fileno()).st_size:
+            source = open_geojson(b"")  # refused as empty, as an upload is
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        source = open_geojson(memoryview(mapped))  # mapped, never copied whole into memory
+        for raw in source.raw_features(0, min(source.count, SAMPLED_FEATURES)):
+            try:
+                feature = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            props = feature.get("properties") if isinstance(feature, dict) else None
+            if isinstance(props, dict):
+                rows.append(props)
+        count = source.count
+        del source
+    finally:
+        with contextlib.suppress(BufferError):  # views read from it go with the source
+            mapped.close()
+    return {"format": "geojson", "fields": describe_properties(rows), "count": count}

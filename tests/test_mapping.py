@@ -381,3 +381,20 @@ def test_renames_alone_take_the_remembered_plan_and_still_translate() -> None:
     slow.plans = {tuple(feature): None}  # the field-by-field path gives the same
     props, extra = slow.apply(dict(feature))
     assert extra is None and {k: v for k, v in props.items() if k != "id"} == {"code": "1", "ownership": "国有"}
+
+
+BAD_FILES = [b"", b"{not json", b'{"type": "FeatureCollection", "features": [', "地块".encode("gbk")]
+
+
+@pytest.mark.parametrize("body", BAD_FILES)
+def test_inspecting_a_bad_file_is_a_clear_refusal(client: TestClient, body: bytes) -> None:
+    response = inspect(client, body)
+    assert response.status_code in (400, 422), response.text
+    assert response.json()["code"]
+
+
+def test_inspecting_a_ledger_lists_no_fields(client: TestClient) -> None:
+    template = client.get("/api/layers/shops/template.xlsx").content
+    files = {"file": ("a.xlsx", template, "application/octet-stream")}
+    body = client.post(UPLOADS.format(layer="shops") + "/inspect", files=files).json()
+    assert body["format"] == "xlsx" and body["fields"] == [] and body["proposed"] == {}
