@@ -34,6 +34,7 @@ from sqlalchemy import (
     case,
     func,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from geoalchemy2 import Geometry
@@ -48,6 +49,14 @@ TILE_ZOOM_SLACK = 2
 """Vector tiles are served from this many zoom levels below a layer's own minimum zoom."""
 
 READ_ONLY = ("id", "area_m2", "area_mu", "created_at", "updated_at", "version")
+
+EXTRA = "extra"
+"""The column holding a feature's other attributes: a file's fields no declared field takes (JSONB, capped)."""
+EXTRA_ZH, EXTRA_EN = "其他属性", "Other attributes"
+EXTRA_MAX_KEYS = 50
+"""Other attributes a feature keeps at most (the rest are dropped, and the report says so)."""
+EXTRA_MAX_BYTES = 4096
+"""Their size at most, as compact JSON."""
 
 VALID_FROM, VALID_TO = "valid_from", "valid_to"
 """The dates of a versioned layer's features (``Layer.history``): in force from, and until (excluded)."""
@@ -176,6 +185,10 @@ class Field:
     """The classes (code prefix, name) a filter on this code offers and the statistics count by."""
     searched: bool = False
     """The map's search box finds features whose value of this field contains the words typed."""
+    aliases: tuple[str, ...] = ()
+    """Other names a file or a ledger gives this field (三调 DKBM for 地块编码): uploads map them to it."""
+    translate: tuple[tuple[str, str], ...] = ()
+    """Values of another standard read as this field's own (三调 权属性质 30 → 集体), when a file is mapped."""
 
     def python_type(self) -> Any:
         """Return the Python type of a value of this field."""
@@ -584,6 +597,11 @@ class Layer:
         return self.id
 
     @property
+    def stored_names(self) -> list[str]:
+        """Return the columns an upload writes: the ledger fields and the other attributes (a fresh list)."""
+        return [*self._by_name, EXTRA]
+
+    @property
     def field_names(self) -> list[str]:
         """Return the names of the ledger fields, in declaration order (a fresh list)."""
         return list(self._by_name)
@@ -650,6 +668,8 @@ class Layer:
         attrs["__annotations__"].update({"id": Mapped[int]})
         for f in self.fields:
             attrs[f.name] = f.column()
+        # A file's fields no declared field takes, kept when the uploader asks (never personal-looking ones).
+        attrs[EXTRA] = mapped_column(JSONB, nullable=True, comment=f"{EXTRA_ZH} {EXTRA_EN}")
         if self.has_area:
             # Geodesic area on the CGCS2000 ellipsoid: PostGIS takes GRS80 from SRID 4490.
             attrs["area_m2"] = mapped_column(

@@ -48,6 +48,7 @@ def community_field(*, required: bool = False) -> Field:
         pattern_zh="12位统计用区划代码",
         max_length=12,
         index=True,
+        aliases=("社区代码", "村代码", "社区编码", "村居代码", "社区/村编码", "community", "village_code"),
     )
 
 
@@ -63,6 +64,7 @@ def grid_field(*, required: bool = False) -> Field:
         pattern_zh="社区代码+网格序号",
         max_length=16,
         index=True,
+        aliases=("网格代码", "网格编号", "所属网格", "WGBM", "grid"),
     )
 
 

@@ -25,6 +25,7 @@ from shapely.geometry.base import BaseGeometry
 from layers import changes
 from layers.access import SETTING_NOTE, Actor, area_of, locate_function, shown_function
 from layers.base import (
+    EXTRA,
     READ_ONLY,
     REGISTRY,
     Layer,
@@ -365,6 +366,8 @@ def _feature_json_columns(layer: Layer) -> Any:
         cast(func.ST_AsGeoJSON(model.geom, 9, 0), JSON),
         literal_column("'properties'"),
         properties_json(layer),
+        literal_column(f"'{EXTRA}'"),  # other attributes (其他属性): beside the properties, never sent back as one
+        getattr(model, EXTRA),
     )
     return cast(feature, Text)
 

@@ -33,13 +33,22 @@ GRIDS = register(
                 pattern=GRID_CODE,
                 pattern_zh="12位社区代码+网格序号",
                 max_length=16,
+                aliases=("WGBM", "网格代码", "网格编号", "grid_code"),
             ),
-            Field("name", "网格名称", "Grid name", required=True, max_length=60, searched=True),
+            Field(
+                "name", "网格名称", "Grid name", required=True, max_length=60, searched=True, aliases=("WGMC", "网格名")
+            ),
             Field("kind", "网格类型", "Kind", "enum", required=True, choices=KINDS, filter=True, count=True),
             community_field(required=True),
-            Field("manager", "网格员", "Grid manager", max_length=40),
+            Field("manager", "网格员", "Grid manager", max_length=40, aliases=("网格员姓名", "网格长")),
             Field(
-                "manager_phone", "网格员电话", "Manager phone", max_length=20, pattern="^[0-9+ -]{5,20}$", personal=True
+                "manager_phone",
+                "网格员电话",
+                "Manager phone",
+                max_length=20,
+                pattern="^[0-9+ -]{5,20}$",
+                personal=True,
+                aliases=("网格员手机", "联系电话"),
             ),
             Field("households", "户数", "Households", "int", minimum=0, maximum=100_000),
             Field("valid_from", "生效日期", "Valid from", "date", required=True),
@@ -62,6 +71,15 @@ GRIDS = register(
         rules=(Coverage("divisions", "community_code", parent_level="community", numbered=True),),  # 无缝拼接
         units=Units(("grid",), parent_field="community_code"),
         name_field="name",
+        example={
+            "code": "370214001009001",
+            "name": "南疃社区第1网格",
+            "kind": "基础网格",
+            "community_code": "370214001009",
+            "manager": "王网格",
+            "households": 320,
+            "valid_from": "2024-01-01",
+        },
         order=20,
         editors=("planner",),
     )

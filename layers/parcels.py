@@ -25,6 +25,21 @@ STAGES = ("未盘活", "招商中", "已签约", REVITALISED)
 MODES = ("出租", "入股", "合作经营", "自营", "调整用途", "拆除复垦")
 LET = ("出租", "承包", "入股", "出借")
 """Use statuses under which someone else uses the parcel: each needs a lease contract."""
+SANDIAO_OWNERSHIP = (
+    ("10", "国有"),  # 国有土地所有权
+    ("20", "国有"),  # 国有土地使用权
+    ("30", "集体"),  # 集体土地所有权
+    ("31", "集体"),  # 村民小组
+    ("32", "集体"),  # 村集体经济组织
+    ("33", "集体"),  # 乡镇农民集体经济组织
+    ("34", "集体"),  # 其他农民集体经济组织
+    ("40", "集体"),  # 集体土地使用权
+    ("国有土地所有权", "国有"),
+    ("国有土地使用权", "国有"),
+    ("集体土地所有权", "集体"),
+    ("集体土地使用权", "集体"),
+)
+"""三调 权属性质 (QSXZ) codes and words, read as this ledger's ownership (TD/T 1055-2019 code list)."""
 
 
 def _known_land_use(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
@@ -55,8 +70,9 @@ PARCELS = register(
                 pattern=ASSET_CODE,
                 pattern_zh="19位宗地代码或资产编码",
                 max_length=19,
+                aliases=("DKBM", "地块代码", "parcel_code"),  # 三调 地块编码
             ),
-            Field("name", "名称", "Name", max_length=100, searched=True),
+            Field("name", "名称", "Name", max_length=100, searched=True, aliases=("DKMC", "地块名称")),
             Field(
                 "land_use_code",
                 "地类编码",
@@ -72,8 +88,20 @@ PARCELS = register(
                 count=True,
                 param="land_use",
                 filter_zh="地类",
+                aliases=("DLBM", "地类代码", "landuse", "land_use"),  # 三调 地类编码
             ),
-            Field("ownership", "权属", "Ownership", "enum", required=True, choices=OWNERSHIP, filter=True, count=True),
+            Field(
+                "ownership",
+                "权属",
+                "Ownership",
+                "enum",
+                required=True,
+                choices=OWNERSHIP,
+                filter=True,
+                count=True,
+                aliases=("QSXZ", "权属性质"),  # 三调 权属性质, coded: read as 国有/集体
+                translate=SANDIAO_OWNERSHIP,
+            ),
             Field(
                 "use_status",
                 "利用现状",
@@ -88,8 +116,15 @@ PARCELS = register(
             Field("mode", "盘活方式", "Revitalisation mode", "enum", choices=MODES, filter=True),
             Field("idle_since", "闲置起始", "Idle since", "date", filter=True, filter_zh="闲置"),
             Field("idle_reason", "闲置原因", "Idle reason", max_length=200),
-            Field("owner", "权利人", "Owner", max_length=100),
-            Field("address", "坐落", "Location", max_length=200, searched=True),
+            Field("owner", "权利人", "Owner", max_length=100, aliases=("QSDWMC", "权属单位名称", "权属单位")),
+            Field(
+                "address",
+                "坐落",
+                "Location",
+                max_length=200,
+                searched=True,
+                aliases=("ZLDWMC", "坐落单位名称", "address"),
+            ),
             campaign_field(),
             community_field(),
             grid_field(),

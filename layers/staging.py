@@ -21,7 +21,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from layers.access import shown_function
-from layers.base import MASK_CHARS, Layer
+from layers.base import EXTRA, MASK_CHARS, Layer
 from spatial.geometry import STORAGE_SRID
 
 STAGE = "upload_stage"
@@ -38,7 +38,7 @@ DIRECT = "guatu_direct"
 def _column_types(layer: Layer) -> list[tuple[str, str]]:
     table = layer.model.__table__
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    return [(name, table.c[name].type.compile(dialect=dialect)) for name in layer.field_names]
+    return [(name, table.c[name].type.compile(dialect=dialect)) for name in layer.stored_names]
 
 
 def create_stage(session: Session, layer: Layer) -> None:
@@ -78,14 +78,14 @@ def copy_rows(session: Session, table: str, columns: Sequence[str], rows: Iterab
 
 
 def stage_rows(session: Session, layer: Layer, rows: Sequence[tuple[int, dict[str, Any]]], hexes: Any) -> None:
-    """Stage ROWS (feature index, properties holding every field) with their geometries as hex EWKB."""
+    """Stage ROWS (feature index, properties holding every field and `extra`) with their geometries as hex EWKB."""
     names = layer.field_names
     values = itemgetter(*names)
     copy_rows(
         session,
         STAGE,
-        ["idx", *names, "geom"],
-        ((index, *values(props), wkb) for (index, props), wkb in zip(rows, hexes, strict=True)),
+        ["idx", *names, EXTRA, "geom"],
+        ((index, *values(props), props.get(EXTRA), wkb) for (index, props), wkb in zip(rows, hexes, strict=True)),
     )
 
 
@@ -97,8 +97,8 @@ def insert_rows(
     COPY into a temporary table first, then one INSERT … SELECT: PostgreSQL does not COPY into
     a table under row-level security, and the INSERT is checked by its policies row by row.
     """
-    names = layer.field_names
-    values = itemgetter(*names)
+    values = itemgetter(*layer.field_names)
+    names = layer.stored_names  # the fields, then EXTRA
     ddl = ", ".join(f"{name} {kind}" for name, kind in _column_types(layer))
     direct = f"{DIRECT}_{layer.table}"
     session.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {direct} ({ddl}, geom geometry) ON COMMIT DROP"))
@@ -106,7 +106,7 @@ def insert_rows(
         session,
         direct,
         [*names, "geom"],
-        ((*values(props), wkb) for (_, props), wkb in zip(rows, hexes, strict=True)),
+        ((*values(props), props.get(EXTRA), wkb) for (_, props), wkb in zip(rows, hexes, strict=True)),
     )
     listed = ", ".join(names)
     raw: Any = session.connection().connection.driver_connection  # psycopg's own errors, as COPY raises them
@@ -210,7 +210,12 @@ def diff(session: Session, layer: Layer) -> Diff:
     """Compare the staged rows with the stored ones by natural key (personal fields: see :func:`_differs`)."""
     key = layer.key[0]
     table = layer.table
-    differs = ", ".join(_differs(layer, name) for name in layer.field_names)
+    differs = ", ".join(
+        [
+            *(_differs(layer, name) for name in layer.field_names),
+            f"CASE WHEN s.{EXTRA} IS NOT NULL AND s.{EXTRA} IS DISTINCT FROM t.{EXTRA} THEN '{EXTRA}' END",
+        ]
+    )
     rows = session.execute(
         text(
             f"""
@@ -246,6 +251,10 @@ def diff(session: Session, layer: Layer) -> Diff:
     return Diff(new, changed, unchanged, np.array(shifts, dtype=np.float64).reshape(-1, 4))
 
 
+_KEEP_EXTRA = f"{EXTRA} = COALESCE(s.{EXTRA}, t.{EXTRA})"
+"""A row sent without other attributes (a ledger's update, a file of declared fields only) keeps the stored ones."""
+
+
 def write(session: Session, layer: Layer, indexes: Iterable[int], upload_id: int) -> int:
     """Insert or update the staged rows INDEXES into the layer; return how many were written.
 
@@ -266,7 +275,7 @@ def write(session: Session, layer: Layer, indexes: Iterable[int], upload_id: int
     key = layer.key[0]
     for kept, members in groups:
         names = [n for n in layer.field_names if n not in kept and n not in layer.key]
-        sets = ", ".join(f"{n} = s.{n}" for n in [*names, "geom"])
+        sets = ", ".join([*(f"{n} = s.{n}" for n in [*names, "geom"]), _KEEP_EXTRA])
         result = session.execute(
             text(
                 f"UPDATE {layer.table} t SET {sets}, updated_at = now(), upload_id = :upload "
@@ -281,8 +290,8 @@ def write(session: Session, layer: Layer, indexes: Iterable[int], upload_id: int
         return written
     # Stored keys are updated, the others inserted. Not ON CONFLICT DO UPDATE: PostgreSQL wants
     # SELECT on every column it sets, and the app role may not read personal fields.
-    names = layer.field_names
-    sets = ", ".join(f"{n} = s.{n}" for n in [*names, "geom"] if n not in layer.key)
+    names = layer.stored_names
+    sets = ", ".join([*(f"{n} = s.{n}" for n in [*layer.field_names, "geom"] if n not in layer.key), _KEEP_EXTRA])
     updated = session.execute(
         text(
             f"UPDATE {layer.table} t SET {sets}, updated_at = now(), upload_id = :upload "

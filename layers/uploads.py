@@ -43,8 +43,9 @@ from shapely.geometry.base import BaseGeometry
 
 from layers import archive, staging, upload_warnings, workbook
 from layers.access import area_of, key_taken_problem, outside_area_problem, stated_allows, taken_function
-from layers.base import READ_ONLY, Layer, declared_layer
+from layers.base import EXTRA, READ_ONLY, Layer, declared_layer
 from layers.features import check_feature, locate_all, looks_masked, masked_problem
+from layers.mapping import Mapper, Unmapped
 from layers.settings import layer_settings
 from spatial import formats
 from spatial.crs import (
@@ -109,6 +110,19 @@ class UploadOptions:
     """The layer of a file holding several (a GeoPackage's table, a zip's Shapefile, a KML folder)."""
     encoding: str | None = None
     """The text encoding of a Shapefile or CSV, overriding its .cpg and the detection."""
+    mapping: dict[str, str | None] | None = None
+    """File field → layer field (``mapping.KEEP``: kept as an other attribute; None: dropped), as the
+    uploader confirmed it (layers.mapping.check_mapping); None: proposed from the names."""
+    unmapped: Unmapped = "keep"
+    """What becomes of a file field no layer field takes: kept as an other attribute, or dropped."""
+    remembered: dict[str, str | None] | None = None
+    """The uploader's mapping remembered from an earlier upload, preferred when none is given."""
+    remember: Callable[[Session, dict[str, str | None]], None] | None = field(default=None, compare=False)
+    """Called with the mapping when an upload with one is committed or dry-run (kept as the uploader's preference)."""
+
+    def mapper(self, layer: Layer) -> Mapper:
+        """Return the mapper applying these options' mapping to LAYER's features."""
+        return Mapper.of(layer, self.mapping, self.remembered, self.unmapped)
 
     def key(self, layer: Layer) -> str:
         """Return the hash of what changes the outcome (not who or under which name)."""
@@ -125,6 +139,12 @@ class UploadOptions:
             outcome["source_layer"] = self.source_layer
         if self.encoding is not None:
             outcome["encoding"] = self.encoding
+        if self.mapping is not None:  # so are these
+            outcome["mapping"] = self.mapping
+        if self.remembered:
+            outcome["remembered"] = self.remembered
+        if self.unmapped != "keep":
+            outcome["unmapped"] = self.unmapped
         canon = orjson.dumps(outcome, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canon).hexdigest()
 
@@ -325,6 +345,8 @@ def _run(
             "repair": options.repair,
             **({"format": "xlsx", "import_mode": ledger.mode, "sheet": ledger.sheet} if ledger else {}),
             **(_file_options(read) if read else {}),
+            **({"mapping": options.mapping} if options.mapping is not None else {}),
+            **({"unmapped": options.unmapped} if options.unmapped != "keep" else {}),
         },
         status="running",
         report={},
@@ -346,6 +368,7 @@ def _run(
                 workers=workers,
                 release=file.release,
                 prejudged=ledger.rejected if ledger else None,
+                mapper=options.mapper(layer),
             )
         if ledger is not None:
             ledger.annotate(layer, report)
@@ -363,6 +386,8 @@ def _run(
             writes.commit()
         else:
             writes.rollback()
+        if options.remember is not None and options.mapping is not None and status in ("committed", "dry_run"):
+            options.remember(session, options.mapping)
     except BaseException:
         if writes.is_active:
             writes.rollback()
@@ -643,7 +668,7 @@ class _Checked:
             self.previews = {i: orjson.loads(g) for (i, _, _), g in zip(self.ok, shown, strict=True)}
 
 
-_Part = tuple[_Checked, dict[int, Any], list[tuple[float, float, float, float]], int, int, int]
+_Part = tuple[_Checked, dict[int, Any], list[tuple[float, float, float, float]], int, int, int, Any]
 """A worker's outcome for one chunk: the checked features, their ids and raw bounds, its counts."""
 
 
@@ -654,6 +679,7 @@ def check_part(
     part: FeatureSource,
     listing_full: bool,
     preview: bool,
+    mapper: Mapper | None = None,
 ) -> _Part:
     """Check one chunk of an upload (in a worker process: plain data in, plain data out).
 
@@ -662,20 +688,30 @@ def check_part(
     """
     import layers  # noqa: F401 - every layer module of the package registered in the worker too
 
-    checker = _Checker(None, declared_layer(*layer_ref), declared, repair)
+    checker = _Checker(None, declared_layer(*layer_ref), declared, repair, mapper)
     checker.listing_full = lambda: listing_full
     with _no_cyclic_gc():
         checked = checker.chunk(part, part.offset, part.count)
         checked.finish(preview)
         checked.geoms = []
-    return checked, checker.ids, checker.bounds, checker.fast, checker.slow, checker.counted_only
+    observed = checker.mapper.observed() if checker.mapper is not None else None
+    return checked, checker.ids, checker.bounds, checker.fast, checker.slow, checker.counted_only, observed
 
 
 class _Checker:
     """Checks the features of an upload chunk by chunk: vectorised where it can, one by one where it must."""
 
-    def __init__(self, session: Session | None, layer: Layer, declared: DeclaredCrs, repair: bool) -> None:
+    def __init__(
+        self,
+        session: Session | None,
+        layer: Layer,
+        declared: DeclaredCrs,
+        repair: bool,
+        mapper: Mapper | None = None,
+    ) -> None:
         self.session, self.layer, self.declared = session, layer, declared
+        self.mapper = mapper
+        """Maps each feature's properties to the layer's fields (None: the file names them as declared)."""
         self.repairer = _Repairer(declared, repair)
         self.key_field = layer.key[0]
         self.bounds: list[tuple[float, float, float, float]] = []
@@ -723,12 +759,14 @@ class _Checker:
             first, stop = span
             part = source.part(first, stop)
             layer_ref = (self.layer.id, self.layer.module)
-            job = (layer_ref, self.declared, self.repairer.repair, part, self.listing_full(), self.preview)
+            job = (layer_ref, self.declared, self.repairer.repair, part, self.listing_full(), self.preview, self.mapper)
             pending.append((first, stop, submit(check_part, *job, pool="uploads", workers=self.workers)))
 
     def _merge(self, part: _Part) -> _Checked:
         """Take in what a worker learnt checking a chunk; return its outcome."""
-        checked, ids, bounds, fast, slow, counted_only = part
+        checked, ids, bounds, fast, slow, counted_only, observed = part
+        if observed is not None and self.mapper is not None:
+            self.mapper.take(observed)
         self.ids.update(ids)
         self.bounds.extend(bounds)
         self.fast += fast
@@ -826,6 +864,9 @@ class _Checker:
             members += sum(member_count(v) for v in raw_props.values() if isinstance(v, (dict, list)))
             if colons > members and repeated_members(raw):
                 return None, True
+        extra = None
+        if self.mapper is not None:
+            raw_props, extra = self.mapper.apply(raw_props)
         if not _READ_ONLY.isdisjoint(raw_props):
             raw_props = {k: v for k, v in raw_props.items() if k not in _READ_ONLY}
         try:
@@ -835,6 +876,8 @@ class _Checker:
         for rule in self.layer.cross_rules:
             if rule(props):
                 return None, True
+        if extra is not None:
+            props[EXTRA] = extra
         return props, False
 
     def _build(self, gtype: str, raws: list[msgspec.Raw]) -> Built | None:
@@ -867,6 +910,10 @@ class _Checker:
         if isinstance(feature, dict) and feature.get("id") is not None:
             entry["id"] = feature["id"]
         raw_props = feature.get("properties") if isinstance(feature, dict) else None
+        extra = None
+        if self.mapper is not None and isinstance(raw_props, dict):
+            raw_props, extra = self.mapper.apply(raw_props)
+            feature = {**feature, "properties": raw_props}
         if isinstance(raw_props, dict) and isinstance(raw_props.get(self.key_field), str):
             entry["key"] = raw_props[self.key_field][:60]
         repeated = source.repeated if source.held is not None else repeated_members(raw)
@@ -889,6 +936,8 @@ class _Checker:
         notes = [self.repairer.note] if self.repairer.note else []
         if _has_z(feature):
             notes.append(Z_DROPPED)
+        if extra is not None:
+            props[EXTRA] = extra
         return props, geom, notes
 
 
@@ -1096,6 +1145,7 @@ def _check_all(
     workers: int = 0,
     release: Callable[[], None] | None = None,
     prejudged: dict[int, dict[str, Any]] | None = None,
+    mapper: Mapper | None = None,
 ) -> tuple[dict[str, Any], list[int]]:
     """Check every feature and write or stage the valid ones; diff the staged ones by natural key.
 
@@ -1105,7 +1155,7 @@ def _check_all(
     features refused before the checks (a workbook's rows), never checked. Returns the report
     and the staged features still to write (new or changed).
     """
-    checker = _Checker(session, layer, declared, repair)
+    checker = _Checker(session, layer, declared, repair, mapper)
     checker.prejudged = prejudged or {}
     checker.workers = workers if source.raws is not None else 0
     checker.preview = source.count <= PREVIEW_LIMIT
@@ -1183,6 +1233,9 @@ def _check_all(
     warnings += [w for w in (_personal_warning(layer, found),) if w]
     if warnings:
         out["warnings"] = warnings
+    fields = mapper.report(layer) if mapper is not None else None
+    if fields is not None:
+        out["fields"] = fields
     return out, sorted([*found.new, *found.changed])
 
 

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 import shapely
 
 from layers.access import Actor, personal_fields, shown_function
-from layers.base import Field, Layer, declared_layer, looks_masked_text, mask_text
+from layers.base import EXTRA, EXTRA_EN, EXTRA_ZH, Field, Layer, declared_layer, looks_masked_text, mask_text
 from layers.stats import Filter, filter_conditions
 from spatial.errors import InvalidInput, MalformedInput, Problem, Where
 
@@ -140,6 +140,9 @@ def header_labels(layer: Layer) -> dict[str, str]:
     for f in layer.fields:
         for label in (f.name, f.zh, f.en, f"{f.zh} {f.en}", f"{f.zh}({f.en})", f"{f.zh}{f.en}"):
             add(label, f.name)
+    for f in layer.fields:  # the declared other names (三调 DKBM), then the filter's short label (not 闲置: a date)
+        for label in (*f.aliases, *((f.filter_zh,) if f.filter_zh and f.kind != "date" else ())):
+            add(label, f.name)
     for f in layer.fields:
         add(_bare(_norm(f.zh)), f.name)
         if f.zh.endswith("编码"):
@@ -159,6 +162,8 @@ def header_labels(layer: Layer) -> dict[str, str]:
         if f.labels is not None:
             add(f"{f.zh}{NAMES_SUFFIX}", "@ignored")
             add(f"{f.en} name", "@ignored")
+    for label in (EXTRA_ZH, EXTRA_EN, f"{EXTRA_ZH} {EXTRA_EN}"):
+        add(label, "@ignored")
     for label in ("Area m²", "Area mu", "WKT geometry (CGCS2000)", "Longitude (CGCS2000)", "Latitude (CGCS2000)"):
         add(label, {"Lo": "@lon", "La": "@lat", "WK": "@wkt"}.get(label[:2], "@ignored"))
     for aliases, meaning in (
@@ -207,6 +212,7 @@ def _columns(layer: Layer) -> list[tuple[str, str, str, Field | None]]:
         cols.append(("@area_mu", AREA_MU_LABEL, "Area mu", None))
     cols.append(("@id", ID_LABEL, "id", None))
     cols.append(("@version", VERSION_LABEL, "version", None))
+    cols.append(("@extra", EXTRA_ZH, EXTRA_EN, None))  # read back: ignored (the stored ones are kept)
     cols.append(("@wkt", WKT_LABEL, "WKT geometry (CGCS2000)", None))
     return cols
 
@@ -230,6 +236,7 @@ def select_sql(layer: Layer, flt: Filter, geometry: Sequence[str] = ("ST_AsText(
         values.append(f"({shown_function(layer)}(id) ->> '{name}')" if name in personal else name)
     if layer.has_area:
         values += ["area_m2"]
+    values += [f"{EXTRA}::text"]
     conditions, params = filter_conditions(layer, flt)
     where = " AND ".join(f"({c})" for c in conditions) or "true"
     sql = (
@@ -487,6 +494,12 @@ def _write_sheet(session: Session, wb: Any, sheet: Sheet, actor: Actor | None) -
     return ids, rows
 
 
+def _extra_text(raw: str) -> str:
+    """Return a feature's other attributes (JSON text) as a cell shows them: 备注=临街；来源=天地图."""
+    shown = "；".join(f"{k}={v}" for k, v in orjson.loads(raw).items())
+    return shown[:WKT_MAX]
+
+
 def _export_cell(
     ws: Any,
     labels: dict[str, Mapping[str, str]],
@@ -520,6 +533,8 @@ def _export_cell(
         return fid
     if key == "@version":
         return version
+    if key == "@extra":
+        return _cell(ws, _extra_text(rest[-2])) if rest[-2] else None
     wkt = rest[-1]
     return _cell(ws, wkt if wkt and len(wkt) <= WKT_MAX else None, "@")
 

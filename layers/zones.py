@@ -39,7 +39,15 @@ ZONES = register(
                 pattern_zh="网格编码+3位序号",
                 max_length=19,
             ),
-            Field("household_head", "户主", "Household head", required=True, max_length=40, personal=True),
+            Field(
+                "household_head",
+                "户主",
+                "Household head",
+                required=True,
+                max_length=40,
+                personal=True,
+                aliases=("户主姓名", "户主名"),
+            ),
             Field("house_number", "门牌号", "House number", max_length=60, searched=True),
             Field(
                 "homestead_parcel_code",

@@ -51,3 +51,19 @@ def test_wrong_direction_fails_lint(room: str, line: str) -> None:
 def test_right_direction_passes_lint(room: str, line: str) -> None:
     result = _lint(room, line, "_probe_allowed.py")
     assert result.returncode == 0, result.stdout
+
+
+def test_no_merge_conflict_markers_are_committed() -> None:
+    """A merge left unresolved shows in no tracked file (one once reached the planner's guide)."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    marked = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in {".py", ".md", ".js", ".css", ".html", ".toml", ".lock", ".json", ".cfg", ""}:
+            continue
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (UnicodeDecodeError, OSError):
+            continue
+        marked += [f"{name}:{n}" for n, line in enumerate(lines, 1) if line.startswith(("<<<<<<< ", ">>>>>>> "))]
+    assert marked == []

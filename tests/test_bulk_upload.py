@@ -363,13 +363,14 @@ def test_the_collector_is_paused_only_while_checking(session: Session, monkeypat
 def test_a_number_beyond_a_double_is_refused_for_that_feature_not_a_500(client: TestClient) -> None:
     features = parcels(3)
     raw = collection(features)
-    raw = raw.replace(b'"name": ', b'"floor_area": 1e400, "name": ', 1)  # an unknown field, and not finite
+    raw = raw.replace(b'"name": ', b'"floor_area": 1e400, "name": ', 1)  # no field of parcels, and not finite
     ring = json.dumps(features[2]["geometry"]["coordinates"][0][1]).encode()
     raw = raw.replace(ring, b"[1e400, 36.3]", 1)
     response = upload(client, raw, layer="parcels", dry_run="true", mode="valid-only")
     assert response.status_code == 200, response.text
     report = response.json()["report"]
-    assert [f["status"] for f in report["features"]] == ["rejected", "new", "rejected"]
+    assert [f["status"] for f in report["features"]] == ["new", "new", "rejected"]  # the field is dropped, noted
+    assert report["fields"]["dropped"] == {"floor_area": "not_scalar"}
     assert report["features"][2]["problems"][0]["code"] == "invalid_coordinate"
 
 

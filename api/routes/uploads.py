@@ -7,19 +7,25 @@ import time
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message
 
 from api.auth import SignedInDep, rule
 from api.deps import LayerDep, SessionDep, SessionsDep
 from api.work import client_of, lane, watched
+from layers import preferences
+from layers.access import Actor
 from layers.archive import load_report, spool_file
+from layers.base import Layer
+from layers.mapping import Unmapped, check_mapping, describe_file, propose, remembered_key, targets, to_remember
 from layers.uploads import Upload, UploadOptions, commit_upload, get_upload, upload_json
 from spatial.crs import Axis
-from spatial.errors import NotFound, TooLarge, TooSlow
+from spatial.errors import InvalidInput, NotFound, TooLarge, TooSlow
 
 router = APIRouter(tags=["uploads"])
 
@@ -56,12 +62,42 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 
 
+SourceLayerQuery = Annotated[
+    str | None,
+    Query(
+        alias="layer",
+        max_length=200,
+        description="文件中有多个图层时选择其一（GeoPackage 的表、压缩包中的 Shapefile、KML 文件夹） "
+        "the layer of a file holding several",
+    ),
+]
+EncodingQuery = Annotated[
+    str | None,
+    Query(
+        max_length=40,
+        pattern=r"^[A-Za-z0-9_ -]+$",
+        description="Shapefile / CSV 的文字编码（如 GBK、UTF-8），优先于 .cpg 和自动判断 "
+        "the text encoding, overriding the .cpg and the detection",
+    ),
+]
+
+
 SPOOL_CHUNK = 1 << 20
 """Bytes gathered before they are written to the spool file (in a worker thread)."""
 MULTIPART_SLACK = 64 * 1024
 """What a multipart body may carry beyond the file itself (boundaries, headers, small fields)."""
 RATE_GRACE_S = 30.0
 """A body is held to the minimum rate from this many seconds on (a slow start is fine)."""
+
+
+MAPPING_CHARS = 16_000
+"""Characters of a mapping (JSON) accepted at most."""
+MAPPING_HELP = (
+    'JSON 对象：{"文件字段": "图层字段"}，null 表示不导入，"@extra" 表示保留为其他属性；'
+    "也可作为 multipart 字段 mapping。"
+    "默认按字段名、中文名、别名（含三调 DKBM/DLBM/QSXZ 等）及上次确认的映射自动匹配 "
+    "(file field → layer field; null drops it, @extra keeps it as an other attribute; default: proposed)"
+)
 
 
 def _bounded(request: Request, limit: int, min_rate: float, too_large: TooLarge) -> Request:
@@ -94,11 +130,12 @@ def _bounded(request: Request, limit: int, min_rate: float, too_large: TooLarge)
     return Request(request.scope, guarded)
 
 
-async def _spool(request: Request, path: FilePath) -> str | None:
+async def _spool(request: Request, path: FilePath, fields: dict[str, str] | None = None) -> str | None:
     """Write the uploaded file (raw body or multipart `file`) to PATH, refusing it past the limit.
 
     The body goes to disk as it arrives: memory holds one chunk, never the file. Returns
-    the file's name as the client gave it (multipart), else None.
+    the file's name as the client gave it (multipart), else None. FIELDS, if given, receives
+    the multipart form's other text fields named in it (``mapping``, ``unmapped``).
     """
     settings = request.app.state.settings
     limit = settings.max_upload_bytes
@@ -137,6 +174,10 @@ async def _spool(request: Request, path: FilePath) -> str | None:
                     while chunk := await item.read(SPOOL_CHUNK):
                         await write(chunk)
                     filename = item.filename
+                for name in list(fields or ()):
+                    value = form.get(name)
+                    if isinstance(value, str) and fields is not None:
+                        fields[name] = value
             finally:
                 await form.close()
         else:
@@ -180,27 +221,20 @@ async def create_upload(
             "默认：有图形列为 add，否则 update. Ignored for GeoJSON."
         ),
     ] = None,
-    source_layer: Annotated[
-        str | None,
-        Query(
-            alias="layer",
-            max_length=200,
-            description="文件中有多个图层时选择其一（GeoPackage 的表、压缩包中的 Shapefile、KML 文件夹） "
-            "the layer of a file holding several",
-        ),
-    ] = None,
-    encoding: Annotated[
-        str | None,
-        Query(
-            max_length=40,
-            pattern=r"^[A-Za-z0-9_ -]+$",
-            description="Shapefile / CSV 的文字编码（如 GBK、UTF-8），优先于 .cpg 和自动判断 "
-            "the text encoding, overriding the .cpg and the detection",
-        ),
-    ] = None,
+    source_layer: SourceLayerQuery = None,
+    encoding: EncodingQuery = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    mapping: Annotated[str | None, Query(max_length=MAPPING_CHARS, description=MAPPING_HELP)] = None,
+    unmapped: Annotated[
+        Literal["keep", "drop"] | None,
+        Query(description="未映射的字段：keep 保留为其他属性（默认）/ drop 不导入 (fields no layer field takes)"),
+    ] = None,
 ) -> JSONResponse:
     """Check every feature, diff against the database, and commit in one transaction.
+
+    The file's fields are mapped to the layer's first (`mapping`, else proposed by name,
+    label and alias, the uploader's remembered choices first); the fields no layer field
+    takes are kept as other attributes (其他属性) or dropped, never a refusal.
 
     A few uploads are checked at once (`GUATU_UPLOAD_WORKERS`), a few more wait with their
     file on disk (`GUATU_UPLOAD_QUEUE`); beyond that the answer is 503 with Retry-After. An
@@ -210,7 +244,11 @@ async def create_upload(
     async with uploads.place(client_of(request)):
         path = spool_file()
         try:
-            filename = await _spool(request, path)
+            form = {"mapping": "", "unmapped": ""}
+            filename = await _spool(request, path, form)
+            chosen = _mapping(layer, mapping if mapping is not None else form["mapping"] or None)
+            how = unmapped or _unmapped(form["unmapped"])
+            remembered = None if chosen is not None else _remembered(session, actor, layer)
             options = UploadOptions(
                 crs=crs,
                 axis=axis,
@@ -223,6 +261,10 @@ async def create_upload(
                 import_mode=import_mode,
                 source_layer=source_layer,
                 encoding=encoding,
+                mapping=chosen,
+                unmapped=how,
+                remembered=remembered,
+                remember=functools.partial(_remember, actor=actor, layer=layer),
             )
             async with watched(request) as token, uploads.turn():
 
@@ -236,6 +278,89 @@ async def create_upload(
             path.unlink(missing_ok=True)
     status = {"committed": 201, "dry_run": 200, "rejected": 422}.get(result["status"], 200)
     return JSONResponse(result, status_code=status)
+
+
+def _mapping(layer: Layer, raw: str | None) -> dict[str, str | None] | None:
+    """Return the mapping the client sent (JSON), checked against LAYER, or None when it sent none."""
+    if raw is None:
+        return None
+    if len(raw) > MAPPING_CHARS:
+        raise InvalidInput.one(
+            "mapping_invalid",
+            f"mapping 过长（上限 {MAPPING_CHARS} 个字符）",
+            f"mapping longer than {MAPPING_CHARS} characters",
+            field="mapping",
+        )
+    try:
+        decoded = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidInput.one(
+            "mapping_invalid", "mapping 不是有效的 JSON", "mapping is not valid JSON", field="mapping"
+        ) from None
+    return check_mapping(layer, decoded)
+
+
+def _unmapped(raw: str) -> Unmapped:
+    if raw in ("", "keep"):
+        return "keep"
+    if raw == "drop":
+        return "drop"
+    raise InvalidInput.one(
+        "unmapped_invalid", "unmapped 应为 keep 或 drop", "unmapped must be keep or drop", field="unmapped"
+    )
+
+
+def _remembered(session: Session, actor: Actor, layer: Layer) -> dict[str, str | None] | None:
+    """Return ACTOR's remembered mapping for LAYER, if any (their own: row-level security)."""
+    try:
+        found = preferences.read(session, actor, remembered_key(layer))
+    except NotFound:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _remember(session: Session, mapping: dict[str, str | None], *, actor: Actor, layer: Layer) -> None:
+    """Keep MAPPING as ACTOR's choice for LAYER (the next upload proposes it again)."""
+    if actor.user_id is not None:
+        preferences.write(session, actor, remembered_key(layer), to_remember(mapping))
+
+
+@router.post(
+    "/api/layers/{layer_id}/uploads/inspect",
+    summary="查看文件字段 List a file's fields and the proposed mapping",
+    **rule("upload", **UPLOAD_BODY),
+)
+async def inspect_upload(
+    layer: LayerDep,
+    session: SessionDep,
+    actor: SignedInDep,
+    request: Request,
+    source_layer: SourceLayerQuery = None,
+    encoding: EncodingQuery = None,
+) -> dict[str, Any]:
+    """Return the file's format, fields (with sample values), feature count, the proposed mapping and the targets.
+
+    Spooled and bounded as an upload is, read in the uploads lane; nothing is stored.
+    """
+    uploads = lane(request, "uploads")
+    async with uploads.place(client_of(request)):
+        path = spool_file()
+        try:
+            filename = await _spool(request, path)
+            async with uploads.turn():
+                described = await uploads.run(
+                    functools.partial(describe_file, layer=source_layer, encoding=encoding), path, _text(filename, 300)
+                )
+        finally:
+            path.unlink(missing_ok=True)
+    remembered = _remembered(session, actor, layer)
+    names = [f["name"] for f in described["fields"]]
+    return {
+        **described,
+        "proposed": propose(layer, names, remembered),
+        "targets": targets(layer),
+        "remembered": remembered is not None and any(n in remembered for n in names),
+    }
 
 
 @router.get("/api/uploads", summary="上传记录 List uploads", **rule("user"))

@@ -29,6 +29,7 @@ from layers.access import Actor, personal_fields
 from layers.accounts import log_personal
 from layers.features import layer_or_404, parse_bbox
 from layers.stats import Filter, filter_conditions
+from layers.templates import write_geojson_template, write_gpkg_template
 from layers.workbook import Exported, Sheet, Table, write_export, write_tables, write_template
 from spatial.db import query_canceller
 from spatial.work import CancelToken
@@ -184,3 +185,27 @@ async def export_layers(
 def layer_template(layer: LayerDep) -> Response:
     """Return the layer's import template: headers (required starred), dropdowns, an example row, 填写说明."""
     return Response(write_template(layer), media_type=XLSX, headers=_attachment(f"{layer.zh}-导入模板.xlsx"))
+
+
+@router.get(
+    "/api/layers/{layer_id}/template.geojson",
+    summary="GeoJSON 模板 Upload template (GeoJSON)",
+    response_class=Response,
+    **rule("user"),
+)
+def layer_template_geojson(layer: LayerDep) -> Response:
+    """Return the layer's GeoJSON template: the example feature, and `fields` describing every field."""
+    headers = _attachment(f"{layer.zh}-导入模板.geojson")
+    return Response(write_geojson_template(layer), media_type="application/geo+json", headers=headers)
+
+
+@router.get(
+    "/api/layers/{layer_id}/template.gpkg",
+    summary="GeoPackage 模板 Upload template (GPKG)",
+    response_class=Response,
+    **rule("user"),
+)
+def layer_template_gpkg(layer: LayerDep) -> Response:
+    """Return the layer's GeoPackage template: its fields with their types, the example feature, a `fields` table."""
+    headers = _attachment(f"{layer.zh}-导入模板.gpkg")
+    return Response(write_gpkg_template(layer), media_type="application/geopackage+sqlite3", headers=headers)

@@ -50,6 +50,18 @@
       table.appendChild(row);
     });
     box.appendChild(table);
+    var extra = feature.extra;  // other attributes a file brought (其他属性): its own names, shown as text
+    if (extra && typeof extra === "object" && Object.keys(extra).length) {
+      box.appendChild(el("div", "guatu-popup-extra", "其他属性 Other attributes"));
+      var more = el("table", "guatu-popup-table guatu-popup-extra-table");
+      Object.keys(extra).forEach(function (name) {
+        var row = el("tr");
+        row.appendChild(el("th", null, name));
+        row.appendChild(el("td", null, String(extra[name])));
+        more.appendChild(row);
+      });
+      box.appendChild(more);
+    }
     popupHooks.forEach(function (hook) { hook(opts, feature, box); });
     return box;
   }

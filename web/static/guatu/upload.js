@@ -61,16 +61,22 @@
         if (asked && opts.layers.some(function (l) { return l.id === asked; })) layer.value = asked;
         var links = el("div", "guatu-upload-links");
         var template = el("a", "guatu-link guatu-template-link", "下载 Excel 模板 (template)");
+        var geojsonTemplate = el("a", "guatu-link guatu-template-geojson", "GeoJSON 模板");
+        var gpkgTemplate = el("a", "guatu-link guatu-template-gpkg", "GPKG 模板");
         var exported = el("a", "guatu-link guatu-export-link", "导出现有台账 (export the ledger)");
         function relink() {
-          template.href = opts.api + "/layers/" + encodeURIComponent(layer.value) + "/template.xlsx";
-          exported.href = opts.api + "/layers/" + encodeURIComponent(layer.value) + "/export.xlsx";
+          var base = opts.api + "/layers/" + encodeURIComponent(layer.value);
+          template.href = base + "/template.xlsx";
+          geojsonTemplate.href = base + "/template.geojson";
+          gpkgTemplate.href = base + "/template.gpkg";
+          exported.href = base + "/export.xlsx";
         }
         relink();
         layer.addEventListener("change", relink);
-        links.appendChild(template);
-        links.appendChild(text(" · "));
-        links.appendChild(exported);
+        [template, geojsonTemplate, gpkgTemplate, exported].forEach(function (a, n) {
+          if (n) links.appendChild(text(" · "));
+          links.appendChild(a);
+        });
         [labelled("图层 Layer", layer), links, labelled("坐标系 CRS", crs), labelled("轴顺序 Axis", axis),
          labelled("提交方式 Mode", mode), labelled("Excel 导入方式 Import", importMode),
          labelled("文件 File（GeoJSON、.xlsx、GeoPackage、Shapefile .zip、KML/KMZ、CSV …）", file),
@@ -83,6 +89,9 @@
         commit.type = "button";
         commit.name = "commit";
         commit.disabled = true;
+        var mapping = el("div", "guatu-mapping");
+        mapping.hidden = true;
+        form.appendChild(mapping);
         form.appendChild(check);
         form.appendChild(commit);
         box.appendChild(form);
@@ -92,6 +101,129 @@
         box.appendChild(report);
         L.DomEvent.disableClickPropagation(box);
         L.DomEvent.disableScrollPropagation(box);
+
+        /* The file's fields beside the layer's: a dropdown of targets each, the proposal preselected. */
+        var KEEP = "@extra", DROP = "@drop";
+        var inspected = null;  // the inspect answer for the file chosen, once read
+        var unmapped = select("unmapped", [
+          {value: "keep", label: "保留为其他属性 (keep as other attributes)"},
+          {value: "drop", label: "不导入 (drop)"}]);
+
+        function missingRequired() {
+          var chosen = {};
+          mapping.querySelectorAll("select.guatu-map-target").forEach(function (s) { chosen[s.value] = true; });
+          return inspected.targets.filter(function (t) { return t.required && !chosen[t.name]; });
+        }
+
+        function refreshMissing() {
+          var box = mapping.querySelector(".guatu-map-missing");
+          var missing = missingRequired();
+          box.textContent = missing.length ? "必填字段未对应 Required, not mapped: " +
+            missing.map(function (t) { return t.zh + " " + t.en; }).join("、") : "必填字段均已对应 All required fields mapped";
+          box.className = "guatu-map-missing " + (missing.length ? "guatu-bad" : "guatu-good");
+          var counts = {};
+          mapping.querySelectorAll("select.guatu-map-target").forEach(function (s) {
+            if (s.value.charAt(0) !== "@" && s.value) counts[s.value] = (counts[s.value] || 0) + 1;
+          });
+          mapping.querySelectorAll("select.guatu-map-target").forEach(function (s) {
+            s.classList.toggle("guatu-map-twice", counts[s.value] > 1);
+          });
+        }
+
+        function showMapping(data) {
+          inspected = data;
+          mapping.textContent = "";
+          if (!data.fields.length) { mapping.hidden = true; return; }
+          mapping.hidden = false;
+          mapping.appendChild(el("div", "guatu-map-title", "字段对应 Field mapping" +
+            (data.remembered ? "（已按上次的选择 as last time）" : "") + " · " + data.count + " 个要素 features"));
+          var table = el("table", "guatu-map-table");
+          var head = el("tr");
+          ["文件字段 File field", "示例 Samples", "导入为 Import as"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+          table.appendChild(head);
+          data.fields.forEach(function (f) {
+            var row = el("tr", "guatu-map-row");
+            row.dataset.field = f.name;
+            row.appendChild(el("td", "guatu-map-name", f.name));
+            row.appendChild(el("td", "guatu-map-samples", f.samples.join(" | ")));
+            var choices = [{value: "", label: "（未对应 unmapped）"}];
+            data.targets.forEach(function (t) {
+              choices.push({value: t.name, label: (t.required ? "*" : "") + t.zh + " " + t.en});
+            });
+            choices.push({value: DROP, label: "不导入 Drop"});
+            choices.push({value: KEEP, label: "保留为其他属性 Keep as other attribute"});
+            var target = select("target", choices);
+            target.className = "guatu-map-target";
+            target.setAttribute("aria-label", f.name);
+            var proposed = data.proposed[f.name];
+            target.value = proposed === null || proposed === undefined ? "" : (proposed === KEEP ? KEEP : proposed);
+            target.addEventListener("change", refreshMissing);
+            var cell = el("td");
+            cell.appendChild(target);
+            row.appendChild(cell);
+            table.appendChild(row);
+          });
+          mapping.appendChild(table);
+          mapping.appendChild(el("div", "guatu-map-missing"));
+          mapping.appendChild(labelled("未对应的字段 Unmapped", unmapped));
+          mapping.appendChild(el("div", "guatu-map-hint", "疑似个人信息（姓名、电话、身份证号）的字段不会保留为其他属性 " +
+            "(fields that look personal are never kept as other attributes)"));
+          refreshMissing();
+        }
+
+        function confirmedMapping() {
+          var out = {};
+          mapping.querySelectorAll("tr.guatu-map-row").forEach(function (row) {
+            var value = row.querySelector("select").value;
+            if (value === DROP) out[row.dataset.field] = null;
+            else if (value) out[row.dataset.field] = value;
+          });
+          return out;
+        }
+
+        /* A file of several layers (GeoPackage, a zip of Shapefiles, KML folders): the refusal lists them. */
+        function offerLayers(data) {
+          var asked = data.code === "source_layer_required" && (data.errors || [])[0];
+          if (!asked || !asked.details || !asked.details.layers) return;
+          sourceLayer.length = 1;
+          asked.details.layers.forEach(function (name) {
+            var option = el("option", null, name);
+            option.value = name;
+            sourceLayer.appendChild(option);
+          });
+        }
+
+        function inspect() {
+          inspected = null;
+          mapping.hidden = true;
+          commit.disabled = true;
+          if (!file.files.length) return;
+          var body = new FormData();
+          body.append("file", file.files[0]);
+          status.textContent = "正在读取字段… (reading the fields)";
+          status.className = "guatu-upload-status";
+          var query = new URLSearchParams();
+          if (sourceLayer.value) query.set("layer", sourceLayer.value);
+          if (encoding.value) query.set("encoding", encoding.value);
+          fetch(opts.api + "/layers/" + layer.value + "/uploads/inspect?" + query.toString(),
+                {method: "POST", body: body, headers: guatuDom.csrfHeaders()})
+            .then(function (r) { return r.json().then(function (data) { return {ok: r.ok, data: data}; }); })
+            .then(function (res) {
+              if (!res.ok) {
+                offerLayers(res.data);
+                status.textContent = "文件未通过 (file refused): " + res.data.code + " — " + res.data.message;
+                status.className = "guatu-upload-status guatu-bad";
+                return;
+              }
+              if (status.textContent.indexOf("正在读取字段") === 0) status.textContent = "";
+              showMapping(res.data);
+            })
+            .catch(function (err) { status.textContent = "失败 (failed): " + err.message; });
+        }
+        file.addEventListener("change", inspect);
+        layer.addEventListener("change", inspect);
+        sourceLayer.addEventListener("change", inspect);
+        encoding.addEventListener("change", inspect);
 
         function send(dryRun) {
           if (!file.files.length) {
@@ -105,6 +237,10 @@
           if (encoding.value) params.set("encoding", encoding.value);
           var body = new FormData();
           body.append("file", file.files[0]);
+          if (inspected && inspected.fields.length) {
+            body.append("mapping", JSON.stringify(confirmedMapping()));
+            body.append("unmapped", unmapped.value);
+          }
           status.textContent = dryRun ? "正在检查… (checking)" : "正在提交… (committing)";
           check.disabled = commit.disabled = true;
           fetch(opts.api + "/layers/" + layer.value + "/uploads?" + params.toString(),
@@ -122,15 +258,7 @@
           var data = res.data;
           report.textContent = "";
           drawn.clearLayers();
-          var asked = data.code === "source_layer_required" && (data.errors || [])[0];
-          if (asked && asked.details && asked.details.layers) {  // a file of several layers: offer them
-            sourceLayer.length = 1;
-            asked.details.layers.forEach(function (name) {
-              var option = el("option", null, name);
-              option.value = name;
-              sourceLayer.appendChild(option);
-            });
-          }
+          offerLayers(data);
           if (!data.report) {  // the whole file was refused, or the server is busy
             status.textContent = (res.status === 503 ? "服务器繁忙，请稍后重试 (server busy): " :
               "文件未通过 (file refused): ") + data.code + " — " + data.message;
@@ -150,6 +278,7 @@
               (read.crs ? "，坐标系 " + read.crs : "")));
             (read.notes || []).forEach(function (n) { report.appendChild(el("div", "guatu-warning", n.message)); });
           }
+          ((data.report.fields || {}).notes || []).forEach(function (n) { report.appendChild(el("div", "guatu-map-note", n)); });
           var table = el("table", "guatu-report-table");
           var overlaps = [];
           data.report.features.forEach(function (f) {
