@@ -412,7 +412,8 @@ def test_a_phone_apps_kml_folder_commits_and_the_whole_file_is_described(client:
     whole = post(client, "踏勘.kml", _phone_kml(), dry_run="true")
     assert whole.status_code == 200, whole.text
     assert whole.json()["report"]["summary"]["rejected"] == 1  # the track is no shop; the folder of shops is
-    assert codes(whole.json()["report"]["features"][2:]) >= {"geometry_type_not_allowed", "unknown_field"}
+    assert codes(whole.json()["report"]["features"][2:]) >= {"geometry_type_not_allowed"}
+    assert whole.json()["report"]["fields"]["extra"]  # the app's own fields, kept as other attributes
     described = whole.json()["report"]["file"]
     assert described["format"] == "kml" and described["layers"] == ["商铺", "轨迹"] and described["count"] == 3
     assert {n["code"] for n in described["notes"]} >= {"kml_folders_merged", "z_dropped"}
@@ -547,7 +548,8 @@ def test_the_momepy_geopackage_asks_for_a_layer_then_lies_outside_the_extent(
     assert plots.status_code == 200, plots.text
     result = plots.json()
     assert result["options"]["crs"] == "EPSG:3857" and result["report"]["file"]["count"] == 407
-    assert codes(result["report"]["features"]) >= {"unknown_field"}  # Prague's cadastre has other fields
+    assert codes(result["report"]["features"]) >= {"required"}  # Prague's cadastre has other fields
+    assert result["report"]["fields"]["extra"] and not result["report"]["fields"]["mapped"]
     lon, lat = result["report"]["features"][0]["geometry"]["coordinates"][0][0]
     assert 14.3 < lon < 14.5 and 50.0 < lat < 50.2  # read from web-mercator metres, as the file states
     if OGR2OGR is None:
@@ -568,20 +570,21 @@ def test_the_harbin_grids_and_taiwan_villages_get_their_verdicts(client: TestCli
     grids = DATA / "harbin-songbei-grids" / "songbei_4_grids.redacted.geojson"
     response = post(client, grids.name, grids.read_bytes(), into="grids", dry_run="true")
     assert response.status_code in (200, 422), response.text
-    found = codes(response.json()["report"]["features"]) if "report" in response.json() else {response.json()["code"]}
-    assert found and "unknown_field" in found | {response.json().get("code")}
+    found = codes(response.json()["report"]["features"])
+    assert found >= {"required", "code_format"}  # no layer (级别) given; codes of 16 characters, a letter last
+    assert "Shape_Area" in response.json()["report"]["fields"]["extra"]  # the file's own fields are kept
     villages = DATA / "g0v-twgeojson" / "derived" / "twVillage1982_chiayi_subset.geojson"
     response = post(client, villages.name, villages.read_bytes(), into="divisions", dry_run="true")
     assert response.status_code in (200, 422), response.text
     found = codes(response.json()["report"]["features"])
-    assert "unknown_field" in found
+    assert "required" in found and "unknown_field" not in found  # mapped or kept, never refused for a name
     if OGR2OGR is not None:  # the same villages as a GeoPackage: the same verdict through GDAL
         gpkg = tmp_path / "villages.gpkg"
         ogr2ogr("-f", "GPKG", gpkg, villages, "-nln", "villages")
         again = post(client, "villages.gpkg", gpkg.read_bytes(), into="divisions", dry_run="true")
         assert again.status_code in (200, 422), again.text
         assert again.json()["report"]["file"]["count"] == response.json()["report"]["summary"]["total"]
-        assert "unknown_field" in codes(again.json()["report"]["features"])
+        assert codes(again.json()["report"]["features"]) == found
 
 
 # --------------------------------------------------------------------------- the rest GDAL reads
