@@ -117,7 +117,7 @@ demo: database ## (re)load the demo street; idempotent
 	$(BIN)/guatu demo load
 
 screenshots: system system-test venv assets database ## refresh docs/screenshots from the browser tests
-	GUATU_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_map_page.py tests/test_upload_page.py tests/test_checks_page.py tests/test_edit_page.py tests/test_csrf_page.py tests/test_cockpit_page.py tests/test_ledger_page.py tests/test_exports_page.py \
+	GUATU_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_map_page.py tests/test_upload_page.py tests/test_checks_page.py tests/test_edit_page.py tests/test_csrf_page.py tests/test_cockpit_page.py tests/test_ledger_page.py tests/test_exports_page.py tests/test_mapping_page.py \
 	  tests/test_problems_page.py tests/test_contracts_page.py tests/test_excel_page.py
 
 bench: system system-test database ## benchmarks in bench/ (guatu beside its peer in one run)

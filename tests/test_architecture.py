@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,14 @@ def test_no_merge_conflict_markers_are_committed() -> None:
             continue
         marked += [f"{name}:{n}" for n, line in enumerate(lines, 1) if line.startswith(("<<<<<<< ", ">>>>>>> "))]
     assert marked == []
+
+
+def test_every_picture_the_guides_show_is_there() -> None:
+    """A guide's screenshot (docs/screenshots, refreshed by `make screenshots`) is committed with it."""
+    missing = [
+        f"{guide.name}: {target}"
+        for guide in sorted((ROOT / "docs").glob("*.md"))
+        for target in re.findall(r"\]\((screenshots/[^)\s]+)\)", guide.read_text(encoding="utf-8"))
+        if not (ROOT / "docs" / target).is_file()
+    ]
+    assert missing == []

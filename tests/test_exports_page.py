@@ -81,6 +81,11 @@ def test_the_map_offers_each_shown_layer_in_the_view(demo_engine: Engine) -> Non
         page = browser.new_page(viewport=WIDE)
         page.goto(base + "/")
         page.wait_for_function("window.guatu && guatu.idle()", timeout=15_000)
+        title = page.locator(".guatu-title").bounding_box()
+        for corner in (".leaflet-control-layers", ".guatu-user"):  # the title's links wrap short of the right column
+            other = page.locator(corner).first.bounding_box()
+            assert other is not None and title is not None
+            assert title["x"] + title["width"] <= other["x"] or other["y"] + other["height"] <= title["y"], corner
         page.locator(".guatu-formats > summary").click()
         rows = page.locator(".guatu-formats-row").all_inner_texts()
         assert rows and any(row.startswith("地块") for row in rows)
