@@ -12,6 +12,7 @@ import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -75,6 +76,20 @@ def test_the_ledger_page_offers_every_format_as_filtered(demo_engine: Engine, tm
             assert zf.namelist() == ["guatu.qgs"]
 
 
+def _in_sight(page: Any) -> None:
+    """Assert the open formats menu lies in the window and nothing covers its rows."""
+    box = page.locator(".guatu-formats-list").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= page.viewport_size["width"], box
+    covered = page.locator(".guatu-formats-row").evaluate_all(
+        """(rows) => rows.filter((row) => {
+            const r = row.getBoundingClientRect();
+            const top = document.elementFromPoint(r.left + 4, r.top + r.height / 2);
+            return !top || !row.contains(top);
+        }).length"""
+    )
+    assert covered == 0
+
+
 def test_the_map_offers_each_shown_layer_in_the_view(demo_engine: Engine) -> None:
     sign_in_as(demo_engine, "planner")
     with live_server(demo_engine) as base, chromium() as browser:
@@ -86,9 +101,18 @@ def test_the_map_offers_each_shown_layer_in_the_view(demo_engine: Engine) -> Non
             other = page.locator(corner).first.bounding_box()
             assert other is not None and title is not None
             assert title["x"] + title["width"] <= other["x"] or other["y"] + other["height"] <= title["y"], corner
+        stacked = page.locator(".leaflet-top.leaflet-left > .leaflet-control").evaluate_all(
+            """(controls) => controls.filter((c) => c.offsetParent).map((c) => {
+                const r = c.getBoundingClientRect(); return [c.className, r.top, r.bottom]; })"""
+        )
+        for (upper, _, bottom), (lower, top, _) in zip(stacked, stacked[1:], strict=False):
+            assert bottom <= top + 1, (upper, lower, stacked)  # the left column's boxes do not cover one another
+        panel = page.locator(".guatu-panel").bounding_box()
+        assert panel is not None and stacked[-1][2] <= panel["y"], (stacked, panel)  # nor the panel under them
         page.locator(".guatu-formats > summary").click()
         rows = page.locator(".guatu-formats-row").all_inner_texts()
         assert rows and any(row.startswith("地块") for row in rows)
+        _in_sight(page)
         hrefs = page.locator(".guatu-format").evaluate_all("(links) => links.map((a) => a.getAttribute('href'))")
         assert all("bbox=" in h and "/export." in h for h in hrefs)
         assert any(h.startswith("/api/layers/parcels/export.gpkg?") for h in hrefs)

@@ -800,6 +800,10 @@
 
         function fit() { fitBelowTop(map, box); }
         window.addEventListener("resize", fit);
+        var corner = map.getContainer().querySelector(".leaflet-top.leaflet-left");
+        if (corner && window.ResizeObserver) {  // controls added later (the editor's bar, a wrapped title) push it down
+          new ResizeObserver(function () { fit(); }).observe(corner);
+        }
 
         /* The controls of the current layer's filter, built from its declaration. */
         function buildControls() {
