@@ -106,8 +106,16 @@ MAX_MEMBERS = 500
 """Members a zip (Shapefile, KMZ) may hold."""
 MAX_UNZIPPED = 1_000_000_000
 """Bytes a zip's members may unpack to, all together (a zip bomb is a few MB unpacking to GB)."""
+MAX_KML_BYTES = 200_000_000
+"""Bytes the KML inside a KMZ may unpack to (it is read in memory: never the zip's whole gigabyte)."""
 MAX_FEATURES = 1_000_000
 """Features one file may hold."""
+MAX_COLUMNS = 1_000
+"""Columns of a CSV, or property names of a KML, a file may hold (a header of a million names is an attack)."""
+MAX_DEPTH = 64
+"""Nested XML elements a KML may hold (folders and MultiGeometry in a phone app's file are a few deep)."""
+MAX_PLACEMARK_ELEMENTS = 500_000
+"""XML elements one KML Placemark may hold (its geometry's parts, its data): memory holds one placemark at a time."""
 DETECT_BYTES = 16 * 1024 * 1024
 """Bytes of a .dbf's text looked at to tell its encoding."""
 SAMPLES = 3
@@ -554,6 +562,12 @@ def _unpack_kmz(path: Path) -> bytes:
         if not kmls:
             raise unreadable("kmz", "no .kml inside")
         kmls.sort(key=lambda i: (i.filename.lower() != "doc.kml", i.filename.count("/"), i.filename))
+        if kmls[0].file_size > MAX_KML_BYTES:
+            raise MalformedInput.one(
+                "zip_too_big",
+                f"KMZ 中的 KML 解压后超过 {MAX_KML_BYTES // 1_000_000} MB",
+                f"the KML inside the KMZ unpacks to more than {MAX_KML_BYTES // 1_000_000} MB",
+            )
         out = io.BytesIO()
         _extract(zf, kmls[0], out)
         return out.getvalue()
@@ -990,6 +1004,8 @@ def _read_csv(path: Path, declared: str | None) -> ReadFile:
     if not rows:
         raise unreadable("csv", "empty")
     header, body = [h.strip() for h in rows[0]], rows[1:]
+    if len(header) > MAX_COLUMNS:
+        raise _too_many_columns(len(header))
     if len(body) > MAX_FEATURES:
         raise MalformedInput.one(
             "too_many_features",
@@ -1045,17 +1061,27 @@ def _read_csv(path: Path, declared: str | None) -> ReadFile:
     )
 
 
+def _too_many_columns(found: int) -> MalformedInput:
+    return MalformedInput.one(
+        "too_many_columns",
+        f"文件的列（字段）过多：{found} 个，上限 {MAX_COLUMNS}",
+        f"the file holds {found} columns (fields), more than {MAX_COLUMNS}",
+    )
+
+
 def _header_names(header: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
     """Return HEADER's names made unique (a blank one named by its column), with a note if any was renamed."""
     names: list[str] = []
+    taken: set[str] = set()
     renamed: list[str] = []
     for position, name in enumerate(header):
         fixed = name or f"column_{position + 1}"
-        while fixed in names:
+        while fixed in taken:
             fixed = f"{fixed}_{position + 1}"
         if fixed != name:
             renamed.append(fixed)
         names.append(fixed)
+        taken.add(fixed)
     notes = []
     if renamed:
         notes.append(
@@ -1190,17 +1216,32 @@ def _read_kml(raw: bytes, fmt: str, layer: str | None) -> ReadFile:
     folders: list[str] = []
     path: list[str] = []  # the names of the folders open
     open_tags: list[str] = []
+    open_elements: list[ElementTree.Element] = []
+    held = 0  # elements of the placemark being read, kept until it ends
     bad: list[int] = []
     try:
         for event, element in ElementTree.iterparse(io.BytesIO(raw), events=("start", "end")):
             kind = _local(element.tag)
             if event == "start":
                 open_tags.append(kind)
+                open_elements.append(element)
+                if len(open_tags) > MAX_DEPTH:
+                    raise unreadable(fmt, f"XML nested more than {MAX_DEPTH} deep")
+                if "Placemark" in open_tags:
+                    held += 1
+                    if held > MAX_PLACEMARK_ELEMENTS:
+                        raise unreadable(fmt, f"a Placemark of more than {MAX_PLACEMARK_ELEMENTS} elements")
                 if kind == "Folder":
                     path.append(f"folder {len(folders) + 1}")
                     folders.append("/".join(path))
                 continue
             open_tags.pop()
+            open_elements.pop()
+            if "Placemark" not in open_tags and open_elements and len(open_elements[-1]):
+                # read and done with: the tree never holds the file, only the placemark being read.
+                # (The parser may have read ahead: the child removed may be a later sibling, still
+                # whole and still referenced by the events to come; every one is removed once.)
+                del open_elements[-1][-1]
             if kind == "name" and open_tags and open_tags[-1] == "Folder":
                 path[-1] = (element.text or "").strip() or path[-1]
                 folders[-1] = "/".join(path)
@@ -1219,6 +1260,7 @@ def _read_kml(raw: bytes, fmt: str, layer: str | None) -> ReadFile:
                     bad.append(len(placemarks))
                 placemarks.append(("/".join(path), props, geometry))
                 element.clear()
+                held = 0
     except ElementTree.ParseError as exc:
         raise unreadable(fmt, f"XML: {str(exc)[:80]}") from None
     if layer is not None:
@@ -1244,9 +1286,13 @@ def _read_kml(raw: bytes, fmt: str, layer: str | None) -> ReadFile:
                 features=bad[:100],
             )
         )
-    names: list[str] = []
+    names: dict[str, None] = {}
     for _, props, _ in placemarks:
-        names.extend(n for n in props if n not in names)
+        for n in props:
+            if n not in names:
+                names[n] = None
+                if len(names) > MAX_COLUMNS:
+                    raise _too_many_columns(len(names))
     fields = []
     for name in names:
         values, kind = _typed([props.get(name) for _, props, _ in placemarks])
