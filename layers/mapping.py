@@ -529,6 +529,34 @@ def _shown_sample(name: str, value: Any) -> str:
     return mask_text(text) if looks_personal_name(name) or looks_personal_value(value) else text
 
 
+def masked_fields(
+    layer: Layer, fields: list[dict[str, Any]], chosen: Mapping[str, str | None] | None = None
+) -> list[dict[str, Any]]:
+    """Return a file's FIELDS ([{name, type, samples}]) with the samples of personal ones masked.
+
+    For what is kept (an upload's report, which every user of the area may read): a field whose
+    name or values look personal, or that goes to a personal field of LAYER (by the mapping
+    CHOSEN, else by name, label or alias), shows its samples masked (1*********8), never in full.
+    """
+    personal = {f.name for f in layer.fields if f.personal}
+    shown = set(layer.field_names) - personal
+    labels = _by_label(layer)
+    out = []
+    for f in fields:
+        name = str(f.get("name"))
+        target = chosen[name] if chosen and name in chosen else propose_one(layer, name, labels)
+        # a field stored in a field shown in full shows nothing more here (a 15-digit grid code is no ID number)
+        hidden = target in personal or (target not in shown and looks_personal_name(name))
+        samples = [
+            mask_text(_CONTROL.sub("", v if isinstance(v, str) else orjson.dumps(v).decode())[:60])
+            if hidden or (target not in shown and looks_personal_value(v))
+            else v
+            for v in f.get("samples", ())
+        ]
+        out.append({**f, "samples": samples})
+    return out
+
+
 def describe_properties(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Return [{name, type, samples}] of the property ROWS (in order first met; personal-looking samples masked)."""
     fields: dict[str, dict[str, Any]] = {}

@@ -559,6 +559,25 @@ def test_a_csv_or_kml_of_too_many_columns_is_refused(client: TestClient, tmp_pat
     assert len(formats.read_vector(tmp_path / "fine.csv", "csv").fields) == formats.MAX_COLUMNS - 2
 
 
+def test_the_kept_report_never_shows_a_personal_sample_in_full(client: TestClient) -> None:
+    grid = sample("grids")["properties"]
+    lines = [
+        "网格编码,网格名称,网格类型,社区代码,生效日期,网格员电话,LXFS,备注2,WKT",
+        f"{grid['code']},{grid['name']},{grid['kind']},{COMMUNITY},2024-01-01,5551234,"
+        f'8675309,13912345678,"POLYGON(({X0} {Y0},{X0 + 0.001} {Y0},{X0 + 0.001} {Y0 + 0.001},{X0} {Y0}))"',
+    ]
+    body = ("\n".join(lines) + "\n").encode()
+    response = post(client, "grids.csv", body, into="grids", dry_run="true", mapping='{"LXFS": "manager_phone"}')
+    assert response.status_code in (200, 422), response.text
+    for answer in (response.json(), client.get(f"/api/uploads/{response.json()['id']}").json()):
+        samples = {f["name"]: f["samples"] for f in answer["report"]["file"]["fields"]}
+        kept = json.dumps(answer["report"]["file"], ensure_ascii=False)
+        for secret in ("5551234", "8675309", "13912345678"):  # by its label, by the mapping, by its value
+            assert secret not in kept, kept
+        assert samples["网格员电话"] == ["5*****4"] and samples["备注2"] == ["1*********8"]
+        assert samples["网格名称"] == [grid["name"]]  # the rest as read
+
+
 def test_a_csv_keeps_leading_zeros_of_codes() -> None:
     values, kind = formats._typed(["0101", "1201", None])
     assert kind == "string" and values == ["0101", "1201", None]
