@@ -21,6 +21,7 @@ import os
 import posixpath
 import re
 import shutil
+import sqlite3
 import struct
 import tempfile
 import warnings
@@ -116,6 +117,9 @@ MAX_DEPTH = 64
 """Nested XML elements a KML may hold (folders and MultiGeometry in a phone app's file are a few deep)."""
 MAX_PLACEMARK_ELEMENTS = 500_000
 """XML elements one KML Placemark may hold (its geometry's parts, its data): memory holds one placemark at a time."""
+MAX_TABLES = 2_000
+"""Tables a GeoPackage may hold (a layer: its table and four of its spatial index); GDAL's opening grows as
+their square."""
 DETECT_BYTES = 16 * 1024 * 1024
 """Bytes of a .dbf's text looked at to tell its encoding."""
 SAMPLES = 3
@@ -729,10 +733,50 @@ def _crs_label(crs: str | None) -> tuple[str | None, list[dict[str, Any]]]:
     ]
 
 
+def _gpkg_unsafe(why: tuple[str, str]) -> MalformedInput:
+    return MalformedInput.one(
+        "gpkg_unsafe",
+        f"GeoPackage 含{why[0]}，已拒绝：请在 QGIS 中将图层导出为新的 GeoPackage 再上传",
+        f"the GeoPackage holds {why[1]}: refused; export the layer to a new GeoPackage (QGIS) and upload that",
+    )
+
+
+def _check_sqlite(target: Path) -> None:
+    """Refuse a GeoPackage (an SQLite file) that reading could make run for ever or read without bound.
+
+    Its schema is read here first, never executed: a view (a recursive one never ends, and
+    GDAL reads its own tables through any view put in their place), a virtual table other than
+    the spatial index (R*Tree), a generated column (an expression computed on every read) or
+    more than MAX_TABLES tables is refused before GDAL opens the file. A file SQLite cannot
+    read is left to GDAL, which says so.
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(f"{target.as_uri()}?mode=ro&immutable=1", uri=True)) as con:
+            rows = con.execute("SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'view')").fetchall()
+            if len(rows) > MAX_TABLES:
+                many = len(rows)
+                raise _gpkg_unsafe((f" {many} 个表（上限 {MAX_TABLES}）", f"{many} tables, more than {MAX_TABLES}"))
+            for kind, name, sql in rows:
+                if kind == "view":
+                    raise _gpkg_unsafe(("视图", "a view"))
+                text = str(sql or "").lstrip().upper()
+                if text.startswith("CREATE VIRTUAL TABLE") and not re.search(r"\bUSING\s+RTREE(_I32)?\s*\(", text):
+                    raise _gpkg_unsafe(("虚拟表", "a virtual table"))
+                if not text.startswith("CREATE VIRTUAL TABLE"):
+                    hidden = con.execute("SELECT count(*) FROM pragma_table_xinfo(?) WHERE hidden IN (2, 3)", (name,))
+                    if hidden.fetchone()[0]:
+                        raise _gpkg_unsafe(("计算列", "a generated column"))
+    except sqlite3.Error:
+        return
+
+
 def _read_ogr(target: Path, fmt: str, layer: str | None, encoding: str | None) -> ReadFile:
     """Read one layer of the file at TARGET (a private copy) with GDAL."""
     import pyogrio
     import pyogrio.raw
+
+    if fmt == "gpkg":
+        _check_sqlite(target)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

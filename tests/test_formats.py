@@ -341,6 +341,45 @@ def test_hostile_zips_are_refused_before_anything_is_extracted(client: TestClien
     assert response.status_code == 400 and response.json()["code"] == "unsupported_format"
 
 
+@needs_gdal
+def test_a_geopackage_that_reading_would_never_end_is_refused_first(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    def made(name: str, *statements: str) -> bytes:
+        path = tmp_path / name
+        ogr2ogr("-f", "GPKG", path, geojson_file(tmp_path, [shop(1)]), "-nln", "shops")
+        with sqlite3.connect(path) as con:
+            for statement in statements:
+                con.execute(statement)
+        return path.read_bytes()
+
+    endless = made(  # GDAL counted its rows for ever (a worker of the uploads lane held, memory growing)
+        "endless.gpkg",
+        "CREATE VIEW v AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT x AS fid, x FROM r",
+        "INSERT INTO gpkg_contents (table_name, data_type, identifier) VALUES ('v', 'attributes', 'v')",
+        "DELETE FROM gpkg_contents WHERE table_name = 'shops'",
+        "DELETE FROM gpkg_geometry_columns WHERE table_name = 'shops'",
+        "DROP TABLE shops",  # the view is then the file's only layer, read without asking
+    )
+    generated = made("generated.gpkg", "CREATE TABLE g (fid INTEGER PRIMARY KEY, big AS (zeroblob(900000000)))")
+    virtual = made("virtual.gpkg", "CREATE VIRTUAL TABLE f USING fts4(body)")
+    for name, body, layer in (
+        ("endless.gpkg", endless, None),
+        ("generated.gpkg", generated, "shops"),
+        ("virtual.gpkg", virtual, "shops"),
+    ):
+        response = post(client, name, body, dry_run="true", **({"layer": layer} if layer else {}))
+        assert response.status_code == 400 and response.json()["code"] == "gpkg_unsafe", response.text
+    monkeypatch.setattr(formats, "MAX_TABLES", 40)  # 2,000 in use: 4,000 tables took GDAL 9 s, 40,000 a quarter hour
+    crowded = made("crowded.gpkg", *[f"CREATE TABLE t{i} (x)" for i in range(40)])
+    response = post(client, "crowded.gpkg", crowded, dry_run="true")
+    assert response.status_code == 400 and response.json()["code"] == "gpkg_unsafe", response.text
+    trigger = made("trigger.gpkg", "CREATE TRIGGER t AFTER INSERT ON shops BEGIN DELETE FROM shops; END")
+    assert post(client, "trigger.gpkg", trigger, dry_run="true").status_code == 200  # a trigger runs on no read
+
+
 def test_garbage_and_vsi_names_never_reach_gdal(client: TestClient) -> None:
     junk = bytes(range(256)) * 8
     response = post(client, "data.bin", junk)
