@@ -122,6 +122,8 @@ MAX_TABLES = 2_000
 their square."""
 DETECT_BYTES = 16 * 1024 * 1024
 """Bytes of a .dbf's text looked at to tell its encoding."""
+LISTED_LAYERS = 1_000
+"""Layers (a KML's folders) a file's description and a refusal name at most (a KML of a million empty folders)."""
 SAMPLES = 3
 SAMPLE_CHARS = 60
 
@@ -174,7 +176,9 @@ class ReadFile:
         """Return what the report says about the file (everything but the features)."""
         out: dict[str, Any] = {"format": self.format, "count": self.count}
         if self.layers:
-            out["layers"] = self.layers
+            out["layers"] = self.layers[:LISTED_LAYERS]
+            if len(self.layers) > LISTED_LAYERS:
+                out["layers_total"] = len(self.layers)
         if self.layer is not None:
             out["layer"] = self.layer
         if self.encoding is not None:
@@ -471,7 +475,7 @@ def _choose(layers: list[str], layer: str | None, fmt: str) -> str:
                     f"文件中没有图层 {layer[:80]!r}，可选：{shown}",
                     f"the file has no layer {layer[:80]!r}; it has: {', '.join(layers[:20])}",
                     Where(field="layer"),
-                    {"layers": layers},
+                    {"layers": layers[:LISTED_LAYERS]},
                 )
             )
         return layer
@@ -485,7 +489,7 @@ def _choose(layers: list[str], layer: str | None, fmt: str) -> str:
             f"文件中有 {len(layers)} 个图层（{shown}），请用 layer 参数选择要上传的一个",
             f"the file holds {len(layers)} layers ({', '.join(layers[:20])}): choose one with layer=",
             Where(field="layer"),
-            {"layers": layers},
+            {"layers": layers[:LISTED_LAYERS]},
         )
     )
 

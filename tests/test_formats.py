@@ -518,6 +518,17 @@ def test_a_kml_of_junk_elements_is_read_without_holding_them() -> None:
     assert peak < 10 * len(raw), peak  # the tree held every element before: about 30 times the file
 
 
+def test_a_kml_of_countless_folders_is_described_briefly(client: TestClient) -> None:
+    placemark = f"<Placemark><name>a</name><Point><coordinates>{X0},{Y0}</coordinates></Point></Placemark>"
+    body = f"<kml><Document>{'<Folder/>' * 50_000}{placemark}</Document></kml>".encode()
+    response = post(client, "folders.kml", body, dry_run="true")
+    assert response.status_code in (200, 422), response.text
+    described = response.json()["report"]["file"]  # kept in the upload's record: every folder's name was in it
+    assert len(described["layers"]) == formats.LISTED_LAYERS and described["layers_total"] == 50_000
+    asked = post(client, "folders.kml", body, dry_run="true", layer="no such folder")
+    assert asked.status_code == 422 and len(asked.json()["details"]["layers"]) == formats.LISTED_LAYERS
+
+
 def test_a_kmz_whose_kml_unpacks_too_big_is_refused(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
