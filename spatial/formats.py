@@ -756,7 +756,8 @@ def _check_sqlite(target: Path) -> None:
     """
     try:
         with contextlib.closing(sqlite3.connect(f"{target.as_uri()}?mode=ro&immutable=1", uri=True)) as con:
-            rows = con.execute("SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'view')").fetchall()
+            schema = "SELECT type, tbl_name, sql FROM sqlite_master WHERE type IN ('table', 'view')"
+            rows = con.execute(schema).fetchall()
             if len(rows) > MAX_TABLES:
                 many = len(rows)
                 raise _gpkg_unsafe((f" {many} 个表（上限 {MAX_TABLES}）", f"{many} tables, more than {MAX_TABLES}"))
