@@ -376,6 +376,11 @@ class Export:
                 array, mask = np.array([v or 0 for v in values], dtype="int64"), missing
             elif kind == "float":
                 array, mask = np.array([np.nan if v is None else float(v) for v in values], dtype="float64"), None
+            elif (
+                self.fmt == "shp.zip" and self.encoding == "gbk"
+            ):  # what GBK lacks (𠀀, emoji) shows as ?, never vanishes
+                array = np.array([None if v is None else _in_gbk(str(v)) for v in values], dtype=object)
+                mask = None
             else:
                 array, mask = np.array([None if v is None else str(v) for v in values], dtype=object), None
             data.append(array)
@@ -439,8 +444,14 @@ class Export:
             w.writerow([short, column, zh, en, self._kind(column), "；".join(notes)])
         w.writerow([])
         w.writerow(["坐标系 CRS", "EPSG:4490 CGCS2000", "", "", "", ""])
-        w.writerow(["编码 encoding", "GBK (936)" if self.encoding == "gbk" else "UTF-8", "", "", "", ""])
+        gbk = ("GBK (936)", "GBK 没有的字（生僻字、表情）写为 ? characters GBK lacks are written ?")
+        w.writerow(["编码 encoding", *(gbk if self.encoding == "gbk" else ("UTF-8", "")), "", "", ""])
         return BOM + out.getvalue().encode()
+
+
+def _in_gbk(value: str) -> str:
+    """Return VALUE with each character GBK cannot write as ? (GDAL's recoding dropped them without a word)."""
+    return value.encode("gbk", "replace").decode("gbk")
 
 
 def export_for(layer: Layer, flt: Filter, fmt: str, actor: Actor | None, encoding: str = "utf-8") -> Export:

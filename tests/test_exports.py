@@ -210,6 +210,18 @@ def test_a_gbk_shapefile_keeps_chinese_text(
     assert client.get("/api/layers/parcels/export.shp.zip", params={"encoding": "latin9"}).status_code == 422
 
 
+def test_a_gbk_shapefile_marks_what_gbk_cannot_write(client: TestClient, session: Session, tmp_path: Path) -> None:
+    features.create_feature(session, PARCELS, _parcel(9, idle_reason="𠀀字待开发😀"))
+    session.flush()
+    shp = _save(client.get("/api/layers/parcels/export.shp.zip", params={"encoding": "gbk"}), tmp_path, "g.zip")
+    with zipfile.ZipFile(shp) as zf:
+        zf.extractall(tmp_path / "g")
+        assert "?" in zf.read(FIELD_LIST).decode("utf-8-sig")  # the field list says so
+    frame = pyogrio.read_dataframe(tmp_path / "g/parcels.shp")
+    reasons = [r for r in frame[short_names(PARCELS)["idle_reason"]] if isinstance(r, str)]
+    assert reasons == ["?字待开发?"]  # GDAL dropped them: "字待开发", as if nothing had been there
+
+
 @pytest.mark.parametrize("fmt", ["geojson", "csv", "kml", "gpkg", "shp.zip"])
 def test_a_filtered_export_holds_exactly_the_filtered_rows(
     client: TestClient, session: Session, stored: list[dict[str, Any]], tmp_path: Path, fmt: str
