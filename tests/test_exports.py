@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import resource
 import subprocess
 import tracemalloc
@@ -208,6 +209,34 @@ def test_a_gbk_shapefile_keeps_chinese_text(
     refused = client.get("/api/layers/parcels/export.geojson", params={"encoding": "gbk"})
     assert refused.status_code == 422 and refused.json()["code"] == "encoding_unknown"
     assert client.get("/api/layers/parcels/export.shp.zip", params={"encoding": "latin9"}).status_code == 422
+
+
+def test_other_attributes_come_back_in_every_format(
+    client: TestClient, session: Session, stored: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    kept = {"备注": "临街 <b>&", "source": "三调"}  # an upload kept them; the popup shows them (其他属性)
+    code = stored[0]["properties"]["code"]
+    session.execute(
+        text(f"UPDATE {PARCELS.table} SET extra = CAST(:kept AS jsonb) WHERE {PARCELS.key_field} = :code"),
+        {"kept": json.dumps(kept, ensure_ascii=False), "code": code},
+    )
+    session.flush()
+    geojson = client.get("/api/layers/parcels/export.geojson").json()["features"]
+    assert {f["properties"]["code"]: f["properties"]["extra"] for f in geojson}[code] == kept  # lost before
+    for fmt in ("csv", "kml", "gpkg", "shp.zip"):
+        path = _save(client.get(f"/api/layers/parcels/export.{fmt}"), tmp_path, f"x.{fmt}")
+        if fmt == "shp.zip":
+            with zipfile.ZipFile(path) as zf:
+                zf.extractall(tmp_path / "x")
+            path = tmp_path / "x" / "parcels.shp"
+        frame = pyogrio.read_dataframe(path) if fmt != "csv" else None
+        if frame is None:
+            rows = list(csv.reader(io.StringIO(path.read_text("utf-8-sig"))))
+            column = rows[0].index("其他属性")
+            found = [json.loads(r[column]) for r in rows[1:] if r[column]]
+        else:
+            found = [json.loads(v) for v in frame["extra"] if isinstance(v, str) and v]
+        assert found == [kept], fmt
 
 
 def test_a_gbk_shapefile_marks_what_gbk_cannot_write(client: TestClient, session: Session, tmp_path: Path) -> None:
