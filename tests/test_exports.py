@@ -488,3 +488,36 @@ def test_a_download_cut_short_leaves_no_file_and_frees_its_place(
     assert list(tmp_path.glob("guatu-export-*")) == []  # the file removed, the cursor closed
     assert client.app.state.lanes["exports"].admitted == 0  # and its place in the lane freed
     assert client.get(path).status_code == 200  # the next one is served
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_a_client_that_stops_reading_lets_go_of_the_lane(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    import anyio
+
+    from api.routes import exports as routes
+
+    monkeypatch.setattr(routes, "SEND_TIMEOUT_S", 0.2, raising=False)
+    released: list[bool] = []
+
+    async def rows() -> Any:
+        while True:
+            yield b"x" * 1000
+
+    async def release() -> None:
+        released.append(True)
+
+    async def receive() -> Any:
+        await anyio.sleep_forever()
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body":
+            await anyio.sleep_forever()  # the client's window is shut: it reads nothing more
+
+    async def main() -> None:
+        answer = routes._Released(rows(), release, media_type="application/geo+json")
+        scope = {"type": "http", "asgi": {"spec_version": spec}, "path": "/api/layers/parcels/export.geojson"}
+        with anyio.fail_after(10):  # before: held for ever, with the lane's place and a database transaction
+            await answer(scope, receive, send)
+
+    anyio.run(main)
+    assert released == [True]
