@@ -113,6 +113,8 @@ MAX_FEATURES = 1_000_000
 """Features one file may hold."""
 MAX_COLUMNS = 1_000
 """Columns of a CSV, or property names of a KML, a file may hold (a header of a million names is an attack)."""
+MAX_CELLS = 20_000_000
+"""Cells a CSV may hold (a million points of twenty columns; a file of a hundred million one-byte cells is not one)."""
 MAX_DEPTH = 64
 """Nested XML elements a KML may hold (folders and MultiGeometry in a phone app's file are a few deep)."""
 MAX_PLACEMARK_ELEMENTS = 500_000
@@ -1045,11 +1047,24 @@ def _read_csv(path: Path, declared: str | None) -> ReadFile:
     first = text.split("\n", 1)[0]
     delimiter = max((",", "\t", ";", "|"), key=first.count)
     csv.field_size_limit(max(csv.field_size_limit(), 64 * 1024 * 1024))  # a WKT polygon is long
+    rows: list[list[str]] = []
+    counted = 0
     try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+        for line in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter):
+            if not any(cell.strip() for cell in line):
+                continue
+            if len(line) > MAX_COLUMNS:
+                raise _too_many_columns(len(line))
+            counted += len(line)
+            if counted > MAX_CELLS:  # a cell of "1," costs its row far more in memory than in the file
+                raise MalformedInput.one(
+                    "too_many_cells",
+                    f"CSV 的单元格超过 {MAX_CELLS} 个（行数 × 列数），请分批上传",
+                    f"the CSV holds more than {MAX_CELLS} cells (rows × columns): upload it in parts",
+                )
+            rows.append(line)
     except csv.Error as exc:
         raise unreadable("csv", str(exc)[:100]) from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
         raise unreadable("csv", "empty")
     header, body = [h.strip() for h in rows[0]], rows[1:]

@@ -604,6 +604,9 @@ def test_a_csv_or_kml_of_too_many_columns_is_refused(client: TestClient, tmp_pat
     kml = f"<kml><Placemark><ExtendedData>{data}</ExtendedData></Placemark></kml>"
     response = post(client, "wide.kml", kml.encode(), dry_run="true")
     assert response.status_code == 400 and response.json()["code"] == "too_many_columns", response.text
+    wide_row = f"lon,lat\n{X0},{Y0}," + ",".join("1" for _ in range(columns)) + "\n"  # the header short, a row long
+    response = post(client, "row.csv", wide_row.encode(), dry_run="true")
+    assert response.status_code == 400 and response.json()["code"] == "too_many_columns", response.text
     fine = "lon,lat," + ",".join(f"c{i}" for i in range(formats.MAX_COLUMNS - 2))
     (tmp_path / "fine.csv").write_text(f"{fine}\n{X0},{Y0}\n")
     assert len(formats.read_vector(tmp_path / "fine.csv", "csv").fields) == formats.MAX_COLUMNS - 2
@@ -626,6 +629,18 @@ def test_the_kept_report_never_shows_a_personal_sample_in_full(client: TestClien
             assert secret not in kept, kept
         assert samples["网格员电话"] == ["5*****4"] and samples["备注2"] == ["1*********8"]
         assert samples["网格名称"] == [grid["name"]]  # the rest as read
+
+
+def test_a_csv_of_too_many_cells_is_refused_as_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(formats, "MAX_CELLS", 10_000)  # 20 million in use: 200 MB of "1," was 100 million cells
+    header = "lon,lat," + ",".join(f"c{i}" for i in range(98))
+    rows = "\n".join(f"{X0},{Y0}," + ",".join("1" for _ in range(98)) for _ in range(101))
+    (tmp_path / "cells.csv").write_text(f"{header}\n{rows}\n")
+    with pytest.raises(Exception) as caught:
+        formats.read_vector(tmp_path / "cells.csv", "csv")
+    assert getattr(caught.value, "code", None) == "too_many_cells"
+    (tmp_path / "fewer.csv").write_text(f"{header}\n" + "\n".join(rows.split("\n")[:98]) + "\n")
+    assert formats.read_vector(tmp_path / "fewer.csv", "csv").count == 98
 
 
 def test_a_csv_keeps_leading_zeros_of_codes() -> None:
