@@ -140,7 +140,13 @@ with contextlib.suppress(Exception):
     import pyogrio
 
     pyogrio.set_gdal_config_options(
-        {"CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".guatu-none", "OGR_SQLITE_ALLOW_EXTERNAL_ACCESS": "NO"}
+        {
+            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".guatu-none",
+            "OGR_SQLITE_ALLOW_EXTERNAL_ACCESS": "NO",
+            # a DXF's blocks are not copied into every INSERT: ten blocks of ten inserts each (2.5 KB) were
+            # ten million lines, read for minutes; an INSERT is read as the point where its block is placed
+            "DXF_INLINE_BLOCKS": "FALSE",
+        }
     )
 
 
@@ -852,6 +858,8 @@ def _candidates(target: Path, fmt: str, listed: Any) -> list[str]:
 
     names = [str(row[0]) for row in listed]
     spatial = [str(row[0]) for row in listed if row[1] is not None] or names
+    if fmt == "dxf":  # the drawing itself, never its block definitions (GDAL's "blocks" layer)
+        spatial = [n for n in spatial if n != "blocks"] or spatial
     if fmt == "gpx":
         spatial = [n for n in spatial if n not in ("route_points", "track_points")]
         counted = {n: pyogrio.read_info(target, layer=n, force_feature_count=True).get("features") for n in spatial}

@@ -380,6 +380,30 @@ def test_a_geopackage_that_reading_would_never_end_is_refused_first(
     assert post(client, "trigger.gpkg", trigger, dry_run="true").status_code == 200  # a trigger runs on no read
 
 
+def _nested_blocks_dxf(levels: int, fan: int) -> bytes:
+    """Return a DXF whose block i inserts block i-1 FAN times: its one INSERT draws FAN**LEVELS lines."""
+    out = ["0", "SECTION", "2", "HEADER", "9", "$ACADVER", "1", "AC1009", "0", "ENDSEC", "0", "SECTION", "2", "BLOCKS"]
+    line = ["0", "LINE", "8", "0", "10", str(X0), "20", str(Y0), "11", str(X0 + 0.001), "21", str(Y0)]
+    out += ["0", "BLOCK", "2", "B0", "70", "0", "10", "0", "20", "0", "30", "0", "3", "B0", *line, "0", "ENDBLK"]
+    for i in range(1, levels + 1):
+        out += ["0", "BLOCK", "2", f"B{i}", "70", "0", "10", "0", "20", "0", "30", "0", "3", f"B{i}"]
+        for _ in range(fan):
+            out += ["0", "INSERT", "8", "0", "2", f"B{i - 1}", "10", "0", "20", "0"]
+        out += ["0", "ENDBLK"]
+    out += ["0", "ENDSEC", "0", "SECTION", "2", "ENTITIES", *line]
+    out += ["0", "INSERT", "8", "0", "2", f"B{levels}", "10", str(X0), "20", str(Y0), "0", "ENDSEC", "0", "EOF"]
+    return ("\n".join(out) + "\n").encode()
+
+
+@needs_gdal
+def test_a_dxf_of_nested_blocks_is_read_without_drawing_them_all(client: TestClient) -> None:
+    bomb = _nested_blocks_dxf(9, 10)  # 3 KB: a billion lines when every INSERT is drawn (minutes, then memory)
+    response = post(client, "bomb.dxf", bomb, into="revenue_points", dry_run="true")
+    assert response.status_code in (200, 422), response.text
+    described = response.json()["report"]["file"]
+    assert described["format"] == "dxf" and described["layer"] == "entities" and described["count"] == 2
+
+
 def test_garbage_and_vsi_names_never_reach_gdal(client: TestClient) -> None:
     junk = bytes(range(256)) * 8
     response = post(client, "data.bin", junk)
