@@ -36,7 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from layers.access import Actor, personal_fields
-from layers.base import Field, Layer
+from layers.base import EXTRA, EXTRA_EN, EXTRA_ZH, Field, Layer
 from layers.stats import Filter
 from layers.workbook import (
     AREA_M2_LABEL,
@@ -120,7 +120,7 @@ def _geometry(fmt: FormatId) -> tuple[str, ...]:
 def short_names(layer: Layer) -> dict[str, str]:
     """Return {column: its dBASE name}: at most 10 characters, unique without regard to case.
 
-    The columns are the fields, ``area_m2`` for a layer with an area, and ``id``.
+    The columns are the fields, ``area_m2`` for a layer with an area, ``id`` and ``extra``.
     """
     out: dict[str, str] = {}
     taken: set[str] = set()
@@ -137,8 +137,8 @@ def short_names(layer: Layer) -> dict[str, str]:
 
 
 def _columns(layer: Layer) -> list[str]:
-    """Return the attribute columns of a GIS export: the fields, the area, the id."""
-    return [*layer.field_names, *(["area_m2"] if layer.has_area else []), "id"]
+    """Return the attribute columns of a GIS export: the fields, the area, the id, the other attributes (JSON)."""
+    return [*layer.field_names, *(["area_m2"] if layer.has_area else []), "id", EXTRA]
 
 
 def _value(f: Field | None, value: Any) -> Any:
@@ -198,6 +198,7 @@ class Export:
                     if self.layer.has_area:
                         props["area_m2"] = values[len(names)]
                     props["id"] = fid
+                    props[EXTRA] = values[len(names) + int(self.layer.has_area)]  # JSON text, or None
                     batch.append((int(fid), props, list(values[len(values) - geometry :])))
                     if full:
                         self.shown_full.append(int(fid))
@@ -229,6 +230,8 @@ class Export:
 
     def _geojson_row(self, fid: int, props: dict[str, Any], geom: list[Any]) -> bytes:
         properties = {k: self._out(k, v) for k, v in props.items()}
+        if properties[EXTRA] is not None:
+            properties[EXTRA] = orjson.Fragment(properties[EXTRA])  # an object, as the file brought it
         return b'{"type":"Feature","id":%d,"geometry":%s,"properties":%s}' % (
             fid,
             geom[0].encode(),
@@ -239,7 +242,7 @@ class Export:
         labels = [self.layer.field(n).zh for n in self.layer.field_names]
         if self.layer.has_area:
             labels.append(AREA_M2_LABEL)
-        return [*labels, ID_LABEL, WKT_LABEL, LON_LABEL, LAT_LABEL]
+        return [*labels, ID_LABEL, EXTRA_ZH, WKT_LABEL, LON_LABEL, LAT_LABEL]
 
     def _csv_line(self, cells: list[Any]) -> bytes:
         out = io.StringIO()
@@ -283,6 +286,8 @@ class Export:
             return "int"
         if name == "area_m2":
             return "float"
+        if name == EXTRA:
+            return "json"
         return self.layer.field(name).kind
 
     def _label(self, name: str) -> str:
@@ -290,6 +295,8 @@ class Export:
             return f"{ID_LABEL} id"
         if name == "area_m2":
             return f"{AREA_M2_LABEL} area m²"
+        if name == EXTRA:
+            return f"{EXTRA_ZH} {EXTRA_EN}"
         f = self.layer.field(name)
         return f"{f.zh} {f.en}"
 
@@ -376,6 +383,11 @@ class Export:
                 array, mask = np.array([v or 0 for v in values], dtype="int64"), missing
             elif kind == "float":
                 array, mask = np.array([np.nan if v is None else float(v) for v in values], dtype="float64"), None
+            elif (
+                self.fmt == "shp.zip" and self.encoding == "gbk"
+            ):  # what GBK lacks (𠀀, emoji) shows as ?, never vanishes
+                array = np.array([None if v is None else _in_gbk(str(v)) for v in values], dtype=object)
+                mask = None
             else:
                 array, mask = np.array([None if v is None else str(v) for v in values], dtype=object), None
             data.append(array)
@@ -432,15 +444,23 @@ class Export:
             notes = []
             if column in personal:
                 notes.append("个人信息：无权限者已打码 personal: masked unless the role sees it")
-            if self._kind(column) in ("text", "code", "enum"):
+            if column == EXTRA:
+                notes.append("上传文件带来的其他字段，JSON other fields the uploaded file brought, as JSON")
+            if self._kind(column) in ("text", "code", "enum", "json"):
                 notes.append(f"超过 {SHP_TEXT_BYTES} 字节截断 cut beyond {SHP_TEXT_BYTES} bytes")
             label = self._label(column)
             zh, _, en = label.partition(" ")
             w.writerow([short, column, zh, en, self._kind(column), "；".join(notes)])
         w.writerow([])
         w.writerow(["坐标系 CRS", "EPSG:4490 CGCS2000", "", "", "", ""])
-        w.writerow(["编码 encoding", "GBK (936)" if self.encoding == "gbk" else "UTF-8", "", "", "", ""])
+        gbk = ("GBK (936)", "GBK 没有的字（生僻字、表情）写为 ? characters GBK lacks are written ?")
+        w.writerow(["编码 encoding", *(gbk if self.encoding == "gbk" else ("UTF-8", "")), "", "", ""])
         return BOM + out.getvalue().encode()
+
+
+def _in_gbk(value: str) -> str:
+    """Return VALUE with each character GBK cannot write as ? (GDAL's recoding dropped them without a word)."""
+    return value.encode("gbk", "replace").decode("gbk")
 
 
 def export_for(layer: Layer, flt: Filter, fmt: str, actor: Actor | None, encoding: str = "utf-8") -> Export:

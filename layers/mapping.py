@@ -61,6 +61,13 @@ _MOBILE = re.compile(r"^(\+?86[- ]?)?1[3-9][0-9]{9}$")
 _ID_NUMBER = re.compile(r"^[0-9]{17}[0-9Xx]$|^[0-9]{15}$")
 _LANDLINE = re.compile(r"^0[0-9]{2,3}-?[0-9]{7,8}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_WITHIN = re.compile(
+    r"(?<![0-9])(?:\+?86[- ]?)?1[3-9][0-9](?:[- ]?[0-9]{4}){2}(?![0-9])"  # a mobile: 13812345678, 138-1234-5678
+    r"|(?<![0-9])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx]"
+    r"(?![0-9A-Za-z])"  # a resident ID number (its birth date in it)
+    r"|(?<![0-9])0[0-9]{2,3}-[0-9]{7,8}(?![0-9])"  # a landline with its area code
+)
+"""A phone or ID number inside a text (备注：房东王五 138-1234-5678)."""
 
 
 def looks_personal_name(name: str) -> bool:
@@ -69,7 +76,7 @@ def looks_personal_name(name: str) -> bool:
 
 
 def looks_personal_value(value: Any) -> bool:
-    """Tell whether VALUE looks like a mobile or landline number or a resident ID number."""
+    """Tell whether VALUE looks like a mobile or landline number or a resident ID number, or holds one in its text."""
     if isinstance(value, bool) or value is None:
         return False
     if isinstance(value, int):
@@ -77,7 +84,7 @@ def looks_personal_value(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     text = value.strip().replace(" ", "")
-    return bool(_MOBILE.match(text) or _ID_NUMBER.match(text) or _LANDLINE.match(text))
+    return bool(_MOBILE.match(text) or _ID_NUMBER.match(text) or _LANDLINE.match(text) or _WITHIN.search(value))
 
 
 _STICKY = frozenset({"personal_value", "personal_name", "invalid_name"})
@@ -527,6 +534,34 @@ def _shown_sample(name: str, value: Any) -> str:
     text = value if isinstance(value, str) else orjson.dumps(value).decode()
     text = _CONTROL.sub("", text)[:60]
     return mask_text(text) if looks_personal_name(name) or looks_personal_value(value) else text
+
+
+def masked_fields(
+    layer: Layer, fields: list[dict[str, Any]], chosen: Mapping[str, str | None] | None = None
+) -> list[dict[str, Any]]:
+    """Return a file's FIELDS ([{name, type, samples}]) with the samples of personal ones masked.
+
+    For what is kept (an upload's report, which every user of the area may read): a field whose
+    name or values look personal, or that goes to a personal field of LAYER (by the mapping
+    CHOSEN, else by name, label or alias), shows its samples masked (1*********8), never in full.
+    """
+    personal = {f.name for f in layer.fields if f.personal}
+    shown = set(layer.field_names) - personal
+    labels = _by_label(layer)
+    out = []
+    for f in fields:
+        name = str(f.get("name"))
+        target = chosen[name] if chosen and name in chosen else propose_one(layer, name, labels)
+        # a field stored in a field shown in full shows nothing more here (a 15-digit grid code is no ID number)
+        hidden = target in personal or (target not in shown and looks_personal_name(name))
+        samples = [
+            mask_text(_CONTROL.sub("", v if isinstance(v, str) else orjson.dumps(v).decode())[:60])
+            if hidden or (target not in shown and looks_personal_value(v))
+            else v
+            for v in f.get("samples", ())
+        ]
+        out.append({**f, "samples": samples})
+    return out
 
 
 def describe_properties(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -45,7 +45,7 @@ from layers import archive, staging, upload_warnings, workbook
 from layers.access import area_of, key_taken_problem, outside_area_problem, stated_allows, taken_function
 from layers.base import EXTRA, READ_ONLY, Layer, declared_layer
 from layers.features import check_feature, locate_all, looks_masked, masked_problem
-from layers.mapping import Mapper, Unmapped
+from layers.mapping import Mapper, Unmapped, masked_fields
 from layers.settings import layer_settings
 from spatial import formats
 from spatial.crs import (
@@ -373,7 +373,9 @@ def _run(
         if ledger is not None:
             ledger.annotate(layer, report)
         if read is not None:
-            report["file"] = read.describe()
+            described = read.describe()  # kept: the samples of personal fields masked
+            described["fields"] = masked_fields(layer, described["fields"], options.mapping or options.remembered)
+            report["file"] = described
         summary = report["summary"]
         if options.dry_run:
             status = "dry_run"

@@ -21,6 +21,7 @@ import os
 import posixpath
 import re
 import shutil
+import sqlite3
 import struct
 import tempfile
 import warnings
@@ -106,10 +107,25 @@ MAX_MEMBERS = 500
 """Members a zip (Shapefile, KMZ) may hold."""
 MAX_UNZIPPED = 1_000_000_000
 """Bytes a zip's members may unpack to, all together (a zip bomb is a few MB unpacking to GB)."""
+MAX_KML_BYTES = 200_000_000
+"""Bytes the KML inside a KMZ may unpack to (it is read in memory: never the zip's whole gigabyte)."""
 MAX_FEATURES = 1_000_000
 """Features one file may hold."""
+MAX_COLUMNS = 1_000
+"""Columns of a CSV, or property names of a KML, a file may hold (a header of a million names is an attack)."""
+MAX_CELLS = 20_000_000
+"""Cells a CSV may hold (a million points of twenty columns; a file of a hundred million one-byte cells is not one)."""
+MAX_DEPTH = 64
+"""Nested XML elements a KML may hold (folders and MultiGeometry in a phone app's file are a few deep)."""
+MAX_PLACEMARK_ELEMENTS = 500_000
+"""XML elements one KML Placemark may hold (its geometry's parts, its data): memory holds one placemark at a time."""
+MAX_TABLES = 2_000
+"""Tables a GeoPackage may hold (a layer: its table and four of its spatial index); GDAL's opening grows as
+their square."""
 DETECT_BYTES = 16 * 1024 * 1024
 """Bytes of a .dbf's text looked at to tell its encoding."""
+LISTED_LAYERS = 1_000
+"""Layers (a KML's folders) a file's description and a refusal name at most (a KML of a million empty folders)."""
 SAMPLES = 3
 SAMPLE_CHARS = 60
 
@@ -124,7 +140,13 @@ with contextlib.suppress(Exception):
     import pyogrio
 
     pyogrio.set_gdal_config_options(
-        {"CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".guatu-none", "OGR_SQLITE_ALLOW_EXTERNAL_ACCESS": "NO"}
+        {
+            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".guatu-none",
+            "OGR_SQLITE_ALLOW_EXTERNAL_ACCESS": "NO",
+            # a DXF's blocks are not copied into every INSERT: ten blocks of ten inserts each (2.5 KB) were
+            # ten million lines, read for minutes; an INSERT is read as the point where its block is placed
+            "DXF_INLINE_BLOCKS": "FALSE",
+        }
     )
 
 
@@ -162,7 +184,9 @@ class ReadFile:
         """Return what the report says about the file (everything but the features)."""
         out: dict[str, Any] = {"format": self.format, "count": self.count}
         if self.layers:
-            out["layers"] = self.layers
+            out["layers"] = self.layers[:LISTED_LAYERS]
+            if len(self.layers) > LISTED_LAYERS:
+                out["layers_total"] = len(self.layers)
         if self.layer is not None:
             out["layer"] = self.layer
         if self.encoding is not None:
@@ -459,7 +483,7 @@ def _choose(layers: list[str], layer: str | None, fmt: str) -> str:
                     f"文件中没有图层 {layer[:80]!r}，可选：{shown}",
                     f"the file has no layer {layer[:80]!r}; it has: {', '.join(layers[:20])}",
                     Where(field="layer"),
-                    {"layers": layers},
+                    {"layers": layers[:LISTED_LAYERS]},
                 )
             )
         return layer
@@ -473,7 +497,7 @@ def _choose(layers: list[str], layer: str | None, fmt: str) -> str:
             f"文件中有 {len(layers)} 个图层（{shown}），请用 layer 参数选择要上传的一个",
             f"the file holds {len(layers)} layers ({', '.join(layers[:20])}): choose one with layer=",
             Where(field="layer"),
-            {"layers": layers},
+            {"layers": layers[:LISTED_LAYERS]},
         )
     )
 
@@ -554,6 +578,12 @@ def _unpack_kmz(path: Path) -> bytes:
         if not kmls:
             raise unreadable("kmz", "no .kml inside")
         kmls.sort(key=lambda i: (i.filename.lower() != "doc.kml", i.filename.count("/"), i.filename))
+        if kmls[0].file_size > MAX_KML_BYTES:
+            raise MalformedInput.one(
+                "zip_too_big",
+                f"KMZ 中的 KML 解压后超过 {MAX_KML_BYTES // 1_000_000} MB",
+                f"the KML inside the KMZ unpacks to more than {MAX_KML_BYTES // 1_000_000} MB",
+            )
         out = io.BytesIO()
         _extract(zf, kmls[0], out)
         return out.getvalue()
@@ -715,10 +745,51 @@ def _crs_label(crs: str | None) -> tuple[str | None, list[dict[str, Any]]]:
     ]
 
 
+def _gpkg_unsafe(why: tuple[str, str]) -> MalformedInput:
+    return MalformedInput.one(
+        "gpkg_unsafe",
+        f"GeoPackage 含{why[0]}，已拒绝：请在 QGIS 中将图层导出为新的 GeoPackage 再上传",
+        f"the GeoPackage holds {why[1]}: refused; export the layer to a new GeoPackage (QGIS) and upload that",
+    )
+
+
+def _check_sqlite(target: Path) -> None:
+    """Refuse a GeoPackage (an SQLite file) that reading could make run for ever or read without bound.
+
+    Its schema is read here first, never executed: a view (a recursive one never ends, and
+    GDAL reads its own tables through any view put in their place), a virtual table other than
+    the spatial index (R*Tree), a generated column (an expression computed on every read) or
+    more than MAX_TABLES tables is refused before GDAL opens the file. A file SQLite cannot
+    read is left to GDAL, which says so.
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(f"{target.as_uri()}?mode=ro&immutable=1", uri=True)) as con:
+            schema = "SELECT type, tbl_name, sql FROM sqlite_master WHERE type IN ('table', 'view')"
+            rows = con.execute(schema).fetchall()
+            if len(rows) > MAX_TABLES:
+                many = len(rows)
+                raise _gpkg_unsafe((f" {many} 个表（上限 {MAX_TABLES}）", f"{many} tables, more than {MAX_TABLES}"))
+            for kind, name, sql in rows:
+                if kind == "view":
+                    raise _gpkg_unsafe(("视图", "a view"))
+                text = str(sql or "").lstrip().upper()
+                if text.startswith("CREATE VIRTUAL TABLE") and not re.search(r"\bUSING\s+RTREE(_I32)?\s*\(", text):
+                    raise _gpkg_unsafe(("虚拟表", "a virtual table"))
+                if not text.startswith("CREATE VIRTUAL TABLE"):
+                    hidden = con.execute("SELECT count(*) FROM pragma_table_xinfo(?) WHERE hidden IN (2, 3)", (name,))
+                    if hidden.fetchone()[0]:
+                        raise _gpkg_unsafe(("计算列", "a generated column"))
+    except sqlite3.Error:
+        return
+
+
 def _read_ogr(target: Path, fmt: str, layer: str | None, encoding: str | None) -> ReadFile:
     """Read one layer of the file at TARGET (a private copy) with GDAL."""
     import pyogrio
     import pyogrio.raw
+
+    if fmt == "gpkg":
+        _check_sqlite(target)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -787,6 +858,8 @@ def _candidates(target: Path, fmt: str, listed: Any) -> list[str]:
 
     names = [str(row[0]) for row in listed]
     spatial = [str(row[0]) for row in listed if row[1] is not None] or names
+    if fmt == "dxf":  # the drawing itself, never its block definitions (GDAL's "blocks" layer)
+        spatial = [n for n in spatial if n != "blocks"] or spatial
     if fmt == "gpx":
         spatial = [n for n in spatial if n not in ("route_points", "track_points")]
         counted = {n: pyogrio.read_info(target, layer=n, force_feature_count=True).get("features") for n in spatial}
@@ -982,14 +1055,29 @@ def _read_csv(path: Path, declared: str | None) -> ReadFile:
     first = text.split("\n", 1)[0]
     delimiter = max((",", "\t", ";", "|"), key=first.count)
     csv.field_size_limit(max(csv.field_size_limit(), 64 * 1024 * 1024))  # a WKT polygon is long
+    rows: list[list[str]] = []
+    counted = 0
     try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+        for line in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter):
+            if not any(cell.strip() for cell in line):
+                continue
+            if len(line) > MAX_COLUMNS:
+                raise _too_many_columns(len(line))
+            counted += len(line)
+            if counted > MAX_CELLS:  # a cell of "1," costs its row far more in memory than in the file
+                raise MalformedInput.one(
+                    "too_many_cells",
+                    f"CSV 的单元格超过 {MAX_CELLS} 个（行数 × 列数），请分批上传",
+                    f"the CSV holds more than {MAX_CELLS} cells (rows × columns): upload it in parts",
+                )
+            rows.append(line)
     except csv.Error as exc:
         raise unreadable("csv", str(exc)[:100]) from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
         raise unreadable("csv", "empty")
     header, body = [h.strip() for h in rows[0]], rows[1:]
+    if len(header) > MAX_COLUMNS:
+        raise _too_many_columns(len(header))
     if len(body) > MAX_FEATURES:
         raise MalformedInput.one(
             "too_many_features",
@@ -1045,17 +1133,27 @@ def _read_csv(path: Path, declared: str | None) -> ReadFile:
     )
 
 
+def _too_many_columns(found: int) -> MalformedInput:
+    return MalformedInput.one(
+        "too_many_columns",
+        f"文件的列（字段）过多：{found} 个，上限 {MAX_COLUMNS}",
+        f"the file holds {found} columns (fields), more than {MAX_COLUMNS}",
+    )
+
+
 def _header_names(header: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
     """Return HEADER's names made unique (a blank one named by its column), with a note if any was renamed."""
     names: list[str] = []
+    taken: set[str] = set()
     renamed: list[str] = []
     for position, name in enumerate(header):
         fixed = name or f"column_{position + 1}"
-        while fixed in names:
+        while fixed in taken:
             fixed = f"{fixed}_{position + 1}"
         if fixed != name:
             renamed.append(fixed)
         names.append(fixed)
+        taken.add(fixed)
     notes = []
     if renamed:
         notes.append(
@@ -1190,17 +1288,32 @@ def _read_kml(raw: bytes, fmt: str, layer: str | None) -> ReadFile:
     folders: list[str] = []
     path: list[str] = []  # the names of the folders open
     open_tags: list[str] = []
+    open_elements: list[ElementTree.Element] = []
+    held = 0  # elements of the placemark being read, kept until it ends
     bad: list[int] = []
     try:
         for event, element in ElementTree.iterparse(io.BytesIO(raw), events=("start", "end")):
             kind = _local(element.tag)
             if event == "start":
                 open_tags.append(kind)
+                open_elements.append(element)
+                if len(open_tags) > MAX_DEPTH:
+                    raise unreadable(fmt, f"XML nested more than {MAX_DEPTH} deep")
+                if "Placemark" in open_tags:
+                    held += 1
+                    if held > MAX_PLACEMARK_ELEMENTS:
+                        raise unreadable(fmt, f"a Placemark of more than {MAX_PLACEMARK_ELEMENTS} elements")
                 if kind == "Folder":
                     path.append(f"folder {len(folders) + 1}")
                     folders.append("/".join(path))
                 continue
             open_tags.pop()
+            open_elements.pop()
+            if "Placemark" not in open_tags and open_elements and len(open_elements[-1]):
+                # read and done with: the tree never holds the file, only the placemark being read.
+                # (The parser may have read ahead: the child removed may be a later sibling, still
+                # whole and still referenced by the events to come; every one is removed once.)
+                del open_elements[-1][-1]
             if kind == "name" and open_tags and open_tags[-1] == "Folder":
                 path[-1] = (element.text or "").strip() or path[-1]
                 folders[-1] = "/".join(path)
@@ -1219,6 +1332,7 @@ def _read_kml(raw: bytes, fmt: str, layer: str | None) -> ReadFile:
                     bad.append(len(placemarks))
                 placemarks.append(("/".join(path), props, geometry))
                 element.clear()
+                held = 0
     except ElementTree.ParseError as exc:
         raise unreadable(fmt, f"XML: {str(exc)[:80]}") from None
     if layer is not None:
@@ -1244,9 +1358,13 @@ def _read_kml(raw: bytes, fmt: str, layer: str | None) -> ReadFile:
                 features=bad[:100],
             )
         )
-    names: list[str] = []
+    names: dict[str, None] = {}
     for _, props, _ in placemarks:
-        names.extend(n for n in props if n not in names)
+        for n in props:
+            if n not in names:
+                names[n] = None
+                if len(names) > MAX_COLUMNS:
+                    raise _too_many_columns(len(names))
     fields = []
     for name in names:
         values, kind = _typed([props.get(name) for _, props, _ in placemarks])

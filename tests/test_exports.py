@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import resource
 import subprocess
 import tracemalloc
@@ -222,6 +223,46 @@ def test_a_gbk_shapefile_keeps_chinese_text(
     refused = client.get("/api/layers/parcels/export.geojson", params={"encoding": "gbk"})
     assert refused.status_code == 422 and refused.json()["code"] == "encoding_unknown"
     assert client.get("/api/layers/parcels/export.shp.zip", params={"encoding": "latin9"}).status_code == 422
+
+
+def test_other_attributes_come_back_in_every_format(
+    client: TestClient, session: Session, stored: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    kept = {"备注": "临街 <b>&", "source": "三调"}  # an upload kept them; the popup shows them (其他属性)
+    code = stored[0]["properties"]["code"]
+    session.execute(
+        text(f"UPDATE {PARCELS.table} SET extra = CAST(:kept AS jsonb) WHERE {PARCELS.key_field} = :code"),
+        {"kept": json.dumps(kept, ensure_ascii=False), "code": code},
+    )
+    session.flush()
+    geojson = client.get("/api/layers/parcels/export.geojson").json()["features"]
+    assert {f["properties"]["code"]: f["properties"]["extra"] for f in geojson}[code] == kept  # lost before
+    for fmt in ("csv", "kml", "gpkg", "shp.zip"):
+        path = _save(client.get(f"/api/layers/parcels/export.{fmt}"), tmp_path, f"x.{fmt}")
+        if fmt == "shp.zip":
+            with zipfile.ZipFile(path) as zf:
+                zf.extractall(tmp_path / "x")
+            path = tmp_path / "x" / "parcels.shp"
+        frame = pyogrio.read_dataframe(path) if fmt != "csv" else None
+        if frame is None:
+            rows = list(csv.reader(io.StringIO(path.read_text("utf-8-sig"))))
+            column = rows[0].index("其他属性")
+            found = [json.loads(r[column]) for r in rows[1:] if r[column]]
+        else:
+            found = [json.loads(v) for v in frame["extra"] if isinstance(v, str) and v]
+        assert found == [kept], fmt
+
+
+def test_a_gbk_shapefile_marks_what_gbk_cannot_write(client: TestClient, session: Session, tmp_path: Path) -> None:
+    features.create_feature(session, PARCELS, _parcel(9, idle_reason="𠀀字待开发😀"))
+    session.flush()
+    shp = _save(client.get("/api/layers/parcels/export.shp.zip", params={"encoding": "gbk"}), tmp_path, "g.zip")
+    with zipfile.ZipFile(shp) as zf:
+        zf.extractall(tmp_path / "g")
+        assert "?" in zf.read(FIELD_LIST).decode("utf-8-sig")  # the field list says so
+    frame = pyogrio.read_dataframe(tmp_path / "g/parcels.shp")
+    reasons = [r for r in frame[short_names(PARCELS)["idle_reason"]] if isinstance(r, str)]
+    assert reasons == ["?字待开发?"]  # GDAL dropped them: "字待开发", as if nothing had been there
 
 
 @pytest.mark.parametrize("fmt", ["geojson", "csv", "kml", "gpkg", "shp.zip"])
@@ -461,3 +502,36 @@ def test_a_download_cut_short_leaves_no_file_and_frees_its_place(
     assert list(tmp_path.glob("guatu-export-*")) == []  # the file removed, the cursor closed
     assert client.app.state.lanes["exports"].admitted == 0  # and its place in the lane freed
     assert client.get(path).status_code == 200  # the next one is served
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_a_client_that_stops_reading_lets_go_of_the_lane(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    import anyio
+
+    from api.routes import exports as routes
+
+    monkeypatch.setattr(routes, "SEND_TIMEOUT_S", 0.2, raising=False)
+    released: list[bool] = []
+
+    async def rows() -> Any:
+        while True:
+            yield b"x" * 1000
+
+    async def release() -> None:
+        released.append(True)
+
+    async def receive() -> Any:
+        await anyio.sleep_forever()
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body":
+            await anyio.sleep_forever()  # the client's window is shut: it reads nothing more
+
+    async def main() -> None:
+        answer = routes._Released(rows(), release, media_type="application/geo+json")
+        scope = {"type": "http", "asgi": {"spec_version": spec}, "path": "/api/layers/parcels/export.geojson"}
+        with anyio.fail_after(10):  # before: held for ever, with the lane's place and a database transaction
+            await answer(scope, receive, send)
+
+    anyio.run(main)
+    assert released == [True]

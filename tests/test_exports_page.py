@@ -117,3 +117,23 @@ def test_the_map_offers_each_shown_layer_in_the_view(demo_engine: Engine) -> Non
         assert all("bbox=" in h and "/export." in h for h in hrefs)
         assert any(h.startswith("/api/layers/parcels/export.gpkg?") for h in hrefs)
         page.screenshot(path=str(SCREENSHOTS / "exports-map-menu.png"))
+
+
+def test_on_a_phone_the_map_menu_opens_on_the_screen_and_on_top(demo_engine: Engine) -> None:
+    sign_in_as(demo_engine, "planner")
+    with live_server(demo_engine) as base, chromium() as browser:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(base + "/")
+        page.wait_for_function("window.guatu && guatu.idle()", timeout=15_000)
+        page.locator(".guatu-formats > summary").click()
+        box = page.locator(".guatu-formats-list").bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box  # opened off the left edge
+        hidden = page.locator(".guatu-format").evaluate_all(
+            """(links) => links.filter((a) => {
+                const r = a.getBoundingClientRect();
+                const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+                return !(top && (top === a || a.contains(top)));
+            }).map((a) => a.getAttribute('href'))"""
+        )
+        assert hidden == []  # none under another control (the edit box was drawn over the list)
+        page.screenshot(path=str(SCREENSHOTS / "exports-map-menu-phone.png"))

@@ -341,6 +341,69 @@ def test_hostile_zips_are_refused_before_anything_is_extracted(client: TestClien
     assert response.status_code == 400 and response.json()["code"] == "unsupported_format"
 
 
+@needs_gdal
+def test_a_geopackage_that_reading_would_never_end_is_refused_first(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    def made(name: str, *statements: str) -> bytes:
+        path = tmp_path / name
+        ogr2ogr("-f", "GPKG", path, geojson_file(tmp_path, [shop(1)]), "-nln", "shops")
+        with sqlite3.connect(path) as con:
+            for statement in statements:
+                con.execute(statement)
+        return path.read_bytes()
+
+    endless = made(  # GDAL counted its rows for ever (a worker of the uploads lane held, memory growing)
+        "endless.gpkg",
+        "CREATE VIEW v AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT x AS fid, x FROM r",
+        "INSERT INTO gpkg_contents (table_name, data_type, identifier) VALUES ('v', 'attributes', 'v')",
+        "DELETE FROM gpkg_contents WHERE table_name = 'shops'",
+        "DELETE FROM gpkg_geometry_columns WHERE table_name = 'shops'",
+        "DROP TABLE shops",  # the view is then the file's only layer, read without asking
+    )
+    generated = made("generated.gpkg", "CREATE TABLE g (fid INTEGER PRIMARY KEY, big AS (zeroblob(900000000)))")
+    virtual = made("virtual.gpkg", "CREATE VIRTUAL TABLE f USING fts4(body)")
+    for name, body, layer in (
+        ("endless.gpkg", endless, None),
+        ("generated.gpkg", generated, "shops"),
+        ("virtual.gpkg", virtual, "shops"),
+    ):
+        response = post(client, name, body, dry_run="true", **({"layer": layer} if layer else {}))
+        assert response.status_code == 400 and response.json()["code"] == "gpkg_unsafe", response.text
+    monkeypatch.setattr(formats, "MAX_TABLES", 40)  # 2,000 in use: 4,000 tables took GDAL 9 s, 40,000 a quarter hour
+    crowded = made("crowded.gpkg", *[f"CREATE TABLE t{i} (x)" for i in range(40)])
+    response = post(client, "crowded.gpkg", crowded, dry_run="true")
+    assert response.status_code == 400 and response.json()["code"] == "gpkg_unsafe", response.text
+    trigger = made("trigger.gpkg", "CREATE TRIGGER t AFTER INSERT ON shops BEGIN DELETE FROM shops; END")
+    assert post(client, "trigger.gpkg", trigger, dry_run="true").status_code == 200  # a trigger runs on no read
+
+
+def _nested_blocks_dxf(levels: int, fan: int) -> bytes:
+    """Return a DXF whose block i inserts block i-1 FAN times: its one INSERT draws FAN**LEVELS lines."""
+    out = ["0", "SECTION", "2", "HEADER", "9", "$ACADVER", "1", "AC1009", "0", "ENDSEC", "0", "SECTION", "2", "BLOCKS"]
+    line = ["0", "LINE", "8", "0", "10", str(X0), "20", str(Y0), "11", str(X0 + 0.001), "21", str(Y0)]
+    out += ["0", "BLOCK", "2", "B0", "70", "0", "10", "0", "20", "0", "30", "0", "3", "B0", *line, "0", "ENDBLK"]
+    for i in range(1, levels + 1):
+        out += ["0", "BLOCK", "2", f"B{i}", "70", "0", "10", "0", "20", "0", "30", "0", "3", f"B{i}"]
+        for _ in range(fan):
+            out += ["0", "INSERT", "8", "0", "2", f"B{i - 1}", "10", "0", "20", "0"]
+        out += ["0", "ENDBLK"]
+    out += ["0", "ENDSEC", "0", "SECTION", "2", "ENTITIES", *line]
+    out += ["0", "INSERT", "8", "0", "2", f"B{levels}", "10", str(X0), "20", str(Y0), "0", "ENDSEC", "0", "EOF"]
+    return ("\n".join(out) + "\n").encode()
+
+
+@needs_gdal
+def test_a_dxf_of_nested_blocks_is_read_without_drawing_them_all(client: TestClient) -> None:
+    bomb = _nested_blocks_dxf(9, 10)  # 3 KB: a billion lines when every INSERT is drawn (minutes, then memory)
+    response = post(client, "bomb.dxf", bomb, into="revenue_points", dry_run="true")
+    assert response.status_code in (200, 422), response.text
+    described = response.json()["report"]["file"]
+    assert described["format"] == "dxf" and described["layer"] == "entities" and described["count"] == 2
+
+
 def test_garbage_and_vsi_names_never_reach_gdal(client: TestClient) -> None:
     junk = bytes(range(256)) * 8
     response = post(client, "data.bin", junk)
@@ -451,6 +514,55 @@ def test_a_broken_kml_is_unreadable() -> None:
     assert getattr(caught.value, "code", None) == "unreadable_file"
 
 
+def test_a_deeply_nested_kml_is_refused_not_a_crash(client: TestClient) -> None:
+    point = f"<Point><coordinates>{X0},{Y0}</coordinates></Point>"
+    nested = "<MultiGeometry>" * 5000 + point + "</MultiGeometry>" * 5000  # recursion in Python: a 500 before
+    body = f'<kml xmlns="http://www.opengis.net/kml/2.2"><Placemark><name>a</name>{nested}</Placemark></kml>'
+    response = post(client, "deep.kml", body.encode(), dry_run="true")
+    assert response.status_code == 400 and response.json()["code"] == "unreadable_file", response.text
+    folders = "<Folder><name>f</name>" * 20_000 + "</Folder>" * 20_000  # each folder's path: quadratic before
+    response = post(client, "folders.kml", f"<kml>{folders}</kml>".encode(), dry_run="true")
+    assert response.status_code == 400 and response.json()["code"] == "unreadable_file", response.text
+    depth = formats.MAX_DEPTH - 5  # kml, Document, then the folders, Placemark, Point, coordinates
+    kept = "<Folder>" * depth + f"<Placemark>{point}</Placemark>" + "</Folder>" * depth
+    assert formats._read_kml(f"<kml><Document>{kept}</Document></kml>".encode(), "kml", None).count == 1
+
+
+def test_a_kml_of_junk_elements_is_read_without_holding_them() -> None:
+    import tracemalloc
+
+    placemark = f"<Placemark><name>a</name><Point><coordinates>{X0},{Y0}</coordinates></Point></Placemark>"
+    raw = f"<kml><Document>{'<a/>' * 300_000}{placemark}</Document></kml>".encode()
+    tracemalloc.start()
+    try:
+        read = formats._read_kml(raw, "kml", None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert read.count == 1
+    assert peak < 10 * len(raw), peak  # the tree held every element before: about 30 times the file
+
+
+def test_a_kml_of_countless_folders_is_described_briefly(client: TestClient) -> None:
+    placemark = f"<Placemark><name>a</name><Point><coordinates>{X0},{Y0}</coordinates></Point></Placemark>"
+    body = f"<kml><Document>{'<Folder/>' * 50_000}{placemark}</Document></kml>".encode()
+    response = post(client, "folders.kml", body, dry_run="true")
+    assert response.status_code in (200, 422), response.text
+    described = response.json()["report"]["file"]  # kept in the upload's record: every folder's name was in it
+    assert len(described["layers"]) == formats.LISTED_LAYERS and described["layers_total"] == 50_000
+    asked = post(client, "folders.kml", body, dry_run="true", layer="no such folder")
+    assert asked.status_code == 422 and len(asked.json()["details"]["layers"]) == formats.LISTED_LAYERS
+
+
+def test_a_kmz_whose_kml_unpacks_too_big_is_refused(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("doc.kml", _phone_kml() + b" " * 100_000)
+    monkeypatch.setattr(formats, "MAX_KML_BYTES", 100_000)  # 200 MB in use: read in memory, never the zip's 1 GB
+    response = post(client, "big.kmz", out.getvalue(), dry_run="true")
+    assert response.status_code == 400 and response.json()["code"] == "zip_too_big", response.text
+
+
 # --------------------------------------------------------------------------- CSV
 
 
@@ -506,6 +618,54 @@ def test_a_csv_with_a_wkt_column_and_bad_rows(client: TestClient) -> None:
     assert report["features"][0]["status"] == "new"  # yet read as the code it is for this layer
     no_coordinates = post(client, "list.csv", b"code,name\n1,a\n")
     assert no_coordinates.status_code == 422 and no_coordinates.json()["code"] == "csv_no_geometry"
+
+
+def test_a_csv_or_kml_of_too_many_columns_is_refused(client: TestClient, tmp_path: Path) -> None:
+    columns = 20_000  # one header line of 20,000 names took 7 s, 200,000 hours (names made unique in a list)
+    header = "lon,lat," + ",".join("" for _ in range(columns))
+    response = post(client, "wide.csv", f"{header}\n{X0},{Y0}\n".encode(), dry_run="true")
+    assert response.status_code == 400 and response.json()["code"] == "too_many_columns", response.text
+    data = "".join(f'<Data name="f{i}"><value>1</value></Data>' for i in range(formats.MAX_COLUMNS + 1))
+    kml = f"<kml><Placemark><ExtendedData>{data}</ExtendedData></Placemark></kml>"
+    response = post(client, "wide.kml", kml.encode(), dry_run="true")
+    assert response.status_code == 400 and response.json()["code"] == "too_many_columns", response.text
+    wide_row = f"lon,lat\n{X0},{Y0}," + ",".join("1" for _ in range(columns)) + "\n"  # the header short, a row long
+    response = post(client, "row.csv", wide_row.encode(), dry_run="true")
+    assert response.status_code == 400 and response.json()["code"] == "too_many_columns", response.text
+    fine = "lon,lat," + ",".join(f"c{i}" for i in range(formats.MAX_COLUMNS - 2))
+    (tmp_path / "fine.csv").write_text(f"{fine}\n{X0},{Y0}\n")
+    assert len(formats.read_vector(tmp_path / "fine.csv", "csv").fields) == formats.MAX_COLUMNS - 2
+
+
+def test_the_kept_report_never_shows_a_personal_sample_in_full(client: TestClient) -> None:
+    grid = sample("grids")["properties"]
+    lines = [
+        "网格编码,网格名称,网格类型,社区代码,生效日期,网格员电话,LXFS,备注2,WKT",
+        f"{grid['code']},{grid['name']},{grid['kind']},{COMMUNITY},2024-01-01,5551234,"
+        f'8675309,13912345678,"POLYGON(({X0} {Y0},{X0 + 0.001} {Y0},{X0 + 0.001} {Y0 + 0.001},{X0} {Y0}))"',
+    ]
+    body = ("\n".join(lines) + "\n").encode()
+    response = post(client, "grids.csv", body, into="grids", dry_run="true", mapping='{"LXFS": "manager_phone"}')
+    assert response.status_code in (200, 422), response.text
+    for answer in (response.json(), client.get(f"/api/uploads/{response.json()['id']}").json()):
+        samples = {f["name"]: f["samples"] for f in answer["report"]["file"]["fields"]}
+        kept = json.dumps(answer["report"]["file"], ensure_ascii=False)
+        for secret in ("5551234", "8675309", "13912345678"):  # by its label, by the mapping, by its value
+            assert secret not in kept, kept
+        assert samples["网格员电话"] == ["5*****4"] and samples["备注2"] == ["1*********8"]
+        assert samples["网格名称"] == [grid["name"]]  # the rest as read
+
+
+def test_a_csv_of_too_many_cells_is_refused_as_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(formats, "MAX_CELLS", 10_000)  # 20 million in use: 200 MB of "1," was 100 million cells
+    header = "lon,lat," + ",".join(f"c{i}" for i in range(98))
+    rows = "\n".join(f"{X0},{Y0}," + ",".join("1" for _ in range(98)) for _ in range(101))
+    (tmp_path / "cells.csv").write_text(f"{header}\n{rows}\n")
+    with pytest.raises(Exception) as caught:
+        formats.read_vector(tmp_path / "cells.csv", "csv")
+    assert getattr(caught.value, "code", None) == "too_many_cells"
+    (tmp_path / "fewer.csv").write_text(f"{header}\n" + "\n".join(rows.split("\n")[:98]) + "\n")
+    assert formats.read_vector(tmp_path / "fewer.csv", "csv").count == 98
 
 
 def test_a_csv_keeps_leading_zeros_of_codes() -> None:

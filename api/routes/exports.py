@@ -24,7 +24,7 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from api.auth import ActorDep, rule
 from api.deps import LayerDep, SessionsDep
@@ -53,16 +53,39 @@ def _names(layer: Layer, fmt: str) -> dict[str, str]:
     return attachment(f"{layer.zh}-{day}.{fmt}", f"{layer.id}-{day}.{fmt}")
 
 
+SEND_TIMEOUT_S = 60.0
+"""Seconds a streamed export waits for its client to take one chunk: a client that stops reading (its
+TCP window shut) held a place of the exports lane and a database transaction for as long as it liked."""
+
+
 class _Released(StreamingResponse):
-    """A streamed answer that runs RELEASE once sent, cut off or never started (the lane's place, the session)."""
+    """A streamed answer that runs RELEASE once sent, cut off or never started (the lane's place, the session).
+
+    A client that takes no chunk for SEND_TIMEOUT_S is let go: the connection is closed half way.
+    """
 
     def __init__(self, content: AsyncIterator[bytes], release: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._release = release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        late = False
+
+        async def timed(message: Message) -> None:
+            nonlocal late
+            try:
+                with anyio.fail_after(SEND_TIMEOUT_S):
+                    await send(message)
+            except TimeoutError:
+                late = True
+                raise
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, timed)
+        except Exception:  # the timeout, or what Starlette makes of it (ClientDisconnect: a TimeoutError is an OSError)
+            if not late:
+                raise
+            log.info("export %s: the client took nothing for %s s, let go", scope.get("path"), SEND_TIMEOUT_S)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._release()
