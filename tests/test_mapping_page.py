@@ -95,6 +95,10 @@ def test_a_chinese_labelled_file_is_mapped_on_the_page_and_remembered(engine_wit
         target(page, "商铺编号").select_option("code")
         target(page, "说明").select_option("former_business")
         target(page, "备注").select_option("@extra")
+        box, scale = page.locator(".guatu-upload").bounding_box(), page.locator(".leaflet-control-scale").bounding_box()
+        assert (
+            box is not None and scale is not None and box["y"] + box["height"] <= scale["y"]
+        )  # the scale bar in sight
         page.screenshot(path=str(SCREENSHOTS / "upload-mapping.png"))
 
         page.click("button[name=check]")
