@@ -190,6 +190,18 @@ class Field:
     translate: tuple[tuple[str, str], ...] = ()
     """Values of another standard read as this field's own (三调 权属性质 30 → 集体), when a file is mapped."""
 
+    def described(self) -> dict[str, Any]:
+        """Return what a client is told of this field: name, labels, kind, required, choices, personal."""
+        return {
+            "name": self.name,
+            "zh": self.zh,
+            "en": self.en,
+            "kind": self.kind,
+            "required": self.required,
+            "choices": list(self.choices) or None,
+            "personal": self.personal,
+        }
+
     def python_type(self) -> Any:
         """Return the Python type of a value of this field."""
         if self.kind == "enum":
@@ -717,16 +729,10 @@ class Layer:
             "key": list(self.key),
             "fields": [
                 {
-                    "name": f.name,
-                    "zh": f.zh,
-                    "en": f.en,
-                    "kind": f.kind,
-                    "required": f.required,
-                    "choices": list(f.choices) or None,
+                    **f.described(),
                     "pattern": f.pattern,
                     "pattern_zh": f.pattern_zh or None,
                     "max_length": f.max_length,
-                    "personal": f.personal,
                     "read_only": False,
                 }
                 for f in self.fields

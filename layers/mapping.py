@@ -158,18 +158,7 @@ def to_remember(mapping: Mapping[str, str | None], limit: int = 8_000) -> dict[s
 
 def targets(layer: Layer) -> list[dict[str, Any]]:
     """Return the layer fields a file field may be mapped to, with what the page shows of each."""
-    return [
-        {
-            "name": f.name,
-            "zh": f.zh,
-            "en": f.en,
-            "required": f.required,
-            "kind": f.kind,
-            "choices": list(f.choices) or None,
-            "personal": f.personal,
-        }
-        for f in layer.fields
-    ]
+    return [f.described() for f in layer.fields]
 
 
 def _bad(code: str, zh: str, en: str, name: str | None = None) -> Problem:

@@ -33,15 +33,9 @@ def fields_description(layer: Layer) -> list[dict[str, Any]]:
     """Return what each field of LAYER holds: name, labels, type, whether required, choices and rules."""
     return [
         {
-            "name": f.name,
-            "zh": f.zh,
-            "en": f.en,
-            "kind": f.kind,
-            "required": f.required,
-            "choices": list(f.choices) or None,
+            **f.described(),
             "pattern": f.pattern,
             "max_length": f.max_length if f.kind in ("text", "code") else None,
-            "personal": f.personal,
             "aliases": list(f.aliases) or None,
             "rules": field_rules(f),
         }
