@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import platform
@@ -61,7 +60,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import signin  # noqa: E402
-from bench.import_parcels import change_mark, reset  # noqa: E402
+from bench.import_parcels import COMMUNITY, change_mark, reset  # noqa: E402
+from bench.import_parcels import generate as generate_parcels  # noqa: E402
 from bench.procs import measured, status_mb  # noqa: E402
 from bench.tile_serving import (  # noqa: E402
     COUNTY,
@@ -80,7 +80,6 @@ from spatial.settings import db_settings  # noqa: E402
 
 DATABASE = "guatu_bench_gis"
 LAYER = REGISTRY["parcels"]
-COMMUNITY = "370214009001"  # bench/import_parcels.py's: its reset removes these codes
 SEED = 14
 CLIENTS = 8
 GUATU_APP = ["api.main:create_app", "--factory", "--http", "api.server:GuardedH11Protocol"]
@@ -146,28 +145,19 @@ def pg_source(url: str, actor: bool) -> str:
 # --- 1. imports ---------------------------------------------------------------------------
 
 
+def sandiao_properties(i: int) -> dict[str, Any]:
+    """Return parcel I's properties as a 三调 file names them, with one Chinese label (利用现状)."""
+    return {
+        "DKBM": f"{COMMUNITY}{i:07d}",
+        "DLBM": "0103",
+        "QSXZ": "30",  # 三调 集体土地所有权: read as 集体
+        "利用现状": "承包" if i % 11 else "闲置",
+    }
+
+
 def generate_sandiao(n: int, path: Path) -> None:
-    """Write N parcels (25 m squares east of Chengyang) as GeoJSON with 三调 field names and the Chinese label."""
-    side = 25 / 111_320
-    per_row = 400
-    with path.open("w", encoding="utf-8") as out:
-        out.write('{"type": "FeatureCollection", "features": [\n')
-        for i in range(n):
-            x = 120.50 + (i % per_row) * side * 1.25
-            y = 36.10 + (i // per_row) * side
-            ring = [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
-            feature = {
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [[[round(a, 8), round(b, 8)] for a, b in ring]]},
-                "properties": {
-                    "DKBM": f"{COMMUNITY}{i:07d}",
-                    "DLBM": "0103",
-                    "QSXZ": "30",  # 三调 集体土地所有权: read as 集体
-                    "利用现状": "承包" if i % 11 else "闲置",
-                },
-            }
-            out.write(("," if i else "") + json.dumps(feature, ensure_ascii=False) + "\n")
-        out.write("]}\n")
+    """Write N parcels (bench/import_parcels.py's squares) with 三调 field names."""
+    generate_parcels(n, path, sandiao_properties)
 
 
 def make_files(n: int, folder: Path) -> dict[str, Path]:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,18 @@ COMMUNITY = "370214009001"
 OTHER = "370214009002"
 
 
-def generate(n: int, path: Path) -> None:
-    """Write N parcels (25 m squares in rows east of Chengyang) as a GeoJSON FeatureCollection."""
+def ledger_properties(i: int) -> dict[str, Any]:
+    """Return parcel I's properties under the layer's own field names."""
+    return {
+        "code": f"{COMMUNITY}{i:07d}",
+        "land_use_code": "0103",
+        "ownership": "集体",
+        "use_status": "承包" if i % 11 else "闲置",
+    }
+
+
+def generate(n: int, path: Path, properties: Callable[[int], dict[str, Any]] = ledger_properties) -> None:
+    """Write N parcels (25 m squares in rows east of Chengyang) with PROPERTIES as a GeoJSON FeatureCollection."""
     side = 25 / 111_320
     per_row = 400
     with path.open("w", encoding="utf-8") as out:
@@ -56,12 +67,7 @@ def generate(n: int, path: Path) -> None:
             feature = {
                 "type": "Feature",
                 "geometry": {"type": "Polygon", "coordinates": [[[round(a, 8), round(b, 8)] for a, b in ring]]},
-                "properties": {
-                    "code": f"{COMMUNITY}{i:07d}",
-                    "land_use_code": "0103",
-                    "ownership": "集体",
-                    "use_status": "承包" if i % 11 else "闲置",
-                },
+                "properties": properties(i),
             }
             out.write(("," if i else "") + json.dumps(feature, ensure_ascii=False) + "\n")
         out.write("]}\n")
