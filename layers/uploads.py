@@ -225,23 +225,28 @@ TEXT_FORMATS = ("csv", "kml", "kmz")
 """Formats whose values are all text: a value is read as a number where the layer's field is one."""
 
 
-def _fit_types(layer: Layer, read: formats.ReadFile) -> bytes:
-    """Return READ's features with text read as numbers for the layer's number fields (of the same name).
+def _fit_types(layer: Layer, read: formats.ReadFile, options: UploadOptions) -> bytes:
+    """Return READ's features with text read as numbers where a column maps to one of the layer's number fields.
 
     A CSV or KML holds text only; "1201" is a land-use code in one field and a count in
-    another, which only the layer knows. Text that is no number is left for the checks to refuse.
+    another, which only the layer knows — and a column reaches its field by the mapping (its
+    name, its Chinese label, an alias). Text that is no number is left for the checks to refuse.
     """
     numbers = {f.name: f.kind for f in layer.fields if f.kind in ("int", "float")}
+    mapper = options.mapper(layer)
+    kinds = {c.name: numbers[t] for c in read.fields if (t := mapper.target(c.name)) in numbers}
+    if not kinds:
+        return read.geojson  # no number field is fed: nothing to convert, nothing to parse again
     collection = orjson.loads(read.geojson)
     for feature in collection["features"]:
         props = feature["properties"]
-        for name in numbers.keys() & props.keys():
+        for name in kinds.keys() & props.keys():
             value = props[name]
             if isinstance(value, str):
                 with suppress(ValueError):
                     number = float(value)
                     if math.isfinite(number):
-                        props[name] = int(number) if numbers[name] == "int" and number.is_integer() else number
+                        props[name] = int(number) if kinds[name] == "int" and number.is_integer() else number
     fitted: bytes = orjson.dumps(collection)
     return fitted
 
@@ -314,7 +319,7 @@ def _run(
     ledger = read = None
     fmt = formats.sniff(bytes(raw[: formats.HEAD]), options.filename)
     if fmt == "zip":
-        fmt = formats.zip_format(body if isinstance(body, Path) else bytes(raw))
+        fmt = formats.zip_format(body)  # a path, or the bytes themselves (never copied)
     if fmt == "xlsx":
         ledger = workbook.read_ledger(session, layer, body, options.import_mode)
         source = open_geojson(ledger.geojson)
@@ -323,7 +328,7 @@ def _run(
         source = open_geojson(raw)
     else:
         read = _read_file(body, fmt, options)
-        source = open_geojson(_fit_types(layer, read) if read.format in TEXT_FORMATS else read.geojson)
+        source = open_geojson(_fit_types(layer, read, options) if read.format in TEXT_FORMATS else read.geojson)
     file.release()  # read through once: the chunks fault back in what they need, a few at a time
     archive.keep(body, sha, formats.SUFFIXES.get(read.format if read else fmt, ".geojson"))  # only a file that parses
     declared = _declared(options, source.crs_name)

@@ -587,6 +587,16 @@ def test_a_csv_of_lon_lat_points_commits_typed(client: TestClient, session: Sess
     assert stored(session, "shops", "floor_area")[f"{COMMUNITY}2100002"] == 85.5
 
 
+def test_a_csv_number_column_named_by_its_label_is_read_as_a_number(client: TestClient, session: Session) -> None:
+    """A CSV's text is read as a number where the column maps (here by its Chinese label) to a number field."""
+    body = _shop_rows("utf-8").replace(b",floor,floor_area,", "，楼层,建筑面积(m²),".replace("，", ",").encode())
+    response = post(client, "labels.csv", body)
+    assert response.status_code == 201, response.text
+    assert response.json()["report"]["fields"]["mapped"] == {"楼层": "floor", "建筑面积(m²)": "floor_area"}
+    assert stored(session, "shops", "floor_area")[f"{COMMUNITY}2100002"] == 85.5
+    assert stored(session, "shops", "floor")[f"{COMMUNITY}2100001"] == 1
+
+
 def test_a_gbk_csv_without_a_name_is_recognised_and_decoded(client: TestClient, session: Session) -> None:
     response = client.post(UPLOADS.format(layer="shops"), content=_shop_rows("gbk"))
     assert response.status_code == 201, response.text
