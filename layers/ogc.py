@@ -152,7 +152,7 @@ def parse_crs_uri(raw: str | None, param: str) -> OutCrs:
         return OutCrs(CRS84, STORAGE_SRID, False)
     text = raw.strip().strip("[]").strip("<>")
     code = text.removeprefix(EPSG).removeprefix("EPSG:")
-    srid = int(code) if code.isdigit() and len(code) <= 6 else None
+    srid = int(code) if code.isascii() and code.isdigit() and len(code) <= 6 else None  # not ² nor ٣
     if srid is None or (srid not in (STORAGE_SRID, WGS84_SRID) and srid not in gauss_kruger_family()):
         offered = f"{CRS84}, {EPSG}{STORAGE_SRID}, {EPSG}{WGS84_SRID}, {EPSG}4491…4554"
         raise _bad(
@@ -197,6 +197,10 @@ def feature_to_storage(feature: Any, crs: OutCrs) -> Any:
     return {**feature, "geometry": orjson.loads(shapely.to_geojson(moved))}
 
 
+PROJECTED_LIMIT_M = 1e8
+"""Metres a Gauss-Kruger coordinate never reaches (false easting with a zone prefix: under 5e7)."""
+
+
 def bbox_condition(layer: Layer, raw: str | None, crs: OutCrs) -> Any | None:
     """Return the condition keeping LAYER's features meeting the box RAW (4 numbers in CRS's axis order)."""
     if raw is None or raw == "":
@@ -216,6 +220,8 @@ def bbox_condition(layer: Layer, raw: str | None, crs: OutCrs) -> Any | None:
         raise _bad("bbox_invalid", "bbox 的最小值大于最大值", "bbox minimum above its maximum", "bbox")
     if crs.degrees:
         return func.ST_Intersects(layer.model.geom, func.ST_MakeEnvelope(x0, y0, x1, y1, STORAGE_SRID))
+    if max(abs(v) for v in parts) > PROJECTED_LIMIT_M:
+        raise _bad("bbox_invalid", "bbox 超出投影坐标的范围", "bbox beyond the projected CRS's range", "bbox")
     box = to_storage(
         shapely.box(x0, y0, x1, y1).segmentize(max(x1 - x0, y1 - y0) / 16 or 1), DeclaredCrs("epsg", crs.srid)
     )
@@ -920,7 +926,8 @@ def items(
 
     AFTER (the last id of the page before: keyset paging) costs the same on page 1 and page
     10,000; OFFSET skips rows the database still reads. The count is exact when nothing
-    narrows the layer, else counted up to :data:`COUNT_CAP` (None beyond).
+    narrows the layer, else counted up to :data:`COUNT_CAP` (None beyond); counted on the first page only
+    (a cursor page leaves it out: a client paging through a county would have it counted again each time).
     """
     model = layer.model
     where = list(conditions)
@@ -930,7 +937,8 @@ def items(
     page = select(model.id).where(*where).order_by(model.id).limit(limit).offset(offset).subquery()
     query = select(model.id, _feature_sql(layer, crs)).join(page, model.id == page.c.id).order_by(model.id)
     rows = session.execute(query).all()
-    return Page([row[1] for row in rows], count(session, layer, conditions), [int(row[0]) for row in rows])
+    matched = count(session, layer, conditions) if after is None else None  # said once, on the first page
+    return Page([row[1] for row in rows], matched, [int(row[0]) for row in rows])
 
 
 def count(session: Session, layer: Layer, conditions: list[Any]) -> int | None:

@@ -358,6 +358,14 @@ def test_cql2_json_matches_sql(base: str) -> None:
         ("parcels", {"name": "x"}, "property_not_filterable"),
         ("parcels", {"bbox": "1,2,3"}, "bbox_invalid"),
         ("parcels", {"limit": "-1"}, "limit_invalid"),
+        ("parcels", {"limit": "²"}, "limit_invalid"),  # a digit to str.isdigit, not to int()
+        ("parcels", {"offset": "٣"}, "offset_invalid"),
+        ("parcels", {"crs": "EPSG:²"}, "crs_not_supported"),
+        (
+            "parcels",
+            {"bbox": "0,0,1e300,1e300", "bbox-crs": "http://www.opengis.net/def/crs/EPSG/0/4527"},
+            "bbox_invalid",
+        ),
     ],
 )
 def test_refusals_are_400_with_a_code(base: str, layer_id: str, params: dict[str, str], code: str) -> None:

@@ -172,7 +172,7 @@ def _one(params: Any, name: str) -> str | None:
 def _whole(raw: str | None, name: str, low: int, high: int, default: int) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.strip().isdigit() or len(raw.strip()) > 12:
+    if not (raw.strip().isascii() and raw.strip().isdigit()) or len(raw.strip()) > 12:  # not ² nor ٣
         raise MalformedInput.one(
             f"{name}_invalid", f"{name} 应为非负整数", f"{name} must be a whole number", field=name
         )

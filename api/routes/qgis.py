@@ -12,12 +12,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import rule
+from api.auth import ActorDep, rule
 from api.deps import SessionDep
 from api.routes.exports import attachment
+from api.routes.tiles import GenerationsDep, extent_of, tile_cache
 from layers import qgis
 from layers.base import REGISTRY
-from layers.features import layer_summary
 
 router = APIRouter(tags=["qgis"])
 QGZ = "application/vnd.qgis.qgz"
@@ -32,6 +32,8 @@ QGZ = "application/vnd.qgis.qgz"
 async def qgis_project(
     request: Request,
     session: SessionDep,
+    read: GenerationsDep,
+    actor: ActorDep,
     authcfg: Annotated[
         str | None,
         Query(max_length=7, description="the id of the QGIS authentication configuration holding your API token"),
@@ -43,7 +45,8 @@ async def qgis_project(
     units = [layer for layer in REGISTRY.values() if layer.units is not None]
 
     def build() -> bytes:
-        extent = qgis.deployment_extent([layer_summary(session, layer)["extent"] for layer in units])
+        cache = tile_cache(request)  # the extents the map and the OGC collections show: cached per generation and area
+        extent = qgis.deployment_extent([extent_of(cache, session, layer, read, actor) for layer in units])
         return qgis.project_qgz(settings.public_url.rstrip("/"), settings.site_title, extent, chosen)
 
     body = await run_in_threadpool(build)
