@@ -43,9 +43,10 @@ router = APIRouter(tags=["exports"])
 log = logging.getLogger(__name__)
 
 
-def attachment(filename: str, fallback: str) -> dict[str, str]:
+def attachment(filename: str, fallback: str | None = None) -> dict[str, str]:
     """Return the Content-Disposition of a download named FILENAME (RFC 5987), FALLBACK for old clients (ASCII)."""
-    return {"Content-Disposition": f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename)}"}
+    plain = f'filename="{fallback}"; ' if fallback else ""
+    return {"Content-Disposition": f"attachment; {plain}filename*=UTF-8''{quote(filename)}"}
 
 
 def _names(layer: Layer, fmt: str) -> dict[str, str]:

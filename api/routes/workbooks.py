@@ -13,7 +13,6 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
@@ -22,6 +21,7 @@ from starlette.background import BackgroundTask
 
 from api.auth import ActorDep, rule
 from api.deps import LayerDep, SessionsDep
+from api.routes.exports import attachment
 from api.routes.printing import _narrowing
 from api.routes.stats import FILTER_HELP, FilterDep
 from api.work import heavy, lane
@@ -36,10 +36,6 @@ from spatial.work import CancelToken
 
 router = APIRouter(tags=["excel"])
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-
-
-def _attachment(filename: str) -> dict[str, str]:
-    return {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"}
 
 
 def _export(
@@ -76,7 +72,7 @@ async def _send(request: Request, sessions: SessionsDep, actor: Actor | None, sh
     return FileResponse(
         done.path,
         media_type=XLSX,
-        headers=_attachment(filename),
+        headers=attachment(filename),
         background=BackgroundTask(os.unlink, Path(done.path)),
     )
 
@@ -116,7 +112,7 @@ async def send_tables(
     return FileResponse(
         done.path,
         media_type=XLSX,
-        headers=_attachment(f"{name}-{dt.date.today().isoformat()}.xlsx"),
+        headers=attachment(f"{name}-{dt.date.today().isoformat()}.xlsx"),
         background=BackgroundTask(os.unlink, Path(done.path)),
     )
 
@@ -184,7 +180,7 @@ async def export_layers(
 )
 def layer_template(layer: LayerDep) -> Response:
     """Return the layer's import template: headers (required starred), dropdowns, an example row, 填写说明."""
-    return Response(write_template(layer), media_type=XLSX, headers=_attachment(f"{layer.zh}-导入模板.xlsx"))
+    return Response(write_template(layer), media_type=XLSX, headers=attachment(f"{layer.zh}-导入模板.xlsx"))
 
 
 @router.get(
@@ -195,7 +191,7 @@ def layer_template(layer: LayerDep) -> Response:
 )
 def layer_template_geojson(layer: LayerDep) -> Response:
     """Return the layer's GeoJSON template: the example feature, and `fields` describing every field."""
-    headers = _attachment(f"{layer.zh}-导入模板.geojson")
+    headers = attachment(f"{layer.zh}-导入模板.geojson")
     return Response(write_geojson_template(layer), media_type="application/geo+json", headers=headers)
 
 
@@ -207,5 +203,5 @@ def layer_template_geojson(layer: LayerDep) -> Response:
 )
 def layer_template_gpkg(layer: LayerDep) -> Response:
     """Return the layer's GeoPackage template: its fields with their types, the example feature, a `fields` table."""
-    headers = _attachment(f"{layer.zh}-导入模板.gpkg")
+    headers = attachment(f"{layer.zh}-导入模板.gpkg")
     return Response(write_gpkg_template(layer), media_type="application/geopackage+sqlite3", headers=headers)
