@@ -364,7 +364,12 @@ def server_config(
     connection cap is shared out: each worker takes its part of `max_connections` (each
     within its own open-files limit), so together they hold no more.
     """
-    options = {"host": settings.host, "port": settings.port, "workers": settings.workers} | options
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "loop": settings.loop,
+    } | options
     workers = max(1, cast(int, options["workers"]) or 1)
     max_connections = connection_cap(worker_share(settings.max_connections, workers), open_files_limit())
     guard = Guard(settings.header_timeout_s, settings.body_timeout_s, max_connections)

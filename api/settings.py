@@ -67,6 +67,8 @@ class ApiSettings(BaseSettings):
     shared_lanes: bool | None = None
     """Count the lanes' places in the database (advisory locks), for every process serving the same database:
     None (default) when workers > 1. Set it where several `guatu serve` run on more machines."""
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """The event loop: auto is uvloop when installed (a dependency: less CPU a request), else asyncio."""
     worker_header: bool = False
     """Say which server process answered in an `X-Guatu-Worker` header (tests and benches of several workers)."""
     switch_interval_ms: Annotated[float, Field(gt=0, le=100)] = 1.0

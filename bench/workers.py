@@ -85,10 +85,19 @@ class Run:
     by_worker: dict[str, int] = field(default_factory=dict)
     errors: int = 0
     rss: dict[int, float] = field(default_factory=dict)
+    cpu_s: float = 0.0
+    """CPU seconds (user + system) the server's processes used while measured."""
+    load: float = 0.0
+    """The machine's 1-minute load average at the end (everyone's work, not only this bench's)."""
 
     @property
     def rate(self) -> float:
         return len(self.times) / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU milliseconds per answered request (less noisy than req/s on a shared machine)."""
+        return 1000 * self.cpu_s / len(self.times) if self.times else 0.0
 
     def p(self, q: float) -> float:
         ordered = sorted(self.times)
@@ -149,7 +158,19 @@ def ready(base: str, workers: int, deadline_s: float = 180) -> None:
             time.sleep(0.3)
 
 
-def load(run: Run, base: str, token: str, paths: list[str], clients: int, seconds: float) -> None:
+def cpu_seconds(pids: list[int]) -> float:
+    """Return the user + system CPU seconds PIDS have used so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def load(run: Run, base: str, token: str, paths: list[str], clients: int, seconds: float, pids: list[int]) -> None:
     """Send PATHS from CLIENTS threads for SECONDS (after a warm-up); fill RUN."""
     lock = threading.Lock()
     stop = threading.Event()
@@ -188,11 +209,14 @@ def load(run: Run, base: str, token: str, paths: list[str], clients: int, second
     for thread in threads:
         thread.start()
     time.sleep(min(5.0, seconds / 4))  # warm-up: pools, caches, imports
+    cpu = cpu_seconds(pids)
     measuring.set()
     started = time.perf_counter()
     time.sleep(seconds)
     stop.set()
     run.seconds = time.perf_counter() - started
+    run.cpu_s = cpu_seconds(pids) - cpu
+    run.load = os.getloadavg()[0]
     for thread in threads:
         thread.join(60)
 
@@ -206,7 +230,7 @@ def measure(
     run = Run(name, workers)
     try:
         ready(base, workers)
-        load(run, base, token, paths, args.clients, args.seconds)
+        load(run, base, token, paths, args.clients, args.seconds, [server.pid, *descendants(server.pid)])
         for pid in [server.pid, *descendants(server.pid)]:
             run.rss[pid] = status_mb(pid, "VmHWM")
     finally:
@@ -261,7 +285,10 @@ def main() -> None:
         f"parcels: {summary['count']}; mix: 50% tiles z14–z17, 20% features by bbox, 15% stats, 15% ledger pages; "
         f"{args.clients} client threads, {args.seconds:g} s each, {args.rounds} round(s), best round shown"
     )
-    print(f"{'server':<44}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}  share per worker / peak RSS MB")
+    print(
+        f"{'server':<44}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'CPU ms/req':>11}{'errors':>8}{'load':>6}"
+        "  share per worker / peak RSS MB"
+    )
     best: dict[str, Run] = {}
     for name, done in runs.items():
         run = best[name] = max(done, key=lambda r: r.rate)
@@ -272,15 +299,23 @@ def main() -> None:
         rss = "workers " + " ".join(f"{mb:.0f}" for mb in workers)
         if run.workers > 1:
             rss += f", supervisor {others[0]:.0f}" + "".join(f", other {mb:.0f}" for mb in others[1:])
-        print(f"{name:<44}{run.rate:>8.1f}{run.p(0.5):>9.1f}{run.p(0.95):>9.1f}{run.errors:>8}  {share} / {rss}")
+        print(
+            f"{name:<44}{run.rate:>8.1f}{run.p(0.5):>9.1f}{run.p(0.95):>9.1f}{run.cpu_ms:>11.2f}{run.errors:>8}{run.load:>6.1f}"
+            f"  {share} / {rss}"
+        )
     one, two = best[servers[0][0]], best[servers[1][0]]
     ratio = two.rate / one.rate
     verdict = "goal met" if ratio >= GOAL else "goal not met"
     print(f"2 workers / 1 worker throughput: {ratio:.2f}x (goal ≥ {GOAL}x on 2 cores): {verdict}")
+    print(f"2 workers / 1 worker server CPU per request: {two.cpu_ms / one.cpu_ms:.2f}x (1.0: no cost of its own)")
+    print(f"('load': the machine's 1-minute load average at the end of each run, on {cores} cores: all its work)")
     if len(servers) > 2:
         for name in list(best)[2:]:
             base = one if best[name].workers == 1 else two
-            print(f"{name} / asyncio + h11 same workers: {best[name].rate / base.rate:.2f}x throughput")
+            print(
+                f"{name} / asyncio + h11 same workers: {best[name].rate / base.rate:.2f}x throughput, "
+                f"{best[name].cpu_ms / base.cpu_ms:.2f}x CPU per request"
+            )
     print("(peak RSS per process, VmHWM; 'other': multiprocessing's resource tracker; the machine was shared)")
     if statistics.mean(r.errors for r in best.values()) > 0:
         print("note: some requests failed (errors column)")

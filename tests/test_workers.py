@@ -25,6 +25,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import Engine
 
+from api.server import limits_line, server_config
+from api.settings import ApiSettings
 from api.work import share_lanes
 from spatial.errors import Busy, TooMany
 from spatial.work import Lane, SharedLocks
@@ -310,3 +312,12 @@ def test_a_closed_connection_lets_its_places_go(database: tuple[Engine, dict[str
     finally:
         for each in shared:
             each.close()
+
+
+def test_the_connection_cap_is_shared_out_between_the_workers() -> None:
+    settings = ApiSettings(max_connections=400)
+    one = server_config("api.main:app_factory", settings, factory=True, port=free_port())
+    two = server_config("api.main:app_factory", settings, factory=True, port=free_port(), workers=2)
+    assert one.workers == 1 and one.guard.max_connections == 400
+    assert two.workers == 2 and two.guard.max_connections == 200 and two.limit_concurrency == 200
+    assert "2 个进程各 200" in limits_line(two, settings)
