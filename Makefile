@@ -130,6 +130,7 @@ bench: system system-test database ## benchmarks in bench/ (guatu beside its pee
 	$(BIN)/python bench/gis_formats.py --import-n $${BENCH_GIS_IMPORT:-100000} --parcels $${BENCH_GIS_PARCELS:-100000}
 	$(BIN)/python bench/map_page.py
 	$(BIN)/python bench/ledger_page.py
+	$(BIN)/python bench/workers.py --rounds $${BENCH_WORKERS_ROUNDS:-2}
 	$(BIN)/python bench/hostile_inputs.py
 	$(BIN)/python bench/soak.py --minutes $${BENCH_SOAK_MINUTES:-10}
 

@@ -374,6 +374,9 @@ def serve(
     host: str = typer.Option(None, help="address to listen on (default 127.0.0.1)"),
     port: int = typer.Option(None, help="port (default 8000)"),
     reload: bool = typer.Option(False, help="restart on code changes (development)"),
+    workers: int = typer.Option(
+        None, min=1, max=64, help="server processes (default GUATU_WORKERS, else 1); limits hold for all together"
+    ),
     prepare: bool = typer.Option(
         False, "--prepare", help="migrate, and load the demo street into an empty database, first"
     ),
@@ -396,16 +399,34 @@ def serve(
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(1) from None
     console.print(f"[dim]应用连接角色 app connects as: {role}[/dim]")
-    host, port = host or settings.host, port or settings.port
+    host, port, workers = host or settings.host, port or settings.port, workers or settings.workers
+    if reload and workers > 1:
+        console.print("--reload 只用于开发，只能单进程 (--reload runs one worker only)", style="red", markup=False)
+        raise typer.Exit(2)
     os.environ["GUATU_HOST"], os.environ["GUATU_PORT"] = host, str(port)  # the app factory reads its settings again
+    os.environ["GUATU_WORKERS"] = str(workers)  # each worker's app shares out what it counts alone
     settings = ApiSettings()
-    server.raise_open_files_limit()
+    server.raise_open_files_limit()  # before the workers start: they inherit it
     server.prefer_the_event_loop(settings)
     config = server.server_config(
-        "api.main:app_factory", settings, factory=True, host=host, port=port, reload=reload, log_level="info"
+        "api.main:app_factory",
+        settings,
+        factory=True,
+        host=host,
+        port=port,
+        reload=reload,
+        workers=workers,
+        log_level="info",
     )
     console.print(f"guatu 挂图: http://{host}:{port}/  (API 文档 docs: http://{host}:{port}/docs)")
     console.print(f"[dim]{server.limits_line(config, settings)}[/dim]")
+    if workers > 1:
+        console.print(
+            f"{workers} 个工作进程：重任务（打印、检查、上传、导出）的名额在数据库中计数，由所有进程共享"
+            f" ({workers} workers: the heavy-work lanes are counted in the database, shared by all)",
+            style="dim",
+            markup=False,
+        )
     allowed = settings.host_names()
     console.print(
         f"只回答主机名 answers hosts: {', '.join(sorted(allowed))}；对外地址 public URL: {settings.public_url}"

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
+from api.auth import LoginLimiter
 from api.guards import RefuseNul
 from api.routes import (
     accounts,
@@ -37,7 +41,7 @@ from api.routes import (
 from api.routes import ledger as ledger_routes
 from api.security import CsrfGuard, SecurityHeaders, TrustedHosts
 from api.settings import ApiSettings
-from api.work import make_lanes
+from api.work import make_lanes, share_lanes, shares_lanes
 from layers.base import REGISTRY
 from spatial.db import make_engine, make_sessionmaker
 from spatial.roles import refuse_superuser
@@ -62,6 +66,27 @@ class GuatuApp(FastAPI):
         return SecurityHeaders(super().build_middleware_stack())
 
 
+class WorkerHeader:
+    """Say which server process answered, in `X-Guatu-Worker` (GUATU_WORKER_HEADER: tests, benches)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.value = str(os.getpid()).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; add the header to its answer."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def said(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-guatu-worker", self.value)]
+            await send(message)
+
+        await self.app(scope, receive, said)
+
+
 def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = None) -> FastAPI:
     """Return the guatu app; ENGINE defaults to one built from the settings at start-up."""
     settings = settings or ApiSettings()
@@ -74,6 +99,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
             refuse_superuser(bound)  # never serve as a superuser: an injection would reach the host
         app.state.engine = bound
         app.state.sessions = make_sessionmaker(bound)
+        shared = share_lanes(app.state.lanes, bound) if shares_lanes(settings) else None
         missing = assets.missing_assets()
         if missing:
             log.warning(
@@ -85,6 +111,8 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
         yield
         for each in app.state.lanes.values():
             each.close()
+        if shared is not None:
+            shared.close()
         if own:
             bound.dispose()
 
@@ -98,6 +126,11 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     )
     app.state.settings = settings
     app.state.lanes = make_lanes(settings)
+    # What a process counts alone is shared out between the workers: the sign-in attempts an
+    # address may make (the per-user lockout is the database's), the password checks at once.
+    throttle = LoginLimiter()
+    app.state.login_limiter = LoginLimiter(max(1, math.ceil(throttle.limit / settings.workers)), throttle.window_s)
+    app.state.hashing = asyncio.Semaphore(max(1, 2 // settings.workers))
     if engine is not None:  # tests hand in their engine; make it usable without lifespan too
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
@@ -105,6 +138,8 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     app.add_middleware(CsrfGuard, public_url=settings.public_url)  # the last added runs first
     app.add_middleware(RefuseNul)
     app.add_middleware(TrustedHosts, hosts=settings.host_names())
+    if settings.worker_header:
+        app.add_middleware(WorkerHeader)
     app.include_router(health.router)
     app.include_router(layers.router)
     app.include_router(features.router)

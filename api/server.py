@@ -34,6 +34,10 @@ FD_RESERVE = 128
 """Open files kept back from client connections: the database pool, logs, static files, sockets."""
 LOG_EVERY_S = 5.0
 """A repeated warning (refused or cut connections) is said at most this often, with its count."""
+WORKER_HEALTHCHECK_S = 60
+"""A worker that does not answer its supervisor's ping this long is killed and replaced. Generous: a worker
+importing the app on a busy machine answers only once its imports are done (5 s, uvicorn's default, was
+seen to kill every new worker in turn on a loaded 2-core machine)."""
 NOISY_UVICORN = ("Exceeded concurrency limit.", "Invalid HTTP request received.", "Unsupported upgrade request.")
 """uvicorn's per-request warnings that a flood would repeat thousands of times a second."""
 
@@ -124,12 +128,24 @@ async def _header_too_large(send: ASGISendCallable, limit: int) -> None:
 
 
 class GuardedConfig(Config):
-    """A uvicorn config that runs `GuardedH11Protocol` and carries its guard."""
+    """A uvicorn config that runs `GuardedH11Protocol` and carries its guard.
 
-    def __init__(self, app: Any, *, guard: Guard, **options: Any) -> None:
+    With several workers it is handed to each worker process (pickled): `load`, which every
+    server process calls before it serves, sets up what is per process.
+    """
+
+    def __init__(self, app: Any, *, guard: Guard, switch_interval_s: float | None = None, **options: Any) -> None:
         super().__init__(app, http=GuardedH11Protocol, ws="none", **options)
         self.guard = guard
         self.tallies = Tallies()
+        self.switch_interval_s = switch_interval_s
+
+    def load(self) -> None:
+        """Load the app; in this process, quiet uvicorn's repeated warnings and prefer the event loop."""
+        super().load()
+        logging.getLogger("uvicorn.error").addFilter(_UVICORN_REPEATS)
+        if self.switch_interval_s is not None:
+            sys.setswitchinterval(self.switch_interval_s)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -327,6 +343,15 @@ def connection_cap(wanted: int, open_files: int) -> int:
     return max(1, min(wanted, open_files - reserve))
 
 
+def worker_share(total: int, workers: int) -> int:
+    """Return one worker's part of TOTAL (at least 1): WORKERS of them hold no more than TOTAL.
+
+    >>> worker_share(1000, 1), worker_share(1000, 3), worker_share(1, 4)
+    (1000, 333, 1)
+    """
+    return max(1, total // max(1, workers))
+
+
 def server_config(
     app: Callable[..., Any] | str,
     settings: ApiSettings,
@@ -334,21 +359,31 @@ def server_config(
 ) -> GuardedConfig:
     """Return the uvicorn config guatu is served with: APP under SETTINGS' limits.
 
-    OPTIONS go to `uvicorn.Config` as they are (host, port, log_level, factory, reload …);
-    host and port default to the settings'.
+    OPTIONS go to `uvicorn.Config` as they are (host, port, log_level, factory, reload,
+    workers …); host, port and workers default to the settings'. With several workers the
+    connection cap is shared out: each worker takes its part of `max_connections` (each
+    within its own open-files limit), so together they hold no more.
     """
-    max_connections = connection_cap(settings.max_connections, open_files_limit())
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "loop": settings.loop,
+    } | options
+    workers = max(1, cast(int, options["workers"]) or 1)
+    max_connections = connection_cap(worker_share(settings.max_connections, workers), open_files_limit())
     guard = Guard(settings.header_timeout_s, settings.body_timeout_s, max_connections)
-    options = {"host": settings.host, "port": settings.port} | options
     config = GuardedConfig(
         app,
         guard=guard,
+        switch_interval_s=settings.switch_interval_ms / 1000 if workers > 1 else None,
         limit_concurrency=max_connections,
         timeout_keep_alive=settings.keep_alive_s,
-        backlog=max_connections,
+        backlog=max_connections * workers,
         h11_max_incomplete_event_size=settings.max_header_bytes,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         **options,
     )
     logging.getLogger("uvicorn.error").addFilter(_UVICORN_REPEATS)  # after uvicorn has configured logging
@@ -359,8 +394,10 @@ def limits_line(config: GuardedConfig, settings: ApiSettings) -> str:
     """Return one line saying the limits CONFIG enforces, for the log at start."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     guard = config.guard
+    workers = config.workers if config.workers > 1 else 1
+    each = f"，{workers} 个进程各 {guard.max_connections} (each of {workers} workers)" if workers > 1 else ""
     return (
-        f"连接上限 max connections {guard.max_connections}（打开文件上限 open files {soft}/{hard}），"
+        f"连接上限 max connections {guard.max_connections * workers}{each}（打开文件上限 open files {soft}/{hard}），"
         f"请求头超时 header timeout {guard.header_timeout_s:g} s，"
         f"请求体停顿超时 body timeout {guard.body_timeout_s:g} s，"
         f"keep-alive {settings.keep_alive_s} s，请求头上限 max header {settings.max_header_bytes} B，"
@@ -369,12 +406,22 @@ def limits_line(config: GuardedConfig, settings: ApiSettings) -> str:
 
 
 def serve(config: GuardedConfig) -> None:
-    """Run the server of CONFIG in the foreground (under the reloader when it asks for one)."""
+    """Run the server of CONFIG in the foreground (under the reloader, or a supervisor of its workers).
+
+    Several workers share one listening socket under uvicorn's supervisor: each is a process
+    of its own (spawned, never forked) running the app factory; one that dies or stops
+    answering its health check is replaced; SIGTERM or SIGINT lets each finish its requests
+    and stop; SIGHUP replaces them one by one (each new one serving before the old stops).
+    """
     server = uvicorn.Server(config)
     if config.should_reload:
         from uvicorn.supervisors import ChangeReload
 
         ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
+    elif config.workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
     else:
         server.run()
 

@@ -61,6 +61,16 @@ class ApiSettings(BaseSettings):
     """Open connections at most; more are closed at once (kept below the open-file limit)."""
     max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024
     """Request line and headers together at most, in bytes (larger: 400)."""
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    """Server processes `guatu serve` runs (each with its own event loop and pool); the lanes of heavy work,
+    the sign-in throttle and the connection cap hold for all of them together."""
+    shared_lanes: bool | None = None
+    """Count the lanes' places in the database (advisory locks), for every process serving the same database:
+    None (default) when workers > 1. Set it where several `guatu serve` run on more machines."""
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """The event loop: auto is uvloop when installed (a dependency: less CPU a request), else asyncio."""
+    worker_header: bool = False
+    """Say which server process answered in an `X-Guatu-Worker` header (tests and benches of several workers)."""
     switch_interval_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
     """How soon the event loop gets the interpreter back from a busy thread (Python's switch interval, ms)."""
     forwarded_allow_ips: str = "127.0.0.1"

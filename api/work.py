@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from fastapi import Request
+from sqlalchemy.engine import Engine
 
 from api.settings import ApiSettings
-from spatial.work import Cancelled, CancelToken, Lane
+from spatial.work import Cancelled, CancelToken, Lane, SharedLocks
 
 T = TypeVar("T")
 POLL_S = 0.25
@@ -26,6 +27,23 @@ def make_lanes(settings: ApiSettings) -> dict[str, Lane]:
         "uploads": Lane("uploads", "上传", "upload", settings.upload_workers, settings.upload_queue, 30, each),
         "exports": Lane("exports", "表格导出", "export", settings.print_workers, settings.print_queue, 15, each),
     }
+
+
+def shares_lanes(settings: ApiSettings) -> bool:
+    """Whether the lanes' places are counted across processes: asked for, or by default with several workers."""
+    return settings.shared_lanes if settings.shared_lanes is not None else settings.workers > 1
+
+
+def share_lanes(lanes: dict[str, Lane], engine: Engine) -> SharedLocks:
+    """Count LANES' places, turns and per-client shares across every process serving ENGINE's database.
+
+    Each lane keeps its limits as set (``GUATU_PRINT_WORKERS`` …): they hold for all the
+    workers together, not per worker.
+    """
+    shared = SharedLocks.of_engine(engine)
+    for each in lanes.values():
+        each.shared = shared
+    return shared
 
 
 def client_of(request: Request) -> str | None:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import hashlib
+import logging
 import multiprocessing
 import os
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -31,6 +33,9 @@ from typing import Any, TypeVar
 from spatial.errors import Busy, TooMany, Unavailable
 
 T = TypeVar("T")
+log = logging.getLogger("guatu.work")
+TURN_POLL_S = 0.2
+"""How often a queued job asks again for one of its lane's running places held by other processes."""
 
 
 class Cancelled(Exception):
@@ -91,6 +96,133 @@ class CancelToken:
             raise Cancelled
 
 
+def lock_key(*parts: object) -> int:
+    """Return the 64-bit advisory lock key of PARTS (guatu's own namespace: a hash, never a small number).
+
+    >>> lock_key("lane", "print", "place", 0) == lock_key("lane", "print", "place", 0)
+    True
+    >>> lock_key("lane", "print", "place", 0) == lock_key("lane", "print", "place", 1)
+    False
+    """
+    text = "\x1f".join(str(part) for part in ("guatu", *parts))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+Held = tuple[int, int]
+"""An advisory lock this process holds: (key, the connection's epoch when it was taken)."""
+
+
+class SharedLocks:
+    """Places counted by every process serving one database: PostgreSQL session-level advisory locks.
+
+    One connection of the process's own (outside the pool, autocommit) holds every lock the
+    process's jobs took; a process that dies, or loses its connection, lets its places go with
+    it: nothing to clean up. PostgreSQL lets one session take a lock it already holds again,
+    so the keys this process holds are kept here and never asked for twice. A connection that
+    broke is replaced once (its locks were gone with it: the limit may be passed until the jobs
+    that held them end), then the error is `Unavailable`.
+    """
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._mine: set[int] = set()
+        self._epoch = 0
+
+    @classmethod
+    def of_engine(cls, engine: Any) -> SharedLocks:
+        """Return shared locks on a connection ENGINE opens (its role and options), detached from its pool."""
+
+        def connect() -> Any:
+            pooled = engine.raw_connection()
+            pooled.rollback()
+            driver = pooled.driver_connection
+            pooled.detach()  # never given back: it takes no place in the pool
+            driver.autocommit = True
+            return driver
+
+        return cls(connect)
+
+    def _ask(self, sql: str, key: int) -> bool:
+        """Return SQL's boolean answer for KEY (call with the lock held); replace a broken connection once."""
+        import psycopg
+
+        for attempt in range(2):
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                return bool(self._conn.execute(sql, (key,)).fetchone()[0])
+            except psycopg.OperationalError as exc:
+                self._drop()
+                if attempt:
+                    log.warning("无法连接数据库以计数任务 cannot reach the database to count jobs: %s", exc)
+                    raise Unavailable.one(
+                        "database_unavailable",
+                        "数据库暂时无法连接，请稍后重试",
+                        "the database cannot be reached: retry later",
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _drop(self) -> None:
+        """Forget the connection and the locks it held (the server let them go with it)."""
+        if self._conn is not None:
+            with suppress(Exception):
+                self._conn.close()
+        self._conn = None
+        self._mine.clear()
+        self._epoch += 1
+
+    def take_any(self, keys: Sequence[int]) -> Held | None:
+        """Take the first of KEYS no process holds; return it, or None when every one is held."""
+        with self._lock:
+            for key in keys:
+                if key not in self._mine and self._ask("SELECT pg_try_advisory_lock(%s)", key):
+                    self._mine.add(key)
+                    return key, self._epoch
+        return None
+
+    def release(self, held: Held) -> None:
+        """Let HELD go (nothing to do when its connection is gone: so is the lock)."""
+        key, epoch = held
+        with self._lock:
+            if epoch != self._epoch or key not in self._mine:
+                return
+            self._mine.discard(key)
+            with suppress(Unavailable):
+                self._ask("SELECT pg_advisory_unlock(%s)", key)
+
+    def held(self) -> int:
+        """Return how many locks this process holds."""
+        with self._lock:
+            return len(self._mine)
+
+    def close(self) -> None:
+        """Close the connection: every lock it held is let go."""
+        with self._lock:
+            self._drop()
+
+
+async def _take(shared: SharedLocks, keys: Sequence[int]) -> Held | None:
+    """Take one of KEYS on a thread; a caller cancelled meanwhile lets what was taken go."""
+    future = asyncio.get_running_loop().run_in_executor(None, shared.take_any, keys)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+
+        def let_go(done: asyncio.Future[Held | None]) -> None:
+            if not done.cancelled() and done.exception() is None and (got := done.result()) is not None:
+                _release(shared, got)
+
+        future.add_done_callback(let_go)
+        raise
+
+
+def _release(shared: SharedLocks, held: Held) -> None:
+    """Let HELD go on a thread (never cancelled: the lock is always given back)."""
+    asyncio.get_running_loop().run_in_executor(None, shared.release, held)
+
+
 @dataclass
 class Lane:
     """One kind of heavy work: RUNNING jobs at once, WAITING more queued, the rest refused with Busy."""
@@ -104,6 +236,9 @@ class Lane:
     per_client: int = 1_000_000
     """Places one client may hold at once (running or queued)."""
     admitted: int = 0
+    """Places held in this process."""
+    shared: SharedLocks | None = None
+    """When set, the places, the turns and each client's share are also counted across every process."""
     _held: Counter[str] = field(default_factory=Counter, repr=False)
     _slots: asyncio.Semaphore | None = field(default=None, repr=False)
     _threads: ThreadPoolExecutor | None = field(default=None, repr=False)
@@ -168,6 +303,7 @@ class Lane:
             raise self.too_many()
         if self.admitted >= self.running + self.waiting:
             raise self.busy()
+        taken = await self._shared_place(client)
         self.admitted += 1
         if client is not None:
             self._held[client] += 1
@@ -179,6 +315,35 @@ class Lane:
                 self._held[client] -= 1
                 if not self._held[client]:
                     del self._held[client]
+            if self.shared is not None:
+                for held in taken:
+                    _release(self.shared, held)
+
+    async def _shared_place(self, client: str | None) -> list[Held]:
+        """Take CLIENT's share and a place counted across processes (nothing without `shared`)."""
+        if self.shared is None:
+            return []
+        taken: list[Held] = []
+        if client is not None:
+            mine = await _take(
+                self.shared, [lock_key("lane", self.name, "client", client, i) for i in range(self.per_client)]
+            )
+            if mine is None:
+                raise self.too_many()
+            taken.append(mine)
+        try:
+            place = await _take(
+                self.shared, [lock_key("lane", self.name, "place", i) for i in range(self.running + self.waiting)]
+            )
+        except BaseException:
+            for held in taken:
+                _release(self.shared, held)
+            raise
+        if place is None:
+            for held in taken:
+                _release(self.shared, held)
+            raise self.busy()
+        return [*taken, place]
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
@@ -186,7 +351,16 @@ class Lane:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.running)
         async with self._slots:
-            yield
+            if self.shared is None:
+                yield
+                return
+            keys = [lock_key("lane", self.name, "turn", i) for i in range(self.running)]
+            while (turn := await _take(self.shared, keys)) is None:  # another process runs the lane's jobs
+                await asyncio.sleep(TURN_POLL_S)
+            try:
+                yield
+            finally:
+                _release(self.shared, turn)
 
     @asynccontextmanager
     async def slot(self, client: str | None = None) -> AsyncIterator[None]:
