@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.settings import ApiSettings
 from layers import accounts
 from layers.access import ROLES, Actor
 from layers.features import layer_or_404
@@ -29,7 +30,8 @@ CSRF_HEADER = "x-csrf-token"
 ACCESS_KEY = "x-guatu-access"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CACHE_S = 15.0
-"""How long a resolved session or token is trusted without asking the database again (a logout here ends it at once)."""
+"""How long a resolved session or token is trusted without asking the database again, with one worker
+(a logout ends it at once in the process that served it; with several workers nothing is cached)."""
 
 RULES = {
     "public": "公开 anyone, signed in or not",
@@ -47,10 +49,11 @@ RULES = {
 class _Resolved:
     """A TTL cache of token digest → (actor, CSRF token or None), shared by the app's threads."""
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 4096, ttl_s: float = CACHE_S) -> None:
         self._items: OrderedDict[str, tuple[float, Actor, str | None]] = OrderedDict()
         self._lock = Lock()
         self._size = size
+        self._ttl_s = ttl_s
 
     def get(self, key: str) -> tuple[Actor, str | None] | None:
         with self._lock:
@@ -61,8 +64,10 @@ class _Resolved:
             return found[1], found[2]
 
     def put(self, key: str, actor: Actor, csrf: str | None) -> None:
+        if self._ttl_s <= 0:
+            return
         with self._lock:
-            self._items[key] = (time.monotonic() + CACHE_S, actor, csrf)
+            self._items[key] = (time.monotonic() + self._ttl_s, actor, csrf)
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
@@ -80,8 +85,22 @@ def resolved(request: Request) -> _Resolved:
     """Return the app's cache of resolved sessions and tokens."""
     cache: _Resolved | None = getattr(request.app.state, "resolved", None)
     if cache is None:
-        cache = request.app.state.resolved = _Resolved()
+        cache = request.app.state.resolved = _Resolved(ttl_s=session_cache_s(request.app.state.settings))
     return cache
+
+
+def session_cache_s(settings: ApiSettings) -> float:
+    """Return how long a resolved sign-in is trusted: as set, else CACHE_S with one worker and 0 with several.
+
+    Another worker's cache cannot be told of a sign-out or a disabled account: with several
+    workers every request asks the database (one primary-key lookup).
+
+    >>> session_cache_s(ApiSettings(workers=1)), session_cache_s(ApiSettings(workers=2))
+    (15.0, 0.0)
+    """
+    if settings.session_cache_s is not None:
+        return settings.session_cache_s
+    return CACHE_S if settings.workers == 1 else 0.0
 
 
 def _lookup(factory: sessionmaker[Session], kind: str, token: str) -> tuple[Actor, str | None] | None:

@@ -67,6 +67,9 @@ class ApiSettings(BaseSettings):
     shared_lanes: bool | None = None
     """Count the lanes' places in the database (advisory locks), for every process serving the same database:
     None (default) when workers > 1. Set it where several `guatu serve` run on more machines."""
+    session_cache_s: Annotated[float, Field(ge=0, le=300)] | None = None
+    """Seconds a resolved sign-in is trusted without asking the database: None (default) is 15 s with one
+    worker and 0 with several (a sign-out or a disabled account must end at once on every worker)."""
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     """The event loop: auto is uvloop when installed (a dependency: less CPU a request), else asyncio."""
     worker_header: bool = False

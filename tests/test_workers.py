@@ -139,6 +139,20 @@ def test_a_sign_in_on_one_worker_holds_on_the_other(served: str) -> None:
         assert answer.status_code in (200, 201), (worker, answer.text)
 
 
+def test_a_sign_out_on_one_worker_ends_the_session_on_the_other_at_once(served: str) -> None:
+    """No worker trusts a sign-in it resolved earlier: the other worker's cache would outlive the sign-out."""
+    signed = fresh("POST", f"{served}/api/login", json={"username": "planner", "password": PASSWORD})
+    assert signed.status_code == 200, signed.text
+    cookies = dict(signed.cookies)
+    warm = from_each(lambda: fresh("GET", f"{served}/api/me", cookies=cookies))  # both have resolved it
+    assert all(answer.status_code == 200 for answer in warm.values())
+    out = fresh("POST", f"{served}/api/logout", cookies=cookies, headers={"X-CSRF-Token": cookies["guatu_csrf"]})
+    assert out.status_code == 204, out.text
+    after = from_each(lambda: fresh("GET", f"{served}/api/me", cookies=cookies))
+    for worker, answer in after.items():
+        assert answer.status_code == 401, (worker, answer.text)
+
+
 def slow_upload(base: str, token: str) -> socket.socket:
     """Start an upload whose body never comes whole: it holds its place in the uploads lane."""
     port = int(base.rsplit(":", 1)[1])
