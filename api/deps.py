@@ -11,13 +11,21 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import ActorDep
-from layers.access import Actor
-from layers.base import Layer
+from layers import generations
+from layers.access import Actor, personal_fields
+from layers.base import REGISTRY, Layer
 from layers.features import layer_or_404
-from spatial.db import state
+from spatial.db import ReadRouter, parse_lsn, state
+
+READ_AFTER_COOKIE = "guatu_read_after"
+"""The primary's WAL position after the client's last write: its reads wait for a standby past it."""
+READ_HEADER = "X-Guatu-Read"
+"""Says which server answered a read-routed request: ``standby`` or ``primary`` (nothing else)."""
+READ_SCOPE_KEY = "guatu.read"
 
 
 def actor_settings(actor: Actor | None) -> dict[str, str]:
@@ -50,6 +58,113 @@ async def get_sessions(request: Request, actor: ActorDep) -> Callable[[], Abstra
     return opened
 
 
+class ReadTarget:
+    """Where one request's reads go: chosen once, and moved from the standby to the primary only, never back.
+
+    One way only, because a tile's generation must come from a server at least as far behind
+    as the one that renders it: a generation read on the standby with rows from the primary is
+    safe (the rows are newer than the label), the other way round is not.
+    """
+
+    def __init__(self, request: Request, router: ReadRouter | None, where: str) -> None:
+        self.state = request.app.state
+        self.router = router
+        self.where = where
+
+    def fail(self, exc: BaseException) -> None:
+        """Send this request's remaining reads, and everyone's for the back-off, to the primary."""
+        if self.router is not None:
+            self.router.failed(exc)
+        self.where = "primary"
+
+    @contextmanager
+    def session(self, settings: dict[str, str]) -> Iterator[Session]:
+        """Open a session on the chosen server (connected at once, so a standby gone is seen here)."""
+        if self.where == "standby":
+            standby: sessionmaker[Session] = self.state.read_sessions
+            session = standby()
+            try:
+                state(session, settings)
+                session.connection()  # begins, and states SETTINGS: a refused connection shows now
+            except OperationalError as exc:
+                session.close()
+                self.fail(exc)
+            except BaseException:
+                session.close()
+                raise
+            else:
+                with session:
+                    yield session
+                return
+        primary: sessionmaker[Session] = self.state.sessions
+        with primary() as session:
+            state(session, settings)
+            yield session
+
+    def generation(self, layer_id: str) -> int:
+        """Return LAYER_ID's generation as the chosen server has it."""
+        if self.where == "standby":
+            try:
+                return _reader(self.state, "read_generations", self.state.read_engine)(layer_id)
+            except OperationalError as exc:
+                self.fail(exc)
+        return _reader(self.state, "generations", self.state.engine)(layer_id)
+
+
+def _reader(app_state: object, name: str, engine: object) -> generations.Reader:
+    """Return the app's generation reader NAME on ENGINE (made on first use: one connection of its own)."""
+    reader = getattr(app_state, name, None)
+    if reader is None:
+        reader = generations.Reader(engine)  # type: ignore[arg-type]
+        setattr(app_state, name, reader)
+    return reader
+
+
+def _logs_personal(request: Request, actor: Actor | None) -> bool:
+    """Tell whether reading the path's layer records ACTOR's sight of personal fields (a write: the primary's)."""
+    if actor is None or not actor.sees_personal():
+        return False
+    layer = REGISTRY.get(str(request.path_params.get("layer_id", "")))
+    return layer is None or bool(personal_fields(layer))
+
+
+def read_target(request: Request, actor: ActorDep) -> ReadTarget:
+    """Return where this request's reads go: the standby unless it is down, lagging, or behind the reader's write.
+
+    A reader whose sight of personal fields is recorded reads the primary: the record is a write.
+    """
+    router: ReadRouter | None = getattr(request.app.state, "replica", None)
+    if router is None:
+        return ReadTarget(request, None, "primary")
+    if _logs_personal(request, actor):
+        where = router.tally("primary")
+    else:
+        where = router.choose(parse_lsn(request.cookies.get(READ_AFTER_COOKIE)))
+    target = ReadTarget(request, router, where)
+    request.scope[READ_SCOPE_KEY] = target  # the response says where it was served from
+    return target
+
+
+ReadTargetDep = Annotated[ReadTarget, Depends(read_target)]
+
+
+def get_read_session(target: ReadTargetDep, actor: ActorDep) -> Iterator[Session]:
+    """Yield a session for a read-only route, on the standby when it may answer (``DATABASE_READ_URL``)."""
+    with target.session(actor_settings(actor)) as session:
+        yield session
+
+
+async def get_read_sessions(target: ReadTargetDep, actor: ActorDep) -> Callable[[], AbstractContextManager[Session]]:
+    """Return a factory of read-only sessions (standby or primary, as ``get_read_session``) for a worker thread."""
+    settings = actor_settings(actor)
+    return lambda: target.session(settings)
+
+
+async def read_generations(target: ReadTargetDep) -> Callable[[str], int]:
+    """Return the reader of layer generations on the server this request's reads go to."""
+    return target.generation
+
+
 def layer_from_path(layer_id: str) -> Layer:
     """Return the layer named in the path, or answer 404."""
     return layer_or_404(layer_id)
@@ -58,3 +173,8 @@ def layer_from_path(layer_id: str) -> Layer:
 SessionDep = Annotated[Session, Depends(get_session)]
 LayerDep = Annotated[Layer, Depends(layer_from_path)]
 SessionsDep = Annotated[Callable[[], AbstractContextManager[Session]], Depends(get_sessions)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+"""A session for a route that only reads: the standby's when it may answer, else the primary's."""
+ReadSessionsDep = Annotated[Callable[[], AbstractContextManager[Session]], Depends(get_read_sessions)]
+ReadGenerationsDep = Annotated[Callable[[str], int], Depends(read_generations)]
+"""Layer generations read where the request's reads go (a cached tile is labelled by its own server's)."""

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import ActorDep, rule
-from api.deps import LayerDep, SessionDep, SessionsDep
+from api.deps import LayerDep, ReadGenerationsDep, ReadSessionDep, ReadSessionsDep
 from api.routes.stats import FilterDep
 from layers import generations
 from layers.access import Actor
@@ -190,8 +190,8 @@ async def vector_tile(
     x: Annotated[int, Path(ge=0)],
     y: Annotated[int, Path(ge=0)],
     flt: FilterDep,
-    sessions: SessionsDep,
-    read: GenerationsDep,
+    sessions: ReadSessionsDep,
+    read: ReadGenerationsDep,
     actor: ActorDep,
 ) -> Response:
     """Return one tile of the layer: id, code, name and the styled field of each feature.
@@ -223,7 +223,7 @@ def extent_of(
 
 @router.get("/tiles/{layer_id}.json", summary="TileJSON", **rule("user"))
 def layer_tilejson(
-    layer: LayerDep, session: SessionDep, read: GenerationsDep, request: Request, actor: ActorDep
+    layer: LayerDep, session: ReadSessionDep, read: ReadGenerationsDep, request: Request, actor: ActorDep
 ) -> JSONResponse:
     """Return the TileJSON document of LAYER's vector tiles; tile URLs start with GUATU_PUBLIC_URL, never the Host."""
     base = request.app.state.settings.public_url
