@@ -1,0 +1,198 @@
+"""A hot standby: read-only routes read it, writers read their own writes, a standby gone is no 500.
+
+Two local clusters of their own under a temporary folder (a primary, and a standby made by
+`pg_basebackup -R`: spatial.localpg.make_standby), migrated, and `guatu serve` in a child
+process with DATABASE_URL on the primary and DATABASE_READ_URL on the standby. The answer's
+``X-Guatu-Read`` header says which server a read-routed request read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from spatial import localpg
+from spatial.settings import OWNER_ROLE, LocalPgSettings
+from tests.accounts import bearer, tokens_for
+from tests.browser import free_port
+from tests.samples import sample
+
+GUATU = str(Path(sys.executable).parent / "guatu")
+WRITER, READER = "surveyor9", "viewer"
+"""The writer works in the samples' community; the reader sees the whole street around it."""
+
+
+def _env(primary: LocalPgSettings) -> dict[str, str]:
+    """Return the environment naming PRIMARY as the local cluster (no other DATABASE_URL)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_READ_URL")}
+    env.update(GUATU_PG_DATA_DIR=str(primary.data_dir), GUATU_PG_PORT=str(primary.resolved_port()))
+    return env
+
+
+@pytest.fixture(scope="module")
+def clusters() -> Iterator[tuple[LocalPgSettings, LocalPgSettings]]:
+    """Yield a migrated primary and its running hot standby; stop and remove both whatever happens."""
+    root = Path(tempfile.mkdtemp(prefix="guatu-replica-"))
+    root.chmod(0o755)  # the postgres user keeps the data folders inside
+    primary = LocalPgSettings(data_dir=root / "primary", port=free_port())
+    standby = LocalPgSettings(data_dir=root / "standby", port=free_port())
+    try:
+        localpg.ensure_running(primary)
+        migrated = subprocess.run([GUATU, "db", "upgrade"], env=_env(primary), capture_output=True, text=True)
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+        localpg.make_standby(primary, standby)
+        yield primary, standby
+    finally:
+        for each in (standby, primary):
+            try:
+                localpg.stop(each)
+            except RuntimeError:
+                pass
+        for each in (standby, primary):
+            folder = localpg.data_dir(each)
+            if folder.exists() and root not in folder.parents:  # kept outside (unreachable tmp): remove it too
+                subprocess.run(localpg._as_postgres(["rm", "-rf", str(folder)]), check=False)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _admin(settings: LocalPgSettings) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=settings.host,
+        port=settings.resolved_port(),
+        user=settings.user,
+        password=settings.password(),
+        dbname="guatu",
+        autocommit=True,
+        connect_timeout=5,
+    )
+
+
+@pytest.fixture(scope="module")
+def served(clusters: tuple[LocalPgSettings, LocalPgSettings]) -> Iterator[tuple[str, Path]]:
+    """Yield the base URL of `guatu serve` on the primary with the standby for reads, and its log file."""
+    primary, standby = clusters
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="guatu-replica-log-")) / "serve.log"
+    env = _env(primary) | {
+        "DATABASE_URL": primary.admin_url(),  # a superuser: guatu connects as guatu_app
+        "DATABASE_READ_URL": f"postgresql://127.0.0.1:{standby.resolved_port()}/guatu",
+        "GUATU_READ_MAX_LAG_S": "3600",  # the test pauses replay: never "too far behind" here
+        "GUATU_READ_RETRY_S": "600",
+        "GUATU_ARCHIVE_DIR": str(log.parent),
+    }
+    with log.open("wb") as out:
+        child = subprocess.Popen([GUATU, "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert child.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        child.terminate()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
+        shutil.rmtree(log.parent, ignore_errors=True)
+
+
+def _tile_of(lon: float, lat: float, z: int) -> tuple[int, int, int]:
+    n = 2**z
+    x = int((lon + 180) / 360 * n)
+    y = int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
+    return z, x, y
+
+
+def _until(what: str, check: Any, seconds: float = 30) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.1)
+
+
+def test_reads_go_to_the_standby_writers_read_their_writes_and_a_standby_gone_is_no_500(
+    clusters: tuple[LocalPgSettings, LocalPgSettings], served: tuple[str, Path]
+) -> None:
+    primary, standby = clusters
+    base, log = served
+    tokens = tokens_for(primary.role_url(OWNER_ROLE), "guatu")
+    writer = httpx.Client(base_url=base, headers=bearer(tokens[WRITER]), timeout=30)
+    reader = httpx.Client(base_url=base, headers=bearer(tokens[READER]), timeout=30)
+    features = "/api/layers/parcels/features"
+
+    # the users reached the standby; a read-only route reads it
+    _until("the standby has the test users", lambda: reader.get(features).status_code == 200)
+    first = reader.get(features)
+    assert first.status_code == 200 and first.headers["X-Guatu-Read"] == "standby", first.text
+
+    # replay paused: what the writer writes now is on the primary only
+    with _admin(standby) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    try:
+        parcel = sample("parcels")
+        created = writer.post(features, json=parcel)
+        assert created.status_code == 201, created.text
+        fid = created.json()["id"]
+        assert writer.cookies.get("guatu_read_after"), "no WAL position came back with the write"
+
+        own = writer.get(f"{features}/{fid}")  # the writer reads its write at once: from the primary
+        assert own.status_code == 200 and own.headers["X-Guatu-Read"] == "primary", own.text
+        other = reader.get(f"{features}/{fid}")  # another user reads the standby, not yet there
+        assert other.status_code == 404 and other.headers["X-Guatu-Read"] == "standby", other.text
+    finally:
+        with _admin(standby) as conn:
+            conn.execute("SELECT pg_wal_replay_resume()")
+
+    # replayed: the other user reads the change from the standby, the writer too
+    seen = _until("the write replayed", lambda: (r := reader.get(f"{features}/{fid}")).status_code == 200 and r)
+    assert seen.headers["X-Guatu-Read"] == "standby" and seen.json()["id"] == fid
+    _until(
+        "the writer back on the standby", lambda: writer.get(f"{features}/{fid}").headers["X-Guatu-Read"] == "standby"
+    )
+    ring = parcel["geometry"]["coordinates"][0]
+    lon, lat = sum(p[0] for p in ring[:-1]) / (len(ring) - 1), sum(p[1] for p in ring[:-1]) / (len(ring) - 1)
+    z, x, y = _tile_of(lon, lat, 15)
+    tile = reader.get(f"/tiles/parcels/{z}/{x}/{y}.pbf")
+    assert tile.status_code == 200 and tile.content and tile.headers["X-Guatu-Read"] == "standby"
+    stats = reader.get("/api/layers/parcels/stats")
+    assert stats.status_code == 200 and stats.headers["X-Guatu-Read"] == "standby", stats.text
+    assert "read standby unavailable" not in log.read_text()
+
+    # the standby stopped: the same reads are answered from the primary, with one warning
+    localpg.stop(standby)
+    for _ in range(3):
+        again = reader.get(f"{features}/{fid}")
+        assert again.status_code == 200 and again.headers["X-Guatu-Read"] == "primary", again.text
+        tile = reader.get(f"/tiles/parcels/{z}/{x}/{y}.pbf")
+        assert tile.status_code == 200 and tile.content and tile.headers["X-Guatu-Read"] == "primary"
+        listed = reader.get(features)
+        assert listed.status_code == 200 and fid in [f["id"] for f in listed.json()["features"]]
+    said = log.read_text()
+    assert said.count("read standby unavailable") == 1, said
+    assert "Traceback" not in said, said
+    # writes never went anywhere but the primary
+    with _admin(primary) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    assert row == (False,)
