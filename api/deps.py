@@ -6,13 +6,16 @@ each of its transactions: PostgreSQL's row-level security keeps it inside the us
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import ActorDep
 from layers import generations
@@ -58,6 +61,24 @@ async def get_sessions(request: Request, actor: ActorDep) -> Callable[[], Abstra
     return opened
 
 
+SessionDep = Annotated[Session, Depends(get_session)]
+SessionsDep = Annotated[Callable[[], AbstractContextManager[Session]], Depends(get_sessions)]
+
+
+async def generation_reader(request: Request) -> Callable[[str], int]:
+    """Return the app's reader of layer generations on the primary (made on first use; one connection of its own)."""
+    return _reader(request.app.state, "generations", request.app.state.engine)
+
+
+def _reader(app_state: Any, name: str, engine: Engine) -> generations.Reader:
+    """Return the app's generation reader NAME on ENGINE (made on first use: one connection of its own)."""
+    reader = getattr(app_state, name, None)
+    if reader is None:
+        reader = generations.Reader(engine)
+        setattr(app_state, name, reader)
+    return reader
+
+
 class ReadTarget:
     """Where one request's reads go: chosen once, and moved from the standby to the primary only, never back.
 
@@ -77,47 +98,32 @@ class ReadTarget:
             self.router.failed(exc)
         self.where = "primary"
 
-    @contextmanager
-    def session(self, settings: dict[str, str]) -> Iterator[Session]:
-        """Open a session on the chosen server (connected at once, so a standby gone is seen here)."""
-        if self.where == "standby":
-            standby: sessionmaker[Session] = self.state.read_sessions
-            session = standby()
-            try:
-                state(session, settings)
-                session.connection()  # begins, and states SETTINGS: a refused connection shows now
-            except OperationalError as exc:
-                session.close()
-                self.fail(exc)
-            except BaseException:
-                session.close()
-                raise
-            else:
-                with session:
-                    yield session
-                return
-        primary: sessionmaker[Session] = self.state.sessions
-        with primary() as session:
+    def open_standby(self, settings: dict[str, str]) -> Session | None:
+        """Return a session on the standby, connected (a standby gone shows here), or None to read the primary."""
+        if self.where != "standby":
+            return None
+        factory: sessionmaker[Session] = self.state.read_sessions
+        session = factory()
+        try:
             state(session, settings)
-            yield session
+            session.connection()  # begins, and states SETTINGS
+        except OperationalError as exc:
+            session.close()
+            self.fail(exc)
+            return None
+        except BaseException:
+            session.close()
+            raise
+        return session
 
-    def generation(self, layer_id: str) -> int:
-        """Return LAYER_ID's generation as the chosen server has it."""
+    def generation(self, layer_id: str, primary: Callable[[str], int]) -> int:
+        """Return LAYER_ID's generation as the chosen server has it (PRIMARY reads the primary's)."""
         if self.where == "standby":
             try:
                 return _reader(self.state, "read_generations", self.state.read_engine)(layer_id)
             except OperationalError as exc:
                 self.fail(exc)
-        return _reader(self.state, "generations", self.state.engine)(layer_id)
-
-
-def _reader(app_state: object, name: str, engine: object) -> generations.Reader:
-    """Return the app's generation reader NAME on ENGINE (made on first use: one connection of its own)."""
-    reader = getattr(app_state, name, None)
-    if reader is None:
-        reader = generations.Reader(engine)  # type: ignore[arg-type]
-        setattr(app_state, name, reader)
-    return reader
+        return primary(layer_id)
 
 
 def _logs_personal(request: Request, actor: Actor | None) -> bool:
@@ -125,13 +131,14 @@ def _logs_personal(request: Request, actor: Actor | None) -> bool:
     if actor is None or not actor.sees_personal():
         return False
     layer = REGISTRY.get(str(request.path_params.get("layer_id", "")))
-    return layer is None or bool(personal_fields(layer))
+    return layer is not None and bool(personal_fields(layer))
 
 
-def read_target(request: Request, actor: ActorDep) -> ReadTarget:
+async def read_target(request: Request, actor: ActorDep) -> ReadTarget:
     """Return where this request's reads go: the standby unless it is down, lagging, or behind the reader's write.
 
     A reader whose sight of personal fields is recorded reads the primary: the record is a write.
+    Without ``DATABASE_READ_URL``: the primary, at no cost.
     """
     router: ReadRouter | None = getattr(request.app.state, "replica", None)
     if router is None:
@@ -139,7 +146,11 @@ def read_target(request: Request, actor: ActorDep) -> ReadTarget:
     if _logs_personal(request, actor):
         where = router.tally("primary")
     else:
-        where = router.choose(parse_lsn(request.cookies.get(READ_AFTER_COOKIE)))
+        after = parse_lsn(request.cookies.get(READ_AFTER_COOKIE))
+        if router.needs_probe(after):  # a round trip to the standby: off the event loop
+            where = await run_in_threadpool(router.choose, after)
+        else:
+            where = router.choose(after)
     target = ReadTarget(request, router, where)
     request.scope[READ_SCOPE_KEY] = target  # the response says where it was served from
     return target
@@ -148,21 +159,47 @@ def read_target(request: Request, actor: ActorDep) -> ReadTarget:
 ReadTargetDep = Annotated[ReadTarget, Depends(read_target)]
 
 
-def get_read_session(target: ReadTargetDep, actor: ActorDep) -> Iterator[Session]:
-    """Yield a session for a read-only route, on the standby when it may answer (``DATABASE_READ_URL``)."""
-    with target.session(actor_settings(actor)) as session:
+def get_read_session(target: ReadTargetDep, actor: ActorDep, primary: SessionDep) -> Iterator[Session]:
+    """Yield a session for a read-only route: the standby's when it may answer (``DATABASE_READ_URL``), else PRIMARY.
+
+    The primary's session costs nothing unless used: it connects on its first statement.
+    """
+    session = target.open_standby(actor_settings(actor))
+    if session is None:
+        yield primary
+        return
+    with session:
         yield session
 
 
-async def get_read_sessions(target: ReadTargetDep, actor: ActorDep) -> Callable[[], AbstractContextManager[Session]]:
+async def get_read_sessions(
+    target: ReadTargetDep, actor: ActorDep, primary: SessionsDep
+) -> Callable[[], AbstractContextManager[Session]]:
     """Return a factory of read-only sessions (standby or primary, as ``get_read_session``) for a worker thread."""
+    if target.router is None:
+        return primary
     settings = actor_settings(actor)
-    return lambda: target.session(settings)
+
+    @contextmanager
+    def opened() -> Iterator[Session]:
+        session = target.open_standby(settings)
+        if session is None:
+            with primary() as session:
+                yield session
+            return
+        with session:
+            yield session
+
+    return opened
 
 
-async def read_generations(target: ReadTargetDep) -> Callable[[str], int]:
+async def read_generations(
+    target: ReadTargetDep, primary: Annotated[Callable[[str], int], Depends(generation_reader)]
+) -> Callable[[str], int]:
     """Return the reader of layer generations on the server this request's reads go to."""
-    return target.generation
+    if target.router is None:
+        return primary
+    return functools.partial(target.generation, primary=primary)
 
 
 def layer_from_path(layer_id: str) -> Layer:
@@ -170,9 +207,7 @@ def layer_from_path(layer_id: str) -> Layer:
     return layer_or_404(layer_id)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
 LayerDep = Annotated[Layer, Depends(layer_from_path)]
-SessionsDep = Annotated[Callable[[], AbstractContextManager[Session]], Depends(get_sessions)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 """A session for a route that only reads: the standby's when it may answer, else the primary's."""
 ReadSessionsDep = Annotated[Callable[[], AbstractContextManager[Session]], Depends(get_read_sessions)]

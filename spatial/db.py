@@ -160,6 +160,15 @@ class ReadRouter:
         self._lock = threading.Lock()
         self._held: list[Any] = []
 
+    def needs_probe(self, after: int | None = None) -> bool:
+        """Tell whether ``choose(AFTER)`` would ask the standby first (a round trip, or a connect timeout)."""
+        now = time.monotonic()
+        if now < self.down_until:
+            return False
+        state = self.state
+        behind = after is not None and state.replayed < after and now - state.at > self.recheck_s
+        return now - state.at > self.fresh_s or behind
+
     def choose(self, after: int | None = None) -> str:
         """Return ``"standby"`` or ``"primary"``: where a read that must see WAL position AFTER may go."""
         now = time.monotonic()
