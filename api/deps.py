@@ -7,7 +7,7 @@ each of its transactions: PostgreSQL's row-level security keeps it inside the us
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated, Any
 
@@ -159,17 +159,21 @@ async def read_target(request: Request, actor: ActorDep) -> ReadTarget:
 ReadTargetDep = Annotated[ReadTarget, Depends(read_target)]
 
 
-def get_read_session(target: ReadTargetDep, actor: ActorDep, primary: SessionDep) -> Iterator[Session]:
+async def get_read_session(target: ReadTargetDep, actor: ActorDep, primary: SessionDep) -> AsyncIterator[Session]:
     """Yield a session for a read-only route: the standby's when it may answer (``DATABASE_READ_URL``), else PRIMARY.
 
     The primary's session costs nothing unless used: it connects on its first statement.
     """
-    session = target.open_standby(actor_settings(actor))
+    session = None
+    if target.where == "standby":
+        session = await run_in_threadpool(target.open_standby, actor_settings(actor))
     if session is None:
         yield primary
         return
-    with session:
+    try:
         yield session
+    finally:
+        await run_in_threadpool(session.close)
 
 
 async def get_read_sessions(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import threading
@@ -134,7 +135,10 @@ class ReadRouter:
     primary; a failure keeps reads off the standby for ``retry_s`` and is logged once for
     that interval. The state comes from one query on a connection of the router's own
     (autocommit, outside the pool), repeated at most every ``fresh_s`` (or sooner for a
-    writer whose write the standby had not yet replayed).
+    writer whose write the standby had not yet replayed). The lag is the standby's own
+    (received but not replayed), or the age of the oldest write this process saw committed
+    that it has not replayed: a standby cut off from the primary receives nothing and
+    reports no lag of its own.
     """
 
     def __init__(
@@ -157,6 +161,8 @@ class ReadRouter:
         self.down_until = 0.0
         self.served = {"standby": 0, "primary": 0}
         self._warned_until = 0.0
+        self._written: collections.deque[tuple[int, float]] = collections.deque(maxlen=1000)
+        """WAL positions of this process's writes (and when) the standby had not replayed at the last probe."""
         self._lock = threading.Lock()
         self._held: list[Any] = []
 
@@ -209,7 +215,12 @@ class ReadRouter:
                     RuntimeError("DATABASE_READ_URL is not a standby in recovery (promoted, or the primary itself)")
                 )
                 return self.state
-            self.state = StandbyState(time.monotonic(), True, parse_lsn(replayed) or 0, float(lag or 0))
+            now = time.monotonic()
+            done = parse_lsn(replayed) or 0
+            while self._written and self._written[0][0] <= done:
+                self._written.popleft()
+            waited = now - self._written[0][1] if self._written else 0.0  # a receiver cut off reports no lag
+            self.state = StandbyState(now, True, done, max(float(lag or 0), waited))
             if not was_up:
                 log.info("只读副本可用 read standby up, replayed to %s", replayed)
             if self.state.lag_s > self.max_lag_s:
@@ -253,7 +264,9 @@ class ReadRouter:
     def primary_lsn(self) -> str:
         """Return the primary's current WAL position (after a write: what the writer's reads must see)."""
         with self.primary.connect() as conn:
-            return str(conn.exec_driver_sql("SELECT pg_current_wal_lsn()::text").scalar_one())
+            lsn = str(conn.exec_driver_sql("SELECT pg_current_wal_lsn()::text").scalar_one())
+        self._written.append((parse_lsn(lsn) or 0, time.monotonic()))
+        return lsn
 
     def close(self) -> None:
         """Close the router's own connection."""

@@ -8,6 +8,7 @@ process with DATABASE_URL on the primary and DATABASE_READ_URL on the standby. T
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -22,15 +23,21 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import make_url
+from sqlalchemy.engine import Engine
 
+from api.main import create_app
 from spatial import localpg
-from spatial.settings import OWNER_ROLE, LocalPgSettings
+from spatial.db import make_engine
+from spatial.settings import OWNER_ROLE, DbSettings, LocalPgSettings
 from tests.accounts import bearer, tokens_for
 from tests.browser import free_port
 from tests.samples import sample
 
 GUATU = str(Path(sys.executable).parent / "guatu")
 WRITER, READER = "surveyor9", "viewer"
+ROUTED = ("/api/layers/parcels/stats", "/api/layers/parcels/features", "/tiles/parcels/15/27341/12846.pbf")
 """The writer works in the samples' community; the reader sees the whole street around it."""
 
 
@@ -196,3 +203,41 @@ def test_reads_go_to_the_standby_writers_read_their_writes_and_a_standby_gone_is
     with _admin(primary) as conn:
         row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     assert row == (False,)
+
+
+def test_the_standby_url_names_the_server_and_keeps_the_app_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standby is a physical copy: guatu logs in there as on the primary, whoever DATABASE_READ_URL names."""
+    monkeypatch.setenv("DATABASE_READ_URL", "postgres://someone:else@10.0.0.12:5433/guatu?sslmode=require")
+    settings = DbSettings()
+    app, standby = make_url(settings.url()), make_url(settings.read_url() or "")
+    assert (standby.host, standby.port, standby.database) == ("10.0.0.12", 5433, "guatu")
+    assert (standby.username, standby.password) == (app.username, app.password)
+    assert standby.query == {"sslmode": "require"}
+    monkeypatch.delenv("DATABASE_READ_URL")
+    assert DbSettings().read_url() is None
+
+
+def test_a_standby_nobody_answers_sends_reads_to_the_primary_with_one_warning(
+    engine: Engine, tokens: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listens where DATABASE_READ_URL points: every read is the primary's, no 500, one warning."""
+    nowhere = engine.url.set(port=free_port()).render_as_string(hide_password=False)
+    standby = make_engine(url=nowhere, connect_timeout=2)
+    app = create_app(engine=engine, read_engine=standby)
+    with (
+        caplog.at_level(logging.WARNING, "guatu.replica"),
+        TestClient(app, raise_server_exceptions=False, headers=bearer(tokens[READER])) as client,
+    ):
+        for _ in range(3):
+            for path in (
+                "/api/layers/parcels/stats",
+                "/api/layers/parcels/features",
+                "/tiles/parcels/15/27341/12846.pbf",
+            ):
+                answer = client.get(path)
+                assert answer.status_code in (200, 204), answer.text
+                assert answer.headers["X-Guatu-Read"] == "primary"
+        assert "X-Guatu-Read" not in client.get("/api/layers").headers  # a route not routed says nothing
+    said = [r.getMessage() for r in caplog.records if "read standby unavailable" in r.getMessage()]
+    assert len(said) == 1, said
+    standby.dispose()
