@@ -91,6 +91,8 @@ class ReadTarget:
         self.state = request.app.state
         self.router = router
         self.where = where
+        self.opened = False
+        """Whether a standby session was opened: its rows must then never be labelled by the primary's generation."""
 
     def fail(self, exc: BaseException) -> None:
         """Send this request's remaining reads, and everyone's for the back-off, to the primary."""
@@ -114,6 +116,7 @@ class ReadTarget:
         except BaseException:
             session.close()
             raise
+        self.opened = True
         return session
 
     def generation(self, layer_id: str, primary: Callable[[str], int]) -> int:
@@ -123,6 +126,8 @@ class ReadTarget:
                 return _reader(self.state, "read_generations", self.state.read_engine)(layer_id)
             except OperationalError as exc:
                 self.fail(exc)
+                if self.opened:  # rows read on the standby with the primary's (newer) label: never
+                    raise
         return primary(layer_id)
 
 
