@@ -129,6 +129,11 @@ def _tile_of(lon: float, lat: float, z: int) -> tuple[int, int, int]:
     return z, x, y
 
 
+def _generation(tile: httpx.Response) -> int:
+    """Return the layer generation a tile's ETag carries (``"<generation>-<hash>"``)."""
+    return int(tile.headers["ETag"].removeprefix("W/").strip('"').split("-")[0])
+
+
 def _until(what: str, check: Any, seconds: float = 30) -> Any:
     deadline = time.monotonic() + seconds
     while True:
@@ -154,11 +159,18 @@ def test_reads_go_to_the_standby_writers_read_their_writes_and_a_standby_gone_is
     first = reader.get(features)
     assert first.status_code == 200 and first.headers["X-Guatu-Read"] == "standby", first.text
 
+    parcel = sample("parcels")
+    ring = parcel["geometry"]["coordinates"][0]
+    lon, lat = sum(p[0] for p in ring[:-1]) / (len(ring) - 1), sum(p[1] for p in ring[:-1]) / (len(ring) - 1)
+    z, x, y = _tile_of(lon, lat, 15)
+    tile_path = f"/tiles/parcels/{z}/{x}/{y}.pbf"
+    empty = reader.get(tile_path)
+    assert empty.status_code == 204 and empty.headers["X-Guatu-Read"] == "standby"
+
     # replay paused: what the writer writes now is on the primary only
     with _admin(standby) as conn:
         conn.execute("SELECT pg_wal_replay_pause()")
     try:
-        parcel = sample("parcels")
         created = writer.post(features, json=parcel)
         assert created.status_code == 201, created.text
         fid = created.json()["id"]
@@ -168,6 +180,15 @@ def test_reads_go_to_the_standby_writers_read_their_writes_and_a_standby_gone_is
         assert own.status_code == 200 and own.headers["X-Guatu-Read"] == "primary", own.text
         other = reader.get(f"{features}/{fid}")  # another user reads the standby, not yet there
         assert other.status_code == 404 and other.headers["X-Guatu-Read"] == "standby", other.text
+
+        # tiles: the writer's is rendered on the primary at the new generation; the lagging standby's
+        # old tile keeps its own, older generation and is never cached or served under the new one
+        new = writer.get(tile_path)
+        assert new.status_code == 200 and new.content and new.headers["X-Guatu-Read"] == "primary"
+        for _ in range(2):  # the second from the cache, if anything was cached
+            old = reader.get(tile_path)
+            assert old.status_code == 204 and old.headers["X-Guatu-Read"] == "standby", old.status_code
+            assert _generation(old) < _generation(new), (old.headers["ETag"], new.headers["ETag"])
     finally:
         with _admin(standby) as conn:
             conn.execute("SELECT pg_wal_replay_resume()")
@@ -178,11 +199,9 @@ def test_reads_go_to_the_standby_writers_read_their_writes_and_a_standby_gone_is
     _until(
         "the writer back on the standby", lambda: writer.get(f"{features}/{fid}").headers["X-Guatu-Read"] == "standby"
     )
-    ring = parcel["geometry"]["coordinates"][0]
-    lon, lat = sum(p[0] for p in ring[:-1]) / (len(ring) - 1), sum(p[1] for p in ring[:-1]) / (len(ring) - 1)
-    z, x, y = _tile_of(lon, lat, 15)
-    tile = reader.get(f"/tiles/parcels/{z}/{x}/{y}.pbf")
+    tile = reader.get(tile_path)
     assert tile.status_code == 200 and tile.content and tile.headers["X-Guatu-Read"] == "standby"
+    assert _generation(tile) == _generation(new) and tile.content == new.content
     stats = reader.get("/api/layers/parcels/stats")
     assert stats.status_code == 200 and stats.headers["X-Guatu-Read"] == "standby", stats.text
     assert "read standby unavailable" not in log.read_text()
@@ -192,7 +211,7 @@ def test_reads_go_to_the_standby_writers_read_their_writes_and_a_standby_gone_is
     for _ in range(3):
         again = reader.get(f"{features}/{fid}")
         assert again.status_code == 200 and again.headers["X-Guatu-Read"] == "primary", again.text
-        tile = reader.get(f"/tiles/parcels/{z}/{x}/{y}.pbf")
+        tile = reader.get(tile_path)
         assert tile.status_code == 200 and tile.content and tile.headers["X-Guatu-Read"] == "primary"
         listed = reader.get(features)
         assert listed.status_code == 200 and fid in [f["id"] for f in listed.json()["features"]]
