@@ -264,7 +264,7 @@ class ReadRouter:
     def primary_lsn(self) -> str:
         """Return the primary's current WAL position (after a write: what the writer's reads must see)."""
         with self.primary.connect() as conn:
-            lsn = str(conn.exec_driver_sql("SELECT pg_current_wal_lsn()::text").scalar_one())
+            lsn = str(conn.exec_driver_sql("SELECT pg_current_wal_flush_lsn()::text").scalar_one())
         self._written.append((parse_lsn(lsn) or 0, time.monotonic()))
         return lsn
 
