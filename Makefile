@@ -133,6 +133,7 @@ bench: system system-test database ## benchmarks in bench/ (guatu beside its pee
 	$(BIN)/python bench/workers.py --rounds $${BENCH_WORKERS_ROUNDS:-2}
 	$(BIN)/python bench/hostile_inputs.py
 	$(BIN)/python bench/soak.py --minutes $${BENCH_SOAK_MINUTES:-10}
+	$(BIN)/python bench/replica.py --parcels $${BENCH_REPLICA_PARCELS:-100000}
 
 stop: venv ## stop the local PostGIS
 	$(BIN)/guatu db stop

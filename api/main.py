@@ -12,10 +12,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.auth import LoginLimiter
+from api.deps import READ_AFTER_COOKIE, READ_HEADER, READ_SCOPE_KEY
 from api.guards import RefuseNul
 from api.routes import (
     accounts,
@@ -43,8 +47,9 @@ from api.security import CsrfGuard, SecurityHeaders, TrustedHosts
 from api.settings import ApiSettings
 from api.work import make_lanes, share_lanes, shares_lanes
 from layers.base import REGISTRY
-from spatial.db import make_engine, make_sessionmaker
+from spatial.db import ReadRouter, make_engine, make_read_engine, make_sessionmaker
 from spatial.roles import refuse_superuser
+from spatial.settings import db_settings
 from web import assets
 
 log = logging.getLogger("guatu")
@@ -56,6 +61,50 @@ def _description() -> str:
     zh = "、".join(layer.zh for layer in declared)
     en = ", ".join(layer.en.lower() for layer in declared)
     return f"集体资源一张图：{zh}。One map of collective resources: {en}."
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ReadYourWrites:
+    """With a read standby: say which server answered a read, and keep each writer's reads behind its writes.
+
+    After a request that may have written (any method but GET, HEAD, OPTIONS, answered below
+    400) the primary's WAL position goes back in a cookie; that client's reads go to the
+    standby only once it has replayed past it (``api.deps.read_target``). The cookie travels
+    with the client, so any worker process honours it. It says nothing but a WAL position.
+    """
+
+    def __init__(self, app: ASGIApp, *, secure: bool, max_age: int) -> None:
+        self.app = app
+        self.secure = secure
+        self.max_age = max_age
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; mark the answer's start."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        router: ReadRouter | None = getattr(scope["app"].state, "replica", None)
+        wrote = scope["method"] not in SAFE_METHODS
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start" and router is not None:
+                headers = MutableHeaders(scope=message)
+                target = scope.get(READ_SCOPE_KEY)
+                if target is not None:
+                    headers[READ_HEADER] = target.where
+                if wrote and message["status"] < 400:
+                    try:
+                        lsn = await run_in_threadpool(router.primary_lsn)
+                    except Exception:  # noqa: BLE001 - the write stands; the next reads may lag a little
+                        log.warning("主库 WAL 位置读取失败 could not read the primary's WAL position", exc_info=True)
+                    else:
+                        cookie = f"{READ_AFTER_COOKIE}={lsn}; Max-Age={self.max_age}; Path=/; HttpOnly; SameSite=Lax"
+                        headers.append("set-cookie", cookie + ("; Secure" if self.secure else ""))
+            await send(message)
+
+        await self.app(scope, receive, marked)
 
 
 class GuatuApp(FastAPI):
@@ -87,8 +136,25 @@ class WorkerHeader:
         await self.app(scope, receive, said)
 
 
-def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = None) -> FastAPI:
-    """Return the guatu app; ENGINE defaults to one built from the settings at start-up."""
+def _replica(app: FastAPI, primary: Engine, standby: Engine | None) -> None:
+    """Route read-only work to STANDBY (a hot standby of PRIMARY) when there is one."""
+    app.state.read_engine = standby
+    if standby is None:
+        app.state.replica = None
+        return
+    db = db_settings()
+    app.state.read_sessions = make_sessionmaker(standby)
+    app.state.replica = ReadRouter(primary, standby, max_lag_s=db.read_max_lag_s, retry_s=db.read_retry_s)
+
+
+def create_app(
+    settings: ApiSettings | None = None, *, engine: Engine | None = None, read_engine: Engine | None = None
+) -> FastAPI:
+    """Return the guatu app; ENGINE defaults to one built from the settings at start-up.
+
+    READ_ENGINE (a hot standby's; by default one from ``DATABASE_READ_URL`` when the app
+    builds its own engine) takes the read-only routes' work.
+    """
     settings = settings or ApiSettings()
 
     @asynccontextmanager
@@ -100,6 +166,15 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
         app.state.engine = bound
         app.state.sessions = make_sessionmaker(bound)
         shared = share_lanes(app.state.lanes, bound) if shares_lanes(settings) else None
+        standby = read_engine if read_engine is not None or not own else make_read_engine()
+        if standby is not None and read_engine is None:
+            try:
+                refuse_superuser(standby)  # the same rule on the standby
+            except OperationalError as exc:  # down now: the reads go to the primary until it answers
+                log.warning("只读副本暂不可达 read standby not reachable at start: %s", exc.orig)
+        _replica(app, bound, standby)
+        if standby is not None:
+            log.info("只读副本 read standby: %s", standby.url.render_as_string(hide_password=True))
         missing = assets.missing_assets()
         if missing:
             log.warning(
@@ -113,8 +188,12 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
             each.close()
         if shared is not None:
             shared.close()
+        if app.state.replica is not None:
+            app.state.replica.close()
         if own:
             bound.dispose()
+            if standby is not None:
+                standby.dispose()
 
     app = GuatuApp(
         title="guatu 挂图 API",
@@ -134,12 +213,15 @@ def create_app(settings: ApiSettings | None = None, *, engine: Engine | None = N
     if engine is not None:  # tests hand in their engine; make it usable without lifespan too
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
+        _replica(app, engine, read_engine)
     errors.install(app)
     app.add_middleware(CsrfGuard, public_url=settings.public_url)  # the last added runs first
     app.add_middleware(RefuseNul)
     app.add_middleware(TrustedHosts, hosts=settings.host_names())
     if settings.worker_header:
         app.add_middleware(WorkerHeader)
+    lag = db_settings().read_max_lag_s
+    app.add_middleware(ReadYourWrites, secure=settings.secure_cookies, max_age=int(max(60, 4 * lag)))
     app.include_router(health.router)
     app.include_router(layers.router)
     app.include_router(features.router)

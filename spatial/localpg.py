@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 
 from spatial import roles
-from spatial.settings import DEFAULT_PORT, LocalPgSettings
+from spatial.settings import APP_ROLE, DEFAULT_PORT, OWNER_ROLE, LocalPgSettings
 
 SERVER_USER = "postgres"
 
@@ -192,3 +193,98 @@ def stop(settings: LocalPgSettings | None = None) -> None:
     running = serving_data_dir(settings)
     if running and Path(running).resolve() == pgdata.resolve():
         _run([str(settings.bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"])
+
+
+REPLICATION_ROLE = "guatu_replicator"
+"""The role a standby streams the primary's WAL as: REPLICATION and LOGIN, nothing else."""
+
+
+def make_standby(primary: LocalPgSettings, standby: LocalPgSettings) -> Path:
+    """Make STANDBY a streaming-replication hot standby of the running local cluster PRIMARY, and start it.
+
+    `pg_basebackup -R` copies the primary and writes `standby.signal` and `primary_conninfo`;
+    the standby logs in as `guatu_replicator` (password in a 0600 passfile of the postgres user's)
+    over the `host replication` line initdb writes into pg_hba.conf. Being a physical copy, it
+    has the same roles with the same passwords: their files are copied beside STANDBY's folder.
+    PostgreSQL's defaults already stream (wal_level replica, max_wal_senders 10). Return its folder.
+    """
+    source = data_dir(primary)
+    folder = data_dir(standby)
+    pgdata = folder / "data"
+    if (pgdata / "PG_VERSION").exists():
+        raise RuntimeError(f"{pgdata} exists already: a standby is made once")
+    secret = secrets.token_urlsafe(24)
+    with psycopg.connect(
+        host=primary.host,
+        port=primary.resolved_port(),
+        user=primary.user,
+        password=primary.password(),
+        dbname="postgres",
+        autocommit=True,
+        connect_timeout=10,
+    ) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPLICATION_ROLE,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(
+            psycopg.sql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
+                psycopg.sql.SQL(verb), psycopg.sql.Identifier(REPLICATION_ROLE), psycopg.sql.Literal(secret)
+            )
+        )
+    _make_dir_for_postgres(folder)
+    run_dir = folder / "run"
+    _make_dir_for_postgres(run_dir)
+    passfile = folder / "replication.pgpass"
+    line = f"{primary.host}:{primary.resolved_port()}:*:{REPLICATION_ROLE}:{secret}\n"
+    _run(["sh", "-c", f"umask 077 && cat > '{passfile}'"], stdin=line)
+    _run(
+        [
+            "env",
+            f"PGPASSFILE={passfile}",
+            str(primary.bin_dir / "pg_basebackup"),
+            "-h",
+            primary.host,
+            "-p",
+            str(primary.resolved_port()),
+            "-U",
+            REPLICATION_ROLE,
+            "-D",
+            str(pgdata),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-w",
+        ],
+        quiet=True,
+    )
+    for role in ("", f".{OWNER_ROLE}", f".{APP_ROLE}"):
+        given = primary.data_dir.with_name(primary.data_dir.name + role + ".password")
+        if given.exists():
+            copy = standby.data_dir.with_name(standby.data_dir.name + role + ".password")
+            copy.write_text(given.read_text())
+            copy.chmod(0o600)
+    port = standby.resolved_port()
+    standby.port_file.write_text(f"{port}\n")
+    _run(
+        [
+            str(standby.bin_dir / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-l",
+            str(folder / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            _server_options(standby, run_dir) + " -c hot_standby=on -c hot_standby_feedback=on",
+            "start",
+        ],
+        quiet=True,
+    )
+    deadline = time.monotonic() + 30
+    while not is_running(standby):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"standby did not start; see {folder / 'server.log'} (primary's: {source})")
+        time.sleep(0.2)
+    return folder

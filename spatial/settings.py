@@ -99,6 +99,16 @@ class DbSettings(BaseSettings):
     pool_timeout_s: float = 10
     """How long a request waits for a free connection before it is answered 503 busy."""
     statement_timeout_ms: int = 30_000
+    database_read_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_READ_URL", "GUATU_DATABASE_READ_URL")
+    )
+    """A streaming-replication hot standby of the primary: read-only work goes there (docs/deploy.md)."""
+    read_max_lag_s: float = 30
+    """A standby further behind than this is skipped: reads go to the primary."""
+    read_retry_s: float = 30
+    """After the standby failed, reads go to the primary this long before it is tried again."""
+    read_connect_timeout_s: int = 3
+    """How long a connection to the standby may take before it counts as down."""
 
     @property
     def external(self) -> bool:
@@ -123,6 +133,23 @@ class DbSettings(BaseSettings):
         if self.provisions_roles():
             return self._role_url(APP_ROLE, database)
         return self.admin_url(database)
+
+    def read_url(self, database: str | None = None) -> str | None:
+        """Return the URL of the standby as the app's role, or None when DATABASE_READ_URL is not set.
+
+        The standby is a physical copy of the primary: the same roles with the same passwords.
+        When guatu runs as its own roles, DATABASE_READ_URL gives the server (host, port, database,
+        options) and the app logs in there as it does on the primary; a non-superuser
+        DATABASE_URL's role is used as given, so DATABASE_READ_URL is used as given too.
+        """
+        if not self.database_read_url:
+            return None
+        given = make_url(_with_database(normalise_url(self.database_read_url), database))
+        if not self.provisions_roles():
+            return given.render_as_string(hide_password=False)
+        app = make_url(self.url(database))
+        standby = app.set(host=given.host, port=given.port, database=given.database or app.database, query=given.query)
+        return standby.render_as_string(hide_password=False)
 
     def owner_url(self, database: str | None = None) -> str:
         """Return the URL migrations run with: GUATU_OWNER_DATABASE_URL, else guatu_owner, else DATABASE_URL."""

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from starlette.types import Message, Receive, Scope, Send
 
 from api.auth import ActorDep, rule
-from api.deps import LayerDep, SessionsDep
+from api.deps import LayerDep, ReadSessionsDep
 from api.routes.stats import FILTER_HELP, FilterDep
 from api.work import client_of, heavy, lane
 from layers.access import Actor, personal_fields
@@ -232,7 +232,7 @@ def _route(fmt: str) -> None:
 
     async def export_layer(
         layer: LayerDep,
-        sessions: SessionsDep,
+        sessions: ReadSessionsDep,
         actor: ActorDep,
         flt: FilterDep,
         request: Request,

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from api.auth import ActorDep, SignedInDep, rule
-from api.deps import LayerDep, SessionDep
+from api.deps import LayerDep, ReadSessionDep, SessionDep
 from api.routes.stats import FILTER_HELP, FilterDep
 from layers import changes, features
 from layers.access import Actor, personal_fields
@@ -125,7 +125,7 @@ def _log_personal(session: Session, layer: Layer, actor: Actor | None, ids: list
 )
 def list_features(
     layer: LayerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     flt: FilterDep,
     actor: ActorDep,
     request: Request,
@@ -188,7 +188,7 @@ async def check_feature(layer: LayerDep, session: SessionDep, actor: SignedInDep
 
 @router.get("/{fid}", summary="读取要素 Read a feature", response_class=GeoJSONResponse, **rule("user"))
 def get_feature(
-    layer: LayerDep, session: SessionDep, fid: FeatureId, actor: ActorDep, request: Request
+    layer: LayerDep, session: ReadSessionDep, fid: FeatureId, actor: ActorDep, request: Request
 ) -> GeoJSONResponse:
     """Return one feature; its ETag is its version (send it back as If-Match to change it)."""
     found = features.get_feature(session, layer, fid)
@@ -262,7 +262,7 @@ def delete_feature(
 
 
 @router.get("/{fid}/history", summary="修改历史 A feature's history", **rule("user"))
-def feature_history(layer: LayerDep, session: SessionDep, fid: FeatureId, actor: ActorDep) -> dict[str, Any]:
+def feature_history(layer: LayerDep, session: ReadSessionDep, fid: FeatureId, actor: ActorDep) -> dict[str, Any]:
     """Return every change of the feature, newest first: who, when, why, and the versions before and after."""
     try:
         current: dict[str, Any] | None = features.get_feature(session, layer, fid)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import ActorDep, SignedInDep, rule
-from api.deps import LayerDep, SessionDep
+from api.deps import LayerDep, ReadSessionDep, SessionDep
 from api.routes.features import _log_personal
 from api.routes.stats import FILTER_HELP, FilterDep
 from api.security import NONCE_STATE, with_nonce
@@ -35,7 +35,7 @@ SORT_HELP = "排序字段 a declared field, area_m2/area_mu, updated_at or id (t
 )
 def ledger_rows(
     layer: LayerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     flt: FilterDep,
     actor: ActorDep,
     request: Request,
@@ -70,7 +70,7 @@ def ledger_rows(
 )
 def ledger_count(
     layer: LayerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     flt: FilterDep,
     bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (the map's view)")] = None,
     size: Annotated[int, Query(ge=1, le=ledger.MAX_SIZE, description="每页行数 rows per page")] = ledger.DEFAULT_SIZE,

@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import ActorDep, SignedInDep, rule
-from api.deps import LayerDep, SessionDep
+from api.deps import LayerDep, ReadGenerationsDep, ReadSessionDep, SessionDep
 from api.routes.features import FEATURE_BODY, GEOJSON, JSON_TYPES, _commit, _log_personal, _read_feature
-from api.routes.tiles import GenerationsDep, extent_of, tile_cache
+from api.routes.tiles import extent_of, tile_cache
 from api.work import heavy, lane
 from layers import features, ogc
 from layers.access import Actor
@@ -130,7 +130,7 @@ def _collection(
 
 
 @router.get("/collections", summary="集合列表 Collections", **rule("user"))
-def collections(request: Request, session: SessionDep, read: GenerationsDep, actor: ActorDep) -> Response:
+def collections(request: Request, session: ReadSessionDep, read: ReadGenerationsDep, actor: ActorDep) -> Response:
     """Return every layer as a collection: titles, extent (of what the user may see), CRS and links."""
     base = _base(request)
     found = [_collection(request, session, layer, read, actor) for layer in ogc.collections_in_order()]
@@ -140,7 +140,7 @@ def collections(request: Request, session: SessionDep, read: GenerationsDep, act
 
 @router.get("/collections/{layer_id}", summary="集合 A collection", **rule("user"))
 def one_collection(
-    layer: LayerDep, request: Request, session: SessionDep, read: GenerationsDep, actor: ActorDep
+    layer: LayerDep, request: Request, session: ReadSessionDep, read: ReadGenerationsDep, actor: ActorDep
 ) -> Response:
     """Return one layer as a collection."""
     return _json(_collection(request, session, layer, read, actor))
@@ -194,7 +194,7 @@ def _link(base: str, rel: str, params: dict[str, str], title: str) -> dict[str, 
     ),
     **rule("user"),
 )
-async def items(layer: LayerDep, request: Request, session: SessionDep, actor: ActorDep) -> Response:
+async def items(layer: LayerDep, request: Request, session: ReadSessionDep, actor: ActorDep) -> Response:
     """Return a page of the layer's features as GeoJSON, with paging links and the count matched.
 
     The parameters are read and the filter translated first (a bad one is refused at once);
@@ -248,7 +248,7 @@ async def items(layer: LayerDep, request: Request, session: SessionDep, actor: A
 
 @router.get("/collections/{layer_id}/items/{fid}", summary="要素 A feature", response_class=Response, **rule("user"))
 def item(
-    layer: LayerDep, fid: FeatureId, request: Request, session: SessionDep, actor: ActorDep, crs: str | None = None
+    layer: LayerDep, fid: FeatureId, request: Request, session: ReadSessionDep, actor: ActorDep, crs: str | None = None
 ) -> Response:
     """Return one feature; its ETag is its version (send it back as If-Match to change it)."""
     out = ogc.parse_crs_uri(crs, "crs")

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import ActorDep, rule
-from api.deps import LayerDep, SessionDep
+from api.deps import LayerDep, ReadGenerationsDep, ReadSessionDep
 from api.routes import tiles
 from layers import ogc_tiles
 from layers.ogc_tiles import TILES_CONFORMANCE, tiles_links
@@ -66,8 +66,8 @@ def collection_tilesets(layer: LayerDep, request: Request) -> JSONResponse:
 def collection_tileset(
     layer: LayerDep,
     tms_id: str,
-    session: SessionDep,
-    read: tiles.GenerationsDep,
+    session: ReadSessionDep,
+    read: ReadGenerationsDep,
     request: Request,
     actor: ActorDep,
 ) -> JSONResponse:

@@ -17,7 +17,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from api.auth import rule
-from api.deps import SessionsDep
+from api.deps import ReadSessionsDep
 from api.routes.stats import FilterDep
 from api.work import heavy, lane
 from layers import cockpit
@@ -98,7 +98,7 @@ def _narrowing(request: Request, chosen: list[Layer], plain: Filter) -> dict[str
 
 @router.get("/api/print", summary="挂图导出 Wall map (PDF/PNG)", **rule("print"))
 async def print_map(
-    sessions: SessionsDep,
+    sessions: ReadSessionsDep,
     request: Request,
     flt: FilterDep,
     scope: Annotated[

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.auth import rule
-from api.deps import SessionDep
+from api.deps import ReadSessionDep
 from api.routes.stats import FilterDep
 from layers.features import layer_or_404
 from layers.search import search
@@ -17,7 +17,7 @@ router = APIRouter(tags=["search"])
 
 @router.get("/api/search", summary="搜索 Search by code, name or address", **rule("user"))
 def search_features(
-    session: SessionDep,
+    session: ReadSessionDep,
     flt: FilterDep,
     q: Annotated[str, Query(min_length=1, max_length=60, description="a code (or its start), a name or address")],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,

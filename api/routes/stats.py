@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from api.auth import rule
-from api.deps import LayerDep, SessionDep
+from api.deps import LayerDep, ReadSessionDep
 from layers.features import parse_bbox
 from layers.stats import Filter, filter_description, parse_filter, statistics
 
@@ -38,7 +38,7 @@ FilterDep = Annotated[Filter, Depends(map_filter)]
 @router.get("/api/layers/{layer_id}/stats", summary="统计 Statistics", description=FILTER_HELP, **rule("user"))
 def layer_statistics(
     layer: LayerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     flt: FilterDep,
     bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (the map's view)")] = None,
     by: Annotated[

@@ -22,9 +22,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import ActorDep, rule
-from api.deps import LayerDep, SessionDep, SessionsDep
+from api.deps import LayerDep, ReadGenerationsDep, ReadSessionDep, ReadSessionsDep, generation_reader
 from api.routes.stats import FilterDep
-from layers import generations
 from layers.access import Actor
 from layers.base import Layer
 from layers.features import layer_or_404, layer_summary
@@ -96,15 +95,6 @@ def tile_cache(request: Request) -> TileCache:
         state.tiles = TileCache(getattr(state.settings, "tile_cache_size", 4096))
     cache: TileCache = state.tiles
     return cache
-
-
-async def generation_reader(request: Request) -> Callable[[str], int]:
-    """Return the app's reader of layer generations (created on first use; one connection of its own)."""
-    state = request.app.state
-    if not hasattr(state, "generations"):
-        state.generations = generations.Reader(state.engine)
-    reader: Callable[[str], int] = state.generations
-    return reader
 
 
 GenerationsDep = Annotated[Callable[[str], int], Depends(generation_reader)]
@@ -190,8 +180,8 @@ async def vector_tile(
     x: Annotated[int, Path(ge=0)],
     y: Annotated[int, Path(ge=0)],
     flt: FilterDep,
-    sessions: SessionsDep,
-    read: GenerationsDep,
+    sessions: ReadSessionsDep,
+    read: ReadGenerationsDep,
     actor: ActorDep,
 ) -> Response:
     """Return one tile of the layer: id, code, name and the styled field of each feature.
@@ -223,7 +213,7 @@ def extent_of(
 
 @router.get("/tiles/{layer_id}.json", summary="TileJSON", **rule("user"))
 def layer_tilejson(
-    layer: LayerDep, session: SessionDep, read: GenerationsDep, request: Request, actor: ActorDep
+    layer: LayerDep, session: ReadSessionDep, read: ReadGenerationsDep, request: Request, actor: ActorDep
 ) -> JSONResponse:
     """Return the TileJSON document of LAYER's vector tiles; tile URLs start with GUATU_PUBLIC_URL, never the Host."""
     base = request.app.state.settings.public_url
