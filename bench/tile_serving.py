@@ -71,6 +71,17 @@ ZOOM_SHARES = {12: 4, 13: 8, 14: 16, 15: 20, 16: 20, 17: 18, 18: 14}
 """Percent of the tile list at each zoom: most at street level, where a map is read."""
 SEED = 4490
 CLIENTS = 8
+STORE_MAX_ZOOM = 14
+"""guatu's default: tiles up to z14 are kept in its tile store on disk (GUATU_TILE_STORE_MAX_ZOOM)."""
+CONTENDERS = ("raw", "guatu", "tipg", "guatu-store", "guatu-cached")
+GOALS = (
+    ("sequential", "raw", "p50", 1.3, False),
+    ("sequential", "raw", "p95", 1.1, False),
+    ("concurrent", "tipg", "p50", 1.0, True),
+    ("concurrent", "tipg", "p95", 1.0, True),
+)
+"""Issue 15's goals: (mode, peer, statistic, ratio limit, strictly below): p50 within 1.3x and p95 within
+1.1x of the raw statement one tile at a time; ahead of tipg at p50 and p95 with 8 clients."""
 TIPG_VERSION = "1.6.1"
 TIPG_VENV = ROOT / "bench" / ".venv-tipg"
 USE_STATUS_SHARES = {
@@ -572,16 +583,21 @@ def contenders(url: str, dsn: str, wanted: set[str]) -> Iterator[list[Contender]
         if "raw" in wanted:
             out.append(Contender("raw", "raw ST_AsMVT (psycopg, no HTTP)", lambda: RawClient(dsn)))
         if "guatu" in wanted:
-            env = guatu_env | {"GUATU_TILE_CACHE_SIZE": "0"}
+            env = guatu_env | {"GUATU_TILE_CACHE_SIZE": "0", "GUATU_TILE_STORE_MB": "0"}
             server = Server("guatu (tile cache off)", Path(sys.executable), guatu_app, env, ROOT)
             http("guatu", "guatu /tiles (cache off)", server, guatu_path)
+        if "guatu-store" in wanted:
+            store = {"GUATU_TILE_STORE_DIR": str(Path(empty.name) / "store"), "GUATU_TILE_STORE_MB": "1000"}
+            env = guatu_env | {"GUATU_TILE_CACHE_SIZE": "0"} | store
+            server = Server("guatu (tile store)", Path(sys.executable), guatu_app, env, ROOT)
+            http("guatu-store", f"guatu, tile store z<={STORE_MAX_ZOOM}", server, guatu_path)
         if "tipg" in wanted:
             server = Server("tipg", tipg_python(), ["tipg.main:app"], tipg_env(dsn), Path(empty.name))
             properties = ",".join(["id", *tile_properties(LAYER)])
             path = f"/collections/public.parcels/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}?properties={properties}"
             http("tipg", f"tipg {TIPG_VERSION}", server, path, signed=False)  # tipg has no accounts
         if "guatu-cached" in wanted:
-            env = guatu_env | {"GUATU_TILE_CACHE_SIZE": "4096"}
+            env = guatu_env | {"GUATU_TILE_CACHE_SIZE": "4096", "GUATU_TILE_STORE_MB": "0"}
             server = Server("guatu (tile cache on)", Path(sys.executable), guatu_app, env, ROOT)
             http("guatu-cached", "guatu, cache on (all hits)", server, guatu_path)
         yield out
@@ -647,20 +663,21 @@ def summarise(measured: Measured, tiles: list[Tile]) -> dict[str, Any]:
                 "new_connections": statistics.median(done.sessions for done in passes),
             }
     ratios: dict[str, dict[str, float]] = {}
-    goal: dict[str, dict[str, bool]] = {}
     for mode, row in summary.items():
-        if "guatu" not in row:
-            continue
-        ratios[mode], goal[mode] = {}, {}
-        for peer in ("raw", "tipg"):
-            for stat in ("p50_ms", "p95_ms") if peer in row else ():
-                ratios[mode][f"guatu/{peer} {stat[:3]}"] = round(row["guatu"][stat] / row[peer][stat], 3)
-        if "raw" in row:
-            goal[mode]["p50 within 1.3x of raw"] = row["guatu"]["p50_ms"] <= 1.3 * row["raw"]["p50_ms"]
-        if "tipg" in row:
-            goal[mode]["ahead of tipg at p50 and p95"] = (
-                row["guatu"]["p50_ms"] < row["tipg"]["p50_ms"] and row["guatu"]["p95_ms"] < row["tipg"]["p95_ms"]
-            )
+        ratios[mode] = {}
+        for mine in ("guatu", "guatu-store"):
+            for peer in ("raw", "tipg") if mine in row else ():
+                for stat in ("p50_ms", "p95_ms") if peer in row else ():
+                    ratios[mode][f"{mine}/{peer} {stat[:3]}"] = round(row[mine][stat] / row[peer][stat], 3)
+    goal: list[dict[str, Any]] = []
+    for mode, peer, stat, limit, strict in GOALS:
+        for mine in ("guatu", "guatu-store"):
+            name = f"{mine}/{peer} {stat}"
+            if name in ratios.get(mode, {}):
+                ratio = ratios[mode][name]
+                met = ratio < limit if strict else ratio <= limit
+                goal.append({"mode": mode, "ratio": name, "value": ratio, "goal": f"{'<' if strict else '<='} {limit}"})
+                goal[-1]["met"] = met
     overhead: dict[str, float] = {}
     sequential = measured.passes["sequential"]
     if "raw" in sequential and "guatu" in sequential:
@@ -701,12 +718,12 @@ def main() -> None:
     parser.add_argument("--save-tiles", type=Path, help="also write the tile list here, one z/x/y a line")
     parser.add_argument(
         "--only",
-        default="raw,guatu,tipg,guatu-cached",
-        help="contenders to run, comma-separated (raw, guatu, tipg, guatu-cached)",
+        default=",".join(CONTENDERS),
+        help=f"contenders to run, comma-separated ({', '.join(CONTENDERS)})",
     )
     args = parser.parse_args()
     wanted = {name.strip() for name in args.only.split(",") if name.strip()}
-    unknown = wanted - {"raw", "guatu", "tipg", "guatu-cached"}
+    unknown = wanted - set(CONTENDERS)
     if unknown:
         raise SystemExit(f"unknown contenders: {', '.join(sorted(unknown))}")
 
@@ -803,8 +820,9 @@ def print_report(report: dict[str, Any]) -> None:
     print()
     for mode, ratios in report["ratios"].items():
         print(f"{mode}: " + ", ".join(f"{name} {value:.2f}x" for name, value in ratios.items()))
-    for mode, checks in report["goal"].items():
-        print(f"goal, {mode}: " + ", ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in checks.items()))
+    for check in report["goal"]:
+        verdict = "met" if check["met"] else "goal not met"
+        print(f"goal, {check['mode']}: {check['ratio']} {check['value']:.2f}x (goal {check['goal']}x): {verdict}")
     if report["guatu_minus_raw_ms_by_zoom_sequential"]:
         by_zoom = report["guatu_minus_raw_ms_by_zoom_sequential"]
         print(
