@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -31,6 +32,13 @@ class ApiSettings(BaseSettings):
     """A line shown under the sign-in form (`make run` says where the demo passwords are)."""
     tile_cache_size: int = 4096
     """Vector tiles kept in memory (0: none); a committed write to a layer, by anyone, retires its layer's."""
+    tile_store_dir: Path | None = None
+    """Where the tile store keeps low-zoom vector tiles on disk, shared by every worker process
+    (default: `.tiles` beside the upload archive, GUATU_ARCHIVE_DIR)."""
+    tile_store_mb: Annotated[int, Field(ge=0)] = 1000
+    """The tile store's size cap in MB (0: no tile store); older generations are pruned as writes retire them."""
+    tile_store_max_zoom: Annotated[int, Field(ge=-1, le=22)] = 14
+    """Tiles up to this zoom are kept in the tile store (-1: none)."""
     cockpit_cache_s: Annotated[float, Field(ge=0, le=3600)] = 10
     """The cockpit's figures are computed once per visibility this often, however many screens ask (0: every time)."""
     print_workers: Annotated[int, Field(ge=1, le=32)] = 2

@@ -7,18 +7,28 @@ by id). Tiles outside the layer's extent are answered without asking the databas
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import math
+import os
+import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.orm import Session
 
 from layers.base import Layer
 from layers.stats import Filter, filter_conditions
 from spatial.errors import InvalidInput, NotFound
 from spatial.geometry import STORAGE_SRID
+
+log = logging.getLogger("guatu")
 
 EXTENT = 4096
 BUFFER = 64
@@ -78,9 +88,10 @@ def tile_properties(layer: Layer) -> list[str]:
 
 
 SESSION_SETTINGS = (("max_parallel_workers_per_gather", "0"),)
-"""Set (locally) for every tile query: a tile is a small index scan, and on a few cores a
-parallel plan's workers cost more than they save (bench/tile_serving.py: 47.9 → 24.2 s for
-500 tiles over a million parcels)."""
+"""Set for every tile query: a tile is a small index scan, and on a few cores a parallel
+plan's workers cost more than they save (bench/tile_serving.py: 47.9 → 24.2 s for 500 tiles
+over a million parcels). The tile pool's connections are opened with them (``spatial.pool``);
+a session sets them locally per tile."""
 
 
 def tile_statement(layer: Layer, conditions: Sequence[str] = ()) -> str:
@@ -104,6 +115,25 @@ def tile_statement(layer: Layer, conditions: Sequence[str] = ()) -> str:
     """
 
 
+def tile_query(layer: Layer, conditions: tuple[str, ...] = ()) -> str:
+    """Return ``tile_statement`` as psycopg takes it (``%(name)s`` parameters), made once per layer and filter shape.
+
+    The text is the same for every tile of a layer and filter shape, so a connection prepares
+    it once and each tile only binds its parameters.
+    """
+    key = (layer.id, layer.table, conditions)
+    found = _QUERIES.get(key)
+    if found is None:
+        found = _QUERIES[key] = str(text(tile_statement(layer, conditions)).compile(dialect=_PSYCOPG))
+        while len(_QUERIES) > 256:
+            del _QUERIES[next(iter(_QUERIES))]
+    return found
+
+
+_PSYCOPG = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
+_QUERIES: dict[tuple[str, str, tuple[str, ...]], str] = {}
+
+
 def tile_params(layer: Layer, address: Tile) -> dict[str, Any]:
     """Return the tile's parameters of ``tile_statement``: its address and the buffer in metres."""
     size = 2 * WEB_MERCATOR_HALF / 2**address.z
@@ -118,17 +148,12 @@ def outside(address: Tile, extent: list[float] | None) -> bool:
     return east < extent[0] or west > extent[2] or north < extent[1] or south > extent[3]
 
 
-def render_tile(
-    session: Session, layer: Layer, address: Tile, extent: list[float] | None, flt: Filter | None = None
-) -> bytes:
+def render_tile(session: Session, layer: Layer, address: Tile, flt: Filter | None = None) -> bytes:
     """Return the MVT bytes of LAYER's features under FLT in the tile ADDRESS (empty when nothing is there).
 
     FLT is the map's filter (scope, status, land use, ownership, idle since): what is drawn
-    is what the statistics count. Current versions only, for a versioned layer. A tile
-    outside the layer's EXTENT is answered without asking the database.
+    is what the statistics count. Current versions only, for a versioned layer.
     """
-    if outside(address, extent):
-        return b""
     conditions, params = filter_conditions(layer, flt or Filter())
     for name, value in SESSION_SETTINGS:
         session.execute(text("SELECT set_config(:setting, :value, true)"), {"setting": name, "value": value})
@@ -151,3 +176,130 @@ def tilejson(layer: Layer, base_url: str, extent: list[float] | None) -> dict[st
             {"id": layer.id, "fields": {"id": "编号 id", **fields}, "minzoom": layer.tile_min_zoom, "maxzoom": MAX_ZOOM}
         ],
     }
+
+
+class TileStore:
+    """Tiles of the low zooms kept on disk, one file each, shared by every worker process of the server.
+
+    A tile's file lies under its database (NAMESPACE), layer, generation, and what it shows
+    (VARIANT: the visibility and the filter), ``…/<generation>/<variant>/<z>/<x>/<y>.mvt``: a
+    tile is only ever looked up at the generation just read from the database, so one of an
+    older generation is never served. Files are written whole, under a temporary name, and
+    renamed into place (atomic: concurrent writers of one tile leave one whole file). Older
+    generations of a layer are moved aside and deleted once a newer one is seen. Writing stops
+    while the store holds MAX_BYTES (a soft cap: each process counts its own writes on top of
+    what it found at start); pruning old generations makes room again.
+    """
+
+    DIGEST = 20
+    """Hex digits of the tile's SHA-1 kept before its bytes (the ETag's)."""
+
+    def __init__(self, root: Path, max_bytes: int, max_zoom: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.max_zoom = max_zoom
+        self.used = 0
+        self._lock = threading.Lock()
+        self._warned = False
+        threading.Thread(target=self._measure, name="tile-store-size", daemon=True).start()
+
+    def _measure(self) -> None:
+        found = _size_of(self.root)
+        with self._lock:
+            self.used += found
+
+    def keeps(self, address: Tile) -> bool:
+        """Return whether tiles at ADDRESS's zoom are kept here."""
+        return address.z <= self.max_zoom
+
+    def path(self, namespace: str, layer_id: str, generation: int, variant: str, address: Tile) -> Path:
+        """Return the file of a tile."""
+        return (
+            self.root
+            / namespace
+            / layer_id
+            / str(generation)
+            / variant
+            / str(address.z)
+            / str(address.x)
+            / f"{address.y}.mvt"
+        )
+
+    def get(
+        self, namespace: str, layer_id: str, generation: int, variant: str, address: Tile
+    ) -> tuple[bytes, str] | None:
+        """Return the stored (bytes, digest) of a tile made at GENERATION, or None."""
+        try:
+            raw = self.path(namespace, layer_id, generation, variant, address).read_bytes()
+        except OSError:
+            return None
+        if len(raw) < self.DIGEST:
+            return None
+        return raw[self.DIGEST :], raw[: self.DIGEST].decode("ascii", "replace")
+
+    def put(
+        self, namespace: str, layer_id: str, generation: int, variant: str, address: Tile, data: bytes, digest: str
+    ) -> None:
+        """Keep a tile made at GENERATION (nothing when the store is full or the zoom is not kept)."""
+        if not self.keeps(address) or len(digest) != self.DIGEST:
+            return
+        with self._lock:
+            if self.max_bytes and self.used + len(data) > self.max_bytes:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("瓦片存储已满 tile store full (%s bytes in %s): no more kept", self.used, self.root)
+                return
+            self.used += len(data) + self.DIGEST
+        target = self.path(namespace, layer_id, generation, variant, address)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(temporary, "wb") as out:
+                out.write(digest.encode("ascii") + data)
+            os.replace(temporary, target)
+        except OSError as exc:  # a full disk, a generation pruned meanwhile: the tile is just not kept
+            log.debug("tile not stored: %s", exc)
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+    def retire(self, namespace: str, layer_id: str, generation: int) -> None:
+        """Delete a layer's tiles of generations older than GENERATION (moved aside at once, deleted in a thread)."""
+        folder = self.root / namespace / layer_id
+        try:
+            older = [d for d in folder.iterdir() if d.name.isdigit() and int(d.name) < generation]
+        except OSError:
+            return
+        trash = self.root / ".trash"
+        moved = []
+        for each in older:
+            aside = trash / f"{namespace}-{layer_id}-{each.name}-{os.getpid()}-{threading.get_ident()}"
+            try:
+                trash.mkdir(parents=True, exist_ok=True)
+                each.rename(aside)  # another process may have moved it first
+                moved.append(aside)
+            except OSError:
+                continue
+        if moved:
+            threading.Thread(target=self._delete, args=(moved,), name="tile-store-prune", daemon=True).start()
+
+    def _delete(self, folders: list[Path]) -> None:
+        for folder in folders:
+            size = _size_of(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            with self._lock:
+                self.used = max(0, self.used - size)
+                self._warned = False
+
+
+def _size_of(root: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total
+
+
+def variant_key(text_key: str) -> str:
+    """Return the store's folder name of a tile variant (its visibility and filter key)."""
+    return hashlib.sha1(text_key.encode(), usedforsecurity=False).hexdigest()[:16]

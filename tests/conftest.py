@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from api.auth import ActorDep
 from api.deps import actor_settings, get_session, get_sessions
 from api.main import create_app
+from api.routes.tiles import session_tile_db, tile_db
 from layers import migrate
 from layers.access import Actor
 from spatial import localpg, roles
@@ -178,6 +179,7 @@ def share_session(app: FastAPI, session: Session) -> None:
 
     app.dependency_overrides[get_session] = shared
     app.dependency_overrides[get_sessions] = shared_factory
+    app.dependency_overrides[tile_db] = session_tile_db  # tiles too, through the shared session
 
 
 @pytest.fixture
