@@ -93,11 +93,14 @@ class Server:
         self.child = subprocess.Popen(
             [guatu, "serve", "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        for _ in range(200):
+        deadline = time.monotonic() + 180  # a loaded machine: the start-up's imports alone may take a while
+        while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
                 return
             except OSError:
+                if self.child.poll() is not None:
+                    break
                 time.sleep(0.1)
         raise SystemExit("guatu serve did not start")
 
