@@ -179,6 +179,7 @@ def reset(engine: Engine, sha: str, mark: int) -> None:
         conn.execute(text("DELETE FROM uploads WHERE sha256 = :s"), {"s": sha})
         conn.execute(text("DELETE FROM change_log WHERE id > :m"), {"m": mark})  # the bench's, the delete's too
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("SET statement_timeout = 0"))  # a million rows' dead copies: minutes on a busy machine
         conn.execute(text("VACUUM ANALYZE parcels"))
         conn.execute(text("VACUUM ANALYZE change_log"))
 
@@ -209,7 +210,7 @@ def main() -> None:
         generate(args.n, path)
         size_mb = path.stat().st_size / 1e6
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        print(f"generated {args.n} parcels ({size_mb:.0f} MB) in {time.perf_counter() - started:.1f} s")
+        print(f"generated {args.n} parcels ({size_mb:.0f} MB) in {time.perf_counter() - started:.1f} s", flush=True)
         env = dict(os.environ, GUATU_ARCHIVE_DIR=str(Path(folder) / "archive"))
         if path.stat().st_size * 1.1 > 200e6:  # a million parcels: beyond the server's default upload limit
             env["GUATU_MAX_UPLOAD_BYTES"] = str(int(path.stat().st_size * 1.1))
@@ -221,11 +222,15 @@ def main() -> None:
             for run in range(args.runs):
                 reset(engine, sha, mark)
                 results["ogr"].append(timed(ogr_argv))
+                said = results["ogr"][-1]
+                print(f"run {run + 1}: ogr2ogr {said[0]:.2f} s, peak RSS {said[1]:.0f} MB", flush=True)
                 reset(engine, sha, mark)
                 results["cli"].append(timed([guatu, "import", str(path), "--layer", "parcels"], env=env))
+                said = results["cli"][-1]
+                print(f"run {run + 1}: guatu import {said[0]:.2f} s, peak RSS {said[1]:.0f} MB", flush=True)
                 reset(engine, sha, mark)
                 results["api"].append(server.upload(path))
-                print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f} s" for k, v in results.items()))
+                print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f} s" for k, v in results.items()), flush=True)
         finally:
             server.stop()
         with engine.begin() as conn:
