@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import functools
 import io
 import math
 import os
@@ -134,10 +135,18 @@ _CURVES = ("CIRCULARSTRING", "COMPOUNDCURVE", "CURVEPOLYGON", "MULTICURVE", "MUL
 _CURVY = ("gpkg", "gml", "fgb", "dxf")
 """Formats that can hold curves (GDAL hands them back linearised; the note counts them)."""
 
-# An upload is never read through the network or another file: no /vsicurl/ URL may be
-# opened, and a GeoPackage's views may not reach outside it (GDAL's default, said again).
-with contextlib.suppress(Exception):
+
+@functools.cache
+def _gdal() -> Any:
+    """Return pyogrio (with pyogrio.raw), imported on the first file GDAL reads, with GDAL's reading limited.
+
+    Imported late: pyogrio brings pandas (and geopandas where installed), a second of every
+    `guatu` command's start-up that a GeoJSON import never uses. An upload is never read
+    through the network or another file: no /vsicurl/ URL may be opened, and a GeoPackage's
+    views may not reach outside it (GDAL's default, said again).
+    """
     import pyogrio
+    import pyogrio.raw
 
     pyogrio.set_gdal_config_options(
         {
@@ -148,6 +157,7 @@ with contextlib.suppress(Exception):
             "DXF_INLINE_BLOCKS": "FALSE",
         }
     )
+    return pyogrio
 
 
 @dataclass
@@ -785,8 +795,7 @@ def _check_sqlite(target: Path) -> None:
 
 def _read_ogr(target: Path, fmt: str, layer: str | None, encoding: str | None) -> ReadFile:
     """Read one layer of the file at TARGET (a private copy) with GDAL."""
-    import pyogrio
-    import pyogrio.raw
+    pyogrio = _gdal()
 
     if fmt == "gpkg":
         _check_sqlite(target)
@@ -854,7 +863,7 @@ def _read_ogr(target: Path, fmt: str, layer: str | None, encoding: str | None) -
 
 def _candidates(target: Path, fmt: str, listed: Any) -> list[str]:
     """Return the layers a user may mean: those with geometry (a GPX: its waypoints, routes or tracks with any)."""
-    import pyogrio
+    pyogrio = _gdal()
 
     names = [str(row[0]) for row in listed]
     spatial = [str(row[0]) for row in listed if row[1] is not None] or names
@@ -869,7 +878,7 @@ def _candidates(target: Path, fmt: str, listed: Any) -> list[str]:
 
 def _count_curves(target: Path, layer: str, fmt: str) -> int:
     """Return how many features of LAYER hold curves (GDAL reads them linearised; its SQL still sees them)."""
-    import pyogrio.raw
+    pyogrio = _gdal()
 
     if '"' in layer:
         return 0

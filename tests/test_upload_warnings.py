@@ -278,6 +278,39 @@ def test_features_of_one_file_overlapping_each_other_are_listed_and_slivers_igno
     assert [n["other_index"] for n in notes(committed, 0) if n["code"] == "overlaps_in_file"] == [1]
 
 
+def test_the_in_file_sweep_finds_the_pairs_the_database_search_finds(
+    client: TestClient, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slabs of 1, 2 and 3 features (carried across slabs, met once) and the SQL self-join: the same report."""
+    from layers import upload_warnings
+
+    x, y = ORIGIN
+    shapes = [
+        square_m(x, y, 50),
+        square_m(x + 40, y + 10, 50),  # overlaps the first by 400 m²
+        square_m(x + 50, y, 50),  # touches the first, overlaps the second
+        _lonlat(shapely.box(x - 10, y - 300, x + 400, y - 250)),  # long: reaches every later slab
+        square_m(x + 380, y - 260, 30),  # overlaps the long one at its far end
+        square_m(x + 200, y, 50),
+        _lonlat(shapely.box(x + 249.995, y, x + 300, y + 50)),  # 5 mm over the last: a sliver, not listed
+        square_m(x + 120, y + 120, 20),  # alone
+    ]
+    features = [parcel(f"{COMMUNITY}03{i:05d}", g) for i, g in enumerate(shapes)]
+
+    def found(body: dict[str, Any]) -> list[Any]:
+        return [(e["index"], sorted(n["other_index"] for n in e.get("notes", []))) for e in body["report"]["features"]]
+
+    monkeypatch.setattr(upload_warnings, "_file_candidates", lambda session, cap: None)  # the SQL search
+    expected = upload(client, features, dry_run="true")
+    assert [i for i, others in found(expected) if others] == [0, 1, 2, 3, 4]
+    monkeypatch.undo()
+    for slab in (1, 2, 3, 50_000):
+        monkeypatch.setattr(upload_warnings, "SLAB", slab)
+        body = upload(client, features, dry_run="true")
+        assert found(body) == found(expected), slab
+        assert warning(body, "overlaps_in_file") == warning(expected, "overlaps_in_file"), slab
+
+
 def test_layers_allowed_to_overlap_get_no_overlap_warning(client: TestClient, session: Session) -> None:
     from layers.base import REGISTRY, NoOverlap
 
