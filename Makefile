@@ -131,6 +131,7 @@ bench: system system-test database ## benchmarks in bench/ (guatu beside its pee
 	$(BIN)/python bench/map_page.py
 	$(BIN)/python bench/ledger_page.py
 	$(BIN)/python bench/hostile_inputs.py
+	$(BIN)/python bench/partitioning.py --per-county $${BENCH_COUNTY_PARCELS:-250000} --counties $${BENCH_COUNTIES:-4}
 	$(BIN)/python bench/soak.py --minutes $${BENCH_SOAK_MINUTES:-10}
 
 stop: venv ## stop the local PostGIS

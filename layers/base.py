@@ -447,14 +447,14 @@ def county_range(prefix: str) -> tuple[str, str | None]:
 
     Examples
     --------
-    >>> county_range("370214001"), county_range("3702"), county_range("99")
-    (('370214', '370215'), ('3702', '3703'), ('99', None))
+    >>> county_range("370214001"), county_range("370299"), county_range("3702"), county_range("99")
+    (('370214', '370215'), ('370299', '370300'), ('3702', '3703'), ('99', None))
     """
     lo = prefix[: hierarchy.level("county").digits]
     digits = lo.rstrip("9")
     if not digits:
         return lo, None
-    return lo, digits[:-1] + str(int(digits[-1]) + 1)
+    return lo, (digits[:-1] + str(int(digits[-1]) + 1)).ljust(len(lo), "0")
 
 
 def _county_fields(layer: Layer) -> list[str]:

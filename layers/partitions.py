@@ -158,14 +158,14 @@ def waiting_counties(conn: Connection, layer: Layer) -> list[str]:
 def known_counties(conn: Connection) -> list[str]:
     """Return the counties the divisions name (the first digits of every unit's code)."""
     n = county_digits()
-    divisions = next((layer for layer in REGISTRY.values() if layer.units and "county" in layer.units.levels), None)
-    if divisions is None:
+    held = next((layer for layer in REGISTRY.values() if layer.units and "county" in layer.units.levels), None)
+    if held is None:
         return []
     return list(
         conn.execute(
             text(
-                f"SELECT DISTINCT left({divisions.key_field}, {n}) AS c FROM {divisions.table} "
-                f"WHERE {divisions.key_field} ~ '^[0-9]{{{n}}}' ORDER BY c"
+                f"SELECT DISTINCT left({held.key_field}, {n}) AS c FROM {held.table} "
+                f"WHERE {held.key_field} ~ '^[0-9]{{{n}}}' ORDER BY c"
             )
         ).scalars()
     )

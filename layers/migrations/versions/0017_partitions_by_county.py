@@ -47,7 +47,8 @@ def _bounds(county: str) -> str:
     digits = county.rstrip("9")
     if not digits:
         return f"FOR VALUES FROM ('{county}') TO (MAXVALUE)"
-    return f"FOR VALUES FROM ('{county}') TO ('{digits[:-1]}{int(digits[-1]) + 1}')"
+    upper = (digits[:-1] + str(int(digits[-1]) + 1)).ljust(len(county), "0")
+    return f"FOR VALUES FROM ('{county}') TO ('{upper}')"
 
 
 def _one(conn: Connection, sql: str, **params: object) -> object:
