@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 import psycopg.sql
-from sqlalchemy import Connection, make_url, text
+from sqlalchemy import Connection, create_engine, make_url, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -271,7 +271,8 @@ def main() -> None:
     codes = counties(args.counties)
     prepare()
     settings = db_settings()
-    owner = make_engine(url=settings.owner_url(DATABASE))
+    # never prepared, as guatu's sessions (a rollback after each request makes psycopg forget): custom plans
+    owner = create_engine(settings.owner_url(DATABASE), connect_args={"prepare_threshold": None})
     try:
         with owner.connect() as conn:
             have = stored(conn)

@@ -624,14 +624,16 @@ class Layer:
         found = self._scope_condition(scope, lv, at)
         if found is None or not self.partitioned:
             return found
-        # the key's county is its locators' (a CHECK): a range on the key keeps the query to the county's tables
+        # The key's county is its locators' (a CHECK): a range on the key keeps the query to the county's tables.
+        # Written as literals (digits only): a prepared statement's generic plan then still prunes at planning, and
+        # knows the range is the whole county's table (with parameters it may take the key's index to read it all).
         lo, hi = county_range(hierarchy.code_prefix(scope))
+        if not re.fullmatch(r"[0-9]+", lo):
+            return found
         condition, params = found
-        condition = f"{condition} AND {at}{self.key_field} >= :scope_lo"
-        params = params | {"scope_lo": lo}
+        condition = f"{condition} AND {at}{self.key_field} >= '{lo}'"
         if hi is not None:
-            condition += f" AND {at}{self.key_field} < :scope_hi"
-            params["scope_hi"] = hi
+            condition += f" AND {at}{self.key_field} < '{hi}'"
         return condition, params
 
     def _scope_condition(self, scope: str, lv: hierarchy.Level, at: str) -> tuple[str, dict[str, Any]] | None:
