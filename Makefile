@@ -132,6 +132,7 @@ bench: system system-test database ## benchmarks in bench/ (guatu beside its pee
 	$(BIN)/python bench/ledger_page.py
 	$(BIN)/python bench/workers.py --rounds $${BENCH_WORKERS_ROUNDS:-2}
 	$(BIN)/python bench/hostile_inputs.py
+	$(BIN)/python bench/partitioning.py --per-county $${BENCH_COUNTY_PARCELS:-250000} --counties $${BENCH_COUNTIES:-4}
 	$(BIN)/python bench/soak.py --minutes $${BENCH_SOAK_MINUTES:-10}
 	$(BIN)/python bench/replica.py --parcels $${BENCH_REPLICA_PARCELS:-100000}
 

@@ -172,6 +172,42 @@ def db_status() -> None:
             console.print(f"  {layer.zh} {layer.en}: {count}")
 
 
+@db_app.command("partition")
+def db_partition(
+    counties: Annotated[
+        list[str] | None, typer.Argument(help="区县代码 6-digit county codes to give a table of their own")
+    ] = None,
+    split: bool = typer.Option(
+        False, "--split", help="every county found in a default table or among the units of the hierarchy gets its own"
+    ),
+) -> None:
+    """Per-county tables of the partitioned layers: list them, or add a county's (its rows leave the default one)."""
+    from layers import partitions
+
+    engine = _owner_engine()  # DDL: the owner's
+    try:
+        with engine.begin() as conn:
+            wanted: dict[str, list[str]] = {}
+            for layer in partitions.layers():
+                found = list(counties or [])
+                if split:
+                    found += partitions.known_counties(conn) + partitions.waiting_counties(conn, layer)
+                wanted[layer.id] = sorted(set(found))
+            for layer in partitions.layers():
+                for county in wanted[layer.id]:
+                    try:
+                        moved = partitions.add_county(conn, layer, county)
+                    except ValueError as exc:
+                        console.print(f"[red]区县代码应为6位数字 a county code has 6 digits:[/red] {escape(str(exc))}")
+                        raise typer.Exit(2) from None
+                    if moved:
+                        console.print(f"{layer.zh} {layer.en}: {county} ← 默认表 default table, {moved} 行 rows")
+            for part in partitions.parts(conn):
+                console.print(f"  {part.table}: {part.county} ~{part.rows} 行 rows (估计 estimated)")
+    finally:
+        engine.dispose()
+
+
 @db_app.command("start")
 def db_start() -> None:
     """Start the local PostGIS cluster (no-op with DATABASE_URL)."""

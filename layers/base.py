@@ -28,6 +28,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -441,6 +442,57 @@ BEFORE = "_before"
 """The suffix of a date field's filter parameter: features whose date is before the one given."""
 
 
+def county_range(prefix: str) -> tuple[str, str | None]:
+    """Return the bounds [lo, hi) of the keys starting with the county part of PREFIX (hi None: no upper bound).
+
+    Examples
+    --------
+    >>> county_range("370214001"), county_range("370299"), county_range("3702"), county_range("99")
+    (('370214', '370215'), ('370299', '370300'), ('3702', '3703'), ('99', None))
+    """
+    lo = prefix[: hierarchy.level("county").digits]
+    digits = lo.rstrip("9")
+    if not digits:
+        return lo, None
+    return lo, (digits[:-1] + str(int(digits[-1]) + 1)).ljust(len(lo), "0")
+
+
+def _county_fields(layer: Layer) -> list[str]:
+    return [loc.field for loc in layer.locators if loc.field != layer.key_field]
+
+
+def _same_county_sql(layer: Layer) -> str:
+    """Return the CHECK keeping a partitioned layer's locators in its key's county."""
+    n = hierarchy.level("county").digits
+    key = layer.key_field
+    parts = [f"({name} IS NULL OR left({name}, {n}) = left({key}, {n}))" for name in _county_fields(layer)]
+    return " AND ".join(parts) or "true"
+
+
+def _same_county_rule(layer: Layer) -> CrossRule:
+    """Return the rule saying, before the database does, that a locator lies in another county than the key."""
+    key = layer.key_field
+
+    def rule(props: dict[str, Any]) -> tuple[str, str, str, str] | None:
+        n = hierarchy.level("county").digits
+        code = props.get(key)
+        if not isinstance(code, str) or not code:
+            return None
+        for name in _county_fields(layer):
+            value = props.get(name)
+            if isinstance(value, str) and value and value[:n] != code[:n]:
+                label = layer.field(key).zh
+                return (
+                    "code_inconsistent",
+                    name,
+                    f"{label} {code} 的前{n}位（区县代码）应与 {layer.field(name).zh} {value} 的前{n}位相同",
+                    f"{key} {code} must start with the county code ({n} digits) of {name} {value}",
+                )
+        return None
+
+    return rule
+
+
 @dataclass
 class Layer:
     """A layer, declared once; model, schema, style and legend derive from it."""
@@ -478,6 +530,9 @@ class Layer:
     filtered: bool = False
     """The map's filter panel (status, land use, ownership, idle since) narrows this layer, and so does a print's."""
     description_zh: str = ""
+    partitioned: bool = False
+    """Stored as one table per county (declarative partitioning by RANGE of the key, whose first digits are
+    the county's code: layers.partitions); its locators then keep to the key's county (a CHECK and a rule)."""
     let: Match = ()
     """The field values meaning a feature is let out (出租, 承包…): it then needs a lease contract in force
     (layers.contracts; none: ``no_contract``). Empty: the layer holds no assets that are let."""
@@ -497,6 +552,10 @@ class Layer:
         unknown += [name for name, _ in self.let if name not in names]
         if unknown:
             raise ValueError(f"layer {self.id} counts or names by undeclared fields {unknown}")
+        if self.partitioned:
+            if self.key != ("code",):
+                raise ValueError(f"partitioned layer {self.id} must be keyed by code, not {self.key}")
+            self.cross_rules = (*self.cross_rules, _same_county_rule(self))
         self.model = self._build_model()
         self.schema = self._build_schema()
         self.history_model = self._build_history_model() if self.history else None
@@ -562,6 +621,22 @@ class Layer:
         lv = hierarchy.level_of(scope)
         if lv is None:
             return None
+        found = self._scope_condition(scope, lv, at)
+        if found is None or not self.partitioned:
+            return found
+        # The key's county is its locators' (a CHECK): a range on the key keeps the query to the county's tables.
+        # Written as literals (digits only): a prepared statement's generic plan then still prunes at planning, and
+        # knows the range is the whole county's table (with parameters it may take the key's index to read it all).
+        lo, hi = county_range(hierarchy.code_prefix(scope))
+        if not re.fullmatch(r"[0-9]+", lo):
+            return found
+        condition, params = found
+        condition = f"{condition} AND {at}{self.key_field} >= '{lo}'"
+        if hi is not None:
+            condition += f" AND {at}{self.key_field} < '{hi}'"
+        return condition, params
+
+    def _scope_condition(self, scope: str, lv: hierarchy.Level, at: str) -> tuple[str, dict[str, Any]] | None:
         own = self.locator_for(lv.id)
         if own is not None:
             return f"{at}{own.field} = :scope", {"scope": scope}
@@ -649,16 +724,23 @@ class Layer:
                 checks.append(Index(f"ix_{table}_{f.name}_id", f.name, "id"))
         if self.has_area:
             checks.append(Index(f"ix_{table}_area_m2_id", "area_m2", "id"))
+        options: dict[str, Any] = {"comment": f"{self.zh} {self.en}"}
+        if self.partitioned:
+            # PostgreSQL wants the partition key in the primary key; the ORM still knows a feature by its id
+            checks.append(PrimaryKeyConstraint("id", self.key_field))
+            checks.append(CheckConstraint(_same_county_sql(self), name="county_of_key"))
+            options["postgresql_partition_by"] = f"RANGE ({self.key_field})"
+        ident = mapped_column(Integer, primary_key=not self.partitioned, autoincrement=True, nullable=False)
         attrs: dict[str, Any] = {
             "__tablename__": table,
             "__table_args__": (
                 *checks,
                 UniqueConstraint(*self.key, name=f"uq_{table}_key"),
                 Index(f"ix_{table}_geom", "geom", postgresql_using="gist"),
-                {"comment": f"{self.zh} {self.en}"},
+                options,
             ),
             "__annotations__": {},
-            "id": mapped_column(Integer, primary_key=True),
+            "id": ident,
             "geom": mapped_column(Geometry(self.geometry_type, srid=STORAGE_SRID, spatial_index=False), nullable=False),
             "created_at": mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False),
             "updated_at": mapped_column(
@@ -678,6 +760,8 @@ class Layer:
             ),
         }
         attrs["__annotations__"].update({"id": Mapped[int]})
+        if self.partitioned:
+            attrs["__mapper_args__"] = {"primary_key": [ident.column]}
         for f in self.fields:
             attrs[f.name] = f.column()
         # A file's fields no declared field takes, kept when the uploader asks (never personal-looking ones).

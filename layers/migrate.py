@@ -24,6 +24,7 @@ from layers.accounts import ApiToken, PersonalAccess, User, WebSession
 from layers.base import REGISTRY
 from layers.changes import Change
 from layers.generations import LayerGeneration
+from layers.partitions import is_partition
 from layers.preferences import UserPreference
 from layers.problems import APP_PRIVILEGES as PROBLEM_PRIVILEGES
 from layers.uploads import Upload
@@ -33,8 +34,8 @@ VERSION_TABLE = "alembic_version"
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
-    """Leave PostGIS's own tables out of autogenerate."""
-    if type_ == "table" and name in {"spatial_ref_sys"}:
+    """Leave PostGIS's own tables and the per-county tables of a partitioned layer (layers.partitions) out."""
+    if type_ == "table" and (name in {"spatial_ref_sys"} or is_partition(name)):
         return False
     included = alembic_helpers.include_object(obj, name, type_, reflected, compare_to)  # type: ignore[no-untyped-call]
     return bool(included)

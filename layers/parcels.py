@@ -130,6 +130,7 @@ PARCELS = register(
             grid_field(),
         ],
         key=("code",),
+        partitioned=True,  # one table per county (layers.partitions)
         accepts=("Polygon", "MultiPolygon"),
         stored=("MultiPolygon",),
         style=Style(

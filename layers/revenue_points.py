@@ -68,6 +68,7 @@ REVENUE_POINTS = register(
             grid_field(),
         ],
         key=("code",),
+        partitioned=True,  # one table per county (layers.partitions)
         accepts=("Point",),
         stored=("Point",),
         style=Style(

@@ -56,6 +56,7 @@ SHOPS = register(
             grid_field(),
         ],
         key=("code",),
+        partitioned=True,  # one table per county (layers.partitions)
         accepts=("Point", "Polygon", "MultiPolygon"),
         stored=("Point", "MultiPolygon"),
         style=Style(

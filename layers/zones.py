@@ -65,6 +65,7 @@ ZONES = register(
             community_field(),
         ],
         key=("code",),
+        partitioned=True,  # one table per county (layers.partitions)
         accepts=("Polygon", "MultiPolygon"),
         stored=("MultiPolygon",),
         style=Style(
