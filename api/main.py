@@ -46,6 +46,7 @@ from api.routes import ledger as ledger_routes
 from api.security import CsrfGuard, SecurityHeaders, TrustedHosts
 from api.settings import ApiSettings
 from api.work import make_lanes, share_lanes, shares_lanes
+from layers import accounts as account_store
 from layers.base import REGISTRY
 from spatial.db import ReadRouter, make_engine, make_read_engine, make_sessionmaker
 from spatial.roles import refuse_superuser
@@ -166,6 +167,7 @@ def create_app(
         app.state.engine = bound
         app.state.sessions = make_sessionmaker(bound)
         shared = share_lanes(app.state.lanes, bound) if shares_lanes(settings) else None
+        await run_in_threadpool(account_store.prepare_password_checks)
         standby = read_engine if read_engine is not None or not own else make_read_engine()
         if standby is not None and read_engine is None:
             try:

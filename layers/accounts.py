@@ -8,6 +8,7 @@ their SHA-256 (a stolen table opens nothing). Failed logins are counted per user
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
@@ -46,7 +47,21 @@ USERNAME = re.compile(r"^[\w.@-]{2,60}$")
 """Letters of any script (王规划), digits and _.@-: what a street office calls its people."""
 MIN_PASSWORD = 10
 _HASHER = PasswordHasher()  # argon2id with the library's current parameters
-_DUMMY = _HASHER.hash("guatu-timing-equaliser")
+
+
+@functools.cache
+def _dummy() -> str:
+    """Return a hash to check a password against when the name is unknown.
+
+    Made on first use, not at import (argon2 cost every `guatu` command about 0.5 s and 66 MB);
+    the app makes it as it starts (:func:`prepare_password_checks`), so no sign-in pays for it.
+    """
+    return _HASHER.hash("guatu-timing-equaliser")
+
+
+def prepare_password_checks() -> None:
+    """Make the unknown name's hash now: the first sign-in of an unknown name takes no longer than any other."""
+    _dummy()
 
 
 class User(Base):
@@ -217,7 +232,7 @@ def authenticate(session: Session, username: str, password: str) -> LoginResult:
     now = dt.datetime.now(dt.UTC)
     user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
     if user is None or user.disabled:
-        _verify(_DUMMY, password)  # the same time as a real check: no telling which names exist
+        _verify(_dummy(), password)  # the same time as a real check: no telling which names exist
         return LoginResult(None, "bad_credentials")
     if user.locked_until is not None and user.locked_until > now:
         return LoginResult(None, "locked", user.locked_until)
