@@ -123,6 +123,7 @@ screenshots: system system-test venv assets database ## refresh docs/screenshots
 bench: system system-test database ## benchmarks in bench/ (guatu beside its peer in one run)
 	@command -v ogr2ogr >/dev/null || { $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends gdal-bin; }
+	$(BIN)/python bench/goals.py --reset
 	$(BIN)/python bench/bbox_features.py
 	$(BIN)/python bench/import_parcels.py --n $${BENCH_PARCELS:-100000} --memory-mb $${BENCH_MEMORY_MB:-200}
 	$(BIN)/python bench/check_coverage.py
@@ -135,6 +136,7 @@ bench: system system-test database ## benchmarks in bench/ (guatu beside its pee
 	$(BIN)/python bench/partitioning.py --per-county $${BENCH_COUNTY_PARCELS:-250000} --counties $${BENCH_COUNTIES:-4}
 	$(BIN)/python bench/soak.py --minutes $${BENCH_SOAK_MINUTES:-10}
 	$(BIN)/python bench/replica.py --parcels $${BENCH_REPLICA_PARCELS:-100000}
+	$(BIN)/python bench/goals.py
 
 stop: venv ## stop the local PostGIS
 	$(BIN)/guatu db stop

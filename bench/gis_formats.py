@@ -59,7 +59,7 @@ from sqlalchemy.dialects import postgresql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import signin  # noqa: E402
+from bench import goals, signin  # noqa: E402
 from bench.import_parcels import COMMUNITY, change_mark, reset  # noqa: E402
 from bench.import_parcels import generate as generate_parcels  # noqa: E402
 from bench.procs import measured, status_mb  # noqa: E402
@@ -729,6 +729,8 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
         for fmt, r in imp["formats"].items():
             o, c, a = r["ogr"]["s"], r["cli"]["s"], r["api"]["s"]
             goal = "met" if max(c, a) <= o else "not met"
+            goals.record("import", f"{fmt} {imp['n']:,} guatu CLI / ogr2ogr", c / o, 1.0)
+            goals.record("import", f"{fmt} {imp['n']:,} guatu API / ogr2ogr", a / o, 1.0)
             print(
                 f"{fmt:<10}{r['mb']:>6.1f}{o:>11.2f}{c:>13.2f}{a:>13.2f}{ratio(c, o):>9}{ratio(a, o):>9}"
                 f"{r['ogr']['mb']:>8.0f}/{r['cli']['mb']:.0f}/{r['api']['mb']:.0f}"

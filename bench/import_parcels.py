@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import goals  # noqa: E402
 from bench.procs import descendants, measured, status_mb  # noqa: E402
 from bench.signin import admin_token, bearer  # noqa: E402
 from spatial.db import make_engine  # noqa: E402
@@ -280,6 +281,7 @@ def main() -> None:
         ratio = median([r[0] for r in results[key]]) / ogr
         goal = "goal met" if ratio <= 1.0 else "goal not met"
         print(f"ratio guatu {key} / ogr2ogr: {ratio:.2f}x (goal ≤ 1.0×, issue 15: {goal})")
+        goals.record("import", f"GeoJSON guatu {key} / ogr2ogr", ratio, 1.0)
     print("peak RSS: each process its own (guatu import and ogr2ogr: the command alone; API: the server process)")
     print(f"rows stored by guatu in the last run: {stored_count}")
     if memory:

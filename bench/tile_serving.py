@@ -58,7 +58,7 @@ from sqlalchemy import create_engine, make_url, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import signin  # noqa: E402
+from bench import goals, signin  # noqa: E402
 from layers import migrate  # noqa: E402
 from layers.base import REGISTRY  # noqa: E402
 from layers.tiles import BUFFER, EXTENT, SESSION_SETTINGS, tile_params, tile_properties, tile_statement  # noqa: E402
@@ -861,6 +861,7 @@ def print_report(report: dict[str, Any]) -> None:
     for check in report["goal"]:
         verdict = "met" if check["met"] else "goal not met"
         print(f"goal, {check['mode']}: {check['ratio']} {check['value']:.2f}x (goal {check['goal']}x): {verdict}")
+        goals.record("tiles", f"{check['mode']} {check['ratio']}", check["value"], float(check["goal"].split()[-1]))
     if report["guatu_minus_raw_ms_by_zoom_sequential"]:
         by_zoom = report["guatu_minus_raw_ms_by_zoom_sequential"]
         print(

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import goals  # noqa: E402
 from bench.procs import descendants, status_mb  # noqa: E402
 from bench.signin import act, admin_token, bearer  # noqa: E402
 from layers import demo  # noqa: E402
@@ -307,6 +308,7 @@ def main() -> None:
     ratio = two.rate / one.rate
     verdict = "goal met" if ratio >= GOAL else "goal not met"
     print(f"2 workers / 1 worker throughput: {ratio:.2f}x (goal ≥ {GOAL}x on 2 cores): {verdict}")
+    goals.record("workers", "2 workers / 1 worker throughput", ratio, GOAL, lower_is_better=False)
     print(f"2 workers / 1 worker server CPU per request: {two.cpu_ms / one.cpu_ms:.2f}x (1.0: no cost of its own)")
     print(f"('load': the machine's 1-minute load average at the end of each run, on {cores} cores: all its work)")
     if len(servers) > 2:
