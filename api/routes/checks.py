@@ -47,16 +47,19 @@ def report(checked: Checked, scope: str | None, as_of: dt.date, tolerance: Toler
         "as_of": as_of.isoformat(),
         "tolerance": {"snap_m": tolerance.snap_m, "min_area_m2": tolerance.min_area_m2},
         "summary": summary(checked),
+        "listed": listed(checked),
         "findings": [f.as_dict() for f in checked.findings],
     }
 
 
 def summary(checked: Checked) -> dict[str, Any]:
-    """Return the counts of a check (exact), and how many findings are listed (at most its limit)."""
+    """Return the counts of a check: exact, listed or not."""
+    return {"errors": checked.errors, "warnings": checked.warnings, "by_rule": checked.by_rule()}
+
+
+def listed(checked: Checked) -> dict[str, Any]:
+    """Return how many findings there are and how many are listed (at most the check's limit), and its pieces."""
     return {
-        "errors": checked.errors,
-        "warnings": checked.warnings,
-        "by_rule": checked.by_rule(),
         "total": checked.total,
         "listed": len(checked.findings),
         "limit": checked.limit,
@@ -87,8 +90,8 @@ async def checks(
     Checks run a few at a time (a county's can take minutes); beyond the queue the answer is
     503 with Retry-After, and a check whose client left is cancelled. A check runs per
     community, a few at once; at most LIMIT findings are listed (the first by severity,
-    scope, rule and codes), the counts in ``summary`` are exact (``truncated`` says when some
-    are not listed). ``/api/checks/stream`` answers the same with its progress as it goes.
+    scope, rule and codes), the counts in ``summary`` are exact (``listed.truncated`` says when
+    some are not listed). ``/api/checks/stream`` answers the same with its progress as it goes.
     """
     tolerance = Tolerance(snap_m=snap_m, min_area_m2=min_area_m2)
     chosen = [r.strip() for r in rules.split(",") if r.strip()] if rules else None
@@ -121,7 +124,8 @@ def _answer(
         collection = findings_geojson(checked.findings)
         for feature in collection["features"]:
             feature["properties"]["registered"] = _registered(registered, feature["id"])
-        collection["summary"] = summary(checked)  # a foreign member: the exact counts
+        collection["summary"] = summary(checked)  # foreign members: the exact counts, how many are listed
+        collection["listed"] = listed(checked)
         return orjson.dumps(collection), 200, None, "application/geo+json"
     body = report(checked, scope, day, tolerance)
     for finding in body["findings"]:

@@ -376,6 +376,7 @@
                 return null;
               }
               summary = out.data.summary;
+              summary.listing = out.data.listed;
               var features = out.data.features;
               var codes = {};
               features.forEach(function (f) { f.properties.codes.forEach(function (c) { codes[c] = true; }); });
@@ -395,10 +396,11 @@
               status.className = "guatu-upload-status " + (errors ? "guatu-bad" : "guatu-good");
               status.textContent = (lv ? lv.zh + " " + scope + "：" : "全部：") + "错误 " + errors + "，警告 " +
                 warnings + (features.length ? "：点击一条可定位 (click one to zoom)" : "：边界无问题 (no findings)");
-              if (summary.truncated) {
-                note.textContent = (note.textContent ? note.textContent + "；" : "") + "只列出前 " + summary.listed.toLocaleString() + " 条，共 " +
-                  summary.total.toLocaleString() + " 条 (the first " + summary.listed + " of " + summary.total +
-                  " findings are listed; the counts are exact)";
+              var shown = summary.listing;
+              if (shown && shown.truncated) {
+                note.textContent = (note.textContent ? note.textContent + "；" : "") + "只列出前 " +
+                  shown.listed.toLocaleString() + " 条，共 " + shown.total.toLocaleString() + " 条 (the first " +
+                  shown.listed + " of " + shown.total + " findings are listed; the counts are exact)";
               }
               features.forEach(function (f) {
                 var p = f.properties;
