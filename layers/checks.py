@@ -434,6 +434,11 @@ def _scope_sql(plan: _Plan) -> tuple[list[str], dict[str, Any]]:
     }
 
 
+def _tile_sql(value: str, size: str) -> str:
+    """Return SQL rounding VALUE / SIZE down to a whole number, as math.floor does in Python (-ceil(-x) = floor x)."""
+    return f"(-ceil(-({value} / {size})))"
+
+
 def _part_sql(layer: Layer, part: str) -> tuple[str, dict[str, Any]]:
     """Return the condition keeping the features of piece PART (a community, or a tile of those naming none)."""
     field_ = _community_field(layer)
@@ -444,7 +449,8 @@ def _part_sql(layer: Layer, part: str) -> tuple[str, dict[str, Any]]:
     none = f"{field_} IS NULL AND " if field_ else ""
     return (
         f"({none}geom && ST_MakeEnvelope(:tx0, :ty0, :tx1, :ty1, {STORAGE_SRID})"
-        f" AND floor(ST_XMin(geom) / {TILE_DEG!r}) = :tx AND floor(ST_YMin(geom) / {TILE_DEG!r}) = :ty)",
+        f" AND {_tile_sql('ST_XMin(geom)', repr(TILE_DEG))} = :tx"
+        f" AND {_tile_sql('ST_YMin(geom)', repr(TILE_DEG))} = :ty)",
         {"tx": tx, "ty": ty, "tx0": x0, "ty0": y0, "tx1": x0 + TILE_DEG, "ty1": y0 + TILE_DEG},
     )
 
@@ -473,8 +479,8 @@ def _feature_parts(session: Session, layer: Layer, plan: _Plan, where: Match = (
         source += f" UNION ALL SELECT {named}, geom FROM {layer.history_table}{where_sql}"
     rows = session.execute(
         text(
-            "SELECT part, CASE WHEN part IS NULL THEN floor(ST_XMin(geom) / :t)::bigint END,"
-            " CASE WHEN part IS NULL THEN floor(ST_YMin(geom) / :t)::bigint END, count(*)"
+            f"SELECT part, CASE WHEN part IS NULL THEN {_tile_sql('ST_XMin(geom)', ':t')}::bigint END,"
+            f" CASE WHEN part IS NULL THEN {_tile_sql('ST_YMin(geom)', ':t')}::bigint END, count(*)"
             f" FROM ({source}) f GROUP BY 1, 2, 3"
         ),
         params | {"t": TILE_DEG},

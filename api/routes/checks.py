@@ -248,7 +248,7 @@ async def checks_stream(
                 await task
         await held.aclose()
 
-    return _Streamed(lines(), release, media_type="application/x-ndjson")
+    return _Streamed(lines(), release, media_type="application/x-ndjson; charset=utf-8")
 
 
 def _registered(registered: dict[str, tuple[str, str]], finding_id: str) -> dict[str, str] | None:
