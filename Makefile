@@ -127,6 +127,7 @@ bench: system system-test database ## benchmarks in bench/ (guatu beside its pee
 	$(BIN)/python bench/bbox_features.py
 	$(BIN)/python bench/import_parcels.py --n $${BENCH_PARCELS:-100000} --memory-mb $${BENCH_MEMORY_MB:-200}
 	$(BIN)/python bench/check_coverage.py
+	$(BIN)/python bench/county_checks.py --parcels $${BENCH_CHECK_PARCELS:-1000000}
 	$(BIN)/python bench/tile_serving.py --parcels $${BENCH_TILE_PARCELS:-1000000}
 	$(BIN)/python bench/gis_formats.py --import-n $${BENCH_GIS_IMPORT:-100000} --parcels $${BENCH_GIS_PARCELS:-100000}
 	$(BIN)/python bench/map_page.py

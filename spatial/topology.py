@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -422,12 +422,20 @@ class Checker:
         en: str,
         scope: str | None,
         involved: set[int] | None = None,
+        pairs: Callable[[Any, Any], Any] | None = None,
     ) -> list[Finding]:
-        """Return the overlaps between GEOMS (metres; LONLAT as stored); units whose interiors meet go into INVOLVED."""
+        """Return the overlaps between GEOMS (metres; LONLAT as stored); units whose interiors meet go into INVOLVED.
+
+        PAIRS, when given, tells (as a boolean array) which of the index pairs (left, right) to look at:
+        a piece of a bigger check reports only the pairs it owns.
+        """
         tree = shapely.STRtree(geoms)
         left, right = tree.query(geoms, predicate="intersects")
         keep = left < right
         left, right = left[keep], right[keep]
+        if pairs is not None and left.size:
+            mine = np.asarray(pairs(left, right), dtype=bool)
+            left, right = left[mine], right[mine]
         if left.size:  # neighbours in a tiling touch: only pairs whose interiors meet are intersected
             inner = shapely.relate_pattern(geoms[left], geoms[right], "2********")
             left, right = left[inner], right[inner]
@@ -552,7 +560,14 @@ class Checker:
         lonlat = np.asarray([g for _, g, _ in features], dtype=object)
         geoms = self.metric.to_m(lonlat)
         feat, frame = tree.query(geoms, predicate="intersects")
-        shares = shapely.area(shapely.intersection(geoms[feat], frame_geoms[frame])) if feat.size else np.array([])
+        # a feature inside one frame unit (most of them) needs no cutting: its share is its area, nothing is outside
+        shapely.prepare(frame_geoms)
+        within_one = shapely.covers(frame_geoms[frame], geoms[feat]) if feat.size else np.zeros(0, dtype=bool)
+        shares = shapely.area(geoms[feat])
+        cut = ~within_one
+        if cut.any():
+            shares[cut] = shapely.area(shapely.intersection(geoms[feat[cut]], frame_geoms[frame[cut]]))
+        covered = set(feat[within_one].tolist())
         by_feature: dict[int, list[tuple[str, float]]] = {}
         for i, j, area in zip(feat, frame, shares, strict=True):
             by_feature.setdefault(int(i), []).append((frame_codes[j], float(area)))
@@ -565,7 +580,10 @@ class Checker:
             else:
                 hits = [h for h in hits if h[1] >= tol.min_area_m2]
                 located = hits[0][0] if hits else None
-                outside = _areal(shapely.difference(geom, union)) if hits else geom
+                if i in covered:
+                    outside = shapely.Polygon()
+                else:
+                    outside = _areal(shapely.difference(geom, union)) if hits else geom
                 if not outside.is_empty and outside.area >= tol.min_area_m2:
                     findings.append(
                         self.finding(

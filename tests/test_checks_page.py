@@ -40,6 +40,9 @@ def test_a_grid_manager_sees_the_gap_in_the_community_and_zooms_to_it(demo_engin
         text = finding.inner_text()
         assert "缝隙" in text and gap["codes"][0] in text
         assert page.locator("path.guatu-found-gap").count() == 1  # drawn on the map
+        assert any("/api/checks/stream" in url for url in requests)  # the check streamed its progress
+        assert page.locator("progress.guatu-checks-progress").is_hidden()  # the bar is gone once it is done
+        assert page.locator("button[name=stop]").is_hidden() and page.locator("button[name=check]").is_enabled()
         page.wait_for_timeout(300)  # the page fits the map to the findings: let that zoom end first
         page.wait_for_function("!guatuChecks.map._animatingZoom", timeout=10_000)
         zoom_before = page.evaluate("guatuChecks.map.getZoom()")

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, suppress
 from typing import Annotated, Any, Literal
 
+import anyio
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from api.auth import rule
 from api.deps import SessionsDep
-from api.work import heavy, lane
+from api.errors import STATUS, error_body
+from api.work import client_of, heavy, lane
 from layers import hierarchy, problems
-from layers.checks import RULES, checks_context, findings_geojson, run_checks
+from layers.checks import DEFAULT_LIMIT, RULES, Checked, check_all, checks_context, chosen_rules, findings_geojson
+from layers.scopes import scope_unit
 from spatial.db import query_canceller
-from spatial.errors import InvalidInput
+from spatial.errors import GuatuError, InvalidInput
 from spatial.topology import Tolerance
 from spatial.work import CancelToken
 
@@ -28,21 +36,36 @@ MAX_CODES = 500
 CODE = re.compile(r"^[^\x00-\x1f\x7f,]{1,60}$")
 
 
-def report(findings: list[Any], scope: str | None, as_of: dt.date, tolerance: Tolerance) -> dict[str, Any]:
-    """Return the JSON report of FINDINGS."""
-    by_rule: dict[str, int] = {}
-    for finding in findings:
-        by_rule[finding.rule] = by_rule.get(finding.rule, 0) + 1
+MAX_LIMIT = 100_000
+"""The most findings one answer lists (every finding is counted all the same)."""
+
+
+def report(checked: Checked, scope: str | None, as_of: dt.date, tolerance: Tolerance) -> dict[str, Any]:
+    """Return the JSON report of a check: exact counts, and its findings listed up to its limit."""
     return {
         "scope": scope,
         "as_of": as_of.isoformat(),
         "tolerance": {"snap_m": tolerance.snap_m, "min_area_m2": tolerance.min_area_m2},
-        "summary": {
-            "errors": sum(1 for f in findings if f.severity == "error"),
-            "warnings": sum(1 for f in findings if f.severity == "warning"),
-            "by_rule": by_rule,
-        },
-        "findings": [f.as_dict() for f in findings],
+        "summary": summary(checked),
+        "listed": listed(checked),
+        "findings": [f.as_dict() for f in checked.findings],
+    }
+
+
+def summary(checked: Checked) -> dict[str, Any]:
+    """Return the counts of a check: exact, listed or not."""
+    return {"errors": checked.errors, "warnings": checked.warnings, "by_rule": checked.by_rule()}
+
+
+def listed(checked: Checked) -> dict[str, Any]:
+    """Return how many findings there are and how many are listed (at most the check's limit), and its pieces."""
+    return {
+        "total": checked.total,
+        "listed": len(checked.findings),
+        "limit": checked.limit,
+        "truncated": checked.truncated,
+        "pieces": checked.pieces,
+        "features": checked.features,
     }
 
 
@@ -58,34 +81,174 @@ async def checks(
     snap_m: Annotated[float, Query(ge=0, le=10)] = 0.05,
     min_area_m2: Annotated[float, Query(ge=0, le=1e6)] = 1.0,
     format: Annotated[Literal["json", "geojson"], Query()] = "json",
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="findings listed at most (all are counted)")] = (
+        DEFAULT_LIMIT
+    ),
 ) -> Response:
     """Check the boundaries in SCOPE: findings with rule, severity, features, problem geometry and area.
 
     Checks run a few at a time (a county's can take minutes); beyond the queue the answer is
-    503 with Retry-After, and a check whose client left is cancelled.
+    503 with Retry-After, and a check whose client left is cancelled. A check runs per
+    community, a few at once; at most LIMIT findings are listed (the first by severity,
+    scope, rule and codes), the counts in ``summary`` are exact (``listed.truncated`` says when
+    some are not listed). ``/api/checks/stream`` answers the same with its progress as it goes.
     """
     tolerance = Tolerance(snap_m=snap_m, min_area_m2=min_area_m2)
     chosen = [r.strip() for r in rules.split(",") if r.strip()] if rules else None
     day = as_of or dt.date.today()
 
-    def check(token: CancelToken) -> tuple[list[Any], dict[str, tuple[str, str]]]:
-        with sessions() as session, token.hook(query_canceller(session)):
-            found = run_checks(session, scope=scope, rules=chosen, as_of=day, tolerance=tolerance)
-            return found, problems.registered(session, [f.id for f in found])  # "已登记" beside each
+    def check(token: CancelToken) -> tuple[Checked, dict[str, tuple[str, str]]]:
+        checked = check_all(
+            sessions, scope=scope, rules=chosen, as_of=day, tolerance=tolerance, limit=limit, token=token
+        )
+        with sessions() as session:
+            return checked, problems.registered(session, [f.id for f in checked.findings])  # "已登记" beside each
 
-    async def job(token: CancelToken) -> tuple[list[Any], dict[str, tuple[str, str]]]:
+    async def job(token: CancelToken) -> tuple[Checked, dict[str, tuple[str, str]]]:
         return await lane(request, "checks").run(check, token)
 
-    found, registered = await heavy(request, "checks", job)
+    checked, registered = await heavy(request, "checks", job)
+    return Response(*_answer(checked, registered, format, scope, day, tolerance))
+
+
+def _answer(
+    checked: Checked,
+    registered: dict[str, tuple[str, str]],
+    format: str,
+    scope: str | None,
+    day: dt.date,
+    tolerance: Tolerance,
+) -> tuple[bytes, int, None, str]:
+    """Return the body, status, headers and media type of a check's answer (JSON report or GeoJSON)."""
     if format == "geojson":
-        collection = findings_geojson(found)
+        collection = findings_geojson(checked.findings)
         for feature in collection["features"]:
             feature["properties"]["registered"] = _registered(registered, feature["id"])
-        return Response(orjson.dumps(collection), media_type="application/geo+json")
-    body = report(found, scope, day, tolerance)
+        collection["summary"] = summary(checked)  # foreign members: the exact counts, how many are listed
+        collection["listed"] = listed(checked)
+        return orjson.dumps(collection), 200, None, "application/geo+json"
+    body = report(checked, scope, day, tolerance)
     for finding in body["findings"]:
         finding["registered"] = _registered(registered, finding["id"])
-    return Response(orjson.dumps(body), media_type="application/json")
+    return orjson.dumps(body), 200, None, "application/json"
+
+
+PROGRESS_EVERY_S = 0.5
+"""How often a streamed check tells its progress (also when there is none: a dead client is noticed)."""
+
+
+class _Streamed(StreamingResponse):
+    """A streamed check: RELEASE runs once it is sent, cut off or never started (the lane's place, the check)."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release()
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return orjson.dumps(record) + b"\n"
+
+
+@router.get(
+    "/api/checks/stream", summary="边界检查（带进度）Boundary checks with their progress (NDJSON)", **rule("checks")
+)
+async def checks_stream(
+    sessions: SessionsDep,
+    request: Request,
+    scope: Annotated[
+        str | None, Query(pattern=SCOPE_PATTERN, description="county, street, community or grid code")
+    ] = None,
+    rules: Annotated[str | None, Query(description="comma-separated: " + ", ".join(RULES))] = None,
+    as_of: Annotated[dt.date | None, Query(description="check the boundaries in force on this date")] = None,
+    snap_m: Annotated[float, Query(ge=0, le=10)] = 0.05,
+    min_area_m2: Annotated[float, Query(ge=0, le=1e6)] = 1.0,
+    format: Annotated[Literal["json", "geojson"], Query()] = "json",
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="findings listed at most (all are counted)")] = (
+        DEFAULT_LIMIT
+    ),
+) -> Response:
+    """Check the boundaries in SCOPE as ``/api/checks`` does, answering NDJSON lines as the check goes.
+
+    ``{"type": "progress", "done": …, "total": …}`` (features checked of all) every half
+    second, then ``{"type": "result", "status": 200, "body": …}`` (the report, or GeoJSON) or
+    ``{"type": "error", "status": …, "body": {"code", "message", …}}``. The request itself
+    carries the progress (nothing kept in a server's memory between requests: any worker
+    process can serve it). A full lane is a 503 before any line; a client that leaves cancels
+    the check.
+    """
+    tolerance = Tolerance(snap_m=snap_m, min_area_m2=min_area_m2)
+    chosen = chosen_rules([r.strip() for r in rules.split(",") if r.strip()] if rules else None)
+    day = as_of or dt.date.today()
+    if scope:
+
+        def known() -> None:
+            with sessions() as session:
+                scope_unit(session, scope, day)  # an unknown scope is a 404 before any line
+
+        await run_in_threadpool(known)
+    work = lane(request, "checks")
+    held = AsyncExitStack()
+    await held.enter_async_context(work.place(client_of(request)))  # full: 503 before any line
+    token = CancelToken()
+    told: list[tuple[int, int]] = [(0, 0)]
+
+    def check() -> tuple[Checked, dict[str, tuple[str, str]]]:
+        def progress(done: int, total: int) -> None:
+            told[0] = (done, total)
+
+        checked = check_all(
+            sessions,
+            scope=scope,
+            rules=chosen,
+            as_of=day,
+            tolerance=tolerance,
+            limit=limit,
+            token=token,
+            progress=progress,
+        )
+        with sessions() as session:
+            return checked, problems.registered(session, [f.id for f in checked.findings])
+
+    running: list[asyncio.Future[Any]] = []
+
+    async def lines() -> AsyncIterator[bytes]:
+        async with work.turn():
+            token.check()
+            task = asyncio.ensure_future(work.run(check))
+            running.append(task)
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=PROGRESS_EVERY_S)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    token.cancel()
+                yield _line({"type": "progress", "done": told[0][0], "total": told[0][1]})
+            try:
+                checked, registered = task.result()
+            except GuatuError as exc:
+                body = error_body([p.as_dict() for p in exc.problems])
+                yield _line({"type": "error", "status": STATUS[exc.kind], "body": body})
+                return
+            content, status, _, media = _answer(checked, registered, format, scope, day, tolerance)
+            yield _line({"type": "progress", "done": told[0][1], "total": told[0][1]})
+            yield b'{"type":"result","status":' + str(status).encode() + b',"media_type":"' + media.encode()
+            yield b'","body":' + content + b"}\n"
+
+    async def release() -> None:
+        token.cancel()  # nobody reads any more (or all was sent): a check still running stops
+        for task in running:
+            with suppress(BaseException):
+                await task
+        await held.aclose()
+
+    return _Streamed(lines(), release, media_type="application/x-ndjson; charset=utf-8")
 
 
 def _registered(registered: dict[str, tuple[str, str]], finding_id: str) -> dict[str, str] | None:

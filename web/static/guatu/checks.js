@@ -265,6 +265,34 @@
       return fetch(url).then(function (r) { return r.json().then(function (d) { return {ok: r.ok, data: d}; }); });
     }
 
+    /* A check streamed as NDJSON lines: progress lines (told to ONPROGRESS) then its result or its error.
+       Aborting SIGNAL (the page left, or 停止 pressed) closes the request: the server stops the check. */
+    function streamed(url, onProgress, signal) {
+      return fetch(url, {credentials: "same-origin", signal: signal}).then(function (r) {
+        if (!r.ok || !r.body) return r.json().then(function (d) { return {ok: false, data: d}; });
+        var reader = r.body.getReader(), decoder = new TextDecoder(), buffer = "", out = null;
+        function pump() {
+          return reader.read().then(function (step) {
+            if (step.value) buffer += decoder.decode(step.value, {stream: true});
+            var lines = buffer.split("\n");
+            buffer = lines.pop();
+            lines.forEach(function (line) {
+              if (!line.trim()) return;
+              var record = JSON.parse(line);
+              if (record.type === "progress") onProgress(record.done, record.total);
+              else if (record.type === "result") out = {ok: true, data: record.body};
+              else if (record.type === "error") out = {ok: false, data: record.body};
+            });
+            if (step.done) {
+              return out || {ok: false, data: {code: "check_interrupted", message: "检查中断 the check ended early"}};
+            }
+            return pump();
+          });
+        }
+        return pump();
+      });
+    }
+
     var Panel = L.Control.extend({
       options: {position: "topleft"},
       onAdd: function () {
@@ -297,8 +325,18 @@
           key.appendChild(item);
         });
         box.appendChild(key);
+        var stop = el("button", "guatu-secondary guatu-checks-stop", "停止 Stop");
+        stop.type = "button";
+        stop.name = "stop";
+        stop.hidden = true;
+        box.appendChild(stop);
+        var bar = el("progress", "guatu-checks-progress");
+        bar.hidden = true;
+        box.appendChild(bar);
         var status = el("div", "guatu-upload-status");
         box.appendChild(status);
+        var aborter = null;
+        stop.addEventListener("click", function () { if (aborter) aborter.abort(); });
         var note = el("div", "guatu-checks-note");
         box.appendChild(note);
         var list = el("div", "guatu-findings");
@@ -317,13 +355,28 @@
           found.clearLayers();
           shapes = {};
           rings = {};
-          json(opts.api + "/checks?format=geojson" + (scope ? "&scope=" + encodeURIComponent(scope) : ""))
+          var summary = null;
+          aborter = window.AbortController ? new AbortController() : null;
+          stop.hidden = false;
+          bar.hidden = false;
+          bar.removeAttribute("value");  // indeterminate until the first count
+          function progress(done, total) {
+            if (!total) return;
+            bar.max = total;
+            bar.value = done;
+            status.textContent = "检查中… checking: " + done.toLocaleString() + " / " + total.toLocaleString() +
+              " 个要素 features (" + Math.floor(100 * done / total) + "%)";
+          }
+          streamed(opts.api + "/checks/stream?format=geojson" + (scope ? "&scope=" + encodeURIComponent(scope) : ""),
+                   progress, aborter ? aborter.signal : undefined)
             .then(function (out) {
               if (!out.ok) {
                 status.className = "guatu-upload-status guatu-bad";
                 status.textContent = out.data.code + "：" + out.data.message;
                 return null;
               }
+              summary = out.data.summary;
+              summary.listing = out.data.listed;
               var features = out.data.features;
               var codes = {};
               features.forEach(function (f) { f.properties.codes.forEach(function (c) { codes[c] = true; }); });
@@ -339,11 +392,16 @@
               });
             }).then(function (features) {
               if (!features) return;
-              var errors = features.filter(function (f) { return f.properties.severity === "error"; }).length;
+              var errors = summary.errors, warnings = summary.warnings;  // exact: every finding counted
               status.className = "guatu-upload-status " + (errors ? "guatu-bad" : "guatu-good");
               status.textContent = (lv ? lv.zh + " " + scope + "：" : "全部：") + "错误 " + errors + "，警告 " +
-                (features.length - errors) +
-                (features.length ? "：点击一条可定位 (click one to zoom)" : "：边界无问题 (no findings)");
+                warnings + (features.length ? "：点击一条可定位 (click one to zoom)" : "：边界无问题 (no findings)");
+              var shown = summary.listing;
+              if (shown && shown.truncated) {
+                note.textContent = (note.textContent ? note.textContent + "；" : "") + "只列出前 " +
+                  shown.listed.toLocaleString() + " 条，共 " + shown.total.toLocaleString() + " 条 (the first " +
+                  shown.listed + " of " + shown.total + " findings are listed; the counts are exact)";
+              }
               features.forEach(function (f) {
                 var p = f.properties;
                 var colour = COLOURS[p.severity];
@@ -368,8 +426,13 @@
               ringSmall();
             }).catch(function (err) {
               status.className = "guatu-upload-status guatu-bad";
-              status.textContent = "失败 (failed): " + err.message;
-            }).then(function () { run.disabled = false; });
+              status.textContent = err.name === "AbortError" ? "已停止 stopped" : "失败 (failed): " + err.message;
+            }).then(function () {
+              run.disabled = false;
+              stop.hidden = true;
+              bar.hidden = true;
+              aborter = null;
+            });
         });
         return box;
       }
