@@ -1,20 +1,28 @@
-"""The map page over a county of a million parcels, in headless Chromium: vector tiles beside GeoJSON by view.
+"""The map page over a county of a million parcels, in headless Chromium: renderers side by side (issue 15).
 
-Usage: `.venv/bin/python bench/map_page.py [--views 12]` after `bench/tile_serving.py` has
-made its county (database `guatu_bench_tiles`, 1,000,000 parcels). Serves guatu on that
-database (tile cache off) and opens its map page twice, one run, both signed in as the bench's
-administrator (bench/signin.py; its API token on every request the pages make):
+Usage: `.venv/bin/python bench/map_page.py [--views 12] [--only page,vg-svg,…] [--check-views 18]` after
+`bench/tile_serving.py` has made its county (database `guatu_bench_tiles`, 1,000,000 parcels;
+`bench/tile_serving.py --parcels 1000000 --only raw --tiles 20` makes it and stops soon after).
+Serves guatu on that database (tile cache off) and opens its map page once per candidate, one
+run, all signed in as the bench's administrator (bench/signin.py):
 
-- tiles: the page as it is, parcels from `/tiles/parcels/{z}/{x}/{y}.pbf` (Leaflet.VectorGrid);
-- GeoJSON (the peer, what the page did before vector tiles): the same page with the tile layer
-  switched off; the view's parcels are fetched from `/api/layers/parcels/features?bbox=…`
-  (at most 10,000, the API's cap) and drawn with `L.geoJSON` in the same style.
+- page: the page as map.js draws it (since issue 15: VectorGrid, a canvas per tile);
+- vg-svg: Leaflet.VectorGrid with its SVG renderer, an element per parcel (the page before);
+- vg-canvas: Leaflet.VectorGrid with its canvas renderer;
+- protomaps: protomaps-leaflet (canvas), `maxDataZoom` 22 so it fetches the same tiles;
+- maplibre: MapLibre GL inside Leaflet (@maplibre/maplibre-gl-leaflet, WebGL; headless Chromium
+  has no GPU: SwiftShader renders it in software, so frames and main-thread long tasks are shown);
+- geojson (the peer, the page before vector tiles): the view's parcels from
+  `/api/layers/parcels/features?bbox=…` (at most 10,000, the API's cap) drawn with `L.geoJSON`.
 
-For each of a seeded list of views at zooms 15–17 the map is moved there ("jump") and then
-panned east by half its width ("pan"), each timed until every parcel is drawn (all tiles
-loaded and two animation frames later / the GeoJSON added and two frames later). On a pan
-the tiles already drawn stay and only the new ones are fetched; the GeoJSON peer fetches
-and redraws the whole view. Prints p50 and p95 per zoom and move, features drawn, ratios.
+Every candidate but `page` takes the page's parcel group off the map and draws the same tiles
+(`/tiles/parcels/{z}/{x}/{y}.pbf`) in the page's colours (guatu.look). For each of a seeded list of
+views at zooms 15–17 the map is moved there ("jump") and then panned east by half its width
+("pan"), each timed until every parcel is drawn (all tiles drawn and two animation frames later;
+MapLibre's `idle`). "draw" is the part after the last tile (or the GeoJSON) arrived, from the
+browser's own network timings. Then (`--check-views`) the page as shipped is filtered to idle
+parcels and moved through that many views: each must draw only idle parcels, and a click on one
+must open its own ledger and draw it highlighted.
 """
 
 from __future__ import annotations
@@ -206,6 +214,50 @@ def measure(page: Any, arrivals: list[tuple[float, float]], x: float, y: float, 
     return out
 
 
+CLICK = """(id) => guatu.pointOf('parcels', id)"""
+
+
+def check_page(browser: Any, base: str, plan: list[tuple[float, float, int]]) -> list[dict[str, Any]]:
+    """The page as shipped, filtered to idle parcels: every view moved to, its drawing checked, a parcel clicked.
+
+    Each view: a jump, then a pan. Checked: every parcel drawn is idle (the filter), the click opens
+    that parcel's own ledger and draws it highlighted. Returns per move: ms to drawn, ms to the ledger.
+    """
+    page, arrivals = open_candidate(browser, base, "page", {})
+    for box in page.locator(".guatu-choice input").all():  # the map's filter: idle parcels only
+        if box.get_attribute("value") != "闲置":
+            box.uncheck()
+    page.wait_for_function("document.querySelector('.guatu-figures').dataset.query.startsWith('status=')")
+    page.wait_for_function("guatu.idle()", timeout=60_000)
+    out = []
+    for x, y, z in plan:
+        for move, pan in (("jump", 0), ("pan", 700)):
+            moved = measure(page, arrivals, x, y, z, pan)
+            drawn = page.evaluate("guatu.drawn('parcels').map(p => [p.id, p.use_status])")
+            wrong = [fid for fid, status in drawn if status != "闲置"]
+            if wrong:
+                raise SystemExit(f"the filter is not kept at {x:.5f},{y:.5f} z{z}: {wrong[:5]} drawn")
+            at, fid = None, None
+            for fid, _ in drawn:
+                at = page.evaluate(CLICK, fid)
+                if at:
+                    break
+            opened = None
+            if at:
+                t0 = time.perf_counter()
+                page.mouse.click(at["x"], at["y"])
+                page.wait_for_function(
+                    f"document.querySelector('.leaflet-popup-content td.guatu-v-use_status') && "
+                    f"guatu.styleOf('parcels', {fid}).color === '#f59e0b'",
+                    timeout=15_000,
+                )
+                opened = (time.perf_counter() - t0) * 1000
+                page.evaluate("() => window.bench.map.closePopup()")
+            out.append({"move": move, "z": z, "ms": moved["ms"], "drawn": len(drawn), "popup_ms": opened})
+    page.close()
+    return out
+
+
 def row(samples: list[dict[str, Any]], key: str) -> float:
     return statistics.median(s[key] for s in samples)
 
@@ -216,6 +268,7 @@ def main() -> None:
     parser.add_argument(
         "--only", default=",".join(CANDIDATES), help="candidates, comma-separated: " + ", ".join(CANDIDATES)
     )
+    parser.add_argument("--check-views", type=int, default=18, help="views of the filtered page with a popup each")
     args = parser.parse_args()
     kinds = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = set(kinds) - set(CANDIDATES)
@@ -252,6 +305,7 @@ def main() -> None:
     }
     plan = views(args.views)
     results: dict[str, dict[tuple[str, int], list[dict[str, Any]]]] = {k: {} for k in kinds}
+    checked: list[dict[str, Any]] = []
     try:
         with chromium() as browser:
             pages = {kind: open_candidate(browser, base, kind, js_style) for kind in kinds}
@@ -260,9 +314,25 @@ def main() -> None:
                 for move, pan in (("jump", 0), ("pan", 700)):
                     for kind, (page, arrivals) in pages.items():
                         results[kind].setdefault((move, z), []).append(measure(page, arrivals, x, y, z, pan))
+            for page, _ in pages.values():
+                page.close()
+            checked = check_page(browser, base, views(args.check_views)) if args.check_views else []
     finally:
         server.should_exit = True
     report(results, kinds, held, args.views, renderer)
+    if checked:
+        print(f"\nthe page as shipped, filtered to idle parcels, {args.check_views} views (a jump and a pan each):")
+        print("every view drew only idle parcels; a click on one opened its own ledger, drawn highlighted")
+        for move in ("jump", "pan"):
+            for z in ZOOMS:
+                mine = [c for c in checked if c["move"] == move and c["z"] == z]
+                popups = [c["popup_ms"] for c in mine if c["popup_ms"] is not None]
+                print(
+                    f"{move} z{z}: drawn p50 {statistics.median(c['ms'] for c in mine):.0f} ms,"
+                    f" parcels {statistics.median(c['drawn'] for c in mine):.0f},"
+                    f" ledger opened p50 {statistics.median(popups) if popups else float('nan'):.0f} ms"
+                    f" ({len(popups)}/{len(mine)} clicked)"
+                )
 
 
 WEBGL = """() => { const g = document.createElement('canvas').getContext('webgl2');

@@ -214,6 +214,8 @@ def click_feature(page: Any, layer: str, fid: int | None = None, timeout_ms: int
         + ")"
     )
     at = page.wait_for_function(find, timeout=timeout_ms)
+    if hasattr(at, "json_value"):  # a plain Playwright page answers with a handle
+        at = at.json_value()
     if at.get("path"):
         selector = f"path.guatu-{layer}" if fid is None else f"path.guatu-{layer}-{fid}"
         page.locator(selector).first.dispatch_event("click")

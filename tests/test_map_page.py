@@ -125,6 +125,48 @@ def test_map_draws_layers_and_popups_escape_text(base_url: str, xss_shop: dict) 
     assert outside == []
 
 
+def test_a_tiled_parcel_clicked_is_highlighted_and_its_own_ledger_opens(base_url: str) -> None:
+    """On the tiles' canvases: the click opens the ledger of the parcel under the mouse (not a neighbour's),
+    that parcel alone is drawn highlighted until its popup closes, and a filtered view draws only what it keeps."""
+    parcels = httpx.get(f"{base_url}/api/layers/parcels/features", params={"limit": 200}).json()["features"]
+    from shapely.geometry import shape
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(base_url + "/")
+        page.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
+        spot = shape(parcels[7]["geometry"]).representative_point()
+        move_to(page, spot.x, spot.y, 18)
+        page.wait_for_function("guatu.idle() && guatu.drawn('parcels').length > 3", timeout=15_000)
+        ids = page.evaluate("guatu.drawn('parcels').map(p => p.id)")
+        for fid in ids[:3]:
+            click_feature(page, "parcels", fid)
+            code = next(p["properties"]["code"] for p in parcels if p["id"] == fid)
+            page.wait_for_function(
+                "guatu.idle() && document.querySelector('.leaflet-popup-content .guatu-popup-table')"
+            )
+            assert code in page.locator(".leaflet-popup-content").inner_text()  # its own ledger, not a neighbour's
+            lit = page.evaluate(
+                "guatu.drawn('parcels').filter(p => guatu.styleOf('parcels', p.id).color === '#f59e0b')"
+            )
+            assert [p["id"] for p in lit] == [fid]
+            assert page.evaluate(f"guatu.styleOf('parcels', {fid}).weight") == 4
+        page.evaluate("(() => { const m = Object.values(window).find(v => v instanceof L.Map); m.closePopup(); })()")
+        assert page.evaluate(f"guatu.styleOf('parcels', {ids[2]}).color") != "#f59e0b"
+
+        for box in page.locator(".guatu-choice input").all():  # the filter: idle parcels only
+            if box.get_attribute("value") != "闲置":
+                box.uncheck()
+        page.wait_for_function("document.querySelector('.guatu-figures').dataset.query.startsWith('status=')")
+        page.wait_for_function("guatu.idle()", timeout=15_000)
+        statuses = page.evaluate("guatu.drawn('parcels').map(p => p.use_status)")
+        assert set(statuses) <= {"闲置"}
+        kept = page.evaluate("guatu.drawn('parcels').map(p => p.id)")
+        if kept:  # the filtered tiles are hit-tested too
+            click_feature(page, "parcels", kept[0])
+            page.locator(".leaflet-popup-content td.guatu-v-use_status", has_text="闲置").wait_for(timeout=10_000)
+
+
 def test_api_docs_render_offline(base_url: str) -> None:
     requests: list[str] = []
     with chromium() as browser:

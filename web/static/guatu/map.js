@@ -322,10 +322,24 @@
       if (!f._pxBounds && f.makeInteractive) f.makeInteractive();
       return Boolean(f._pxBounds);
     }
+    /* Whether tile pixel P is inside polygon feature F's rings (not merely near its outline, as
+       Leaflet's own test says, which would open a neighbour's ledger from next to the edge). */
+    function inside(f, p) {
+      var parts = f._parts || [], within = false;
+      if (!(f instanceof L.Polygon)) return false;
+      for (var r = 0; r < parts.length; r++) {
+        var ring = parts[r];
+        for (var a = 0, b = ring.length - 1; a < ring.length; b = a++) {
+          if ((ring[a].y > p.y) !== (ring[b].y > p.y) &&
+              p.x < (ring[b].x - ring[a].x) * (p.y - ring[a].y) / (ring[b].y - ring[a].y) + ring[a].x) within = !within;
+        }
+      }
+      return within;
+    }
     /* The feature drawn at map event E (its properties), or null. */
     function hit(e) {
       if (!map.hasLayer(tiles)) return null;
-      var keys = Object.keys(tiles._vectorTiles);
+      var keys = Object.keys(tiles._vectorTiles), near = null;
       for (var i = 0; i < keys.length; i++) {
         var tile = tiles._vectorTiles[keys[i]];
         if (!tile._map) continue;
@@ -333,10 +347,12 @@
         var ids = Object.keys(features);
         for (var j = ids.length - 1; j >= 0; j--) {  // the one drawn last is on top
           var f = features[ids[j]].feature;
-          if (bounded(f) && f._containsPoint(p)) return f.properties;
+          if (!bounded(f) || !f._pxBounds.contains(p)) continue;
+          if (inside(f, p)) return f.properties;
+          if (!near && f._containsPoint(p)) near = f.properties;  // on its outline (a line, a point)
         }
       }
-      return null;
+      return near;
     }
     tileHits.push({z: 400 + opts.order, hit: hit, open: function (props, e) {
       pick({layer: {properties: props}, latlng: e.latlng});
@@ -408,11 +424,12 @@
         var tile = tiles._vectorTiles[key], found = (tile._features || {})[id];
         if (best || !found || !bounded(found.feature) || !tile._container) return;
         var f = found.feature, b = f._pxBounds, rect = tile._container.getBoundingClientRect();
-        for (var i = 1; i < 10 && !best; i++) {
-          for (var j = 1; j < 10 && !best; j++) {
-            var p = L.point(b.min.x + (b.max.x - b.min.x) * i / 10, b.min.y + (b.max.y - b.min.y) * j / 10);
+        var steps = [5, 4, 6, 3, 7, 2, 8, 1, 9];  // from the middle out: away from the neighbours
+        for (var i = 0; i < steps.length && !best; i++) {
+          for (var j = 0; j < steps.length && !best; j++) {
+            var p = L.point(b.min.x + (b.max.x - b.min.x) * steps[i] / 10, b.min.y + (b.max.y - b.min.y) * steps[j] / 10);
             var x = rect.left + p.x, y = rect.top + p.y;
-            if (f._containsPoint(p) && x > frame.left + 5 && x < frame.right - 5 && y > frame.top + 5 &&
+            if (inside(f, p) && x > frame.left + 5 && x < frame.right - 5 && y > frame.top + 5 &&
                 y < frame.bottom - 5 && under(x, y)) best = {x: x, y: y};
           }
         }
@@ -444,9 +461,11 @@
     loaders.push(group);
   }
 
-  /* The z-index of the map pane NODE is drawn in (0: the map itself; controls are above all). */
+  /* The z-index of the map pane NODE is drawn in: 0 for the map itself, above all for anything
+     that is not drawn on the map (controls, panels, the editor's forms). */
   function paneZ(node) {
-    if (node.closest(".leaflet-control-container")) return Infinity;
+    if (node.classList && node.classList.contains("leaflet-container")) return 0;
+    if (!node.closest(".leaflet-map-pane")) return Infinity;
     var pane = node.closest(".leaflet-pane:not(.leaflet-map-pane)");
     return pane ? Number(window.getComputedStyle(pane).zIndex) || 0 : 0;
   }
