@@ -224,10 +224,13 @@ def check_page(browser: Any, base: str, plan: list[tuple[float, float, int]]) ->
     that parcel's own ledger and draws it highlighted. Returns per move: ms to drawn, ms to the ledger.
     """
     page, arrivals = open_candidate(browser, base, "page", {})
+    page.wait_for_selector(".guatu-figures[data-count]", timeout=60_000)
     for box in page.locator(".guatu-choice input").all():  # the map's filter: idle parcels only
         if box.get_attribute("value") != "闲置":
             box.uncheck()
-    page.wait_for_function("document.querySelector('.guatu-figures').dataset.query.startsWith('status=')")
+    page.wait_for_function(
+        "(document.querySelector('.guatu-figures').dataset.query || '').startsWith('status=')", timeout=60_000
+    )
     page.wait_for_function("guatu.idle()", timeout=60_000)
     out = []
     for x, y, z in plan:
@@ -252,7 +255,7 @@ def check_page(browser: Any, base: str, plan: list[tuple[float, float, int]]) ->
                     timeout=15_000,
                 )
                 opened = (time.perf_counter() - t0) * 1000
-                page.evaluate("() => window.bench.map.closePopup()")
+                page.evaluate("() => { window.bench.map.closePopup(); }")
             out.append({"move": move, "z": z, "ms": moved["ms"], "drawn": len(drawn), "popup_ms": opened})
     page.close()
     return out
@@ -316,10 +319,11 @@ def main() -> None:
                         results[kind].setdefault((move, z), []).append(measure(page, arrivals, x, y, z, pan))
             for page, _ in pages.values():
                 page.close()
+            report(results, kinds, held, args.views, renderer)
+            sys.stdout.flush()
             checked = check_page(browser, base, views(args.check_views)) if args.check_views else []
     finally:
         server.should_exit = True
-    report(results, kinds, held, args.views, renderer)
     if checked:
         print(f"\nthe page as shipped, filtered to idle parcels, {args.check_views} views (a jump and a pan each):")
         print("every view drew only idle parcels; a click on one opened its own ledger, drawn highlighted")
@@ -388,6 +392,8 @@ def report(
                     ratio = row(peer, "ms") / row(mine, "ms")
                     met &= ratio > 1
                     parts.append(f"{move} {ratio:.2f}×")
+        if not parts:
+            continue
         print(f"{LABELS[kind]}: {', '.join(parts)}  {'goal met' if met else 'goal not met'}")
 
 
