@@ -142,10 +142,8 @@ def test_a_tiled_parcel_clicked_is_highlighted_and_its_own_ledger_opens(base_url
         for fid in ids[:3]:
             click_feature(page, "parcels", fid)
             code = next(p["properties"]["code"] for p in parcels if p["id"] == fid)
-            page.wait_for_function(
-                "guatu.idle() && document.querySelector('.leaflet-popup-content .guatu-popup-table')"
-            )
-            assert code in page.locator(".leaflet-popup-content").inner_text()  # its own ledger, not a neighbour's
+            # its own ledger, not a neighbour's (nor the last one's: each click replaces the popup)
+            page.locator(".leaflet-popup-content .guatu-popup-table", has_text=code).wait_for(timeout=10_000)
             lit = page.evaluate(
                 "guatu.drawn('parcels').filter(p => guatu.styleOf('parcels', p.id).color === '#f59e0b')"
             )

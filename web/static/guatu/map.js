@@ -14,7 +14,7 @@
   var groups = {};      // layer id -> its layer group on the map
   var popupHooks = [];  // function(opts, feature, box): what other modules add to a popup (edit buttons)
   var paints = [];      // function(opts, props, style): another colouring of a layer (contracts.js), or null
-  var tileHits = [];    // per tiled layer, top one first: {order, hit(mapEvent) -> props|null, open(props, e)}
+  var tileHits = [];    // per tiled layer, top one first: {z (its pane's), hit(mapEvent) -> props|null, open}
   var pointsOf = {};    // tiled layer id -> function(id): a page point inside that feature as drawn (tests)
   var stylesOf = {};    // tiled layer id -> function(id): the style that feature is drawn with now (tests)
   var restylers = {};   // layer id -> function(): draw what is shown again with look() (after a paint changed)
@@ -295,12 +295,12 @@
     var tiles = new Tiles(opts.tiles, {
       pane: paneName,
       // One canvas per tile, not an SVG element per feature: a z15 view holds ~12,000 parcels
-      // (bench/map_page.py, issue 15). Clicks are hit-tested by Leaflet's canvas renderer.
+      // (bench/map_page.py, issue 15). Clicks are hit-tested here (catchClicks, hit).
       rendererFactory: L.canvas.tile,
       vectorTileLayerStyles: styles,
       // Not interactive itself: each tile's canvas would catch the clicks meant for the tiled layers
       // below it (an empty tile covers its whole square). A click on the map is hit-tested against
-      // the tiled layers from the top one down (tileHit). No minZoom here: Leaflet would stop the
+      // the tiled layers from the top one down (tileHits). No minZoom here: Leaflet would stop the
       // whole map zooming out below it.
       interactive: false,
       maxZoom: 22,
@@ -343,11 +343,10 @@
       for (var i = 0; i < keys.length; i++) {
         var tile = tiles._vectorTiles[keys[i]];
         if (!tile._map) continue;
-        var p = e.layerPoint.subtract(tile.getOffset()), features = tile._features || {};
-        var ids = Object.keys(features);
-        for (var j = ids.length - 1; j >= 0; j--) {  // the one drawn last is on top
-          var f = features[ids[j]].feature;
-          if (!bounded(f) || !f._pxBounds.contains(p)) continue;
+        var p = e.layerPoint.subtract(tile.getOffset());
+        for (var o = tile._drawLast; o; o = o.prev) {  // the canvas's drawing order: the last one is on top
+          var f = o.layer;
+          if (!f.properties || !bounded(f) || !f._pxBounds.contains(p)) continue;
           if (inside(f, p)) return f.properties;
           if (!near && f._containsPoint(p)) near = f.properties;  // on its outline (a line, a point)
         }
@@ -418,6 +417,10 @@
       var top = document.elementFromPoint(x, y);
       return Boolean(top) && map.getContainer().contains(top) && paneZ(top) < 400 + opts.order;
     }
+    function ours(x, y, id) {  // a click there opens feature ID (not one drawn over it)
+      var props = hit({layerPoint: map.mouseEventToLayerPoint({clientX: x, clientY: y})});
+      return Boolean(props) && String(props.id) === String(id);
+    }
     pointsOf[opts.id] = function (id) {
       var frame = map.getContainer().getBoundingClientRect(), best = null;
       Object.keys(tiles._vectorTiles).forEach(function (key) {
@@ -430,7 +433,7 @@
             var p = L.point(b.min.x + (b.max.x - b.min.x) * steps[i] / 10, b.min.y + (b.max.y - b.min.y) * steps[j] / 10);
             var x = rect.left + p.x, y = rect.top + p.y;
             if (inside(f, p) && x > frame.left + 5 && x < frame.right - 5 && y > frame.top + 5 &&
-                y < frame.bottom - 5 && under(x, y)) best = {x: x, y: y};
+                y < frame.bottom - 5 && under(x, y) && ours(x, y, id)) best = {x: x, y: y};
           }
         }
       });
