@@ -213,9 +213,17 @@ def click_feature(page: Any, layer: str, fid: int | None = None, timeout_ms: int
         + json.dumps([layer, fid])
         + ")"
     )
-    at = page.wait_for_function(find, timeout=timeout_ms)
-    if hasattr(at, "json_value"):  # a plain Playwright page answers with a handle
-        at = at.json_value()
+    deadline = time.monotonic() + timeout_ms / 1000
+    at = None
+    while True:  # the same point twice in a row: the map is not panning (a popup's auto-pan)
+        seen = page.wait_for_function(find, timeout=timeout_ms)
+        if hasattr(seen, "json_value"):  # a plain Playwright page answers with a handle
+            seen = seen.json_value()
+        if seen == at or time.monotonic() > deadline:
+            at = seen
+            break
+        at = seen
+        page.wait_for_timeout(300)
     if at.get("path"):
         selector = f"path.guatu-{layer}" if fid is None else f"path.guatu-{layer}-{fid}"
         page.locator(selector).first.dispatch_event("click")
