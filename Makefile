@@ -93,7 +93,7 @@ assets: $(ASSET_DIR)/.installed
 $(ASSET_DIR)/.installed: web/package.json web/package-lock.json
 	@echo "==> 前端资源 front-end assets (npm ci)"
 	mkdir -p $(NPM_DIR) $(ASSET_DIR)/leaflet $(ASSET_DIR)/swagger-ui $(ASSET_DIR)/vectorgrid $(ASSET_DIR)/geoman \
-	         $(ASSET_DIR)/tabulator
+	         $(ASSET_DIR)/tabulator $(ASSET_DIR)/maplibre $(ASSET_DIR)/protomaps
 	cp web/package.json web/package-lock.json $(NPM_DIR)/
 	cd $(NPM_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	cp -r $(NPM_DIR)/node_modules/leaflet/dist/leaflet.js $(NPM_DIR)/node_modules/leaflet/dist/leaflet.css \
@@ -108,6 +108,13 @@ $(ASSET_DIR)/.installed: web/package.json web/package-lock.json
 	cp $(NPM_DIR)/node_modules/tabulator-tables/dist/js/tabulator.min.js \
 	   $(NPM_DIR)/node_modules/tabulator-tables/dist/css/tabulator.min.css \
 	   $(NPM_DIR)/node_modules/tabulator-tables/LICENSE $(ASSET_DIR)/tabulator/
+	cp $(NPM_DIR)/node_modules/maplibre-gl/dist/maplibre-gl-csp.js \
+	   $(NPM_DIR)/node_modules/maplibre-gl/dist/maplibre-gl-csp-worker.js \
+	   $(NPM_DIR)/node_modules/maplibre-gl/dist/maplibre-gl.css \
+	   $(NPM_DIR)/node_modules/maplibre-gl/LICENSE.txt \
+	   $(NPM_DIR)/node_modules/@maplibre/maplibre-gl-leaflet/leaflet-maplibre-gl.js $(ASSET_DIR)/maplibre/
+	cp $(NPM_DIR)/node_modules/protomaps-leaflet/dist/protomaps-leaflet.js \
+	   $(NPM_DIR)/node_modules/protomaps-leaflet/LICENSE $(ASSET_DIR)/protomaps/
 	touch $@
 
 database: venv ## start the local PostGIS (unless DATABASE_URL is set) and migrate

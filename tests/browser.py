@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -193,3 +194,38 @@ def chromium(*, csp_violations_allowed: bool = False) -> Iterator[Any]:
 def auth_line() -> str:
     """Return the request header line that signs a raw socket request in as the current test user."""
     return f"Authorization: Bearer {SIGNED_IN['token']}\r\n"
+
+
+def click_feature(page: Any, layer: str, fid: int | None = None, timeout_ms: int = 15_000) -> None:
+    """Click feature FID of LAYER (any drawn one if None) where it is drawn, as a user would.
+
+    A GeoJSON layer's feature is an SVG path (dispatched a click); a tiled layer's is painted on
+    its tiles' canvases (map.js), so the mouse clicks a point inside it that nothing covers.
+    """
+    find = (
+        """(([layer, fid]) => {
+      const path = document.querySelector(fid === null ? `path.guatu-${layer}` : `path.guatu-${layer}-${fid}`);
+      if (path) return {path: true};
+      const ids = fid === null ? guatu.drawn(layer).map(p => p.id) : [fid];
+      for (const id of ids) { const at = guatu.pointOf(layer, id); if (at) return at; }
+      return null;
+    })("""
+        + json.dumps([layer, fid])
+        + ")"
+    )
+    deadline = time.monotonic() + timeout_ms / 1000
+    at = None
+    while True:  # the same point twice in a row: the map is not panning (a popup's auto-pan)
+        seen = page.wait_for_function(find, timeout=timeout_ms)
+        if hasattr(seen, "json_value"):  # a plain Playwright page answers with a handle
+            seen = seen.json_value()
+        if seen == at or time.monotonic() > deadline:
+            at = seen
+            break
+        at = seen
+        page.wait_for_timeout(300)
+    if at.get("path"):
+        selector = f"path.guatu-{layer}" if fid is None else f"path.guatu-{layer}-{fid}"
+        page.locator(selector).first.dispatch_event("click")
+    else:
+        page.mouse.click(at["x"], at["y"])

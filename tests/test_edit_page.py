@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from shapely.geometry import Point, Polygon, shape
 
 from tests import accounts
-from tests.browser import chromium, live_server
+from tests.browser import chromium, click_feature, live_server
 from tests.conftest import demo_database, owner_url
 
 pytestmark = pytest.mark.browser
@@ -129,6 +129,10 @@ def pixel(page: Any, xy: list[float]) -> tuple[float, float]:
     return x, y
 
 
+PARCELS_DRAWN = "document.querySelectorAll('path.guatu-parcels').length + guatu.drawn('parcels').length"
+"""How many parcels are drawn: GeoJSON paths (the map as of a date) or features on the tiles' canvases."""
+
+
 def click_at(page: Any, x: float, y: float) -> None:
     """Move the mouse there in steps (Geoman snaps on mouse moves), then click."""
     page.mouse.move(x, y, steps=6)
@@ -138,8 +142,7 @@ def click_at(page: Any, x: float, y: float) -> None:
 def open_popup(page: Any, layer: str, fid: int) -> Any:
     """Click feature FID of LAYER on the map; return its popup."""
     page.wait_for_function("() => guatu.idle() && guatuEdit.idle()", timeout=15_000)
-    page.wait_for_selector(f"path.guatu-{layer}-{fid}", timeout=15_000)
-    page.locator(f"path.guatu-{layer}-{fid}").first.dispatch_event("click")
+    click_feature(page, layer, fid)
     popup = page.locator(".leaflet-popup-content")
     popup.locator(".guatu-popup-table").wait_for(timeout=10_000)  # the ledger, fetched on a click
     return popup
@@ -495,18 +498,18 @@ def test_the_map_as_of_a_past_date_is_drawn_from_the_history_and_read_only(base_
     with chromium() as browser:
         page = open_page(browser, base_url, "surveyor", WIDE)
         move_to(page, centre.x, centre.y, 18)
-        assert page.locator("path.guatu-parcels").count() > 0
+        assert page.evaluate(PARCELS_DRAWN) > 0  # SVG paths as of a date, the tiles' canvases now
         asked: list[str] = []
         page.on("request", lambda r: asked.append(r.url) if "as_of=" in r.url else None)
         page.fill(".guatu-asof-date", yesterday + "T12:00")
         page.locator(".guatu-asof-banner", has_text=yesterday).wait_for(timeout=5_000)
         page.wait_for_function("() => guatu.idle() && guatuEdit.idle()")
         assert any("/layers/parcels/features?" in url for url in asked)
-        assert page.locator("path.guatu-parcels").count() == 0, "nothing stood there yet"
+        assert page.evaluate(PARCELS_DRAWN) == 0, "nothing stood there yet"
         bar = page.evaluate("() => getComputedStyle(document.querySelector('.guatu-edit-bar')).pointerEvents")
         assert bar == "none", "no adding to the past"
         page.click(".guatu-asof-now")
-        page.wait_for_selector("path.guatu-parcels", timeout=15_000)
+        page.wait_for_function(PARCELS_DRAWN, timeout=15_000)
         assert page.locator(".guatu-asof-banner").count() == 0
         assert page.errors == []
 

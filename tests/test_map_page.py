@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.browser import chromium, live_server
+from tests.browser import chromium, click_feature, live_server
 from tests.conftest import demo_database
 
 pytestmark = pytest.mark.browser
@@ -99,7 +99,7 @@ def test_map_draws_layers_and_popups_escape_text(base_url: str, xss_shop: dict) 
         move_to(page, x, y, 18)
         marker = f"path.guatu-shops-{xss_shop['id']}"
         page.wait_for_selector(marker, timeout=15_000)
-        page.wait_for_selector("path.guatu-parcels", timeout=15_000)
+        page.wait_for_function("guatu.drawn('parcels').length > 0", timeout=15_000)
         page.click(marker)
         popup = page.locator(".leaflet-popup-content", has_text="商铺编号")
         popup.wait_for(timeout=5_000)
@@ -112,7 +112,7 @@ def test_map_draws_layers_and_popups_escape_text(base_url: str, xss_shop: dict) 
         page.screenshot(path=str(SCREENSHOTS / "map-popup.png"))
 
         # A parcel's popup shows its ledger, with the area in 亩 to two decimals.
-        page.locator("path.guatu-parcels").first.dispatch_event("click")
+        click_feature(page, "parcels")  # painted on the tiles' canvases: clicked where it is drawn
         parcel_popup = page.locator(".leaflet-popup-content", has_text="地块编码")
         parcel_popup.wait_for(timeout=5_000)
         text = parcel_popup.inner_text()
@@ -123,6 +123,46 @@ def test_map_draws_layers_and_popups_escape_text(base_url: str, xss_shop: dict) 
     assert dialogs == []
     outside = [url for url in requests if not url.startswith(base_url) and not url.startswith("data:")]
     assert outside == []
+
+
+def test_a_tiled_parcel_clicked_is_highlighted_and_its_own_ledger_opens(base_url: str) -> None:
+    """On the tiles' canvases: the click opens the ledger of the parcel under the mouse (not a neighbour's),
+    that parcel alone is drawn highlighted until its popup closes, and a filtered view draws only what it keeps."""
+    parcels = httpx.get(f"{base_url}/api/layers/parcels/features", params={"limit": 200}).json()["features"]
+    from shapely.geometry import shape
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(base_url + "/")
+        page.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
+        spot = shape(parcels[7]["geometry"]).representative_point()
+        move_to(page, spot.x, spot.y, 18)
+        page.wait_for_function("guatu.idle() && guatu.drawn('parcels').length > 3", timeout=15_000)
+        ids = page.evaluate("guatu.drawn('parcels').map(p => p.id)")
+        for fid in ids[:3]:
+            click_feature(page, "parcels", fid)
+            code = next(p["properties"]["code"] for p in parcels if p["id"] == fid)
+            # its own ledger, not a neighbour's (nor the last one's: each click replaces the popup)
+            page.locator(".leaflet-popup-content .guatu-popup-table", has_text=code).wait_for(timeout=10_000)
+            lit = page.evaluate(
+                "guatu.drawn('parcels').filter(p => guatu.styleOf('parcels', p.id).color === '#f59e0b')"
+            )
+            assert [p["id"] for p in lit] == [fid]
+            assert page.evaluate(f"guatu.styleOf('parcels', {fid}).weight") == 4
+        page.evaluate("(() => { const m = Object.values(window).find(v => v instanceof L.Map); m.closePopup(); })()")
+        assert page.evaluate(f"guatu.styleOf('parcels', {ids[2]}).color") != "#f59e0b"
+
+        for box in page.locator(".guatu-choice input").all():  # the filter: idle parcels only
+            if box.get_attribute("value") != "闲置":
+                box.uncheck()
+        page.wait_for_function("document.querySelector('.guatu-figures').dataset.query.startsWith('status=')")
+        page.wait_for_function("guatu.idle()", timeout=15_000)
+        statuses = page.evaluate("guatu.drawn('parcels').map(p => p.use_status)")
+        assert set(statuses) <= {"闲置"}
+        kept = page.evaluate("guatu.drawn('parcels').map(p => p.id)")
+        if kept:  # the filtered tiles are hit-tested too
+            click_feature(page, "parcels", kept[0])
+            page.locator(".leaflet-popup-content td.guatu-v-use_status", has_text="闲置").wait_for(timeout=10_000)
 
 
 def test_api_docs_render_offline(base_url: str) -> None:
@@ -150,7 +190,7 @@ def test_grid_popup_shows_its_manager(base_url: str) -> None:
         # Parcels tile the grids: a grid manager switches them (and zones, shops) off first.
         for name in ("地块 Land parcels", "一户一区 Courtyard zones", "商铺 Shops"):
             page.locator(".leaflet-control-layers-overlays label", has_text=name).locator("input").uncheck()
-        assert page.locator("path.guatu-parcels").count() == 0
+        assert page.evaluate("guatu.drawn('parcels').length") == 0
         box = page.locator(".leaflet-container").bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         popup = page.locator(".leaflet-popup-content", has_text="网格编码")
@@ -225,11 +265,13 @@ def test_search_zooms_and_the_status_filter_changes_drawing_and_figures(base_url
         page.wait_for_selector(".guatu-figures[data-count]", timeout=15_000)
         page.fill("input.guatu-search", code)
         page.press("input.guatu-search", "Enter")
-        page.wait_for_selector(f"path.guatu-parcels-{idle['id']}", timeout=15_000)  # zoomed in: parcels drawn
+        page.wait_for_function(  # zoomed in: parcels drawn
+            f"guatu.drawn('parcels').some(p => p.id === {idle['id']})", timeout=15_000
+        )
         assert page.locator(".guatu-hit").first.inner_text().startswith("地块 " + code)
         page.wait_for_function("window.guatu.idle()", timeout=15_000)
         before = int(page.locator(".guatu-figures").get_attribute("data-count") or 0)
-        drawn_before = page.locator("path.guatu-parcels").count()
+        drawn_before = page.evaluate("guatu.drawn('parcels').length")
         bounds = page.evaluate(
             "(() => { const m = Object.values(window).find(v => v && v._leaflet_id && v.getBounds); "
             "const b = m.getBounds(); return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]; })()"
@@ -249,8 +291,7 @@ def test_search_zooms_and_the_status_filter_changes_drawing_and_figures(base_url
         after = int(page.locator(".guatu-figures").get_attribute("data-count") or 0)
         assert after == expected and 0 < after < before
         drawn, emphasised = page.evaluate(  # both counted at one moment: a tile may still be drawing
-            "[document.querySelectorAll('path.guatu-parcels').length, "
-            "document.querySelectorAll('path.guatu-parcels.guatu-emphasis').length]"
+            "[guatu.drawn('parcels').length, guatu.drawn('parcels').filter(p => p.use_status === '闲置').length]"
         )
         assert 0 < drawn < drawn_before
         assert drawn == emphasised  # only idle ones are left
@@ -386,7 +427,9 @@ def test_a_search_hit_hidden_by_the_filter_is_said_and_its_ledger_opens(base_url
         page.click("button.guatu-clear-filter")
         page.wait_for_function("document.querySelector('.guatu-figures').dataset.query === ''", timeout=10_000)
         assert page.locator(".guatu-choice input[value='自用']").is_checked()
-        page.wait_for_selector(f"path.guatu-parcels-{used['id']}", timeout=15_000)  # drawn again
+        page.wait_for_function(  # drawn again
+            f"guatu.drawn('parcels').some(p => p.id === {used['id']})", timeout=15_000
+        )
 
 
 def test_panels_leave_the_title_and_the_map_in_sight(base_url: str) -> None:
@@ -451,7 +494,7 @@ def test_popups_name_land_use_codes(base_url: str) -> None:
 
         spot = shape(parcel["geometry"]).representative_point()
         move_to(page, spot.x, spot.y, 18)
-        page.locator(f"path.guatu-parcels-{parcel['id']}").first.dispatch_event("click")
+        click_feature(page, "parcels", parcel["id"])
         cell = page.locator(".leaflet-popup-content td.guatu-v-land_use_code")
         cell.wait_for(timeout=10_000)
         assert cell.inner_text() == f"{code} {land_use_codes()[code].name}"

@@ -46,6 +46,15 @@ REQUIRED = (
     "tabulator/tabulator.min.css",
 )
 
+BENCH_ONLY = (
+    "maplibre/maplibre-gl-csp.js",
+    "maplibre/maplibre-gl-csp-worker.js",
+    "maplibre/leaflet-maplibre-gl.js",
+    "protomaps/protomaps-leaflet.js",
+)
+"""Installed with the others but loaded only by bench/map_page.py (the renderers measured against
+the page's, issue 15): the app's pages never ask for them, so none is required."""
+
 
 def missing_assets() -> list[str]:
     """Return the vendored files that set-up has not installed yet."""

@@ -14,6 +14,9 @@
   var groups = {};      // layer id -> its layer group on the map
   var popupHooks = [];  // function(opts, feature, box): what other modules add to a popup (edit buttons)
   var paints = [];      // function(opts, props, style): another colouring of a layer (contracts.js), or null
+  var tileHits = [];    // per tiled layer, top one first: {z (its pane's), hit(mapEvent) -> props|null, open}
+  var pointsOf = {};    // tiled layer id -> function(id): a page point inside that feature as drawn (tests)
+  var stylesOf = {};    // tiled layer id -> function(id): the style that feature is drawn with now (tests)
   var restylers = {};   // layer id -> function(): draw what is shown again with look() (after a paint changed)
   var levels = [];      // the hierarchy (layers.hierarchy.describe()): id, zh, en, digits, names
   /* A phone: panels start folded. Asked when the map is built, not when this script is read: the page's
@@ -291,9 +294,15 @@
     styles[opts.id] = function (props) { return look(opts, props); };
     var tiles = new Tiles(opts.tiles, {
       pane: paneName,
-      rendererFactory: L.svg.tile,  // real paths: hit-testing and the popup highlight by the browser
+      // One canvas per tile, not an SVG element per feature: a z15 view holds ~12,000 parcels
+      // (bench/map_page.py, issue 15). Clicks are hit-tested here (catchClicks, hit).
+      rendererFactory: L.canvas.tile,
       vectorTileLayerStyles: styles,
-      interactive: true,  // no minZoom here: Leaflet would stop the whole map zooming out below it
+      // Not interactive itself: each tile's canvas would catch the clicks meant for the tiled layers
+      // below it (an empty tile covers its whole square). A click on the map is hit-tested against
+      // the tiled layers from the top one down (tileHits). No minZoom here: Leaflet would stop the
+      // whole map zooming out below it.
+      interactive: false,
       maxZoom: 22,
       getFeatureId: function (f) { return f.id; },
       fetchOptions: {credentials: "same-origin"}
@@ -308,14 +317,54 @@
 
     var popup = L.popup(POPUP);
     var lit = null;
-    tiles.on("click", function (e) {
+    /* VectorGrid works out a feature's pixel bounds only for interactive layers: here when first asked. */
+    function bounded(f) {
+      if (!f._pxBounds && f.makeInteractive) f.makeInteractive();
+      return Boolean(f._pxBounds);
+    }
+    /* Whether tile pixel P is inside polygon feature F's rings (not merely near its outline, as
+       Leaflet's own test says, which would open a neighbour's ledger from next to the edge). */
+    function inside(f, p) {
+      var parts = f._parts || [], within = false;
+      if (!(f instanceof L.Polygon)) return false;
+      for (var r = 0; r < parts.length; r++) {
+        var ring = parts[r];
+        for (var a = 0, b = ring.length - 1; a < ring.length; b = a++) {
+          if ((ring[a].y > p.y) !== (ring[b].y > p.y) &&
+              p.x < (ring[b].x - ring[a].x) * (p.y - ring[a].y) / (ring[b].y - ring[a].y) + ring[a].x) within = !within;
+        }
+      }
+      return within;
+    }
+    /* The feature drawn at map event E (its properties), or null. */
+    function hit(e) {
+      if (!map.hasLayer(tiles)) return null;
+      var keys = Object.keys(tiles._vectorTiles), near = null;
+      for (var i = 0; i < keys.length; i++) {
+        var tile = tiles._vectorTiles[keys[i]];
+        if (!tile._map) continue;
+        var p = e.layerPoint.subtract(tile.getOffset());
+        for (var o = tile._drawLast; o; o = o.prev) {  // the canvas's drawing order: the last one is on top
+          var f = o.layer;
+          if (!f.properties || !bounded(f) || !f._pxBounds.contains(p)) continue;
+          if (inside(f, p)) return f.properties;
+          if (!near && f._containsPoint(p)) near = f.properties;  // on its outline (a line, a point)
+        }
+      }
+      return near;
+    }
+    tileHits.push({z: 400 + opts.order, hit: hit, open: function (props, e) {
+      pick({layer: {properties: props}, latlng: e.latlng});
+    }});
+    tileHits.sort(function (a, b) { return b.z - a.z; });
+    if (tileHits.length === 1) catchClicks(map);
+    function pick(e) {
       var id = e.layer.properties.id;
-      L.DomEvent.stop(e);
       if (lit !== null) tiles.resetFeatureStyle(lit);
       lit = id;
       tiles.setFeatureStyle(id, L.extend(look(opts, e.layer.properties), HIGHLIGHT));
       openLedger(map, opts, id, e.latlng, popup, function () { return lit === id; });
-    });
+    }
     map.on("popupclose", function (e) {
       if (e.popup === popup && lit !== null) { tiles.resetFeatureStyle(lit); lit = null; }
     });
@@ -355,6 +404,45 @@
       return out;
     }
     drawnBy[opts.id] = drawn;
+    /* Where feature ID is drawn: a point inside it on the page (tests click there), and its style. */
+    function drawnFeature(id) {
+      var keys = Object.keys(tiles._vectorTiles);
+      for (var i = 0; i < keys.length; i++) {
+        var tile = tiles._vectorTiles[keys[i]], found = (tile._features || {})[id];
+        if (found) return {tile: tile, feature: found.feature};
+      }
+      return null;
+    }
+    function under(x, y) {  // a click there reaches this layer: nothing above it (popup, control, marker)
+      var top = document.elementFromPoint(x, y);
+      return Boolean(top) && map.getContainer().contains(top) && paneZ(top) < 400 + opts.order;
+    }
+    function ours(x, y, id) {  // a click there opens feature ID (not one drawn over it)
+      var props = hit({layerPoint: map.mouseEventToLayerPoint({clientX: x, clientY: y})});
+      return Boolean(props) && String(props.id) === String(id);
+    }
+    pointsOf[opts.id] = function (id) {
+      var frame = map.getContainer().getBoundingClientRect(), best = null;
+      Object.keys(tiles._vectorTiles).forEach(function (key) {
+        var tile = tiles._vectorTiles[key], found = (tile._features || {})[id];
+        if (best || !found || !bounded(found.feature) || !tile._container) return;
+        var f = found.feature, b = f._pxBounds, rect = tile._container.getBoundingClientRect();
+        var steps = [5, 4, 6, 3, 7, 2, 8, 1, 9];  // from the middle out: away from the neighbours
+        for (var i = 0; i < steps.length && !best; i++) {
+          for (var j = 0; j < steps.length && !best; j++) {
+            var p = L.point(b.min.x + (b.max.x - b.min.x) * steps[i] / 10, b.min.y + (b.max.y - b.min.y) * steps[j] / 10);
+            var x = rect.left + p.x, y = rect.top + p.y;
+            if (inside(f, p) && x > frame.left + 5 && x < frame.right - 5 && y > frame.top + 5 &&
+                y < frame.bottom - 5 && under(x, y) && ours(x, y, id)) best = {x: x, y: y};
+          }
+        }
+      });
+      return best;
+    };
+    stylesOf[opts.id] = function (id) {
+      var found = drawnFeature(id);
+      return found ? L.extend({}, found.feature.options) : null;
+    };
     restylers[opts.id] = function () {  // VectorGrid's per-feature style: each feature drawn now, as look() says
       drawn().forEach(function (props) { if (props.id !== lit) tiles.setFeatureStyle(props.id, look(opts, props)); });
     };
@@ -374,6 +462,36 @@
       settle();
     };
     loaders.push(group);
+  }
+
+  /* The z-index of the map pane NODE is drawn in: 0 for the map itself, above all for anything
+     that is not drawn on the map (controls, panels, the editor's forms). */
+  function paneZ(node) {
+    if (node.classList && node.classList.contains("leaflet-container")) return 0;
+    if (!node.closest(".leaflet-map-pane")) return Infinity;
+    var pane = node.closest(".leaflet-pane:not(.leaflet-map-pane)");
+    return pane ? Number(window.getComputedStyle(pane).zIndex) || 0 : 0;
+  }
+
+  /* Tiled layers paint their features on canvases that take no clicks (an empty tile would hide
+     the layers below it). A click on the map is offered to them first, the top one first, before
+     Leaflet hands it to whatever is under the mouse in a lower pane (a grid's SVG outline). */
+  function catchClicks(map) {
+    map.getContainer().addEventListener("click", function (ev) {
+      if (map.dragging && map.dragging.moved()) return;
+      if (map.pm && map.pm.globalDrawModeEnabled && map.pm.globalDrawModeEnabled()) return;
+      var below = paneZ(ev.target);
+      var e = {layerPoint: map.mouseEventToLayerPoint(ev), latlng: map.mouseEventToLatLng(ev)};
+      for (var i = 0; i < tileHits.length; i++) {
+        if (tileHits[i].z <= below) return;
+        var props = tileHits[i].hit(e);
+        if (props) {
+          ev.stopPropagation();
+          tileHits[i].open(props, e);
+          return;
+        }
+      }
+    }, true);
   }
 
   /* "#zoom/lat/lon" in the address (as the checks page links to a finding): open the map there. */
@@ -1064,6 +1182,10 @@
 
   /* The properties of LAYER's features drawn now (page tests and screenshots). */
   function drawn(layer) { return drawnBy[layer] ? drawnBy[layer]() : []; }
+  /* A page point inside feature ID of tiled LAYER as drawn now (null if none), and its style: the
+     tiles are canvases, so the page tests click there and read the style here. */
+  function pointOf(layer, id) { return pointsOf[layer] ? pointsOf[layer](id) : null; }
+  function styleOf(layer, id) { return stylesOf[layer] ? stylesOf[layer](id) : null; }
 
   /* What the editing module (edit.js) reads and calls: a layer's options and group, a reload after
      a save, and a hook adding its buttons to every popup. */
@@ -1077,7 +1199,7 @@
 
   window.guatu = {
     bboxLayer: bboxLayer, tileLayer: tileLayer, chrome: chrome, panel: panel,
-    idle: idle, drawn: drawn, onPopup: onPopup, reload: reload, options: options, group: group,
+    idle: idle, drawn: drawn, pointOf: pointOf, styleOf: styleOf, onPopup: onPopup, reload: reload, options: options, group: group,
     look: look, formatValue: formatValue, paint: paint, restyle: restyle,
     shownFilter: function () { return shownFilter; }
   };
