@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from tile_serving import COUNTY, bench_url, libpq_dsn, owner_url, parcel_count  # noqa: E402
 
+from bench import goals  # noqa: E402
 from bench.signin import admin_token  # noqa: E402
 from spatial.db import make_engine  # noqa: E402
 from tests.browser import SIGNED_IN, chromium, free_port  # noqa: E402
@@ -385,6 +386,8 @@ def report(
             draw = row(jump, "draw")
             met &= draw <= 300
             parts.append(f"z{z} draw {draw:.0f} ms")
+            if kind == "page":
+                goals.record("map", f"z{z} first full draw after its tiles", draw, 300, unit=" ms")
             if "geojson" in results:
                 for move in ("jump", "pan"):
                     mine = results[kind][(move, z)][1:]
@@ -392,6 +395,8 @@ def report(
                     ratio = row(peer, "ms") / row(mine, "ms")
                     met &= ratio > 1
                     parts.append(f"{move} {ratio:.2f}×")
+                    if kind == "page":
+                        goals.record("map", f"z{z} {move}: GeoJSON page / this page", ratio, 1.0, lower_is_better=False)
         if not parts:
             continue
         print(f"{LABELS[kind]}: {', '.join(parts)}  {'goal met' if met else 'goal not met'}")
