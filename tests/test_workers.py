@@ -57,7 +57,13 @@ def worker_of(response: httpx.Response) -> str:
 
 
 def fresh(method: str, url: str, cookies: dict[str, str] | None = None, **options: Any) -> httpx.Response:
-    """Send one request on a connection of its own (so any worker may take it)."""
+    """Send one request on a connection of its own (so any worker may take it).
+
+    A request with COOKIES is the browser's (sent with no token: tests/conftest.py would add
+    the token of the last page test's user to a request to 127.0.0.1 that has none).
+    """
+    if cookies is not None:
+        options["headers"] = {"Authorization": "none", **(options.get("headers") or {})}
     with httpx.Client(timeout=30, cookies=cookies) as client:
         return client.request(method, url, **options)
 
