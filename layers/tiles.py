@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,9 +187,10 @@ class TileStore:
     tile is only ever looked up at the generation just read from the database, so one of an
     older generation is never served. Files are written whole, under a temporary name, and
     renamed into place (atomic: concurrent writers of one tile leave one whole file). Older
-    generations of a layer are moved aside and deleted once a newer one is seen. Writing stops
-    while the store holds MAX_BYTES (a soft cap: each process counts its own writes on top of
-    what it found at start); pruning old generations makes room again.
+    generations of a layer are moved aside and deleted once a newer one is seen. A store holding
+    MAX_BYTES is emptied and starts again (a soft cap: each process counts its own writes on
+    top of what it found at start). Only tiles without a filter are kept here (the route's
+    choice): a filter's free values would let one user fill the disk with variants.
     """
 
     DIGEST = 20
@@ -200,7 +202,7 @@ class TileStore:
         self.max_zoom = max_zoom
         self.used = 0
         self._lock = threading.Lock()
-        self._warned = False
+        self._emptying = False
         threading.Thread(target=self._measure, name="tile-store-size", daemon=True).start()
 
     def _measure(self) -> None:
@@ -244,12 +246,12 @@ class TileStore:
         if not self.keeps(address) or len(digest) != self.DIGEST:
             return
         with self._lock:
-            if self.max_bytes and self.used + len(data) > self.max_bytes:
-                if not self._warned:
-                    self._warned = True
-                    log.warning("瓦片存储已满 tile store full (%s bytes in %s): no more kept", self.used, self.root)
-                return
-            self.used += len(data) + self.DIGEST
+            full = bool(self.max_bytes) and self.used + len(data) > self.max_bytes
+            if not full:
+                self.used += len(data) + self.DIGEST
+        if full:
+            self.empty()
+            return
         target = self.path(namespace, layer_id, generation, variant, address)
         temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
@@ -282,13 +284,49 @@ class TileStore:
         if moved:
             threading.Thread(target=self._delete, args=(moved,), name="tile-store-prune", daemon=True).start()
 
+    def empty(self) -> None:
+        """Start again from nothing (the store is full): everything moved aside at once, deleted in a thread.
+
+        A cache, not a record: what is asked for again is rendered again. Emptying, rather than
+        keeping nothing more, means tiles of yesterday's variants (a layer with versions is keyed
+        by the day) or of areas nobody looks at any more cannot hold the space for ever.
+        """
+        with self._lock:
+            if self._emptying:
+                return
+            self._emptying = True
+        log.warning("瓦片存储已满，清空重来 tile store full (%s bytes in %s): emptied", self.used, self.root)
+        trash = self.root / ".trash"
+        moved = []
+        try:
+            trash.mkdir(parents=True, exist_ok=True)
+            for each in self.root.iterdir():
+                if each.name == ".trash":
+                    continue
+                aside = trash / f"{each.name}-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+                with contextlib.suppress(OSError):
+                    each.rename(aside)
+                    moved.append(aside)
+        except OSError as exc:
+            log.debug("tile store not emptied: %s", exc)
+
+        def delete() -> None:
+            try:
+                for folder in moved:
+                    shutil.rmtree(folder, ignore_errors=True)
+            finally:
+                with self._lock:
+                    self.used = 0
+                    self._emptying = False
+
+        threading.Thread(target=delete, name="tile-store-empty", daemon=True).start()
+
     def _delete(self, folders: list[Path]) -> None:
         for folder in folders:
             size = _size_of(folder)
             shutil.rmtree(folder, ignore_errors=True)
             with self._lock:
                 self.used = max(0, self.used - size)
-                self._warned = False
 
 
 def _size_of(root: Path) -> int:

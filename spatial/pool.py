@@ -103,6 +103,14 @@ async def pipelined(
     return [await cursor.fetchone() for cursor in cursors]
 
 
+IDENTITY = """
+    SELECT concat_ws('/', (SELECT system_identifier FROM pg_control_system()), datname, oid)
+    FROM pg_database WHERE datname = current_database()
+"""
+"""What names a database's tiles on disk: the cluster's system identifier (a new cluster, even on the same
+port, has another; a physical standby has its primary's), the database's name and OID."""
+
+
 class ReadPool:
     """The read pool of one app, opened on first use in the running event loop, closed with the app."""
 
@@ -114,7 +122,7 @@ class ReadPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
         self.identity: str | None = None
-        """The database's identity (server, name, OID), read once: one made afresh under the same name differs."""
+        """The database's identity (``IDENTITY``), read once: one made afresh under the same name differs."""
 
     async def get(self) -> AsyncConnectionPool:
         """Return the pool, opening it (in this event loop) if needed."""
@@ -126,14 +134,13 @@ class ReadPool:
         async with self._lock:
             if self._pool is None:
                 pool = make_pool(self.conninfo, self.constant, timeout_s=self.timeout_s)
-                await pool.open()
-                async with pool.connection() as conn:
-                    row = await (
-                        await conn.execute(
-                            "SELECT concat_ws('/', inet_server_addr(), inet_server_port(), datname, oid)"
-                            " FROM pg_database WHERE datname = current_database()"
-                        )
-                    ).fetchone()
+                try:
+                    await pool.open()
+                    async with pool.connection() as conn:
+                        row = await (await conn.execute(IDENTITY)).fetchone()
+                except BaseException:
+                    await pool.close()  # not left behind, connecting in the background
+                    raise
                 self.identity = str(row[0]) if row else ""
                 self._pool = pool
         return self._pool

@@ -179,8 +179,8 @@ def test_tiles_are_gzipped_when_asked_and_revalidate_either_way(
                 assert again.status_code == 304 and again.content == b""
 
 
-def test_the_store_keeps_one_whole_file_under_concurrent_writers_and_stops_at_its_cap(tmp_path: Path) -> None:
-    store = TileStore(tmp_path, max_bytes=10_000, max_zoom=14)
+def test_the_store_keeps_one_whole_file_under_concurrent_writers_and_empties_at_its_cap(tmp_path: Path) -> None:
+    store = TileStore(tmp_path, max_bytes=1_000_000, max_zoom=14)
     address = Tile(14, 13670, 6250)
     bodies = [bytes([n]) * 3000 for n in range(8)]
 
@@ -197,10 +197,35 @@ def test_the_store_keeps_one_whole_file_under_concurrent_writers_and_stops_at_it
     assert found is not None and (found[0], found[1]) in [(bodies[n], f"{n:020d}") for n in range(2)]
     assert store.get("ns", "parcels", 2, "v", address) is None  # never another generation's
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
-    store.used = 9_000
+    store.put("ns", "parcels", 3, "v", Tile(14, 2, 2), bodies[1], "1" * 20)
+    store.max_bytes, store.used = 10_000, 9_000
     store.put("ns", "parcels", 3, "v", Tile(14, 1, 1), bodies[0], "0" * 20)
-    assert store.get("ns", "parcels", 3, "v", Tile(14, 1, 1)) is None  # full: not kept
+    assert store.get("ns", "parcels", 3, "v", Tile(14, 1, 1)) is None  # full: not kept, and the store emptied
+    deadline = time.monotonic() + 10
+    while store._emptying:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert store.get("ns", "parcels", 3, "v", Tile(14, 2, 2)) is None and store.used == 0
+    assert not list(tmp_path.rglob("*.mvt"))  # nothing left on disk, not even in the trash
+    store.put("ns", "parcels", 3, "v", address, bodies[2], "2" * 20)  # room again
+    assert store.get("ns", "parcels", 3, "v", address) == (bodies[2], "2" * 20)
     assert not store.keeps(Tile(15, 0, 0))
     store.retire("ns", "parcels", 4)
     assert store.get("ns", "parcels", 3, "v", address) is None
     assert COMMUNITY  # the sample community the module's parcel lies in
+
+
+def test_filtered_tiles_are_never_kept_on_disk(
+    engine: Engine, tokens: dict[str, str], parcel_id: int, tmp_path: Path
+) -> None:
+    """A filter's values are the asker's to choose: one user looping over them must not fill the disk."""
+    settings = ApiSettings(tile_store_dir=tmp_path / "store", tile_store_max_zoom=14)
+    z, x, y = tile_of(X0 + 0.0005, Y0 + 0.0004, 14)
+    admin = bearer(tokens["admin"])
+    with live_app(create_app(settings, engine=engine)) as base:
+        url = f"{base}/tiles/parcels/{z}/{x}/{y}.pbf"
+        for scope in (COMMUNITY, COMMUNITY[:9], COMMUNITY[:6]):
+            assert ids_in(httpx.get(url, params={"scope": scope}, headers=admin)) == {parcel_id}, scope
+        assert not list((tmp_path / "store").rglob("*.mvt"))
+        assert ids_in(httpx.get(url, headers=admin)) == {parcel_id}
+    assert len(list((tmp_path / "store").rglob("*.mvt"))) == 1  # the unfiltered tile is kept

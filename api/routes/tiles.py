@@ -185,7 +185,7 @@ class PoolTiles:
 
     async def namespace(self) -> str | None:
         """Return the tile store's folder of this database (None: keep nothing on disk)."""
-        await self.pool.get()
+        await self._open()
         identity = self.pool.identity or ""
         return hashlib.sha1(identity.encode(), usedforsecurity=False).hexdigest()[:16]
 
@@ -214,9 +214,18 @@ class PoolTiles:
         found: tuple[int, bytes] = await self._run(run)
         return found
 
+    async def _open(self) -> Any:
+        """Return the pool, opened; a server that cannot be reached is the app's database error (503), not a 500."""
+        try:
+            return await self.pool.get()
+        except PoolTimeout as exc:
+            raise EnginePoolTimeout(str(exc)) from exc
+        except psycopg.OperationalError as exc:
+            raise _database_error(exc, "connect") from exc
+
     async def _run(self, work: Callable[[psycopg.AsyncConnection[Any]], Any]) -> Any:
         """Run WORK on a pooled connection; once more on another if the first was broken (a server restart)."""
-        pool = await self.pool.get()
+        pool = await self._open()
         for attempt in range(2):
             try:
                 async with pool.connection() as conn:
@@ -280,9 +289,12 @@ class TileService:
             self.pool = ReadPool(read_conninfo(app_url), dict(SESSION_SETTINGS))
         return self.pool
 
-    def standby_pool(self, url: str) -> ReadPool:
-        """Return the read pool on the hot standby at URL (``DATABASE_READ_URL``; made on first use)."""
+    def standby_pool(self) -> ReadPool | None:
+        """Return the read pool on the hot standby (``DATABASE_READ_URL``; made on first use), None without one."""
         if self.standby is None:
+            url = read_url()  # reads the app role's password file: once
+            if url is None:
+                return None
             self.standby = ReadPool(read_conninfo(url), dict(SESSION_SETTINGS), timeout_s=STANDBY_WAIT_S)
         return self.standby
 
@@ -333,6 +345,16 @@ class StandbyTiles(PoolTiles):
         self.primary: ReadPool | None = primary
         self.target = target
 
+    async def _open(self) -> Any:
+        try:
+            return await super()._open()
+        except (OperationalError, EnginePoolTimeout) as exc:
+            if self.primary is None:
+                raise
+            self.target.fail(exc)
+            self.pool, self.primary = self.primary, None
+            return await super()._open()
+
     async def _run(self, work: Callable[[psycopg.AsyncConnection[Any]], Any]) -> Any:
         try:
             return await super()._run(work)
@@ -350,10 +372,12 @@ async def tile_db(request: Request, actor: ActorDep, target: ReadTargetDep) -> T
     service = tile_service(request)
     app_url = request.app.state.engine.url.render_as_string(hide_password=False)
     primary = service.read_pool(app_url)
-    standby = read_url() if target.where == "standby" else None
+    if target.where != "standby":
+        return PoolTiles(primary, actor_settings(actor))
+    standby = service.standby_pool()
     if standby is None:
         return PoolTiles(primary, actor_settings(actor))
-    return StandbyTiles(service.standby_pool(standby), actor_settings(actor), primary, target)
+    return StandbyTiles(standby, actor_settings(actor), primary, target)
 
 
 async def session_tile_db(sessions: SessionsDep) -> TileDb:
@@ -443,7 +467,15 @@ def accepts_gzip(header: str | None) -> bool:
 
 
 async def serve_tile(
-    service: TileService, db: TileDb, layer: Layer, address: Tile, flt: Filter, variant: str, who: str
+    service: TileService,
+    db: TileDb,
+    layer: Layer,
+    address: Tile,
+    flt: Filter,
+    variant: str,
+    who: str,
+    *,
+    filtered: bool = False,
 ) -> tuple[bytes, str]:
     """Return the tile's (bytes, ETag): kept if made at the layer's current generation, else rendered.
 
@@ -453,7 +485,8 @@ async def serve_tile(
     """
     cache, store = service.cache, service.store
     key = (layer.id, address.z, address.x, address.y, variant)
-    namespace = await db.namespace() if store is not None and store.keeps(address) else None
+    kept = store is not None and store.keeps(address) and not filtered  # a filter's variants: memory only
+    namespace = await db.namespace() if kept else None
     folder = variant_key(variant)
     hint = cache.seen.get(layer.id)
     fresh = hint is None
@@ -510,7 +543,7 @@ async def vector_tile(
     who = visibility(actor)
     variant = _filter_key(params) + "|" + who  # what one area sees is never served to another
     service = tile_service(request)
-    data, etag = await serve_tile(service, db, layer, address, flt, variant, who)
+    data, etag = await serve_tile(service, db, layer, address, flt, variant, who, filtered=bool(flt))
     zipped = len(data) >= GZIP_FROM and accepts_gzip(request.headers.get("accept-encoding"))
     headers = {
         "ETag": f"W/{etag}" if zipped else etag,  # as a proxy that compresses does: the bytes differ
