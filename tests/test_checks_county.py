@@ -143,3 +143,23 @@ def test_the_stream_tells_progress_then_the_same_report(client: TestClient, sess
     missing = client.get("/api/checks/stream", params={"scope": "370214001099"})
     assert missing.status_code == 404 and missing.json()["code"] == "scope_not_found"
     assert client.get("/api/checks", params={"limit": 0}).status_code == 422
+
+
+def test_a_database_failure_mid_stream_is_an_error_line_not_a_cut_answer(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the stream's headers are sent a 503 can only be said as a line: the page shows it, not "interrupted"."""
+    from sqlalchemy.exc import OperationalError
+
+    from api.routes import checks as route
+
+    def failing(*_: object, **__: object) -> object:
+        raise OperationalError("SELECT 1", None, Exception("canceling statement due to statement timeout"))
+
+    monkeypatch.setattr(route, "check_all", failing)
+    answer = client.get("/api/checks/stream")
+    assert answer.status_code == 200
+    lines = [orjson.loads(line) for line in answer.content.splitlines() if line.strip()]
+    assert lines[-1]["type"] == "error" and lines[-1]["status"] == 503
+    assert lines[-1]["body"]["code"] == "database_unavailable"
+    assert "statement timeout" not in answer.text  # the server's words stay in its log

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
@@ -11,8 +12,10 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as EnginePoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
@@ -21,13 +24,24 @@ from api.deps import SessionsDep
 from api.errors import STATUS, error_body
 from api.work import client_of, heavy, lane
 from layers import hierarchy, problems
-from layers.checks import DEFAULT_LIMIT, RULES, Checked, check_all, checks_context, chosen_rules, findings_geojson
+from layers.checks import (
+    DEFAULT_LIMIT,
+    RULES,
+    Checked,
+    check_all,
+    checks_context,
+    chosen_rules,
+    default_workers,
+    findings_geojson,
+)
 from layers.scopes import scope_unit
 from spatial.db import query_canceller
 from spatial.errors import GuatuError, InvalidInput
+from spatial.settings import db_settings
 from spatial.topology import Tolerance
 from spatial.work import CancelToken
 
+log = logging.getLogger("guatu.checks")
 router = APIRouter(tags=["checks"])
 SCOPE_PATTERN = hierarchy.scope_pattern()
 """A code of any level of the hierarchy (layers.hierarchy: county, street, community, grid…)."""
@@ -69,21 +83,49 @@ def listed(checked: Checked) -> dict[str, Any]:
     }
 
 
+def pieces_at_once(request: Request) -> int:
+    """Return how many pieces one check runs at once: the cores, never more than the lane's share of the pool.
+
+    Each piece holds a connection of its own: GUATU_CHECK_WORKERS checks at once must leave the
+    engine's pool (GUATU_POOL_SIZE) room for every other request.
+    """
+    lane_size = max(1, int(request.app.state.settings.check_workers))
+    return max(1, min(default_workers(), db_settings().pool_size // (lane_size + 1)))
+
+
+class CheckAsk:
+    """What a boundary check is asked for (``/api/checks`` and ``/api/checks/stream`` take the same)."""
+
+    def __init__(
+        self,
+        scope: Annotated[
+            str | None, Query(pattern=SCOPE_PATTERN, description="county, street, community or grid code")
+        ] = None,
+        rules: Annotated[str | None, Query(description="comma-separated: " + ", ".join(RULES))] = None,
+        as_of: Annotated[dt.date | None, Query(description="check the boundaries in force on this date")] = None,
+        snap_m: Annotated[float, Query(ge=0, le=10)] = 0.05,
+        min_area_m2: Annotated[float, Query(ge=0, le=1e6)] = 1.0,
+        format: Annotated[Literal["json", "geojson"], Query()] = "json",
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="findings listed at most (all are counted)")] = (
+            DEFAULT_LIMIT
+        ),
+    ) -> None:
+        self.scope = scope
+        self.rules = [r.strip() for r in rules.split(",") if r.strip()] if rules else None
+        self.day = as_of or dt.date.today()
+        self.tolerance = Tolerance(snap_m=snap_m, min_area_m2=min_area_m2)
+        self.format = format
+        self.limit = limit
+
+
+CheckAskDep = Annotated[CheckAsk, Depends()]
+
+
 @router.get("/api/checks", summary="边界检查 Boundary checks", **rule("checks"))
 async def checks(
     sessions: SessionsDep,
     request: Request,
-    scope: Annotated[
-        str | None, Query(pattern=SCOPE_PATTERN, description="county, street, community or grid code")
-    ] = None,
-    rules: Annotated[str | None, Query(description="comma-separated: " + ", ".join(RULES))] = None,
-    as_of: Annotated[dt.date | None, Query(description="check the boundaries in force on this date")] = None,
-    snap_m: Annotated[float, Query(ge=0, le=10)] = 0.05,
-    min_area_m2: Annotated[float, Query(ge=0, le=1e6)] = 1.0,
-    format: Annotated[Literal["json", "geojson"], Query()] = "json",
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="findings listed at most (all are counted)")] = (
-        DEFAULT_LIMIT
-    ),
+    ask: CheckAskDep,
 ) -> Response:
     """Check the boundaries in SCOPE: findings with rule, severity, features, problem geometry and area.
 
@@ -93,13 +135,18 @@ async def checks(
     scope, rule and codes), the counts in ``summary`` are exact (``listed.truncated`` says when
     some are not listed). ``/api/checks/stream`` answers the same with its progress as it goes.
     """
-    tolerance = Tolerance(snap_m=snap_m, min_area_m2=min_area_m2)
-    chosen = [r.strip() for r in rules.split(",") if r.strip()] if rules else None
-    day = as_of or dt.date.today()
+    scope, chosen, day, tolerance, limit = ask.scope, ask.rules, ask.day, ask.tolerance, ask.limit
 
     def check(token: CancelToken) -> tuple[Checked, dict[str, tuple[str, str]]]:
         checked = check_all(
-            sessions, scope=scope, rules=chosen, as_of=day, tolerance=tolerance, limit=limit, token=token
+            sessions,
+            scope=scope,
+            rules=chosen,
+            as_of=day,
+            tolerance=tolerance,
+            limit=limit,
+            token=token,
+            workers=pieces_at_once(request),
         )
         with sessions() as session:
             return checked, problems.registered(session, [f.id for f in checked.findings])  # "已登记" beside each
@@ -108,7 +155,7 @@ async def checks(
         return await lane(request, "checks").run(check, token)
 
     checked, registered = await heavy(request, "checks", job)
-    return Response(*_answer(checked, registered, format, scope, day, tolerance))
+    return Response(*_answer(checked, registered, ask.format, scope, day, tolerance))
 
 
 def _answer(
@@ -162,17 +209,7 @@ def _line(record: dict[str, Any]) -> bytes:
 async def checks_stream(
     sessions: SessionsDep,
     request: Request,
-    scope: Annotated[
-        str | None, Query(pattern=SCOPE_PATTERN, description="county, street, community or grid code")
-    ] = None,
-    rules: Annotated[str | None, Query(description="comma-separated: " + ", ".join(RULES))] = None,
-    as_of: Annotated[dt.date | None, Query(description="check the boundaries in force on this date")] = None,
-    snap_m: Annotated[float, Query(ge=0, le=10)] = 0.05,
-    min_area_m2: Annotated[float, Query(ge=0, le=1e6)] = 1.0,
-    format: Annotated[Literal["json", "geojson"], Query()] = "json",
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="findings listed at most (all are counted)")] = (
-        DEFAULT_LIMIT
-    ),
+    ask: CheckAskDep,
 ) -> Response:
     """Check the boundaries in SCOPE as ``/api/checks`` does, answering NDJSON lines as the check goes.
 
@@ -183,9 +220,7 @@ async def checks_stream(
     process can serve it). A full lane is a 503 before any line; a client that leaves cancels
     the check.
     """
-    tolerance = Tolerance(snap_m=snap_m, min_area_m2=min_area_m2)
-    chosen = chosen_rules([r.strip() for r in rules.split(",") if r.strip()] if rules else None)
-    day = as_of or dt.date.today()
+    scope, chosen, day, tolerance, limit = ask.scope, chosen_rules(ask.rules), ask.day, ask.tolerance, ask.limit
     if scope:
 
         def known() -> None:
@@ -212,6 +247,7 @@ async def checks_stream(
             limit=limit,
             token=token,
             progress=progress,
+            workers=pieces_at_once(request),
         )
         with sessions() as session:
             return checked, problems.registered(session, [f.id for f in checked.findings])
@@ -236,7 +272,20 @@ async def checks_stream(
                 body = error_body([p.as_dict() for p in exc.problems])
                 yield _line({"type": "error", "status": STATUS[exc.kind], "body": body})
                 return
-            content, status, _, media = _answer(checked, registered, format, scope, day, tolerance)
+            except (
+                DBAPIError,
+                EnginePoolTimeout,
+            ) as exc:  # the headers are sent: said as a line, as /api/checks says it
+                log.error("county check failed in the database: %s", exc)
+                problem = {
+                    "code": "database_unavailable",
+                    "message": "数据库暂时不可用或检查超时，请稍后重试或缩小范围"
+                    " (database unavailable or the check timed out)",
+                    "where": {},
+                }
+                yield _line({"type": "error", "status": 503, "body": error_body([problem])})
+                return
+            content, status, _, media = _answer(checked, registered, ask.format, scope, day, tolerance)
             yield _line({"type": "progress", "done": told[0][1], "total": told[0][1]})
             yield b'{"type":"result","status":' + str(status).encode() + b',"media_type":"' + media.encode()
             yield b'","body":' + content + b"}\n"
