@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import re
 import threading
@@ -113,6 +114,8 @@ PROBE = (
     " ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END"
 )
 """The standby's state in one round trip: in recovery, replayed up to, seconds behind (0: all received replayed)."""
+PRIMARY_LSN = "SELECT pg_current_wal_flush_lsn()::text"
+"""Where the primary's WAL is now: what the standby's replay is measured against."""
 
 
 @dataclass
@@ -165,6 +168,7 @@ class ReadRouter:
         """WAL positions of this process's writes (and when) the standby had not replayed at the last probe."""
         self._lock = threading.Lock()
         self._held: list[Any] = []
+        self._primary_conn: Any = None
 
     def needs_probe(self, after: int | None = None) -> bool:
         """Tell whether ``choose(AFTER)`` would ask the standby first (a round trip, or a connect timeout)."""
@@ -200,6 +204,7 @@ class ReadRouter:
         with self._lock:
             if time.monotonic() - self.state.at <= self.recheck_s or time.monotonic() < self.down_until:
                 return self.state  # another thread just probed
+            self._sample_primary()  # before the standby: what it has replayed is compared with this
             try:
                 if not self._held:
                     self._held.append(self._connect())
@@ -227,8 +232,25 @@ class ReadRouter:
                 self._warn(f"standby {self.state.lag_s:.1f} s behind, beyond GUATU_READ_MAX_LAG_S={self.max_lag_s}")
             return self.state
 
-    def _connect(self) -> Any:
-        pooled = self.standby.raw_connection()  # the engine's role, options and connect timeout
+    def _sample_primary(self) -> None:
+        """Note the primary's WAL position now, as if written: a standby that has not replayed it in
+        ``max_lag_s`` is behind, whoever wrote (another worker, ``guatu import``, plain SQL) and even when
+        its receiver is cut off (it then reports no lag of its own)."""
+        try:
+            if self._primary_conn is None:
+                self._primary_conn = self._connect(self.primary)
+            lsn = parse_lsn(str(self._primary_conn.execute(PRIMARY_LSN).fetchone()[0])) or 0
+        except (psycopg.Error, OSError, sqlalchemy_exc.DBAPIError, TypeError):
+            if self._primary_conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._primary_conn.close()
+            self._primary_conn = None
+            return  # the primary's own trouble is answered where it is used
+        if not self._written or lsn > self._written[-1][0]:
+            self._written.append((lsn, time.monotonic()))
+
+    def _connect(self, engine: Engine | None = None) -> Any:
+        pooled = (engine or self.standby).raw_connection()  # the engine's role, options and connect timeout
         pooled.rollback()
         driver: Any = pooled.driver_connection
         pooled.detach()  # never given back: it takes no place in the pool
@@ -236,6 +258,10 @@ class ReadRouter:
         return driver
 
     def _close(self) -> None:
+        if self._primary_conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._primary_conn.close()
+            self._primary_conn = None
         while self._held:
             try:
                 self._held.pop().close()

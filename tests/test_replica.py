@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import psycopg.sql
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import make_url
@@ -29,7 +30,7 @@ from sqlalchemy.engine import Engine
 
 from api.main import create_app
 from spatial import localpg
-from spatial.db import make_engine
+from spatial.db import ReadRouter, make_engine
 from spatial.settings import OWNER_ROLE, DbSettings, LocalPgSettings
 from tests.accounts import bearer, tokens_for
 from tests.browser import free_port
@@ -142,6 +143,40 @@ def _until(what: str, check: Any, seconds: float = 30) -> Any:
             return found
         assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
         time.sleep(0.1)
+
+
+def test_a_standby_cut_off_from_its_primary_is_left_for_the_primary_whoever_wrote(
+    clusters: tuple[LocalPgSettings, LocalPgSettings],
+) -> None:
+    """Its receiver gone, a standby reports no lag of its own: the router measures it against the primary's WAL.
+
+    The writes here are plain SQL from elsewhere (another worker, `guatu import`): the router
+    never saw them.
+    """
+    primary, standby = clusters
+    engines = [make_engine(url=primary.admin_url("guatu")), make_engine(url=standby.admin_url("guatu"))]
+    router = ReadRouter(*engines, max_lag_s=1.0, retry_s=600, fresh_s=0.0, recheck_s=0.0)
+    with _admin(standby) as on_standby, _admin(primary) as on_primary:
+        conninfo = on_standby.execute("SHOW primary_conninfo").fetchone()[0]
+        try:
+            assert _until("the standby chosen", lambda: router.choose() == "standby")
+            on_standby.execute("ALTER SYSTEM SET primary_conninfo = ''")
+            on_standby.execute("SELECT pg_reload_conf()")
+            _until("the receiver gone", lambda: not on_standby.execute("SELECT 1 FROM pg_stat_wal_receiver").fetchone())
+            on_primary.execute("CREATE TABLE IF NOT EXISTS lag_probe (n int)")
+            on_primary.execute("INSERT INTO lag_probe VALUES (1)")
+            assert router.choose() == "standby"  # not yet max_lag_s behind
+            time.sleep(1.5)
+            assert router.choose() == "primary"  # 1.5 s behind what the primary had, though it says 0
+            assert router.state.lag_s > 1.0
+        finally:
+            on_standby.execute(psycopg.sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(conninfo))
+            on_standby.execute("SELECT pg_reload_conf()")
+            on_primary.execute("DROP TABLE IF EXISTS lag_probe")
+        assert _until("the standby back", lambda: router.choose() == "standby", seconds=60)
+    router.close()
+    for engine in engines:
+        engine.dispose()
 
 
 def test_reads_go_to_the_standby_writers_read_their_writes_and_a_standby_gone_is_no_500(
