@@ -58,3 +58,42 @@ def test_upgrade_downgrade_upgrade() -> None:
         assert migrate.current(engine) == migrate.head()
     finally:
         engine.dispose()
+
+
+def test_partitioning_refuses_rows_whose_codes_lie_in_two_counties_and_changes_nothing() -> None:
+    """0017 splits the layers by their key's county: a row whose community is in another county is named first."""
+    import pytest
+    from sqlalchemy import inspect, text
+
+    from layers import migrate
+    from tests.conftest import recreate_database
+    from tests.samples import sample
+
+    recreate_database("guatu_test_migrations_0017")
+    engine = make_engine(url=owner_url("guatu_test_migrations_0017"))
+    try:
+        migrate.upgrade(engine, "0016")
+        props = sample("parcels")["properties"]
+        row = {k: props[k] for k in ("name", "land_use_code", "ownership", "use_status", "community_code")}
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE parcels DISABLE TRIGGER USER"))  # the row alone, no history
+            insert = text(
+                "INSERT INTO parcels (code, name, land_use_code, ownership, use_status, community_code, geom)"
+                " VALUES (:code, :name, :land_use_code, :ownership, :use_status, :community_code,"
+                " ST_Multi(ST_GeomFromText('POLYGON((120.396 36.307,120.397 36.307,120.397 36.3079,"
+                "120.396 36.3079,120.396 36.307))', 4490)))"
+            )
+            conn.execute(insert, row | {"code": "3702150010090100001"})  # key in 370215, community in 370214
+            conn.execute(text("ALTER TABLE parcels ENABLE TRIGGER USER"))
+        with pytest.raises(RuntimeError, match="3702150010090100001"):
+            migrate.upgrade(engine)
+        assert migrate.current(engine) == "0016"
+        assert "parcels_default" not in inspect(engine).get_table_names()
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE parcels SET code = '3702140010090100001'"))
+        migrate.upgrade(engine)
+        assert migrate.current(engine) == migrate.head()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM parcels_370214")).scalar_one() == 1
+    finally:
+        engine.dispose()

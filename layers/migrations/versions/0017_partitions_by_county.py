@@ -169,9 +169,26 @@ def _rebuild(conn: Connection, table: str, partitioned: bool) -> None:
         conn.exec_driver_sql(sql)
 
 
+def _misplaced(conn: Connection, table: str) -> list[str]:
+    """Return up to 10 keys of TABLE whose community or grid code lies in another county than the key's."""
+    parts = [f"left({f}, {COUNTY_DIGITS}) <> left({KEY}, {COUNTY_DIGITS})" for f in LOCATORS[table]]
+    sql = f"SELECT {KEY} FROM {table} WHERE {' OR '.join(parts)} ORDER BY {KEY} LIMIT 10"
+    return [str(k) for k in conn.exec_driver_sql(sql).scalars()]
+
+
 def upgrade() -> None:
-    """Apply this migration."""
+    """Apply this migration (refused, with the rows named, when a row's codes lie in two counties)."""
     conn = op.get_bind()
+    misplaced = {table: found for table in TABLES if (found := _misplaced(conn, table))}
+    if misplaced:
+        listed = "; ".join(f"{table}: {', '.join(keys)}" for table, keys in misplaced.items())
+        raise RuntimeError(
+            "按区县分区前需先改正：这些要素的社区/网格代码与编码的区县（前 6 位）不一致"
+            f"（每层最多列 10 个）{listed}。改正编码或社区代码后再运行 guatu db upgrade。"
+            f" (Before partitioning by county: these features' community or grid code lies in another county than"
+            f" their code's first {COUNTY_DIGITS} digits (up to 10 per layer): {listed}. Correct them, then run"
+            " guatu db upgrade again; nothing was changed.)"
+        )
     for table in TABLES:
         _rebuild(conn, table, partitioned=True)
 
