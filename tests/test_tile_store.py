@@ -229,3 +229,25 @@ def test_filtered_tiles_are_never_kept_on_disk(
         assert not list((tmp_path / "store").rglob("*.mvt"))
         assert ids_in(httpx.get(url, headers=admin)) == {parcel_id}
     assert len(list((tmp_path / "store").rglob("*.mvt"))) == 1  # the unfiltered tile is kept
+
+
+def test_a_read_pool_that_cannot_open_is_the_database_error_and_is_not_left_behind() -> None:
+    """A server that does not answer: the app's database error (503), not a 500, and no pool connecting for ever."""
+    import asyncio
+
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as EnginePoolTimeout
+
+    from spatial.pool import ReadPool
+    from tests.browser import free_port
+
+    nowhere = ReadPool(f"postgresql://guatu_app@127.0.0.1:{free_port()}/guatu", {}, timeout_s=1)
+    tiles = route.PoolTiles(nowhere, {})
+
+    async def ask() -> None:
+        for _ in range(2):
+            with pytest.raises((OperationalError, EnginePoolTimeout)):
+                await tiles.generation("parcels")
+            assert nowhere._pool is None  # closed, not kept trying in the background
+
+    asyncio.run(ask())
