@@ -28,6 +28,7 @@ from sqlalchemy import (
     case,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -43,6 +44,9 @@ from spatial.errors import InvalidInput
 LOCK_AFTER = 5
 LOCK_MINUTES = 15
 SESSION_HOURS = 12
+LAST_USED_EVERY = dt.timedelta(minutes=1)
+"""A token's last use is written at most this often: a script's every request (every tile, with several
+workers, where nothing is cached) would otherwise be a write."""
 USERNAME = re.compile(r"^[\w.@-]{2,60}$")
 """Letters of any script (王规划), digits and _.@-: what a street office calls its people."""
 MIN_PASSWORD = 10
@@ -304,7 +308,8 @@ def user_of_token(session: Session, token: str) -> User | None:
     ).first()
     if row is None:
         return None
-    session.execute(update(ApiToken).where(ApiToken.id == row[1]).values(last_used=func.now()))
+    stale = or_(ApiToken.last_used.is_(None), ApiToken.last_used < func.now() - LAST_USED_EVERY)
+    session.execute(update(ApiToken).where(ApiToken.id == row[1], stale).values(last_used=func.now()))
     return row[0]
 
 
