@@ -14,12 +14,13 @@ import queue
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, nullcontext, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 import shapely
@@ -320,7 +321,7 @@ def check_all(
         # one metric (and snapping grid) for every scope in the zone: a defect is found the same way from any scope
         checker = Checker(LocalMetric.zone([shape if shape is not None else _frame_extent(session)]), tolerance)
         plan = _Plan(checker, scope, shape, as_of, frozenset(chosen))
-        with token.hook(query_canceller(session)):
+        with token.hook(query_canceller(session)), _cancelled_as_such(token):
             pieces = _pieces(session, plan)
     total = sum(p.weight for p in pieces)
     merged = _Merge(limit)
@@ -335,6 +336,16 @@ def check_all(
     return Checked(merged.result(), merged.counts, limit, len(pieces), total)
 
 
+@contextmanager
+def _cancelled_as_such(token: CancelToken) -> Iterator[None]:
+    """Raise Cancelled, not the database's error, for a query cancelled because TOKEN was."""
+    try:
+        yield
+    except DBAPIError:
+        token.check()
+        raise
+
+
 def _run_pieces(
     sessions: Callable[[], AbstractContextManager[Session]],
     plan: _Plan,
@@ -345,7 +356,7 @@ def _run_pieces(
     """Yield each piece's findings as it is done: in this thread, or on WORKERS threads with a session each."""
     workers = min(workers, len(pieces))
     if workers <= 1:
-        with sessions() as session, token.hook(query_canceller(session)):
+        with sessions() as session, token.hook(query_canceller(session)), _cancelled_as_such(token):
             for piece in pieces:
                 token.check()
                 yield _piece(session, plan, piece), piece
@@ -363,7 +374,7 @@ def _run_pieces(
                 break  # one shared session (a test's): one worker
             held.append(session)
         if len(held) == 1:
-            with token.hook(query_canceller(held[0])):
+            with token.hook(query_canceller(held[0])), _cancelled_as_such(token):
                 for piece in pieces:
                     token.check()
                     yield _piece(held[0], plan, piece), piece
@@ -406,6 +417,7 @@ def _run_pieces(
                 if item is None:
                     running -= 1
                 elif isinstance(item, BaseException):
+                    token.check()  # a query cancelled because the client left is that, not a database error
                     raise item
                 else:
                     yield item

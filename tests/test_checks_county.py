@@ -163,3 +163,24 @@ def test_a_database_failure_mid_stream_is_an_error_line_not_a_cut_answer(
     assert lines[-1]["type"] == "error" and lines[-1]["status"] == 503
     assert lines[-1]["body"]["code"] == "database_unavailable"
     assert "statement timeout" not in answer.text  # the server's words stay in its log
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_query_cancelled_because_the_client_left_is_cancelled_not_a_database_error(
+    county: tuple[Engine, list[str]], monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """The token cancels the running query: PostgreSQL's "canceling statement" must not surface as a 503."""
+    from sqlalchemy.exc import OperationalError
+
+    from layers import checks
+
+    engine, _ = county
+    token = CancelToken()
+
+    def cancelled_midway(*_: object) -> object:
+        token.cancel()
+        raise OperationalError("SELECT 1", None, Exception("canceling statement due to user request"))
+
+    monkeypatch.setattr(checks, "_piece", cancelled_midway)
+    with pytest.raises(Cancelled):
+        checks.check_all(factory(engine), workers=workers, token=token)  # type: ignore[arg-type]
