@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, suppress
+from contextlib import AbstractContextManager, AsyncExitStack, suppress
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as EnginePoolTimeout
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
@@ -117,6 +118,28 @@ class CheckAsk:
         self.format = format
         self.limit = limit
 
+    def run(
+        self,
+        sessions: Callable[[], AbstractContextManager[Session]],
+        workers: int,
+        token: CancelToken,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[Checked, dict[str, tuple[str, str]]]:
+        """Check what was asked (in a worker thread); return the findings and those already registered as problems."""
+        checked = check_all(
+            sessions,
+            scope=self.scope,
+            rules=self.rules,
+            as_of=self.day,
+            tolerance=self.tolerance,
+            limit=self.limit,
+            token=token,
+            progress=progress,
+            workers=workers,
+        )
+        with sessions() as session:
+            return checked, problems.registered(session, [f.id for f in checked.findings])  # "已登记" beside each
+
 
 CheckAskDep = Annotated[CheckAsk, Depends()]
 
@@ -135,27 +158,16 @@ async def checks(
     scope, rule and codes), the counts in ``summary`` are exact (``listed.truncated`` says when
     some are not listed). ``/api/checks/stream`` answers the same with its progress as it goes.
     """
-    scope, chosen, day, tolerance, limit = ask.scope, ask.rules, ask.day, ask.tolerance, ask.limit
+    workers = pieces_at_once(request)
 
     def check(token: CancelToken) -> tuple[Checked, dict[str, tuple[str, str]]]:
-        checked = check_all(
-            sessions,
-            scope=scope,
-            rules=chosen,
-            as_of=day,
-            tolerance=tolerance,
-            limit=limit,
-            token=token,
-            workers=pieces_at_once(request),
-        )
-        with sessions() as session:
-            return checked, problems.registered(session, [f.id for f in checked.findings])  # "已登记" beside each
+        return ask.run(sessions, workers, token)
 
     async def job(token: CancelToken) -> tuple[Checked, dict[str, tuple[str, str]]]:
         return await lane(request, "checks").run(check, token)
 
     checked, registered = await heavy(request, "checks", job)
-    return Response(*_answer(checked, registered, ask.format, scope, day, tolerance))
+    return Response(*_answer(checked, registered, ask.format, ask.scope, ask.day, ask.tolerance))
 
 
 def _answer(
@@ -220,7 +232,8 @@ async def checks_stream(
     process can serve it). A full lane is a 503 before any line; a client that leaves cancels
     the check.
     """
-    scope, chosen, day, tolerance, limit = ask.scope, chosen_rules(ask.rules), ask.day, ask.tolerance, ask.limit
+    chosen_rules(ask.rules)  # an unknown rule is refused before any line
+    scope, day, tolerance = ask.scope, ask.day, ask.tolerance
     if scope:
 
         def known() -> None:
@@ -234,23 +247,13 @@ async def checks_stream(
     token = CancelToken()
     told: list[tuple[int, int]] = [(0, 0)]
 
+    workers = pieces_at_once(request)
+
     def check() -> tuple[Checked, dict[str, tuple[str, str]]]:
         def progress(done: int, total: int) -> None:
             told[0] = (done, total)
 
-        checked = check_all(
-            sessions,
-            scope=scope,
-            rules=chosen,
-            as_of=day,
-            tolerance=tolerance,
-            limit=limit,
-            token=token,
-            progress=progress,
-            workers=pieces_at_once(request),
-        )
-        with sessions() as session:
-            return checked, problems.registered(session, [f.id for f in checked.findings])
+        return ask.run(sessions, workers, token, progress)
 
     running: list[asyncio.Future[Any]] = []
 
